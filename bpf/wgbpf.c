@@ -1,0 +1,366 @@
+/* wgbpf.c: the data plane, two tc programs sharing the maps of wgbpf.h.
+ *
+ *   front_egress   (tc egress on the front, e.g. wg0): longest-prefix match on
+ *                  the destination picks a peer; the packet is redirected to
+ *                  that peer's member device. Link-local multicast is cloned
+ *                  to every member that is up.
+ *   member_ingress (tc ingress on each member, e.g. wg-alice): the source must
+ *                  be owned by the member's peer, else the packet is dropped;
+ *                  then it is redirected into the front's ingress, so the host
+ *                  sees every peer's traffic arrive on the one front device.
+ *
+ * Packets on WireGuard/TUN devices start at the IP header, while
+ * BPF_PROG_TEST_RUN hands tc programs an Ethernet frame; reading with
+ * bpf_skb_load_bytes_relative(..., BPF_HDR_START_NET) serves both.
+ *
+ * Every path ends at one exit that counts its reason, then returns.
+ * WGBPF_PIN_DIR is set by wgbpf/dataplane.py: the maps are created and pinned
+ * there first, and BCC opens them, so a reload keeps their contents.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/in6.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/pkt_cls.h>
+#include <linux/socket.h>
+
+#include "wgbpf.h"
+
+#ifndef WGBPF_PIN_DIR
+#error "WGBPF_PIN_DIR must name the directory holding the pinned maps"
+#endif
+
+BPF_TABLE_PINNED("lpm_trie", struct wgbpf_key4, struct wgbpf_route, routes4,
+		 WGBPF_MAX_ROUTES4, WGBPF_PIN_DIR "/routes4");
+BPF_TABLE_PINNED("lpm_trie", struct wgbpf_key6, struct wgbpf_route, routes6,
+		 WGBPF_MAX_ROUTES6, WGBPF_PIN_DIR "/routes6");
+BPF_TABLE_PINNED("array", u32, struct wgbpf_peer, peers, WGBPF_MAX_PEERS,
+		 WGBPF_PIN_DIR "/peers");
+BPF_TABLE_PINNED("hash", u32, u32, members, WGBPF_MAX_PEERS, WGBPF_PIN_DIR "/members");
+BPF_TABLE_PINNED("hash", struct wgbpf_tag, u32, tags, WGBPF_MAX_TAGS, WGBPF_PIN_DIR "/tags");
+BPF_TABLE_PINNED("array", u32, struct wgbpf_config, config, 1, WGBPF_PIN_DIR "/config");
+BPF_TABLE_PINNED("percpu_array", u32, u64, counters, WGBPF_REASON_MAX,
+		 WGBPF_PIN_DIR "/counters");
+BPF_TABLE_PINNED("percpu_array", u32, struct wgbpf_peer_stats, peer_stats,
+		 WGBPF_MAX_PEERS, WGBPF_PIN_DIR "/peer_stats");
+
+/* What the programs need of a packet. IPv4 addresses use the first 4 bytes. */
+struct packet {
+	__u32 family;
+	__u8 src[16];
+	__u8 dst[16];
+	__u32 hash; /* flow hash: addresses, protocol and ports when known */
+};
+
+#define IPV6_EXT_MAX 4 /* extension headers walked to find the ports */
+
+static __always_inline __u32 mix(__u32 h, __u32 v)
+{
+	h ^= v;
+	h *= 0x9e3779b1;
+	return h ^ (h >> 16);
+}
+
+static __always_inline __u32 hash_words(__u32 h, const __u8 *a, int n)
+{
+	__u32 w;
+#pragma unroll
+	for (int i = 0; i < 16; i += 4) {
+		if (i >= n)
+			break;
+		__builtin_memcpy(&w, a + i, 4);
+		h = mix(h, w);
+	}
+	return h;
+}
+
+/* Adds the layer-4 ports at `off` to the hash. Fragments never get here:
+ * all fragments of a datagram must hash alike, and only the first has ports. */
+static __always_inline int hash_ports(struct __sk_buff *skb, struct packet *p, __u32 off,
+				      __u8 proto)
+{
+	__u32 ports;
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
+		return 0;
+	if (bpf_skb_load_bytes_relative(skb, off, &ports, 4, BPF_HDR_START_NET) < 0)
+		return -1; /* a TCP/UDP header cut short */
+	p->hash = mix(p->hash, ports);
+	return 0;
+}
+
+static __always_inline int parse4(struct __sk_buff *skb, struct packet *p)
+{
+	struct iphdr ip;
+
+	if (bpf_skb_load_bytes_relative(skb, 0, &ip, sizeof(ip), BPF_HDR_START_NET) < 0)
+		return -1;
+	if (ip.version != 4 || ip.ihl < 5)
+		return -1;
+	p->family = AF_INET;
+	__builtin_memcpy(p->src, &ip.saddr, 4);
+	__builtin_memcpy(p->dst, &ip.daddr, 4);
+	p->hash = mix(mix(mix(0, ip.saddr), ip.daddr), ip.protocol);
+	if (ip.frag_off & bpf_htons(0x3fff)) /* MF or an offset: a fragment */
+		return 0;
+	return hash_ports(skb, p, ip.ihl * 4, ip.protocol);
+}
+
+static __always_inline int parse6(struct __sk_buff *skb, struct packet *p)
+{
+	struct ipv6hdr ip6;
+	__u8 ext[2];
+	__u32 off = sizeof(ip6);
+	__u8 next;
+
+	if (bpf_skb_load_bytes_relative(skb, 0, &ip6, sizeof(ip6), BPF_HDR_START_NET) < 0)
+		return -1;
+	if (ip6.version != 6)
+		return -1;
+	p->family = AF_INET6;
+	__builtin_memcpy(p->src, &ip6.saddr, 16);
+	__builtin_memcpy(p->dst, &ip6.daddr, 16);
+	p->hash = hash_words(hash_words(0, p->src, 16), p->dst, 16);
+	next = ip6.nexthdr;
+
+	/* The addresses are in the fixed header; extension headers only stand
+	 * between us and the ports used for the ECMP hash. */
+#pragma unroll
+	for (int i = 0; i < IPV6_EXT_MAX; i++) {
+		if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
+		    next != IPPROTO_DSTOPTS && next != IPPROTO_FRAGMENT && next != IPPROTO_AH)
+			break;
+		if (bpf_skb_load_bytes_relative(skb, off, ext, 2, BPF_HDR_START_NET) < 0)
+			return -1;
+		if (next == IPPROTO_FRAGMENT) {
+			p->hash = mix(p->hash, ext[0]);
+			return 0;
+		}
+		if (next == IPPROTO_AH)
+			off += (ext[1] + 2) * 4;
+		else
+			off += (ext[1] + 1) * 8;
+		next = ext[0];
+	}
+	p->hash = mix(p->hash, next);
+	return hash_ports(skb, p, off, next);
+}
+
+static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		return parse4(skb, p);
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return parse6(skb, p);
+	return -1;
+}
+
+static __always_inline struct wgbpf_route *route_lookup(struct packet *p, __u8 *addr)
+{
+	if (p->family == AF_INET) {
+		struct wgbpf_key4 k4 = { .prefixlen = 32 };
+		__builtin_memcpy(k4.addr, addr, 4);
+		return routes4.lookup(&k4);
+	}
+	struct wgbpf_key6 k6 = { .prefixlen = 128 };
+	__builtin_memcpy(k6.addr, addr, 16);
+	return routes6.lookup(&k6);
+}
+
+/* ff02::/16 and 224.0.0.0/24: the scope of babel, OSPF and mDNS hellos. */
+static __always_inline int link_local_multicast(struct packet *p)
+{
+	if (p->family == AF_INET)
+		return p->dst[0] == 224 && p->dst[1] == 0 && p->dst[2] == 0;
+	return p->dst[0] == 0xff && p->dst[1] == 0x02;
+}
+
+/* fe80::/10 and 169.254.0.0/16: only meaningful on one link, so only the
+ * neighbour's own tag address may appear as such a source. */
+static __always_inline int link_local_source(struct packet *p)
+{
+	if (p->family == AF_INET)
+		return p->src[0] == 169 && p->src[1] == 254;
+	return p->src[0] == 0xfe && (p->src[1] & 0xc0) == 0x80;
+}
+
+static __always_inline void count(__u32 reason)
+{
+	u64 *c = counters.lookup(&reason);
+	if (c)
+		*c += 1;
+}
+
+static __always_inline void count_tx(__u32 id, __u32 len)
+{
+	struct wgbpf_peer_stats *s = peer_stats.lookup(&id);
+	if (s) {
+		s->tx_packets++;
+		s->tx_bytes += len;
+	}
+}
+
+static __always_inline int no_route_verdict(struct wgbpf_config *cfg)
+{
+	return cfg && cfg->no_route == WGBPF_POLICY_DROP ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+static __always_inline __u32 peer_if_up(struct wgbpf_route *r, __u32 slot, __u32 *ifindex)
+{
+	__u32 id = r->peers[slot & (WGBPF_MAX_ECMP - 1)];
+	struct wgbpf_peer *peer = peers.lookup(&id);
+
+	if (peer && peer->ifindex && (peer->flags & WGBPF_PEER_UP)) {
+		*ifindex = peer->ifindex;
+		return id;
+	}
+	return 0;
+}
+
+/* One peer of the set, chosen by flow hash; a down peer passes its flows on
+ * to the next one in the set, so only its own flows move. Unrolled by hand:
+ * clang will not unroll a loop whose start is a modulo. */
+static __always_inline __u32 pick(struct wgbpf_route *r, __u32 hash, __u32 *ifindex)
+{
+	__u32 n = r->count, start, id;
+
+	if (n == 0 || n > WGBPF_MAX_ECMP)
+		return 0;
+	start = hash % n;
+#define TRY(i)                                                          \
+	if ((i) < n) {                                                  \
+		id = peer_if_up(r, start + (i) < n ? start + (i) : start + (i) - n, ifindex); \
+		if (id)                                                 \
+			return id;                                      \
+	}
+	TRY(0) TRY(1) TRY(2) TRY(3) TRY(4) TRY(5) TRY(6) TRY(7)
+#undef TRY
+	return 0;
+}
+
+/* Clones the packet to every member that is up. Nothing may differ between
+ * the paths through one slot (no running total), or the verifier cannot
+ * prune them and the WGBPF_MAX_PEERS slots multiply into too many states. */
+static __always_inline void flood(struct __sk_buff *skb, struct wgbpf_config *cfg)
+{
+	__u32 limit = cfg ? cfg->peer_limit : 0;
+
+	for (int i = 1; i < WGBPF_MAX_PEERS; i++) {
+		if (i >= limit)
+			break;
+		__u32 id = i; /* a copy: taking the counter's address hides it from the verifier */
+		struct wgbpf_peer *peer = peers.lookup(&id);
+		if (!peer || !peer->ifindex || !(peer->flags & WGBPF_PEER_UP))
+			continue;
+		if (bpf_clone_redirect(skb, peer->ifindex, 0) == 0)
+			count_tx(id, skb->len);
+	}
+}
+
+int front_egress(struct __sk_buff *skb)
+{
+	struct packet p = {};
+	__u32 zero = 0, reason, ifindex = 0, id;
+	struct wgbpf_config *cfg = config.lookup(&zero);
+	struct wgbpf_route *r;
+	int verdict;
+
+	if (parse(skb, &p) < 0) {
+		reason = WGBPF_MALFORMED;
+		verdict = TC_ACT_SHOT;
+		goto out;
+	}
+	if (link_local_multicast(&p)) {
+		flood(skb, cfg);
+		/* the clones are the packet now; the front has no peer for it */
+		reason = WGBPF_FLOODED;
+		verdict = TC_ACT_SHOT;
+		goto out;
+	}
+	r = route_lookup(&p, p.dst);
+	if (!r) {
+		reason = WGBPF_NO_ROUTE;
+		verdict = no_route_verdict(cfg);
+		goto out;
+	}
+	id = pick(r, p.hash, &ifindex);
+	if (!id) {
+		reason = WGBPF_PEER_DOWN;
+		verdict = no_route_verdict(cfg);
+		goto out;
+	}
+	count_tx(id, skb->len);
+	reason = WGBPF_STEERED;
+	verdict = bpf_redirect(ifindex, 0);
+out:
+	count(reason);
+	return verdict;
+}
+
+static __always_inline int set_has(struct wgbpf_route *r, __u32 id)
+{
+	__u32 n = r->count;
+#pragma unroll
+	for (int i = 0; i < WGBPF_MAX_ECMP; i++) {
+		if (i >= n)
+			break;
+		if (r->peers[i] == id)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int owned_by(struct packet *p, __u32 id)
+{
+	if (link_local_source(p)) {
+		struct wgbpf_tag tag = { .family = p->family };
+		/* IPv4: bytes 4..15 of src are zero, as in the tags' keys */
+		__builtin_memcpy(tag.addr, p->src, 16);
+		u32 *owner = tags.lookup(&tag);
+		return owner && *owner == id;
+	}
+	struct wgbpf_route *r = route_lookup(p, p->src);
+	return r && set_has(r, id);
+}
+
+int member_ingress(struct __sk_buff *skb)
+{
+	struct packet p = {};
+	__u32 zero = 0, reason, ifindex = skb->ifindex, id;
+	struct wgbpf_config *cfg = config.lookup(&zero);
+	struct wgbpf_peer_stats *s;
+	u32 *member;
+	int verdict = TC_ACT_SHOT;
+
+	if (parse(skb, &p) < 0) {
+		reason = WGBPF_MALFORMED;
+		goto out;
+	}
+	member = members.lookup(&ifindex);
+	if (!member) {
+		reason = WGBPF_UNKNOWN_MEMBER;
+		goto out;
+	}
+	id = *member;
+	s = peer_stats.lookup(&id);
+	if (!owned_by(&p, id)) {
+		if (s)
+			s->spoofed++;
+		reason = WGBPF_SPOOFED;
+		goto out;
+	}
+	if (s) {
+		s->rx_packets++;
+		s->rx_bytes += skb->len;
+	}
+	reason = WGBPF_PASSED;
+	if (cfg && cfg->front_ifindex)
+		verdict = bpf_redirect(cfg->front_ifindex, BPF_F_INGRESS);
+	else
+		verdict = TC_ACT_OK;
+out:
+	count(reason);
+	return verdict;
+}

@@ -1,0 +1,56 @@
+#!/bin/bash
+# Installs what wgbpf needs on Debian 12/13, as root; safe to run again.
+# - Debian packages: BCC (python3-bpfcc), bpftool, kernel headers for BCC,
+#   wireguard-go + wireguard-tools for the lab, iperf3 for traffic.
+# - the kernel-headers links BCC looks for, only when missing.
+# - bpffs at /sys/fs/bpf, only when missing.
+# - .venv built on /usr/bin/python3 (where Debian's BCC imports) with
+#   --system-site-packages, holding wgbpf (editable) and the test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+[ "$(id -u)" = 0 ] || { echo "setup: run as root (BPF, netns and apt need it)" >&2; exit 1; }
+
+PKGS="python3-bpfcc bpftool linux-headers-amd64 wireguard-tools wireguard-go
+      iperf3 iproute2 python3-venv python3-pip kmod procps iputils-ping util-linux"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    say "installing Debian packages:$missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+fi
+
+# BCC compiles against /lib/modules/$(uname -r)/build; the running kernel has
+# no headers package, so point at Debian's generic ones.
+kdir="/lib/modules/$(uname -r)"
+if [ ! -e "$kdir/build" ]; then
+    hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1)
+    [ -n "$hdr" ] || { echo "setup: no /usr/src/linux-headers-*-amd64 after install" >&2; exit 1; }
+    mkdir -p "$kdir"
+    ln -s "$hdr" "$kdir/build"
+    say "linked $kdir/build -> $hdr"
+fi
+if [ ! -e "$kdir/source" ]; then
+    common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -1)
+    [ -n "$common" ] && ln -s "$common" "$kdir/source" && say "linked $kdir/source -> $common"
+fi
+
+mountpoint -q /sys/fs/bpf || { mount -t bpf bpf /sys/fs/bpf; say "mounted bpffs at /sys/fs/bpf"; }
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; then
+    say "creating .venv (system site packages, for Debian's BCC)"
+    rm -rf .venv
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+if ! .venv/bin/python -c 'import wgbpf, pyroute2, click, pytest, hypothesis' 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+    say "installing wgbpf and test tools into .venv"
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    touch .venv/.installed
+fi
+say "setup done: $(.venv/bin/python -c 'import bcc, pyroute2; print("bcc", bcc.__version__ if hasattr(bcc, "__version__") else "?", "pyroute2", pyroute2.__version__)')"

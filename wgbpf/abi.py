@@ -1,0 +1,108 @@
+"""Python mirror of bpf/wgbpf.h: map names, key/value layouts, reasons.
+
+tests/unit/test_abi.py compiles the header and compares every size, offset
+and constant here with the C side.
+"""
+import ctypes
+import enum
+
+MAX_ECMP = 8
+MAX_PEERS = 512
+MAX_ROUTES4 = 4194304
+MAX_ROUTES6 = 1048576
+MAX_TAGS = 8192
+NAME_LEN = 32
+
+PEER_UP = 1
+
+AF_INET = 2
+AF_INET6 = 10
+
+
+class Origin(enum.IntEnum):
+    STATIC = 1
+    TAG = 2
+    KERNEL = 3
+
+
+class Policy(enum.IntEnum):
+    PASS = 0
+    DROP = 1
+
+
+class Reason(enum.IntEnum):
+    STEERED = 0
+    FLOODED = 1
+    PASSED = 2
+    NO_ROUTE = 3
+    SPOOFED = 4
+    MALFORMED = 5
+    PEER_DOWN = 6
+    UNKNOWN_MEMBER = 7
+
+
+REASON_MAX = 8
+
+
+class Key4(ctypes.Structure):
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 4)]
+
+
+class Key6(ctypes.Structure):
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 16)]
+
+
+class Route(ctypes.Structure):
+    _fields_ = [("count", ctypes.c_uint8), ("origin", ctypes.c_uint8),
+                ("prefixlen", ctypes.c_uint8), ("pad", ctypes.c_uint8),
+                ("peers", ctypes.c_uint16 * MAX_ECMP)]
+
+
+class Peer(ctypes.Structure):
+    _fields_ = [("ifindex", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("name", ctypes.c_char * NAME_LEN)]
+
+
+class Tag(ctypes.Structure):
+    _fields_ = [("family", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 16)]
+
+
+class Config(ctypes.Structure):
+    _fields_ = [("front_ifindex", ctypes.c_uint32), ("no_route", ctypes.c_uint32),
+                ("peer_limit", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+class PeerStats(ctypes.Structure):
+    _fields_ = [("tx_packets", ctypes.c_uint64), ("tx_bytes", ctypes.c_uint64),
+                ("rx_packets", ctypes.c_uint64), ("rx_bytes", ctypes.c_uint64),
+                ("spoofed", ctypes.c_uint64)]
+
+
+U32 = ctypes.c_uint32
+U64 = ctypes.c_uint64
+
+# bpfsys map types
+HASH, ARRAY, PERCPU_ARRAY, LPM_TRIE = 1, 2, 6, 11
+NO_PREALLOC = 1
+
+
+class MapSpec:
+    def __init__(self, name, type, key, value, max_entries, flags=0):
+        self.name, self.type, self.key, self.value = name, type, key, value
+        self.max_entries, self.flags = max_entries, flags
+
+
+# Every pinned map, as wgbpf.c declares it (BPF_TABLE_PINNED).
+MAPS = {m.name: m for m in [
+    MapSpec("routes4", LPM_TRIE, Key4, Route, MAX_ROUTES4, NO_PREALLOC),
+    MapSpec("routes6", LPM_TRIE, Key6, Route, MAX_ROUTES6, NO_PREALLOC),
+    MapSpec("peers", ARRAY, U32, Peer, MAX_PEERS),
+    MapSpec("members", HASH, U32, U32, MAX_PEERS),
+    MapSpec("tags", HASH, Tag, U32, MAX_TAGS),
+    MapSpec("config", ARRAY, U32, Config, 1),
+    MapSpec("counters", PERCPU_ARRAY, U32, U64, REASON_MAX),
+    MapSpec("peer_stats", PERCPU_ARRAY, U32, PeerStats, MAX_PEERS),
+]}
+
+# The two programs and the tc hook each attaches to.
+PROGRAMS = {"front_egress": "egress", "member_ingress": "ingress"}

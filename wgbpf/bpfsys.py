@@ -1,0 +1,273 @@
+"""The bpf(2) system call through ctypes: pinned objects, map elements, test runs.
+
+Reading and writing pinned maps needs no compiler, so `wgbpf dump`, `lookup`,
+`route` and `status` use this instead of importing BCC (which costs a second
+and a compile). Debian's BCC 0.26 also has no Python wrapper for
+BPF_PROG_TEST_RUN, which the verdict tests and benchmarks use.
+"""
+import ctypes
+import errno
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_NR_BPF = {"x86_64": 321, "aarch64": 280}[os.uname().machine]
+
+# enum bpf_cmd
+MAP_CREATE = 0
+MAP_LOOKUP_ELEM = 1
+MAP_UPDATE_ELEM = 2
+MAP_DELETE_ELEM = 3
+MAP_GET_NEXT_KEY = 4
+OBJ_PIN = 6
+OBJ_GET = 7
+PROG_TEST_RUN = 10
+PROG_GET_FD_BY_ID = 13
+OBJ_GET_INFO_BY_FD = 15
+MAP_LOOKUP_BATCH = 24
+MAP_UPDATE_BATCH = 26
+MAP_DELETE_BATCH = 27
+
+# enum bpf_map_type
+MAP_TYPE_HASH = 1
+MAP_TYPE_ARRAY = 2
+MAP_TYPE_PERCPU_ARRAY = 6
+MAP_TYPE_LPM_TRIE = 11
+
+F_NO_PREALLOC = 1
+ANY, NOEXIST, EXIST = 0, 1, 2
+
+
+class BPFError(OSError):
+    pass
+
+
+def _bpf(cmd, attr):
+    ret = _libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise BPFError(err, os.strerror(err))
+    return ret
+
+
+class _MapCreate(ctypes.Structure):
+    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
+                ("map_flags", ctypes.c_uint32), ("inner_map_fd", ctypes.c_uint32),
+                ("numa_node", ctypes.c_uint32), ("map_name", ctypes.c_char * 16),
+                ("pad", ctypes.c_uint8 * 64)]
+
+
+class _Elem(ctypes.Structure):
+    _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("key", ctypes.c_uint64), ("value", ctypes.c_uint64),
+                ("flags", ctypes.c_uint64)]
+
+
+class _Batch(ctypes.Structure):
+    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64),
+                ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64),
+                ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
+                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class _Obj(ctypes.Structure):
+    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32),
+                ("file_flags", ctypes.c_uint32), ("path_fd", ctypes.c_int32)]
+
+
+class _Info(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32),
+                ("info", ctypes.c_uint64)]
+
+
+class _ById(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32),
+                ("open_flags", ctypes.c_uint32)]
+
+
+class _TestRun(ctypes.Structure):
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32),
+                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
+                ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
+                ("repeat", ctypes.c_uint32), ("duration", ctypes.c_uint32),
+                ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
+                ("ctx_in", ctypes.c_uint64), ("ctx_out", ctypes.c_uint64),
+                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32),
+                ("batch_size", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class MapInfo(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
+                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+                ("name", ctypes.c_char * 16), ("ifindex", ctypes.c_uint32),
+                ("btf_vmlinux_value_type_id", ctypes.c_uint32),
+                ("netns_dev", ctypes.c_uint64), ("netns_ino", ctypes.c_uint64),
+                ("btf_id", ctypes.c_uint32), ("btf_key_type_id", ctypes.c_uint32),
+                ("btf_value_type_id", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("map_extra", ctypes.c_uint64)]
+
+
+class ProgInfo(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                ("tag", ctypes.c_uint8 * 8), ("jited_prog_len", ctypes.c_uint32),
+                ("xlated_prog_len", ctypes.c_uint32), ("jited_prog_insns", ctypes.c_uint64),
+                ("xlated_prog_insns", ctypes.c_uint64), ("load_time", ctypes.c_uint64),
+                ("created_by_uid", ctypes.c_uint32), ("nr_map_ids", ctypes.c_uint32),
+                ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * 16),
+                ("ifindex", ctypes.c_uint32), ("gpl_compatible", ctypes.c_uint32),
+                ("netns_dev", ctypes.c_uint64), ("netns_ino", ctypes.c_uint64),
+                ("nr_jited_ksyms", ctypes.c_uint32), ("nr_jited_func_lens", ctypes.c_uint32),
+                ("jited_ksyms", ctypes.c_uint64), ("jited_func_lens", ctypes.c_uint64),
+                ("btf_id", ctypes.c_uint32), ("func_info_rec_size", ctypes.c_uint32),
+                ("func_info", ctypes.c_uint64), ("nr_func_info", ctypes.c_uint32),
+                ("nr_line_info", ctypes.c_uint32), ("line_info", ctypes.c_uint64),
+                ("jited_line_info", ctypes.c_uint64), ("nr_jited_line_info", ctypes.c_uint32),
+                ("line_info_rec_size", ctypes.c_uint32),
+                ("jited_line_info_rec_size", ctypes.c_uint32),
+                ("nr_prog_tags", ctypes.c_uint32), ("prog_tags", ctypes.c_uint64),
+                ("run_time_ns", ctypes.c_uint64), ("run_cnt", ctypes.c_uint64)]
+
+
+def map_create(map_type, key_size, value_size, max_entries, flags=0, name=""):
+    attr = _MapCreate(map_type=map_type, key_size=key_size, value_size=value_size,
+                      max_entries=max_entries, map_flags=flags,
+                      map_name=name.encode()[:15])
+    return _bpf(MAP_CREATE, attr)
+
+
+def obj_pin(fd, path):
+    p = ctypes.create_string_buffer(os.fsencode(path))
+    _bpf(OBJ_PIN, _Obj(pathname=ctypes.addressof(p), bpf_fd=fd))
+
+
+def obj_get(path, readonly=False):
+    p = ctypes.create_string_buffer(os.fsencode(path))
+    # BPF_F_RDONLY (1 << 3) lets read-only listings open maps they cannot change
+    return _bpf(OBJ_GET, _Obj(pathname=ctypes.addressof(p), file_flags=(1 << 3) if readonly else 0))
+
+
+def map_info(fd):
+    info = MapInfo()
+    _bpf(OBJ_GET_INFO_BY_FD, _Info(bpf_fd=fd, info_len=ctypes.sizeof(info),
+                                   info=ctypes.addressof(info)))
+    return info
+
+
+def prog_info(fd):
+    info = ProgInfo()
+    _bpf(OBJ_GET_INFO_BY_FD, _Info(bpf_fd=fd, info_len=ctypes.sizeof(info),
+                                   info=ctypes.addressof(info)))
+    return info
+
+
+def prog_fd_by_id(prog_id):
+    return _bpf(PROG_GET_FD_BY_ID, _ById(id=prog_id))
+
+
+def lookup(fd, key, value):
+    """Fill ctypes `value` from `key`; False when there is no such element."""
+    try:
+        _bpf(MAP_LOOKUP_ELEM, _Elem(map_fd=fd, key=ctypes.addressof(key),
+                                    value=ctypes.addressof(value)))
+    except BPFError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def update(fd, key, value, flags=ANY):
+    _bpf(MAP_UPDATE_ELEM, _Elem(map_fd=fd, key=ctypes.addressof(key),
+                                value=ctypes.addressof(value), flags=flags))
+
+
+def delete(fd, key):
+    try:
+        _bpf(MAP_DELETE_ELEM, _Elem(map_fd=fd, key=ctypes.addressof(key)))
+    except BPFError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def next_key(fd, key, out):
+    """Write the key after `key` (None: the first) into `out`; False at the end."""
+    try:
+        _bpf(MAP_GET_NEXT_KEY, _Elem(map_fd=fd, key=ctypes.addressof(key) if key is not None else 0,
+                                     value=ctypes.addressof(out)))
+    except BPFError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def lookup_batch(fd, key_type, value_type, chunk=4096):
+    """Yield (key, value) copies of every element, `chunk` per syscall."""
+    keys = (key_type * chunk)()
+    values = (value_type * chunk)()
+    in_batch = ctypes.c_uint64()
+    out_batch = ctypes.c_uint64()
+    first = True
+    while True:
+        attr = _Batch(in_batch=0 if first else ctypes.addressof(in_batch),
+                      out_batch=ctypes.addressof(out_batch), keys=ctypes.addressof(keys),
+                      values=ctypes.addressof(values), count=chunk, map_fd=fd)
+        done = False
+        try:
+            _bpf(MAP_LOOKUP_BATCH, attr)
+        except BPFError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            done = True
+        for i in range(attr.count):
+            yield key_type.from_buffer_copy(keys[i]), value_type.from_buffer_copy(values[i])
+        if done:
+            return
+        in_batch.value = out_batch.value
+        first = False
+
+
+def update_batch(fd, keys, values):
+    """Write arrays of keys and values in one call each `len(keys)`."""
+    n = len(keys)
+    if n == 0:
+        return
+    attr = _Batch(keys=ctypes.addressof(keys), values=ctypes.addressof(values),
+                  count=n, map_fd=fd)
+    _bpf(MAP_UPDATE_BATCH, attr)
+
+
+def delete_batch(fd, keys):
+    n = len(keys)
+    if n == 0:
+        return
+    _bpf(MAP_DELETE_BATCH, _Batch(keys=ctypes.addressof(keys), count=n, map_fd=fd))
+
+
+def test_run(prog_fd, data, repeat=1, ctx=None):
+    """BPF_PROG_TEST_RUN: returns (retval, duration_ns, data_out)."""
+    data_in = ctypes.create_string_buffer(bytes(data), len(data))
+    out = ctypes.create_string_buffer(len(data) + 256)
+    attr = _TestRun(prog_fd=prog_fd, data_size_in=len(data), data_size_out=len(out),
+                    data_in=ctypes.addressof(data_in), data_out=ctypes.addressof(out),
+                    repeat=repeat)
+    if ctx is not None:
+        ctx_buf = ctypes.create_string_buffer(bytes(ctx), len(ctx))
+        attr.ctx_in = ctypes.addressof(ctx_buf)
+        attr.ctx_size_in = len(ctx)
+    _bpf(PROG_TEST_RUN, attr)
+    return attr.retval, attr.duration, out.raw[:attr.data_size_out]
+
+
+def possible_cpus():
+    """Number of per-CPU slots the kernel gives a per-CPU map value."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        n = 0
+        for part in f.read().strip().split(","):
+            lo, _, hi = part.partition("-")
+            n = max(n, int(hi or lo) + 1)
+    return n

@@ -1,0 +1,279 @@
+"""Typed access to one wgbpf instance's pinned maps.
+
+An instance is a directory /sys/fs/bpf/wgbpf/<front>/ holding one pin per map
+of abi.MAPS (and the two programs). Everything here is plain bpf(2) calls:
+no compiler, no BCC import, so listings are fast.
+"""
+import ctypes
+import errno
+import ipaddress
+import os
+import stat
+
+from . import abi, bpfsys
+
+PIN_ROOT = "/sys/fs/bpf/wgbpf"
+
+
+class MapError(Exception):
+    """A pinned map is missing, or not the layout this wgbpf expects."""
+
+
+def pin_dir(front):
+    return os.path.join(PIN_ROOT, front)
+
+
+def instances():
+    """Names of the fronts with pinned state, sorted."""
+    try:
+        return sorted(n for n in os.listdir(PIN_ROOT)
+                      if os.path.isdir(os.path.join(PIN_ROOT, n)))
+    except FileNotFoundError:
+        return []
+
+
+def network(prefix):
+    """An ip_network from text, host bits cleared; ValueError names the input."""
+    try:
+        return ipaddress.ip_network(prefix, strict=False)
+    except ValueError:
+        raise ValueError(f"not an IPv4/IPv6 prefix: {prefix!r}") from None
+
+
+def _key(net):
+    if net.version == 4:
+        k = abi.Key4(prefixlen=net.prefixlen)
+    else:
+        k = abi.Key6(prefixlen=net.prefixlen)
+    ctypes.memmove(k.addr, net.network_address.packed, len(net.network_address.packed))
+    return k
+
+
+def _net(key, version):
+    n = 4 if version == 4 else 16
+    addr = ipaddress.ip_address(bytes(key.addr[:n]))
+    return ipaddress.ip_network((addr, key.prefixlen))
+
+
+class Maps:
+    """Open file descriptors on every map of one instance."""
+
+    def __init__(self, directory, fds):
+        self.dir = directory
+        self.fds = fds
+        self.ncpu = bpfsys.possible_cpus()
+
+    @classmethod
+    def open(cls, directory, readonly=False):
+        fds = {}
+        try:
+            for name, spec in abi.MAPS.items():
+                path = os.path.join(directory, name)
+                try:
+                    fd = bpfsys.obj_get(path, readonly=readonly)
+                except OSError as e:
+                    raise MapError(f"{path}: {e.strerror}") from None
+                fds[name] = fd
+                _check_layout(path, fd, spec)
+        except Exception:
+            for fd in fds.values():
+                os.close(fd)
+            raise
+        return cls(directory, fds)
+
+    @classmethod
+    def create(cls, directory):
+        """Open the maps of `directory`, creating and pinning those missing.
+
+        The directory is root's alone (0700) and pins are 0600: whoever can
+        write these maps can steer or spoof traffic.
+        """
+        os.makedirs(PIN_ROOT, mode=0o700, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
+        for name, spec in abi.MAPS.items():
+            path = os.path.join(directory, name)
+            if os.path.exists(path):
+                continue
+            fd = bpfsys.map_create(spec.type, ctypes.sizeof(spec.key),
+                                   ctypes.sizeof(spec.value), spec.max_entries,
+                                   spec.flags, name)
+            try:
+                bpfsys.obj_pin(fd, path)
+            finally:
+                os.close(fd)
+            os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+        return cls.open(directory)
+
+    def close(self):
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- per-CPU values ----------------------------------------------------
+    def _percpu(self, name, index, vtype):
+        size = (ctypes.sizeof(vtype) + 7) & ~7
+        buf = (ctypes.c_uint8 * (size * self.ncpu))()
+        key = ctypes.c_uint32(index)
+        bpfsys.lookup(self.fds[name], key, buf)
+        return [vtype.from_buffer_copy(bytes(buf[i * size:i * size + ctypes.sizeof(vtype)]))
+                for i in range(self.ncpu)]
+
+    def counters(self):
+        """{Reason: packets}, summed over CPUs."""
+        return {r: sum(v.value for v in self._percpu("counters", r, ctypes.c_uint64))
+                for r in abi.Reason}
+
+    def peer_stats(self, peer_id):
+        """A PeerStats summed over CPUs."""
+        total = abi.PeerStats()
+        for v in self._percpu("peer_stats", peer_id, abi.PeerStats):
+            for f, _ in abi.PeerStats._fields_:
+                setattr(total, f, getattr(total, f) + getattr(v, f))
+        return total
+
+    # -- config --------------------------------------------------------------
+    def config(self):
+        c = abi.Config()
+        bpfsys.lookup(self.fds["config"], ctypes.c_uint32(0), c)
+        return c
+
+    def set_config(self, cfg):
+        bpfsys.update(self.fds["config"], ctypes.c_uint32(0), cfg)
+
+    # -- peers, members, tags -----------------------------------------------
+    def peers(self):
+        """{peer id: Peer} for every slot in use."""
+        out = {}
+        limit = self.config().peer_limit or abi.MAX_PEERS
+        for i in range(1, min(limit, abi.MAX_PEERS)):
+            p = abi.Peer()
+            bpfsys.lookup(self.fds["peers"], ctypes.c_uint32(i), p)
+            if p.ifindex:
+                out[i] = p
+        return out
+
+    def set_peer(self, peer_id, peer):
+        bpfsys.update(self.fds["peers"], ctypes.c_uint32(peer_id), peer)
+
+    def clear_peer(self, peer_id):
+        bpfsys.update(self.fds["peers"], ctypes.c_uint32(peer_id), abi.Peer())
+
+    def _hash_items(self, name, ktype, vtype):
+        out = []
+        key = ktype()
+        prev = None
+        while bpfsys.next_key(self.fds[name], prev, key):
+            v = vtype()
+            if bpfsys.lookup(self.fds[name], key, v):
+                out.append((ktype.from_buffer_copy(key), v))
+            prev = ktype.from_buffer_copy(key)
+        return out
+
+    def members(self):
+        """{member ifindex: peer id}"""
+        return {k.value: v.value for k, v in self._hash_items("members", ctypes.c_uint32, ctypes.c_uint32)}
+
+    def set_member(self, ifindex, peer_id):
+        bpfsys.update(self.fds["members"], ctypes.c_uint32(ifindex), ctypes.c_uint32(peer_id))
+
+    def del_member(self, ifindex):
+        return bpfsys.delete(self.fds["members"], ctypes.c_uint32(ifindex))
+
+    @staticmethod
+    def _tag_key(addr):
+        t = abi.Tag(family=abi.AF_INET if addr.version == 4 else abi.AF_INET6)
+        ctypes.memmove(t.addr, addr.packed, len(addr.packed))
+        return t
+
+    def tags(self):
+        """{ip_address: peer id}"""
+        out = {}
+        for k, v in self._hash_items("tags", abi.Tag, ctypes.c_uint32):
+            n = 4 if k.family == abi.AF_INET else 16
+            out[ipaddress.ip_address(bytes(k.addr[:n]))] = v.value
+        return out
+
+    def set_tag(self, addr, peer_id):
+        bpfsys.update(self.fds["tags"], self._tag_key(addr), ctypes.c_uint32(peer_id))
+
+    def del_tag(self, addr):
+        return bpfsys.delete(self.fds["tags"], self._tag_key(addr))
+
+    # -- routes ---------------------------------------------------------------
+    def _routes_fd(self, version):
+        return self.fds["routes4" if version == 4 else "routes6"]
+
+    def routes(self, version):
+        """Yield (ip_network, Route) for every prefix of one family."""
+        ktype = abi.Key4 if version == 4 else abi.Key6
+        fd = self._routes_fd(version)
+        try:
+            for k, v in bpfsys.lookup_batch(fd, ktype, abi.Route):
+                yield _net(k, version), v
+            return
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, 524):  # 524: ENOTSUPP, no batch ops
+                raise
+        for k, v in self._hash_items("routes4" if version == 4 else "routes6", ktype, abi.Route):
+            yield _net(k, version), v
+
+    def lookup(self, addr):
+        """Longest match for an address: (ip_network, Route) or None."""
+        net = ipaddress.ip_network(addr)
+        r = abi.Route()
+        if not bpfsys.lookup(self._routes_fd(net.version), _key(net), r):
+            return None
+        return network(f"{addr}/{r.prefixlen}"), r
+
+    def get_route(self, net):
+        """The Route stored for exactly this prefix, or None."""
+        r = abi.Route()
+        if bpfsys.lookup(self._routes_fd(net.version), _key(net), r) and r.prefixlen == net.prefixlen:
+            return r
+        return None
+
+    def set_route(self, net, peer_ids, origin):
+        if not 1 <= len(peer_ids) <= abi.MAX_ECMP:
+            raise ValueError(f"{net}: a route names 1 to {abi.MAX_ECMP} peers, not {len(peer_ids)}")
+        bpfsys.update(self._routes_fd(net.version), _key(net), make_route(net, peer_ids, origin))
+
+    def del_route(self, net):
+        return bpfsys.delete(self._routes_fd(net.version), _key(net))
+
+    def fill(self):
+        """{map name: (entries, max_entries)} for the maps whose fill matters."""
+        out = {}
+        for v in (4, 6):
+            n = sum(1 for _ in self.routes(v))
+            out[f"routes{v}"] = (n, abi.MAPS[f"routes{v}"].max_entries)
+        out["peers"] = (len(self.peers()), abi.MAX_PEERS - 1)
+        out["tags"] = (len(self.tags()), abi.MAX_TAGS)
+        return out
+
+
+def make_route(net, peer_ids, origin):
+    r = abi.Route(count=len(peer_ids), origin=int(origin), prefixlen=net.prefixlen)
+    for i, p in enumerate(peer_ids):
+        r.peers[i] = p
+    return r
+
+
+def route_peers(route):
+    return [route.peers[i] for i in range(route.count)]
+
+
+def _check_layout(path, fd, spec):
+    info = bpfsys.map_info(fd)
+    want = (spec.type, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value))
+    have = (info.type, info.key_size, info.value_size)
+    if want != have:
+        raise MapError(
+            f"{path}: pinned map has type/key/value sizes {have}, this wgbpf expects {want}; "
+            f"run `wgbpf detach` to remove the old instance first")
