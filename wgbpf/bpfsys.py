@@ -209,8 +209,10 @@ def lookup_batch(fd, key_type, value_type, chunk=4096):
     """Yield (key, value) copies of every element, `chunk` per syscall."""
     keys = (key_type * chunk)()
     values = (value_type * chunk)()
-    in_batch = ctypes.c_uint64()
-    out_batch = ctypes.c_uint64()
+    # The batch cursor is a u32 for hash maps but a whole key for the generic
+    # batch code (arrays, LPM tries): size it for either.
+    in_batch = ctypes.create_string_buffer(max(ctypes.sizeof(key_type), 8))
+    out_batch = ctypes.create_string_buffer(max(ctypes.sizeof(key_type), 8))
     first = True
     while True:
         attr = _Batch(in_batch=0 if first else ctypes.addressof(in_batch),
@@ -227,7 +229,7 @@ def lookup_batch(fd, key_type, value_type, chunk=4096):
             yield key_type.from_buffer_copy(keys[i]), value_type.from_buffer_copy(values[i])
         if done:
             return
-        in_batch.value = out_batch.value
+        ctypes.memmove(in_batch, out_batch, len(in_batch))
         first = False
 
 

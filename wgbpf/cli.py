@@ -1,0 +1,376 @@
+"""wgbpf: steer WireGuard peers from routes with eBPF.
+
+Every command reads or writes the instance pinned under
+/sys/fs/bpf/wgbpf/<front>/; listings take --json.
+"""
+import ipaddress
+import json
+import os
+import sys
+
+import click
+
+from . import abi, config as configmod, maps as mapsmod
+from .config import ConfigError
+from .maps import Maps, MapError, network, route_peers
+
+
+class UsageError(click.ClickException):
+    """Printed as 'wgbpf: error: ...', exit 1; the data plane is untouched."""
+
+    def format_message(self):
+        return self.message
+
+    def show(self, file=None):
+        click.echo(f"wgbpf: error: {self.format_message()}", err=True)
+
+
+def fail(msg):
+    raise UsageError(msg)
+
+
+def emit(obj, as_json, human):
+    if as_json:
+        click.echo(json.dumps(obj, indent=2, sort_keys=False))
+    else:
+        human(obj)
+
+
+def table(rows, headers):
+    """Plain aligned columns, like `ip -br`."""
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    click.echo(fmt.format(*headers).rstrip())
+    for r in rows:
+        click.echo(fmt.format(*r).rstrip())
+
+
+def need_root():
+    if os.geteuid() != 0:
+        fail("needs root: the pinned maps are root's alone (0600 under /sys/fs/bpf/wgbpf)")
+
+
+def pick_front(front):
+    """The instance to act on: the one named, or the only one there is."""
+    if front:
+        if not os.path.isdir(mapsmod.pin_dir(front)):
+            have = ", ".join(mapsmod.instances()) or "none"
+            fail(f"no wgbpf instance {front!r} (attached: {have}); run `wgbpf attach {front} ...` first")
+        return front
+    have = mapsmod.instances()
+    if not have:
+        fail("no wgbpf instance is attached; run `wgbpf attach FRONT --peer NAME=DEV ...` first")
+    if len(have) > 1:
+        fail(f"several instances are attached ({', '.join(have)}): choose one with --front")
+    return have[0]
+
+
+def open_maps(front, readonly=False):
+    need_root()
+    front = pick_front(front)
+    try:
+        return front, Maps.open(mapsmod.pin_dir(front), readonly=readonly)
+    except MapError as e:
+        fail(str(e))
+
+
+def ifname(index):
+    try:
+        return __import__("socket").if_indextoname(index)
+    except OSError:
+        return f"#{index}"
+
+
+def peer_rows(m):
+    peers = m.peers()
+    tags = m.tags()
+    out = []
+    for pid, p in sorted(peers.items()):
+        s = m.peer_stats(pid)
+        out.append({
+            "id": pid, "name": p.name.decode(), "member": ifname(p.ifindex),
+            "ifindex": p.ifindex, "up": bool(p.flags & abi.PEER_UP),
+            "tags": [str(t) for t, owner in sorted(tags.items(), key=lambda kv: (kv[0].version, kv[0])) if owner == pid],
+            "tx_packets": s.tx_packets, "tx_bytes": s.tx_bytes,
+            "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes, "spoofed": s.spoofed,
+        })
+    return out
+
+
+FRONT_OPT = click.option("--front", "-f", metavar="FRONT",
+                         help="the instance (front device); default: the only one attached")
+JSON_OPT = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+
+
+@click.group(invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--netns", metavar="NAME",
+              help="act in network namespace NAME (/run/netns/NAME), keeping /sys/fs/bpf visible")
+@click.pass_context
+def main(ctx, netns):
+    """Steer WireGuard peers from the kernel routing table with eBPF.
+
+    A front device (wg0) carries the routes; one member WireGuard device per
+    peer carries its traffic. `attach` hooks the data plane in with tc,
+    `route` edits prefix -> peer entries, and `dump`, `lookup` and `status`
+    show what it does. With no command: status.
+    """
+    if netns:
+        from .dataplane import AttachError, enter_netns
+        try:
+            enter_netns(netns)
+        except AttachError as e:
+            fail(str(e))
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(status)
+
+
+@main.command()
+@click.argument("front", required=False)
+@click.option("--peer", "-p", "peers", multiple=True, metavar="NAME=DEV[,TAG...]",
+              help="a peer: its name, its member WireGuard device and its tag addresses; repeat")
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
+              help="TOML file with front, no_route and [[peer]] tables")
+@click.option("--members-only", is_flag=True, default=None,
+              help="no front device: filter sources on the members alone (FRONT only names the instance)")
+@click.option("--no-route", type=click.Choice(["pass", "drop"]), default=None,
+              help="packets on the front that no route claims: hand to the kernel (default) or drop")
+@click.option("--debug", is_flag=True, help="print the BPF instructions BCC generates")
+@JSON_OPT
+def attach(front, peers, config_path, members_only, no_route, debug, as_json):
+    """Load the data plane and hook FRONT and its peers' members.
+
+    Running it again with the same peers changes nothing; with other peers
+    it updates in place, without dropping traffic.
+
+    \b
+    wgbpf attach wg0 --peer alice=wg-alice,fe80::1 --peer bob=wg-bob,fe80::2
+    wgbpf attach --config /etc/wgbpf/wg0.toml
+    """
+    from .dataplane import AttachError
+    from . import dataplane
+    try:
+        cfg = configmod.build(front, peers, config_path, members_only,
+                              configmod.parse_policy(no_route, "--no-route") if no_route else None)
+    except ConfigError as e:
+        fail(str(e))
+    need_root()
+    log = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
+    try:
+        res = dataplane.attach(cfg, log=log, debug=debug)
+    except (AttachError, MapError) as e:
+        fail(str(e))
+
+    def human(r):
+        what = "created" if r["created"] else ("updated" if r["changes"] else "unchanged")
+        click.echo(f"{r['front']}: {what}, {r['peers']} peers"
+                   f"{' (members only)' if r['members_only'] else ''}, pinned at {r['pin_dir']}"
+                   f" ({r['seconds']:.1f}s)")
+        for c in r["changes"]:
+            click.echo(f"  {c}")
+    emit(res, as_json, human)
+
+
+@main.command()
+@click.argument("front", required=False)
+@JSON_OPT
+def detach(front, as_json):
+    """Remove the filters and pins of FRONT; traffic falls back to the kernel."""
+    from . import dataplane
+    need_root()
+    front = pick_front(front)
+    try:
+        res = dataplane.detach(front)
+    except dataplane.AttachError as e:
+        fail(str(e))
+    emit(res, as_json, lambda r: click.echo(f"{r['front']}: detached from {r['devices']} devices, pins removed"))
+
+
+@main.group()
+def route():
+    """Edit prefix -> peer entries (IPv4 and IPv6, ECMP)."""
+
+
+def resolve_peers(m, text):
+    by_name = {p.name.decode(): i for i, p in m.peers().items()}
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        fail(f"{text!r}: name at least one peer")
+    if len(names) > abi.MAX_ECMP:
+        fail(f"{text!r}: a route names at most {abi.MAX_ECMP} peers (ECMP), not {len(names)}")
+    if len(set(names)) != len(names):
+        fail(f"{text!r}: a peer is named twice")
+    ids = []
+    for n in names:
+        if n not in by_name:
+            fail(f"unknown peer {n!r} (peers: {', '.join(sorted(by_name)) or 'none'})")
+        ids.append(by_name[n])
+    return ids
+
+
+def parse_prefix(text):
+    try:
+        return network(text)
+    except ValueError as e:
+        fail(str(e))
+
+
+@route.command("add")
+@click.argument("prefix")
+@click.argument("peers", metavar="PEER[,PEER...]")
+@FRONT_OPT
+def route_add(prefix, peers, front):
+    """Send PREFIX to PEERS (several: ECMP by flow hash); replaces an entry."""
+    net = parse_prefix(prefix)
+    front, m = open_maps(front)
+    with m:
+        ids = resolve_peers(m, peers)
+        m.set_route(net, ids, abi.Origin.STATIC)
+    click.echo(f"{net} -> {peers}")
+
+
+@route.command("del")
+@click.argument("prefix")
+@FRONT_OPT
+def route_del(prefix, front):
+    """Remove the entry for exactly PREFIX."""
+    net = parse_prefix(prefix)
+    front, m = open_maps(front)
+    with m:
+        if m.get_route(net) is None:
+            fail(f"no entry for {net}")
+        m.del_route(net)
+    click.echo(f"{net} removed")
+
+
+def route_rows(m, names):
+    rows = []
+    for version in (4, 6):
+        for net, r in sorted(m.routes(version), key=lambda nr: nr[0]):
+            rows.append({"prefix": str(net), "peers": [names.get(p, f"#{p}") for p in route_peers(r)],
+                         "origin": abi.Origin(r.origin).name.lower() if r.origin in abi.Origin._value2member_map_ else str(r.origin)})
+    return rows
+
+
+@main.command()
+@FRONT_OPT
+@JSON_OPT
+def dump(front, as_json):
+    """Every prefix with its peers, and per-peer counters."""
+    front, m = open_maps(front, readonly=True)
+    with m:
+        peers = peer_rows(m)
+        names = {p["id"]: p["name"] for p in peers}
+        res = {"front": front, "routes": route_rows(m, names), "peers": peers}
+
+    def human(r):
+        table([(x["prefix"], ",".join(x["peers"]), x["origin"]) for x in r["routes"]],
+              ["PREFIX", "PEERS", "ORIGIN"])
+        click.echo()
+        table([(p["name"], p["member"], "up" if p["up"] else "down", ",".join(p["tags"]) or "-",
+                p["tx_packets"], p["tx_bytes"], p["rx_packets"], p["rx_bytes"], p["spoofed"])
+               for p in r["peers"]],
+              ["PEER", "MEMBER", "STATE", "TAGS", "TX_PKTS", "TX_BYTES", "RX_PKTS", "RX_BYTES", "SPOOFED"])
+    emit(res, as_json, human)
+
+
+def explain(m, addr):
+    """What front_egress does with a packet to `addr`, in words and fields."""
+    peers = m.peers()
+    name = {i: p.name.decode() for i, p in peers.items()}
+    up = {i: bool(p.flags & abi.PEER_UP) for i, p in peers.items()}
+    policy = abi.Policy(m.config().no_route).name.lower()
+    if (addr.version == 4 and addr in ipaddress.ip_network("224.0.0.0/24")) or \
+            (addr.version == 6 and addr.packed[:2] == b"\xff\x02"):
+        to = [name[i] for i in sorted(peers) if up[i]]
+        return {"address": str(addr), "rule": "link-local multicast", "prefix": None,
+                "peers": to, "verdict": f"flood to {len(to)} members"}
+    hit = m.lookup(addr)
+    if hit is None:
+        return {"address": str(addr), "rule": "no route", "prefix": None, "peers": [],
+                "verdict": f"no_route policy: {policy}"}
+    net, r = hit
+    ids = route_peers(r)
+    live = [name.get(i, f"#{i}") for i in ids if up.get(i)]
+    origin = abi.Origin(r.origin).name.lower() if r.origin in abi.Origin._value2member_map_ else str(r.origin)
+    if not live:
+        verdict = f"every peer down: no_route policy: {policy}"
+    elif len(ids) == 1:
+        verdict = f"steer to {live[0]}"
+    else:
+        verdict = f"steer by flow hash to one of {', '.join(live)}"
+    return {"address": str(addr), "rule": f"{origin} route", "prefix": str(net),
+            "peers": [name.get(i, f"#{i}") for i in ids], "down": [name.get(i, f"#{i}") for i in ids if not up.get(i)],
+            "verdict": verdict}
+
+
+@main.command()
+@click.argument("address")
+@FRONT_OPT
+@JSON_OPT
+def lookup(address, front, as_json):
+    """The longest match for ADDRESS, its peers, and what the front does."""
+    try:
+        addr = ipaddress.ip_address(address)
+    except ValueError:
+        fail(f"{address!r} is not an IPv4 or IPv6 address")
+    front, m = open_maps(front, readonly=True)
+    with m:
+        res = explain(m, addr)
+
+    def human(r):
+        click.echo(f"{r['address']}: {r['rule']}" + (f" {r['prefix']}" if r["prefix"] else ""))
+        if r["peers"]:
+            click.echo(f"  peers: {', '.join(r['peers'])}" + (f" (down: {', '.join(r['down'])})" if r.get("down") else ""))
+        click.echo(f"  {r['verdict']}")
+    emit(res, as_json, human)
+
+
+def instance_status(front):
+    from .dataplane import _iproute, filter_name, filters
+    _, m = open_maps(front, readonly=True)
+    with m, _iproute() as ipr:
+        cfg = m.config()
+        name = filter_name(front)
+        fill = m.fill()
+        peers = peer_rows(m)
+        out = {"front": front, "pin_dir": m.dir,
+               "front_device": ifname(cfg.front_ifindex) if cfg.front_ifindex else None,
+               "front_hooked": bool(cfg.front_ifindex) and name in filters(ipr, cfg.front_ifindex, "egress"),
+               "members_only": not cfg.front_ifindex,
+               "no_route": abi.Policy(cfg.no_route).name.lower(),
+               "members": [{"peer": p["name"], "device": p["member"], "up": p["up"],
+                            "hooked": name in filters(ipr, p["ifindex"], "ingress")} for p in peers],
+               "maps": {k: {"entries": v[0], "max": v[1]} for k, v in fill.items()},
+               "counters": {r.name.lower(): v for r, v in m.counters().items()}}
+    return out
+
+
+@main.command()
+@FRONT_OPT
+@JSON_OPT
+def status(front=None, as_json=False):
+    """What is attached where, map fill levels, counters per reason."""
+    need_root()
+    fronts = [front] if front else mapsmod.instances()
+    res = [instance_status(f) for f in fronts]
+
+    def human(all_):
+        if not all_:
+            click.echo("no wgbpf instance attached (wgbpf attach FRONT --peer NAME=DEV ...)")
+        for s in all_:
+            where = (f"front {s['front_device']} egress {'hooked' if s['front_hooked'] else 'NOT HOOKED'}"
+                     if not s["members_only"] else "members only (no front)")
+            click.echo(f"{s['front']}: {where}; no-route policy {s['no_route']}; pins {s['pin_dir']}")
+            table([(x["peer"], x["device"], "up" if x["up"] else "down",
+                    "hooked" if x["hooked"] else "NOT HOOKED") for x in s["members"]],
+                  ["PEER", "MEMBER", "STATE", "INGRESS"])
+            click.echo("maps: " + ", ".join(f"{k} {v['entries']}/{v['max']}" for k, v in s["maps"].items()))
+            click.echo("counters: " + ", ".join(f"{k} {v}" for k, v in s["counters"].items()))
+    emit(res if front is None else res[0], as_json, human if front is None else lambda s: human([s]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Peers from the command line and from TOML, validated with errors that name
+the bad field and quote the bad value.
+
+    front = "wg0"            # the device routes point at
+    members_only = false     # true: no front; filter sources on members alone
+    no_route = "pass"        # or "drop": packets on the front no route claims
+
+    [[peer]]
+    name = "alice"
+    member = "wg-alice"      # this peer's own WireGuard device
+    tags = ["fe80::1", "10.255.0.1"]   # addresses routes name the peer by
+
+On the command line: --peer alice=wg-alice,fe80::1,10.255.0.1
+"""
+import dataclasses
+import ipaddress
+import re
+import tomllib
+
+from . import abi
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}$" % (abi.NAME_LEN - 2))
+IFNAME_RE = re.compile(r"^[^\s/:]{1,15}$")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class PeerConfig:
+    name: str
+    member: str
+    tags: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Config:
+    front: str
+    peers: list
+    members_only: bool = False
+    no_route: abi.Policy = abi.Policy.PASS
+
+
+def parse_tag(text, where):
+    """A tag: one host address, optionally written as /32 or /128."""
+    s = str(text).strip()
+    addr, slash, plen = s.partition("/")
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        raise ConfigError(f"{where}: {text!r} is not an IP address") from None
+    if slash and plen != str(ip.max_prefixlen):
+        raise ConfigError(f"{where}: {text!r}: a tag is one address (/{ip.max_prefixlen}), not a prefix")
+    if ip.is_multicast or ip.is_unspecified:
+        raise ConfigError(f"{where}: {text!r}: a tag must be a unicast address")
+    if ip.version == 6 and ip.scope_id:
+        raise ConfigError(f"{where}: {text!r}: write the tag without a %zone")
+    return ip
+
+
+def check_name(name, where):
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ConfigError(f"{where}: {name!r} is not a peer name "
+                          f"(letters, digits, '_', '.', '-'; at most {abi.NAME_LEN - 1})")
+    return name
+
+
+def check_ifname(name, where):
+    if not isinstance(name, str) or not IFNAME_RE.match(name):
+        raise ConfigError(f"{where}: {name!r} is not an interface name (1-15 characters, no '/', ':' or spaces)")
+    return name
+
+
+def parse_peer_arg(text):
+    """NAME=MEMBER[,TAG...] from --peer."""
+    where = f"--peer {text!r}"
+    name, eq, rest = text.partition("=")
+    if not eq or not rest:
+        raise ConfigError(f"{where}: expected NAME=MEMBER_DEV[,TAG...]")
+    fields = rest.split(",")
+    peer = PeerConfig(check_name(name.strip(), where), check_ifname(fields[0].strip(), where))
+    peer.tags = [parse_tag(t, where) for t in fields[1:] if t.strip()]
+    return peer
+
+
+def parse_policy(value, where):
+    try:
+        return abi.Policy[str(value).upper()]
+    except KeyError:
+        raise ConfigError(f"{where}: {value!r} is not a policy (pass or drop)") from None
+
+
+def load_toml(path):
+    """The TOML file as (front, members_only, no_route, peers); None for unset."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    known = {"front", "members_only", "no_route", "peer"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+    front = data.get("front")
+    if front is not None:
+        check_ifname(front, f"{path}: front")
+    members_only = data.get("members_only")
+    if members_only is not None and not isinstance(members_only, bool):
+        raise ConfigError(f"{path}: members_only: {members_only!r} is not true or false")
+    no_route = data.get("no_route")
+    if no_route is not None:
+        no_route = parse_policy(no_route, f"{path}: no_route")
+    peers = []
+    raw = data.get("peer", [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"{path}: peer: write peers as [[peer]] tables")
+    for i, p in enumerate(raw):
+        where = f"{path}: peer[{i}]"
+        if not isinstance(p, dict):
+            raise ConfigError(f"{where}: write peers as [[peer]] tables")
+        for key in p:
+            if key not in ("name", "member", "tags"):
+                raise ConfigError(f"{where}: unknown field {key!r} (known: member, name, tags)")
+        for key in ("name", "member"):
+            if key not in p:
+                raise ConfigError(f"{where}: missing field {key!r}")
+        tags = p.get("tags", [])
+        if not isinstance(tags, list):
+            raise ConfigError(f"{where}.tags: {tags!r} is not a list of addresses")
+        peers.append(PeerConfig(
+            check_name(p["name"], f"{where}.name"),
+            check_ifname(p["member"], f"{where}.member"),
+            [parse_tag(t, f"{where}.tags[{j}]") for j, t in enumerate(tags)]))
+    return front, members_only, no_route, peers
+
+
+def build(front=None, peer_args=(), path=None, members_only=None, no_route=None):
+    """One validated Config from a TOML file and/or the command line.
+
+    The command line wins over the file for front/members_only/no_route;
+    peers from both are joined, and a peer named twice is an error.
+    """
+    f_front = f_members_only = f_no_route = None
+    peers = []
+    if path:
+        f_front, f_members_only, f_no_route, peers = load_toml(path)
+    peers = peers + [parse_peer_arg(a) for a in peer_args]
+    front = front or f_front
+    if not front:
+        raise ConfigError("no front: name it as FRONT or `front = ...` in the config"
+                          " (with --members-only it only names the instance)")
+    check_ifname(front, "front")
+    cfg = Config(front=front, peers=peers,
+                 members_only=bool(members_only if members_only is not None else f_members_only),
+                 no_route=no_route if no_route is not None else (f_no_route or abi.Policy.PASS))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg):
+    if not cfg.peers:
+        raise ConfigError("no peers: give --peer NAME=MEMBER_DEV[,TAG...] or [[peer]] in --config")
+    if len(cfg.peers) > abi.MAX_PEERS - 1:
+        raise ConfigError(f"{len(cfg.peers)} peers: wgbpf holds at most {abi.MAX_PEERS - 1}")
+    names, members, tags = {}, {}, {}
+    for p in cfg.peers:
+        if p.name in names:
+            raise ConfigError(f"peer {p.name!r} is given twice")
+        names[p.name] = p
+        if p.member in members:
+            raise ConfigError(f"member device {p.member!r} is given for both "
+                              f"{members[p.member]!r} and {p.name!r}: one device per peer")
+        members[p.member] = p.name
+        if not cfg.members_only and p.member == cfg.front:
+            raise ConfigError(f"peer {p.name!r}: member {p.member!r} is the front device itself")
+        for t in p.tags:
+            if t in tags and tags[t] != p.name:
+                raise ConfigError(f"tag {t} is given for both {tags[t]!r} and {p.name!r}")
+            tags[t] = p.name
+    return cfg

@@ -1,0 +1,372 @@
+"""Compile and load the data plane with BCC, pin it, and hook it into tc.
+
+attach() is a reconcile: it makes the pinned maps and the tc filters match a
+Config, touching only what differs. Maps are created (or reopened) before BCC
+compiles, and BCC opens them by pin path, so reloading the programs never
+loses a route; filters are swapped with `tc filter replace` on a fixed
+priority and handle, which the kernel does atomically, so an upgrade drops
+no packet.
+"""
+import ctypes
+import errno
+import os
+import time
+
+from . import abi, bpfsys, maps as mapsmod
+from .maps import Maps, MapError, make_route, network, pin_dir, route_peers
+
+BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
+SOURCE = os.path.join(BPF_DIR, "wgbpf.c")
+
+# Our tc filter: a fixed (priority, handle) so replace hits the same slot.
+TC_PRIO = 0x5747
+TC_HANDLE = 1
+HOOK_PARENT = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
+HOOK_PARENT_ID = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
+ARPHRD_NONE = 0xFFFE
+IFF_UP = 1
+CLONE_NEWNET = 0x40000000
+
+
+class AttachError(Exception):
+    """Attach refused: the message says what would break."""
+
+
+def enter_netns(name):
+    """Join a named network namespace (/run/netns/NAME), keeping this mount
+    namespace so /sys/fs/bpf stays visible (`ip netns exec` hides it)."""
+    path = name if "/" in name else f"/run/netns/{name}"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise AttachError(f"network namespace {name!r}: {e.strerror}") from None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise AttachError(f"network namespace {name!r}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def ensure_bpffs():
+    """Mount bpffs at /sys/fs/bpf when missing."""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and parts[1] == "/sys/fs/bpf" and parts[2] == "bpf":
+                return
+    os.makedirs("/sys/fs/bpf", exist_ok=True)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"bpf", b"/sys/fs/bpf", b"bpf", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise AttachError(f"mounting bpffs at /sys/fs/bpf: {os.strerror(err)}")
+
+
+def _iproute():
+    from pyroute2 import IPRoute
+    return IPRoute()
+
+
+def link_info(ipr, name):
+    """(ifindex, mtu, is_layer3, kind, up) of a device, or None if absent."""
+    links = ipr.link("get", ifname=name) if name else []
+    if not links:
+        return None
+    link = links[0]
+    kind = None
+    linkinfo = link.get_attr("IFLA_LINKINFO")
+    if linkinfo is not None:
+        kind = linkinfo.get_attr("IFLA_INFO_KIND")
+    return (link["index"], link.get_attr("IFLA_MTU"), link["ifi_type"] == ARPHRD_NONE,
+            kind, bool(link["flags"] & IFF_UP))
+
+
+def _get_link(ipr, name):
+    try:
+        return link_info(ipr, name)
+    except Exception as e:  # pyroute2 raises NetlinkError(19) for a missing device
+        if getattr(e, "code", None) == errno.ENODEV:
+            return None
+        raise
+
+
+def check_links(ipr, cfg):
+    """Resolve and check every device before anything is changed.
+
+    Returns (front ifindex or 0, {peer name: (ifindex, up)}).
+    """
+    front_idx = 0
+    front_mtu = None
+    if not cfg.members_only:
+        front = _get_link(ipr, cfg.front)
+        if front is None:
+            raise AttachError(f"front device {cfg.front!r} does not exist "
+                              f"(with --members-only, FRONT only names the instance)")
+        front_idx, front_mtu, l3, kind, _ = front
+        if not l3:
+            raise AttachError(f"front {cfg.front!r} is not a layer-3 device (kind {kind or 'unknown'}): "
+                              f"the front must be a WireGuard or TUN device")
+    members = {}
+    for p in cfg.peers:
+        m = _get_link(ipr, p.member)
+        if m is None:
+            raise AttachError(f"peer {p.name!r}: member device {p.member!r} does not exist")
+        idx, mtu, l3, kind, up = m
+        if not l3:
+            raise AttachError(f"peer {p.name!r}: member {p.member!r} is not a layer-3 device "
+                              f"(kind {kind or 'unknown'}): members must be WireGuard or TUN devices")
+        if front_mtu is not None and front_mtu > mtu:
+            raise AttachError(f"front {cfg.front!r} MTU {front_mtu} exceeds member {p.member!r} "
+                              f"MTU {mtu}: packets over {mtu} bytes would be dropped silently; "
+                              f"lower the front's MTU or raise the member's")
+        if idx == front_idx:
+            raise AttachError(f"peer {p.name!r}: member {p.member!r} is the front device")
+        members[p.name] = (idx, up)
+    return front_idx, members
+
+
+def compile_programs(directory, debug=False):
+    """BCC compile + load against the maps pinned in `directory`.
+
+    Returns (bpf object, {program name: fd}); keep the object alive until the
+    programs are pinned or attached.
+    """
+    from bcc import BPF  # imported here: a second of import, only attach needs it
+    cflags = [f"-I{BPF_DIR}", f'-DWGBPF_PIN_DIR="{directory}"', "-w"]
+    b = BPF(src_file=SOURCE.encode(), cflags=cflags, debug=0x8 if debug else 0)
+    fds = {name: b.load_func(name.encode(), BPF.SCHED_CLS).fd for name in abi.PROGRAMS}
+    return b, fds
+
+
+def prog_tag(fd):
+    return bytes(bpfsys.prog_info(fd).tag).hex()
+
+
+def pinned_prog_tag(directory, name):
+    try:
+        fd = bpfsys.obj_get(os.path.join(directory, name))
+    except OSError:
+        return None
+    try:
+        return prog_tag(fd)
+    finally:
+        os.close(fd)
+
+
+def _pin_prog(fd, path):
+    # bpffs refuses names with a dot
+    tmp = os.path.join(os.path.dirname(path), "new_" + os.path.basename(path))
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    bpfsys.obj_pin(fd, tmp)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def filter_name(front):
+    return f"wgbpf-{front}"
+
+
+def ensure_filter(ipr, ifindex, hook, fd, name):
+    try:
+        ipr.tc("add", "clsact", ifindex)
+    except Exception as e:
+        if getattr(e, "code", None) != errno.EEXIST:
+            raise
+    ipr.tc("replace-filter", "bpf", ifindex, TC_HANDLE, fd=fd, name=name,
+           parent=HOOK_PARENT[hook], classid=1, direct_action=True, prio=TC_PRIO)
+
+
+def filters(ipr, ifindex, hook):
+    """Names of the bpf filters on one hook of a device."""
+    out = []
+    try:
+        msgs = ipr.get_filters(index=ifindex, parent=HOOK_PARENT_ID[hook])
+    except Exception:
+        return out
+    for m in msgs:
+        opts = m.get_attr("TCA_OPTIONS")
+        if m.get_attr("TCA_KIND") == "bpf" and opts is not None:
+            name = opts.get_attr("TCA_BPF_NAME")
+            if name:
+                out.append(name)
+    return out
+
+
+def remove_filter(ipr, ifindex, hook):
+    """Delete our filter; delete clsact too when nothing else is on it."""
+    try:
+        ipr.tc("del-filter", "bpf", ifindex, TC_HANDLE, parent=HOOK_PARENT[hook], prio=TC_PRIO)
+    except Exception as e:
+        if getattr(e, "code", None) not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
+            raise
+    if not filters(ipr, ifindex, "ingress") and not filters(ipr, ifindex, "egress"):
+        try:
+            ipr.tc("del", "clsact", ifindex)
+        except Exception:
+            pass
+
+
+def attach(cfg, log=lambda msg: None, debug=False):
+    """Make the instance cfg.front match cfg. Returns a summary dict."""
+    t0 = time.monotonic()
+    directory = pin_dir(cfg.front)
+    changes = []
+    with _iproute() as ipr:
+        front_idx, links = check_links(ipr, cfg)
+        ensure_bpffs()
+        fresh = not os.path.isdir(directory)
+        m = Maps.create(directory)
+        try:
+            log(f"compiling {SOURCE}")
+            bpf, fds = compile_programs(directory, debug=debug)
+            t_compile = time.monotonic() - t0
+            old = {name: pinned_prog_tag(directory, name) for name in abi.PROGRAMS}
+            new = {name: prog_tag(fd) for name, fd in fds.items()}
+            reload_progs = old != new
+            if not fresh and reload_progs:
+                changes.append("programs upgraded")
+
+            # Peers first, so no filter ever sees a member it cannot resolve.
+            existing = m.peers()
+            by_name = {p.name.decode(): (i, p) for i, p in existing.items()}
+            used = set(existing)
+            ids = {}
+            for pc in cfg.peers:
+                if pc.name in by_name:
+                    ids[pc.name] = by_name[pc.name][0]
+                else:
+                    ids[pc.name] = next(i for i in range(1, abi.MAX_PEERS) if i not in used)
+                    used.add(ids[pc.name])
+            members_now = m.members()
+            for pc in cfg.peers:
+                pid = ids[pc.name]
+                ifindex, up = links[pc.name]
+                want = abi.Peer(ifindex=ifindex, flags=abi.PEER_UP if up else 0,
+                                name=pc.name.encode())
+                have = existing.get(pid)
+                if have is None or bytes(have) != bytes(want):
+                    m.set_peer(pid, want)
+                    changes.append(f"peer {pc.name} ({pc.member}, id {pid}"
+                                   f"{'' if up else ', down'}) {'added' if have is None else 'updated'}")
+                if members_now.get(ifindex) != pid:
+                    m.set_member(ifindex, pid)
+            # Tags and their implicit host routes.
+            want_tags = {t: ids[pc.name] for pc in cfg.peers for t in pc.tags}
+            have_tags = m.tags()
+            for t, pid in want_tags.items():
+                if have_tags.get(t) != pid:
+                    m.set_tag(t, pid)
+                    changes.append(f"tag {t} -> {next(p.name for p in cfg.peers if ids[p.name] == pid)}")
+                net = network(f"{t}/{t.max_prefixlen}")
+                r = m.get_route(net)
+                if r is None or (r.origin == abi.Origin.TAG and route_peers(r) != [pid]):
+                    m.set_route(net, [pid], abi.Origin.TAG)
+            for t, pid in have_tags.items():
+                if t not in want_tags:
+                    m.del_tag(t)
+                    net = network(f"{t}/{t.max_prefixlen}")
+                    r = m.get_route(net)
+                    if r is not None and r.origin == abi.Origin.TAG:
+                        m.del_route(net)
+                    changes.append(f"tag {t} removed")
+            limit = max(used | {0}) + 1
+            cfg_want = abi.Config(front_ifindex=front_idx, no_route=int(cfg.no_route),
+                                  peer_limit=max(limit, m.config().peer_limit))
+            if bytes(cfg_want) != bytes(m.config()):
+                m.set_config(cfg_want)
+
+            # Filters: members, then the front.
+            name = filter_name(cfg.front)
+            for pc in cfg.peers:
+                ifindex, _ = links[pc.name]
+                if reload_progs or name not in filters(ipr, ifindex, "ingress"):
+                    ensure_filter(ipr, ifindex, "ingress", fds["member_ingress"], name)
+            if front_idx and (reload_progs or name not in filters(ipr, front_idx, "egress")):
+                ensure_filter(ipr, front_idx, "egress", fds["front_egress"], name)
+            if reload_progs:
+                for pname, fd in fds.items():
+                    _pin_prog(fd, os.path.join(directory, pname))
+
+            # Peers that left: unhook their devices, then forget them.
+            keep = set(ids.values())
+            for pid, peer in existing.items():
+                if pid in keep:
+                    continue
+                _forget_peer(ipr, m, pid, peer)
+                changes.append(f"peer {peer.name.decode()} removed")
+            for ifindex, pid in m.members().items():
+                if pid not in keep or links.get(_peer_name(ids, pid), (None,))[0] != ifindex:
+                    m.del_member(ifindex)
+                    if pid in keep:  # the peer moved to another device
+                        remove_filter(ipr, ifindex, "ingress")
+            # Shrink the flood bound once departed peers are gone.
+            final_limit = max(keep | {0}) + 1
+            if m.config().peer_limit != final_limit:
+                c = m.config()
+                c.peer_limit = final_limit
+                m.set_config(c)
+            del bpf
+        finally:
+            m.close()
+    return {"front": cfg.front, "pin_dir": directory, "peers": len(cfg.peers),
+            "members_only": cfg.members_only, "created": fresh,
+            "programs_reloaded": reload_progs, "changes": changes,
+            "compile_seconds": round(t_compile, 3),
+            "seconds": round(time.monotonic() - t0, 3)}
+
+
+def _peer_name(ids, pid):
+    return next((n for n, i in ids.items() if i == pid), None)
+
+
+def _forget_peer(ipr, m, pid, peer):
+    """Remove one peer: its filter, its routes' references, tags, slot."""
+    for ifindex, owner in m.members().items():
+        if owner == pid:
+            remove_filter(ipr, ifindex, "ingress")
+            m.del_member(ifindex)
+    for t, owner in m.tags().items():
+        if owner == pid:
+            m.del_tag(t)
+    for version in (4, 6):
+        for net, r in list(m.routes(version)):
+            peers = route_peers(r)
+            if pid not in peers:
+                continue
+            rest = [p for p in peers if p != pid]
+            if rest:
+                m.set_route(net, rest, r.origin)
+            else:
+                m.del_route(net)
+    m.clear_peer(pid)
+
+
+def detach(front):
+    """Remove filters and pins of one instance; devices stay as they were."""
+    directory = pin_dir(front)
+    if not os.path.isdir(directory):
+        raise AttachError(f"no wgbpf instance {front!r} ({directory} does not exist)")
+    removed = []
+    with _iproute() as ipr:
+        try:
+            m = Maps.open(directory)
+        except MapError:
+            m = None
+        if m is not None:
+            with m:
+                cfg = m.config()
+                for ifindex in m.members():
+                    remove_filter(ipr, ifindex, "ingress")
+                    removed.append(ifindex)
+                if cfg.front_ifindex:
+                    remove_filter(ipr, cfg.front_ifindex, "egress")
+                    removed.append(cfg.front_ifindex)
+    for entry in os.listdir(directory):
+        os.unlink(os.path.join(directory, entry))
+    os.rmdir(directory)
+    return {"front": front, "pin_dir": directory, "devices": len(removed)}
+
+
+__all__ = ["attach", "detach", "AttachError", "MapError", "enter_netns", "mapsmod"]
