@@ -251,6 +251,9 @@ cmd_up() {
 	done < <(all_ns)
 	nsx "$HUB" sysctl -qw net.ipv4.ip_forward=1
 	nsx "$HUB" sysctl -qw net.ipv6.conf.all.forwarding=1
+	# Peer-to-peer traffic enters and leaves the hub by the front; without
+	# this the hub answers every such packet with an ICMP redirect.
+	nsx "$HUB" sysctl -qw net.ipv4.conf.all.send_redirects=0
 
 	say "underlay"
 	for p in "${PEERS[@]}"; do

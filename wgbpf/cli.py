@@ -170,6 +170,8 @@ def attach(front, peers, config_path, members_only, no_route, debug, as_json):
                    f" ({r['seconds']:.1f}s)")
         for c in r["changes"]:
             click.echo(f"  {c}")
+        for w in r["warnings"]:
+            click.echo(f"wgbpf: warning: {w}", err=True)
     emit(res, as_json, human)
 
 

@@ -208,6 +208,26 @@ def remove_filter(ipr, ifindex, hook):
             pass
 
 
+def quiet_redirects(front):
+    """Turn off ICMP redirects on the front; returns a warning or None.
+
+    Traffic between two peers enters and leaves the host through the front,
+    which the kernel takes as a detour and answers with ICMP redirects to
+    the sender. The kernel sends them if conf/all OR conf/<front> says so,
+    and conf/all is the whole host's: wgbpf only warns about it."""
+    base = "/proc/sys/net/ipv4/conf"
+    try:
+        with open(f"{base}/{front}/send_redirects", "w") as f:
+            f.write("0")
+        with open(f"{base}/all/send_redirects") as f:
+            if f.read().strip() != "0":
+                return ("net.ipv4.conf.all.send_redirects is 1: the host will send ICMP redirects "
+                        "for traffic between peers; set it to 0")
+    except OSError as e:
+        return f"could not turn off ICMP redirects on {front}: {e.strerror}"
+    return None
+
+
 def attach(cfg, log=lambda msg: None, debug=False):
     """Make the instance cfg.front match cfg. Returns a summary dict."""
     t0 = time.monotonic()
@@ -285,6 +305,11 @@ def attach(cfg, log=lambda msg: None, debug=False):
                     ensure_filter(ipr, ifindex, "ingress", fds["member_ingress"], name)
             if front_idx and (reload_progs or name not in filters(ipr, front_idx, "egress")):
                 ensure_filter(ipr, front_idx, "egress", fds["front_egress"], name)
+            warnings = []
+            if front_idx:
+                w = quiet_redirects(cfg.front)
+                if w:
+                    warnings.append(w)
             if reload_progs:
                 for pname, fd in fds.items():
                     _pin_prog(fd, os.path.join(directory, pname))
@@ -312,7 +337,7 @@ def attach(cfg, log=lambda msg: None, debug=False):
             m.close()
     return {"front": cfg.front, "pin_dir": directory, "peers": len(cfg.peers),
             "members_only": cfg.members_only, "created": fresh,
-            "programs_reloaded": reload_progs, "changes": changes,
+            "programs_reloaded": reload_progs, "changes": changes, "warnings": warnings,
             "compile_seconds": round(t_compile, 3),
             "seconds": round(time.monotonic() - t0, 3)}
 

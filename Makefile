@@ -1,0 +1,34 @@
+# The two commands a new user runs, as root, on Debian 12 or 13:
+#   make demo    builds the lab, attaches wgbpf, shows traffic steered
+#   make test    unit, BPF verdict and end-to-end tests
+# Each installs what it needs first (scripts/setup.sh, idempotent).
+
+PYTHON := .venv/bin/python
+PYTEST := $(PYTHON) -m pytest
+
+.PHONY: setup demo demo-down test test-unit test-bpf test-e2e clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@bash lab/demo.sh up
+
+demo-down:
+	@bash lab/demo.sh down
+
+# pytest exits 5 when it collects nothing: that must not pass as green.
+test: setup
+	$(PYTEST) -ra tests
+
+test-unit: setup
+	$(PYTEST) -ra tests/unit
+
+test-bpf: setup
+	$(PYTEST) -ra tests/bpf
+
+test-e2e: setup
+	$(PYTEST) -ra tests/e2e
+
+clean: demo-down
+	rm -rf .venv .pytest_cache .hypothesis *.egg-info
