@@ -1,0 +1,257 @@
+"""End to end: the demo topology (lab/lab.sh) with wireguard-go, real traffic.
+
+        alice ----\\                 /---- bob
+                   wg-alice  wg0  wg-bob        (hub: front wg0, one member per peer)
+                          \\_ hub _/
+                          wg-carol ---- carol
+
+Each test drives `wgbpf` as a user does (the CLI, in the hub's namespace)
+and checks what a user would see: pings answered or not, iperf3 bytes,
+counters, exit codes. The lab is built once per module with a name unique
+to this run and removed afterwards, even when a test fails.
+"""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import RUN_ID, require, require_bcc, require_tools
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LAB = os.path.join(ROOT, "lab", "lab.sh")
+WGBPF = [sys.executable, "-m", "wgbpf.cli"]
+
+pytestmark = [pytest.mark.root, pytest.mark.e2e]
+
+
+def run(*cmd, check=False, timeout=60):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check)
+
+
+class Lab:
+    def __init__(self, lab_id):
+        self.id = lab_id
+        self.env = dict(os.environ, LAB_ID=lab_id)
+        info = subprocess.run(["bash", LAB, "info"], env=self.env, capture_output=True,
+                              text=True, check=True).stdout
+        self.info = json.loads(info)
+        self.hub = self.info["hub_ns"]
+        self.front = self.info["front"]
+        self.peers = {p["name"]: p for p in self.info["peers"]}
+
+    def up(self):
+        r = subprocess.run(["bash", LAB, "up"], env=self.env, capture_output=True, text=True)
+        assert r.returncode == 0, f"lab up failed:\n{r.stdout}\n{r.stderr}"
+
+    def down(self):
+        subprocess.run(["bash", LAB, "down"], env=self.env, capture_output=True, text=True)
+
+    def wgbpf(self, *args, check=True):
+        if args[0] in ("route", "lookup", "dump", "status") and "--front" not in args:
+            args += ("--front", self.front)  # other instances may be attached meanwhile
+        r = run(*WGBPF, "--netns", self.hub, *args)
+        if check:
+            assert r.returncode == 0, f"wgbpf {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+        return r
+
+    def peer_args(self, names=None):
+        out = []
+        for name, p in self.peers.items():
+            if names is None or name in names:
+                out += ["--peer", f"{name}={p['member']},{p['tag4']},{p['tag6']}"]
+        return out
+
+    def attach(self, names=None, *extra):
+        return self.wgbpf("attach", self.front, *self.peer_args(names), *extra)
+
+    def spoke(self, name, *cmd, timeout=60):
+        return run("ip", "netns", "exec", self.peers[name]["ns"], *cmd, timeout=timeout)
+
+    def ping(self, src, dst, count=3, interval="0.2", extra=()):
+        r = self.spoke(src, "ping", "-c", str(count), "-i", interval, "-W", "2", *extra, dst)
+        return r.returncode == 0
+
+    def status(self):
+        return json.loads(self.wgbpf("status", "--front", self.front, "--json").stdout)
+
+    def dump(self):
+        return json.loads(self.wgbpf("dump", "--front", self.front, "--json").stdout)
+
+    def peer(self, name):
+        return next(p for p in self.dump()["peers"] if p["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def lab():
+    require_bcc()
+    require_tools("wireguard-go", "wg", "iperf3", "ping")
+    lab = Lab(f"e{RUN_ID}")
+    lab.down()
+    try:
+        lab.up()
+        lab.attach()
+        for name, p in lab.peers.items():
+            lab.wgbpf("route", "add", p["prefix4"], name, "--front", lab.front)
+            lab.wgbpf("route", "add", p["prefix6"], name, "--front", lab.front)
+        yield lab
+    finally:
+        run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
+        lab.down()
+        subprocess.run(["rm", "-rf", f"/sys/fs/bpf/wgbpf/{lab.front}"])
+
+
+def test_ping_between_every_pair_of_spokes_both_families(lab):
+    before = {n: lab.peer(n)["tx_packets"] for n in lab.peers}
+    for src in lab.peers:
+        for dst, p in lab.peers.items():
+            if src == dst:
+                continue
+            assert lab.ping(src, p["host4"]), f"{src} -> {dst} {p['host4']}"
+            assert lab.ping(src, p["host6"]), f"{src} -> {dst} {p['host6']}"
+    after = {n: lab.peer(n)["tx_packets"] for n in lab.peers}
+    # each spoke was pinged 3 x 2 families x 2 sources, and answered 12 times
+    for n in lab.peers:
+        assert after[n] - before[n] >= 24, (n, before, after)
+
+
+def test_lookup_and_dump_name_the_right_peer(lab):
+    r = json.loads(lab.wgbpf("lookup", "10.2.77.1", "--json").stdout)
+    assert r["prefix"] == "10.2.0.0/16" and r["peers"] == ["bob"]
+    r = json.loads(lab.wgbpf("lookup", lab.peers["carol"]["tag6"], "--json").stdout)
+    assert r["rule"] == "tag route" and r["peers"] == ["carol"]
+    routes = {x["prefix"]: x["peers"] for x in lab.dump()["routes"]}
+    assert routes["fd00:3::/48"] == ["carol"]
+    assert routes[f"{lab.peers['alice']['tag4']}/32"] == ["alice"]
+
+
+def test_iperf3_through_the_front(lab):
+    bob = lab.peers["bob"]
+    server = subprocess.Popen(["ip", "netns", "exec", bob["ns"], "iperf3", "-s", "-1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        before = lab.peer("bob")["tx_bytes"]
+        r = lab.spoke("alice", "iperf3", "-c", bob["host4"], "-t", "2", "-J", timeout=30)
+        assert r.returncode == 0, r.stdout + r.stderr
+        sent = json.loads(r.stdout)["end"]["sum_received"]["bytes"]
+    finally:
+        server.kill()
+        server.wait()
+    assert sent > 1_000_000, f"iperf3 moved only {sent} bytes"
+    # every byte bob received was steered to bob's member by front_egress
+    assert lab.peer("bob")["tx_bytes"] - before >= sent
+
+
+def test_spoofed_source_is_dropped_and_counted(lab):
+    alice, bob, carol = (lab.peers[n] for n in ("alice", "bob", "carol"))
+    forged = bob["host4"].rsplit(".", 1)[0] + ".99"  # inside bob's prefix
+    lab.spoke("alice", "ip", "addr", "add", f"{forged}/32", "dev", alice["spoke_dev"])
+    try:
+        spoofed_before = lab.status()["counters"]["spoofed"]
+        alice_before = lab.peer("alice")["spoofed"]
+        assert not lab.ping("alice", carol["host4"], count=3, extra=("-I", forged))
+        assert lab.status()["counters"]["spoofed"] - spoofed_before >= 3
+        assert lab.peer("alice")["spoofed"] - alice_before >= 3
+        # alice's own address still works
+        assert lab.ping("alice", carol["host4"], count=1)
+    finally:
+        lab.spoke("alice", "ip", "addr", "del", f"{forged}/32", "dev", alice["spoke_dev"])
+
+
+def test_tag_address_reaches_its_peer_and_multicast_reaches_all(lab):
+    # unicast to a neighbour's link-local tag: the tag's implicit host route
+    r = run("ip", "netns", "exec", lab.hub, "ping", "-c", "2", "-i", "0.2", "-W", "2",
+            f"{lab.peers['bob']['tag6']}%{lab.front}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # all-nodes multicast from the front is cloned to every member; each
+    # spoke answers from its link-local tag, so the hub hears three replies
+    flooded = lab.status()["counters"]["flooded"]
+    r = run("ip", "netns", "exec", lab.hub, "ping", "-c", "2", "-i", "0.5", "-w", "3",
+            f"ff02::1%{lab.front}")
+    replies = {line.split()[3].rstrip(":").split("%")[0] for line in r.stdout.splitlines()
+               if "bytes from" in line}
+    replies.discard("fe80::fe")  # the hub's own front answers too
+    assert replies == {p["tag6"] for p in lab.peers.values()}, r.stdout
+    assert lab.status()["counters"]["flooded"] > flooded
+
+
+def _ping_during(lab, action, count=150):
+    """Run a fast ping alice -> bob while `action` runs; return loss output."""
+    result = {}
+
+    def pinger():
+        result["r"] = lab.spoke("alice", "ping", "-c", str(count), "-i", "0.02", "-W", "1",
+                                lab.peers["bob"]["host4"], timeout=60)
+    t = threading.Thread(target=pinger)
+    t.start()
+    time.sleep(0.3)
+    out = action()
+    t.join()
+    return result["r"], out
+
+
+def test_attach_again_changes_nothing_and_drops_nothing(lab):
+    r, out = _ping_during(lab, lambda: lab.attach(None, "--json"))
+    res = json.loads(out.stdout)
+    assert res["changes"] == [] and res["programs_reloaded"] is False
+    assert " 0% packet loss" in r.stdout, r.stdout
+
+
+def test_attach_with_changed_peers_updates_in_place(lab):
+    # carol leaves: her member is unhooked and her routes go; alice <-> bob
+    # keeps flowing while the instance changes under it
+    r, out = _ping_during(lab, lambda: lab.attach(["alice", "bob"]))
+    assert " 0% packet loss" in r.stdout, r.stdout
+    assert "peer carol removed" in out.stdout
+    st = lab.status()
+    assert {m["peer"] for m in st["members"]} == {"alice", "bob"}
+    assert not lab.ping("alice", lab.peers["carol"]["host4"], count=1)
+    # carol comes back under the same name
+    lab.attach()
+    carol = lab.peers["carol"]
+    lab.wgbpf("route", "add", carol["prefix4"], "carol")
+    assert lab.ping("alice", carol["host4"], count=2)
+
+
+def test_bad_input_leaves_the_data_plane_as_it_was(lab):
+    before = lab.dump()["routes"]
+    r = lab.wgbpf("attach", lab.front, "--peer", "alice=nosuchdev0", check=False)
+    assert r.returncode != 0 and "nosuchdev0" in r.stderr
+    r = lab.wgbpf("route", "add", "10.9.0.0/33", "alice", check=False)
+    assert r.returncode != 0 and "10.9.0.0/33" in r.stderr
+    r = lab.wgbpf("route", "add", "10.9.0.0/16", "mallory", check=False)
+    assert r.returncode != 0 and "mallory" in r.stderr
+    assert lab.dump()["routes"] == before
+    assert lab.ping("alice", lab.peers["bob"]["host4"], count=1)
+
+
+def test_detach_restores_plain_behaviour_then_members_only_filters(lab):
+    """Runs last: detach, check the kernel alone no longer steers, then
+    members-only mode on routes `dev <member>`."""
+    lab.wgbpf("detach", lab.front)
+    assert not os.path.exists(f"/sys/fs/bpf/wgbpf/{lab.front}")
+    tc = run("ip", "netns", "exec", lab.hub, "tc", "filter", "show", "dev", lab.front, "egress")
+    assert "wgbpf" not in tc.stdout
+    assert not lab.ping("alice", lab.peers["bob"]["host4"], count=2)
+
+    # the per-peer-interface setup: routes straight to members, wgbpf only filters
+    for p in lab.peers.values():
+        run("ip", "-n", lab.hub, "route", "replace", p["prefix4"], "dev", p["member"], check=True)
+    lab.wgbpf("attach", lab.front, "--members-only", *lab.peer_args())
+    for p in lab.peers.values():
+        lab.wgbpf("route", "add", p["prefix4"], p["name"])
+    assert lab.ping("alice", lab.peers["bob"]["host4"], count=2)
+    alice, bob = lab.peers["alice"], lab.peers["bob"]
+    forged = bob["host4"].rsplit(".", 1)[0] + ".98"
+    lab.spoke("alice", "ip", "addr", "add", f"{forged}/32", "dev", alice["spoke_dev"])
+    try:
+        before = lab.status()["counters"]["spoofed"]
+        assert not lab.ping("alice", lab.peers["carol"]["host4"], count=2, extra=("-I", forged))
+        assert lab.status()["counters"]["spoofed"] - before >= 2
+    finally:
+        lab.spoke("alice", "ip", "addr", "del", f"{forged}/32", "dev", alice["spoke_dev"])
+    lab.wgbpf("detach", lab.front)
