@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import sys
+import time
 
 import click
 
@@ -330,6 +331,63 @@ def lookup(address, front, as_json):
     emit(res, as_json, human)
 
 
+@main.command()
+@click.argument("front", required=False)
+@click.option("--peer", "-p", "peers", multiple=True, metavar="NAME=DEV[,TAG...]",
+              help="a peer, as for attach; repeat")
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
+              help="TOML file with front, no_route and [[peer]] tables (re-read on SIGHUP)")
+@click.option("--members-only", is_flag=True, default=None, help="as for attach")
+@click.option("--no-route", type=click.Choice(["pass", "drop"]), default=None, help="as for attach")
+@click.option("--table", "-t", "tables", multiple=True, metavar="TABLE",
+              help="routing table to follow: main, a number or a name from rt_tables; "
+                   "repeat for several (the first wins a tie); default main")
+@click.option("--proto", "protos", multiple=True, metavar="PROTO",
+              help="only routes of this protocol (bird, babel, static, a number); repeat")
+@click.option("--realm", "realms", multiple=True, type=int, metavar="N",
+              help="only routes of this realm; repeat")
+@click.option("--metrics-file", type=click.Path(dir_okay=False),
+              help="write Prometheus text metrics here (node_exporter textfile); off by default")
+@click.option("--rcvbuf", type=int, default=32 << 20, show_default=True, hidden=True,
+              help="netlink receive buffer in bytes")
+def daemon(front, peers, config_path, members_only, no_route, tables, protos, realms,
+           metrics_file, rcvbuf):
+    """Keep the maps equal to the kernel routes that name peers.
+
+    A route names a peer when its gateway is one of the peer's tags (also an
+    IPv4 route via an IPv6 link-local nexthop) or when it leaves by the
+    peer's member device; a multipath route names every such peer (ECMP).
+    Runs in the foreground (systemd: see systemd/wgbpf@.service); on exit
+    the data plane keeps running, and a restart reconciles by difference.
+    Entries from `wgbpf route` and tag host routes are left alone.
+    """
+    from . import daemon as d, routes as rt, sync
+    try:
+        table_ids = [rt.table_id(t) for t in (tables or ("main",))]
+        proto_ids = [rt.protocol_id(p) for p in protos]
+    except ValueError as e:
+        fail(str(e))
+    policy = configmod.parse_policy(no_route, "--no-route") if no_route else None
+    build = d.config_builder(front, peers, config_path, members_only, policy)
+    try:
+        build()  # validate before touching anything
+    except ConfigError as e:
+        fail(str(e))
+    need_root()
+    progress = None
+    if sys.stderr.isatty():
+        def progress(stage, n, total=None):
+            tail = f"/{total}" if total else ""
+            click.echo(f"\r{stage}: {n}{tail} ", nl=False, err=True)
+    daemon_ = d.Daemon(build, sync.Filter(table_ids, proto_ids, realms), d.stderr_log,
+                       metrics_file=metrics_file, rcvbuf=rcvbuf, progress=progress)
+    from .dataplane import AttachError
+    try:
+        daemon_.run()
+    except (d.DaemonError, AttachError, MapError, ConfigError) as e:
+        fail(str(e))
+
+
 def instance_status(front):
     from .dataplane import _iproute, filter_name, filters
     _, m = open_maps(front, readonly=True)
@@ -347,6 +405,8 @@ def instance_status(front):
                             "hooked": name in filters(ipr, p["ifindex"], "ingress")} for p in peers],
                "maps": {k: {"entries": v[0], "max": v[1]} for k, v in fill.items()},
                "counters": {r.name.lower(): v for r, v in m.counters().items()}}
+    from .daemon import read_status
+    out["daemon"] = read_status(front)
     return out
 
 
@@ -371,6 +431,18 @@ def status(front=None, as_json=False):
                   ["PEER", "MEMBER", "STATE", "INGRESS"])
             click.echo("maps: " + ", ".join(f"{k} {v['entries']}/{v['max']}" for k, v in s["maps"].items()))
             click.echo("counters: " + ", ".join(f"{k} {v}" for k, v in s["counters"].items()))
+            dmn = s.get("daemon")
+            if not dmn:
+                click.echo("daemon: never ran (wgbpf daemon)")
+            else:
+                ago = time.time() - dmn["last_sync"] if dmn.get("last_sync") else None
+                click.echo(f"daemon: {dmn['state']} (pid {dmn['pid']}), tables {dmn['tables']}, "
+                           f"{dmn['prefixes']} prefixes, {dmn['ignored']} ignored routes, "
+                           f"{dmn['events']} events, {dmn['resyncs']} resyncs, {dmn['overruns']} overruns, "
+                           f"lag max {dmn['lag_ms_max']} ms"
+                           + (f", last sync {ago:.0f}s ago ({dmn['last_sync_seconds']}s)" if ago is not None else ""))
+                if dmn.get("routes_per_peer"):
+                    click.echo("routes per peer: " + ", ".join(f"{k} {v}" for k, v in sorted(dmn["routes_per_peer"].items())))
     emit(res if front is None else res[0], as_json, human if front is None else lambda s: human([s]))
 
 

@@ -1,0 +1,318 @@
+"""wgbpf daemon: keep the pinned LPM maps equal to the kernel routes that
+name peers.
+
+    start   lock /run/wgbpf/<front>.lock (one daemon per front), attach
+            (reconcile peers and tags), full dump -> diff -> apply
+    loop    RTM_NEWROUTE/DELROUTE applied in arrival order, batched per
+            read; RTM_NEWLINK marks members up/down; addresses on members
+            and SIGHUP (config reload) re-resolve by full resync; ENOBUFS
+            (we lost events) -> full resync
+    exit    SIGTERM/SIGINT: stop syncing; the data plane keeps running on
+            the pinned maps, and the next start reconciles by diff
+
+The event socket is opened before the dump, so nothing that changes during
+a dump is lost: those events are applied after it, in order.
+"""
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+
+from . import abi, config as configmod, dataplane, routes as rt, sync
+from .maps import Maps, pin_dir
+
+RUN_DIR = "/run/wgbpf"
+EVENT_GROUPS = (rt.RTMGRP_IPV4_ROUTE | rt.RTMGRP_IPV6_ROUTE | rt.RTMGRP_LINK
+                | rt.RTMGRP_IPV4_IFADDR | rt.RTMGRP_IPV6_IFADDR)
+
+
+class DaemonError(Exception):
+    pass
+
+
+def status_path(front):
+    return os.path.join(RUN_DIR, f"{front}.json")
+
+
+def read_status(front):
+    """The running daemon's last status for `front`, or None."""
+    try:
+        with open(status_path(front)) as f:
+            st = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not _alive(st.get("pid")):
+        st["state"] = "not running"
+    return st
+
+
+def _alive(pid):
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def sd_notify(msg):
+    """systemd Type=notify readiness, without libsystemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(msg.encode(), addr)
+
+
+class Daemon:
+    def __init__(self, build_config, flt, log, metrics_file=None, rcvbuf=32 << 20,
+                 progress=None):
+        self.build_config = build_config  # () -> Config; called again on SIGHUP
+        self.filter = flt
+        self.log = log
+        self.metrics_file = metrics_file
+        self.rcvbuf = rcvbuf
+        self.progress = progress
+        self.stats = {"events": 0, "map_writes": 0, "resyncs": 0, "overruns": 0,
+                      "last_sync": None, "last_sync_seconds": None, "lag_ms_last": None,
+                      "lag_ms_max": 0.0, "started": time.time()}
+        self.stop = False
+        self.reload = False
+        self.cfg = None
+        self.maps = None
+        self.table = None
+        self.entries = None
+        self.lock_fd = None
+
+    # -- setup -----------------------------------------------------------
+    def _lock(self, front):
+        os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
+        path = os.path.join(RUN_DIR, f"{front}.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 32).decode().strip() or "?"
+            os.close(fd)
+            raise DaemonError(f"another wgbpf daemon (pid {other}) is already running for {front!r}")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.lock_fd = fd
+
+    def _attach(self):
+        res = dataplane.attach(self.cfg, log=lambda m: None)
+        for c in res["changes"]:
+            self.log(f"attach: {c}")
+        for w in res["warnings"]:
+            self.log(f"warning: {w}")
+        if self.maps is None:
+            self.maps = Maps.open(pin_dir(self.cfg.front))
+
+    def _tags(self, nl):
+        peers = self.maps.peers()
+        by_name = {p.name.decode(): i for i, p in peers.items()}
+        by_addr = {t.packed: by_name[pc.name] for pc in self.cfg.peers for t in pc.tags}
+        by_oif = {p.ifindex: i for i, p in peers.items()}
+        # the far end of a point-to-point address on a member is that peer's
+        for ifindex, _local, peer in rt.dump_addrs(nl):
+            if peer is not None and ifindex in by_oif:
+                by_addr.setdefault(peer, by_oif[ifindex])
+        return sync.Tags(by_addr, by_oif)
+
+    # -- sync ------------------------------------------------------------
+    def full_sync(self, why):
+        t0 = time.monotonic()
+        nl = rt.Netlink(rcvbuf=self.rcvbuf)
+        try:
+            tags = self._tags(nl)
+            table = sync.Table(tags, self.filter)
+            n = 0
+            for fam in (socket.AF_INET, socket.AF_INET6):
+                for r in rt.dump_routes(nl, fam):
+                    table.update(r)
+                    n += 1
+                    if self.progress and n % 65536 == 0:
+                        self.progress("dump", n)
+        finally:
+            nl.close()
+        t_dump = time.monotonic() - t0
+        entries = sync.map_entries(self.maps)
+        d = sync.diff(table, entries)
+        writes = sync.apply_diff(self.maps, d, entries,
+                                 progress=(lambda k: self.progress("write", k, len(d)))
+                                 if self.progress else None)
+        self.table, self.entries = table, entries
+        dt = time.monotonic() - t0
+        self.stats["map_writes"] += writes
+        self.stats["last_sync"] = time.time()
+        self.stats["last_sync_seconds"] = round(dt, 3)
+        self.log(f"sync ({why}): {n} routes read, {len(table)} prefixes name peers, "
+                 f"{table.ignored} ignored, {writes} map writes "
+                 f"({len(d.put)} put, {len(d.delete)} deleted) in {dt:.2f}s (dump {t_dump:.2f}s)")
+        self.write_status("running")
+        return writes
+
+    def _peer_state(self, index, up):
+        for pid, p in self.maps.peers().items():
+            if p.ifindex == index and bool(p.flags & abi.PEER_UP) != up:
+                p.flags = (p.flags | abi.PEER_UP) if up else (p.flags & ~abi.PEER_UP)
+                self.maps.set_peer(pid, p)
+                self.log(f"peer {p.name.decode()}: member {'up' if up else 'down'}")
+
+    def handle(self, events):
+        """Apply one read's worth of messages; returns True if a resync is due."""
+        changed = set()
+        resync = False
+        members = None
+        for mtype, buf, off, end in events:
+            if mtype in (rt.RTM_NEWROUTE, rt.RTM_DELROUTE):
+                self.stats["events"] += 1
+                r = rt.parse_route(buf, off, end)
+                if r is not None:
+                    k = self.table.update(r, deleted=(mtype == rt.RTM_DELROUTE))
+                    if k is not None:
+                        changed.add(k)
+            elif mtype == rt.RTM_NEWLINK:
+                index, _name, up = rt.parse_link(buf, off, end)
+                self._peer_state(index, up)
+            elif mtype in (rt.RTM_NEWADDR, rt.RTM_DELADDR):
+                if members is None:
+                    members = self.maps.members()
+                index, _local, peer = rt.parse_addr(buf, off, end)
+                if peer is not None and index in members:
+                    resync = True  # a peer's tag moved: re-resolve everything
+        if changed:
+            d = sync.diff(self.table, self.entries, keys=changed)
+            self.stats["map_writes"] += sync.apply_diff(self.maps, d, self.entries)
+        return resync
+
+    # -- status ------------------------------------------------------------
+    def write_status(self, state):
+        peers = self.maps.peers() if self.maps else {}
+        per_peer = {}
+        if self.table is not None:
+            per_peer = {(peers[i].name.decode() if i in peers else f"#{i}"): n
+                        for i, n in self.table.per_peer.items() if n}
+        st = dict(self.stats, state=state, pid=os.getpid(),
+                  front=self.cfg.front if self.cfg else None,
+                  tables=sorted(self.filter.tables, key=self.filter.tables.get),
+                  prefixes=len(self.table) if self.table is not None else 0,
+                  ignored=self.table.ignored if self.table is not None else 0,
+                  routes_per_peer=per_peer, written=time.time())
+        os.makedirs(RUN_DIR, exist_ok=True)
+        tmp = status_path(self.cfg.front) + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(st, f, indent=2)
+        os.replace(tmp, status_path(self.cfg.front))
+        if self.metrics_file:
+            self.write_metrics(st)
+
+    def write_metrics(self, st):
+        front = st["front"]
+        lines = []
+
+        def metric(name, help_, value, kind="counter", labels=""):
+            lines.append(f"# HELP wgbpf_{name} {help_}")
+            lines.append(f"# TYPE wgbpf_{name} {kind}")
+            lines.append(f'wgbpf_{name}{{front="{front}"{labels}}} {value}')
+        metric("route_events_total", "RTM_NEWROUTE/DELROUTE events applied", st["events"])
+        metric("map_writes_total", "LPM map entries written or deleted", st["map_writes"])
+        metric("resyncs_total", "full resyncs (start, overrun, reload, tag change)", st["resyncs"])
+        metric("overruns_total", "netlink overruns (ENOBUFS)", st["overruns"])
+        metric("prefixes", "prefixes that name peers", st["prefixes"], "gauge")
+        metric("ignored_routes", "routes that name no peer (last full sync)", st["ignored"], "gauge")
+        metric("event_lag_ms_max", "worst event-to-map lag", st["lag_ms_max"], "gauge")
+        counters = self.maps.counters()
+        lines.append("# HELP wgbpf_packets_total packets by data-plane reason")
+        lines.append("# TYPE wgbpf_packets_total counter")
+        for r, v in counters.items():
+            lines.append(f'wgbpf_packets_total{{front="{front}",reason="{r.name.lower()}"}} {v}')
+        tmp = self.metrics_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(tmp, self.metrics_file)
+
+    # -- main loop ---------------------------------------------------------
+    def run(self):
+        self.cfg = self.build_config()
+        self._lock(self.cfg.front)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        events = rt.Netlink(groups=EVENT_GROUPS, rcvbuf=self.rcvbuf)
+        try:
+            self._attach()
+            self.stats["resyncs"] += 1
+            self.full_sync("start")
+            sd_notify("READY=1")
+            last_status = time.monotonic()
+            while not self.stop:
+                if self.reload:
+                    self.reload = False
+                    try:
+                        self.cfg = self.build_config()
+                        self._attach()
+                    except Exception as e:  # a bad reload keeps the old config running
+                        self.log(f"reload refused, keeping the running config: {e}")
+                    else:
+                        self.stats["resyncs"] += 1
+                        self.full_sync("config reload")
+                try:
+                    ready, _, _ = select.select([events], [], [], 1.0)
+                except InterruptedError:
+                    continue
+                if ready:
+                    resync = False
+                    t_recv = time.monotonic()
+                    try:
+                        batch = []
+                        while True:  # drain what is queued, then apply once
+                            got = list(events.messages(block=False))
+                            if not got:
+                                break
+                            batch.extend((m, bytes(b[o:e]), 0, e - o) for m, b, o, e in got)
+                            if len(batch) > 100000:
+                                break
+                        resync = self.handle(batch)
+                    except OSError as e:
+                        if e.errno != 105:  # ENOBUFS: the kernel dropped events for us
+                            raise
+                        self.stats["overruns"] += 1
+                        self.log("netlink overrun (ENOBUFS): events were lost, full resync")
+                        resync = True
+                    if resync:
+                        self.stats["resyncs"] += 1
+                        self.full_sync("overrun or tag change")
+                    lag = (time.monotonic() - t_recv) * 1000
+                    self.stats["lag_ms_last"] = round(lag, 3)
+                    self.stats["lag_ms_max"] = round(max(self.stats["lag_ms_max"], lag), 3)
+                if time.monotonic() - last_status >= 1.0:
+                    self.write_status("running")
+                    last_status = time.monotonic()
+            self.write_status("stopped")
+            self.log("stopped; the data plane keeps running on the pinned maps")
+        finally:
+            events.close()
+            if self.maps:
+                self.maps.close()
+
+    def _on_stop(self, *_):
+        self.stop = True
+
+    def _on_hup(self, *_):
+        self.reload = True
+
+
+def config_builder(front, peer_args, config_path, members_only, no_route):
+    def build():
+        return configmod.build(front, peer_args, config_path, members_only, no_route)
+    return build
+
+
+def stderr_log(msg):
+    print(f"wgbpf daemon: {msg}", file=sys.stderr, flush=True)

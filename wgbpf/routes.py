@@ -1,0 +1,294 @@
+"""Kernel routes over raw rtnetlink, parsed with struct.
+
+At full-table scale the cost of syncing is parsing netlink: pyroute2's
+message objects handle ~12k routes/s (97 s and 4 GiB for a 1M-route dump,
+see MEASUREMENTS.md), a lean struct parser of the few attributes wgbpf needs
+keeps up with the kernel (~500k/s). So routes are read here; pyroute2 stays
+for links and tc, where counts are small.
+
+A route is reduced to a KernelRoute: prefix, table, priority, protocol,
+realm and its nexthops as (gateway bytes or None, oif). Which peers it names
+is decided by Tags.resolve().
+"""
+import dataclasses
+import os
+import socket
+import struct
+
+NETLINK_ROUTE = 0
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_DUMP = 1, 2, 0x300
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+
+RTN_UNICAST = 1
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY = 1, 4, 5, 6
+RTA_MULTIPATH, RTA_FLOW, RTA_TABLE, RTA_VIA = 9, 11, 15, 18
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFLA_IFNAME = 3
+IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
+
+# multicast groups (legacy bitmask form, enough for these)
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV6_ROUTE = 0x400
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_RTATTR = struct.Struct("=HH")
+_RTNH = struct.Struct("=HBBi")
+_IFADDRMSG = struct.Struct("=BBBBi")
+_IFINFOMSG = struct.Struct("=BxHiII")
+
+RT_TABLE_MAIN = 254
+
+
+def _align(n):
+    return (n + 3) & ~3
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelRoute:
+    family: int          # socket.AF_INET or AF_INET6
+    dst: bytes           # network address, 4 or 16 bytes
+    dst_len: int
+    table: int
+    priority: int
+    protocol: int
+    realm: int
+    nexthops: tuple      # ((gateway bytes or None, oif), ...)
+
+    @property
+    def key(self):
+        """What identifies one route in the kernel (for replace and delete)."""
+        return (self.family, self.dst, self.dst_len, self.table, self.priority)
+
+
+def _attrs(buf, off, end):
+    while off + 4 <= end:
+        length, kind = _RTATTR.unpack_from(buf, off)
+        if length < 4:
+            break
+        yield kind & 0x3FFF, off + 4, off + length
+        off += _align(length)
+
+
+def _gateway(buf, a, b):
+    return bytes(buf[a:b])
+
+
+def _via(buf, a, b):
+    """RTA_VIA: struct rtvia { sa_family; addr[] }: v4 routes via v6 nexthops."""
+    return bytes(buf[a + 2:b])
+
+
+def parse_route(buf, off, end):
+    """One RTM_NEWROUTE/DELROUTE body -> KernelRoute, or None when it is not
+    a unicast route (local, broadcast, unreachable, ... are never steered)."""
+    family, dst_len, _src_len, _tos, table, protocol, _scope, rtype, _flags = _RTMSG.unpack_from(buf, off)
+    if rtype != RTN_UNICAST or family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    alen = 4 if family == socket.AF_INET else 16
+    dst = bytes(alen)
+    gateway = None
+    oif = 0
+    priority = 0
+    realm = 0
+    multipath = None
+    for kind, a, b in _attrs(buf, off + _RTMSG.size, end):
+        if kind == RTA_DST:
+            dst = bytes(buf[a:b])
+        elif kind == RTA_GATEWAY:
+            gateway = _gateway(buf, a, b)
+        elif kind == RTA_VIA:
+            gateway = _via(buf, a, b)
+        elif kind == RTA_OIF:
+            oif = struct.unpack_from("=i", buf, a)[0]
+        elif kind == RTA_PRIORITY:
+            priority = struct.unpack_from("=I", buf, a)[0]
+        elif kind == RTA_TABLE:
+            table = struct.unpack_from("=I", buf, a)[0]
+        elif kind == RTA_FLOW:
+            realm = struct.unpack_from("=I", buf, a)[0]
+        elif kind == RTA_MULTIPATH:
+            multipath = []
+            p = a
+            while p + _RTNH.size <= b:
+                nh_len, _nh_flags, _hops, nh_oif = _RTNH.unpack_from(buf, p)
+                if nh_len < _RTNH.size:
+                    break
+                nh_gw = None
+                for k2, a2, b2 in _attrs(buf, p + _RTNH.size, p + nh_len):
+                    if k2 == RTA_GATEWAY:
+                        nh_gw = _gateway(buf, a2, b2)
+                    elif k2 == RTA_VIA:
+                        nh_gw = _via(buf, a2, b2)
+                    elif k2 == RTA_FLOW and not realm:
+                        realm = struct.unpack_from("=I", buf, a2)[0]
+                multipath.append((nh_gw, nh_oif))
+                p += _align(nh_len)
+    nexthops = tuple(multipath) if multipath else ((gateway, oif),)
+    return KernelRoute(family, dst, dst_len, table, priority, protocol, realm, nexthops)
+
+
+def parse_addr(buf, off, end):
+    """RTM_NEWADDR/DELADDR -> (ifindex, local bytes, peer bytes or None)."""
+    family, _plen, _flags, _scope, index = _IFADDRMSG.unpack_from(buf, off)
+    address = local = None
+    for kind, a, b in _attrs(buf, off + _IFADDRMSG.size, end):
+        if kind == IFA_ADDRESS:
+            address = bytes(buf[a:b])
+        elif kind == IFA_LOCAL:
+            local = bytes(buf[a:b])
+    # On a point-to-point device IFA_ADDRESS is the far end: a peer's address.
+    peer = address if local is not None and address != local else None
+    return index, local or address, peer
+
+
+def parse_link(buf, off, end):
+    """RTM_NEWLINK -> (ifindex, name, up)."""
+    _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(buf, off)
+    name = None
+    for kind, a, b in _attrs(buf, off + _IFINFOMSG.size, end):
+        if kind == IFLA_IFNAME:
+            name = bytes(buf[a:b]).rstrip(b"\0").decode()
+    return index, name, bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
+
+
+class Netlink:
+    """A raw NETLINK_ROUTE socket: dumps, and events when `groups` is set."""
+
+    def __init__(self, groups=0, rcvbuf=32 << 20):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        try:
+            # SO_RCVBUFFORCE (root) lifts the rmem_max cap: a burst of route
+            # events must not overrun us when it can be avoided.
+            self.sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.bind((0, groups))
+        self.seq = 0
+
+    def close(self):
+        self.sock.close()
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def messages(self, block=True):
+        """Yield (type, buf, body offset, end) of every message in one read.
+
+        Raises OSError(ENOBUFS) when the kernel dropped events for us."""
+        flags = 0 if block else socket.MSG_DONTWAIT
+        try:
+            data = self.sock.recv(1 << 20, flags)
+        except BlockingIOError:
+            return
+        buf = memoryview(data)
+        off = 0
+        while off + _NLMSGHDR.size <= len(buf):
+            length, mtype, _flags, _seq, _pid = _NLMSGHDR.unpack_from(buf, off)
+            if length < _NLMSGHDR.size:
+                break
+            if mtype == NLMSG_ERROR:
+                err = -struct.unpack_from("=i", buf, off + 16)[0]
+                if err:
+                    raise OSError(err, os.strerror(err))
+            yield mtype, buf, off + _NLMSGHDR.size, off + length
+            off += _align(length)
+
+    def dump(self, mtype, family, body=None):
+        """Yield (type, buf, off, end) for every message of one dump."""
+        self.seq += 1
+        if body is None:
+            body = struct.pack("=B3x", family) + bytes(8)  # rtmsg/ifaddrmsg-sized
+        hdr = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0)
+        self.sock.send(hdr + body)
+        while True:
+            done = False
+            for m in self.messages():
+                if m[0] == NLMSG_DONE:
+                    done = True
+                    break
+                yield m
+            if done:
+                return
+
+
+def dump_routes(nl, family):
+    """Every unicast route of one family, all tables."""
+    body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+    for mtype, buf, off, end in nl.dump(RTM_GETROUTE, family, body):
+        if mtype == RTM_NEWROUTE:
+            r = parse_route(buf, off, end)
+            if r is not None:
+                yield r
+
+
+def dump_addrs(nl):
+    body = _IFADDRMSG.pack(0, 0, 0, 0, 0)
+    for mtype, buf, off, end in nl.dump(RTM_GETADDR, 0, body):
+        if mtype == RTM_NEWADDR:
+            yield parse_addr(buf, off, end)
+
+
+def dump_links(nl):
+    body = _IFINFOMSG.pack(0, 0, 0, 0, 0)
+    for mtype, buf, off, end in nl.dump(RTM_GETLINK, 0, body):
+        if mtype == RTM_NEWLINK:
+            yield parse_link(buf, off, end)
+
+
+def table_id(name):
+    """A routing table by number, `main`/`local`/`default`, or a name from
+    /etc/iproute2/rt_tables (and rt_tables.d). ValueError names unknowns."""
+    s = str(name).strip()
+    if s.isdigit():
+        n = int(s)
+        if not 0 < n < 2 ** 32:
+            raise ValueError(f"table {name!r}: a table number is 1 to 4294967295")
+        return n
+    known = {"main": 254, "local": 255, "default": 253}
+    paths = ["/etc/iproute2/rt_tables", "/usr/share/iproute2/rt_tables"]
+    for d in ("/etc/iproute2/rt_tables.d", "/usr/share/iproute2/rt_tables.d"):
+        if os.path.isdir(d):
+            paths += [os.path.join(d, f) for f in sorted(os.listdir(d)) if f.endswith(".conf")]
+    for path in paths:
+        try:
+            with open(path) as f:
+                for line in f:
+                    parts = line.split("#", 1)[0].split()
+                    if len(parts) >= 2 and parts[0].isdigit():
+                        known.setdefault(parts[1], int(parts[0]))
+        except OSError:
+            continue
+    if s not in known:
+        raise ValueError(f"unknown routing table {name!r} (not a number, and not in /etc/iproute2/rt_tables)")
+    return known[s]
+
+
+def protocol_id(name):
+    """A route protocol by number or name (bird, babel, static, ...)."""
+    s = str(name).strip()
+    if s.isdigit() and int(s) < 256:
+        return int(s)
+    known = {"kernel": 2, "boot": 3, "static": 4, "gated": 8, "ra": 9, "mrt": 10, "zebra": 11,
+             "bird": 12, "dnrouted": 13, "xorp": 14, "ntk": 15, "dhcp": 16, "keepalived": 18,
+             "babel": 42, "openr": 99, "bgp": 186, "isis": 187, "ospf": 188, "rip": 189, "eigrp": 192}
+    for path in ("/etc/iproute2/rt_protos", "/usr/share/iproute2/rt_protos"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    parts = line.split("#", 1)[0].split()
+                    if len(parts) >= 2 and parts[0].isdigit():
+                        known.setdefault(parts[1], int(parts[0]))
+        except OSError:
+            continue
+    if s not in known:
+        raise ValueError(f"unknown route protocol {name!r} (a number 0-255 or a name such as bird, babel, static)")
+    return known[s]
+
+
