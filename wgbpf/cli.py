@@ -374,13 +374,14 @@ def daemon(front, peers, config_path, members_only, no_route, tables, protos, re
     except ConfigError as e:
         fail(str(e))
     need_root()
-    progress = None
-    if sys.stderr.isatty():
-        def progress(stage, n, total=None):
-            tail = f"/{total}" if total else ""
-            click.echo(f"\r{stage}: {n}{tail} ", nl=False, err=True)
+
+    def progress(stage, n, total=None):
+        tail = f"/{total}" if total else ""
+        click.echo(f"\r{stage}: {n}{tail} ", nl=False, err=True)
+
     daemon_ = d.Daemon(build, sync.Filter(table_ids, proto_ids, realms), d.stderr_log,
-                       metrics_file=metrics_file, rcvbuf=rcvbuf, progress=progress)
+                       metrics_file=metrics_file, rcvbuf=rcvbuf,
+                       progress=progress if sys.stderr.isatty() else None)
     from .dataplane import AttachError
     try:
         daemon_.run()

@@ -13,7 +13,7 @@ import os
 import time
 
 from . import abi, bpfsys, maps as mapsmod
-from .maps import Maps, MapError, make_route, network, pin_dir, route_peers
+from .maps import Maps, MapError, network, pin_dir, route_peers
 
 BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
 SOURCE = os.path.join(BPF_DIR, "wgbpf.c")

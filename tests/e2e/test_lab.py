@@ -13,76 +13,16 @@ to this run and removed afterwards, even when a test fails.
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from conftest import RUN_ID, require, require_bcc, require_tools
+from conftest import RUN_ID, require_bcc, require_tools
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LAB = os.path.join(ROOT, "lab", "lab.sh")
-WGBPF = [sys.executable, "-m", "wgbpf.cli"]
+from labutil import WGBPF, Lab, run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
-
-
-def run(*cmd, check=False, timeout=60):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check)
-
-
-class Lab:
-    def __init__(self, lab_id):
-        self.id = lab_id
-        self.env = dict(os.environ, LAB_ID=lab_id)
-        info = subprocess.run(["bash", LAB, "info"], env=self.env, capture_output=True,
-                              text=True, check=True).stdout
-        self.info = json.loads(info)
-        self.hub = self.info["hub_ns"]
-        self.front = self.info["front"]
-        self.peers = {p["name"]: p for p in self.info["peers"]}
-
-    def up(self):
-        r = subprocess.run(["bash", LAB, "up"], env=self.env, capture_output=True, text=True)
-        assert r.returncode == 0, f"lab up failed:\n{r.stdout}\n{r.stderr}"
-
-    def down(self):
-        subprocess.run(["bash", LAB, "down"], env=self.env, capture_output=True, text=True)
-
-    def wgbpf(self, *args, check=True):
-        if args[0] in ("route", "lookup", "dump", "status") and "--front" not in args:
-            args += ("--front", self.front)  # other instances may be attached meanwhile
-        r = run(*WGBPF, "--netns", self.hub, *args)
-        if check:
-            assert r.returncode == 0, f"wgbpf {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
-        return r
-
-    def peer_args(self, names=None):
-        out = []
-        for name, p in self.peers.items():
-            if names is None or name in names:
-                out += ["--peer", f"{name}={p['member']},{p['tag4']},{p['tag6']}"]
-        return out
-
-    def attach(self, names=None, *extra):
-        return self.wgbpf("attach", self.front, *self.peer_args(names), *extra)
-
-    def spoke(self, name, *cmd, timeout=60):
-        return run("ip", "netns", "exec", self.peers[name]["ns"], *cmd, timeout=timeout)
-
-    def ping(self, src, dst, count=3, interval="0.2", extra=()):
-        r = self.spoke(src, "ping", "-c", str(count), "-i", interval, "-W", "2", *extra, dst)
-        return r.returncode == 0
-
-    def status(self):
-        return json.loads(self.wgbpf("status", "--front", self.front, "--json").stdout)
-
-    def dump(self):
-        return json.loads(self.wgbpf("dump", "--front", self.front, "--json").stdout)
-
-    def peer(self, name):
-        return next(p for p in self.dump()["peers"] if p["name"] == name)
 
 
 @pytest.fixture(scope="module")
