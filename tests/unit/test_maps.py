@@ -1,0 +1,231 @@
+"""wgbpf/maps.py without a kernel: prefixes, route values, keys, and the
+Maps methods whose logic sits around bpf(2) (bpfsys is faked)."""
+import ctypes
+import ipaddress
+
+import pytest
+from hypothesis import given, strategies as st
+
+from wgbpf import abi, maps
+from wgbpf.maps import Maps, make_route, network, route_peers
+
+N = ipaddress.ip_network
+
+
+@pytest.mark.parametrize("text, want", [
+    ("10.0.0.0/8", "10.0.0.0/8"),
+    ("10.1.2.3/8", "10.0.0.0/8"),          # host bits cleared
+    ("10.1.2.3/31", "10.1.2.2/31"),
+    ("10.0.0.1", "10.0.0.1/32"),           # an address is a host route
+    ("10.0.0.1/32", "10.0.0.1/32"),
+    ("0.0.0.0/0", "0.0.0.0/0"),
+    ("192.168.77.200/0", "0.0.0.0/0"),
+    ("2001:db8::1/32", "2001:db8::/32"),
+    ("2001:db8::1", "2001:db8::1/128"),
+    ("FE80::1/10", "fe80::/10"),
+    ("::/0", "::/0"),
+    ("::ffff:10.0.0.1/128", "::ffff:a00:1/128"),
+])
+def test_network_normalises(text, want):
+    got = network(text)
+    assert got == N(want)
+    assert str(got) == want
+
+
+@pytest.mark.parametrize("text", ["", "10.0.0.0/33", "10.0.0.256/8", "10.0.0/8x", "2001:db8::/129",
+                                  "fe80::1/-1", "alice", "10.0.0.0/8/8", " 10.0.0.0/8", "10.0.0.0 /8"])
+def test_network_bad(text):
+    with pytest.raises(ValueError) as e:
+        network(text)
+    assert repr(text) in str(e.value) and "prefix" in str(e.value)
+
+
+@given(st.one_of(st.ip_addresses(v=4).map(lambda a: (a, 32)), st.ip_addresses(v=6).map(lambda a: (a, 128)))
+       .flatmap(lambda ap: st.tuples(st.just(ap[0]), st.integers(0, ap[1]))))
+def test_network_property(addr_plen):
+    addr, plen = addr_plen
+    net = network(f"{addr}/{plen}")
+    assert net.prefixlen == plen and addr in net
+    assert network(str(net)) == net  # idempotent
+
+
+@pytest.mark.parametrize("prefix, peers, origin", [
+    ("10.0.0.0/8", [1], abi.Origin.STATIC),
+    ("10.255.0.1/32", [3], abi.Origin.TAG),
+    ("2001:db8::/32", [1, 2], abi.Origin.KERNEL),
+    ("::/0", list(range(1, abi.MAX_ECMP + 1)), abi.Origin.STATIC),
+    ("0.0.0.0/0", [abi.MAX_PEERS - 1], abi.Origin.STATIC),
+])
+def test_make_route(prefix, peers, origin):
+    net = N(prefix)
+    r = make_route(net, peers, origin)
+    assert isinstance(r, abi.Route)
+    assert r.count == len(peers) and r.origin == origin and r.prefixlen == net.prefixlen
+    assert route_peers(r) == peers
+    assert list(r.peers)[len(peers):] == [0] * (abi.MAX_ECMP - len(peers))
+    assert r.pad == 0
+
+
+def test_make_route_too_many_peers_is_not_silent():
+    # set_route guards this; make_route itself must not truncate quietly
+    with pytest.raises((ValueError, IndexError)):
+        make_route(N("10.0.0.0/8"), list(range(1, abi.MAX_ECMP + 2)), abi.Origin.STATIC)
+
+
+@pytest.mark.parametrize("prefix", ["10.1.0.0/16", "0.0.0.0/0", "255.255.255.255/32", "2001:db8:1::/48", "::/0",
+                                    "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"])
+def test_key_round_trip(prefix):
+    net = N(prefix)
+    k = maps._key(net)
+    assert isinstance(k, abi.Key4 if net.version == 4 else abi.Key6)
+    assert k.prefixlen == net.prefixlen
+    assert bytes(k.addr) == net.network_address.packed
+    assert maps._net(k, net.version) == net
+
+
+def test_tag_key():
+    t = Maps._tag_key(ipaddress.ip_address("10.255.0.1"))
+    assert t.family == abi.AF_INET and bytes(t.addr) == bytes([10, 255, 0, 1]) + bytes(12)
+    t = Maps._tag_key(ipaddress.ip_address("fe80::1"))
+    assert t.family == abi.AF_INET6 and bytes(t.addr) == ipaddress.ip_address("fe80::1").packed
+
+
+# -- Maps with bpfsys faked ----------------------------------------------------------
+
+class FakeBpf:
+    """Stands in for bpfsys: one dict per fd, keys/values as bytes."""
+
+    def __init__(self):
+        self.maps = {}
+        self.lpm = set()
+
+    def update(self, fd, key, value, flags=0):
+        self.maps.setdefault(fd, {})[bytes(key)] = bytes(value)
+
+    def delete(self, fd, key):
+        return self.maps.get(fd, {}).pop(bytes(key), None) is not None
+
+    def lookup(self, fd, key, value):
+        table = self.maps.get(fd, {})
+        if fd in self.lpm:  # longest prefix match, like BPF_MAP_TYPE_LPM_TRIE
+            plen = int.from_bytes(bytes(key)[:4], "little")
+            addr = bytes(key)[4:]
+            best = None
+            for k, v in table.items():
+                kp = int.from_bytes(k[:4], "little")
+                if kp <= plen and (best is None or kp > best[0]):
+                    bits = "".join(f"{b:08b}" for b in addr)
+                    kbits = "".join(f"{b:08b}" for b in k[4:])
+                    if bits[:kp] == kbits[:kp]:
+                        best = (kp, v)
+            if best is None:
+                return False
+            ctypes.memmove(ctypes.addressof(value), best[1], len(best[1]))
+            return True
+        if bytes(key) not in table:
+            return False
+        data = table[bytes(key)]
+        ctypes.memmove(ctypes.addressof(value), data, len(data))
+        return True
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    f = FakeBpf()
+    for name in ("update", "delete", "lookup"):
+        monkeypatch.setattr(maps.bpfsys, name, getattr(f, name))
+    monkeypatch.setattr(maps.bpfsys, "possible_cpus", lambda: 2)
+    fds = {name: 100 + i for i, name in enumerate(abi.MAPS)}
+    f.lpm = {fds["routes4"], fds["routes6"]}
+    return f, Maps("/nowhere", fds)
+
+
+@pytest.mark.parametrize("n", [0, abi.MAX_ECMP + 1, 20])
+def test_set_route_bounds(fake, n):
+    f, m = fake
+    with pytest.raises(ValueError) as e:
+        m.set_route(N("10.0.0.0/8"), list(range(1, n + 1)), abi.Origin.STATIC)
+    assert "10.0.0.0/8" in str(e.value) and str(n) in str(e.value)
+    assert f.maps == {}
+
+
+@pytest.mark.parametrize("n", [1, 2, abi.MAX_ECMP])
+def test_set_route_writes_the_family_map(fake, n):
+    f, m = fake
+    for prefix in ("10.1.0.0/16", "2001:db8::/32"):
+        net = N(prefix)
+        m.set_route(net, list(range(1, n + 1)), abi.Origin.STATIC)
+        fd = m.fds[f"routes{net.version}"]
+        (k, v), = f.maps[fd].items()
+        assert k == bytes(maps._key(net))
+        r = abi.Route.from_buffer_copy(v)
+        assert route_peers(r) == list(range(1, n + 1)) and r.prefixlen == net.prefixlen
+
+
+def test_lookup_and_get_route(fake):
+    f, m = fake
+    m.set_route(N("10.0.0.0/8"), [1], abi.Origin.STATIC)
+    m.set_route(N("10.1.0.0/16"), [2, 3], abi.Origin.KERNEL)
+    net, r = m.lookup(ipaddress.ip_address("10.1.2.3"))
+    assert net == N("10.1.0.0/16") and route_peers(r) == [2, 3]
+    net, r = m.lookup(ipaddress.ip_address("10.9.9.9"))
+    assert net == N("10.0.0.0/8") and route_peers(r) == [1]
+    assert m.lookup(ipaddress.ip_address("192.0.2.1")) is None
+    assert m.lookup(ipaddress.ip_address("2001:db8::1")) is None
+    # exact prefix only: 10.2.0.0/16 falls in 10.0.0.0/8 but has no entry of its own
+    assert m.get_route(N("10.2.0.0/16")) is None
+    assert route_peers(m.get_route(N("10.1.0.0/16"))) == [2, 3]
+    assert m.del_route(N("10.1.0.0/16")) is True
+    assert m.del_route(N("10.1.0.0/16")) is False
+
+
+def test_counters_sum_over_cpus(fake):
+    f, m = fake
+    fd = m.fds["counters"]
+    for r in abi.Reason:
+        # two CPUs, each value padded to 8 bytes
+        f.maps.setdefault(fd, {})[bytes(ctypes.c_uint32(r))] = \
+            bytes(ctypes.c_uint64(r + 1)) + bytes(ctypes.c_uint64(10 * (r + 1)))
+    assert m.counters() == {r: 11 * (r + 1) for r in abi.Reason}
+
+
+def test_peer_stats_sum_over_cpus(fake):
+    f, m = fake
+    a = abi.PeerStats(tx_packets=1, tx_bytes=100, rx_packets=2, rx_bytes=200, spoofed=3)
+    b = abi.PeerStats(tx_packets=10, tx_bytes=1000, rx_packets=20, rx_bytes=2000, spoofed=30)
+    f.maps[m.fds["peer_stats"]] = {bytes(ctypes.c_uint32(5)): bytes(a) + bytes(b)}
+    s = m.peer_stats(5)
+    assert (s.tx_packets, s.tx_bytes, s.rx_packets, s.rx_bytes, s.spoofed) == (11, 1100, 22, 2200, 33)
+
+
+def test_peers_lists_used_slots(fake):
+    f, m = fake
+    m.set_config(abi.Config(front_ifindex=7, peer_limit=4))
+    m.set_peer(1, abi.Peer(ifindex=11, flags=abi.PEER_UP, name=b"alice"))
+    m.set_peer(3, abi.Peer(ifindex=13, name=b"carol"))
+    m.set_peer(5, abi.Peer(ifindex=15, name=b"beyond-limit"))
+    peers = m.peers()
+    assert sorted(peers) == [1, 3]
+    assert peers[1].name == b"alice" and peers[1].flags & abi.PEER_UP
+    m.clear_peer(3)
+    assert sorted(m.peers()) == [1]
+
+
+def test_check_layout(monkeypatch):
+    class Info:
+        type, key_size, value_size = abi.LPM_TRIE, ctypes.sizeof(abi.Key4), ctypes.sizeof(abi.Route)
+    monkeypatch.setattr(maps.bpfsys, "map_info", lambda fd: Info)
+    maps._check_layout("/p/routes4", 3, abi.MAPS["routes4"])
+    with pytest.raises(maps.MapError) as e:
+        maps._check_layout("/p/routes6", 3, abi.MAPS["routes6"])
+    assert "/p/routes6" in str(e.value) and "wgbpf detach" in str(e.value)
+
+
+def test_instances(tmp_path, monkeypatch):
+    monkeypatch.setattr(maps, "PIN_ROOT", str(tmp_path / "wgbpf"))
+    assert maps.instances() == []
+    (tmp_path / "wgbpf" / "wg1").mkdir(parents=True)
+    (tmp_path / "wgbpf" / "wg0").mkdir()
+    (tmp_path / "wgbpf" / "stray-file").write_text("")
+    assert maps.instances() == ["wg0", "wg1"]
+    assert maps.pin_dir("wg0") == str(tmp_path / "wgbpf" / "wg0")
