@@ -13,6 +13,7 @@ name peers.
 The event socket is opened before the dump, so nothing that changes during
 a dump is lost: those events are applied after it, in order.
 """
+import errno
 import fcntl
 import json
 import os
@@ -280,10 +281,11 @@ class Daemon:
                                 break
                         resync = self.handle(batch)
                     except OSError as e:
-                        if e.errno != 105:  # ENOBUFS: the kernel dropped events for us
+                        if e.errno != errno.ENOBUFS:  # the kernel dropped events for us
                             raise
                         self.stats["overruns"] += 1
                         self.log("netlink overrun (ENOBUFS): events were lost, full resync")
+                        events.discard()
                         resync = True
                     if resync:
                         self.stats["resyncs"] += 1

@@ -11,6 +11,7 @@ realm and its nexthops as (gateway bytes or None, oif). Which peers it names
 is decided by Tags.resolve().
 """
 import dataclasses
+import errno
 import os
 import socket
 import struct
@@ -177,6 +178,19 @@ class Netlink:
 
     def fileno(self):
         return self.sock.fileno()
+
+    def discard(self):
+        """Throw away everything queued. After an overrun the kernel flags
+        ENOBUFS again only once our queue has been emptied, so do this
+        before a resync, whose dump covers whatever is thrown away."""
+        while True:
+            try:
+                self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
 
     def messages(self, block=True):
         """Yield (type, buf, body offset, end) of every message in one read.

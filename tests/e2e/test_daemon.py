@@ -1,0 +1,280 @@
+"""End to end: `wgbpf daemon` follows the hub's routing table.
+
+        alice ----\\                 /---- bob     (10.99.0.1 on bob and carol:
+                   wg-alice  wg0  wg-bob          an anycast prefix for ECMP)
+                          \\_ hub _/
+                          wg-carol ---- carol
+
+Routes in the hub name peers by their tags (`via 10.255.0.2`, `via inet6
+fe80::2`): the daemon turns them into map entries, and traffic follows.
+"""
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+from conftest import RUN_ID, require_bcc, require_tools
+from labutil import WGBPF, Lab, run
+from wgbpf import abi, routes as rt, sync
+from wgbpf.maps import Maps, pin_dir, route_peers
+
+pytestmark = [pytest.mark.root, pytest.mark.e2e]
+
+
+class Daemon:
+    def __init__(self, lab, *extra):
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="wgbpf-daemon-", suffix=".log")
+        self.proc = subprocess.Popen([*WGBPF, "--netns", lab.hub, "daemon", lab.front,
+                                      *lab.peer_args(), *extra],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.wait_for("sync (start)")
+
+    def text(self):
+        with open(self.log.name) as f:
+            return f.read()
+
+    def wait_for(self, needle, timeout=30):
+        deadline = time.monotonic() + timeout
+        while needle not in self.text():
+            assert self.proc.poll() is None, f"daemon exited {self.proc.returncode}:\n{self.text()}"
+            assert time.monotonic() < deadline, f"no {needle!r} in daemon log:\n{self.text()}"
+            time.sleep(0.05)
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def lab():
+    require_bcc()
+    require_tools("wireguard-go", "wg", "ping")
+    lab = Lab(f"d{RUN_ID}")
+    lab.down()
+    try:
+        lab.up()
+        # routes by tag instead of the lab's plain `dev front` routes
+        for name, p in lab.peers.items():
+            hub_ip("route", "del", p["prefix4"], lab=lab)
+            hub_ip("-6", "route", "del", p["prefix6"], lab=lab)
+        yield lab
+    finally:
+        run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
+        lab.down()
+        run("rm", "-rf", pin_dir(lab.front), f"/run/wgbpf/{lab.front}.json", f"/run/wgbpf/{lab.front}.lock")
+
+
+@pytest.fixture
+def daemon(lab):
+    d = Daemon(lab)
+    yield d
+    d.stop()
+
+
+def hub_ip(*args, lab, check=True):
+    r = run("ip", "-n", lab.hub, *args)
+    if check:
+        assert r.returncode == 0, f"ip {' '.join(args)}: {r.stderr}"
+    return r
+
+
+def via(lab, peer, family=4):
+    p = lab.peers[peer]
+    if family == 4:
+        return ["via", p["tag4"], "dev", lab.front, "onlink"]
+    return ["via", p["tag6"], "dev", lab.front]
+
+
+def map_peers(lab, prefix):
+    net = ipaddress.ip_network(prefix)
+    with Maps.open(pin_dir(lab.front), readonly=True) as m:
+        names = {i: p.name.decode() for i, p in m.peers().items()}
+        r = m.get_route(net)
+        return None if r is None else sorted(names[i] for i in route_peers(r))
+
+
+def wait_map(lab, prefix, want, timeout=1.0):
+    """Seconds until the map holds `want` for prefix; fails after timeout."""
+    t0 = time.monotonic()
+    while True:
+        got = map_peers(lab, prefix)
+        if got == want:
+            return time.monotonic() - t0
+        assert time.monotonic() - t0 < timeout, f"{prefix}: map has {got}, want {want} after {timeout}s"
+        time.sleep(0.005)
+
+
+def test_routes_by_tag_steer_live_traffic_within_a_second(lab, daemon):
+    alice, bob, carol = (lab.peers[n] for n in ("alice", "bob", "carol"))
+    hub_ip("route", "add", alice["prefix4"], *via(lab, "alice"), lab=lab)
+    # IPv4 via an IPv6 link-local nexthop (RFC 5549), as babeld and BIRD write it
+    hub_ip("route", "add", bob["prefix4"], "via", "inet6", bob["tag6"], "dev", lab.front, lab=lab)
+    hub_ip("-6", "route", "add", carol["prefix6"], *via(lab, "carol", 6), lab=lab)
+    hub_ip("-6", "route", "add", alice["prefix6"], *via(lab, "alice", 6), lab=lab)
+    for prefix, peer in ((alice["prefix4"], "alice"), (bob["prefix4"], "bob"), (carol["prefix6"], "carol")):
+        assert wait_map(lab, prefix, [peer]) < 1.0
+    assert lab.ping("alice", bob["host4"], count=2)
+    assert lab.ping("alice", carol["host6"], count=2)
+
+
+def test_replace_and_delete_follow_the_kernel(lab, daemon):
+    prefix = "10.77.0.0/16"
+    hub_ip("route", "add", prefix, *via(lab, "alice"), lab=lab)
+    wait_map(lab, prefix, ["alice"])
+    hub_ip("route", "replace", prefix, *via(lab, "carol"), lab=lab)
+    wait_map(lab, prefix, ["carol"])
+    # a multipath route names every peer among its nexthops
+    hub_ip("route", "replace", prefix, "nexthop", *via(lab, "alice"), "nexthop", *via(lab, "bob"), lab=lab)
+    wait_map(lab, prefix, ["alice", "bob"])
+    hub_ip("route", "del", prefix, lab=lab)
+    wait_map(lab, prefix, None)
+    # a route that names no peer is ignored
+    hub_ip("route", "add", prefix, "dev", lab.front, lab=lab)
+    time.sleep(0.3)
+    assert map_peers(lab, prefix) is None
+    hub_ip("route", "del", prefix, lab=lab)
+
+
+def test_member_down_moves_traffic_to_the_ecmp_sibling(lab, daemon):
+    anycast = "10.99.0.1"
+    for peer in ("bob", "carol"):
+        lab.spoke(peer, "ip", "addr", "add", f"{anycast}/32", "dev", "lan0")
+        lab.spoke(peer, "ip", "route", "add", "10.0.0.0/8", "dev", lab.peers[peer]["spoke_dev"],
+                  "src", lab.peers[peer]["host4"])
+    hub_ip("route", "add", "10.99.0.0/24", "nexthop", *via(lab, "bob"), "nexthop", *via(lab, "carol"), lab=lab)
+    wait_map(lab, "10.99.0.0/24", ["bob", "carol"])
+    assert lab.ping("alice", anycast, count=3)
+    tx = {n: lab.peer(n)["tx_packets"] for n in ("bob", "carol")}
+    assert lab.ping("alice", anycast, count=5)
+    moved = {n: lab.peer(n)["tx_packets"] - tx[n] for n in tx}
+    active = max(moved, key=moved.get)
+    other = "carol" if active == "bob" else "bob"
+    hub_ip("link", "set", lab.peers[active]["member"], "down", lab=lab)
+    try:
+        deadline = time.monotonic() + 2
+        while lab.peer(active)["up"]:
+            assert time.monotonic() < deadline, "daemon did not mark the member down"
+            time.sleep(0.05)
+        before = lab.peer(other)["tx_packets"]
+        assert lab.ping("alice", anycast, count=3)
+        assert lab.peer(other)["tx_packets"] - before >= 3
+    finally:
+        hub_ip("link", "set", lab.peers[active]["member"], "up", lab=lab)
+    deadline = time.monotonic() + 2
+    while not lab.peer(active)["up"]:
+        assert time.monotonic() < deadline, "daemon did not mark the member up again"
+        time.sleep(0.05)
+
+
+def kernel_view(lab):
+    """What the maps' kernel-origin entries must be, from the kernel itself."""
+    with Maps.open(pin_dir(lab.front), readonly=True) as m:
+        peers = m.peers()
+        by_oif = {p.ifindex: i for i, p in peers.items()}
+        by_addr = {ipaddress.ip_address(t).packed: i for t, i in
+                   ((str(a), i) for a, i in m.tags().items())}
+        entries = {k: v for k, v in sync.map_entries(m).items() if v[0] == abi.Origin.KERNEL}
+    table = sync.Table(sync.Tags(by_addr, by_oif), sync.Filter())
+    from conftest import entered_netns
+    with entered_netns(lab.hub):
+        nl = rt.Netlink()
+        try:
+            for fam in (2, 10):
+                for r in rt.dump_routes(nl, fam):
+                    table.update(r)
+        finally:
+            nl.close()
+    want = {k: table.best(k) for k in table.prefixes}
+    return want, {k: v[1] for k, v in entries.items()}
+
+
+def test_overrun_ends_in_a_resync_with_maps_equal_to_the_kernel(lab):
+    d = Daemon(lab, "--rcvbuf", "4096")  # a tiny socket buffer: a burst overruns it
+    try:
+        with tempfile.NamedTemporaryFile("w", suffix=".batch") as f:
+            peers = list(lab.peers)
+            for i in range(3000):
+                f.write(f"route add 10.{200 + i // 250}.{i % 250}.0/24 {' '.join(via(lab, peers[i % 3]))}\n")
+            f.flush()
+            hub_ip("-batch", f.name, lab=lab)
+        d.wait_for("overrun", timeout=30)
+        deadline = time.monotonic() + 30
+        while True:
+            want, have = kernel_view(lab)
+            if want == have:
+                break
+            assert time.monotonic() < deadline, f"maps != kernel: {len(want)} vs {len(have)}"
+            time.sleep(0.2)
+        assert len(want) >= 3000
+        st = json.loads(lab.wgbpf("status", "--json").stdout)["daemon"]
+        assert st["overruns"] >= 1 and st["resyncs"] >= 2
+    finally:
+        d.stop()
+        hub_ip("route", "flush", "10.200.0.0/13", lab=lab, check=False)
+        hub_ip("route", "flush", "10.208.0.0/16", lab=lab, check=False)
+
+
+def test_kill9_and_restart_lose_no_packet_and_write_nothing(lab):
+    bob = lab.peers["bob"]
+    hub_ip("route", "replace", bob["prefix4"], *via(lab, "bob"), lab=lab)
+    hub_ip("route", "replace", lab.peers["alice"]["prefix4"], *via(lab, "alice"), lab=lab)
+    d = Daemon(lab)
+    wait_map(lab, bob["prefix4"], ["bob"])
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        r=lab.spoke("alice", "ping", "-c", "100", "-i", "0.03", "-W", "1", bob["host4"])))
+    t.start()
+    time.sleep(0.5)
+    d.proc.kill()  # SIGKILL: no cleanup at all
+    d.proc.wait()
+    d2 = Daemon(lab)
+    try:
+        t.join()
+        assert " 0% packet loss" in result["r"].stdout, result["r"].stdout
+        assert " 0 map writes" in d2.text(), d2.text()
+    finally:
+        d2.stop()
+
+
+def test_second_daemon_bad_table_bad_config_refused_data_plane_untouched(lab, daemon):
+    before = lab.dump()["routes"]
+    r = lab.wgbpf("daemon", lab.front, *lab.peer_args(), check=False)
+    assert r.returncode != 0 and "already running" in r.stderr
+    r = lab.wgbpf("daemon", lab.front, *lab.peer_args(), "--table", "nosuchtable", check=False)
+    assert r.returncode != 0 and "nosuchtable" in r.stderr
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
+        f.write('front = "x"\n[[peer]]\nname = "alice"\nmember = "m"\ntags = ["not-an-ip"]\n')
+        f.flush()
+        r = lab.wgbpf("daemon", "--config", f.name, check=False)
+    assert r.returncode != 0 and "not-an-ip" in r.stderr
+    assert lab.dump()["routes"] == before
+    st = lab.status()["daemon"]
+    assert st["state"] == "running" and st["pid"] == daemon.proc.pid
+
+
+def test_status_reports_the_daemon(lab, daemon):
+    hub_ip("route", "replace", "10.88.0.0/16", *via(lab, "carol"), lab=lab)
+    wait_map(lab, "10.88.0.0/16", ["carol"])
+    time.sleep(1.2)  # the status file is rewritten every second
+    st = lab.status()["daemon"]
+    assert st["state"] == "running"
+    assert st["routes_per_peer"].get("carol", 0) >= 1
+    assert st["events"] >= 1 and st["last_sync"] is not None
+    human = lab.wgbpf("status").stdout
+    assert "daemon: running" in human
+    hub_ip("route", "del", "10.88.0.0/16", lab=lab)
+    daemon.stop()
+    st = lab.status()["daemon"]
+    assert st["state"] in ("stopped", "not running")
+    assert os.path.exists(pin_dir(lab.front))  # the data plane stays
