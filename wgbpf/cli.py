@@ -56,6 +56,10 @@ def need_root():
 def pick_front(front):
     """The instance to act on: the one named, or the only one there is."""
     if front:
+        try:
+            configmod.check_ifname(front, "front")  # also keeps paths inside the pin root
+        except ConfigError as e:
+            fail(str(e))
         if not os.path.isdir(mapsmod.pin_dir(front)):
             have = ", ".join(mapsmod.instances()) or "none"
             fail(f"no wgbpf instance {front!r} (attached: {have}); run `wgbpf attach {front} ...` first")
@@ -196,8 +200,8 @@ def route():
     """Edit prefix -> peer entries (IPv4 and IPv6, ECMP)."""
 
 
-def resolve_peers(m, text):
-    by_name = {p.name.decode(): i for i, p in m.peers().items()}
+def peer_names(text):
+    """PEER[,PEER...] checked before any map is opened."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         fail(f"{text!r}: name at least one peer")
@@ -205,6 +209,11 @@ def resolve_peers(m, text):
         fail(f"{text!r}: a route names at most {abi.MAX_ECMP} peers (ECMP), not {len(names)}")
     if len(set(names)) != len(names):
         fail(f"{text!r}: a peer is named twice")
+    return names
+
+
+def resolve_peers(m, names):
+    by_name = {p.name.decode(): i for i, p in m.peers().items()}
     ids = []
     for n in names:
         if n not in by_name:
@@ -227,9 +236,10 @@ def parse_prefix(text):
 def route_add(prefix, peers, front):
     """Send PREFIX to PEERS (several: ECMP by flow hash); replaces an entry."""
     net = parse_prefix(prefix)
+    names = peer_names(peers)
     front, m = open_maps(front)
     with m:
-        ids = resolve_peers(m, peers)
+        ids = resolve_peers(m, names)
         m.set_route(net, ids, abi.Origin.STATIC)
     click.echo(f"{net} -> {peers}")
 

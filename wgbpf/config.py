@@ -19,8 +19,11 @@ import tomllib
 
 from . import abi
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}$" % (abi.NAME_LEN - 2))
-IFNAME_RE = re.compile(r"^[^\s/:]{1,15}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (abi.NAME_LEN - 2))
+# What Linux accepts as a device name (dev_valid_name), less ',' which
+# separates the tags of --peer.
+IFNAME_RE = re.compile(r"[^\s/:,\x00]+")
+IFNAMSIZ = 16
 
 
 class ConfigError(ValueError):
@@ -60,15 +63,17 @@ def parse_tag(text, where):
 
 
 def check_name(name, where):
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ConfigError(f"{where}: {name!r} is not a peer name "
                           f"(letters, digits, '_', '.', '-'; at most {abi.NAME_LEN - 1})")
     return name
 
 
 def check_ifname(name, where):
-    if not isinstance(name, str) or not IFNAME_RE.match(name):
-        raise ConfigError(f"{where}: {name!r} is not an interface name (1-15 characters, no '/', ':' or spaces)")
+    if (not isinstance(name, str) or not IFNAME_RE.fullmatch(name) or name in (".", "..")
+            or len(name.encode()) >= IFNAMSIZ):
+        raise ConfigError(f"{where}: {name!r} is not an interface name "
+                          f"(1-15 bytes, no '/', ':', ',' or spaces, not '.' or '..')")
     return name
 
 
@@ -100,6 +105,8 @@ def load_toml(path):
         raise ConfigError(f"{path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 ({e.reason} at byte {e.start})") from None
     known = {"front", "members_only", "no_route", "peer"}
     for key in data:
         if key not in known:

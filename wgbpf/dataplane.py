@@ -370,6 +370,11 @@ def _forget_peer(ipr, m, pid, peer):
 
 def detach(front):
     """Remove filters and pins of one instance; devices stay as they were."""
+    from .config import ConfigError, check_ifname
+    try:
+        check_ifname(front, "front")  # never let a name like '..' leave the pin root
+    except ConfigError as e:
+        raise AttachError(str(e)) from None
     directory = pin_dir(front)
     if not os.path.isdir(directory):
         raise AttachError(f"no wgbpf instance {front!r} ({directory} does not exist)")
