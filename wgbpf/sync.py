@@ -103,12 +103,15 @@ class Table:
     def update(self, route, deleted=False):
         """Apply one route (from a dump or an event); returns its pkey if
         the prefix's best peer set may have changed, else None."""
-        if not self.filter.accepts(route):
+        if route.table not in self.filter.tables:
             return None
+        # A route that fails the protocol/realm filter still replaces the one
+        # of the same key that passed: the kernel keeps one per key.
+        accepted = self.filter.accepts(route)
         k = pkey(route.family, route.dst, route.dst_len)
         rank = self.filter.rank(route)
-        peers = () if deleted else self.tags.resolve(route)
-        if not deleted and not peers:
+        peers = self.tags.resolve(route) if accepted and not deleted else ()
+        if accepted and not deleted and not peers:
             self.ignored += 1
         before = self.best(k)
         v = self.prefixes.get(k)
