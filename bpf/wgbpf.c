@@ -36,11 +36,20 @@ BPF_TABLE_PINNED("lpm_trie", struct wgbpf_key4, struct wgbpf_route, routes4,
 		 WGBPF_MAX_ROUTES4, WGBPF_PIN_DIR "/routes4");
 BPF_TABLE_PINNED("lpm_trie", struct wgbpf_key6, struct wgbpf_route, routes6,
 		 WGBPF_MAX_ROUTES6, WGBPF_PIN_DIR "/routes6");
+BPF_TABLE_PINNED("lpm_trie", struct wgbpf_key4, struct wgbpf_route, accept4,
+		 WGBPF_MAX_ROUTES4, WGBPF_PIN_DIR "/accept4");
+BPF_TABLE_PINNED("lpm_trie", struct wgbpf_key6, struct wgbpf_route, accept6,
+		 WGBPF_MAX_ROUTES6, WGBPF_PIN_DIR "/accept6");
 BPF_TABLE_PINNED("array", u32, struct wgbpf_peer, peers, WGBPF_MAX_PEERS,
 		 WGBPF_PIN_DIR "/peers");
 BPF_TABLE_PINNED("hash", u32, u32, members, WGBPF_MAX_PEERS, WGBPF_PIN_DIR "/members");
+BPF_TABLE_PINNED("array", u32, struct wgbpf_flood, flood, WGBPF_MAX_PEERS, WGBPF_PIN_DIR "/flood");
 BPF_TABLE_PINNED("hash", struct wgbpf_tag, u32, tags, WGBPF_MAX_TAGS, WGBPF_PIN_DIR "/tags");
 BPF_TABLE_PINNED("array", u32, struct wgbpf_config, config, 1, WGBPF_PIN_DIR "/config");
+/* Not pinned: each load fills its own with its own front_flood. */
+BPF_PROG_ARRAY(tail, 1);
+#define TAIL_FLOOD 0
+
 BPF_TABLE_PINNED("percpu_array", u32, u64, counters, WGBPF_REASON_MAX,
 		 WGBPF_PIN_DIR "/counters");
 BPF_TABLE_PINNED("percpu_array", u32, struct wgbpf_peer_stats, peer_stats,
@@ -51,7 +60,10 @@ struct packet {
 	__u32 family;
 	__u8 src[16];
 	__u8 dst[16];
-	__u32 hash; /* flow hash: addresses, protocol and ports when known */
+	__u32 hash;  /* flow hash: addresses, protocol and ports when known */
+	__u8 proto;  /* layer 4, for the FIB's own multipath hash */
+	__u16 sport; /* network order; 0 when unknown (fragments) */
+	__u16 dport;
 };
 
 #define IPV6_EXT_MAX 4 /* extension headers walked to find the ports */
@@ -88,6 +100,9 @@ static __always_inline int hash_ports(struct __sk_buff *skb, struct packet *p, _
 	if (bpf_skb_load_bytes_relative(skb, off, &ports, 4, BPF_HDR_START_NET) < 0)
 		return -1; /* a TCP/UDP header cut short */
 	p->hash = mix(p->hash, ports);
+	p->proto = proto;
+	p->sport = ports & 0xffff;
+	p->dport = ports >> 16;
 	return 0;
 }
 
@@ -169,6 +184,80 @@ static __always_inline struct wgbpf_route *route_lookup(struct packet *p, __u8 *
 	return routes6.lookup(&k6);
 }
 
+static __always_inline struct wgbpf_route *accept_lookup(struct packet *p)
+{
+	if (p->family == AF_INET) {
+		struct wgbpf_key4 k4 = { .prefixlen = 32 };
+		__builtin_memcpy(k4.addr, p->src, 4);
+		return accept4.lookup(&k4);
+	}
+	struct wgbpf_key6 k6 = { .prefixlen = 128 };
+	__builtin_memcpy(k6.addr, p->src, 16);
+	return accept6.lookup(&k6);
+}
+
+static __always_inline __u32 tag_owner(__u32 family, __u8 *addr)
+{
+	struct wgbpf_tag tag = { .family = family };
+	/* IPv4: bytes 4..15 of addr are zero, as in the tags' keys */
+	__builtin_memcpy(tag.addr, addr, 16);
+	u32 *owner = tags.lookup(&tag);
+	return owner ? *owner : 0;
+}
+
+/* FIB mode: the kernel's route to `addr` (the destination, or for the
+ * source check the source) in `table`, as if the packet came in on
+ * `ifindex`; the route's nexthop names a peer by tag, else its output device
+ * by member. Returns the peer id, 0 if the route names none, -1 if the
+ * kernel refused the lookup (forwarding off on `ifindex`, a bad flag). */
+static __always_inline int fib_peer(struct __sk_buff *skb, struct packet *p, int reverse,
+				    __u32 ifindex, __u32 table)
+{
+	struct bpf_fib_lookup fib = {};
+	__u32 flags = WGBPF_FIB_LOOKUP_DIRECT | WGBPF_FIB_LOOKUP_SKIP_NEIGH;
+	__u8 *to = reverse ? p->src : p->dst;
+	__u8 *from = reverse ? p->dst : p->src;
+	__u8 nexthop[16] = {};
+	int rc;
+
+	fib.family = p->family;
+	fib.l4_protocol = p->proto;
+	fib.sport = reverse ? p->dport : p->sport;
+	fib.dport = reverse ? p->sport : p->dport;
+	fib.tot_len = skb->len;
+	fib.ifindex = ifindex;
+	if (p->family == AF_INET) {
+		__builtin_memcpy(&fib.ipv4_src, from, 4);
+		__builtin_memcpy(&fib.ipv4_dst, to, 4);
+	} else {
+		__builtin_memcpy(fib.ipv6_src, from, 16);
+		__builtin_memcpy(fib.ipv6_dst, to, 16);
+	}
+	if (table) {
+		/* `tbid` shares its union with h_vlan_proto/h_vlan_TCI; BCC's
+		 * struct predates the name */
+		__builtin_memcpy(&fib.h_vlan_proto, &table, 4);
+		flags |= WGBPF_FIB_LOOKUP_TBID;
+	}
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), flags);
+	if (rc < 0 || rc == BPF_FIB_LKUP_RET_FWD_DISABLED)
+		return -1;
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return 0; /* blackhole, unreachable, prohibit, not forwarded... */
+	/* the kernel rewrites the destination to the gateway, if the route has
+	 * one; an IPv4 route via an IPv6 nexthop comes back as AF_INET6 */
+	if (fib.family == AF_INET)
+		__builtin_memcpy(nexthop, &fib.ipv4_dst, 4);
+	else
+		__builtin_memcpy(nexthop, fib.ipv6_dst, 16);
+	__u32 id = tag_owner(fib.family, nexthop);
+	if (id)
+		return id;
+	__u32 oif = fib.ifindex;
+	u32 *member = members.lookup(&oif);
+	return member ? *member : 0;
+}
+
 /* ff02::/16 and 224.0.0.0/24: the scope of babel, OSPF and mDNS hellos. */
 static __always_inline int link_local_multicast(struct packet *p)
 {
@@ -240,23 +329,29 @@ static __always_inline __u32 pick(struct wgbpf_route *r, __u32 hash, __u32 *ifin
 	return 0;
 }
 
-/* Clones the packet to every member that is up. Nothing may differ between
- * the paths through one slot (no running total), or the verifier cannot
- * prune them and the WGBPF_MAX_PEERS slots multiply into too many states. */
-static __always_inline void flood(struct __sk_buff *skb, struct wgbpf_config *cfg)
+/* Tail-called by front_egress for link-local multicast: clones the packet
+ * to every member that is up (the flood list). A program of its own, so the
+ * verifier walks the WGBPF_MAX_PEERS-step loop once, from one state, not
+ * once for every state the parser can leave behind. */
+int front_flood(struct __sk_buff *skb)
 {
-	__u32 limit = cfg ? cfg->peer_limit : 0;
+	__u32 zero = 0;
+	struct wgbpf_config *cfg = config.lookup(&zero);
+	__u32 n = cfg ? cfg->flood_count : 0;
 
-	for (int i = 1; i < WGBPF_MAX_PEERS; i++) {
-		if (i >= limit)
+	for (int i = 0; i < WGBPF_MAX_PEERS; i++) {
+		if (i >= n)
 			break;
-		__u32 id = i; /* a copy: taking the counter's address hides it from the verifier */
-		struct wgbpf_peer *peer = peers.lookup(&id);
-		if (!peer || !peer->ifindex || !(peer->flags & WGBPF_PEER_UP))
-			continue;
-		if (bpf_clone_redirect(skb, peer->ifindex, 0) == 0)
-			count_tx(id, skb->len);
+		__u32 slot = i;
+		struct wgbpf_flood *f = flood.lookup(&slot);
+		if (!f)
+			break;
+		if (bpf_clone_redirect(skb, f->ifindex, 0) == 0)
+			count_tx(f->peer, skb->len);
 	}
+	/* the clones are the packet now; the front has no peer for it */
+	count(WGBPF_FLOODED);
+	return TC_ACT_SHOT;
 }
 
 int front_egress(struct __sk_buff *skb)
@@ -273,23 +368,42 @@ int front_egress(struct __sk_buff *skb)
 		goto out;
 	}
 	if (link_local_multicast(&p)) {
-		flood(skb, cfg);
-		/* the clones are the packet now; the front has no peer for it */
+		tail.call(skb, TAIL_FLOOD);
+		/* only reached if the flood program is missing */
 		reason = WGBPF_FLOODED;
 		verdict = TC_ACT_SHOT;
 		goto out;
 	}
-	r = route_lookup(&p, p.dst);
-	if (!r) {
-		reason = WGBPF_NO_ROUTE;
-		verdict = no_route_verdict(cfg);
-		goto out;
-	}
-	id = pick(r, p.hash, &ifindex);
-	if (!id) {
-		reason = WGBPF_PEER_DOWN;
-		verdict = no_route_verdict(cfg);
-		goto out;
+	if (cfg && cfg->lookup == WGBPF_LOOKUP_FIB) {
+		int got = fib_peer(skb, &p, 0, skb->ifindex, cfg->fib_table);
+		if (got <= 0) {
+			reason = got < 0 ? WGBPF_FIB_FAILED : WGBPF_NO_ROUTE;
+			verdict = no_route_verdict(cfg);
+			goto out;
+		}
+		/* the kernel already chose among ECMP nexthops; a down peer
+		 * has no sibling to fall back to here */
+		id = got;
+		struct wgbpf_peer *peer = peers.lookup(&id);
+		if (!peer || !peer->ifindex || !(peer->flags & WGBPF_PEER_UP)) {
+			reason = WGBPF_PEER_DOWN;
+			verdict = no_route_verdict(cfg);
+			goto out;
+		}
+		ifindex = peer->ifindex;
+	} else {
+		r = route_lookup(&p, p.dst);
+		if (!r) {
+			reason = WGBPF_NO_ROUTE;
+			verdict = no_route_verdict(cfg);
+			goto out;
+		}
+		id = pick(r, p.hash, &ifindex);
+		if (!id) {
+			reason = WGBPF_PEER_DOWN;
+			verdict = no_route_verdict(cfg);
+			goto out;
+		}
 	}
 	count_tx(id, skb->len);
 	reason = WGBPF_STEERED;
@@ -312,17 +426,45 @@ static __always_inline int set_has(struct wgbpf_route *r, __u32 id)
 	return 0;
 }
 
-static __always_inline int owned_by(struct packet *p, __u32 id)
+/* The source check. Returns the reason to count: one of the PASSED
+ * reasons, or WGBPF_SPOOFED. */
+static __always_inline __u32 check_source(struct __sk_buff *skb, struct packet *p, __u32 id,
+					  struct wgbpf_config *cfg, struct wgbpf_peer *peer)
 {
-	if (link_local_source(p)) {
-		struct wgbpf_tag tag = { .family = p->family };
-		/* IPv4: bytes 4..15 of src are zero, as in the tags' keys */
-		__builtin_memcpy(tag.addr, p->src, 16);
-		u32 *owner = tags.lookup(&tag);
-		return owner && *owner == id;
+	__u32 mode = peer && peer->source ? peer->source : (cfg ? cfg->source : 0);
+	int fib = cfg && cfg->lookup == WGBPF_LOOKUP_FIB;
+	/* FIB lookups run as if on the front, where forwarding is on */
+	__u32 via = cfg && cfg->front_ifindex ? cfg->front_ifindex : skb->ifindex;
+	int owner;
+
+	if (link_local_source(p))
+		return tag_owner(p->family, p->src) == id ? WGBPF_PASSED : WGBPF_SPOOFED;
+	if (mode == WGBPF_SOURCE_OFF)
+		return WGBPF_PASSED_UNCHECKED;
+
+	if (fib) {
+		owner = fib_peer(skb, p, 1, via, cfg->fib_table);
+		if (owner == id)
+			return WGBPF_PASSED;
+	} else {
+		struct wgbpf_route *r = route_lookup(p, p->src);
+		if (r && set_has(r, id))
+			return WGBPF_PASSED;
+		owner = r && r->count ? 1 : 0;
 	}
-	struct wgbpf_route *r = route_lookup(p, p->src);
-	return r && set_has(r, id);
+	if (mode == WGBPF_SOURCE_FEASIBLE) {
+		if (fib) {
+			if (cfg->accept_table && fib_peer(skb, p, 1, via, cfg->accept_table) == id)
+				return WGBPF_PASSED_FEASIBLE;
+		} else {
+			struct wgbpf_route *a = accept_lookup(p);
+			if (a && set_has(a, id))
+				return WGBPF_PASSED_FEASIBLE;
+		}
+	}
+	if (mode == WGBPF_SOURCE_LOOSE && owner > 0)
+		return WGBPF_PASSED_LOOSE;
+	return WGBPF_SPOOFED;
 }
 
 int member_ingress(struct __sk_buff *skb)
@@ -345,17 +487,16 @@ int member_ingress(struct __sk_buff *skb)
 	}
 	id = *member;
 	s = peer_stats.lookup(&id);
-	if (!owned_by(&p, id)) {
+	reason = check_source(skb, &p, id, cfg, peers.lookup(&id));
+	if (reason == WGBPF_SPOOFED) {
 		if (s)
 			s->spoofed++;
-		reason = WGBPF_SPOOFED;
 		goto out;
 	}
 	if (s) {
 		s->rx_packets++;
 		s->rx_bytes += skb->len;
 	}
-	reason = WGBPF_PASSED;
 	if (cfg && cfg->front_ifindex)
 		verdict = bpf_redirect(cfg->front_ifindex, BPF_F_INGRESS);
 	else

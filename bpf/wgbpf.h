@@ -16,11 +16,11 @@
 /* Peers one route can name (ECMP). */
 #define WGBPF_MAX_ECMP 8
 
-/* Peer ids run from 1 to WGBPF_MAX_PEERS - 1; 0 means "no peer". The flood
- * walks every slot, and the verifier walks the flood: at 1024 slots it gives
- * up ("sequence of 8193 jumps is too complex"), 512 verify in ~1 s. */
+/* Peer ids run from 1 to WGBPF_MAX_PEERS - 1; 0 means "no peer". The
+ * verifier walks the flood loop once per slot, keeping every branch it has
+ * not taken yet; 8192 pending branches is its limit. */
 #ifndef WGBPF_MAX_PEERS
-#define WGBPF_MAX_PEERS 512
+#define WGBPF_MAX_PEERS 1024
 #endif
 
 /* LPM tries allocate per prefix (BPF_F_NO_PREALLOC): these are limits, not
@@ -54,7 +54,8 @@ enum wgbpf_origin {
 	WGBPF_ORIGIN_KERNEL = 3, /* the daemon, from the kernel routing table */
 };
 
-/* Value of routes4/routes6: the set of peers that own the prefix. */
+/* Value of routes4/routes6 (and accept4/accept6, the feasible-path table
+ * of the source check): the set of peers that own the prefix. */
 struct wgbpf_route {
 	__u8 count;     /* peers[0 .. count) are valid, 1 .. WGBPF_MAX_ECMP */
 	__u8 origin;    /* enum wgbpf_origin */
@@ -66,15 +67,33 @@ struct wgbpf_route {
 /* Peer flags. */
 #define WGBPF_PEER_UP 1 /* steer and flood to it; else ECMP falls back */
 
+/* How a member checks the source of what its peer sends. */
+enum wgbpf_source {
+	WGBPF_SOURCE_DEFAULT = 0,  /* per peer: use wgbpf_config.source */
+	WGBPF_SOURCE_STRICT = 1,   /* the best route to the source leads to this peer */
+	WGBPF_SOURCE_FEASIBLE = 2, /* strict, or a route in the accept table does */
+	WGBPF_SOURCE_LOOSE = 3,    /* the source is routed via any peer */
+	WGBPF_SOURCE_OFF = 4,      /* no check (link-local sources still must be tags) */
+};
+
 /* Value of peers, an array indexed by peer id. The name is for listings. */
 #define WGBPF_NAME_LEN 32
 struct wgbpf_peer {
 	__u32 ifindex; /* the peer's member device; 0: slot unused */
 	__u32 flags;   /* WGBPF_PEER_* */
+	__u32 source;  /* enum wgbpf_source */
 	char name[WGBPF_NAME_LEN];
 };
 
-/* Key of tags: one tag address of a peer. Link-local sources must be tags. */
+/* Value of flood, an array: the members that are up, densely, so the flood
+ * visits only them. Kept by the control plane with the peers' state. */
+struct wgbpf_flood {
+	__u32 ifindex;
+	__u32 peer;
+};
+
+/* Key of tags: one tag address of a peer. Link-local sources must be tags;
+ * in FIB mode a route's nexthop is looked up here. */
 struct wgbpf_tag {
 	__u32 family; /* AF_INET or AF_INET6 */
 	__u8 addr[16];
@@ -86,12 +105,30 @@ enum wgbpf_policy {
 	WGBPF_POLICY_DROP = 1,
 };
 
+/* Where prefix -> peer answers come from. */
+enum wgbpf_lookup {
+	WGBPF_LOOKUP_LPM = 0, /* routes4/routes6, written by `route` and the daemon */
+	WGBPF_LOOKUP_FIB = 1, /* bpf_fib_lookup in the kernel's table; the nexthop
+			       * (tags) or output device (members) names the peer */
+};
+
+/* bpf_fib_lookup flags, from include/uapi/linux/bpf.h. Defined here because
+ * BCC's own headers may predate them (TBID: Linux 6.7); tests/unit/test_abi.py
+ * checks the values against the system's uapi header. */
+#define WGBPF_FIB_LOOKUP_DIRECT (1U << 0)
+#define WGBPF_FIB_LOOKUP_SKIP_NEIGH (1U << 2)
+#define WGBPF_FIB_LOOKUP_TBID (1U << 3)
+
 /* Value of config, an array of one. */
 struct wgbpf_config {
 	__u32 front_ifindex; /* 0: members only, passed on where they arrive */
 	__u32 no_route;      /* enum wgbpf_policy, also when all peers are down */
-	__u32 peer_limit;    /* highest peer id in use + 1: bounds the flood */
+	__u32 flood_count;   /* entries of flood in use */
 	__u32 flags;
+	__u32 lookup;        /* enum wgbpf_lookup */
+	__u32 fib_table;     /* FIB mode: the table to look in; 0: main */
+	__u32 source;        /* enum wgbpf_source for peers left at DEFAULT */
+	__u32 accept_table;  /* FIB mode, feasible: the accept table; 0: none */
 };
 
 /* Per-peer counters, a per-CPU array indexed by peer id. */
@@ -114,7 +151,11 @@ enum wgbpf_reason {
 	WGBPF_MALFORMED = 5,      /* not parseable as IPv4/IPv6: dropped */
 	WGBPF_PEER_DOWN = 6,      /* front egress: every peer of the matched set down */
 	WGBPF_UNKNOWN_MEMBER = 7, /* member ingress on a device wgbpf has no peer for */
-	WGBPF_REASON_MAX = 8,
+	WGBPF_PASSED_FEASIBLE = 8, /* member ingress: source owned by the peer in the accept table */
+	WGBPF_PASSED_LOOSE = 9,   /* member ingress: source routed via some peer (loose) */
+	WGBPF_PASSED_UNCHECKED = 10, /* member ingress: source check off for the peer */
+	WGBPF_FIB_FAILED = 11,    /* FIB mode: bpf_fib_lookup refused (e.g. forwarding off) */
+	WGBPF_REASON_MAX = 12,
 };
 
 #endif

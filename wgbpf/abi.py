@@ -7,7 +7,7 @@ import ctypes
 import enum
 
 MAX_ECMP = 8
-MAX_PEERS = 512
+MAX_PEERS = 1024
 MAX_ROUTES4 = 4194304
 MAX_ROUTES6 = 1048576
 MAX_TAGS = 8192
@@ -25,6 +25,24 @@ class Origin(enum.IntEnum):
     KERNEL = 3
 
 
+class Source(enum.IntEnum):
+    DEFAULT = 0
+    STRICT = 1
+    FEASIBLE = 2
+    LOOSE = 3
+    OFF = 4
+
+
+class Lookup(enum.IntEnum):
+    LPM = 0
+    FIB = 1
+
+
+FIB_LOOKUP_DIRECT = 1 << 0
+FIB_LOOKUP_SKIP_NEIGH = 1 << 2
+FIB_LOOKUP_TBID = 1 << 3
+
+
 class Policy(enum.IntEnum):
     PASS = 0
     DROP = 1
@@ -39,9 +57,13 @@ class Reason(enum.IntEnum):
     MALFORMED = 5
     PEER_DOWN = 6
     UNKNOWN_MEMBER = 7
+    PASSED_FEASIBLE = 8
+    PASSED_LOOSE = 9
+    PASSED_UNCHECKED = 10
+    FIB_FAILED = 11
 
 
-REASON_MAX = 8
+REASON_MAX = 12
 
 
 class Key4(ctypes.Structure):
@@ -60,7 +82,7 @@ class Route(ctypes.Structure):
 
 class Peer(ctypes.Structure):
     _fields_ = [("ifindex", ctypes.c_uint32), ("flags", ctypes.c_uint32),
-                ("name", ctypes.c_char * NAME_LEN)]
+                ("source", ctypes.c_uint32), ("name", ctypes.c_char * NAME_LEN)]
 
 
 class Tag(ctypes.Structure):
@@ -69,7 +91,13 @@ class Tag(ctypes.Structure):
 
 class Config(ctypes.Structure):
     _fields_ = [("front_ifindex", ctypes.c_uint32), ("no_route", ctypes.c_uint32),
-                ("peer_limit", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+                ("flood_count", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("lookup", ctypes.c_uint32), ("fib_table", ctypes.c_uint32),
+                ("source", ctypes.c_uint32), ("accept_table", ctypes.c_uint32)]
+
+
+class Flood(ctypes.Structure):
+    _fields_ = [("ifindex", ctypes.c_uint32), ("peer", ctypes.c_uint32)]
 
 
 class PeerStats(ctypes.Structure):
@@ -96,8 +124,11 @@ class MapSpec:
 MAPS = {m.name: m for m in [
     MapSpec("routes4", LPM_TRIE, Key4, Route, MAX_ROUTES4, NO_PREALLOC),
     MapSpec("routes6", LPM_TRIE, Key6, Route, MAX_ROUTES6, NO_PREALLOC),
+    MapSpec("accept4", LPM_TRIE, Key4, Route, MAX_ROUTES4, NO_PREALLOC),
+    MapSpec("accept6", LPM_TRIE, Key6, Route, MAX_ROUTES6, NO_PREALLOC),
     MapSpec("peers", ARRAY, U32, Peer, MAX_PEERS),
     MapSpec("members", HASH, U32, U32, MAX_PEERS),
+    MapSpec("flood", ARRAY, U32, Flood, MAX_PEERS),
     MapSpec("tags", HASH, Tag, U32, MAX_TAGS),
     MapSpec("config", ARRAY, U32, Config, 1),
     MapSpec("counters", PERCPU_ARRAY, U32, U64, REASON_MAX),

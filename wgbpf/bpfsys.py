@@ -8,6 +8,7 @@ BPF_PROG_TEST_RUN, which the verdict tests and benchmarks use.
 import ctypes
 import errno
 import os
+import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -225,8 +226,9 @@ def lookup_batch(fd, key_type, value_type, chunk=4096):
             if e.errno != errno.ENOENT:
                 raise
             done = True
+        ks, vs = ctypes.sizeof(key_type), ctypes.sizeof(value_type)
         for i in range(attr.count):
-            yield key_type.from_buffer_copy(keys[i]), value_type.from_buffer_copy(values[i])
+            yield key_type.from_buffer_copy(keys, i * ks), value_type.from_buffer_copy(values, i * vs)
         if done:
             return
         ctypes.memmove(in_batch, out_batch, len(in_batch))
@@ -263,6 +265,58 @@ def test_run(prog_fd, data, repeat=1, ctx=None):
         attr.ctx_size_in = len(ctx)
     _bpf(PROG_TEST_RUN, attr)
     return attr.retval, attr.duration, out.raw[:attr.data_size_out]
+
+
+PROG_LOAD = 5
+PROG_TYPE_SCHED_CLS = 3
+
+
+class _ProgLoad(ctypes.Structure):
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32),
+                ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
+                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32),
+                ("prog_flags", ctypes.c_uint32), ("prog_name", ctypes.c_char * 16),
+                ("pad", ctypes.c_uint8 * 64)]
+
+
+def insn(code, dst=0, src=0, off=0, imm=0):
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+def prog_load(prog_type, code, license=b"GPL", name="wgbpf_probe"):
+    buf = ctypes.create_string_buffer(code, len(code))
+    lic = ctypes.create_string_buffer(license)
+    attr = _ProgLoad(prog_type=prog_type, insn_cnt=len(code) // 8, insns=ctypes.addressof(buf),
+                     license=ctypes.addressof(lic), prog_name=name.encode()[:15])
+    return _bpf(PROG_LOAD, attr)
+
+
+def fib_probe(ifindex, table, flags):
+    """Run bpf_fib_lookup(skb, {AF_INET, ifindex, 127.0.0.1, tbid=table},
+    flags) once; returns its result (negative: an errno, e.g. -EINVAL for a
+    flag this kernel does not know). No compiler: the program is 16 insns."""
+    fp = 10
+    code = b"".join([
+        insn(0xbf, 6, 1),                                   # r6 = ctx
+        *[insn(0x7a, fp, off=-64 + 8 * i) for i in range(8)],  # struct bpf_fib_lookup = {}
+        insn(0x72, fp, off=-64, imm=2),                     # .family = AF_INET
+        insn(0x62, fp, off=-64 + 8, imm=ifindex),           # .ifindex
+        insn(0x62, fp, off=-64 + 32, imm=0x0100007F),       # .ipv4_dst = 127.0.0.1
+        insn(0x62, fp, off=-64 + 48, imm=table),            # .tbid
+        insn(0xbf, 1, 6),                                   # r1 = ctx
+        insn(0xbf, 2, fp), insn(0x07, 2, imm=-64),          # r2 = &params
+        insn(0xb7, 3, imm=64),                              # r3 = sizeof(params)
+        insn(0xb7, 4, imm=flags),                           # r4 = flags
+        insn(0x85, imm=69),                                 # call bpf_fib_lookup
+        insn(0x95),                                         # exit
+    ])
+    fd = prog_load(PROG_TYPE_SCHED_CLS, code)
+    try:
+        ret, _, _ = test_run(fd, bytes(14) + bytes([0x45]) + bytes(19))
+    finally:
+        os.close(fd)
+    return ctypes.c_int32(ret).value
 
 
 def possible_cpus():

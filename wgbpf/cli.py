@@ -142,9 +142,20 @@ def main(ctx, netns):
               help="no front device: filter sources on the members alone (FRONT only names the instance)")
 @click.option("--no-route", type=click.Choice(["pass", "drop"]), default=None,
               help="packets on the front that no route claims: hand to the kernel (default) or drop")
+@click.option("--lookup", type=click.Choice(["lpm", "fib"]), default=None,
+              help="lpm (default): prefixes in BPF maps, from `route` and the daemon; "
+                   "fib: the kernel's own table via bpf_fib_lookup, no prefix maps")
+@click.option("--fib-table", metavar="TABLE", default=None,
+              help="with --lookup fib: the table to look in (default main)")
+@click.option("--source", type=click.Choice(["strict", "feasible", "loose", "off"]), default=None,
+              help="source check for peers without their own (default strict); per peer: "
+                   "--peer NAME=DEV,...,source=MODE")
+@click.option("--accept-table", metavar="TABLE", default=None,
+              help="with --lookup fib and feasible: the table of accepted paths")
 @click.option("--debug", is_flag=True, help="print the BPF instructions BCC generates")
 @JSON_OPT
-def attach(front, peers, config_path, members_only, no_route, debug, as_json):
+def attach(front, peers, config_path, members_only, no_route, lookup, fib_table, source,
+           accept_table, debug, as_json):
     """Load the data plane and hook FRONT and its peers' members.
 
     Running it again with the same peers changes nothing; with other peers
@@ -158,7 +169,8 @@ def attach(front, peers, config_path, members_only, no_route, debug, as_json):
     from . import dataplane
     try:
         cfg = configmod.build(front, peers, config_path, members_only,
-                              configmod.parse_policy(no_route, "--no-route") if no_route else None)
+                              configmod.parse_policy(no_route, "--no-route") if no_route else None,
+                              **settings_args(lookup, fib_table, source, accept_table))
     except ConfigError as e:
         fail(str(e))
     need_root()
@@ -171,13 +183,28 @@ def attach(front, peers, config_path, members_only, no_route, debug, as_json):
     def human(r):
         what = "created" if r["created"] else ("updated" if r["changes"] else "unchanged")
         click.echo(f"{r['front']}: {what}, {r['peers']} peers"
-                   f"{' (members only)' if r['members_only'] else ''}, pinned at {r['pin_dir']}"
-                   f" ({r['seconds']:.1f}s)")
+                   f"{' (members only)' if r['members_only'] else ''}, lookup {r['lookup']}, "
+                   f"source check {r['source']}, pinned at {r['pin_dir']} ({r['seconds']:.1f}s)")
+        if r.get("fib"):
+            f = r["fib"]
+            click.echo(f"  fib: table {f['table']}, forwarding {f['forwarding']}"
+                       + (f", accept table {f['accept_table']}" if f["accept_table"] else "")
+                       + ("" if f["tbid"] is None else f", BPF_FIB_LOOKUP_TBID {'supported' if f['tbid'] else 'missing'}"))
         for c in r["changes"]:
             click.echo(f"  {c}")
         for w in r["warnings"]:
             click.echo(f"wgbpf: warning: {w}", err=True)
     emit(res, as_json, human)
+
+
+def settings_args(lookup, fib_table, source, accept_table):
+    """CLI spellings -> Config fields (None: not given, the file decides)."""
+    return {
+        "lookup": configmod.parse_lookup(lookup, "--lookup") if lookup else None,
+        "fib_table": configmod.parse_table(fib_table, "--fib-table") if fib_table else None,
+        "source": configmod.parse_source(source, "--source") if source else None,
+        "accept_table": configmod.parse_table(accept_table, "--accept-table") if accept_table else None,
+    }
 
 
 @main.command()
@@ -349,6 +376,16 @@ def lookup(address, front, as_json):
               help="TOML file with front, no_route and [[peer]] tables (re-read on SIGHUP)")
 @click.option("--members-only", is_flag=True, default=None, help="as for attach")
 @click.option("--no-route", type=click.Choice(["pass", "drop"]), default=None, help="as for attach")
+@click.option("--lookup", type=click.Choice(["lpm", "fib"]), default=None,
+              help="lpm (default): prefixes in BPF maps, from `route` and the daemon; "
+                   "fib: the kernel's own table via bpf_fib_lookup, no prefix maps")
+@click.option("--fib-table", metavar="TABLE", default=None,
+              help="with --lookup fib: the table to look in (default main)")
+@click.option("--source", type=click.Choice(["strict", "feasible", "loose", "off"]), default=None,
+              help="source check for peers without their own (default strict); per peer: "
+                   "--peer NAME=DEV,...,source=MODE")
+@click.option("--accept-table", metavar="TABLE", default=None,
+              help="with --lookup fib and feasible: the table of accepted paths")
 @click.option("--table", "-t", "tables", multiple=True, metavar="TABLE",
               help="routing table to follow: main, a number or a name from rt_tables; "
                    "repeat for several (the first wins a tie); default main")
@@ -360,8 +397,8 @@ def lookup(address, front, as_json):
               help="write Prometheus text metrics here (node_exporter textfile); off by default")
 @click.option("--rcvbuf", type=int, default=32 << 20, show_default=True, hidden=True,
               help="netlink receive buffer in bytes")
-def daemon(front, peers, config_path, members_only, no_route, tables, protos, realms,
-           metrics_file, rcvbuf):
+def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table, source,
+           accept_table, tables, protos, realms, metrics_file, rcvbuf):
     """Keep the maps equal to the kernel routes that name peers.
 
     A route names a peer when its gateway is one of the peer's tags (also an
@@ -377,9 +414,10 @@ def daemon(front, peers, config_path, members_only, no_route, tables, protos, re
         proto_ids = [rt.protocol_id(p) for p in protos]
     except ValueError as e:
         fail(str(e))
-    policy = configmod.parse_policy(no_route, "--no-route") if no_route else None
-    build = d.config_builder(front, peers, config_path, members_only, policy)
     try:
+        policy = configmod.parse_policy(no_route, "--no-route") if no_route else None
+        build = d.config_builder(front, peers, config_path, members_only, policy,
+                                 settings_args(lookup, fib_table, source, accept_table))
         build()  # validate before touching anything
     except ConfigError as e:
         fail(str(e))

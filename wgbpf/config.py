@@ -4,13 +4,18 @@ the bad field and quote the bad value.
     front = "wg0"            # the device routes point at
     members_only = false     # true: no front; filter sources on members alone
     no_route = "pass"        # or "drop": packets on the front no route claims
+    lookup = "lpm"           # or "fib": steer by the kernel's own table
+    fib_table = "main"       # fib: the table to look in
+    source = "strict"        # source check: strict, feasible, loose, off
+    accept_table = 200       # feasible + fib: the table of accepted paths
 
     [[peer]]
     name = "alice"
     member = "wg-alice"      # this peer's own WireGuard device
     tags = ["fe80::1", "10.255.0.1"]   # addresses routes name the peer by
+    source = "loose"         # this peer's own source check (default: the global)
 
-On the command line: --peer alice=wg-alice,fe80::1,10.255.0.1
+On the command line: --peer alice=wg-alice,fe80::1,10.255.0.1[,source=loose]
 """
 import dataclasses
 import ipaddress
@@ -35,6 +40,7 @@ class PeerConfig:
     name: str
     member: str
     tags: list = dataclasses.field(default_factory=list)
+    source: abi.Source = abi.Source.DEFAULT
 
 
 @dataclasses.dataclass
@@ -43,6 +49,10 @@ class Config:
     peers: list
     members_only: bool = False
     no_route: abi.Policy = abi.Policy.PASS
+    lookup: abi.Lookup = abi.Lookup.LPM
+    fib_table: int = 0       # 0: main
+    source: abi.Source = abi.Source.STRICT
+    accept_table: int = 0    # 0: none
 
 
 def parse_tag(text, where):
@@ -85,8 +95,39 @@ def parse_peer_arg(text):
         raise ConfigError(f"{where}: expected NAME=MEMBER_DEV[,TAG...]")
     fields = rest.split(",")
     peer = PeerConfig(check_name(name.strip(), where), check_ifname(fields[0].strip(), where))
-    peer.tags = [parse_tag(t, where) for t in fields[1:] if t.strip()]
+    for f in (f.strip() for f in fields[1:]):
+        if f.startswith("source="):
+            peer.source = parse_source(f[len("source="):], where)
+        elif f:
+            peer.tags.append(parse_tag(f, where))
     return peer
+
+
+def parse_source(value, where):
+    try:
+        mode = abi.Source[str(value).upper()]
+    except KeyError:
+        mode = None
+    if mode is None or mode == abi.Source.DEFAULT:
+        raise ConfigError(f"{where}: {value!r} is not a source check (strict, feasible, loose or off)")
+    return mode
+
+
+def parse_lookup(value, where):
+    try:
+        return abi.Lookup[str(value).upper()]
+    except KeyError:
+        raise ConfigError(f"{where}: {value!r} is not a lookup mode (lpm or fib)") from None
+
+
+def parse_table(value, where):
+    """A routing table for the FIB lookups: number or name (main: 0)."""
+    from .routes import table_id
+    try:
+        t = table_id(value)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return 0 if t == 254 else t
 
 
 def parse_policy(value, where):
@@ -107,7 +148,7 @@ def load_toml(path):
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: not UTF-8 ({e.reason} at byte {e.start})") from None
-    known = {"front", "members_only", "no_route", "peer"}
+    known = {"front", "members_only", "no_route", "lookup", "fib_table", "source", "accept_table", "peer"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
@@ -120,6 +161,11 @@ def load_toml(path):
     no_route = data.get("no_route")
     if no_route is not None:
         no_route = parse_policy(no_route, f"{path}: no_route")
+    settings = {}
+    for key, parse in (("lookup", parse_lookup), ("fib_table", parse_table),
+                       ("source", parse_source), ("accept_table", parse_table)):
+        if key in data:
+            settings[key] = parse(data[key], f"{path}: {key}")
     peers = []
     raw = data.get("peer", [])
     if not isinstance(raw, list):
@@ -129,8 +175,8 @@ def load_toml(path):
         if not isinstance(p, dict):
             raise ConfigError(f"{where}: write peers as [[peer]] tables")
         for key in p:
-            if key not in ("name", "member", "tags"):
-                raise ConfigError(f"{where}: unknown field {key!r} (known: member, name, tags)")
+            if key not in ("name", "member", "tags", "source"):
+                raise ConfigError(f"{where}: unknown field {key!r} (known: member, name, source, tags)")
         for key in ("name", "member"):
             if key not in p:
                 raise ConfigError(f"{where}: missing field {key!r}")
@@ -140,11 +186,12 @@ def load_toml(path):
         peers.append(PeerConfig(
             check_name(p["name"], f"{where}.name"),
             check_ifname(p["member"], f"{where}.member"),
-            [parse_tag(t, f"{where}.tags[{j}]") for j, t in enumerate(tags)]))
-    return front, members_only, no_route, peers
+            [parse_tag(t, f"{where}.tags[{j}]") for j, t in enumerate(tags)],
+            parse_source(p["source"], f"{where}.source") if "source" in p else abi.Source.DEFAULT))
+    return front, members_only, no_route, peers, settings
 
 
-def build(front=None, peer_args=(), path=None, members_only=None, no_route=None):
+def build(front=None, peer_args=(), path=None, members_only=None, no_route=None, **settings):
     """One validated Config from a TOML file and/or the command line.
 
     The command line wins over the file for front/members_only/no_route;
@@ -152,8 +199,9 @@ def build(front=None, peer_args=(), path=None, members_only=None, no_route=None)
     """
     f_front = f_members_only = f_no_route = None
     peers = []
+    f_settings = {}
     if path:
-        f_front, f_members_only, f_no_route, peers = load_toml(path)
+        f_front, f_members_only, f_no_route, peers, f_settings = load_toml(path)
     peers = peers + [parse_peer_arg(a) for a in peer_args]
     front = front or f_front
     if not front:
@@ -163,11 +211,18 @@ def build(front=None, peer_args=(), path=None, members_only=None, no_route=None)
     cfg = Config(front=front, peers=peers,
                  members_only=bool(members_only if members_only is not None else f_members_only),
                  no_route=no_route if no_route is not None else (f_no_route or abi.Policy.PASS))
+    for key, value in {**f_settings, **{k: v for k, v in settings.items() if v is not None}}.items():
+        setattr(cfg, key, value)
     validate(cfg)
     return cfg
 
 
 def validate(cfg):
+    if cfg.accept_table and cfg.lookup != abi.Lookup.FIB:
+        raise ConfigError(f"accept_table {cfg.accept_table}: only FIB lookups read a kernel table; "
+                          f"with lookup lpm the daemon fills the accept maps (wgbpf daemon --accept-table)")
+    if cfg.fib_table and cfg.lookup != abi.Lookup.FIB:
+        raise ConfigError(f"fib_table {cfg.fib_table}: set lookup = \"fib\" to look in a kernel table")
     if not cfg.peers:
         raise ConfigError("no peers: give --peer NAME=MEMBER_DEV[,TAG...] or [[peer]] in --config")
     if len(cfg.peers) > abi.MAX_PEERS - 1:

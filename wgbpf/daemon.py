@@ -310,9 +310,9 @@ class Daemon:
         self.reload = True
 
 
-def config_builder(front, peer_args, config_path, members_only, no_route):
+def config_builder(front, peer_args, config_path, members_only, no_route, settings=None):
     def build():
-        return configmod.build(front, peer_args, config_path, members_only, no_route)
+        return configmod.build(front, peer_args, config_path, members_only, no_route, **(settings or {}))
     return build
 
 

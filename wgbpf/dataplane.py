@@ -126,6 +126,42 @@ def check_links(ipr, cfg):
     return front_idx, members
 
 
+def _sysctl(path):
+    try:
+        with open(f"/proc/sys/net/{path}") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def check_fib(cfg, front_idx, links):
+    """FIB mode: what the kernel offers, found by asking it.
+
+    bpf_fib_lookup answers only where forwarding is on (it checks the device
+    it looks up from: the front, or each member without one), and a table
+    other than main needs BPF_FIB_LOOKUP_TBID (Linux 6.7). Both are probed
+    with a 20-instruction program run through BPF_PROG_TEST_RUN."""
+    devices = [cfg.front] if front_idx else [p.member for p in cfg.peers]
+    for dev in devices:
+        for fam, key in (("ipv4", f"ipv4/conf/{dev}/forwarding"), ("ipv6", f"ipv6/conf/{dev}/forwarding")):
+            if _sysctl(key) != "1":
+                raise AttachError(f"--lookup fib: forwarding is off on {dev} ({fam}): bpf_fib_lookup "
+                                  f"would refuse every lookup; sysctl -w net.{key.replace('/', '.')}=1")
+    ifindex = front_idx or links[cfg.peers[0].name][0]
+    tables = {t for t in (cfg.fib_table, cfg.accept_table) if t}
+    found = {"forwarding": "on", "tbid": None, "table": cfg.fib_table or 254,
+             "accept_table": cfg.accept_table or None}
+    if tables:
+        rc = bpfsys.fib_probe(ifindex, next(iter(tables)),
+                              abi.FIB_LOOKUP_DIRECT | abi.FIB_LOOKUP_SKIP_NEIGH | abi.FIB_LOOKUP_TBID)
+        found["tbid"] = rc >= 0
+        if rc < 0:
+            raise AttachError(f"--fib-table/--accept-table: this kernel's bpf_fib_lookup has no "
+                              f"BPF_FIB_LOOKUP_TBID flag ({os.strerror(-rc)}): only the main table "
+                              f"can be used (Linux 6.7 added it)")
+    return found
+
+
 def compile_programs(directory, debug=False):
     """BCC compile + load against the maps pinned in `directory`.
 
@@ -136,6 +172,8 @@ def compile_programs(directory, debug=False):
     cflags = [f"-I{BPF_DIR}", f'-DWGBPF_PIN_DIR="{directory}"', "-w"]
     b = BPF(src_file=SOURCE.encode(), cflags=cflags, debug=0x8 if debug else 0)
     fds = {name: b.load_func(name.encode(), BPF.SCHED_CLS).fd for name in abi.PROGRAMS}
+    flood = b.load_func(b"front_flood", BPF.SCHED_CLS)
+    b.get_table("tail")[ctypes.c_int(0)] = ctypes.c_int(flood.fd)
     return b, fds
 
 
@@ -236,6 +274,7 @@ def attach(cfg, log=lambda msg: None, debug=False):
     with _iproute() as ipr:
         front_idx, links = check_links(ipr, cfg)
         ensure_bpffs()
+        fib = check_fib(cfg, front_idx, links) if cfg.lookup == abi.Lookup.FIB else None
         fresh = not os.path.isdir(directory)
         m = Maps.create(directory)
         try:
@@ -264,7 +303,7 @@ def attach(cfg, log=lambda msg: None, debug=False):
                 pid = ids[pc.name]
                 ifindex, up = links[pc.name]
                 want = abi.Peer(ifindex=ifindex, flags=abi.PEER_UP if up else 0,
-                                name=pc.name.encode())
+                                source=int(pc.source), name=pc.name.encode())
                 have = existing.get(pid)
                 if have is None or bytes(have) != bytes(want):
                     m.set_peer(pid, want)
@@ -291,11 +330,16 @@ def attach(cfg, log=lambda msg: None, debug=False):
                     if r is not None and r.origin == abi.Origin.TAG:
                         m.del_route(net)
                     changes.append(f"tag {t} removed")
-            limit = max(used | {0}) + 1
+            have_cfg = m.config()
             cfg_want = abi.Config(front_ifindex=front_idx, no_route=int(cfg.no_route),
-                                  peer_limit=max(limit, m.config().peer_limit))
-            if bytes(cfg_want) != bytes(m.config()):
+                                  flood_count=have_cfg.flood_count, lookup=int(cfg.lookup),
+                                  fib_table=cfg.fib_table, source=int(cfg.source),
+                                  accept_table=cfg.accept_table)
+            if bytes(cfg_want) != bytes(have_cfg):
                 m.set_config(cfg_want)
+                if not fresh:
+                    changes.append("settings updated")
+            m.rebuild_flood()
 
             # Filters: members, then the front.
             name = filter_name(cfg.front)
@@ -326,18 +370,14 @@ def attach(cfg, log=lambda msg: None, debug=False):
                     m.del_member(ifindex)
                     if pid in keep:  # the peer moved to another device
                         remove_filter(ipr, ifindex, "ingress")
-            # Shrink the flood bound once departed peers are gone.
-            final_limit = max(keep | {0}) + 1
-            if m.config().peer_limit != final_limit:
-                c = m.config()
-                c.peer_limit = final_limit
-                m.set_config(c)
+            m.rebuild_flood()
             del bpf
         finally:
             m.close()
     return {"front": cfg.front, "pin_dir": directory, "peers": len(cfg.peers),
             "members_only": cfg.members_only, "created": fresh,
             "programs_reloaded": reload_progs, "changes": changes, "warnings": warnings,
+            "lookup": cfg.lookup.name.lower(), "fib": fib, "source": cfg.source.name.lower(),
             "compile_seconds": round(t_compile, 3),
             "seconds": round(time.monotonic() - t0, 3)}
 

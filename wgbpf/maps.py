@@ -151,12 +151,9 @@ class Maps:
     def peers(self):
         """{peer id: Peer} for every slot in use."""
         out = {}
-        limit = self.config().peer_limit or abi.MAX_PEERS
-        for i in range(1, min(limit, abi.MAX_PEERS)):
-            p = abi.Peer()
-            bpfsys.lookup(self.fds["peers"], ctypes.c_uint32(i), p)
+        for k, p in bpfsys.lookup_batch(self.fds["peers"], ctypes.c_uint32, abi.Peer, chunk=abi.MAX_PEERS):
             if p.ifindex:
-                out[i] = p
+                out[k.value] = p
         return out
 
     def set_peer(self, peer_id, peer):
@@ -164,6 +161,22 @@ class Maps:
 
     def clear_peer(self, peer_id):
         bpfsys.update(self.fds["peers"], ctypes.c_uint32(peer_id), abi.Peer())
+
+    def rebuild_flood(self):
+        """The flood list from the peers map: every member that is up.
+
+        Entries are written before the count grows and after it shrinks, so
+        the data plane never reads a slot that is not filled in."""
+        up = [(p.ifindex, pid) for pid, p in sorted(self.peers().items()) if p.flags & abi.PEER_UP]
+        cfg = self.config()
+        if len(up) < cfg.flood_count:
+            cfg.flood_count = len(up)
+            self.set_config(cfg)
+        for i, (ifindex, pid) in enumerate(up):
+            bpfsys.update(self.fds["flood"], ctypes.c_uint32(i), abi.Flood(ifindex=ifindex, peer=pid))
+        if cfg.flood_count != len(up):
+            cfg.flood_count = len(up)
+            self.set_config(cfg)
 
     def _hash_items(self, name, ktype, vtype):
         out = []

@@ -43,6 +43,7 @@ STRUCTS = {
     "wgbpf_tag": abi.Tag,
     "wgbpf_config": abi.Config,
     "wgbpf_peer_stats": abi.PeerStats,
+    "wgbpf_flood": abi.Flood,
 }
 
 # C scalar type -> ctypes type
@@ -63,12 +64,17 @@ DEFINES = {
     "WGBPF_MAX_TAGS": "MAX_TAGS",
     "WGBPF_NAME_LEN": "NAME_LEN",
     "WGBPF_PEER_UP": "PEER_UP",
+    "WGBPF_FIB_LOOKUP_DIRECT": "FIB_LOOKUP_DIRECT",
+    "WGBPF_FIB_LOOKUP_SKIP_NEIGH": "FIB_LOOKUP_SKIP_NEIGH",
+    "WGBPF_FIB_LOOKUP_TBID": "FIB_LOOKUP_TBID",
 }
 
 # enum in the header -> (IntEnum in abi, prefix stripped from the C names)
 ENUMS = {
     "wgbpf_origin": (abi.Origin, "WGBPF_ORIGIN_"),
     "wgbpf_policy": (abi.Policy, "WGBPF_POLICY_"),
+    "wgbpf_source": (abi.Source, "WGBPF_SOURCE_"),
+    "wgbpf_lookup": (abi.Lookup, "WGBPF_LOOKUP_"),
     "wgbpf_reason": (abi.Reason, "WGBPF_"),
 }
 
@@ -89,6 +95,11 @@ SYSTEM = {
     "BPF_F_NO_PREALLOC": abi.NO_PREALLOC,
     "AF_INET": abi.AF_INET,
     "AF_INET6": abi.AF_INET6,
+    # wgbpf.h defines these itself (BCC's headers may predate TBID): they
+    # must equal the system's uapi values
+    "BPF_FIB_LOOKUP_DIRECT": abi.FIB_LOOKUP_DIRECT,
+    "BPF_FIB_LOOKUP_SKIP_NEIGH": abi.FIB_LOOKUP_SKIP_NEIGH,
+    "BPF_FIB_LOOKUP_TBID": abi.FIB_LOOKUP_TBID,
 }
 
 
@@ -294,7 +305,7 @@ def test_every_map_macro_is_parsed():
     src = read(SOURCE)
     assert len(source_maps()) == src.count("BPF_TABLE_PINNED("), "a BPF_TABLE_PINNED this test cannot parse"
     for macro in ("BPF_TABLE(", "BPF_HASH(", "BPF_ARRAY(", "BPF_PERCPU_ARRAY(", "BPF_LPM_TRIE(",
-                  "BPF_F_TABLE(", "BPF_PERCPU_HASH(", "BPF_PROG_ARRAY("):
+                  "BPF_F_TABLE(", "BPF_PERCPU_HASH("):
         assert macro not in src, f"wgbpf.c declares an unpinned map ({macro}): abi.MAPS cannot open it"
 
 

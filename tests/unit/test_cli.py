@@ -341,7 +341,7 @@ class FakeMaps:
             net = ipaddress.ip_network(prefix)
             self.route_map[net] = maps.make_route(net, ids, origin)
         self.tag_map = {ipaddress.ip_address(a): i for a, i in tags}
-        self.cfg = abi.Config(front_ifindex=5, no_route=no_route, peer_limit=max(peers) + 1)
+        self.cfg = abi.Config(front_ifindex=5, no_route=no_route)
         self.dir = "/fake"
         self.closed = False
 

@@ -213,7 +213,7 @@ def test_load_toml_full(tmp_path):
         name = "carol"
         member = "wg-carol"
         """)
-    front, members_only, no_route, peers = config.load_toml(path)
+    front, members_only, no_route, peers, _settings = config.load_toml(path)
     assert (front, members_only, no_route) == ("wg0", False, abi.Policy.DROP)
     assert peers == [
         PeerConfig("alice", "wg-alice", [ip("fe80::1"), ip("10.255.0.1")]),
@@ -224,7 +224,7 @@ def test_load_toml_full(tmp_path):
 
 def test_load_toml_unset_is_none(tmp_path):
     path = write(tmp_path, "")
-    assert config.load_toml(path) == (None, None, None, [])
+    assert config.load_toml(path) == (None, None, None, [], {})
 
 
 def test_load_toml_inline_peers(tmp_path):

@@ -128,11 +128,15 @@ class FakeBpf:
         ctypes.memmove(ctypes.addressof(value), data, len(data))
         return True
 
+    def lookup_batch(self, fd, key_type, value_type, chunk=4096):
+        for k, v in sorted(self.maps.get(fd, {}).items()):
+            yield key_type.from_buffer_copy(k), value_type.from_buffer_copy(v)
+
 
 @pytest.fixture
 def fake(monkeypatch):
     f = FakeBpf()
-    for name in ("update", "delete", "lookup"):
+    for name in ("update", "delete", "lookup", "lookup_batch"):
         monkeypatch.setattr(maps.bpfsys, name, getattr(f, name))
     monkeypatch.setattr(maps.bpfsys, "possible_cpus", lambda: 2)
     fds = {name: 100 + i for i, name in enumerate(abi.MAPS)}
@@ -200,15 +204,20 @@ def test_peer_stats_sum_over_cpus(fake):
 
 def test_peers_lists_used_slots(fake):
     f, m = fake
-    m.set_config(abi.Config(front_ifindex=7, peer_limit=4))
+    m.set_config(abi.Config(front_ifindex=7))
     m.set_peer(1, abi.Peer(ifindex=11, flags=abi.PEER_UP, name=b"alice"))
     m.set_peer(3, abi.Peer(ifindex=13, name=b"carol"))
-    m.set_peer(5, abi.Peer(ifindex=15, name=b"beyond-limit"))
+    m.set_peer(5, abi.Peer(ifindex=15, flags=abi.PEER_UP, name=b"eve"))
     peers = m.peers()
-    assert sorted(peers) == [1, 3]
+    assert sorted(peers) == [1, 3, 5]
     assert peers[1].name == b"alice" and peers[1].flags & abi.PEER_UP
     m.clear_peer(3)
-    assert sorted(m.peers()) == [1]
+    assert sorted(m.peers()) == [1, 5]
+    # the flood list holds the members that are up, densely
+    m.rebuild_flood()
+    assert m.config().flood_count == 2
+    flood = abi.Flood()
+    assert maps.bpfsys.lookup(m.fds["flood"], ctypes.c_uint32(1), flood) and (flood.ifindex, flood.peer) == (15, 5)
 
 
 def test_check_layout(monkeypatch):
