@@ -6,7 +6,7 @@
 PYTHON := .venv/bin/python
 PYTEST := $(PYTHON) -m pytest
 
-.PHONY: setup demo demo-down test test-unit test-bpf test-e2e clean
+.PHONY: setup demo demo-down test test-unit test-bpf test-e2e bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -29,6 +29,12 @@ test-bpf: setup
 
 test-e2e: setup
 	$(PYTEST) -ra tests/e2e
+
+# Control-plane benchmark (a few minutes at full table; root): results in
+# bench-results/sync.json. BENCH_ARGS=--quick for a smoke run.
+BENCH_ARGS ?= --v4 1000000 --v6 200000
+bench: setup
+	$(PYTHON) tests/bench/bench_sync.py $(BENCH_ARGS)
 
 clean: demo-down
 	rm -rf .venv .pytest_cache .hypothesis *.egg-info
