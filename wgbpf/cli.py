@@ -97,6 +97,7 @@ def peer_rows(m):
         out.append({
             "id": pid, "name": p.name.decode(), "member": ifname(p.ifindex),
             "ifindex": p.ifindex, "up": bool(p.flags & abi.PEER_UP),
+            "source": abi.Source(p.source).name.lower() if p.source else "default",
             "tags": [str(t) for t, owner in sorted(tags.items(), key=lambda kv: (kv[0].version, kv[0])) if owner == pid],
             "tx_packets": s.tx_packets, "tx_bytes": s.tx_bytes,
             "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes, "spoofed": s.spoofed,
@@ -151,7 +152,8 @@ def main(ctx, netns):
               help="source check for peers without their own (default strict); per peer: "
                    "--peer NAME=DEV,...,source=MODE")
 @click.option("--accept-table", metavar="TABLE", default=None,
-              help="with --lookup fib and feasible: the table of accepted paths")
+              help="for --source feasible: the kernel table of accepted paths (lpm: the "
+                   "daemon copies it into the accept maps; fib: looked up live)")
 @click.option("--debug", is_flag=True, help="print the BPF instructions BCC generates")
 @JSON_OPT
 def attach(front, peers, config_path, members_only, no_route, lookup, fib_table, source,
@@ -183,8 +185,8 @@ def attach(front, peers, config_path, members_only, no_route, lookup, fib_table,
     def human(r):
         what = "created" if r["created"] else ("updated" if r["changes"] else "unchanged")
         click.echo(f"{r['front']}: {what}, {r['peers']} peers"
-                   f"{' (members only)' if r['members_only'] else ''}, lookup {r['lookup']}, "
-                   f"source check {r['source']}, pinned at {r['pin_dir']} ({r['seconds']:.1f}s)")
+                   f"{' (members only)' if r['members_only'] else ''}, lookup {r.get('lookup', 'lpm')}, "
+                   f"source check {r.get('source', 'strict')}, pinned at {r['pin_dir']} ({r['seconds']:.1f}s)")
         if r.get("fib"):
             f = r["fib"]
             click.echo(f"  fib: table {f['table']}, forwarding {f['forwarding']}"
@@ -256,32 +258,39 @@ def parse_prefix(text):
         fail(str(e))
 
 
+ACCEPT_OPT = click.option("--accept", is_flag=True,
+                          help="the accept table of the feasible source check, not the steering one")
+
+
 @route.command("add")
 @click.argument("prefix")
 @click.argument("peers", metavar="PEER[,PEER...]")
 @FRONT_OPT
-def route_add(prefix, peers, front):
+@ACCEPT_OPT
+def route_add(prefix, peers, front, accept):
     """Send PREFIX to PEERS (several: ECMP by flow hash); replaces an entry."""
     net = parse_prefix(prefix)
     names = peer_names(peers)
     front, m = open_maps(front)
     with m:
         ids = resolve_peers(m, names)
-        m.set_route(net, ids, abi.Origin.STATIC)
-    click.echo(f"{net} -> {peers}")
+        m.set_route(net, ids, abi.Origin.STATIC, kind="accept" if accept else "routes")
+    click.echo(f"{net} -> {peers}" + (" (accept)" if accept else ""))
 
 
 @route.command("del")
 @click.argument("prefix")
 @FRONT_OPT
-def route_del(prefix, front):
+@ACCEPT_OPT
+def route_del(prefix, front, accept):
     """Remove the entry for exactly PREFIX."""
     net = parse_prefix(prefix)
+    kind = "accept" if accept else "routes"
     front, m = open_maps(front)
     with m:
-        if m.get_route(net) is None:
-            fail(f"no entry for {net}")
-        m.del_route(net)
+        if m.get_route(net, kind) is None:
+            fail(f"no entry for {net}" + (" in the accept table" if accept else ""))
+        m.del_route(net, kind)
     click.echo(f"{net} removed")
 
 
@@ -327,6 +336,14 @@ def explain(m, addr):
         to = [name[i] for i in sorted(peers) if up[i]]
         return {"address": str(addr), "rule": "link-local multicast", "prefix": None,
                 "peers": to, "verdict": f"flood to {len(to)} members"}
+    if m.config().lookup == abi.Lookup.FIB:
+        owner, why = kernel_peer(m, addr, m.config().fib_table)
+        if owner is None:
+            return {"address": str(addr), "rule": why, "prefix": None, "peers": [],
+                    "verdict": f"no_route policy: {policy}"}
+        return {"address": str(addr), "rule": why, "prefix": None, "peers": [name[owner]],
+                "down": [] if up[owner] else [name[owner]],
+                "verdict": f"steer to {name[owner]}" if up[owner] else f"peer down: no_route policy: {policy}"}
     hit = m.lookup(addr)
     if hit is None:
         return {"address": str(addr), "rule": "no route", "prefix": None, "peers": [],
@@ -346,12 +363,118 @@ def explain(m, addr):
             "verdict": verdict}
 
 
+def kernel_peer(m, addr, table):
+    """FIB mode, from user space: the kernel's route to addr (RTM_GETROUTE)
+    and the peer its nexthop or device names, as bpf_fib_lookup would."""
+    from .dataplane import _iproute
+    peers = m.peers()
+    by_oif = {p.ifindex: i for i, p in peers.items()}
+    tags = {t: i for t, i in m.tags().items()}
+    with _iproute() as ipr:
+        try:
+            kw = {"table": table} if table else {}
+            r = ipr.route("get", dst=str(addr), **kw)[0]
+        except Exception as e:
+            return None, f"no kernel route ({getattr(e, 'args', [e])[-1]})"
+    gw = r.get_attr("RTA_GATEWAY")
+    via = r.get_attr("RTA_VIA")
+    if via is not None:
+        gw = via.get("addr") if isinstance(via, dict) else None
+    oif = r.get_attr("RTA_OIF")
+    if gw and ipaddress.ip_address(gw) in tags:
+        return tags[ipaddress.ip_address(gw)], f"kernel route via {gw}"
+    if ipaddress.ip_address(addr) in tags:
+        return tags[ipaddress.ip_address(addr)], "tag address"
+    if oif in by_oif:
+        return by_oif[oif], f"kernel route dev {ifname(oif)}"
+    return None, f"kernel route via {gw or '-'} dev {ifname(oif) if oif else '-'} names no peer"
+
+
+def explain_source(m, addr, peer):
+    """What member_ingress decides for a packet from `addr` arriving from
+    `peer`, step by step as check_source() in bpf/wgbpf.c."""
+    cfg = m.config()
+    peers = m.peers()
+    by_name = {p.name.decode(): i for i, p in peers.items()}
+    if peer not in by_name:
+        fail(f"unknown peer {peer!r} (peers: {', '.join(sorted(by_name)) or 'none'})")
+    pid = by_name[peer]
+    name = {i: p.name.decode() for i, p in peers.items()}
+    mode = abi.Source(peers[pid].source or cfg.source or abi.Source.STRICT)
+    out = {"source": str(addr), "peer": peer, "mode": mode.name.lower(),
+           "lookup": abi.Lookup(cfg.lookup).name.lower()}
+    link_local = (addr.version == 4 and addr in ipaddress.ip_network("169.254.0.0/16")) or \
+        (addr.version == 6 and addr in ipaddress.ip_network("fe80::/10"))
+    if link_local:
+        owner = m.tags().get(addr)
+        ok = owner == pid
+        out.update(step=f"link-local source: must be {peer}'s tag; it is "
+                        + (f"{name.get(owner)}'s" if owner else "no peer's"),
+                   verdict="passed" if ok else "spoofed")
+        return out
+    if mode == abi.Source.OFF:
+        out.update(step="source check off for this peer", verdict="passed_unchecked")
+        return out
+    if cfg.lookup == abi.Lookup.FIB:
+        owner, why = kernel_peer(m, addr, cfg.fib_table)
+        owners = [owner] if owner else []
+    else:
+        hit = m.lookup(addr)
+        owners = route_peers(hit[1]) if hit else []
+        why = f"best route {hit[0]}" if hit else "no route"
+    out["best"] = {"why": why, "peers": [name.get(i, f"#{i}") for i in owners]}
+    if pid in owners:
+        out.update(step=f"strict: {why} leads to {peer}", verdict="passed")
+        return out
+    if mode == abi.Source.FEASIBLE:
+        if cfg.lookup == abi.Lookup.FIB:
+            acc, awhy = kernel_peer(m, addr, cfg.accept_table) if cfg.accept_table else (None, "no accept table")
+            accepted = [acc] if acc else []
+        else:
+            hit = m.lookup(addr, kind="accept")
+            accepted = route_peers(hit[1]) if hit else []
+            awhy = f"accept route {hit[0]}" if hit else "no accept route"
+        out["accept"] = {"why": awhy, "peers": [name.get(i, f"#{i}") for i in accepted]}
+        if pid in accepted:
+            out.update(step=f"feasible: {awhy} leads to {peer}", verdict="passed_feasible")
+            return out
+    if mode == abi.Source.LOOSE and owners:
+        out.update(step=f"loose: {why} leads to a peer", verdict="passed_loose")
+        return out
+    out.update(step=f"{mode.name.lower()}: {why} does not lead to {peer}", verdict="spoofed")
+    return out
+
+
 @main.command()
-@click.argument("address")
+@click.argument("address", required=False)
+@click.option("--source", "source_addr", metavar="ADDR",
+              help="explain the source check instead: a packet from ADDR ...")
+@click.option("--peer", metavar="NAME", help="... arriving from peer NAME")
 @FRONT_OPT
 @JSON_OPT
-def lookup(address, front, as_json):
-    """The longest match for ADDRESS, its peers, and what the front does."""
+def lookup(address, source_addr, peer, front, as_json):
+    """The longest match for ADDRESS, its peers, and what the front does;
+    or with --source ADDR --peer NAME, what a member decides for a packet
+    from ADDR sent by NAME, and why."""
+    if source_addr or peer:
+        if not (source_addr and peer) or address is not None:
+            fail("the source check takes --source ADDR and --peer NAME (and no ADDRESS)")
+        try:
+            addr = ipaddress.ip_address(source_addr)
+        except ValueError:
+            fail(f"{source_addr!r} is not an IPv4 or IPv6 address")
+        front, m = open_maps(front, readonly=True)
+        with m:
+            res = explain_source(m, addr, peer)
+
+        def human_src(r):
+            click.echo(f"from {r['source']} via {r['peer']}: {r['verdict']} "
+                       f"(source check {r['mode']}, lookup {r['lookup']})")
+            click.echo(f"  {r['step']}")
+        emit(res, as_json, human_src)
+        return
+    if address is None:
+        fail("give an ADDRESS, or --source ADDR --peer NAME")
     try:
         addr = ipaddress.ip_address(address)
     except ValueError:
@@ -385,7 +508,8 @@ def lookup(address, front, as_json):
               help="source check for peers without their own (default strict); per peer: "
                    "--peer NAME=DEV,...,source=MODE")
 @click.option("--accept-table", metavar="TABLE", default=None,
-              help="with --lookup fib and feasible: the table of accepted paths")
+              help="for --source feasible: the kernel table of accepted paths (lpm: the "
+                   "daemon copies it into the accept maps; fib: looked up live)")
 @click.option("--table", "-t", "tables", multiple=True, metavar="TABLE",
               help="routing table to follow: main, a number or a name from rt_tables; "
                    "repeat for several (the first wins a tie); default main")
@@ -450,7 +574,11 @@ def instance_status(front):
                "front_hooked": bool(cfg.front_ifindex) and name in filters(ipr, cfg.front_ifindex, "egress"),
                "members_only": not cfg.front_ifindex,
                "no_route": abi.Policy(cfg.no_route).name.lower(),
-               "members": [{"peer": p["name"], "device": p["member"], "up": p["up"],
+               "lookup": abi.Lookup(cfg.lookup).name.lower(),
+               "fib_table": cfg.fib_table or None,
+               "source": abi.Source(cfg.source or abi.Source.STRICT).name.lower(),
+               "accept_table": cfg.accept_table or None,
+               "members": [{"peer": p["name"], "device": p["member"], "up": p["up"], "source": p["source"],
                             "hooked": name in filters(ipr, p["ifindex"], "ingress")} for p in peers],
                "maps": {k: {"entries": v[0], "max": v[1]} for k, v in fill.items()},
                "counters": {r.name.lower(): v for r, v in m.counters().items()}}
@@ -466,15 +594,27 @@ def status(front=None, as_json=False):
     """What is attached where, map fill levels, counters per reason."""
     need_root()
     fronts = [front] if front else mapsmod.instances()
-    res = [instance_status(f) for f in fronts]
+    res = []
+    for f in fronts:
+        try:
+            res.append(instance_status(f))
+        except UsageError as e:
+            if front:
+                raise
+            res.append({"front": f, "error": e.message})  # one broken instance hides no other
 
     def human(all_):
         if not all_:
             click.echo("no wgbpf instance attached (wgbpf attach FRONT --peer NAME=DEV ...)")
         for s in all_:
+            if "error" in s:
+                click.echo(f"{s['front']}: {s['error']}")
+                continue
             where = (f"front {s['front_device']} egress {'hooked' if s['front_hooked'] else 'NOT HOOKED'}"
                      if not s["members_only"] else "members only (no front)")
-            click.echo(f"{s['front']}: {where}; no-route policy {s['no_route']}; pins {s['pin_dir']}")
+            click.echo(f"{s['front']}: {where}; lookup {s['lookup']}"
+                       + (f" (table {s['fib_table']})" if s["fib_table"] else "")
+                       + f"; source check {s['source']}; no-route policy {s['no_route']}; pins {s['pin_dir']}")
             table([(x["peer"], x["device"], "up" if x["up"] else "down",
                     "hooked" if x["hooked"] else "NOT HOOKED") for x in s["members"]],
                   ["PEER", "MEMBER", "STATE", "INGRESS"])

@@ -7,7 +7,8 @@ the bad field and quote the bad value.
     lookup = "lpm"           # or "fib": steer by the kernel's own table
     fib_table = "main"       # fib: the table to look in
     source = "strict"        # source check: strict, feasible, loose, off
-    accept_table = 200       # feasible + fib: the table of accepted paths
+    accept_table = 200       # feasible: the table of accepted paths (lpm: the
+                             # daemon copies it to the accept maps; fib: read live)
 
     [[peer]]
     name = "alice"
@@ -218,9 +219,6 @@ def build(front=None, peer_args=(), path=None, members_only=None, no_route=None,
 
 
 def validate(cfg):
-    if cfg.accept_table and cfg.lookup != abi.Lookup.FIB:
-        raise ConfigError(f"accept_table {cfg.accept_table}: only FIB lookups read a kernel table; "
-                          f"with lookup lpm the daemon fills the accept maps (wgbpf daemon --accept-table)")
     if cfg.fib_table and cfg.lookup != abi.Lookup.FIB:
         raise ConfigError(f"fib_table {cfg.fib_table}: set lookup = \"fib\" to look in a kernel table")
     if not cfg.peers:

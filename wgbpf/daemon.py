@@ -86,8 +86,8 @@ class Daemon:
         self.reload = False
         self.cfg = None
         self.maps = None
-        self.table = None
-        self.entries = None
+        self.table = None   # the routes Table (LPM mode), for status
+        self.tables = {}    # map kind -> (Table, the maps' entries as we wrote them)
         self.lock_fd = None
 
     # -- setup -----------------------------------------------------------
@@ -126,35 +126,57 @@ class Daemon:
         return sync.Tags(by_addr, by_oif)
 
     # -- sync ------------------------------------------------------------
+    def _new_tables(self, tags):
+        """What to sync, as {map kind: Table}. LPM mode: the best route per
+        prefix into routes4/6, and with an accept table every feasible
+        route into accept4/6. FIB mode: nothing, the data plane asks the
+        kernel; the daemon then follows links and tags only."""
+        if self.cfg.lookup == abi.Lookup.FIB:
+            return {}
+        out = {"routes": sync.Table(tags, self.filter)}
+        if self.cfg.accept_table:
+            f = sync.Filter((self.cfg.accept_table,), self.filter.protocols, self.filter.realms)
+            out["accept"] = sync.Table(tags, f, union=True)
+        return out
+
     def full_sync(self, why):
         t0 = time.monotonic()
         nl = rt.Netlink(rcvbuf=self.rcvbuf)
         try:
-            tags = self._tags(nl)
-            table = sync.Table(tags, self.filter)
+            tables = self._new_tables(self._tags(nl))
             n = 0
-            for fam in (socket.AF_INET, socket.AF_INET6):
-                for r in rt.dump_routes(nl, fam):
-                    table.update(r)
-                    n += 1
-                    if self.progress and n % 65536 == 0:
-                        self.progress("dump", n)
+            if tables:
+                for fam in (socket.AF_INET, socket.AF_INET6):
+                    for r in rt.dump_routes(nl, fam):
+                        for t in tables.values():
+                            t.update(r)
+                        n += 1
+                        if self.progress and n % 65536 == 0:
+                            self.progress("dump", n)
         finally:
             nl.close()
         t_dump = time.monotonic() - t0
-        entries = sync.map_entries(self.maps)
-        d = sync.diff(table, entries)
-        writes = sync.apply_diff(self.maps, d, entries,
-                                 progress=(lambda k: self.progress("write", k, len(d)))
-                                 if self.progress else None)
-        self.table, self.entries = table, entries
+        writes = puts = deletes = 0
+        self.tables = {}
+        for kind, table in tables.items():
+            entries = sync.map_entries(self.maps, kind)
+            d = sync.diff(table, entries)
+            writes += sync.apply_diff(self.maps, d, entries, kind=kind,
+                                      progress=(lambda k, total=len(d): self.progress("write", k, total))
+                                      if self.progress else None)
+            puts, deletes = puts + len(d.put), deletes + len(d.delete)
+            self.tables[kind] = (table, entries)
+        self.table = tables.get("routes")
         dt = time.monotonic() - t0
         self.stats["map_writes"] += writes
         self.stats["last_sync"] = time.time()
         self.stats["last_sync_seconds"] = round(dt, 3)
-        self.log(f"sync ({why}): {n} routes read, {len(table)} prefixes name peers, "
-                 f"{table.ignored} ignored, {writes} map writes "
-                 f"({len(d.put)} put, {len(d.delete)} deleted) in {dt:.2f}s (dump {t_dump:.2f}s)")
+        if self.table is None:
+            self.log(f"sync ({why}): lookup fib, no prefixes to copy; following links and tags")
+        else:
+            self.log(f"sync ({why}): {n} routes read, {len(self.table)} prefixes name peers, "
+                     f"{self.table.ignored} ignored, {writes} map writes "
+                     f"({puts} put, {deletes} deleted) in {dt:.2f}s (dump {t_dump:.2f}s)")
         self.write_status("running")
         return writes
 
@@ -163,11 +185,12 @@ class Daemon:
             if p.ifindex == index and bool(p.flags & abi.PEER_UP) != up:
                 p.flags = (p.flags | abi.PEER_UP) if up else (p.flags & ~abi.PEER_UP)
                 self.maps.set_peer(pid, p)
+                self.maps.rebuild_flood()
                 self.log(f"peer {p.name.decode()}: member {'up' if up else 'down'}")
 
     def handle(self, events):
         """Apply one read's worth of messages; returns True if a resync is due."""
-        changed = set()
+        changed = {kind: set() for kind in self.tables}
         resync = False
         members = None
         for mtype, buf, off, end in events:
@@ -175,9 +198,10 @@ class Daemon:
                 self.stats["events"] += 1
                 r = rt.parse_route(buf, off, end)
                 if r is not None:
-                    k = self.table.update(r, deleted=(mtype == rt.RTM_DELROUTE))
-                    if k is not None:
-                        changed.add(k)
+                    for kind, (table, _) in self.tables.items():
+                        k = table.update(r, deleted=(mtype == rt.RTM_DELROUTE))
+                        if k is not None:
+                            changed[kind].add(k)
             elif mtype == rt.RTM_NEWLINK:
                 index, _name, up = rt.parse_link(buf, off, end)
                 self._peer_state(index, up)
@@ -187,9 +211,11 @@ class Daemon:
                 index, _local, peer = rt.parse_addr(buf, off, end)
                 if peer is not None and index in members:
                     resync = True  # a peer's tag moved: re-resolve everything
-        if changed:
-            d = sync.diff(self.table, self.entries, keys=changed)
-            self.stats["map_writes"] += sync.apply_diff(self.maps, d, self.entries)
+        for kind, keys in changed.items():
+            if keys:
+                table, entries = self.tables[kind]
+                d = sync.diff(table, entries, keys=keys)
+                self.stats["map_writes"] += sync.apply_diff(self.maps, d, entries, kind=kind)
         return resync
 
     # -- status ------------------------------------------------------------

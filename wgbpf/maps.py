@@ -220,13 +220,15 @@ class Maps:
         return bpfsys.delete(self.fds["tags"], self._tag_key(addr))
 
     # -- routes ---------------------------------------------------------------
-    def _routes_fd(self, version):
-        return self.fds["routes4" if version == 4 else "routes6"]
+    def _routes_fd(self, version, kind="routes"):
+        """kind: "routes" (steering, strict source check) or "accept" (the
+        feasible-path table of the source check)."""
+        return self.fds[f"{kind}{version}"]
 
-    def routes(self, version):
+    def routes(self, version, kind="routes"):
         """Yield (ip_network, Route) for every prefix of one family."""
         ktype = abi.Key4 if version == 4 else abi.Key6
-        fd = self._routes_fd(version)
+        fd = self._routes_fd(version, kind)
         try:
             for k, v in bpfsys.lookup_batch(fd, ktype, abi.Route):
                 yield _net(k, version), v
@@ -234,38 +236,39 @@ class Maps:
         except OSError as e:
             if e.errno not in (errno.EINVAL, 524):  # 524: ENOTSUPP, no batch ops
                 raise
-        for k, v in self._hash_items("routes4" if version == 4 else "routes6", ktype, abi.Route):
+        for k, v in self._hash_items(f"{kind}{version}", ktype, abi.Route):
             yield _net(k, version), v
 
-    def lookup(self, addr):
+    def lookup(self, addr, kind="routes"):
         """Longest match for an address: (ip_network, Route) or None."""
         net = ipaddress.ip_network(addr)
         r = abi.Route()
-        if not bpfsys.lookup(self._routes_fd(net.version), _key(net), r):
+        if not bpfsys.lookup(self._routes_fd(net.version, kind), _key(net), r):
             return None
         return network(f"{addr}/{r.prefixlen}"), r
 
-    def get_route(self, net):
+    def get_route(self, net, kind="routes"):
         """The Route stored for exactly this prefix, or None."""
         r = abi.Route()
-        if bpfsys.lookup(self._routes_fd(net.version), _key(net), r) and r.prefixlen == net.prefixlen:
+        if bpfsys.lookup(self._routes_fd(net.version, kind), _key(net), r) and r.prefixlen == net.prefixlen:
             return r
         return None
 
-    def set_route(self, net, peer_ids, origin):
+    def set_route(self, net, peer_ids, origin, kind="routes"):
         if not 1 <= len(peer_ids) <= abi.MAX_ECMP:
             raise ValueError(f"{net}: a route names 1 to {abi.MAX_ECMP} peers, not {len(peer_ids)}")
-        bpfsys.update(self._routes_fd(net.version), _key(net), make_route(net, peer_ids, origin))
+        bpfsys.update(self._routes_fd(net.version, kind), _key(net), make_route(net, peer_ids, origin))
 
-    def del_route(self, net):
-        return bpfsys.delete(self._routes_fd(net.version), _key(net))
+    def del_route(self, net, kind="routes"):
+        return bpfsys.delete(self._routes_fd(net.version, kind), _key(net))
 
     def fill(self):
         """{map name: (entries, max_entries)} for the maps whose fill matters."""
         out = {}
-        for v in (4, 6):
-            n = sum(1 for _ in self.routes(v))
-            out[f"routes{v}"] = (n, abi.MAPS[f"routes{v}"].max_entries)
+        for kind in ("routes", "accept"):
+            for v in (4, 6):
+                n = sum(1 for _ in self.routes(v, kind))
+                out[f"{kind}{v}"] = (n, abi.MAPS[f"{kind}{v}"].max_entries)
         out["peers"] = (len(self.peers()), abi.MAX_PEERS - 1)
         out["tags"] = (len(self.tags()), abi.MAX_TAGS)
         return out

@@ -79,11 +79,15 @@ class Filter:
 
 
 class Table:
-    """Per prefix, the accepted routes that name peers: {rank: peers}."""
+    """Per prefix, the accepted routes that name peers: {rank: peers}.
 
-    def __init__(self, tags, flt):
+    best() is what the kernel would use (lowest rank); with union=True, as
+    for the feasible-path accept table, it is every peer of every route."""
+
+    def __init__(self, tags, flt, union=False):
         self.tags = tags
         self.filter = flt
+        self.union = union
         self.prefixes = {}  # pkey -> (rank, peers) | {rank: peers}
         self.ignored = 0    # accepted routes that named no peer
         self.per_peer = {}  # peer id -> prefixes whose best set holds it
@@ -98,6 +102,8 @@ class Table:
             return None
         if isinstance(v, tuple):
             return v[1]
+        if self.union:
+            return self.tags._intern(tuple(sorted({p for ps in v.values() for p in ps}))[:abi.MAX_ECMP])
         return v[min(v)]
 
     def update(self, route, deleted=False):
@@ -150,20 +156,20 @@ class Table:
 
 # -- the maps side --------------------------------------------------------
 
-def _map_entries(maps, version):
+def _map_entries(maps, version, kind="routes"):
     """{pkey: (origin, peers tuple)} of one family's LPM map."""
     fam = AF4 if version == 4 else AF6
     n = 4 if version == 4 else 16
     ktype = abi.Key4 if version == 4 else abi.Key6
     out = {}
-    for k, r in bpfsys.lookup_batch(maps._routes_fd(version), ktype, abi.Route):
+    for k, r in bpfsys.lookup_batch(maps._routes_fd(version, kind), ktype, abi.Route):
         out[bytes((fam, k.prefixlen)) + bytes(k.addr[:n])] = (r.origin, tuple(route_peers(r)))
     return out
 
 
-def map_entries(maps):
-    out = _map_entries(maps, 4)
-    out.update(_map_entries(maps, 6))
+def map_entries(maps, kind="routes"):
+    out = _map_entries(maps, 4, kind)
+    out.update(_map_entries(maps, 6, kind))
     return out
 
 
@@ -212,13 +218,13 @@ def _keys_array(version, ks):
 BATCH = 16384
 
 
-def apply_diff(maps, d, entries=None, progress=None):
+def apply_diff(maps, d, entries=None, progress=None, kind="routes"):
     """Write a Diff to the maps in batches; keep `entries` (the caller's
     view of the maps) in step. Returns the number of map writes."""
     kern = int(abi.Origin.KERNEL)
     writes = 0
     for version, fam in ((4, AF4), (6, AF6)):
-        fd = maps._routes_fd(version)
+        fd = maps._routes_fd(version, kind)
         puts = [(k, p) for k, p in d.put.items() if k[0] == fam]
         for i in range(0, len(puts), BATCH):
             chunk = puts[i:i + BATCH]
