@@ -32,6 +32,16 @@
 #error "WGBPF_PIN_DIR must name the directory holding the pinned maps"
 #endif
 
+/* tests/bench defines these to replace a packet's address with a random one
+ * drawn from the table, so one BPF_PROG_TEST_RUN packet exercises the
+ * lookups as a stream of different flows would. Empty in production. */
+#ifndef WGBPF_BENCH_DST
+#define WGBPF_BENCH_DST(p)
+#endif
+#ifndef WGBPF_BENCH_SRC
+#define WGBPF_BENCH_SRC(p)
+#endif
+
 BPF_TABLE_PINNED("lpm_trie", struct wgbpf_key4, struct wgbpf_route, routes4,
 		 WGBPF_MAX_ROUTES4, WGBPF_PIN_DIR "/routes4");
 BPF_TABLE_PINNED("lpm_trie", struct wgbpf_key6, struct wgbpf_route, routes6,
@@ -367,6 +377,7 @@ int front_egress(struct __sk_buff *skb)
 		verdict = TC_ACT_SHOT;
 		goto out;
 	}
+	WGBPF_BENCH_DST(&p);
 	if (link_local_multicast(&p)) {
 		tail.call(skb, TAIL_FLOOD);
 		/* only reached if the flood program is missing */
@@ -480,6 +491,7 @@ int member_ingress(struct __sk_buff *skb)
 		reason = WGBPF_MALFORMED;
 		goto out;
 	}
+	WGBPF_BENCH_SRC(&p);
 	member = members.lookup(&ifindex);
 	if (!member) {
 		reason = WGBPF_UNKNOWN_MEMBER;

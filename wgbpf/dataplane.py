@@ -162,15 +162,21 @@ def check_fib(cfg, front_idx, links):
     return found
 
 
-def compile_programs(directory, debug=False):
+def compile_programs(directory, debug=False, prefix="", suffix=""):
     """BCC compile + load against the maps pinned in `directory`.
 
     Returns (bpf object, {program name: fd}); keep the object alive until the
-    programs are pinned or attached.
+    programs are pinned or attached. `prefix`/`suffix` are C text put around
+    wgbpf.c (benchmarks add their programs and WGBPF_BENCH_* hooks so).
     """
     from bcc import BPF  # imported here: a second of import, only attach needs it
     cflags = [f"-I{BPF_DIR}", f'-DWGBPF_PIN_DIR="{directory}"', "-w"]
-    b = BPF(src_file=SOURCE.encode(), cflags=cflags, debug=0x8 if debug else 0)
+    if prefix or suffix:
+        with open(SOURCE) as f:
+            text = prefix + f.read() + suffix
+        b = BPF(text=text.encode(), cflags=cflags, debug=0x8 if debug else 0)
+    else:
+        b = BPF(src_file=SOURCE.encode(), cflags=cflags, debug=0x8 if debug else 0)
     fds = {name: b.load_func(name.encode(), BPF.SCHED_CLS).fd for name in abi.PROGRAMS}
     flood = b.load_func(b"front_flood", BPF.SCHED_CLS)
     b.get_table("tail")[ctypes.c_int(0)] = ctypes.c_int(flood.fd)
