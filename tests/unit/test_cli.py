@@ -366,22 +366,22 @@ class FakeMaps:
     def routes(self, version):
         return [(n, r) for n, r in self.route_map.items() if n.version == version]
 
-    def lookup(self, addr):
+    def lookup(self, addr, kind="routes"):
         hits = [n for n in self.route_map if addr in n]
         if not hits:
             return None
         net = max(hits, key=lambda n: n.prefixlen)
         return net, self.route_map[net]
 
-    def get_route(self, net):
+    def get_route(self, net, kind="routes"):
         return self.route_map.get(net)
 
-    def set_route(self, net, ids, origin):
+    def set_route(self, net, ids, origin, kind="routes"):
         if not 1 <= len(ids) <= abi.MAX_ECMP:
             raise ValueError("bounds")
         self.route_map[net] = maps.make_route(net, ids, origin)
 
-    def del_route(self, net):
+    def del_route(self, net, kind="routes"):
         return self.route_map.pop(net, None) is not None
 
 
