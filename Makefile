@@ -32,9 +32,16 @@ test-e2e: setup
 
 # Control-plane benchmark (a few minutes at full table; root): results in
 # bench-results/sync.json. BENCH_ARGS=--quick for a smoke run.
+# Then the data-plane benchmark (~6 min: per-packet cost at 0-1M prefixes vs
+# bpf_fib_lookup, kernel memory per prefix, iperf3/ping through the lab):
+# bench-results/dataplane.json and .png; --quick in BENCH_ARGS makes it quick
+# too, DATAPLANE_ARGS passes its own options.
 BENCH_ARGS ?= --v4 1000000 --v6 200000
+DATAPLANE_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 bench: setup
+	@$(PYTHON) -c 'import matplotlib' 2>/dev/null || .venv/bin/pip install -q --disable-pip-version-check -e '.[bench]'
 	$(PYTHON) tests/bench/bench_sync.py $(BENCH_ARGS)
+	$(PYTHON) tests/bench/bench_dataplane.py $(DATAPLANE_ARGS)
 
 clean: demo-down
 	rm -rf .venv .pytest_cache .hypothesis *.egg-info
