@@ -27,6 +27,8 @@ from . import abi, config as configmod, dataplane, routes as rt, sync
 from .maps import Maps, pin_dir
 
 RUN_DIR = "/run/wgbpf"
+BATCH_EVENTS = 10000
+BATCH_SECONDS = 0.05
 EVENT_GROUPS = (rt.RTMGRP_IPV4_ROUTE | rt.RTMGRP_IPV6_ROUTE | rt.RTMGRP_LINK
                 | rt.RTMGRP_IPV4_IFADDR | rt.RTMGRP_IPV6_IFADDR)
 
@@ -297,14 +299,15 @@ class Daemon:
                     resync = False
                     t_recv = time.monotonic()
                     try:
+                        # drain what is queued, applying at least every
+                        # BATCH_EVENTS or BATCH_SECONDS so a long burst does
+                        # not keep the maps stale until it ends
                         batch = []
-                        while True:  # drain what is queued, then apply once
+                        while len(batch) < BATCH_EVENTS and time.monotonic() - t_recv < BATCH_SECONDS:
                             got = list(events.messages(block=False))
                             if not got:
                                 break
                             batch.extend((m, bytes(b[o:e]), 0, e - o) for m, b, o, e in got)
-                            if len(batch) > 100000:
-                                break
                         resync = self.handle(batch)
                     except OSError as e:
                         if e.errno != errno.ENOBUFS:  # the kernel dropped events for us

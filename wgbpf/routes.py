@@ -10,7 +10,7 @@ A route is reduced to a KernelRoute: prefix, table, priority, protocol,
 realm and its nexthops as (gateway bytes or None, oif). Which peers it names
 is decided by Tags.resolve().
 """
-import dataclasses
+import collections
 import errno
 import os
 import socket
@@ -28,7 +28,7 @@ RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY = 1, 4, 5, 6
 RTA_MULTIPATH, RTA_FLOW, RTA_TABLE, RTA_VIA = 9, 11, 15, 18
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 IFLA_IFNAME = 3
-IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
+IFF_UP = 0x1
 
 # multicast groups (legacy bitmask form, enough for these)
 RTMGRP_LINK = 0x1
@@ -51,16 +51,12 @@ def _align(n):
     return (n + 3) & ~3
 
 
-@dataclasses.dataclass(frozen=True)
-class KernelRoute:
-    family: int          # socket.AF_INET or AF_INET6
-    dst: bytes           # network address, 4 or 16 bytes
-    dst_len: int
-    table: int
-    priority: int
-    protocol: int
-    realm: int
-    nexthops: tuple      # ((gateway bytes or None, oif), ...)
+class KernelRoute(collections.namedtuple(
+        "KernelRoute", "family dst dst_len table priority protocol realm nexthops")):
+    """family: AF_INET/AF_INET6; dst: network address bytes (4 or 16);
+    nexthops: ((gateway bytes or None, oif), ...). A tuple: a million are
+    made per full dump, and a frozen dataclass costs twice as much."""
+    __slots__ = ()
 
     @property
     def key(self):
@@ -77,62 +73,72 @@ def _attrs(buf, off, end):
         off += _align(length)
 
 
-def _gateway(buf, a, b):
-    return bytes(buf[a:b])
+def _nexthops(buf, a, b):
+    """RTA_MULTIPATH: a list of struct rtnexthop, each with its attributes."""
+    hops = []
+    realm = 0
+    while a + _RTNH.size <= b:
+        nh_len, _nh_flags, _hops, nh_oif = _RTNH.unpack_from(buf, a)
+        if nh_len < _RTNH.size:
+            break
+        gw = None
+        for kind, x, y in _attrs(buf, a + _RTNH.size, a + nh_len):
+            if kind == RTA_GATEWAY:
+                gw = bytes(buf[x:y])
+            elif kind == RTA_VIA:  # struct rtvia { sa_family; addr[] }
+                gw = bytes(buf[x + 2:y])
+            elif kind == RTA_FLOW and not realm:
+                realm = _U32.unpack_from(buf, x)[0]
+        hops.append((gw, nh_oif))
+        a += _align(nh_len)
+    return tuple(hops), realm
 
 
-def _via(buf, a, b):
-    """RTA_VIA: struct rtvia { sa_family; addr[] }: v4 routes via v6 nexthops."""
-    return bytes(buf[a + 2:b])
+_U32 = struct.Struct("=I")
+_I32 = struct.Struct("=i")
+_ZERO = {socket.AF_INET: bytes(4), socket.AF_INET6: bytes(16)}
 
 
 def parse_route(buf, off, end):
     """One RTM_NEWROUTE/DELROUTE body -> KernelRoute, or None when it is not
-    a unicast route (local, broadcast, unreachable, ... are never steered)."""
+    a unicast route (local, broadcast, unreachable, ... are never steered).
+
+    The attribute walk is inlined: this runs once per route of a full table."""
     family, dst_len, _src_len, _tos, table, protocol, _scope, rtype, _flags = _RTMSG.unpack_from(buf, off)
-    if rtype != RTN_UNICAST or family not in (socket.AF_INET, socket.AF_INET6):
+    if rtype != RTN_UNICAST or family not in _ZERO:
         return None
-    alen = 4 if family == socket.AF_INET else 16
-    dst = bytes(alen)
-    gateway = None
-    oif = 0
-    priority = 0
-    realm = 0
-    multipath = None
-    for kind, a, b in _attrs(buf, off + _RTMSG.size, end):
+    dst = _ZERO[family]
+    gateway = multipath = None
+    oif = priority = realm = 0
+    unpack_attr = _RTATTR.unpack_from
+    u32 = _U32.unpack_from
+    p = off + _RTMSG.size
+    while p + 4 <= end:
+        length, kind = unpack_attr(buf, p)
+        if length < 4:
+            break
+        a = p + 4
+        kind &= 0x3FFF
         if kind == RTA_DST:
-            dst = bytes(buf[a:b])
+            dst = bytes(buf[a:p + length])
         elif kind == RTA_GATEWAY:
-            gateway = _gateway(buf, a, b)
-        elif kind == RTA_VIA:
-            gateway = _via(buf, a, b)
+            gateway = bytes(buf[a:p + length])
         elif kind == RTA_OIF:
-            oif = struct.unpack_from("=i", buf, a)[0]
+            oif = _I32.unpack_from(buf, a)[0]
         elif kind == RTA_PRIORITY:
-            priority = struct.unpack_from("=I", buf, a)[0]
+            priority = u32(buf, a)[0]
         elif kind == RTA_TABLE:
-            table = struct.unpack_from("=I", buf, a)[0]
+            table = u32(buf, a)[0]
+        elif kind == RTA_VIA:  # IPv4 via an IPv6 nexthop: struct rtvia
+            gateway = bytes(buf[a + 2:p + length])
         elif kind == RTA_FLOW:
-            realm = struct.unpack_from("=I", buf, a)[0]
+            realm = u32(buf, a)[0]
         elif kind == RTA_MULTIPATH:
-            multipath = []
-            p = a
-            while p + _RTNH.size <= b:
-                nh_len, _nh_flags, _hops, nh_oif = _RTNH.unpack_from(buf, p)
-                if nh_len < _RTNH.size:
-                    break
-                nh_gw = None
-                for k2, a2, b2 in _attrs(buf, p + _RTNH.size, p + nh_len):
-                    if k2 == RTA_GATEWAY:
-                        nh_gw = _gateway(buf, a2, b2)
-                    elif k2 == RTA_VIA:
-                        nh_gw = _via(buf, a2, b2)
-                    elif k2 == RTA_FLOW and not realm:
-                        realm = struct.unpack_from("=I", buf, a2)[0]
-                multipath.append((nh_gw, nh_oif))
-                p += _align(nh_len)
-    nexthops = tuple(multipath) if multipath else ((gateway, oif),)
-    return KernelRoute(family, dst, dst_len, table, priority, protocol, realm, nexthops)
+            multipath, nh_realm = _nexthops(buf, a, p + length)
+            realm = realm or nh_realm
+        p += (length + 3) & ~3
+    return KernelRoute(family, dst, dst_len, table, priority, protocol, realm,
+                       multipath or ((gateway, oif),))
 
 
 def parse_addr(buf, off, end):
@@ -156,7 +162,9 @@ def parse_link(buf, off, end):
     for kind, a, b in _attrs(buf, off + _IFINFOMSG.size, end):
         if kind == IFLA_IFNAME:
             name = bytes(buf[a:b]).rstrip(b"\0").decode()
-    return index, name, bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
+    # administrative state, as attach reads it: `ip link set down` takes a
+    # peer out; a TUN without carrier is the WireGuard process's business
+    return index, name, bool(flags & IFF_UP)
 
 
 class Netlink:
@@ -172,6 +180,9 @@ class Netlink:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.bind((0, groups))
         self.seq = 0
+        # one buffer for every read: each event is a datagram of its own, and
+        # a fresh 1 MiB allocation per event costs more than parsing it
+        self._buf = bytearray(1 << 20)
 
     def close(self):
         self.sock.close()
@@ -198,10 +209,11 @@ class Netlink:
         Raises OSError(ENOBUFS) when the kernel dropped events for us."""
         flags = 0 if block else socket.MSG_DONTWAIT
         try:
-            data = self.sock.recv(1 << 20, flags)
+            n = self.sock.recv_into(self._buf, 0, flags)
         except BlockingIOError:
             return
-        buf = memoryview(data)
+        # valid until the next read: callers copy what they keep
+        buf = memoryview(self._buf)[:n]
         off = 0
         while off + _NLMSGHDR.size <= len(buf):
             length, mtype, _flags, _seq, _pid = _NLMSGHDR.unpack_from(buf, off)

@@ -119,8 +119,13 @@ class Table:
         peers = self.tags.resolve(route) if accepted and not deleted else ()
         if accepted and not deleted and not peers:
             self.ignored += 1
-        before = self.best(k)
         v = self.prefixes.get(k)
+        if v is None and peers:
+            # the common case of a full dump: a prefix seen for the first time
+            self.prefixes[k] = (rank, peers)
+            self._count(None, peers)
+            return k
+        before = self.best(k)
         if isinstance(v, tuple):
             v = {v[0]: v[1]}
         elif v is None:
@@ -147,11 +152,15 @@ class Table:
         after = self.best(k)
         if after == before:
             return None
-        for p in before or ():
-            self.per_peer[p] -= 1
-        for p in after or ():
-            self.per_peer[p] = self.per_peer.get(p, 0) + 1
+        self._count(before, after)
         return k
+
+    def _count(self, before, after):
+        per_peer = self.per_peer
+        for p in before or ():
+            per_peer[p] -= 1
+        for p in after or ():
+            per_peer[p] = per_peer.get(p, 0) + 1
 
 
 # -- the maps side --------------------------------------------------------
