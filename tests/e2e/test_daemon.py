@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from conftest import RUN_ID, require_bcc, require_tools
-from labutil import WGBPF, Lab, run
+from wgbtest import RUN_ID, require_bcc, require_tools
+from labutil import TIME_SCALE, WG_TOOLS, WGBPF, Lab, run
 from wgbpf import abi, routes as rt, sync
 from wgbpf.maps import Maps, pin_dir, route_peers
 
@@ -40,7 +40,7 @@ class Daemon:
             return f.read()
 
     def wait_for(self, needle, timeout=30):
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * TIME_SCALE
         while needle not in self.text():
             assert self.proc.poll() is None, f"daemon exited {self.proc.returncode}:\n{self.text()}"
             assert time.monotonic() < deadline, f"no {needle!r} in daemon log:\n{self.text()}"
@@ -50,7 +50,7 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                self.proc.wait(10)
+                self.proc.wait(10 * TIME_SCALE)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -59,7 +59,7 @@ class Daemon:
 @pytest.fixture(scope="module")
 def lab():
     require_bcc()
-    require_tools("wireguard-go", "wg", "ping")
+    require_tools(*WG_TOOLS, "ping")
     lab = Lab(f"d{RUN_ID}")
     lab.down()
     try:
@@ -106,6 +106,7 @@ def map_peers(lab, prefix):
 
 def wait_map(lab, prefix, want, timeout=1.0):
     """Seconds until the map holds `want` for prefix; fails after timeout."""
+    timeout *= TIME_SCALE
     t0 = time.monotonic()
     while True:
         got = map_peers(lab, prefix)
@@ -123,7 +124,7 @@ def test_routes_by_tag_steer_live_traffic_within_a_second(lab, daemon):
     hub_ip("-6", "route", "add", carol["prefix6"], *via(lab, "carol", 6), lab=lab)
     hub_ip("-6", "route", "add", alice["prefix6"], *via(lab, "alice", 6), lab=lab)
     for prefix, peer in ((alice["prefix4"], "alice"), (bob["prefix4"], "bob"), (carol["prefix6"], "carol")):
-        assert wait_map(lab, prefix, [peer]) < 1.0
+        assert wait_map(lab, prefix, [peer]) < 1.0 * TIME_SCALE
     assert lab.ping("alice", bob["host4"], count=2)
     assert lab.ping("alice", carol["host6"], count=2)
 
@@ -141,7 +142,7 @@ def test_replace_and_delete_follow_the_kernel(lab, daemon):
     wait_map(lab, prefix, None)
     # a route that names no peer is ignored
     hub_ip("route", "add", prefix, "dev", lab.front, lab=lab)
-    time.sleep(0.3)
+    time.sleep(0.3 * TIME_SCALE)
     assert map_peers(lab, prefix) is None
     hub_ip("route", "del", prefix, lab=lab)
 
@@ -162,7 +163,7 @@ def test_member_down_moves_traffic_to_the_ecmp_sibling(lab, daemon):
     other = "carol" if active == "bob" else "bob"
     hub_ip("link", "set", lab.peers[active]["member"], "down", lab=lab)
     try:
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 2 * TIME_SCALE
         while lab.peer(active)["up"]:
             assert time.monotonic() < deadline, "daemon did not mark the member down"
             time.sleep(0.05)
@@ -171,7 +172,7 @@ def test_member_down_moves_traffic_to_the_ecmp_sibling(lab, daemon):
         assert lab.peer(other)["tx_packets"] - before >= 3
     finally:
         hub_ip("link", "set", lab.peers[active]["member"], "up", lab=lab)
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + 2 * TIME_SCALE
     while not lab.peer(active)["up"]:
         assert time.monotonic() < deadline, "daemon did not mark the member up again"
         time.sleep(0.05)
@@ -186,7 +187,7 @@ def kernel_view(lab):
                    ((str(a), i) for a, i in m.tags().items())}
         entries = {k: v for k, v in sync.map_entries(m).items() if v[0] == abi.Origin.KERNEL}
     table = sync.Table(sync.Tags(by_addr, by_oif), sync.Filter())
-    from conftest import entered_netns
+    from wgbtest import entered_netns
     with entered_netns(lab.hub):
         nl = rt.Netlink()
         try:
@@ -209,7 +210,7 @@ def test_overrun_ends_in_a_resync_with_maps_equal_to_the_kernel(lab):
             f.flush()
             hub_ip("-batch", f.name, lab=lab)
         d.wait_for("overrun", timeout=30)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 30 * TIME_SCALE
         while True:
             want, have = kernel_view(lab)
             if want == have:
@@ -235,7 +236,7 @@ def test_kill9_and_restart_lose_no_packet_and_write_nothing(lab):
     t = threading.Thread(target=lambda: result.update(
         r=lab.spoke("alice", "ping", "-c", "100", "-i", "0.03", "-W", "1", bob["host4"])))
     t.start()
-    time.sleep(0.5)
+    time.sleep(0.5 * TIME_SCALE)
     d.proc.kill()  # SIGKILL: no cleanup at all
     d.proc.wait()
     d2 = Daemon(lab)
@@ -266,7 +267,7 @@ def test_second_daemon_bad_table_bad_config_refused_data_plane_untouched(lab, da
 def test_status_reports_the_daemon(lab, daemon):
     hub_ip("route", "replace", "10.88.0.0/16", *via(lab, "carol"), lab=lab)
     wait_map(lab, "10.88.0.0/16", ["carol"])
-    time.sleep(1.2)  # the status file is rewritten every second
+    time.sleep(1.2 * TIME_SCALE)  # the status file is rewritten every second
     st = lab.status()["daemon"]
     assert st["state"] == "running"
     assert st["routes_per_peer"].get("carol", 0) >= 1

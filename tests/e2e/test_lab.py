@@ -18,9 +18,9 @@ import time
 
 import pytest
 
-from conftest import RUN_ID, require_bcc, require_tools
+from wgbtest import RUN_ID, require_bcc, require_tools
 
-from labutil import WGBPF, Lab, run
+from labutil import TIME_SCALE, WG_TOOLS, WGBPF, Lab, run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.root, pytest.mark.e2e]
 @pytest.fixture(scope="module")
 def lab():
     require_bcc()
-    require_tools("wireguard-go", "wg", "iperf3", "ping")
+    require_tools(*WG_TOOLS, "iperf3", "ping")
     lab = Lab(f"e{RUN_ID}")
     lab.down()
     try:
@@ -73,7 +73,7 @@ def test_iperf3_through_the_front(lab):
     server = subprocess.Popen(["ip", "netns", "exec", bob["ns"], "iperf3", "-s", "-1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.5)
+        time.sleep(0.5 * TIME_SCALE)
         before = lab.peer("bob")["tx_bytes"]
         r = lab.spoke("alice", "iperf3", "-c", bob["host4"], "-t", "2", "-J", timeout=30)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -128,7 +128,7 @@ def _ping_during(lab, action, count=150):
                                 lab.peers["bob"]["host4"], timeout=60)
     t = threading.Thread(target=pinger)
     t.start()
-    time.sleep(0.3)
+    time.sleep(0.3 * TIME_SCALE)
     out = action()
     t.join()
     return result["r"], out

@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def _shared_conftest():
     """tests/conftest.py, by path: `from conftest import ...` gets whichever
     conftest.py pytest imported last (tests/bpf/ has one too)."""
-    path = os.path.join(REPO, "tests", "conftest.py")
+    path = os.path.join(REPO, "tests", "wgbtest.py")
     spec = importlib.util.spec_from_file_location("wgbpf_tests_shared_conftest", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -1,0 +1,92 @@
+"""Shared test helpers: root/tool requirements, throwaway network namespaces.
+
+Imported as `wgbtest` (a conftest.py per tier would make `import conftest`
+ambiguous); tests/conftest.py turns the fixtures on for every tier.
+
+Outside CI a test that needs root or a missing tool is skipped with the
+reason; under CI (CI=true) CI has installed everything, so the same gap is
+a failure: the end-to-end tier must never hide behind a skip there.
+"""
+import contextlib
+import ctypes
+import itertools
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+CI = os.environ.get("CI") == "true"
+RUN_ID = uuid.uuid4().hex[:4]  # unique per pytest run: names of netns, devices, pins
+_seq = itertools.count()
+CLONE_NEWNET = 0x40000000
+
+
+def require(ok, reason):
+    """Skip (or fail under CI) unless `ok`."""
+    if not ok:
+        if CI:
+            pytest.fail(f"CI is missing a requirement: {reason}")
+        pytest.skip(reason)
+
+
+def require_root():
+    require(os.geteuid() == 0, "needs root (BPF, tc, network namespaces)")
+
+
+def require_tools(*tools):
+    for t in tools:
+        require(shutil.which(t) is not None, f"needs {t} on PATH")
+
+
+def require_bcc():
+    require_root()
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        require(False, "needs Debian's BCC (python3-bpfcc); make the venv with --system-site-packages")
+    build = f"/lib/modules/{os.uname().release}/build"
+    require(os.path.exists(build), f"BCC needs kernel headers at {build} (run scripts/setup.sh)")
+
+
+def unique(prefix):
+    """A name unique to this run, short enough for an interface (15 chars)."""
+    return f"{prefix}{RUN_ID}{next(_seq)}"[:15]
+
+
+def sh(*cmd, check=True, **kw):
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
+
+
+@contextlib.contextmanager
+def entered_netns(name):
+    """Run this thread in netns `name` for the block (BPF test runs and
+    clone redirects resolve devices in the caller's namespace)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+        yield
+    finally:
+        libc.setns(home, CLONE_NEWNET)
+        os.close(home)
+        os.close(target)
+
+
+@pytest.fixture
+def netns():
+    """A fresh network namespace, removed afterwards even on failure."""
+    require_root()
+    name = unique("wgbt")
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), 9)
+        sh("ip", "netns", "del", name, check=False)
