@@ -8,15 +8,21 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAB = os.path.join(ROOT, "lab", "lab.sh")
 WGBPF = [sys.executable, "-m", "wgbpf.cli"]
+# The lab's WireGuard: "go" (wireguard-go, the default) or "kernel" (the
+# kernel module; `make vm-test` runs the suite so in a qemu guest).
+WG_MODE = os.environ.get("WGBPF_LAB_WG") or "go"
+WG_TOOLS = ("wg",) if WG_MODE == "kernel" else ("wireguard-go", "wg")
+# Waits for asynchronous effects are multiplied by this (>1 under emulation).
+TIME_SCALE = float(os.environ.get("WGBPF_TIME_SCALE") or 1)
 
 def run(*cmd, check=False, timeout=60):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout * TIME_SCALE, check=check)
 
 
 class Lab:
     def __init__(self, lab_id):
         self.id = lab_id
-        self.env = dict(os.environ, LAB_ID=lab_id)
+        self.env = dict(os.environ, LAB_ID=lab_id, LAB_WG=WG_MODE)
         info = subprocess.run(["bash", LAB, "info"], env=self.env, capture_output=True,
                               text=True, check=True).stdout
         self.info = json.loads(info)
