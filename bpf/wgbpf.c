@@ -50,6 +50,12 @@ BPF_TABLE_PINNED("lpm_trie", struct wgbpf_key4, struct wgbpf_route, accept4,
 		 WGBPF_MAX_ROUTES4, WGBPF_PIN_DIR "/accept4");
 BPF_TABLE_PINNED("lpm_trie", struct wgbpf_key6, struct wgbpf_route, accept6,
 		 WGBPF_MAX_ROUTES6, WGBPF_PIN_DIR "/accept6");
+BPF_TABLE_PINNED("array", u32, struct wgbpf_dir_elem, dir24, WGBPF_DIR24_ELEMS,
+		 WGBPF_PIN_DIR "/dir24");
+BPF_TABLE_PINNED("array", u32, struct wgbpf_dir_elem, dir8, WGBPF_DIR8_ELEMS,
+		 WGBPF_PIN_DIR "/dir8");
+BPF_TABLE_PINNED("array", u32, struct wgbpf_route, dir_sets, WGBPF_DIR_SETS,
+		 WGBPF_PIN_DIR "/dir_sets");
 BPF_TABLE_PINNED("array", u32, struct wgbpf_peer, peers, WGBPF_MAX_PEERS,
 		 WGBPF_PIN_DIR "/peers");
 BPF_TABLE_PINNED("hash", u32, u32, members, WGBPF_MAX_PEERS, WGBPF_PIN_DIR "/members");
@@ -182,9 +188,37 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 	return -1;
 }
 
+/* DIR-24-8: the peer set of an IPv4 address in one or two array reads. */
+static __always_inline struct wgbpf_route *dir_lookup(__u8 *addr)
+{
+	__u32 i24 = ((__u32)addr[0] << 16) | ((__u32)addr[1] << 8) | addr[2];
+	__u32 elem = i24 / WGBPF_DIR_PER_ELEM;
+	struct wgbpf_dir_elem *e = dir24.lookup(&elem);
+	__u32 set;
+
+	if (!e)
+		return NULL;
+	set = e->entry[i24 % WGBPF_DIR_PER_ELEM];
+	if (set & WGBPF_DIR_GROUP) {
+		__u32 i8 = ((set & (WGBPF_DIR_GROUP - 1)) << 8) | addr[3];
+		elem = i8 / WGBPF_DIR_PER_ELEM;
+		e = dir8.lookup(&elem);
+		if (!e)
+			return NULL;
+		set = e->entry[i8 % WGBPF_DIR_PER_ELEM];
+	}
+	if (!set)
+		return NULL;
+	return dir_sets.lookup(&set);
+}
+
 static __always_inline struct wgbpf_route *route_lookup(struct packet *p, __u8 *addr)
 {
 	if (p->family == AF_INET) {
+		__u32 zero = 0;
+		struct wgbpf_config *cfg = config.lookup(&zero);
+		if (cfg && cfg->lookup == WGBPF_LOOKUP_DIR24)
+			return dir_lookup(addr);
 		struct wgbpf_key4 k4 = { .prefixlen = 32 };
 		__builtin_memcpy(k4.addr, addr, 4);
 		return routes4.lookup(&k4);

@@ -107,9 +107,31 @@ enum wgbpf_policy {
 
 /* Where prefix -> peer answers come from. */
 enum wgbpf_lookup {
-	WGBPF_LOOKUP_LPM = 0, /* routes4/routes6, written by `route` and the daemon */
-	WGBPF_LOOKUP_FIB = 1, /* bpf_fib_lookup in the kernel's table; the nexthop
-			       * (tags) or output device (members) names the peer */
+	WGBPF_LOOKUP_LPM = 0,   /* routes4/routes6, written by `route` and the daemon */
+	WGBPF_LOOKUP_FIB = 1,   /* bpf_fib_lookup in the kernel's table; the nexthop
+				 * (tags) or output device (members) names the peer */
+	WGBPF_LOOKUP_DIR24 = 2, /* IPv4 by DIR-24-8 (dir24/dir8/dir_sets), compiled
+				 * from routes4 by the control plane; IPv6 as LPM */
+};
+
+/* DIR-24-8, as DPDK's rte_lpm: an IPv4 lookup in at most two array reads,
+ * where an LPM trie walk of a full table misses cache at every level.
+ * dir24 holds one u16 entry per /24: 0 = no route, WGBPF_DIR_GROUP | g =
+ * look in group g of dir8 (256 entries by the last byte: the /24 holds
+ * longer prefixes), else a set id, an index into dir_sets. Entries are packed
+ * WGBPF_DIR_PER_ELEM to an array element (arrays round elements up to 8
+ * bytes), and the arrays are BPF_F_MMAPABLE: the control plane writes them
+ * as memory. Outside DIR-24-8 mode they are created with one element. */
+#define WGBPF_DIR_PER_ELEM 32
+#define WGBPF_DIR24_ELEMS ((1 << 24) / WGBPF_DIR_PER_ELEM)
+#define WGBPF_DIR_GROUP 0x8000
+#define WGBPF_DIR8_GROUPS 0x8000
+#define WGBPF_DIR8_ELEMS (WGBPF_DIR8_GROUPS * 256 / WGBPF_DIR_PER_ELEM)
+#define WGBPF_DIR_SETS 0x8000 /* set ids 1 .. 0x7fff */
+
+/* Value of dir24 and dir8. */
+struct wgbpf_dir_elem {
+	__u16 entry[WGBPF_DIR_PER_ELEM];
 };
 
 /* bpf_fib_lookup flags, from include/uapi/linux/bpf.h. Defined here because

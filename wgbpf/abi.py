@@ -36,6 +36,15 @@ class Source(enum.IntEnum):
 class Lookup(enum.IntEnum):
     LPM = 0
     FIB = 1
+    DIR24 = 2
+
+
+DIR_PER_ELEM = 32
+DIR24_ELEMS = (1 << 24) // DIR_PER_ELEM
+DIR_GROUP = 0x8000
+DIR8_GROUPS = 0x8000
+DIR8_ELEMS = DIR8_GROUPS * 256 // DIR_PER_ELEM
+DIR_SETS = 0x8000
 
 
 FIB_LOOKUP_DIRECT = 1 << 0
@@ -96,6 +105,10 @@ class Config(ctypes.Structure):
                 ("source", ctypes.c_uint32), ("accept_table", ctypes.c_uint32)]
 
 
+class DirElem(ctypes.Structure):
+    _fields_ = [("entry", ctypes.c_uint16 * DIR_PER_ELEM)]
+
+
 class Flood(ctypes.Structure):
     _fields_ = [("ifindex", ctypes.c_uint32), ("peer", ctypes.c_uint32)]
 
@@ -112,6 +125,7 @@ U64 = ctypes.c_uint64
 # bpfsys map types
 HASH, ARRAY, PERCPU_ARRAY, LPM_TRIE = 1, 2, 6, 11
 NO_PREALLOC = 1
+MMAPABLE = 1 << 10
 
 
 class MapSpec:
@@ -126,6 +140,10 @@ MAPS = {m.name: m for m in [
     MapSpec("routes6", LPM_TRIE, Key6, Route, MAX_ROUTES6, NO_PREALLOC),
     MapSpec("accept4", LPM_TRIE, Key4, Route, MAX_ROUTES4, NO_PREALLOC),
     MapSpec("accept6", LPM_TRIE, Key6, Route, MAX_ROUTES6, NO_PREALLOC),
+    # full size only in DIR-24-8 mode (48 MiB): see Maps.create
+    MapSpec("dir24", ARRAY, U32, DirElem, DIR24_ELEMS, MMAPABLE),
+    MapSpec("dir8", ARRAY, U32, DirElem, DIR8_ELEMS, MMAPABLE),
+    MapSpec("dir_sets", ARRAY, U32, Route, DIR_SETS),
     MapSpec("peers", ARRAY, U32, Peer, MAX_PEERS),
     MapSpec("members", HASH, U32, U32, MAX_PEERS),
     MapSpec("flood", ARRAY, U32, Flood, MAX_PEERS),

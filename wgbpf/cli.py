@@ -143,9 +143,10 @@ def main(ctx, netns):
               help="no front device: filter sources on the members alone (FRONT only names the instance)")
 @click.option("--no-route", type=click.Choice(["pass", "drop"]), default=None,
               help="packets on the front that no route claims: hand to the kernel (default) or drop")
-@click.option("--lookup", type=click.Choice(["lpm", "fib"]), default=None,
-              help="lpm (default): prefixes in BPF maps, from `route` and the daemon; "
-                   "fib: the kernel's own table via bpf_fib_lookup, no prefix maps")
+@click.option("--lookup", type=click.Choice(["lpm", "fib", "dir24"]), default=None,
+              help="lpm (default): prefixes in BPF LPM tries, from `route` and the daemon; "
+                   "fib: the kernel's own table via bpf_fib_lookup, no prefix maps; "
+                   "dir24: IPv4 compiled to DIR-24-8 arrays (two array reads, 48 MiB), IPv6 as lpm")
 @click.option("--fib-table", metavar="TABLE", default=None,
               help="with --lookup fib: the table to look in (default main)")
 @click.option("--source", type=click.Choice(["strict", "feasible", "loose", "off"]), default=None,
@@ -275,6 +276,8 @@ def route_add(prefix, peers, front, accept):
     with m:
         ids = resolve_peers(m, names)
         m.set_route(net, ids, abi.Origin.STATIC, kind="accept" if accept else "routes")
+        if net.version == 4 and not accept:
+            m.compile_dir24()
     click.echo(f"{net} -> {peers}" + (" (accept)" if accept else ""))
 
 
@@ -291,6 +294,8 @@ def route_del(prefix, front, accept):
         if m.get_route(net, kind) is None:
             fail(f"no entry for {net}" + (" in the accept table" if accept else ""))
         m.del_route(net, kind)
+        if net.version == 4 and not accept:
+            m.compile_dir24()
     click.echo(f"{net} removed")
 
 
@@ -499,9 +504,10 @@ def lookup(address, source_addr, peer, front, as_json):
               help="TOML file with front, no_route and [[peer]] tables (re-read on SIGHUP)")
 @click.option("--members-only", is_flag=True, default=None, help="as for attach")
 @click.option("--no-route", type=click.Choice(["pass", "drop"]), default=None, help="as for attach")
-@click.option("--lookup", type=click.Choice(["lpm", "fib"]), default=None,
-              help="lpm (default): prefixes in BPF maps, from `route` and the daemon; "
-                   "fib: the kernel's own table via bpf_fib_lookup, no prefix maps")
+@click.option("--lookup", type=click.Choice(["lpm", "fib", "dir24"]), default=None,
+              help="lpm (default): prefixes in BPF LPM tries, from `route` and the daemon; "
+                   "fib: the kernel's own table via bpf_fib_lookup, no prefix maps; "
+                   "dir24: IPv4 compiled to DIR-24-8 arrays (two array reads, 48 MiB), IPv6 as lpm")
 @click.option("--fib-table", metavar="TABLE", default=None,
               help="with --lookup fib: the table to look in (default main)")
 @click.option("--source", type=click.Choice(["strict", "feasible", "loose", "off"]), default=None,

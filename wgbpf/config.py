@@ -4,7 +4,8 @@ the bad field and quote the bad value.
     front = "wg0"            # the device routes point at
     members_only = false     # true: no front; filter sources on members alone
     no_route = "pass"        # or "drop": packets on the front no route claims
-    lookup = "lpm"           # or "fib": steer by the kernel's own table
+    lookup = "lpm"           # "fib": steer by the kernel's own table; "dir24":
+                             # IPv4 by DIR-24-8 arrays (fastest, 48 MiB)
     fib_table = "main"       # fib: the table to look in
     source = "strict"        # source check: strict, feasible, loose, off
     accept_table = 200       # feasible: the table of accepted paths (lpm: the
@@ -118,7 +119,7 @@ def parse_lookup(value, where):
     try:
         return abi.Lookup[str(value).upper()]
     except KeyError:
-        raise ConfigError(f"{where}: {value!r} is not a lookup mode (lpm or fib)") from None
+        raise ConfigError(f"{where}: {value!r} is not a lookup mode (lpm, fib or dir24)") from None
 
 
 def parse_table(value, where):

@@ -90,6 +90,7 @@ class Daemon:
         self.maps = None
         self.table = None   # the routes Table (LPM mode), for status
         self.tables = {}    # map kind -> (Table, the maps' entries as we wrote them)
+        self.dir = None     # DIR-24-8 mode: the compiled IPv4 arrays
         self.lock_fd = None
 
     # -- setup -----------------------------------------------------------
@@ -168,6 +169,14 @@ class Daemon:
                                       if self.progress else None)
             puts, deletes = puts + len(d.put), deletes + len(d.delete)
             self.tables[kind] = (table, entries)
+        self.dir = None
+        if self.cfg.lookup == abi.Lookup.DIR24 and "routes" in self.tables:
+            # the IPv4 arrays from all of routes4 (ours, static and tags);
+            # only the /24s that differ are rewritten
+            self.dir = self.maps.dir24()
+            entries = self.tables["routes"][1]
+            self.dir.rebuild({(int.from_bytes(k[2:], "big"), k[1]): peers
+                              for k, (_origin, peers) in entries.items() if k[0] == socket.AF_INET})
         self.table = tables.get("routes")
         dt = time.monotonic() - t0
         self.stats["map_writes"] += writes
@@ -218,6 +227,13 @@ class Daemon:
                 table, entries = self.tables[kind]
                 d = sync.diff(table, entries, keys=keys)
                 self.stats["map_writes"] += sync.apply_diff(self.maps, d, entries, kind=kind)
+                if kind == "routes" and self.dir is not None:
+                    for k, peers in d.put.items():
+                        if k[0] == socket.AF_INET:
+                            self.dir.change(int.from_bytes(k[2:], "big"), k[1], peers)
+                    for k in d.delete:
+                        if k[0] == socket.AF_INET:
+                            self.dir.change(int.from_bytes(k[2:], "big"), k[1], None)
         return resync
 
     # -- status ------------------------------------------------------------

@@ -282,7 +282,8 @@ def attach(cfg, log=lambda msg: None, debug=False):
         ensure_bpffs()
         fib = check_fib(cfg, front_idx, links) if cfg.lookup == abi.Lookup.FIB else None
         fresh = not os.path.isdir(directory)
-        m = Maps.create(directory)
+        dir24 = cfg.lookup == abi.Lookup.DIR24
+        m = Maps.create(directory, dir24=dir24)
         try:
             log(f"compiling {SOURCE}")
             bpf, fds = compile_programs(directory, debug=debug)
@@ -341,10 +342,11 @@ def attach(cfg, log=lambda msg: None, debug=False):
                                   flood_count=have_cfg.flood_count, lookup=int(cfg.lookup),
                                   fib_table=cfg.fib_table, source=int(cfg.source),
                                   accept_table=cfg.accept_table)
-            if bytes(cfg_want) != bytes(have_cfg):
+            new_settings = bytes(cfg_want) != bytes(have_cfg)
+            if new_settings and fresh:
                 m.set_config(cfg_want)
-                if not fresh:
-                    changes.append("settings updated")
+            if dir24:  # compiled before any program reads it
+                m.dir24().rebuild(m.ipv4_prefixes())
             m.rebuild_flood()
 
             # Filters: members, then the front.
@@ -355,6 +357,13 @@ def attach(cfg, log=lambda msg: None, debug=False):
                     ensure_filter(ipr, ifindex, "ingress", fds["member_ingress"], name)
             if front_idx and (reload_progs or name not in filters(ipr, front_idx, "egress")):
                 ensure_filter(ipr, front_idx, "egress", fds["front_egress"], name)
+            if new_settings and not fresh:
+                # after the new programs are in: a mode switch must not make
+                # the old ones read maps they were not built with
+                c = m.config()
+                cfg_want.flood_count = c.flood_count
+                m.set_config(cfg_want)
+                changes.append("settings updated")
             warnings = []
             if front_idx:
                 w = quiet_redirects(cfg.front)
@@ -371,6 +380,8 @@ def attach(cfg, log=lambda msg: None, debug=False):
                     continue
                 _forget_peer(ipr, m, pid, peer)
                 changes.append(f"peer {peer.name.decode()} removed")
+                if dir24:
+                    m.dir24().rebuild(m.ipv4_prefixes())
             for ifindex, pid in m.members().items():
                 if pid not in keep or links.get(_peer_name(ids, pid), (None,))[0] != ifindex:
                     m.del_member(ifindex)

@@ -13,6 +13,7 @@ import stat
 from . import abi, bpfsys
 
 PIN_ROOT = "/sys/fs/bpf/wgbpf"
+DIR_MAPS = ("dir24", "dir8", "dir_sets")
 
 
 class MapError(Exception):
@@ -82,21 +83,35 @@ class Maps:
         return cls(directory, fds)
 
     @classmethod
-    def create(cls, directory):
+    def create(cls, directory, dir24=False):
         """Open the maps of `directory`, creating and pinning those missing.
 
         The directory is root's alone (0700) and pins are 0600: whoever can
-        write these maps can steer or spoof traffic.
+        write these maps can steer or spoof traffic. The DIR-24-8 arrays
+        (48 MiB) get their full size only with `dir24`, one element else; a
+        pin of the other size is replaced (programs loaded before keep the
+        map they hold).
         """
         os.makedirs(PIN_ROOT, mode=0o700, exist_ok=True)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
         for name, spec in abi.MAPS.items():
             path = os.path.join(directory, name)
+            size = spec.max_entries
+            if name in DIR_MAPS and not dir24:
+                size = 1
             if os.path.exists(path):
-                continue
+                if name not in DIR_MAPS:
+                    continue
+                fd = bpfsys.obj_get(path)
+                try:
+                    if bpfsys.map_info(fd).max_entries == size:
+                        continue
+                finally:
+                    os.close(fd)
+                os.unlink(path)
             fd = bpfsys.map_create(spec.type, ctypes.sizeof(spec.key),
-                                   ctypes.sizeof(spec.value), spec.max_entries,
+                                   ctypes.sizeof(spec.value), size,
                                    spec.flags, name)
             try:
                 bpfsys.obj_pin(fd, path)
@@ -261,6 +276,39 @@ class Maps:
 
     def del_route(self, net, kind="routes"):
         return bpfsys.delete(self._routes_fd(net.version, kind), _key(net))
+
+    # -- DIR-24-8 ------------------------------------------------------------
+    def dir24(self):
+        """A Dir24 writing straight into the dir24/dir8 maps' memory."""
+        import mmap
+        from .dir24 import Dir24
+
+        def mapped(name):
+            info = bpfsys.map_info(self.fds[name])
+            size = info.max_entries * ((info.value_size + 7) & ~7)
+            if info.max_entries <= 1:
+                raise MapError(f"{self.dir}/{name}: not sized for DIR-24-8 (attach --lookup dir24)")
+            return mmap.mmap(self.fds[name], size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+        def write_set(sid, peers):
+            r = abi.Route(count=len(peers))
+            for i, p in enumerate(peers):
+                r.peers[i] = p
+            bpfsys.update(self.fds["dir_sets"], ctypes.c_uint32(sid), r)
+        return Dir24(mapped("dir24"), mapped("dir8"), write_set)
+
+    def ipv4_prefixes(self):
+        """{(network int, plen): peers} of routes4, as Dir24 takes them."""
+        return {(int(net.network_address), net.prefixlen): tuple(route_peers(r))
+                for net, r in self.routes(4)}
+
+    def compile_dir24(self):
+        """Recompile the DIR-24-8 arrays from routes4 (when in that mode)."""
+        if self.config().lookup == abi.Lookup.DIR24:
+            d = self.dir24()
+            d.rebuild(self.ipv4_prefixes())
+            return d
+        return None
 
     def fill(self):
         """{map name: (entries, max_entries)} for the maps whose fill matters."""

@@ -44,6 +44,7 @@ STRUCTS = {
     "wgbpf_config": abi.Config,
     "wgbpf_peer_stats": abi.PeerStats,
     "wgbpf_flood": abi.Flood,
+    "wgbpf_dir_elem": abi.DirElem,
 }
 
 # C scalar type -> ctypes type
@@ -67,6 +68,12 @@ DEFINES = {
     "WGBPF_FIB_LOOKUP_DIRECT": "FIB_LOOKUP_DIRECT",
     "WGBPF_FIB_LOOKUP_SKIP_NEIGH": "FIB_LOOKUP_SKIP_NEIGH",
     "WGBPF_FIB_LOOKUP_TBID": "FIB_LOOKUP_TBID",
+    "WGBPF_DIR_PER_ELEM": "DIR_PER_ELEM",
+    "WGBPF_DIR24_ELEMS": "DIR24_ELEMS",
+    "WGBPF_DIR_GROUP": "DIR_GROUP",
+    "WGBPF_DIR8_GROUPS": "DIR8_GROUPS",
+    "WGBPF_DIR8_ELEMS": "DIR8_ELEMS",
+    "WGBPF_DIR_SETS": "DIR_SETS",
 }
 
 # enum in the header -> (IntEnum in abi, prefix stripped from the C names)

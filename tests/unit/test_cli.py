@@ -384,6 +384,9 @@ class FakeMaps:
     def del_route(self, net, kind="routes"):
         return self.route_map.pop(net, None) is not None
 
+    def compile_dir24(self):
+        self.compiled = getattr(self, "compiled", 0) + 1  # LPM mode: nothing to compile
+
 
 @pytest.fixture
 def instance(monkeypatch, isolated, as_root):
