@@ -290,7 +290,9 @@ def attach(cfg, log=lambda msg: None, debug=False):
             t_compile = time.monotonic() - t0
             old = {name: pinned_prog_tag(directory, name) for name in abi.PROGRAMS}
             new = {name: prog_tag(fd) for name, fd in fds.items()}
-            reload_progs = old != new
+            # same code, but a map was replaced (DIR-24-8 resized): the
+            # running programs hold the old one
+            reload_progs = old != new or bool(m.replaced)
             if not fresh and reload_progs:
                 changes.append("programs upgraded")
 

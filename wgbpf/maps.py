@@ -62,6 +62,7 @@ class Maps:
     def __init__(self, directory, fds):
         self.dir = directory
         self.fds = fds
+        self.replaced = []
         self.ncpu = bpfsys.possible_cpus()
 
     @classmethod
@@ -95,6 +96,7 @@ class Maps:
         os.makedirs(PIN_ROOT, mode=0o700, exist_ok=True)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
+        replaced = []
         for name, spec in abi.MAPS.items():
             path = os.path.join(directory, name)
             size = spec.max_entries
@@ -110,6 +112,7 @@ class Maps:
                 finally:
                     os.close(fd)
                 os.unlink(path)
+                replaced.append(name)
             fd = bpfsys.map_create(spec.type, ctypes.sizeof(spec.key),
                                    ctypes.sizeof(spec.value), size,
                                    spec.flags, name)
@@ -118,7 +121,9 @@ class Maps:
             finally:
                 os.close(fd)
             os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
-        return cls.open(directory)
+        m = cls.open(directory)
+        m.replaced = replaced  # programs built on the old maps must be reloaded
+        return m
 
     def close(self):
         for fd in self.fds.values():
