@@ -6,7 +6,7 @@
 PYTHON := .venv/bin/python
 PYTEST := $(PYTHON) -m pytest
 
-.PHONY: setup demo demo-down test test-unit test-bpf test-e2e bench clean
+.PHONY: setup demo demo-down test test-unit test-bpf test-e2e vm-test bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -29,6 +29,13 @@ test-bpf: setup
 
 test-e2e: setup
 	$(PYTEST) -ra tests/e2e
+
+# The e2e suite again in a qemu guest whose kernel has the WireGuard module
+# (kernel WireGuard instead of wireguard-go); vm/setup.sh installs qemu, the
+# guest kernel and virtme-ng (idempotent).
+vm-test: setup
+	@bash vm/setup.sh
+	bash vm/run.sh
 
 # Control-plane benchmark (a few minutes at full table; root): results in
 # bench-results/sync.json. BENCH_ARGS=--quick for a smoke run.

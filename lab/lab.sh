@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 #
 # wgbpf lab: one hub and three spokes (alice=1, bob=2, carol=3) in network
-# namespaces, joined by userspace WireGuard (wireguard-go; no kernel module).
+# namespaces, joined by userspace WireGuard (wireguard-go; no kernel module),
+# or with LAB_WG=kernel by the kernel's WireGuard module (same names, keys,
+# ports, addresses and MTU; `ip link add ... type wireguard`, no processes).
 #
 #                 +--------------------------- $HUB ----------------------------+
 #                 |  $FRONT: front, wireguard-go, NO peers, mtu 1420             |
@@ -46,9 +48,9 @@
 # wireguard-go's UAPI sockets (/var/run/wireguard/NAME.sock) are shared by all
 # namespaces, hence every WireGuard name is unique across labs.
 #
-# Usage: [LAB_ID=x] lab/lab.sh up|down|info|status
+# Usage: [LAB_ID=x] [LAB_WG=go|kernel] lab/lab.sh up|down|info|status
 #   up      (re)create the lab; tears down a previous instance first
-#   down    remove everything; exit 0 even if nothing exists
+#   down    remove everything (of either mode); exit 0 even if nothing exists
 #   info    JSON description of the lab on stdout (works whether up or not)
 #   status  short `wg show` of every device; exit 1 if a device is missing
 #
@@ -57,6 +59,7 @@
 set -euo pipefail
 
 LAB_ID=${LAB_ID:-}
+LAB_WG=${LAB_WG:-go}             # go: wireguard-go processes; kernel: the wireguard module
 PEERS=(alice bob carol)          # index i = position + 1
 WG_RUN=/var/run/wireguard
 
@@ -68,6 +71,8 @@ ns_exists() { [[ -e /run/netns/$1 ]]; }
 if [[ -n $LAB_ID && ! $LAB_ID =~ ^[a-z0-9]{1,5}$ ]]; then
 	die "LAB_ID must match [a-z0-9]{1,5} (got '$LAB_ID')"
 fi
+
+[[ $LAB_WG == go || $LAB_WG == kernel ]] || die "LAB_WG must be go or kernel (got '$LAB_WG')"
 
 if [[ -z $LAB_ID ]]; then
 	NSP=wgbpf-
@@ -148,7 +153,8 @@ cmd_down() {
 		if ((left)); then kill -KILL "${pids[@]}" 2>/dev/null || true; fi
 	fi
 
-	# 4. namespaces (veth pairs and lan0 dummies die with them)
+	# 4. namespaces (veth pairs, lan0 dummies and kernel WireGuard devices
+	#    die with them)
 	while read -r ns; do
 		ns_exists "$ns" && { ip netns del "$ns" 2>/dev/null || say "warning: could not delete netns $ns"; }
 	done < <(all_ns)
@@ -177,6 +183,14 @@ lab_exists() {
 	while read -r ns; do ns_exists "$ns" && return 0; done < <(all_ns)
 	while read -r dev; do [[ -e $WG_RUN/$dev.sock ]] && return 0; done < <(all_devs)
 	return 1
+}
+
+# Kernel mode: the device itself; the module is loaded on demand if it can be.
+add_kernel_wg() { # ns dev
+	ip -n "$1" link add "$2" type wireguard 2>/dev/null && return 0
+	modprobe wireguard 2>/dev/null || true
+	ip -n "$1" link add "$2" type wireguard ||
+		die "cannot create kernel WireGuard device $2 (no wireguard module? LAB_WG=go uses wireguard-go)"
 }
 
 genkey() { # name -> $STATE/name.key, $STATE/name.pub
@@ -229,7 +243,9 @@ cmd_up() {
 	local p i ns m s
 
 	((EUID == 0)) || die "must run as root"
-	for c in ip wg wireguard-go setsid; do
+	local cmds="ip wg wireguard-go setsid"
+	[[ $LAB_WG == kernel ]] && cmds="ip wg"
+	for c in $cmds; do
 		command -v "$c" >/dev/null || die "missing command: $c"
 	done
 
@@ -280,13 +296,22 @@ cmd_up() {
 		genkey "spoke-$p"
 	done
 
-	say "wireguard-go"
-	start_wggo "$HUB" "$FRONT"
-	for p in "${PEERS[@]}"; do
-		start_wggo "$HUB" "${MEMBER[$p]}"
-		start_wggo "${NS[$p]}" "${SPOKE[$p]}"
-	done
-	wait_sockets
+	if [[ $LAB_WG == kernel ]]; then
+		say "kernel WireGuard"
+		add_kernel_wg "$HUB" "$FRONT"
+		for p in "${PEERS[@]}"; do
+			add_kernel_wg "$HUB" "${MEMBER[$p]}"
+			add_kernel_wg "${NS[$p]}" "${SPOKE[$p]}"
+		done
+	else
+		say "wireguard-go"
+		start_wggo "$HUB" "$FRONT"
+		for p in "${PEERS[@]}"; do
+			start_wggo "$HUB" "${MEMBER[$p]}"
+			start_wggo "${NS[$p]}" "${SPOKE[$p]}"
+		done
+		wait_sockets
+	fi
 
 	say "hub"
 	nsx "$HUB" wg set "$FRONT" private-key "$STATE/front.key"
@@ -322,7 +347,7 @@ cmd_up() {
 	done
 
 	trap - EXIT INT TERM
-	say "up: hub=$HUB front=$FRONT spokes=$(for p in "${PEERS[@]}"; do printf '%s ' "${NS[$p]}"; done)state=$STATE"
+	say "up ($LAB_WG): hub=$HUB front=$FRONT spokes=$(for p in "${PEERS[@]}"; do printf '%s ' "${NS[$p]}"; done)state=$STATE"
 }
 
 # ---------------------------------------------------------------- info ----
@@ -331,6 +356,7 @@ cmd_info() {
 	local p i sep=""
 	printf '{\n'
 	printf '  "id": "%s",\n' "$LAB_ID"
+	printf '  "wg": "%s",\n' "$LAB_WG"
 	printf '  "hub_ns": "%s",\n' "$HUB"
 	printf '  "front": "%s",\n' "$FRONT"
 	printf '  "front_addr4": "10.255.0.254",\n'

@@ -52,8 +52,22 @@ class Lab:
                 out += ["--peer", f"{name}={p['member']},{p['tag4']},{p['tag6']}"]
         return out
 
+    lookup = "lpm"  # the lookup mode attach uses (tests parametrize it)
+
     def attach(self, names=None, *extra):
-        return self.wgbpf("attach", self.front, *self.peer_args(names), *extra)
+        return self.wgbpf("attach", self.front, *self.peer_args(names), "--lookup", self.lookup, *extra)
+
+    def add_route(self, peer, prefix):
+        """Send prefix to peer the way the lookup mode reads: a map entry,
+        or (fib) a kernel route in the hub via the peer's tag."""
+        p = self.peers[peer]
+        if self.lookup == "fib":
+            via = ["via", p["tag4"], "dev", self.front, "onlink"] if ":" not in prefix else \
+                ["via", p["tag6"], "dev", self.front]
+            r = run("ip", "-n", self.hub, "route", "replace", prefix, *via)
+            assert r.returncode == 0, r.stderr
+        else:
+            self.wgbpf("route", "add", prefix, peer)
 
     def spoke(self, name, *cmd, timeout=60):
         return run("ip", "netns", "exec", self.peers[name]["ns"], *cmd, timeout=timeout)

@@ -1,0 +1,38 @@
+#!/bin/bash
+# Runs inside the qemu guest that vm/run.sh boots (virtme-ng: the host's root
+# file system, read-only, with tmpfs overlays; OUT is shared read-write).
+# Prepares the guest (bpffs, the wireguard module, BCC's headers), runs the
+# e2e suite with kernel WireGuard, and leaves pytest's exit code in
+# OUT/result as "WGBPF_VM_RESULT rc=N": the host believes nothing else.
+# Usage: vm/guest.sh OUT   (OUT/env.sh holds the variables the host passes)
+set -uo pipefail
+OUT=$1
+cd "$(dirname "$0")/.." || exit 3
+
+# shellcheck source=/dev/null
+. "$OUT/env.sh"
+say() { printf '\033[1m[guest] %s\033[0m\n' "$*"; }
+result() { echo "WGBPF_VM_RESULT rc=$1" >"$OUT/result.tmp" && mv "$OUT/result.tmp" "$OUT/result"; }
+fail() { say "error: $*"; result 3; exit 3; }
+
+read -r up _ </proc/uptime
+say "booted $(uname -r), $(nproc) cpus, at ${up}s guest uptime"
+echo "$up" >"$OUT/boot_seconds"
+
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || fail "cannot mount bpffs"
+modprobe wireguard || fail "modprobe wireguard failed"
+ip link add wgbpf-vmchk type wireguard || fail "cannot create a kernel WireGuard device"
+ip link del wgbpf-vmchk
+[ -e "/lib/modules/$(uname -r)/build/Makefile" ] || fail "no kernel headers at /lib/modules/$(uname -r)/build (BCC needs them)"
+
+export WGBPF_LAB_WG=kernel
+export PYTHONDONTWRITEBYTECODE=1    # the checkout is read-only here
+t0=$(date +%s.%N)
+say "pytest tests/e2e (WGBPF_LAB_WG=kernel CI=${CI:-} WGBPF_TIME_SCALE=${WGBPF_TIME_SCALE:-1})"
+# shellcheck disable=SC2086   # VM_PYTEST_ARGS: extra words for pytest, e.g. -k NAME
+.venv/bin/python -m pytest -ra -p no:cacheprovider tests/e2e ${VM_PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log"
+rc=${PIPESTATUS[0]}
+t1=$(date +%s.%N)
+awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f\n", b - a }' >"$OUT/test_seconds"
+say "pytest exit code $rc after $(cat "$OUT/test_seconds")s"
+result "$rc"
