@@ -262,8 +262,14 @@ static __always_inline int fib_peer(struct __sk_buff *skb, struct packet *p, int
 	__u8 *to = reverse ? p->src : p->dst;
 	__u8 *from = reverse ? p->dst : p->src;
 	__u8 nexthop[16] = {};
+	__u32 tagged;
 	int rc;
 
+	/* a tag is a host route to its peer, whatever the FIB says (and the
+	 * FIB does not forward to link-local addresses) */
+	tagged = tag_owner(p->family, to);
+	if (tagged)
+		return tagged;
 	fib.family = p->family;
 	fib.l4_protocol = p->proto;
 	fib.sport = reverse ? p->dport : p->sport;

@@ -179,7 +179,11 @@ def compile_programs(directory, debug=False, prefix="", suffix=""):
         b = BPF(src_file=SOURCE.encode(), cflags=cflags, debug=0x8 if debug else 0)
     fds = {name: b.load_func(name.encode(), BPF.SCHED_CLS).fd for name in abi.PROGRAMS}
     flood = b.load_func(b"front_flood", BPF.SCHED_CLS)
-    b.get_table("tail")[ctypes.c_int(0)] = ctypes.c_int(flood.fd)
+    tail = b.get_table("tail")
+    tail[ctypes.c_int(0)] = ctypes.c_int(flood.fd)
+    # A prog array is emptied when its last user-space reference goes, so
+    # it is pinned with the programs; it is not a map of the ABI.
+    fds["tail"] = tail.map_fd
     return b, fds
 
 
@@ -289,10 +293,11 @@ def attach(cfg, log=lambda msg: None, debug=False):
             bpf, fds = compile_programs(directory, debug=debug)
             t_compile = time.monotonic() - t0
             old = {name: pinned_prog_tag(directory, name) for name in abi.PROGRAMS}
-            new = {name: prog_tag(fd) for name, fd in fds.items()}
+            new = {name: prog_tag(fds[name]) for name in abi.PROGRAMS}
             # same code, but a map was replaced (DIR-24-8 resized): the
             # running programs hold the old one
-            reload_progs = old != new or bool(m.replaced)
+            reload_progs = (old != new or bool(m.replaced)
+                            or not os.path.exists(os.path.join(directory, "tail")))
             if not fresh and reload_progs:
                 changes.append("programs upgraded")
 
