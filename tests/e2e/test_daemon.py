@@ -31,7 +31,7 @@ class Daemon:
     def __init__(self, lab, *extra):
         self.log = tempfile.NamedTemporaryFile("w+", prefix="wgbpf-daemon-", suffix=".log")
         self.proc = subprocess.Popen([*WGBPF, "--netns", lab.hub, "daemon", lab.front,
-                                      *lab.peer_args(), *extra],
+                                      *lab.peer_args(), "--lookup", lab.lookup, *extra],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_for("sync (start)")
 
@@ -56,11 +56,14 @@ class Daemon:
                 self.proc.wait()
 
 
-@pytest.fixture(scope="module")
-def lab():
+@pytest.fixture(scope="module", params=["lpm", "dir24"])
+def lab(request):
+    """LPM mode, and DIR-24-8, where the daemon also patches the IPv4
+    arrays (traffic checks them; map checks read routes4, their source)."""
     require_bcc()
     require_tools(*WG_TOOLS, "ping")
     lab = Lab(f"d{RUN_ID}")
+    lab.lookup = request.param
     lab.down()
     try:
         lab.up()
