@@ -1,0 +1,338 @@
+"""The BPF verdict tier's lab: a network namespace of TUN devices with
+wgbpf attached for real (dataplane.attach), and helpers to run its two tc
+programs through BPF_PROG_TEST_RUN and read what they counted.
+
+Why TUN devices: this kernel has no `dummy` link type, and wgbpf only
+attaches to layer-3 devices. A persistent TUN device is one. Opening it
+(TUNSETIFF) turns its carrier on; only then does bpf_clone_redirect (the
+flood) to it succeed, and the clones can be read back from the fd.
+
+IPv6 is disabled in the namespace before any device exists: otherwise the
+kernel sends router solicitations and MLD reports out of the front, which
+front_egress would count while a test compares counters.
+
+Every verdict test reads counters as deltas: `Instance.measure()` snapshots
+every reason counter and every peer's tx/rx/spoofed, runs the program once,
+and returns (return value, {counter: change}) with zero changes left out, so
+a test states the exact set of counters that must move.
+"""
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import pathlib
+import select
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import warnings
+
+from wgbpf import abi, bpfsys, config, dataplane, maps
+
+import packets as P
+from wgbtest import entered_netns, require_bcc, sh, unique  # noqa: F401 (re-exported)
+
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+SKB_CTX_SIZE = 192     # sizeof(struct __sk_buff)
+SKB_CTX_IFINDEX = 40   # offsetof(struct __sk_buff, ifindex)
+
+
+@dataclasses.dataclass
+class PeerSpec:
+    name: str
+    tags: tuple = ()
+    up: bool = True        # IFF_UP when attached: the peer's WGBPF_PEER_UP flag
+    carrier: bool = True   # hold the TUN open: clones to it succeed and can be read
+
+
+class Instance:
+    """One attached wgbpf instance: its maps, its programs, its peers."""
+
+    def __init__(self, net, front, members, members_only):
+        self.net = net
+        self.front = front
+        self.members = members          # peer name -> member device
+        self.members_only = members_only
+        self.pin_dir = maps.pin_dir(front)
+        self.maps = maps.Maps.open(self.pin_dir)
+        self.progs = {}
+        for name in abi.PROGRAMS:
+            self.progs[name] = bpfsys.obj_get(os.path.join(self.pin_dir, name))
+        self.ids = {p.name.decode(): i for i, p in self.maps.peers().items()}
+        self.names = {i: n for n, i in self.ids.items()}
+
+    def close(self):
+        for fd in self.progs.values():
+            os.close(fd)
+        self.progs = {}
+        self.maps.close()
+
+    # -- running the programs ------------------------------------------------
+    def ifindex_of(self, via):
+        """`via` is a peer name (its member device) or a device name."""
+        return self.net.ifindex[self.members.get(via, via)]
+
+    def run(self, prog, frame, via=None, repeat=1):
+        """BPF_PROG_TEST_RUN of one program; returns its return value.
+        `via` sets skb->ifindex (member_ingress looks its peer up by it)."""
+        ctx = None
+        if via is not None:
+            buf = bytearray(SKB_CTX_SIZE)
+            struct.pack_into("=I", buf, SKB_CTX_IFINDEX, self.ifindex_of(via))
+            ctx = bytes(buf)
+        with entered_netns(self.net.name):
+            retval, _, _ = bpfsys.test_run(self.progs[prog], frame, repeat, ctx)
+        return retval
+
+    def snapshot(self):
+        out = {r.name.lower(): v for r, v in self.maps.counters().items()}
+        for name, pid in self.ids.items():
+            s = self.maps.peer_stats(pid)
+            out[f"tx:{name}"] = s.tx_packets
+            out[f"rx:{name}"] = s.rx_packets
+            out[f"spoofed:{name}"] = s.spoofed
+        return out
+
+    def delta(self, before):
+        after = self.snapshot()
+        return {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+    def measure(self, prog, frame, via=None):
+        """(return value, counter deltas) of one run."""
+        before = self.snapshot()
+        retval = self.run(prog, frame, via)
+        return retval, self.delta(before)
+
+    def steer(self, frame):
+        """front_egress on one frame that must be steered: the peer it chose."""
+        retval, d = self.measure("front_egress", frame)
+        tx = [k[3:] for k in d if k.startswith("tx:")]
+        assert retval == P.TC_ACT_REDIRECT and d.get("steered") == 1 and len(tx) == 1 \
+            and d == {"steered": 1, f"tx:{tx[0]}": 1}, (retval, d)
+        return tx[0]
+
+    # -- changing state, undone on exit ---------------------------------------
+    @contextlib.contextmanager
+    def peers_down(self, *names):
+        """Clear WGBPF_PEER_UP of some peers and rebuild the flood list, as
+        the daemon does when a member goes down; restored afterwards."""
+        saved = {}
+        try:
+            for n in names:
+                pid = self.ids[n]
+                old = self.maps.peers()[pid]
+                saved[pid] = abi.Peer.from_buffer_copy(bytes(old))
+                old.flags &= ~abi.PEER_UP
+                self.maps.set_peer(pid, old)
+            self.maps.rebuild_flood()
+            yield
+        finally:
+            for pid, old in saved.items():
+                self.maps.set_peer(pid, old)
+            self.maps.rebuild_flood()
+
+    @contextlib.contextmanager
+    def peer_source(self, name, mode):
+        """Set one peer's own source check (abi.Source); restored afterwards."""
+        pid = self.ids[name]
+        old = self.maps.peers()[pid]
+        saved = abi.Peer.from_buffer_copy(bytes(old))
+        try:
+            old.source = int(mode)
+            self.maps.set_peer(pid, old)
+            yield
+        finally:
+            self.maps.set_peer(pid, saved)
+
+    @contextlib.contextmanager
+    def settings(self, **fields):
+        """Change fields of the config map (no_route, source, ...); restored
+        afterwards."""
+        cfg = self.maps.config()
+        saved = abi.Config.from_buffer_copy(bytes(cfg))
+        try:
+            for k, v in fields.items():
+                setattr(cfg, k, int(v))
+            self.maps.set_config(cfg)
+            yield
+        finally:
+            self.maps.set_config(saved)
+
+    def policy(self, no_route):
+        return self.settings(no_route=no_route)
+
+    def set_route(self, net, names, origin=abi.Origin.STATIC, kind="routes"):
+        self.maps.set_route(maps.network(net), [self.ids[n] for n in names], origin, kind=kind)
+
+    def del_route(self, net, kind="routes"):
+        return self.maps.del_route(maps.network(net), kind=kind)
+
+
+class Lab:
+    """A network namespace holding TUN devices and wgbpf instances; close()
+    removes instances (dataplane.detach, else the pin directory), devices
+    and the namespace, each step even if an earlier one failed."""
+
+    def __init__(self):
+        self.name = unique("wgbt")
+        self.ifindex = {}
+        self.fds = {}
+        self.devices = []
+        self.fronts = []
+        self.instances = []
+        sh("ip", "netns", "add", self.name)
+        try:
+            sh("ip", "-n", self.name, "link", "set", "lo", "up")
+            with entered_netns(self.name):
+                for scope in ("all", "default"):
+                    with open(f"/proc/sys/net/ipv6/conf/{scope}/disable_ipv6", "w") as f:
+                        f.write("1")
+        except BaseException:
+            self.close()
+            raise
+
+    def tun(self, dev, up=True, carrier=False):
+        """A persistent TUN device; `carrier`: hold it open (with the 4-byte
+        packet-information header, so writes can name any protocol)."""
+        sh("ip", "-n", self.name, "tuntap", "add", "dev", dev, "mode", "tun")
+        self.devices.append(dev)
+        if up:
+            sh("ip", "-n", self.name, "link", "set", dev, "up")
+        with entered_netns(self.name):
+            self.ifindex[dev] = socket.if_nametoindex(dev)
+            if carrier:
+                fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+                try:
+                    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", dev.encode(), IFF_TUN))
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self.fds[dev] = fd
+        return dev
+
+    def attach(self, peers, *, members_only=False, front_carrier=False,
+               no_route=abi.Policy.PASS, lookup=abi.Lookup.LPM, in_child=False):
+        """Devices for a front (unless members_only) and one member per
+        PeerSpec, then dataplane.attach inside the namespace.
+
+        In this process by default: pytest then holds whatever BCC left
+        open. `in_child`: attach from a child process that exits, as
+        `wgbpf attach` does, so only what is pinned outlives it."""
+        front = unique("wgbf")
+        self.fronts.append(front)
+        if not members_only:
+            self.tun(front, carrier=front_carrier)
+        members = {}
+        for p in peers:
+            members[p.name] = self.tun(unique("wgbm"), up=p.up, carrier=p.carrier and p.up)
+        cfg = config.Config(front=front, members_only=members_only, no_route=no_route,
+                            lookup=lookup, peers=[config.PeerConfig(p.name, members[p.name],
+                                                     [P.ip(t) for t in p.tags]) for p in peers])
+        config.validate(cfg)
+        if in_child:
+            spec = (front, members_only, int(no_route), int(lookup),
+                    [(p.name, members[p.name], list(p.tags)) for p in peers])
+            code = (
+                "import ipaddress, sys\n"
+                "from wgbpf import abi, config, dataplane\n"
+                f"front, mo, no_route, lookup, peers = {spec!r}\n"
+                "dataplane.enter_netns(sys.argv[1])\n"
+                "dataplane.attach(config.Config(front=front, members_only=mo,\n"
+                "    no_route=abi.Policy(no_route), lookup=abi.Lookup(lookup),\n"
+                "    peers=[config.PeerConfig(n, m,\n"
+                "    [ipaddress.ip_address(t) for t in ts]) for n, m, ts in peers]))\n")
+            root = str(pathlib.Path(__file__).resolve().parents[2])
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                [root] + [x for x in [os.environ.get("PYTHONPATH")] if x]))
+            r = subprocess.run([sys.executable, "-c", code, self.name], env=env,
+                               capture_output=True, text=True)
+            assert r.returncode == 0, f"attach in a child process failed:\n{r.stderr}"
+        else:
+            with entered_netns(self.name):
+                dataplane.attach(cfg)
+        inst = Instance(self, front, members, members_only)
+        self.instances.append(inst)
+        return inst
+
+    # -- real paths (for what BPF_PROG_TEST_RUN refuses) ----------------------
+    def send(self, dev, ip_packet, ethertype):
+        """Transmit through `dev` with an AF_PACKET socket, so its tc egress
+        runs on exactly these bytes. Returns 0 or the errno of sendto
+        (ENOBUFS: tc dropped it)."""
+        with entered_netns(self.name):
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+        with s:
+            try:
+                s.sendto(ip_packet, (dev, ethertype))
+            except OSError as e:
+                return e.errno
+        return 0
+
+    def inject(self, dev, ip_packet, ethertype):
+        """Write to a TUN fd: the packet arrives on `dev` (its tc ingress)."""
+        os.write(self.fds[dev], struct.pack("!HH", 0, ethertype) + ip_packet)
+
+    def read(self, dev):
+        """Every packet the kernel queued to `dev`'s fd: [(ethertype, bytes)]."""
+        out = []
+        fd = self.fds[dev]
+        while select.select([fd], [], [], 0)[0]:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            out.append((struct.unpack("!H", data[2:4])[0], data[4:]))
+        return out
+
+    def drain(self):
+        for dev in self.fds:
+            self.read(dev)
+
+    def clsact_drops(self, dev):
+        """Packets tc dropped on `dev` (both hooks share the clsact qdisc)."""
+        for q in json.loads(sh("tc", "-n", self.name, "-s", "-j", "qdisc", "show",
+                               "dev", dev).stdout):
+            if q.get("kind") == "clsact":
+                return q.get("drops", 0)
+        return 0
+
+    # -- teardown -------------------------------------------------------------
+    def close(self):
+        errors = []
+        for inst in self.instances:
+            with contextlib.suppress(Exception):
+                inst.close()
+        for front in self.fronts:
+            d = maps.pin_dir(front)
+            if not os.path.isdir(d):
+                continue  # attach failed before creating it
+            try:
+                with entered_netns(self.name):
+                    dataplane.detach(front)
+            except Exception as e:
+                errors.append(f"detach {front}: {e}")
+            if os.path.isdir(d):
+                shutil.rmtree(d, ignore_errors=True)
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = {}
+        for dev in self.devices:
+            sh("ip", "-n", self.name, "link", "del", dev, check=False)
+        sh("ip", "netns", "del", self.name, check=False)
+        return errors
+
+
+@contextlib.contextmanager
+def open_lab():
+    require_bcc()
+    lab = Lab()
+    try:
+        yield lab
+    finally:
+        for e in lab.close():
+            warnings.warn(f"BPF lab teardown: {e}")
