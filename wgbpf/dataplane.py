@@ -179,7 +179,7 @@ def compile_programs(directory, debug=False, prefix="", suffix=""):
         b = BPF(src_file=SOURCE.encode(), cflags=cflags, debug=0x8 if debug else 0)
     fds = {name: b.load_func(name.encode(), BPF.SCHED_CLS).fd for name in abi.PROGRAMS}
     flood = b.load_func(b"front_flood", BPF.SCHED_CLS)
-    tail = b.get_table("tail")
+    tail = b.get_table(b"tail")
     tail[ctypes.c_int(0)] = ctypes.c_int(flood.fd)
     # A prog array is emptied when its last user-space reference goes, so
     # it is pinned with the programs; it is not a map of the ABI.
