@@ -12,6 +12,9 @@ WGBPF = [sys.executable, "-m", "wgbpf.cli"]
 # kernel module; `make vm-test` runs the suite so in a qemu guest).
 WG_MODE = os.environ.get("WGBPF_LAB_WG") or "go"
 WG_TOOLS = ("wg",) if WG_MODE == "kernel" else ("wireguard-go", "wg")
+# Lookup modes the lab tests run in; the vm tier, where every attach
+# compiles under emulation, may run fewer.
+LOOKUPS = [m for m in (os.environ.get("WGBPF_E2E_LOOKUPS") or "lpm,dir24,fib").split(",") if m]
 # Waits for asynchronous effects are multiplied by this (>1 under emulation).
 TIME_SCALE = float(os.environ.get("WGBPF_TIME_SCALE") or 1)
 

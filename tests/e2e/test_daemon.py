@@ -20,7 +20,7 @@ import time
 import pytest
 
 from wgbtest import RUN_ID, require_bcc, require_tools
-from labutil import TIME_SCALE, WG_TOOLS, WGBPF, Lab, run
+from labutil import LOOKUPS, TIME_SCALE, WG_TOOLS, WGBPF, Lab, run
 from wgbpf import abi, routes as rt, sync
 from wgbpf.maps import Maps, pin_dir, route_peers
 
@@ -56,7 +56,7 @@ class Daemon:
                 self.proc.wait()
 
 
-@pytest.fixture(scope="module", params=["lpm", "dir24"])
+@pytest.fixture(scope="module", params=[m for m in LOOKUPS if m != "fib"])
 def lab(request):
     """LPM mode, and DIR-24-8, where the daemon also patches the IPv4
     arrays (traffic checks them; map checks read routes4, their source)."""

@@ -20,12 +20,12 @@ import pytest
 
 from wgbtest import RUN_ID, require_bcc, require_tools
 
-from labutil import TIME_SCALE, WG_TOOLS, WGBPF, Lab, run
+from labutil import LOOKUPS, TIME_SCALE, WG_TOOLS, WGBPF, Lab, run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
 
-@pytest.fixture(scope="module", params=["lpm", "dir24", "fib"])
+@pytest.fixture(scope="module", params=LOOKUPS)
 def lab(request):
     """The demo lab, attached in each lookup mode in turn: the same traffic
     must take the same paths whichever mode answers."""
