@@ -206,12 +206,18 @@ def kernel_view(lab):
 def test_overrun_ends_in_a_resync_with_maps_equal_to_the_kernel(lab):
     d = Daemon(lab, "--rcvbuf", "4096")  # a tiny socket buffer: a burst overruns it
     try:
-        with tempfile.NamedTemporaryFile("w", suffix=".batch") as f:
-            peers = list(lab.peers)
-            for i in range(3000):
-                f.write(f"route add 10.{200 + i // 250}.{i % 250}.0/24 {' '.join(via(lab, peers[i % 3]))}\n")
-            f.flush()
-            hub_ip("-batch", f.name, lab=lab)
+        # stopped while the burst arrives, so the overrun does not depend on
+        # who is faster on a busy machine
+        d.proc.send_signal(signal.SIGSTOP)
+        try:
+            with tempfile.NamedTemporaryFile("w", suffix=".batch") as f:
+                peers = list(lab.peers)
+                for i in range(3000):
+                    f.write(f"route add 10.{200 + i // 250}.{i % 250}.0/24 {' '.join(via(lab, peers[i % 3]))}\n")
+                f.flush()
+                hub_ip("-batch", f.name, lab=lab)
+        finally:
+            d.proc.send_signal(signal.SIGCONT)
         d.wait_for("overrun", timeout=30)
         deadline = time.monotonic() + 30 * TIME_SCALE
         while True:
