@@ -105,6 +105,38 @@ def peer_rows(m):
     return out
 
 
+_INSTANCE_OPTIONS = [
+    click.option("--peer", "-p", "peers", multiple=True, metavar="NAME=DEV[,TAG...]",
+                 help="a peer: its name, its member WireGuard device and its tag addresses; repeat"),
+    click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
+                 help="TOML file with front, no_route, lookup, source and [[peer]] tables "
+                      "(the daemon re-reads it on SIGHUP)"),
+    click.option("--members-only", is_flag=True, default=None,
+                 help="no front device: filter sources on the members alone (FRONT only names the instance)"),
+    click.option("--no-route", type=click.Choice(["pass", "drop"]), default=None,
+                 help="packets on the front that no route claims: hand to the kernel (default) or drop"),
+    click.option("--lookup", type=click.Choice(["lpm", "fib", "dir24"]), default=None,
+                 help="lpm (default): prefixes in BPF LPM tries, from `route` and the daemon; "
+                      "fib: the kernel's own table via bpf_fib_lookup, no prefix maps; "
+                      "dir24: IPv4 compiled to DIR-24-8 arrays (two array reads, 48 MiB), IPv6 as lpm"),
+    click.option("--fib-table", metavar="TABLE", default=None,
+                 help="with --lookup fib: the table to look in (default main)"),
+    click.option("--source", type=click.Choice(["strict", "feasible", "loose", "off"]), default=None,
+                 help="source check for peers without their own (default strict); per peer: "
+                      "--peer NAME=DEV,...,source=MODE"),
+    click.option("--accept-table", metavar="TABLE", default=None,
+                 help="for --source feasible: the kernel table of accepted paths (lpm: the "
+                      "daemon copies it into the accept maps; fib: looked up live)"),
+]
+
+
+def instance_options(f):
+    """--peer, --config and the instance settings: attach and daemon alike."""
+    for opt in reversed(_INSTANCE_OPTIONS):
+        f = opt(f)
+    return f
+
+
 FRONT_OPT = click.option("--front", "-f", metavar="FRONT",
                          help="the instance (front device); default: the only one attached")
 JSON_OPT = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -135,26 +167,7 @@ def main(ctx, netns):
 
 @main.command()
 @click.argument("front", required=False)
-@click.option("--peer", "-p", "peers", multiple=True, metavar="NAME=DEV[,TAG...]",
-              help="a peer: its name, its member WireGuard device and its tag addresses; repeat")
-@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
-              help="TOML file with front, no_route and [[peer]] tables")
-@click.option("--members-only", is_flag=True, default=None,
-              help="no front device: filter sources on the members alone (FRONT only names the instance)")
-@click.option("--no-route", type=click.Choice(["pass", "drop"]), default=None,
-              help="packets on the front that no route claims: hand to the kernel (default) or drop")
-@click.option("--lookup", type=click.Choice(["lpm", "fib", "dir24"]), default=None,
-              help="lpm (default): prefixes in BPF LPM tries, from `route` and the daemon; "
-                   "fib: the kernel's own table via bpf_fib_lookup, no prefix maps; "
-                   "dir24: IPv4 compiled to DIR-24-8 arrays (two array reads, 48 MiB), IPv6 as lpm")
-@click.option("--fib-table", metavar="TABLE", default=None,
-              help="with --lookup fib: the table to look in (default main)")
-@click.option("--source", type=click.Choice(["strict", "feasible", "loose", "off"]), default=None,
-              help="source check for peers without their own (default strict); per peer: "
-                   "--peer NAME=DEV,...,source=MODE")
-@click.option("--accept-table", metavar="TABLE", default=None,
-              help="for --source feasible: the kernel table of accepted paths (lpm: the "
-                   "daemon copies it into the accept maps; fib: looked up live)")
+@instance_options
 @click.option("--debug", is_flag=True, help="print the BPF instructions BCC generates")
 @JSON_OPT
 def attach(front, peers, config_path, members_only, no_route, lookup, fib_table, source,
@@ -498,24 +511,7 @@ def lookup(address, source_addr, peer, front, as_json):
 
 @main.command()
 @click.argument("front", required=False)
-@click.option("--peer", "-p", "peers", multiple=True, metavar="NAME=DEV[,TAG...]",
-              help="a peer, as for attach; repeat")
-@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
-              help="TOML file with front, no_route and [[peer]] tables (re-read on SIGHUP)")
-@click.option("--members-only", is_flag=True, default=None, help="as for attach")
-@click.option("--no-route", type=click.Choice(["pass", "drop"]), default=None, help="as for attach")
-@click.option("--lookup", type=click.Choice(["lpm", "fib", "dir24"]), default=None,
-              help="lpm (default): prefixes in BPF LPM tries, from `route` and the daemon; "
-                   "fib: the kernel's own table via bpf_fib_lookup, no prefix maps; "
-                   "dir24: IPv4 compiled to DIR-24-8 arrays (two array reads, 48 MiB), IPv6 as lpm")
-@click.option("--fib-table", metavar="TABLE", default=None,
-              help="with --lookup fib: the table to look in (default main)")
-@click.option("--source", type=click.Choice(["strict", "feasible", "loose", "off"]), default=None,
-              help="source check for peers without their own (default strict); per peer: "
-                   "--peer NAME=DEV,...,source=MODE")
-@click.option("--accept-table", metavar="TABLE", default=None,
-              help="for --source feasible: the kernel table of accepted paths (lpm: the "
-                   "daemon copies it into the accept maps; fib: looked up live)")
+@instance_options
 @click.option("--table", "-t", "tables", multiple=True, metavar="TABLE",
               help="routing table to follow: main, a number or a name from rt_tables; "
                    "repeat for several (the first wins a tie); default main")

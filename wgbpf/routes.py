@@ -268,6 +268,20 @@ def dump_links(nl):
             yield parse_link(buf, off, end)
 
 
+def _read_names(paths, known):
+    """Add the `NUMBER NAME` lines of iproute2's files (rt_tables,
+    rt_protos) to `known`; the built-in names win."""
+    for path in paths:
+        try:
+            with open(path) as f:
+                for line in f:
+                    parts = line.split("#", 1)[0].split()
+                    if len(parts) >= 2 and parts[0].isdigit():
+                        known.setdefault(parts[1], int(parts[0]))
+        except OSError:
+            continue
+
+
 def table_id(name):
     """A routing table by number, `main`/`local`/`default`, or a name from
     /etc/iproute2/rt_tables (and rt_tables.d). ValueError names unknowns."""
@@ -282,15 +296,7 @@ def table_id(name):
     for d in ("/etc/iproute2/rt_tables.d", "/usr/share/iproute2/rt_tables.d"):
         if os.path.isdir(d):
             paths += [os.path.join(d, f) for f in sorted(os.listdir(d)) if f.endswith(".conf")]
-    for path in paths:
-        try:
-            with open(path) as f:
-                for line in f:
-                    parts = line.split("#", 1)[0].split()
-                    if len(parts) >= 2 and parts[0].isdigit():
-                        known.setdefault(parts[1], int(parts[0]))
-        except OSError:
-            continue
+    _read_names(paths, known)
     if s not in known:
         raise ValueError(f"unknown routing table {name!r} (not a number, and not in /etc/iproute2/rt_tables)")
     return known[s]
@@ -304,15 +310,7 @@ def protocol_id(name):
     known = {"kernel": 2, "boot": 3, "static": 4, "gated": 8, "ra": 9, "mrt": 10, "zebra": 11,
              "bird": 12, "dnrouted": 13, "xorp": 14, "ntk": 15, "dhcp": 16, "keepalived": 18,
              "babel": 42, "openr": 99, "bgp": 186, "isis": 187, "ospf": 188, "rip": 189, "eigrp": 192}
-    for path in ("/etc/iproute2/rt_protos", "/usr/share/iproute2/rt_protos"):
-        try:
-            with open(path) as f:
-                for line in f:
-                    parts = line.split("#", 1)[0].split()
-                    if len(parts) >= 2 and parts[0].isdigit():
-                        known.setdefault(parts[1], int(parts[0]))
-        except OSError:
-            continue
+    _read_names(("/etc/iproute2/rt_protos", "/usr/share/iproute2/rt_protos"), known)
     if s not in known:
         raise ValueError(f"unknown route protocol {name!r} (a number 0-255 or a name such as bird, babel, static)")
     return known[s]

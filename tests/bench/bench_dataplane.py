@@ -58,11 +58,12 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-for p in (REPO, HERE):
+for p in (REPO, HERE, os.path.dirname(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
 import dir24  # noqa: E402
+from wgbtest import entered_netns  # noqa: E402  (tests/wgbtest.py)
 
 CLONE_NEWNET = 0x40000000
 NPEERS = 4
@@ -352,22 +353,6 @@ def sh(*cmd, check=True, **kw):
     if check and r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: exit {r.returncode}: {r.stderr.strip()[:800]}")
     return r
-
-
-@contextlib.contextmanager
-def entered_netns(name):
-    """This thread in netns `name` for the block (as tests/conftest.py)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        yield
-    finally:
-        libc.setns(home, CLONE_NEWNET)
-        os.close(home)
-        os.close(target)
 
 
 def meminfo():

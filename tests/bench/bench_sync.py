@@ -29,7 +29,6 @@ Not a test: pytest must never collect it (its name is bench_*.py).
 """
 import argparse
 import contextlib
-import ctypes
 import ipaddress
 import json
 import os
@@ -48,8 +47,10 @@ import time
 import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+for _p in (REPO, os.path.join(REPO, "tests")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+from wgbtest import entered_netns  # noqa: E402  (tests/wgbtest.py)
 
 CLONE_NEWNET = 0x40000000
 NPEERS = 4
@@ -85,22 +86,6 @@ def child_env():
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
-
-
-@contextlib.contextmanager
-def entered_netns(name):
-    """This thread in netns `name` for the block (as tests/conftest.py)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        yield
-    finally:
-        libc.setns(home, CLONE_NEWNET)
-        os.close(home)
-        os.close(target)
 
 
 def fmt_rate(n, s):
