@@ -478,7 +478,7 @@ static __always_inline int set_has(struct wgbpf_route *r, __u32 id)
 }
 
 /* The source check. Returns the reason to count: one of the PASSED
- * reasons, or WGBPF_SPOOFED. */
+ * reasons, WGBPF_SPOOFED, or WGBPF_FIB_FAILED (dropped too: fail closed). */
 static __always_inline __u32 check_source(struct __sk_buff *skb, struct packet *p, __u32 id,
 					  struct wgbpf_config *cfg, struct wgbpf_peer *peer)
 {
@@ -497,6 +497,8 @@ static __always_inline __u32 check_source(struct __sk_buff *skb, struct packet *
 		owner = fib_peer(skb, p, 1, via, cfg->fib_table);
 		if (owner == id)
 			return WGBPF_PASSED;
+		if (owner < 0) /* the kernel refused: a misconfiguration, not spoofing */
+			return WGBPF_FIB_FAILED;
 	} else {
 		struct wgbpf_route *r = route_lookup(p, p->src);
 		if (r && set_has(r, id))
@@ -540,6 +542,8 @@ int member_ingress(struct __sk_buff *skb)
 	id = *member;
 	s = peer_stats.lookup(&id);
 	reason = check_source(skb, &p, id, cfg, peers.lookup(&id));
+	if (reason == WGBPF_FIB_FAILED)
+		goto out;
 	if (reason == WGBPF_SPOOFED) {
 		if (s)
 			s->spoofed++;

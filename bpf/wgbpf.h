@@ -176,7 +176,7 @@ enum wgbpf_reason {
 	WGBPF_PASSED_FEASIBLE = 8, /* member ingress: source owned by the peer in the accept table */
 	WGBPF_PASSED_LOOSE = 9,   /* member ingress: source routed via some peer (loose) */
 	WGBPF_PASSED_UNCHECKED = 10, /* member ingress: source check off for the peer */
-	WGBPF_FIB_FAILED = 11,    /* FIB mode: bpf_fib_lookup refused (e.g. forwarding off) */
+	WGBPF_FIB_FAILED = 11,    /* FIB mode: bpf_fib_lookup refused (e.g. forwarding off); dropped at ingress */
 	WGBPF_REASON_MAX = 12,
 };
 

@@ -419,12 +419,12 @@ def test_front_egress_forwarding_off_tag_needs_no_fib(lab, front_forwarding_off)
 
 def test_member_ingress_forwarding_off(lab, front_forwarding_off):
     """The source check's lookups run from the front too: with its forwarding
-    off no route can vouch for a source, so strict and loose call it spoofed
-    (and the failed lookup is not counted as fib_failed); the own tag and an
+    off the kernel refuses them, and the packet is dropped (fail closed) but
+    counted as fib_failed, not as spoofing by the peer; the own tag and an
     unchecked peer still pass."""
-    assert lab.inst.measure(MEMBER, u("10.2.0.7", DST), "bob") == (SHOT, spoofed("bob"))
+    assert lab.inst.measure(MEMBER, u("10.2.0.7", DST), "bob") == (SHOT, FIB_FAILED)
     with lab.inst.settings(source=abi.Source.LOOSE):
-        assert lab.inst.measure(MEMBER, u("10.1.0.7", DST), "bob") == (SHOT, spoofed("bob"))
+        assert lab.inst.measure(MEMBER, u("10.1.0.7", DST), "bob") == (SHOT, FIB_FAILED)
     assert lab.inst.measure(MEMBER, u("100.64.0.2", DST), "bob") == (REDIRECT, passed("bob"))
     with lab.inst.settings(source=abi.Source.OFF):
         assert lab.inst.measure(MEMBER, u("10.2.0.7", DST), "bob") == \
