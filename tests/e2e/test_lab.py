@@ -82,7 +82,8 @@ def test_iperf3_through_the_front(lab):
     try:
         time.sleep(0.5 * TIME_SCALE)
         before = lab.peer("bob")["tx_bytes"]
-        r = lab.spoke("alice", "iperf3", "-c", bob["host4"], "-t", "2", "-J", timeout=30)
+        secs = str(round(2 * TIME_SCALE))  # the same bytes need longer under emulation
+        r = lab.spoke("alice", "iperf3", "-c", bob["host4"], "-t", secs, "-J", timeout=30)
         assert r.returncode == 0, r.stdout + r.stderr
         sent = json.loads(r.stdout)["end"]["sum_received"]["bytes"]
     finally:
