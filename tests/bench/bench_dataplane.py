@@ -338,6 +338,8 @@ METHODS = {
     "dir24": ("bench_dir24", None, "front", "one DIR-24-8 lookup + pick"),
     "dir24_egress": ("bench_dir24_egress", None, "front", "front_egress with DIR-24-8"),
     "dir24_ingress": ("bench_dir24_ingress", None, "member", "member_ingress strict with DIR-24-8"),
+    "egress_dir24": ("front_egress", "dir24", "front", "front_egress, DIR-24-8 mode (wgbpf's own)"),
+    "ingress_dir24": ("member_ingress", "dir24", "member", "member_ingress strict, DIR-24-8 mode"),
 }
 V6_METHODS = ("floor", "egress_lpm", "egress_fib", "ingress_lpm", "ingress_fib", "fib_lookup")
 
@@ -488,7 +490,7 @@ class Net:
         return f"fe80::{i + 1}"
 
     def up(self):
-        from wgbpf import config, dataplane, maps as mapsmod
+        from wgbpf import abi, config, dataplane, maps as mapsmod
         sh("ip", "netns", "add", self.ns)
         self.created = True
         sh("ip", "-n", self.ns, "link", "set", "lo", "up")
@@ -502,10 +504,12 @@ class Net:
             sh("ip", "netns", "exec", self.ns, "sysctl", "-qw", f"net.{fam}.conf.{self.front}.forwarding=1")
         with entered_netns(self.ns):
             self.ifindex = {d: socket.if_nametoindex(d) for d in [self.front] + self.members}
+        # attached in DIR-24-8 mode, so its arrays get their full size; the
+        # measurements switch config.lookup between the modes
         cfg = config.Config(front=self.front, peers=[
             config.PeerConfig(self.peer_names[i], self.members[i],
                               [ipaddress.ip_address(self.tag4(i)), ipaddress.ip_address(self.tag6(i))])
-            for i in range(NPEERS)])
+            for i in range(NPEERS)], lookup=abi.Lookup.DIR24)
         config.validate(cfg)
         self.pin_dir = mapsmod.pin_dir(self.front)
         t0 = time.perf_counter()
@@ -558,7 +562,7 @@ class Net:
         if mode is None or mode == self.lookup_mode:
             return
         c = self.maps.config()
-        c.lookup = int(abi.Lookup.FIB if mode == "fib" else abi.Lookup.LPM)
+        c.lookup = int({"lpm": abi.Lookup.LPM, "fib": abi.Lookup.FIB, "dir24": abi.Lookup.DIR24}[mode])
         self.maps.set_config(c)
         self.lookup_mode = mode
 
@@ -828,6 +832,8 @@ def ratios(res):
     if "dir24" in res:
         out["dir24_measured"] = r(res["dir24_egress"]["over_floor"] + res["dir24_ingress"]["over_floor"])
         out["dir24_estimate"] = r(2 * res["dir24"]["over_floor"])
+    if "egress_dir24" in res:
+        out["dir24_mode"] = r(res["egress_dir24"]["over_floor"] + res["ingress_dir24"]["over_floor"])
     return out
 
 
@@ -1042,7 +1048,8 @@ def print_tables(out, sizes):
     rcols = [(f, n) for f, n in cols if n]  # an empty table: the denominator is no lookup at all
     print(f"{'mode':<28}" + "".join(f"{h:>12}" for (f, n), h in zip(cols, heads) if n))
     for addr_mode in ("repeated", "random"):
-        for key, label in (("lpm", "LPM"), ("fib", "FIB"), ("dir24_measured", "DIR-24-8 measured"),
+        for key, label in (("lpm", "LPM"), ("fib", "FIB"), ("dir24_mode", "DIR-24-8 mode"),
+                           ("dir24_measured", "DIR-24-8 measured"),
                            ("dir24_estimate", "DIR-24-8 estimate*")):
             row = []
             for f, n in rcols:
@@ -1166,6 +1173,12 @@ def bench_family(net, rng, prefixes, fam, sizes, args, out, tmp):
             out["dir24"] = dz
             log(f"v4 {size_label(n)}: DIR-24-8 built in {dz['build_seconds']:.2f}s ({dz['groups']:,} groups), "
                 f"written by {dz['write']} in {dz['write_seconds'] * 1000:.0f} ms")
+            # wgbpf's own DIR-24-8 mode, compiled from routes4 as attach does
+            t0 = time.perf_counter()
+            net.maps.dir24().rebuild(net.maps.ipv4_prefixes())
+            dz["wgbpf_compile_seconds"] = round(time.perf_counter() - t0, 3)
+            log(f"v4 {size_label(n)}: wgbpf's DIR-24-8 arrays compiled from routes4 in "
+                f"{dz['wgbpf_compile_seconds']:.2f}s")
         t0 = time.perf_counter()
         dst, src, valid = pick_addresses(net, rng, table, v6, target)
         step["src_accepted_fraction"] = valid
