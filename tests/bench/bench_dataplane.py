@@ -1104,8 +1104,8 @@ def plot(out, sizes, path):
     xs = [max(n, 100) for n in sizes]
     lines = [("egress_lpm", "front_egress LPM"), ("egress_fib", "front_egress FIB"),
              ("ingress_lpm", "member_ingress LPM"), ("ingress_fib", "member_ingress FIB"),
-             ("fib_lookup", "one bpf_fib_lookup"), ("dir24", "one DIR-24-8 lookup"),
-             ("dir24_egress", "front_egress with DIR-24-8")]
+             ("fib_lookup", "one bpf_fib_lookup"), ("dir24", "one DIR-24-8 lookup (prototype)"),
+             ("egress_dir24", "front_egress DIR-24-8 mode"), ("ingress_dir24", "member_ingress DIR-24-8 mode")]
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for m, label in lines:
         ys = [max(out["v4"][str(n)]["modes"]["random"][m]["over_floor"], 1) for n in sizes]
