@@ -32,7 +32,7 @@ if [ "$kvm" = auto ]; then
     if [ -w /dev/kvm ] && grep -qE '\b(vmx|svm)\b' /proc/cpuinfo; then kvm=1; fi
 fi
 vng_args=(-r "/boot/vmlinuz-$kver" --user root --memory "${VM_MEMORY:-2G}")
-[ -n "${VM_CPUS:-}" ] && vng_args+=(--cpus "$VM_CPUS")
+if [ -n "${VM_CPUS:-}" ]; then vng_args+=(--cpus "$VM_CPUS"); fi
 if [ "$kvm" = 1 ]; then
     scale=${WGBPF_TIME_SCALE:-1}
 else
@@ -44,8 +44,8 @@ OUT=$(mktemp -d /tmp/wgbpf-vm.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 {
     printf 'export WGBPF_TIME_SCALE=%q\n' "$scale"
-    [ -n "${CI:-}" ] && printf 'export CI=%q\n' "$CI"
-    [ -n "${VM_PYTEST_ARGS:-}" ] && printf 'VM_PYTEST_ARGS=%q\n' "$VM_PYTEST_ARGS"
+    if [ -n "${CI:-}" ]; then printf 'export CI=%q\n' "$CI"; fi
+    if [ -n "${VM_PYTEST_ARGS:-}" ]; then printf 'VM_PYTEST_ARGS=%q\n' "$VM_PYTEST_ARGS"; fi
 } >"$OUT/env.sh"
 
 say "booting $kver in qemu ($([ "$kvm" = 1 ] && echo KVM || echo 'software emulation, no KVM'))"
