@@ -29,7 +29,9 @@ fi
 # no headers package, so point at Debian's generic ones.
 kdir="/lib/modules/$(uname -r)"
 if [ ! -e "$kdir/build" ]; then
-    hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1)
+    # the generic headers linux-headers-amd64 brings, not a -rt flavour
+    # that make vm-test may have installed for its guest kernel
+    hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | grep -v -- '-rt-' | sort -V | tail -1)
     [ -n "$hdr" ] || { echo "setup: no /usr/src/linux-headers-*-amd64 after install" >&2; exit 1; }
     mkdir -p "$kdir"
     ln -s "$hdr" "$kdir/build"
