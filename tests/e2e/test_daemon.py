@@ -33,7 +33,11 @@ class Daemon:
         self.proc = subprocess.Popen([*WGBPF, "--netns", lab.hub, "daemon", lab.front,
                                       *lab.peer_args(), "--lookup", lab.lookup, *extra],
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        self.wait_for("sync (start)")
+        try:
+            self.wait_for("sync (start)")
+        except BaseException:
+            self.stop(signal.SIGKILL)  # or it holds the lock and fails every later test
+            raise
 
     def text(self):
         with open(self.log.name) as f:
