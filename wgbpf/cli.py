@@ -265,6 +265,13 @@ def resolve_peers(m, names):
     return ids
 
 
+def parse_address(text):
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        fail(f"{text!r} is not an IPv4 or IPv6 address")
+
+
 def parse_prefix(text):
     try:
         return network(text)
@@ -477,10 +484,7 @@ def lookup(address, source_addr, peer, front, as_json):
     if source_addr or peer:
         if not (source_addr and peer) or address is not None:
             fail("the source check takes --source ADDR and --peer NAME (and no ADDRESS)")
-        try:
-            addr = ipaddress.ip_address(source_addr)
-        except ValueError:
-            fail(f"{source_addr!r} is not an IPv4 or IPv6 address")
+        addr = parse_address(source_addr)
         front, m = open_maps(front, readonly=True)
         with m:
             res = explain_source(m, addr, peer)
@@ -493,10 +497,7 @@ def lookup(address, source_addr, peer, front, as_json):
         return
     if address is None:
         fail("give an ADDRESS, or --source ADDR --peer NAME")
-    try:
-        addr = ipaddress.ip_address(address)
-    except ValueError:
-        fail(f"{address!r} is not an IPv4 or IPv6 address")
+    addr = parse_address(address)
     front, m = open_maps(front, readonly=True)
     with m:
         res = explain(m, addr)
