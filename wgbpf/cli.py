@@ -524,8 +524,12 @@ def lookup(address, source_addr, peer, front, as_json):
               help="write Prometheus text metrics here (node_exporter textfile); off by default")
 @click.option("--rcvbuf", type=int, default=32 << 20, show_default=True, hidden=True,
               help="netlink receive buffer in bytes")
+@click.option("--backend", type=click.Choice(configmod.BACKENDS), default=None,
+              help="maps (default): the BPF maps of FRONT's instance; allowedips: no BPF, FRONT is "
+                   "one multi-peer WireGuard device whose peers' AllowedIPs follow the routes "
+                   "(--peer NAME=PUBLIC_KEY,TAG...)")
 def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table, source,
-           accept_table, tables, protos, realms, metrics_file, rcvbuf):
+           accept_table, tables, protos, realms, metrics_file, rcvbuf, backend):
     """Keep the maps equal to the kernel routes that name peers.
 
     A route names a peer when its gateway is one of the peer's tags (also an
@@ -534,6 +538,10 @@ def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table,
     Runs in the foreground (systemd: see systemd/wgbpf@.service); on exit
     the data plane keeps running, and a restart reconciles by difference.
     Entries from `wgbpf route` and tag host routes are left alone.
+
+    With --backend allowedips each peer's AllowedIPs on the device FRONT
+    become its tags plus the prefixes routed to it; a multipath route's
+    prefix goes to one of its peers (AllowedIPs cannot split it).
     """
     from . import daemon as d, routes as rt, sync
     try:
@@ -543,24 +551,37 @@ def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table,
         fail(str(e))
     try:
         policy = configmod.parse_policy(no_route, "--no-route") if no_route else None
-        build = d.config_builder(front, peers, config_path, members_only, policy,
-                                 settings_args(lookup, fib_table, source, accept_table))
-        build()  # validate before touching anything
+        settings = settings_args(lookup, fib_table, source, accept_table)
+        if backend:
+            settings["backend"] = backend
+        build = d.config_builder(front, peers, config_path, members_only, policy, settings)
+        cfg = build()  # validate before touching anything
     except ConfigError as e:
         fail(str(e))
+    if cfg.backend == "allowedips":
+        given = [opt for opt, v in (("--members-only", members_only), ("--no-route", no_route),
+                                    ("--lookup", lookup), ("--fib-table", fib_table),
+                                    ("--source", source), ("--accept-table", accept_table)) if v]
+        if given:
+            fail(f"{', '.join(given)}: settings of the BPF data plane, which --backend allowedips does "
+                 f"not use (WireGuard's AllowedIPs check sources there)")
     need_root()
 
     def progress(stage, n, total=None):
         tail = f"/{total}" if total else ""
         click.echo(f"\r{stage}: {n}{tail} ", nl=False, err=True)
 
-    daemon_ = d.Daemon(build, sync.Filter(table_ids, proto_ids, realms), d.stderr_log,
-                       metrics_file=metrics_file, rcvbuf=rcvbuf,
-                       progress=progress if sys.stderr.isatty() else None)
+    kind = d.Daemon
+    if cfg.backend == "allowedips":
+        from .allowedips import AllowedIPsDaemon as kind
+    daemon_ = kind(build, sync.Filter(table_ids, proto_ids, realms), d.stderr_log,
+                   metrics_file=metrics_file, rcvbuf=rcvbuf,
+                   progress=progress if sys.stderr.isatty() else None)
     from .dataplane import AttachError
+    from .wireguard import WireGuardError
     try:
         daemon_.run()
-    except (d.DaemonError, AttachError, MapError, ConfigError) as e:
+    except (d.DaemonError, AttachError, MapError, ConfigError, WireGuardError) as e:
         fail(str(e))
 
 

@@ -18,7 +18,20 @@ the bad field and quote the bad value.
     source = "loose"         # this peer's own source check (default: the global)
 
 On the command line: --peer alice=wg-alice,fe80::1,10.255.0.1[,source=loose]
+
+With backend = "allowedips" (`wgbpf daemon --backend allowedips wg0`) the
+instance is one multi-peer WireGuard device and a peer is named by its
+public key instead of a member device:
+
+    [[peer]]
+    name = "alice"
+    public_key = "base64 key, as `wg show` prints it"
+    tags = ["10.255.0.1"]
+
+    --peer alice=PUBLIC_KEY,10.255.0.1
 """
+import base64
+import binascii
 import dataclasses
 import ipaddress
 import re
@@ -40,9 +53,10 @@ class ConfigError(ValueError):
 @dataclasses.dataclass
 class PeerConfig:
     name: str
-    member: str
+    member: str = None       # maps backend: the peer's own WireGuard device
     tags: list = dataclasses.field(default_factory=list)
     source: abi.Source = abi.Source.DEFAULT
+    public_key: bytes = None  # allowedips backend: the peer on the one device
 
 
 @dataclasses.dataclass
@@ -55,6 +69,10 @@ class Config:
     fib_table: int = 0       # 0: main
     source: abi.Source = abi.Source.STRICT
     accept_table: int = 0    # 0: none
+    backend: str = "maps"    # or "allowedips": drive one device's AllowedIPs
+
+
+BACKENDS = ("maps", "allowedips")
 
 
 def parse_tag(text, where):
@@ -81,6 +99,22 @@ def check_name(name, where):
     return name
 
 
+def parse_key(text, where):
+    """A WireGuard public key as `wg` prints it: base64 of 32 bytes."""
+    try:
+        key = base64.b64decode(str(text).strip(), validate=True)
+    except (binascii.Error, ValueError):
+        key = None
+    if key is None or len(key) != 32:
+        raise ConfigError(f"{where}: {text!r} is not a WireGuard public key (44 characters of base64)")
+    return key
+
+
+def looks_like_key(text):
+    # no interface name is this long (IFNAMSIZ), so there is no ambiguity
+    return len(text) == 44 and text.endswith("=")
+
+
 def check_ifname(name, where):
     if (not isinstance(name, str) or not IFNAME_RE.fullmatch(name) or name in (".", "..")
             or len(name.encode()) >= IFNAMSIZ):
@@ -90,13 +124,17 @@ def check_ifname(name, where):
 
 
 def parse_peer_arg(text):
-    """NAME=MEMBER[,TAG...] from --peer."""
+    """NAME=MEMBER[,TAG...] or NAME=PUBLIC_KEY[,TAG...] from --peer."""
     where = f"--peer {text!r}"
     name, eq, rest = text.partition("=")
     if not eq or not rest:
-        raise ConfigError(f"{where}: expected NAME=MEMBER_DEV[,TAG...]")
+        raise ConfigError(f"{where}: expected NAME=MEMBER_DEV[,TAG...] (or NAME=PUBLIC_KEY[,TAG...])")
     fields = rest.split(",")
-    peer = PeerConfig(check_name(name.strip(), where), check_ifname(fields[0].strip(), where))
+    first = fields[0].strip()
+    if looks_like_key(first):
+        peer = PeerConfig(check_name(name.strip(), where), public_key=parse_key(first, where))
+    else:
+        peer = PeerConfig(check_name(name.strip(), where), check_ifname(first, where))
     for f in (f.strip() for f in fields[1:]):
         if f.startswith("source="):
             peer.source = parse_source(f[len("source="):], where)
@@ -132,6 +170,12 @@ def parse_table(value, where):
     return 0 if t == 254 else t
 
 
+def parse_backend(value, where):
+    if value not in BACKENDS:
+        raise ConfigError(f"{where}: {value!r} is not a backend (maps or allowedips)")
+    return value
+
+
 def parse_policy(value, where):
     try:
         return abi.Policy[str(value).upper()]
@@ -150,7 +194,8 @@ def load_toml(path):
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: not UTF-8 ({e.reason} at byte {e.start})") from None
-    known = {"front", "members_only", "no_route", "lookup", "fib_table", "source", "accept_table", "peer"}
+    known = {"front", "members_only", "no_route", "lookup", "fib_table", "source", "accept_table",
+             "backend", "peer"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
@@ -165,7 +210,8 @@ def load_toml(path):
         no_route = parse_policy(no_route, f"{path}: no_route")
     settings = {}
     for key, parse in (("lookup", parse_lookup), ("fib_table", parse_table),
-                       ("source", parse_source), ("accept_table", parse_table)):
+                       ("source", parse_source), ("accept_table", parse_table),
+                       ("backend", parse_backend)):
         if key in data:
             settings[key] = parse(data[key], f"{path}: {key}")
     peers = []
@@ -177,19 +223,21 @@ def load_toml(path):
         if not isinstance(p, dict):
             raise ConfigError(f"{where}: write peers as [[peer]] tables")
         for key in p:
-            if key not in ("name", "member", "tags", "source"):
-                raise ConfigError(f"{where}: unknown field {key!r} (known: member, name, source, tags)")
-        for key in ("name", "member"):
-            if key not in p:
-                raise ConfigError(f"{where}: missing field {key!r}")
+            if key not in ("name", "member", "public_key", "tags", "source"):
+                raise ConfigError(f"{where}: unknown field {key!r} (known: member, name, public_key, source, tags)")
+        if "name" not in p:
+            raise ConfigError(f"{where}: missing field 'name'")
+        if "member" not in p and "public_key" not in p:
+            raise ConfigError(f"{where}: missing field 'member' (or 'public_key' for the allowedips backend)")
         tags = p.get("tags", [])
         if not isinstance(tags, list):
             raise ConfigError(f"{where}.tags: {tags!r} is not a list of addresses")
         peers.append(PeerConfig(
             check_name(p["name"], f"{where}.name"),
-            check_ifname(p["member"], f"{where}.member"),
+            check_ifname(p["member"], f"{where}.member") if "member" in p else None,
             [parse_tag(t, f"{where}.tags[{j}]") for j, t in enumerate(tags)],
-            parse_source(p["source"], f"{where}.source") if "source" in p else abi.Source.DEFAULT))
+            parse_source(p["source"], f"{where}.source") if "source" in p else abi.Source.DEFAULT,
+            parse_key(p["public_key"], f"{where}.public_key") if "public_key" in p else None))
     return front, members_only, no_route, peers, settings
 
 
@@ -226,15 +274,27 @@ def validate(cfg):
         raise ConfigError("no peers: give --peer NAME=MEMBER_DEV[,TAG...] or [[peer]] in --config")
     if len(cfg.peers) > abi.MAX_PEERS - 1:
         raise ConfigError(f"{len(cfg.peers)} peers: wgbpf holds at most {abi.MAX_PEERS - 1}")
-    names, members, tags = {}, {}, {}
+    names, members, tags, keys = {}, {}, {}, {}
     for p in cfg.peers:
         if p.name in names:
             raise ConfigError(f"peer {p.name!r} is given twice")
         names[p.name] = p
-        if p.member in members:
+        if cfg.backend == "allowedips":
+            if p.public_key is None:
+                raise ConfigError(f"peer {p.name!r}: the allowedips backend names peers by public key "
+                                  f"(--peer {p.name}=PUBLIC_KEY,TAG...), not by device ({p.member!r})")
+            if p.public_key in keys:
+                raise ConfigError(f"public key {base64.b64encode(p.public_key).decode()} is given for both "
+                                  f"{keys[p.public_key]!r} and {p.name!r}")
+            keys[p.public_key] = p.name
+        elif p.member is None:
+            raise ConfigError(f"peer {p.name!r}: a public key names a peer only for "
+                              f"--backend allowedips; the maps backend needs its member device")
+        elif p.member in members:
             raise ConfigError(f"member device {p.member!r} is given for both "
                               f"{members[p.member]!r} and {p.name!r}: one device per peer")
-        members[p.member] = p.name
+        if p.member is not None:
+            members[p.member] = p.name
         if not cfg.members_only and p.member == cfg.front:
             raise ConfigError(f"peer {p.name!r}: member {p.member!r} is the front device itself")
         for t in p.tags:

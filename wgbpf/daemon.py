@@ -237,12 +237,14 @@ class Daemon:
         return resync
 
     # -- status ------------------------------------------------------------
+    def _peer_names(self):
+        return {i: p.name.decode() for i, p in self.maps.peers().items()} if self.maps else {}
+
     def write_status(self, state):
-        peers = self.maps.peers() if self.maps else {}
+        names = self._peer_names()
         per_peer = {}
         if self.table is not None:
-            per_peer = {(peers[i].name.decode() if i in peers else f"#{i}"): n
-                        for i, n in self.table.per_peer.items() if n}
+            per_peer = {names.get(i, f"#{i}"): n for i, n in self.table.per_peer.items() if n}
         st = dict(self.stats, state=state, pid=os.getpid(),
                   front=self.cfg.front if self.cfg else None,
                   tables=sorted(self.filter.tables, key=self.filter.tables.get),

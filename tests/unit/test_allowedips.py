@@ -1,0 +1,214 @@
+"""The allowedips backend without a device: the netlink encoding against
+its own parser, the change planner against a model of WireGuard's table,
+the ECMP pick, the text protocol, and the backend's configuration."""
+import base64
+import ipaddress
+import os
+import struct
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings, strategies as st
+
+from wgbpf import allowedips as aip, config, wireguard as wg
+from wgbpf.cli import main
+from wgbpf.config import ConfigError
+from wgbpf.sync import network_pkey
+
+KEYS = [bytes([i]) * 32 for i in range(1, 5)]
+
+
+def pk(text):
+    return network_pkey(ipaddress.ip_network(text))
+
+
+def many(n):
+    out = [pk(f"10.{i >> 8}.{i & 255}.0/24") for i in range(n // 2)]
+    out += [pk(f"2001:db8:{i:x}::/48") for i in range(n - n // 2)]
+    return out
+
+
+def reparse(nests):
+    """Peer nests as a device dump carries them, one message each: a peer
+    continues from message to message."""
+    out = {}
+    for n in nests:
+        buf = struct.pack("=HH", 4 + len(n), wg.WGDEVICE_A_PEERS | wg.NLA_F_NESTED) + n
+        wg.parse_device(buf, 0, len(buf), out)
+    return out
+
+
+def peer_flags(nest):
+    for kind, a, _b in wg._attrs(nest, 4, len(nest)):
+        if kind == wg.WGPEER_A_FLAGS:
+            return struct.unpack_from("=I", nest, a)[0]
+
+
+def test_long_list_splits_under_the_attribute_limit_and_only_the_first_replaces():
+    prefixes = many(5000)
+    nests = wg.encode_peer_chunks(wg.PeerChange(KEYS[0], add=prefixes, replace=True))
+    assert len(nests) > 2
+    assert all(len(n) <= 0xFFFF for n in nests)
+    flags = [peer_flags(n) for n in nests]
+    assert flags[0] == wg.WGPEER_F_UPDATE_ONLY | wg.WGPEER_F_REPLACE_ALLOWEDIPS
+    assert set(flags[1:]) == {wg.WGPEER_F_UPDATE_ONLY}
+    assert reparse(nests) == {KEYS[0]: set(prefixes)}
+
+
+def test_replace_with_nothing_still_clears():
+    nests = wg.encode_peer_chunks(wg.PeerChange(KEYS[0], replace=True))
+    assert len(nests) == 1 and peer_flags(nests[0]) & wg.WGPEER_F_REPLACE_ALLOWEDIPS
+
+
+def test_removal_carries_the_remove_flag_per_allowed_ip():
+    nest = wg.encode_peer_chunks(wg.PeerChange(KEYS[0], add=[pk("10.0.0.0/8")], remove=[pk("10.1.0.0/16")]))[0]
+    seen = {}
+    for kind, a, b in wg._attrs(nest, 4, len(nest)):
+        if kind == wg.WGPEER_A_ALLOWEDIPS:
+            for _i, x, y in wg._attrs(nest, a, b):
+                attrs = {k: bytes(nest[u:v]) for k, u, v in wg._attrs(nest, x, y)}
+                seen[attrs[wg.WGALLOWEDIP_A_CIDR_MASK][0]] = attrs.get(wg.WGALLOWEDIP_A_FLAGS)
+    assert seen == {8: None, 16: struct.pack("=I", wg.WGALLOWEDIP_F_REMOVE_ME)}
+
+
+def test_uapi_request_text():
+    req = wg.UapiDevice._request([wg.PeerChange(KEYS[0], add=[pk("10.1.0.0/16")], remove=[pk("2001:db8::/32")]),
+                                  wg.PeerChange(KEYS[1], add=[pk("10.2.0.0/16")], replace=True)])
+    assert req == ("set=1\n"
+                   f"public_key={KEYS[0].hex()}\nupdate_only=true\n"
+                   "allowed_ip=10.1.0.0/16\nallowed_ip=-2001:db8::/32\n"
+                   f"public_key={KEYS[1].hex()}\nupdate_only=true\nreplace_allowed_ips=true\n"
+                   "allowed_ip=10.2.0.0/16\n\n")
+
+
+# -- the planner against a model of the device -------------------------------
+
+PREFIXES = [pk(f"10.0.{i}.0/24") for i in range(12)]
+owner_maps = st.dictionaries(st.sampled_from(PREFIXES), st.sampled_from(KEYS))
+
+
+def device_of(owners):
+    peers = {k: set() for k in KEYS}
+    for p, key in owners.items():
+        peers[key].add(p)
+    return aip.Device(peers)
+
+
+def check_result(dev, want, before, managed):
+    for key in KEYS:
+        if key in managed:
+            assert dev.peers[key] == {p for p, k in want.items() if k == key}
+        else:  # an unmanaged peer only loses what a route gives to another
+            assert dev.peers[key] == {p for p, k in before.items() if k == key and p not in want}
+    assert all(dev.owner[p] == k for p, k in want.items())
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=owner_maps, want=owner_maps, can_remove=st.booleans(), n_managed=st.integers(1, 4))
+def test_full_plan_reaches_the_wanted_lists(before, want, can_remove, n_managed):
+    managed = set(KEYS[:n_managed])
+    want = {p: k for p, k in want.items() if k in managed}
+    dev = device_of(before)
+    todo = aip.changes(want, dev, managed, can_remove)
+    # the device itself: apply the changes to a second model built from scratch
+    real = device_of(before)
+    for c in todo:
+        real.apply(c)
+        assert not (c.replace and can_remove), "a removal rewrote a list although single removal works"
+        assert not (c.remove and not can_remove), "single removal used where the device lacks it"
+    check_result(real, want, before, managed)
+    # nothing left to do
+    assert aip.changes(want, real, managed, can_remove) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=owner_maps, steps=st.lists(st.tuples(st.sampled_from(PREFIXES), st.sampled_from(KEYS + [None])),
+                                        min_size=1, max_size=15), can_remove=st.booleans())
+def test_incremental_steps_touch_only_what_changed(start, steps, can_remove):
+    managed = set(KEYS[:3])
+    want = {p: k for p, k in start.items() if k in managed}
+    dev = device_of({})
+    for c in aip.changes(want, dev, managed, can_remove):
+        dev.apply(c)
+    for prefix, key in steps:
+        if key is None or key not in managed:
+            want.pop(prefix, None)
+        else:
+            want[prefix] = key
+        todo = aip.changes({prefix: want[prefix]} if prefix in want else {}, dev, managed, can_remove,
+                           keys={prefix})
+        touched = {c.key for c in todo}
+        assert len(touched) <= 2  # the old holder and the new, no one else
+        for c in todo:
+            if not c.replace:
+                assert set(c.add) | set(c.remove) <= {prefix}
+            dev.apply(c)
+        check_result(dev, want, {}, managed)
+
+
+def test_rendezvous_pick_is_stable_and_spread():
+    names = {1: "alice", 2: "bob", 3: "carol"}
+    picks = {p: aip.pick(p, (1, 2, 3), names) for p in many(600)}
+    assert picks == {p: aip.pick(p, (3, 1, 2), names) for p in picks}   # order-free
+    counts = [list(picks.values()).count(i) for i in (1, 2, 3)]
+    assert min(counts) > 120, counts                                     # spread over all three
+    for p, chosen in picks.items():                                      # dropping a loser moves nothing
+        rest = tuple(i for i in (1, 2, 3) if i != chosen)
+        assert aip.pick(p, (chosen, rest[0]), names) == chosen
+
+
+def test_absent_prefix_avoids_every_owned_one():
+    owned = {KEYS[0]: {bytes((2, 32, 255, 255, 255, i)) for i in range(5)}}
+    k = aip.absent_prefix(owned)
+    assert k not in owned[KEYS[0]] and k[1] == 32
+
+
+# -- configuration -------------------------------------------------------------
+
+KEY_TEXT = base64.b64encode(bytes(range(32))).decode()
+
+
+def test_peer_by_public_key():
+    p = config.parse_peer_arg(f"alice={KEY_TEXT},10.255.0.2")
+    assert p.public_key == bytes(range(32)) and p.member is None
+    assert p.tags == [ipaddress.ip_address("10.255.0.2")]
+    cfg = config.build("wg0", [f"alice={KEY_TEXT},10.255.0.2"], backend="allowedips")
+    assert cfg.backend == "allowedips"
+
+
+@pytest.mark.parametrize("args, kw, fragments", [
+    ([f"alice={KEY_TEXT[:-2]}!="], {"backend": "allowedips"}, ["not a WireGuard public key"]),
+    ([f"alice={KEY_TEXT}"], {}, ["alice", "only for", "--backend allowedips"]),
+    (["alice=wg-alice"], {"backend": "allowedips"}, ["alice", "public key", "'wg-alice'"]),
+    ([f"alice={KEY_TEXT}", f"bob={KEY_TEXT}"], {"backend": "allowedips"}, ["given for both", "'alice'", "'bob'"]),
+])
+def test_bad_backend_peers(args, kw, fragments):
+    with pytest.raises(ConfigError) as e:
+        config.build("wg0", args, **kw)
+    for f in fragments:
+        assert f in str(e.value)
+
+
+def test_toml_backend_and_public_key(tmp_path):
+    path = tmp_path / "w.toml"
+    path.write_text(f'backend = "allowedips"\nfront = "wg0"\n[[peer]]\nname = "a"\npublic_key = "{KEY_TEXT}"\n')
+    cfg = config.build(path=str(path))
+    assert cfg.backend == "allowedips" and cfg.peers[0].public_key == bytes(range(32))
+    path.write_text('backend = "bgp"\nfront = "wg0"\n')
+    with pytest.raises(ConfigError, match="'bgp' is not a backend"):
+        config.build(path=str(path))
+
+
+def test_daemon_refuses_data_plane_settings_for_allowedips():
+    r = CliRunner().invoke(main, ["daemon", "wg0", "--backend", "allowedips", "--lookup", "dir24",
+                                  "--peer", f"alice={KEY_TEXT},10.255.0.2"])
+    assert r.exit_code == 1
+    assert "--lookup" in r.output and "allowedips" in r.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="not root: the device check runs after the root check")
+def test_daemon_on_a_missing_device_names_it():
+    r = CliRunner().invoke(main, ["daemon", "wgbpf-nodev0", "--backend", "allowedips",
+                                  "--peer", f"alice={KEY_TEXT},10.255.0.2"])
+    assert r.exit_code == 1
+    assert "wgbpf-nodev0" in r.output

@@ -1,0 +1,276 @@
+"""The single-device backend: routes drive one WireGuard device's AllowedIPs.
+
+    wgbpf daemon --backend allowedips wg0 --peer alice=PUBLIC_KEY,10.255.0.1
+
+No BPF: WireGuard's own AllowedIPs table steers and checks sources. The
+routes are read and followed by the same engine as the maps backend (Tags,
+Filter, Table from sync.py); what differs is where the result goes. Each
+configured peer's AllowedIPs become its tag addresses plus every prefix
+whose preferred route names it. Peers not in the config keep theirs, except
+for a prefix a route gives to a configured peer (one prefix, one peer).
+
+Adds are incremental. A removal uses WGALLOWEDIP_F_REMOVE_ME (Linux 6.16;
+`allowed_ip=-P` in newer wireguard-go) when the device answers a probe for
+it, else that peer's whole list is rewritten (REPLACE_ALLOWEDIPS, in as many
+messages as its size needs; prefixes later in the list are missing from the
+peer until their message lands).
+
+ECMP: AllowedIPs gives a prefix to one peer. Of a multipath route's peers
+the one with the highest hash of (prefix, peer name) wins (rendezvous
+hashing: deterministic, spread over the peers, and removing one peer moves
+only its own prefixes). Logged once, counted in the status.
+"""
+import hashlib
+import os
+import socket
+import time
+
+from . import daemon as daemonmod, routes as rt, sync, wireguard as wg
+from .sync import AF4, AF6
+
+
+def pick(pkey, peers, names):
+    """One peer of an ECMP set for a prefix: rendezvous hashing."""
+    return max(peers, key=lambda p: hashlib.blake2b(pkey + names[p].encode(), digest_size=8).digest())
+
+
+def host_key(ip):
+    return bytes((AF4 if ip.version == 4 else AF6, ip.max_prefixlen)) + ip.packed
+
+
+def absent_prefix(peers):
+    """A prefix no peer on the device holds, for the removal probe."""
+    owned = {k for ks in peers.values() for k in ks}
+    for i in range(256):
+        k = bytes((AF4, 32, 255, 255, 255, i))
+        if k not in owned:
+            return k
+    return bytes((AF6, 128)) + bytes(15) + b"\x02"  # 256 /32s taken: an unlikely ::2/128
+
+
+class Plan:
+    """The device's AllowedIPs as wgbpf wants them, kept prefix by prefix."""
+
+    def __init__(self, peers, present):
+        self.keys = {i: p.public_key for i, p in enumerate(peers)}  # peer id -> public key
+        self.names = {i: p.name for i, p in enumerate(peers)}
+        self.present = present      # public keys the device has
+        self.tags = {host_key(t): i for i, p in enumerate(peers) for t in p.tags}
+        self.ecmp = set()           # prefixes whose route named several peers
+
+    def owner(self, table, k):
+        """The public key prefix k should belong to, or None."""
+        i = self.tags.get(k)
+        if i is not None:
+            return self.keys[i] if self.keys[i] in self.present else None
+        peers = table.best(k)
+        if peers:
+            peers = [p for p in peers if self.keys[p] in self.present]
+        if not peers:
+            self.ecmp.discard(k)
+            return None
+        if len(peers) == 1:
+            self.ecmp.discard(k)
+            return self.keys[peers[0]]
+        self.ecmp.add(k)
+        return self.keys[pick(k, peers, self.names)]
+
+    def want(self, table):
+        """{prefix: public key} for everything."""
+        out = {}
+        for k in table.prefixes:
+            key = self.owner(table, k)
+            if key is not None:
+                out[k] = key
+        for k in self.tags:
+            key = self.owner(table, k)
+            if key is not None:
+                out[k] = key
+        return out
+
+
+class Device:
+    """Our view of the device's AllowedIPs: per peer, and who owns a prefix."""
+
+    def __init__(self, peers):
+        self.peers = peers  # {public key: set of prefixes}
+        self.owner = {k: key for key, ks in peers.items() for k in ks}
+
+    def apply(self, change):
+        """Keep the view in step with a PeerChange written to the device."""
+        mine = self.peers.setdefault(change.key, set())
+        if change.replace:
+            for k in mine:
+                if self.owner.get(k) == change.key:
+                    del self.owner[k]
+            mine.clear()
+        for k in change.remove:
+            mine.discard(k)
+            if self.owner.get(k) == change.key:
+                del self.owner[k]
+        for k in change.add:
+            was = self.owner.get(k)
+            if was is not None and was != change.key:
+                self.peers[was].discard(k)  # a prefix has one peer: adding moves it
+            self.owner[k] = change.key
+            mine.add(k)
+
+
+def changes(want, dev, managed, can_remove, keys=None):
+    """The PeerChanges that take the Device `dev` to `want` {prefix: key}
+    for the managed peers. `keys` limits the work to some prefixes
+    (incremental: `want` need only cover them); None compares everything."""
+    if keys is None:
+        keys = set(want) | {k for key in managed for k in dev.peers.get(key, ())}
+    add, remove = {}, {}
+    for k in keys:
+        to, now = want.get(k), dev.owner.get(k)
+        if to == now:
+            continue
+        if to is not None:
+            add.setdefault(to, []).append(k)   # also moves k from its holder
+        elif now in managed:
+            remove.setdefault(now, []).append(k)
+    out = []
+    for key in sorted(set(add) | set(remove)):
+        if key in remove and not can_remove:
+            # rewrite this peer's list: what it keeps, and what it gains
+            keep = {k for k in dev.peers.get(key, ()) if k not in keys or want.get(k) == key}
+            out.append(wg.PeerChange(key, add=sorted(keep | set(add.get(key, ()))), replace=True))
+        else:
+            out.append(wg.PeerChange(key, add=sorted(add.get(key, ())), remove=sorted(remove.get(key, ()))))
+    return out
+
+
+class AllowedIPsDaemon(daemonmod.Daemon):
+    """The daemon's loop, lock, status and signals; a device instead of maps."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.device = None
+        self.plan = None
+        self.dev = Device({})    # our view of the device's AllowedIPs
+        self.can_remove = None   # does the device know single-prefix removal?
+        self.ecmp_warned = False
+        self.stats.update(allowedips_changes=0, peer_rewrites=0, ecmp_prefixes=0, missing_peers=[])
+
+    def _attach(self):
+        if self.device is None:
+            self.device = wg.open_device(self.cfg.front)
+        self.device.peers()  # fails here, naming the problem, if it is no WireGuard device
+
+    def _tags(self, nl):
+        by_addr = {t.packed: i for i, p in enumerate(self.cfg.peers) for t in p.tags}
+        return sync.Tags(by_addr, {})
+
+    def _probe(self):
+        managed = [p.public_key for p in self.cfg.peers if p.public_key in self.dev.peers]
+        if self.can_remove is not None or not managed:
+            return
+        self.can_remove = self.device.probe_remove(managed[0], absent_prefix(self.dev.peers))
+        self.log(f"{self.cfg.front} ({self.device.kind} WireGuard): "
+                 + ("removes single allowed IPs (WGALLOWEDIP_F_REMOVE_ME)" if self.can_remove else
+                    "cannot remove single allowed IPs: a removal rewrites that peer's list"))
+
+    def _write(self, todo):
+        for c in todo:
+            self.device.apply([c])
+            self.dev.apply(c)
+            self.stats["allowedips_changes"] += len(c.add) + len(c.remove)
+            self.stats["peer_rewrites"] += c.replace
+        self.stats["map_writes"] = self.stats["allowedips_changes"]
+
+    def _note_ecmp(self):
+        n = len(self.plan.ecmp)
+        self.stats["ecmp_prefixes"] = n
+        if n and not self.ecmp_warned:
+            self.ecmp_warned = True
+            self.log(f"warning: {n} multipath routes name several peers; AllowedIPs gives a prefix to "
+                     f"one peer, so each goes to one of them (rendezvous hash of prefix and peer name); "
+                     f"counted as ecmp_prefixes in the status")
+
+    def full_sync(self, why):
+        t0 = time.monotonic()
+        nl = rt.Netlink(rcvbuf=self.rcvbuf)
+        try:
+            table = sync.Table(self._tags(nl), self.filter)
+            n = 0
+            for fam in (socket.AF_INET, socket.AF_INET6):
+                for r in rt.dump_routes(nl, fam):
+                    table.update(r)
+                    n += 1
+                    if self.progress and n % 65536 == 0:
+                        self.progress("dump", n)
+        finally:
+            nl.close()
+        self.dev = Device(self.device.peers())
+        present = set(self.dev.peers)
+        missing = [p.name for p in self.cfg.peers if p.public_key not in present]
+        if missing and missing != self.stats["missing_peers"]:
+            self.log(f"warning: peers not on {self.cfg.front}: {', '.join(missing)} "
+                     f"(their routes wait until they are added and the daemon resyncs)")
+        self.stats["missing_peers"] = missing
+        self._probe()
+        self.plan = Plan(self.cfg.peers, present)
+        managed = {p.public_key for p in self.cfg.peers} & present
+        todo = changes(self.plan.want(table), self.dev, managed, self.can_remove)
+        before = self.stats["allowedips_changes"]
+        self._write(todo)
+        self.table = table
+        self.tables = {"routes": (table, None)}
+        self._note_ecmp()
+        dt = time.monotonic() - t0
+        self.stats["last_sync"] = time.time()
+        self.stats["last_sync_seconds"] = round(dt, 3)
+        self.log(f"sync ({why}): {n} routes read, {len(table)} prefixes name peers, "
+                 f"{table.ignored} ignored, {self.stats['allowedips_changes'] - before} allowed-IP changes "
+                 f"({len(todo)} peers touched) in {dt:.2f}s")
+        self.write_status("running")
+
+    def handle(self, events):
+        table = self.table
+        changed = set()
+        for mtype, buf, off, end in events:
+            if mtype in (rt.RTM_NEWROUTE, rt.RTM_DELROUTE):
+                self.stats["events"] += 1
+                r = rt.parse_route(buf, off, end)
+                if r is not None:
+                    k = table.update(r, deleted=(mtype == rt.RTM_DELROUTE))
+                    if k is not None:
+                        changed.add(k)
+        if changed:
+            want = {}
+            for k in changed:
+                key = self.plan.owner(table, k)
+                if key is not None:
+                    want[k] = key
+            managed = {p.public_key for p in self.cfg.peers} & self.plan.present
+            self._write(changes(want, self.dev, managed, self.can_remove, keys=changed))
+            self._note_ecmp()
+        return False
+
+    def write_status(self, state):
+        self.stats["backend"] = "allowedips"
+        self.stats["device_kind"] = self.device.kind if self.device else None
+        self.stats["remove_single"] = self.can_remove
+        super().write_status(state)
+
+    def _peer_names(self):
+        return {i: p.name for i, p in enumerate(self.cfg.peers)}
+
+    def write_metrics(self, st):
+        front = st["front"]
+        lines = []
+        for name, kind, help_, value in (
+                ("route_events_total", "counter", "RTM_NEWROUTE/DELROUTE events applied", st["events"]),
+                ("allowedips_changes_total", "counter", "allowed IPs added or removed", st["allowedips_changes"]),
+                ("peer_rewrites_total", "counter", "whole AllowedIPs lists rewritten", st["peer_rewrites"]),
+                ("resyncs_total", "counter", "full resyncs", st["resyncs"]),
+                ("overruns_total", "counter", "netlink overruns (ENOBUFS)", st["overruns"]),
+                ("prefixes", "gauge", "prefixes that name peers", st["prefixes"]),
+                ("ecmp_prefixes", "gauge", "multipath prefixes given to one of their peers", st["ecmp_prefixes"])):
+            lines += [f"# HELP wgbpf_{name} {help_}", f"# TYPE wgbpf_{name} {kind}",
+                      f'wgbpf_{name}{{front="{front}"}} {value}']
+        with open(self.metrics_file + ".tmp", "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(self.metrics_file + ".tmp", self.metrics_file)

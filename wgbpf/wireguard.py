@@ -1,0 +1,347 @@
+"""A WireGuard device's peers and AllowedIPs, read and written directly.
+
+Two ways in, chosen as `wg` chooses: a userspace implementation
+(wireguard-go) listens on /var/run/wireguard/DEV.sock and speaks the
+cross-platform text protocol; otherwise the device is the kernel's, reached
+over generic netlink ("wireguard" family, include/uapi/linux/wireguard.h).
+
+Allowed IPs are the sync engine's prefix keys, `bytes([family, len]) + addr`.
+Removing one allowed IP needs WGALLOWEDIP_F_REMOVE_ME (Linux 6.16) or
+`allowed_ip=-PREFIX` (newer wireguard-go); `probe_remove()` asks the device
+itself whether it understands that, with a request that changes nothing.
+"""
+import errno
+import ipaddress
+import os
+import socket
+import struct
+
+UAPI_DIR = "/var/run/wireguard"
+KEY_LEN = 32
+AF4, AF6 = socket.AF_INET, socket.AF_INET6
+
+# include/uapi/linux/wireguard.h
+WG_CMD_GET_DEVICE, WG_CMD_SET_DEVICE = 0, 1
+WGDEVICE_A_IFNAME, WGDEVICE_A_PEERS = 2, 8
+WGPEER_A_PUBLIC_KEY, WGPEER_A_FLAGS, WGPEER_A_ALLOWEDIPS = 1, 3, 9
+WGPEER_F_REPLACE_ALLOWEDIPS, WGPEER_F_UPDATE_ONLY = 2, 4
+WGALLOWEDIP_A_FAMILY, WGALLOWEDIP_A_IPADDR, WGALLOWEDIP_A_CIDR_MASK, WGALLOWEDIP_A_FLAGS = 1, 2, 3, 4
+WGALLOWEDIP_F_REMOVE_ME = 1
+
+NETLINK_GENERIC = 16
+GENL_ID_CTRL, CTRL_CMD_GETFAMILY = 0x10, 3
+CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 1, 2
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 1, 4, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLA_F_NESTED = 0x8000
+# An attribute's length is 16 bits: the peers nest of one message must stay
+# under 64 KiB, so long lists go out as several messages (as `wg` does).
+NEST_MAX = 0xFFFF - 512
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_NLA = struct.Struct("=HH")
+
+
+class WireGuardError(Exception):
+    pass
+
+
+def prefix_text(k):
+    return f"{ipaddress.ip_address(k[2:])}/{k[1]}"
+
+
+def text_prefix(text):
+    net = ipaddress.ip_network(text, strict=False)
+    return bytes((AF4 if net.version == 4 else AF6, net.prefixlen)) + net.network_address.packed
+
+
+def open_device(name):
+    """The device named, by whichever way reaches it."""
+    sock = os.path.join(UAPI_DIR, f"{name}.sock")
+    if os.path.exists(sock):
+        return UapiDevice(name, sock)
+    return GenlDevice(name)
+
+
+class PeerChange:
+    """For one peer: allowed IPs to add, to remove, or (replace=True) the
+    whole list, which `add` then holds."""
+
+    def __init__(self, key, add=(), remove=(), replace=False):
+        self.key = key
+        self.add = list(add)
+        self.remove = list(remove)
+        self.replace = replace
+
+    def __repr__(self):
+        return f"PeerChange({self.key.hex()[:8]}, +{len(self.add)}, -{len(self.remove)}, replace={self.replace})"
+
+
+# -- generic netlink (kernel WireGuard) ------------------------------------
+
+def _attr(kind, payload):
+    n = _NLA.size + len(payload)
+    return _NLA.pack(n, kind) + payload + bytes((-n) & 3)
+
+
+def _nest(kind, parts):
+    body = b"".join(parts)
+    if len(body) + 4 > 0xFFFF:
+        raise WireGuardError(f"netlink attribute {kind} too long ({len(body)} bytes)")
+    return _attr(kind | NLA_F_NESTED, body)
+
+
+def _attrs(buf, off, end):
+    while off + 4 <= end:
+        length, kind = _NLA.unpack_from(buf, off)
+        if length < 4:
+            return
+        yield kind & 0x3FFF, off + 4, off + length
+        off += (length + 3) & ~3
+
+
+def _allowedip(k, remove=False):
+    parts = [_attr(WGALLOWEDIP_A_FAMILY, struct.pack("=H", k[0])),
+             _attr(WGALLOWEDIP_A_IPADDR, k[2:]),
+             _attr(WGALLOWEDIP_A_CIDR_MASK, bytes((k[1],)))]
+    if remove:
+        parts.append(_attr(WGALLOWEDIP_A_FLAGS, struct.pack("=I", WGALLOWEDIP_F_REMOVE_ME)))
+    return _nest(0, parts)
+
+
+def encode_peer_chunks(change):
+    """A PeerChange as a list of peer nests, each small enough for one
+    message. Only the first carries REPLACE_ALLOWEDIPS: the rest append."""
+    items = [(k, False) for k in change.add] + [(k, True) for k in change.remove]
+    head = _attr(WGPEER_A_PUBLIC_KEY, change.key)
+    out = []
+    i = 0
+    first = True
+    while first or i < len(items):
+        flags = WGPEER_F_UPDATE_ONLY | (WGPEER_F_REPLACE_ALLOWEDIPS if first and change.replace else 0)
+        ips, size = [], 0
+        while i < len(items):
+            a = _allowedip(*items[i])
+            if size + len(a) > NEST_MAX:
+                break
+            ips.append(a)
+            size += len(a)
+            i += 1
+        parts = [head, _attr(WGPEER_A_FLAGS, struct.pack("=I", flags))]
+        if ips or first and change.replace:
+            parts.append(_nest(WGPEER_A_ALLOWEDIPS, ips))
+        out.append(_nest(0, parts))
+        first = False
+    return out
+
+
+def parse_device(buf, off, end, peers):
+    """One WG_CMD_GET_DEVICE reply into peers {public key: set of pkeys}.
+    A peer with many allowed IPs continues in the next message."""
+    for kind, a, b in _attrs(buf, off, end):
+        if kind != WGDEVICE_A_PEERS:
+            continue
+        for _i, pa, pb in _attrs(buf, a, b):
+            key, ips = None, []
+            for pk, x, y in _attrs(buf, pa, pb):
+                if pk == WGPEER_A_PUBLIC_KEY:
+                    key = bytes(buf[x:y])
+                elif pk == WGPEER_A_ALLOWEDIPS:
+                    for _j, ia, ib in _attrs(buf, x, y):
+                        fam = cidr = addr = None
+                        for ak, u, v in _attrs(buf, ia, ib):
+                            if ak == WGALLOWEDIP_A_FAMILY:
+                                fam = struct.unpack_from("=H", buf, u)[0]
+                            elif ak == WGALLOWEDIP_A_IPADDR:
+                                addr = bytes(buf[u:v])
+                            elif ak == WGALLOWEDIP_A_CIDR_MASK:
+                                cidr = buf[u]
+                        if fam in (AF4, AF6) and addr is not None and cidr is not None:
+                            ips.append(bytes((fam, cidr)) + addr)
+            if key is not None:
+                peers.setdefault(key, set()).update(ips)
+    return peers
+
+
+class GenlDevice:
+    kind = "kernel"
+
+    def __init__(self, name):
+        self.name = name
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)  # SO_SNDBUFFORCE
+            self.sock.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE
+        except OSError:
+            pass
+        self.sock.bind((0, 0))
+        self.seq = 0
+        self.family = self._family_id()
+
+    def close(self):
+        self.sock.close()
+
+    def _send(self, mtype, flags, cmd, attrs):
+        self.seq += 1
+        body = struct.pack("=BBH", cmd, 1, 0) + attrs
+        self.sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, flags, self.seq, 0) + body)
+        return self.seq
+
+    def _replies(self):
+        """Yield (buf, body offset, end) of each reply until DONE or the ack."""
+        while True:
+            buf = self.sock.recv(1 << 20)
+            off = 0
+            while off + _NLMSGHDR.size <= len(buf):
+                length, mtype, _flags, _seq, _pid = _NLMSGHDR.unpack_from(buf, off)
+                if length < _NLMSGHDR.size:
+                    return
+                if mtype == NLMSG_DONE:
+                    return
+                if mtype == NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", buf, off + 16)[0]
+                    if err:
+                        raise OSError(err, os.strerror(err))
+                    return
+                yield buf, off + _NLMSGHDR.size + 4, off + length  # past genlmsghdr
+                off += (length + 3) & ~3
+
+    def _family_id(self):
+        self._send(GENL_ID_CTRL, NLM_F_REQUEST | NLM_F_ACK, CTRL_CMD_GETFAMILY,
+                   _attr(CTRL_ATTR_FAMILY_NAME, b"wireguard\0"))
+        fid = None
+        try:
+            for buf, off, end in self._replies():
+                for kind, a, _b in _attrs(buf, off, end):
+                    if kind == CTRL_ATTR_FAMILY_ID:
+                        fid = struct.unpack_from("=H", buf, a)[0]
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                raise WireGuardError(f"{self.name}: no kernel WireGuard here (the wireguard module is not "
+                                     f"loaded) and no userspace socket {UAPI_DIR}/{self.name}.sock") from None
+            raise
+        if fid is None:
+            raise WireGuardError("the kernel's generic netlink did not name the wireguard family")
+        return fid
+
+    def peers(self):
+        self._send(self.family, NLM_F_REQUEST | NLM_F_DUMP, WG_CMD_GET_DEVICE,
+                   _attr(WGDEVICE_A_IFNAME, self.name.encode() + b"\0"))
+        out = {}
+        try:
+            for buf, off, end in self._replies():
+                parse_device(buf, off, end, out)
+        except OSError as e:
+            if e.errno in (errno.ENODEV, errno.EOPNOTSUPP):
+                raise WireGuardError(f"{self.name}: not a WireGuard device ({e.strerror})") from None
+            raise
+        return out
+
+    def _set(self, peer_nests):
+        ifname = _attr(WGDEVICE_A_IFNAME, self.name.encode() + b"\0")
+        # pack peer nests into as few messages as the 64 KiB nest allows
+        batch, size = [], 0
+        for p in peer_nests + [None]:
+            if p is None or (batch and size + len(p) > NEST_MAX):
+                if batch:
+                    self._send(self.family, NLM_F_REQUEST | NLM_F_ACK, WG_CMD_SET_DEVICE,
+                               ifname + _nest(WGDEVICE_A_PEERS, batch))
+                    for _ in self._replies():
+                        pass
+                batch, size = [], 0
+            if p is not None:
+                batch.append(p)
+                size += len(p)
+
+    def apply(self, changes):
+        """Write PeerChanges in order; each peer's chunks stay in order, so a
+        replacement is whole once its last message is acknowledged."""
+        nests = []
+        for c in changes:
+            nests.extend(encode_peer_chunks(c))
+        try:
+            self._set(nests)
+        except OSError as e:
+            raise WireGuardError(f"{self.name}: the kernel refused an AllowedIPs change: {e.strerror}") from None
+
+    def probe_remove(self, key, absent):
+        """Does this kernel know WGALLOWEDIP_F_REMOVE_ME? Asks it to remove
+        `absent` (a prefix peer `key` does not hold) from that peer: 6.16+
+        does nothing and says so; older kernels reject the unknown attribute
+        (strict nested parsing) before touching anything."""
+        try:
+            self._set(encode_peer_chunks(PeerChange(key, remove=[absent])))
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                return False
+            raise
+        return True
+
+
+# -- the text protocol (wireguard-go and other userspace implementations) ---
+
+class UapiDevice:
+    kind = "userspace"
+
+    def __init__(self, name, path):
+        self.name = name
+        self.path = path
+
+    def close(self):
+        pass
+
+    def _talk(self, request):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(self.path)
+            except OSError as e:
+                raise WireGuardError(f"{self.name}: cannot reach {self.path}: {e.strerror}") from None
+            s.sendall(request.encode())
+            data = b""
+            while not data.endswith(b"\n\n"):
+                got = s.recv(1 << 20)
+                if not got:
+                    break
+                data += got
+        lines = data.decode().splitlines()
+        err = next((int(x[6:]) for x in lines if x.startswith("errno=")), None)
+        if err is None:
+            raise WireGuardError(f"{self.name}: no answer on {self.path}")
+        return err, lines
+
+    def peers(self):
+        err, lines = self._talk("get=1\n\n")
+        if err:
+            raise WireGuardError(f"{self.name}: get failed: errno {err}")
+        out, key = {}, None
+        for line in lines:
+            k, _, v = line.partition("=")
+            if k == "public_key":
+                key = bytes.fromhex(v)
+                out[key] = set()
+            elif k == "allowed_ip" and key is not None:
+                out[key].add(text_prefix(v))
+        return out
+
+    @staticmethod
+    def _request(changes):
+        lines = ["set=1"]
+        for c in changes:
+            lines += [f"public_key={c.key.hex()}", "update_only=true"]
+            if c.replace:
+                lines.append("replace_allowed_ips=true")
+            lines += [f"allowed_ip={prefix_text(k)}" for k in c.add]
+            lines += [f"allowed_ip=-{prefix_text(k)}" for k in c.remove]
+        return "\n".join(lines) + "\n\n"
+
+    def apply(self, changes):
+        err, _ = self._talk(self._request(changes))
+        if err:  # wireguard-go answers -errno
+            raise WireGuardError(f"{self.name}: the device refused an AllowedIPs change: "
+                                 f"{os.strerror(abs(err))}")
+
+    def probe_remove(self, key, absent):
+        """Does it know `allowed_ip=-PREFIX`? Older implementations answer
+        the unknown form with an error before changing anything."""
+        err, _ = self._talk(self._request([PeerChange(key, remove=[absent])]))
+        return err == 0
