@@ -2,8 +2,11 @@
 wgbpf CLI run in the hub's namespace, pings and counters."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAB = os.path.join(ROOT, "lab", "lab.sh")
@@ -89,3 +92,38 @@ class Lab:
         return next(p for p in self.dump()["peers"] if p["name"] == name)
 
 
+
+
+class DaemonProc:
+    """A `wgbpf daemon` in the background in netns `ns`, its output in a
+    log; started means its first sync is done."""
+
+    def __init__(self, ns, *args, ready="sync (start)"):
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="wgbpf-daemon-", suffix=".log")
+        self.proc = subprocess.Popen([*WGBPF, "--netns", ns, *args],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            self.wait_for(ready)
+        except BaseException:
+            self.stop(signal.SIGKILL)  # or it holds the lock and fails every later test
+            raise
+
+    def text(self):
+        with open(self.log.name) as f:
+            return f.read()
+
+    def wait_for(self, needle, timeout=30):
+        deadline = time.monotonic() + timeout * TIME_SCALE
+        while needle not in self.text():
+            assert self.proc.poll() is None, f"daemon exited {self.proc.returncode}:\n{self.text()}"
+            assert time.monotonic() < deadline, f"no {needle!r} in daemon log:\n{self.text()}"
+            time.sleep(0.05)
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10 * TIME_SCALE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

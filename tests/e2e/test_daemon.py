@@ -12,7 +12,6 @@ import ipaddress
 import json
 import os
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -20,44 +19,16 @@ import time
 import pytest
 
 from wgbtest import RUN_ID, require_bcc, require_tools
-from labutil import LOOKUPS, TIME_SCALE, WG_TOOLS, WGBPF, Lab, run
+from labutil import LOOKUPS, TIME_SCALE, WG_TOOLS, WGBPF, DaemonProc, Lab, run
 from wgbpf import abi, routes as rt, sync
 from wgbpf.maps import Maps, pin_dir, route_peers
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
 
-class Daemon:
-    def __init__(self, lab, *extra):
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="wgbpf-daemon-", suffix=".log")
-        self.proc = subprocess.Popen([*WGBPF, "--netns", lab.hub, "daemon", lab.front,
-                                      *lab.peer_args(), "--lookup", lab.lookup, *extra],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        try:
-            self.wait_for("sync (start)")
-        except BaseException:
-            self.stop(signal.SIGKILL)  # or it holds the lock and fails every later test
-            raise
-
-    def text(self):
-        with open(self.log.name) as f:
-            return f.read()
-
-    def wait_for(self, needle, timeout=30):
-        deadline = time.monotonic() + timeout * TIME_SCALE
-        while needle not in self.text():
-            assert self.proc.poll() is None, f"daemon exited {self.proc.returncode}:\n{self.text()}"
-            assert time.monotonic() < deadline, f"no {needle!r} in daemon log:\n{self.text()}"
-            time.sleep(0.05)
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10 * TIME_SCALE)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def Daemon(lab, *extra):
+    """`wgbpf daemon` for the lab's front in the lab's lookup mode."""
+    return DaemonProc(lab.hub, "daemon", lab.front, *lab.peer_args(), "--lookup", lab.lookup, *extra)
 
 
 @pytest.fixture(scope="module", params=[m for m in LOOKUPS if m != "fib"])
