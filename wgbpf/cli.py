@@ -617,15 +617,23 @@ def instance_status(front):
 def status(front=None, as_json=False):
     """What is attached where, map fill levels, counters per reason."""
     need_root()
+    from .daemon import allowedips_daemons
+    single = allowedips_daemons()  # --backend allowedips: a daemon, no pins
     fronts = [front] if front else mapsmod.instances()
     res = []
     for f in fronts:
+        if f in single and not os.path.isdir(mapsmod.pin_dir(f)):
+            res.append({"front": f, "backend": "allowedips", "daemon": single[f]})
+            continue
         try:
             res.append(instance_status(f))
         except UsageError as e:
             if front:
                 raise
             res.append({"front": f, "error": e.message})  # one broken instance hides no other
+    if not front:
+        res += [{"front": f, "backend": "allowedips", "daemon": st} for f, st in sorted(single.items())
+                if f not in fronts]
 
     def human(all_):
         if not all_:
@@ -633,6 +641,20 @@ def status(front=None, as_json=False):
         for s in all_:
             if "error" in s:
                 click.echo(f"{s['front']}: {s['error']}")
+                continue
+            if s.get("backend") == "allowedips":
+                dmn = s["daemon"]
+                removal = {True: "single removals", False: "removal rewrites the peer's list",
+                           None: "removal not probed yet"}[dmn.get("remove_single")]
+                click.echo(f"{s['front']}: allowedips backend ({dmn.get('device_kind')} WireGuard, {removal}); "
+                           f"daemon {dmn['state']} (pid {dmn['pid']}), tables {dmn['tables']}, "
+                           f"{dmn['prefixes']} prefixes, {dmn['allowedips_changes']} allowed-IP changes, "
+                           f"{dmn['peer_rewrites']} list rewrites, {dmn['ecmp_prefixes']} ECMP prefixes "
+                           f"given to one peer, {dmn['resyncs']} resyncs")
+                if dmn.get("missing_peers"):
+                    click.echo(f"peers not on the device: {', '.join(dmn['missing_peers'])}")
+                if dmn.get("routes_per_peer"):
+                    click.echo("routes per peer: " + ", ".join(f"{k} {v}" for k, v in sorted(dmn["routes_per_peer"].items())))
                 continue
             where = (f"front {s['front_device']} egress {'hooked' if s['front_hooked'] else 'NOT HOOKED'}"
                      if not s["members_only"] else "members only (no front)")

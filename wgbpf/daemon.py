@@ -53,6 +53,21 @@ def read_status(front):
     return st
 
 
+def allowedips_daemons():
+    """{device: status} of the allowedips-backend daemons that left a status."""
+    out = {}
+    try:
+        names = os.listdir(RUN_DIR)
+    except OSError:
+        return out
+    for name in sorted(names):
+        if name.endswith(".json"):
+            st = read_status(name[:-5])
+            if st and st.get("backend") == "allowedips":
+                out[name[:-5]] = st
+    return out
+
+
 def _alive(pid):
     try:
         os.kill(int(pid), 0)

@@ -206,6 +206,12 @@ def test_ecmp_route_goes_to_one_peer_warned_once_and_counted(lab, daemon):
         for p in prefixes:
             assert (p in got["alice"]) != (p in got["bob"]), f"{p} must have exactly one peer: {got}"
         wait_status(lab, lambda st: st["ecmp_prefixes"] == 3)
+        r = run(*WGBPF, "--netns", lab.hub, "status", "--front", lab.front, "--json")
+        assert r.returncode == 0, r.stderr
+        st = json.loads(r.stdout)
+        assert st["backend"] == "allowedips" and st["daemon"]["ecmp_prefixes"] == 3, st
+        r = run(*WGBPF, "--netns", lab.hub, "status")
+        assert f"{lab.front}: allowedips backend" in r.stdout and "3 ECMP prefixes" in r.stdout, r.stdout
         assert daemon.text().count("multipath routes name several peers") == 1, daemon.text()
     finally:
         for p in prefixes:
