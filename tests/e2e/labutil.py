@@ -82,6 +82,23 @@ class Lab:
         r = self.spoke(src, "ping", "-c", str(count), "-i", interval, "-W", "2", *extra, dst)
         return r.returncode == 0
 
+    def ping_during(self, src, dst, action, interval="0.02"):
+        """Ping src -> dst for as long as `action()` runs (plus a margin on
+        each side), however slow the machine: returns (ping's summary
+        line, transmitted count, what action returned)."""
+        ping = subprocess.Popen(["ip", "netns", "exec", self.peers[src]["ns"], "ping", "-i", interval,
+                                 "-W", "1", dst], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            time.sleep(0.3 * TIME_SCALE)
+            out = action()
+            time.sleep(0.3 * TIME_SCALE)
+        finally:
+            ping.send_signal(signal.SIGINT)
+            text = ping.communicate(timeout=10 * TIME_SCALE)[0]
+        summary = next((line for line in text.splitlines() if "packet loss" in line), text)
+        sent = int(summary.split()[0]) if summary.split() and summary.split()[0].isdigit() else 0
+        return summary, sent, out
+
     def status(self):
         return json.loads(self.wgbpf("status", "--front", self.front, "--json").stdout)
 

@@ -13,7 +13,6 @@ to this run and removed afterwards, even when a test fails.
 import json
 import os
 import subprocess
-import threading
 import time
 
 import pytest
@@ -127,33 +126,25 @@ def test_tag_address_reaches_its_peer_and_multicast_reaches_all(lab):
     assert lab.status()["counters"]["flooded"] > flooded
 
 
-def _ping_during(lab, action, count=150):
-    """Run a fast ping alice -> bob while `action` runs; return loss output."""
-    result = {}
-
-    def pinger():
-        result["r"] = lab.spoke("alice", "ping", "-c", str(count), "-i", "0.02", "-W", "1",
-                                lab.peers["bob"]["host4"], timeout=60)
-    t = threading.Thread(target=pinger)
-    t.start()
-    time.sleep(0.3 * TIME_SCALE)
-    out = action()
-    t.join()
-    return result["r"], out
+def _ping_during(lab, action):
+    """Ping alice -> bob every 20 ms for as long as `action` runs."""
+    summary, sent, out = lab.ping_during("alice", lab.peers["bob"]["host4"], action)
+    assert sent >= 20, summary  # it really ran across the action
+    return summary, out
 
 
 def test_attach_again_changes_nothing_and_drops_nothing(lab):
-    r, out = _ping_during(lab, lambda: lab.attach(None, "--json"))
+    summary, out = _ping_during(lab, lambda: lab.attach(None, "--json"))
     res = json.loads(out.stdout)
     assert res["changes"] == [] and res["programs_reloaded"] is False
-    assert " 0% packet loss" in r.stdout, r.stdout
+    assert " 0% packet loss" in summary, summary
 
 
 def test_attach_with_changed_peers_updates_in_place(lab):
     # carol leaves: her member is unhooked and her routes go; alice <-> bob
     # keeps flowing while the instance changes under it
-    r, out = _ping_during(lab, lambda: lab.attach(["alice", "bob"]))
-    assert " 0% packet loss" in r.stdout, r.stdout
+    summary, out = _ping_during(lab, lambda: lab.attach(["alice", "bob"]))
+    assert " 0% packet loss" in summary, summary
     assert "peer carol removed" in out.stdout
     st = lab.status()
     assert {m["peer"] for m in st["members"]} == {"alice", "bob"}
