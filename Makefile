@@ -32,7 +32,13 @@ test-e2e: setup
 
 # The e2e suite again in a qemu guest whose kernel has the WireGuard module
 # (kernel WireGuard instead of wireguard-go); vm/setup.sh installs qemu, the
-# guest kernel and virtme-ng (idempotent).
+# two guest kernels and virtme-ng (idempotent). Variables (environment or
+# make's command line; vm/run.sh lists them all):
+#   VM_KERNEL=old|new  old (default): Debian 12's 6.12 rt kernel, BPF tests too;
+#                      new: Linux >= 6.16 (WGALLOWEDIP_F_REMOVE_ME), no headers,
+#                      so no BPF tests
+#   VM_TESTS=tests/e2e what pytest runs;  VM_PYTEST_ARGS  more pytest words
+# e.g. make vm-test VM_KERNEL=new VM_TESTS=tests/e2e/test_allowedips.py
 vm-test: setup
 	@bash vm/setup.sh
 	bash vm/run.sh

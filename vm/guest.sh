@@ -1,9 +1,10 @@
 #!/bin/bash
 # Runs inside the qemu guest that vm/run.sh boots (virtme-ng: the host's root
 # file system, read-only, with tmpfs overlays; OUT is shared read-write).
-# Prepares the guest (bpffs, the wireguard module, BCC's headers), runs the
-# e2e suite with kernel WireGuard, and leaves pytest's exit code in
-# OUT/result as "WGBPF_VM_RESULT rc=N": the host believes nothing else.
+# Prepares the guest (bpffs, the wireguard module, BCC's headers if
+# VM_NEED_BPF=1), runs pytest on VM_TESTS (default tests/e2e) with kernel
+# WireGuard, and leaves pytest's exit code in OUT/result as
+# "WGBPF_VM_RESULT rc=N": the host believes nothing else.
 # Usage: vm/guest.sh OUT   (OUT/env.sh holds the variables the host passes)
 set -uo pipefail
 OUT=$1
@@ -39,14 +40,18 @@ mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || fail "cannot mount 
 modprobe wireguard || fail "modprobe wireguard failed"
 ip link add wgbpf-vmchk type wireguard || fail "cannot create a kernel WireGuard device"
 ip link del wgbpf-vmchk
-[ -e "/lib/modules/$(uname -r)/build/Makefile" ] || fail "no kernel headers at /lib/modules/$(uname -r)/build (BCC needs them)"
+say "wireguard module loaded: $(cat /sys/module/wireguard/version 2>/dev/null || echo '?')"
+if [ "${VM_NEED_BPF:-1}" = 1 ]; then
+    [ -e "/lib/modules/$(uname -r)/build/Makefile" ] || fail "no kernel headers at /lib/modules/$(uname -r)/build (BCC needs them)"
+fi
+tests=${VM_TESTS:-tests/e2e}
 
 export WGBPF_LAB_WG=kernel
 export PYTHONDONTWRITEBYTECODE=1    # the checkout is read-only here
 t0=$(date +%s.%N)
-say "pytest tests/e2e (WGBPF_LAB_WG=kernel CI=${CI:-} WGBPF_TIME_SCALE=${WGBPF_TIME_SCALE:-1})"
-# shellcheck disable=SC2086   # VM_PYTEST_ARGS: extra words for pytest, e.g. -k NAME
-.venv/bin/python -m pytest -ra -p no:cacheprovider --durations=10 tests/e2e ${VM_PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log"
+say "pytest $tests (WGBPF_LAB_WG=kernel CI=${CI:-} WGBPF_TIME_SCALE=${WGBPF_TIME_SCALE:-1})"
+# shellcheck disable=SC2086   # VM_TESTS, VM_PYTEST_ARGS: words for pytest, e.g. -k NAME
+.venv/bin/python -m pytest -ra -p no:cacheprovider --durations=10 $tests ${VM_PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log"
 rc=${PIPESTATUS[0]}
 t1=$(date +%s.%N)
 awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f\n", b - a }' >"$OUT/test_seconds"

@@ -1,13 +1,20 @@
 #!/bin/bash
 # `make vm-test`: the e2e suite (tests/e2e) in a qemu guest whose kernel has
 # the WireGuard module, so the lab runs on kernel WireGuard instead of
-# wireguard-go. virtme-ng boots Debian's 6.12 rt kernel (vm/kernel.sh) on a
+# wireguard-go. virtme-ng boots one of two Debian kernels (vm/kernel.sh) on a
 # read-only view of this machine's root file system: the checkout, .venv,
 # BCC, wg and the kernel's modules and headers are the host's own.
 # Exits with pytest's exit code as the guest reported it in a shared
 # directory; no report (guest crashed, hung, never ran pytest) is a failure.
 #
 # Environment:
+#   VM_KERNEL=old|new     old (default): Debian 12's 6.12 rt kernel, with headers
+#                         (BCC); new: Linux >= 6.16 from trixie-backports
+#                         (WGALLOWEDIP_F_REMOVE_ME), no headers: BPF tests can't
+#                         run there. Or an installed kernel's version.
+#   VM_TESTS=tests/e2e    what pytest runs (paths or node ids, space-separated)
+#   VM_NEED_BPF=auto|0|1  check for the kernel's headers (BCC) before pytest;
+#                         auto: when a test file in VM_TESTS says require_bcc
 #   VM_KVM=auto|0|1       use KVM (auto: when /dev/kvm and vmx/svm are there)
 #   VM_MEMORY=2G VM_CPUS=(host's)   guest size
 #   VM_TIMEOUT=3600       seconds before the guest is killed (a failure)
@@ -24,14 +31,29 @@ die() { echo "vm/run: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root"
 [ -x .venv/bin/vng ] || die "no .venv/bin/vng: run vm/setup.sh (make vm-test does)"
 export PATH=$ROOT/.venv/bin:$PATH      # vng runs virtme-run from PATH
-kver=$(bash vm/kernel.sh) || die "no 6.12 rt kernel with modules and headers: run vm/setup.sh"
+sel=${VM_KERNEL:-old}
+kver=$(VM_KERNEL=$sel bash vm/kernel.sh) || die "no '$sel' guest kernel (VM_KERNEL=$sel): run vm/setup.sh"
+kimg=$(bash vm/kernel.sh --image "$kver") || die "kernel $kver has no image in /boot or /lib/modules/$kver"
+
+vm_tests=${VM_TESTS:-tests/e2e}
+need_bpf=${VM_NEED_BPF:-auto}
+if [ "$need_bpf" = auto ]; then
+    need_bpf=0
+    for t in $vm_tests; do
+        t=${t%%::*}
+        if [ -e "$t" ] && grep -rqs --include='*.py' require_bcc -- "$t"; then need_bpf=1; fi
+    done
+fi
+if [ "$need_bpf" = 1 ] && ! [ -e "/lib/modules/$kver/build/Makefile" ]; then
+    die "VM_TESTS=$vm_tests needs BPF (BCC) but kernel $kver has no headers; choose tests without BPF (VM_TESTS=...) or VM_KERNEL=old"
+fi
 
 kvm=${VM_KVM:-auto}
 if [ "$kvm" = auto ]; then
     kvm=0
     if [ -w /dev/kvm ] && grep -qE '\b(vmx|svm)\b' /proc/cpuinfo; then kvm=1; fi
 fi
-vng_args=(-r "/boot/vmlinuz-$kver" --user root --memory "${VM_MEMORY:-2G}")
+vng_args=(-r "$kimg" --user root --memory "${VM_MEMORY:-2G}")
 if [ -n "${VM_CPUS:-}" ]; then vng_args+=(--cpus "$VM_CPUS"); fi
 if [ "$kvm" = 1 ]; then
     scale=${WGBPF_TIME_SCALE:-1}
@@ -44,11 +66,12 @@ OUT=$(mktemp -d /tmp/wgbpf-vm.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 {
     printf 'export WGBPF_TIME_SCALE=%q\n' "$scale"
+    printf 'VM_TESTS=%q\nVM_NEED_BPF=%q\n' "$vm_tests" "$need_bpf"
     if [ -n "${CI:-}" ]; then printf 'export CI=%q\n' "$CI"; fi
     if [ -n "${VM_PYTEST_ARGS:-}" ]; then printf 'VM_PYTEST_ARGS=%q\n' "$VM_PYTEST_ARGS"; fi
 } >"$OUT/env.sh"
 
-say "booting $kver in qemu ($([ "$kvm" = 1 ] && echo KVM || echo 'software emulation, no KVM'))"
+say "VM_KERNEL=$sel: booting $kver ($kimg) for pytest $vm_tests (BPF: $([ "$need_bpf" = 1 ] && echo yes || echo no)) in qemu ($([ "$kvm" = 1 ] && echo KVM || echo 'software emulation, no KVM'))"
 t0=$(date +%s)
 set +e
 # A second read-only export of / for vm/guest.sh to mount with caching.
@@ -69,9 +92,9 @@ result=$(cat "$OUT/result" 2>/dev/null || true)
 if [[ $result =~ ^WGBPF_VM_RESULT\ rc=([0-9]+)$ ]]; then
     rc=${BASH_REMATCH[1]}
     if [ "$rc" = 0 ]; then
-        say "vm-test passed (kernel WireGuard, $kver)"
+        say "vm-test passed (kernel WireGuard, $kver, $vm_tests)"
     else
-        say "vm-test FAILED: pytest exit code $rc"
+        say "vm-test FAILED on $kver: pytest exit code $rc"
     fi
     exit "$rc"
 fi
