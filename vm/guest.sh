@@ -53,6 +53,12 @@ say "pytest $tests (WGBPF_LAB_WG=kernel CI=${CI:-} WGBPF_TIME_SCALE=${WGBPF_TIME
 # shellcheck disable=SC2086   # VM_TESTS, VM_PYTEST_ARGS: words for pytest, e.g. -k NAME
 .venv/bin/python -m pytest -ra -p no:cacheprovider --durations=10 $tests ${VM_PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log"
 rc=${PIPESTATUS[0]}
+if [ "$rc" = 0 ] && [ "${VM_BENCH:-0}" = 1 ]; then
+    # results land in OUT (the checkout is read-only here); the host copies them
+    say "bench_allowedips (kernel WireGuard)"
+    WGBPF_BENCH_OUT=$OUT .venv/bin/python tests/bench/bench_allowedips.py --wg kernel 2>&1 | tee "$OUT/bench.log"
+    rc=${PIPESTATUS[0]}
+fi
 t1=$(date +%s.%N)
 awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f\n", b - a }' >"$OUT/test_seconds"
 say "pytest exit code $rc after $(cat "$OUT/test_seconds")s"

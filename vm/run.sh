@@ -20,6 +20,10 @@
 #   VM_TIMEOUT=3600       seconds before the guest is killed (a failure)
 #   WGBPF_TIME_SCALE      wait multiplier for tests (default: 8 without KVM)
 #   VM_PYTEST_ARGS        extra pytest arguments, e.g. "-k daemon -x"
+#   VM_BENCH=1            after the tests pass, tests/bench/bench_allowedips.py in
+#                         the guest; its JSON is copied to bench-results/
+#   WGBPF_EXPECT_REMOVE_SINGLE=1|0  passed through: what the allowedips tests
+#                         must find the guest kernel's WireGuard able to do
 #   CI                    passed through (CI=true turns skips into failures)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,6 +73,10 @@ trap 'rm -rf "$OUT"' EXIT
     printf 'VM_TESTS=%q\nVM_NEED_BPF=%q\n' "$vm_tests" "$need_bpf"
     if [ -n "${CI:-}" ]; then printf 'export CI=%q\n' "$CI"; fi
     if [ -n "${VM_PYTEST_ARGS:-}" ]; then printf 'VM_PYTEST_ARGS=%q\n' "$VM_PYTEST_ARGS"; fi
+    if [ -n "${WGBPF_EXPECT_REMOVE_SINGLE:-}" ]; then
+        printf 'export WGBPF_EXPECT_REMOVE_SINGLE=%q\n' "$WGBPF_EXPECT_REMOVE_SINGLE"
+    fi
+    printf 'VM_BENCH=%q\n' "${VM_BENCH:-0}"
 } >"$OUT/env.sh"
 
 say "VM_KERNEL=$sel: booting $kver ($kimg) for pytest $vm_tests (BPF: $([ "$need_bpf" = 1 ] && echo yes || echo no)) in qemu ($([ "$kvm" = 1 ] && echo KVM || echo 'software emulation, no KVM'))"
@@ -88,6 +96,11 @@ boot=$(cat "$OUT/boot_seconds" 2>/dev/null || echo '?')
 tests=$(cat "$OUT/test_seconds" 2>/dev/null || echo '?')
 say "timings: guest booted in ${boot}s, tests ${tests}s, whole vm run $((t1 - t0))s"
 [ "$vrc" = 124 ] && echo "vm/run: the guest was killed after ${VM_TIMEOUT:-3600}s" >&2
+if compgen -G "$OUT/allowedips-*.json" >/dev/null; then
+    mkdir -p bench-results
+    for f in "$OUT"/allowedips-*.json; do cp "$f" "bench-results/$(basename "$f" .json)-$kver.json"; done
+    say "bench results: $(ls bench-results/allowedips-*-"$kver".json)"
+fi
 result=$(cat "$OUT/result" 2>/dev/null || true)
 if [[ $result =~ ^WGBPF_VM_RESULT\ rc=([0-9]+)$ ]]; then
     rc=${BASH_REMATCH[1]}

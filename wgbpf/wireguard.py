@@ -100,13 +100,31 @@ def _attrs(buf, off, end):
         off += (length + 3) & ~3
 
 
+def _allowedip_head(family, addr_len):
+    """Everything of one allowed-IP nest before its address, and the
+    cidr attribute's header: the nest is built by concatenation, which
+    matters at 100k prefixes."""
+    size = 4 + 8 + _pad4(4 + addr_len) + 8
+    head = (_NLA.pack(size, NLA_F_NESTED) + _attr(WGALLOWEDIP_A_FAMILY, struct.pack("=H", family))
+            + _NLA.pack(4 + addr_len, WGALLOWEDIP_A_IPADDR))
+    return head, size
+
+
+def _pad4(n):
+    return (n + 3) & ~3
+
+
+_HEADS = {AF4: _allowedip_head(AF4, 4), AF6: _allowedip_head(AF6, 16)}
+_CIDR = _NLA.pack(5, WGALLOWEDIP_A_CIDR_MASK)
+_REMOVE = _attr(WGALLOWEDIP_A_FLAGS, struct.pack("=I", WGALLOWEDIP_F_REMOVE_ME))
+
+
 def _allowedip(k, remove=False):
-    parts = [_attr(WGALLOWEDIP_A_FAMILY, struct.pack("=H", k[0])),
-             _attr(WGALLOWEDIP_A_IPADDR, k[2:]),
-             _attr(WGALLOWEDIP_A_CIDR_MASK, bytes((k[1],)))]
+    head, size = _HEADS[k[0]]
     if remove:
-        parts.append(_attr(WGALLOWEDIP_A_FLAGS, struct.pack("=I", WGALLOWEDIP_F_REMOVE_ME)))
-    return _nest(0, parts)
+        head = _NLA.pack(size + len(_REMOVE), NLA_F_NESTED) + head[4:]
+        return head + k[2:] + _CIDR + bytes((k[1], 0, 0, 0)) + _REMOVE
+    return head + k[2:] + _CIDR + bytes((k[1], 0, 0, 0))
 
 
 def encode_peer_chunks(change):

@@ -19,7 +19,7 @@ peer's tag. Measured in the same run:
      removal), for comparison with b
 
 Progress goes to stderr, a table to stdout, everything to
-bench-results/allowedips.json. Ratios are what to read: under emulation
+bench-results/allowedips-<kernel|go>.json (or $WGBPF_BENCH_OUT/). Ratios are what to read: under emulation
 (the vm tier) absolute times mean little.
 
     bench_allowedips.py [--routes N] [--repeat R] [--wg kernel|go|auto]
@@ -27,11 +27,10 @@ bench-results/allowedips.json. Ratios are what to read: under emulation
 Not a test: pytest never collects bench_*.py.
 """
 import argparse
-import ipaddress
+import base64
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,7 @@ from wgbtest import entered_netns  # noqa: E402
 
 from wgbpf import allowedips as aip, config as configmod, routes as rt, sync, wireguard as wg  # noqa: E402
 
-RESULTS_DIR = os.path.join(REPO, "bench-results")
+RESULTS_DIR = os.environ.get("WGBPF_BENCH_OUT") or os.path.join(REPO, "bench-results")
 TAG, OTHER_TAG = "10.255.0.1", "10.255.0.2"
 
 
@@ -150,12 +149,12 @@ class Bench:
         return d
 
     def allowed_count(self):
-        return len(wg.open_device(self.dev).peers()[bytes.fromhex(self._hex(self.peer))])
-
-    @staticmethod
-    def _hex(b64):
-        import base64
-        return base64.b64decode(b64).hex()
+        """The peer's allowed IPs as the device reports them (call in the netns)."""
+        dev = wg.open_device(self.dev)
+        try:
+            return len(dev.peers()[base64.b64decode(self.peer)])
+        finally:
+            dev.close()
 
     def event(self, events, verb, p):
         sh("ip", "-n", self.ns, "route", verb, p, "via", TAG, "dev", self.dev, "onlink")
@@ -206,7 +205,7 @@ class Bench:
             self.row("d one route deleted", statistics.median(dels),
                      f"median of {rep}; {'single removal' if d.can_remove else 'peer list rewritten'}")
 
-            key = bytes.fromhex(self._hex(self.peer))
+            key = base64.b64decode(self.peer)
             full = sorted(d.dev.peers[key])
             rewrites = []
             for _ in range(rep):
@@ -215,9 +214,9 @@ class Bench:
                 rewrites.append(time.perf_counter() - t0)
             self.row("e wgbpf whole-list rewrite", statistics.median(rewrites), f"median of {rep}")
             d.device.close()
-        confs = [self.syncconf(n) for _ in range(rep)]
-        self.row("b wg syncconf, whole list", statistics.median(confs), f"median of {rep}")
-        assert self.allowed_count() == n + 1
+            confs = [self.syncconf(n) for _ in range(rep)]
+            self.row("b wg syncconf, whole list", statistics.median(confs), f"median of {rep}")
+            assert self.allowed_count() == n + 1
         return d.can_remove
 
     def report(self, can_remove):
