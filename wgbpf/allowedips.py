@@ -22,7 +22,6 @@ only its own prefixes). Logged once, counted in the status.
 """
 import hashlib
 import os
-import socket
 import time
 
 from . import daemon as daemonmod, routes as rt, sync, wireguard as wg
@@ -194,13 +193,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
         nl = rt.Netlink(rcvbuf=self.rcvbuf)
         try:
             table = sync.Table(self._tags(nl), self.filter)
-            n = 0
-            for fam in (socket.AF_INET, socket.AF_INET6):
-                for r in rt.dump_routes(nl, fam):
-                    table.update(r)
-                    n += 1
-                    if self.progress and n % 65536 == 0:
-                        self.progress("dump", n)
+            n = self._dump(nl, [table])
         finally:
             nl.close()
         self.dev = Device(self.device.peers())

@@ -157,20 +157,24 @@ class Daemon:
             out["accept"] = sync.Table(tags, f, union=True)
         return out
 
+    def _dump(self, nl, tables):
+        """Every route of the kernel into each Table; returns the count."""
+        n = 0
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            for r in rt.dump_routes(nl, fam):
+                for t in tables:
+                    t.update(r)
+                n += 1
+                if self.progress and n % 65536 == 0:
+                    self.progress("dump", n)
+        return n
+
     def full_sync(self, why):
         t0 = time.monotonic()
         nl = rt.Netlink(rcvbuf=self.rcvbuf)
         try:
             tables = self._new_tables(self._tags(nl))
-            n = 0
-            if tables:
-                for fam in (socket.AF_INET, socket.AF_INET6):
-                    for r in rt.dump_routes(nl, fam):
-                        for t in tables.values():
-                            t.update(r)
-                        n += 1
-                        if self.progress and n % 65536 == 0:
-                            self.progress("dump", n)
+            n = self._dump(nl, tables.values()) if tables else 0
         finally:
             nl.close()
         t_dump = time.monotonic() - t0

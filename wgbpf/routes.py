@@ -64,7 +64,8 @@ class KernelRoute(collections.namedtuple(
         return (self.family, self.dst, self.dst_len, self.table, self.priority)
 
 
-def _attrs(buf, off, end):
+def attrs(buf, off, end):
+    """(type, payload start, payload end) of each netlink attribute in buf[off:end]."""
     while off + 4 <= end:
         length, kind = _RTATTR.unpack_from(buf, off)
         if length < 4:
@@ -82,7 +83,7 @@ def _nexthops(buf, a, b):
         if nh_len < _RTNH.size:
             break
         gw = None
-        for kind, x, y in _attrs(buf, a + _RTNH.size, a + nh_len):
+        for kind, x, y in attrs(buf, a + _RTNH.size, a + nh_len):
             if kind == RTA_GATEWAY:
                 gw = bytes(buf[x:y])
             elif kind == RTA_VIA:  # struct rtvia { sa_family; addr[] }
@@ -145,7 +146,7 @@ def parse_addr(buf, off, end):
     """RTM_NEWADDR/DELADDR -> (ifindex, local bytes, peer bytes or None)."""
     family, _plen, _flags, _scope, index = _IFADDRMSG.unpack_from(buf, off)
     address = local = None
-    for kind, a, b in _attrs(buf, off + _IFADDRMSG.size, end):
+    for kind, a, b in attrs(buf, off + _IFADDRMSG.size, end):
         if kind == IFA_ADDRESS:
             address = bytes(buf[a:b])
         elif kind == IFA_LOCAL:
@@ -159,7 +160,7 @@ def parse_link(buf, off, end):
     """RTM_NEWLINK -> (ifindex, name, up)."""
     _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(buf, off)
     name = None
-    for kind, a, b in _attrs(buf, off + _IFINFOMSG.size, end):
+    for kind, a, b in attrs(buf, off + _IFINFOMSG.size, end):
         if kind == IFLA_IFNAME:
             name = bytes(buf[a:b]).rstrip(b"\0").decode()
     # administrative state, as attach reads it: `ip link set down` takes a

@@ -16,6 +16,8 @@ import os
 import socket
 import struct
 
+from .routes import attrs
+
 UAPI_DIR = "/var/run/wireguard"
 KEY_LEN = 32
 AF4, AF6 = socket.AF_INET, socket.AF_INET6
@@ -91,15 +93,6 @@ def _nest(kind, parts):
     return _attr(kind | NLA_F_NESTED, body)
 
 
-def _attrs(buf, off, end):
-    while off + 4 <= end:
-        length, kind = _NLA.unpack_from(buf, off)
-        if length < 4:
-            return
-        yield kind & 0x3FFF, off + 4, off + length
-        off += (length + 3) & ~3
-
-
 def _allowedip_head(family, addr_len):
     """Everything of one allowed-IP nest before its address, and the
     cidr attribute's header: the nest is built by concatenation, which
@@ -156,18 +149,18 @@ def encode_peer_chunks(change):
 def parse_device(buf, off, end, peers):
     """One WG_CMD_GET_DEVICE reply into peers {public key: set of pkeys}.
     A peer with many allowed IPs continues in the next message."""
-    for kind, a, b in _attrs(buf, off, end):
+    for kind, a, b in attrs(buf, off, end):
         if kind != WGDEVICE_A_PEERS:
             continue
-        for _i, pa, pb in _attrs(buf, a, b):
+        for _i, pa, pb in attrs(buf, a, b):
             key, ips = None, []
-            for pk, x, y in _attrs(buf, pa, pb):
+            for pk, x, y in attrs(buf, pa, pb):
                 if pk == WGPEER_A_PUBLIC_KEY:
                     key = bytes(buf[x:y])
                 elif pk == WGPEER_A_ALLOWEDIPS:
-                    for _j, ia, ib in _attrs(buf, x, y):
+                    for _j, ia, ib in attrs(buf, x, y):
                         fam = cidr = addr = None
-                        for ak, u, v in _attrs(buf, ia, ib):
+                        for ak, u, v in attrs(buf, ia, ib):
                             if ak == WGALLOWEDIP_A_FAMILY:
                                 fam = struct.unpack_from("=H", buf, u)[0]
                             elif ak == WGALLOWEDIP_A_IPADDR:
@@ -230,7 +223,7 @@ class GenlDevice:
         fid = None
         try:
             for buf, off, end in self._replies():
-                for kind, a, _b in _attrs(buf, off, end):
+                for kind, a, _b in attrs(buf, off, end):
                     if kind == CTRL_ATTR_FAMILY_ID:
                         fid = struct.unpack_from("=H", buf, a)[0]
         except OSError as e:

@@ -39,7 +39,7 @@ def reparse(nests):
 
 
 def peer_flags(nest):
-    for kind, a, _b in wg._attrs(nest, 4, len(nest)):
+    for kind, a, _b in wg.attrs(nest, 4, len(nest)):
         if kind == wg.WGPEER_A_FLAGS:
             return struct.unpack_from("=I", nest, a)[0]
 
@@ -63,10 +63,10 @@ def test_replace_with_nothing_still_clears():
 def test_removal_carries_the_remove_flag_per_allowed_ip():
     nest = wg.encode_peer_chunks(wg.PeerChange(KEYS[0], add=[pk("10.0.0.0/8")], remove=[pk("10.1.0.0/16")]))[0]
     seen = {}
-    for kind, a, b in wg._attrs(nest, 4, len(nest)):
+    for kind, a, b in wg.attrs(nest, 4, len(nest)):
         if kind == wg.WGPEER_A_ALLOWEDIPS:
-            for _i, x, y in wg._attrs(nest, a, b):
-                attrs = {k: bytes(nest[u:v]) for k, u, v in wg._attrs(nest, x, y)}
+            for _i, x, y in wg.attrs(nest, a, b):
+                attrs = {k: bytes(nest[u:v]) for k, u, v in wg.attrs(nest, x, y)}
                 seen[attrs[wg.WGALLOWEDIP_A_CIDR_MASK][0]] = attrs.get(wg.WGALLOWEDIP_A_FLAGS)
     assert seen == {8: None, 16: struct.pack("=I", wg.WGALLOWEDIP_F_REMOVE_ME)}
 
