@@ -51,10 +51,14 @@ vm-test: setup
 # too, DATAPLANE_ARGS passes its own options.
 BENCH_ARGS ?= --v4 1000000 --v6 200000
 DATAPLANE_ARGS ?= $(filter --quick,$(BENCH_ARGS))
+# Then the allowedips backend against `wg syncconf` (100k allowed IPs on one
+# peer; here on wireguard-go, in the vm tier on kernel WireGuard: VM_BENCH=1).
+ALLOWEDIPS_ARGS ?= $(if $(filter --quick,$(BENCH_ARGS)),--routes 10000,--routes 100000)
 bench: setup
 	@$(PYTHON) -c 'import matplotlib' 2>/dev/null || .venv/bin/pip install -q --disable-pip-version-check -e '.[bench]'
 	$(PYTHON) tests/bench/bench_sync.py $(BENCH_ARGS)
 	$(PYTHON) tests/bench/bench_dataplane.py $(DATAPLANE_ARGS)
+	$(PYTHON) tests/bench/bench_allowedips.py $(ALLOWEDIPS_ARGS)
 
 clean: demo-down
 	rm -rf .venv .pytest_cache .hypothesis *.egg-info
