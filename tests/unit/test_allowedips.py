@@ -212,3 +212,11 @@ def test_daemon_on_a_missing_device_names_it():
                                   "--peer", f"alice={KEY_TEXT},10.255.0.2"])
     assert r.exit_code == 1
     assert "wgbpf-nodev0" in r.output
+
+
+def test_attach_refuses_an_allowedips_config(tmp_path):
+    path = tmp_path / "w.toml"
+    path.write_text(f'backend = "allowedips"\nfront = "wg0"\n[[peer]]\nname = "a"\npublic_key = "{KEY_TEXT}"\n')
+    r = CliRunner().invoke(main, ["attach", "--config", str(path)])
+    assert r.exit_code == 1
+    assert "no BPF data plane" in r.output and "wgbpf daemon" in r.output
