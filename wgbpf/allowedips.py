@@ -97,22 +97,22 @@ class Device:
 
     def apply(self, change):
         """Keep the view in step with a PeerChange written to the device."""
-        mine = self.peers.setdefault(change.key, set())
-        if change.replace:
-            for k in mine:
-                if self.owner.get(k) == change.key:
-                    del self.owner[k]
-            mine.clear()
-        for k in change.remove:
-            mine.discard(k)
-            if self.owner.get(k) == change.key:
+        key = change.key
+        mine = self.peers.setdefault(key, set())
+        add = set(change.add)
+        # set arithmetic first: a rewrite of a 100k list changes a few entries
+        gone = (mine - add) if change.replace else mine.intersection(change.remove)
+        new = add - mine
+        for k in gone:
+            if self.owner.get(k) == key:
                 del self.owner[k]
-        for k in change.add:
+        mine -= gone
+        for k in new:
             was = self.owner.get(k)
-            if was is not None and was != change.key:
+            if was is not None and was != key:
                 self.peers[was].discard(k)  # a prefix has one peer: adding moves it
-            self.owner[k] = change.key
-            mine.add(k)
+            self.owner[k] = key
+        mine |= new
 
 
 def changes(want, dev, managed, can_remove, keys=None):
@@ -134,8 +134,9 @@ def changes(want, dev, managed, can_remove, keys=None):
     for key in sorted(set(add) | set(remove)):
         if key in remove and not can_remove:
             # rewrite this peer's list: what it keeps, and what it gains
-            keep = {k for k in dev.peers.get(key, ()) if k not in keys or want.get(k) == key}
-            out.append(wg.PeerChange(key, add=sorted(keep | set(add.get(key, ()))), replace=True))
+            lost = {k for k in keys if want.get(k) != key}
+            out.append(wg.PeerChange(key, add=list((dev.peers.get(key, set()) - lost).union(add.get(key, ()))),
+                                     replace=True))
         else:
             out.append(wg.PeerChange(key, add=sorted(add.get(key, ())), remove=sorted(remove.get(key, ()))))
     return out

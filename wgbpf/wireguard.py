@@ -49,7 +49,8 @@ class WireGuardError(Exception):
 
 
 def prefix_text(k):
-    return f"{ipaddress.ip_address(k[2:])}/{k[1]}"
+    # inet_ntop: a tenth of ipaddress's cost, which shows at 100k prefixes
+    return f"{socket.inet_ntop(k[0], k[2:])}/{k[1]}"
 
 
 def text_prefix(text):
