@@ -197,6 +197,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
             n = self._dump(nl, [table])
         finally:
             nl.close()
+        t_dump = time.monotonic() - t0
         self.dev = Device(self.device.peers())
         present = set(self.dev.peers)
         missing = [p.name for p in self.cfg.peers if p.public_key not in present]
@@ -218,7 +219,8 @@ class AllowedIPsDaemon(daemonmod.Daemon):
         self.stats["last_sync_seconds"] = round(dt, 3)
         self.log(f"sync ({why}): {n} routes read, {len(table)} prefixes name peers, "
                  f"{table.ignored} ignored, {self.stats['allowedips_changes'] - before} allowed-IP changes "
-                 f"({len(todo)} peers touched) in {dt:.2f}s")
+                 f"({len(todo)} peers touched) in {dt:.2f}s (route dump {t_dump:.2f}s)")
+        self.stats["last_sync_dump_seconds"] = round(t_dump, 3)
         self.write_status("running")
 
     def handle(self, events):
