@@ -169,10 +169,11 @@ def parse_link(buf, off, end):
 
 
 class Netlink:
-    """A raw NETLINK_ROUTE socket: dumps, and events when `groups` is set."""
+    """A raw netlink socket (NETLINK_ROUTE unless told): dumps, and events
+    when `groups` is set."""
 
-    def __init__(self, groups=0, rcvbuf=32 << 20):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    def __init__(self, groups=0, rcvbuf=32 << 20, protocol=NETLINK_ROUTE):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         try:
             # SO_RCVBUFFORCE (root) lifts the rmem_max cap: a burst of route
             # events must not overrun us when it can be avoided.

@@ -16,7 +16,7 @@ import os
 import socket
 import struct
 
-from .routes import attrs
+from .routes import Netlink, attrs
 
 UAPI_DIR = "/var/run/wireguard"
 KEY_LEN = 32
@@ -180,43 +180,29 @@ class GenlDevice:
 
     def __init__(self, name):
         self.name = name
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        self.nl = Netlink(rcvbuf=4 << 20, protocol=NETLINK_GENERIC)
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)  # SO_SNDBUFFORCE
-            self.sock.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE
+            self.nl.sock.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)  # SO_SNDBUFFORCE
         except OSError:
             pass
-        self.sock.bind((0, 0))
-        self.seq = 0
         self.family = self._family_id()
 
     def close(self):
-        self.sock.close()
+        self.nl.close()
 
     def _send(self, mtype, flags, cmd, attrs):
-        self.seq += 1
+        self.nl.seq += 1
         body = struct.pack("=BBH", cmd, 1, 0) + attrs
-        self.sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, flags, self.seq, 0) + body)
-        return self.seq
+        self.nl.sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, flags, self.nl.seq, 0) + body)
 
     def _replies(self):
-        """Yield (buf, body offset, end) of each reply until DONE or the ack."""
+        """Yield (buf, attributes offset, end) of each reply until DONE or
+        the ack; an error reply raises OSError."""
         while True:
-            buf = self.sock.recv(1 << 20)
-            off = 0
-            while off + _NLMSGHDR.size <= len(buf):
-                length, mtype, _flags, _seq, _pid = _NLMSGHDR.unpack_from(buf, off)
-                if length < _NLMSGHDR.size:
+            for mtype, buf, off, end in self.nl.messages():
+                if mtype in (NLMSG_DONE, NLMSG_ERROR):
                     return
-                if mtype == NLMSG_DONE:
-                    return
-                if mtype == NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", buf, off + 16)[0]
-                    if err:
-                        raise OSError(err, os.strerror(err))
-                    return
-                yield buf, off + _NLMSGHDR.size + 4, off + length  # past genlmsghdr
-                off += (length + 3) & ~3
+                yield buf, off + 4, end  # past genlmsghdr
 
     def _family_id(self):
         self._send(GENL_ID_CTRL, NLM_F_REQUEST | NLM_F_ACK, CTRL_CMD_GETFAMILY,

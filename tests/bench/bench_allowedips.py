@@ -42,6 +42,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 for _p in (REPO, os.path.join(REPO, "tests")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
+from benchutil import log, sh  # noqa: E402
 from wgbtest import entered_netns  # noqa: E402
 
 from wgbpf import allowedips as aip, config as configmod, routes as rt, sync, wireguard as wg  # noqa: E402
@@ -50,15 +51,6 @@ RESULTS_DIR = os.environ.get("WGBPF_BENCH_OUT") or os.path.join(REPO, "bench-res
 TAG, OTHER_TAG = "10.255.0.1", "10.255.0.2"
 
 
-def log(msg):
-    print(f"[bench-allowedips] {msg}", file=sys.stderr, flush=True)
-
-
-def sh(*cmd, check=True, **kw):
-    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    if check and r.returncode != 0:
-        raise SystemExit(f"{' '.join(map(str, cmd[:6]))} failed: {r.stderr.strip()}")
-    return r
 
 
 def prefix(i):

@@ -63,6 +63,7 @@ for p in (REPO, HERE, os.path.dirname(HERE)):
         sys.path.insert(0, p)
 
 import dir24  # noqa: E402
+from benchutil import log, sh  # noqa: E402
 from wgbtest import entered_netns  # noqa: E402  (tests/wgbtest.py)
 
 CLONE_NEWNET = 0x40000000
@@ -346,15 +347,6 @@ V6_METHODS = ("floor", "egress_lpm", "egress_fib", "ingress_lpm", "ingress_fib",
 # -- helpers -------------------------------------------------------------------
 
 
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def sh(*cmd, check=True, **kw):
-    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}: exit {r.returncode}: {r.stderr.strip()[:800]}")
-    return r
 
 
 def meminfo():

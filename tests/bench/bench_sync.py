@@ -50,6 +50,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 for _p in (REPO, os.path.join(REPO, "tests")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
+from benchutil import log, sh  # noqa: E402
 from wgbtest import entered_netns  # noqa: E402  (tests/wgbtest.py)
 
 CLONE_NEWNET = 0x40000000
@@ -66,15 +67,6 @@ V6_LENGTHS = {32: 10.0, 33: 0.5, 34: 0.5, 35: 0.5, 36: 3.0, 37: 0.3, 38: 0.3, 39
               48: 60.0, 52: 0.5, 56: 3.0, 60: 0.5, 64: 3.0}
 
 
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def sh(*cmd, check=True, **kw):
-    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}: exit {r.returncode}: {r.stderr.strip()}")
-    return r
 
 
 def wgbpf_cmd():
