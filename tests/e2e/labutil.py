@@ -2,6 +2,7 @@
 wgbpf CLI run in the hub's namespace, pings and counters."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,8 +85,10 @@ class Lab:
 
     def ping_during(self, src, dst, action, interval="0.02"):
         """Ping src -> dst for as long as `action()` runs (plus a margin on
-        each side), however slow the machine: returns (ping's summary
-        line, transmitted count, what action returned)."""
+        each side), however slow the machine. Returns (the replies' highest
+        icmp_seq, the sequence numbers below it that got no reply, what
+        action returned). Judged by sequence numbers, not ping's summary:
+        the request in flight when ping is stopped is no loss."""
         ping = subprocess.Popen(["ip", "netns", "exec", self.peers[src]["ns"], "ping", "-i", interval,
                                  "-W", "1", dst], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
@@ -95,9 +98,9 @@ class Lab:
         finally:
             ping.send_signal(signal.SIGINT)
             text = ping.communicate(timeout=10 * TIME_SCALE)[0]
-        summary = next((line for line in text.splitlines() if "packet loss" in line), text)
-        sent = int(summary.split()[0]) if summary.split() and summary.split()[0].isdigit() else 0
-        return summary, sent, out
+        seqs = {int(m) for m in re.findall(r"icmp_seq=(\d+) ttl=", text)}
+        last = max(seqs, default=0)
+        return last, sorted(set(range(1, last + 1)) - seqs), out
 
     def status(self):
         return json.loads(self.wgbpf("status", "--front", self.front, "--json").stdout)
