@@ -6,25 +6,27 @@ prefix; and real throughput through the lab.
 Run as root (make bench). One run measures, side by side:
 
   1  In a throwaway network namespace (a TUN front and four TUN members,
-     forwarding on, wgbpf attached in LPM mode, peers tagged 100.64.0.i and
-     fe80::i), the same internet-like prefixes go into the kernel FIB
-     (`ip -batch`, `via <tag> dev <front> onlink`) and into wgbpf's routes4
-     map, at IPv4 table sizes 0, 1k, 100k and 1M, then 200k IPv6.
+     forwarding on, wgbpf attached in DIR-24-8 mode so that its arrays get
+     their full size, peers tagged 100.64.0.i and fe80::i), the same
+     internet-like prefixes go into the kernel FIB (`ip -batch`,
+     `via <tag> dev <front> onlink`) and into wgbpf's routes4 map, at IPv4
+     table sizes 0, 1k, 100k and 1M, then 200k IPv6; at each IPv4 size the
+     DIR-24-8 arrays are compiled from routes4 as attach does.
   2  wgbpf.c is compiled once more with BENCH_PREFIX/BENCH_SUFFIX: the
      WGBPF_BENCH_DST/SRC hooks overwrite the parsed address with one drawn
      at random (bpf_get_prandom_u32) from 65,536 addresses of the table, and
-     the suffix adds bench programs: bench_floor (parse + draw), bench_fib
-     (one bpf_fib_lookup), bench_dir24 (one DIR-24-8 lookup + pick, the
-     tables built by tests/bench/dir24.py and written through mmap of
-     BPF_F_MMAPABLE arrays), and bench_dir24_egress / bench_dir24_ingress
-     (front_egress / member_ingress, strict, with that lookup in place of
-     the LPM trie: the same counters, peer stats and redirects).
-  3  Every program runs through BPF_PROG_TEST_RUN, median of 3 runs of
-     --repeat packets, the methods interleaved within each round so that
-     noise from other work on the machine hits all of them alike, for one
-     repeated address (cache-hot) and for random addresses of the table.
+     the suffix adds two bench programs: bench_floor (parse + draw) and
+     bench_fib (one bpf_fib_lookup).
+  3  front_egress and member_ingress (strict) run in each lookup mode
+     (config.lookup switched between lpm, fib and dir24; dir24 is IPv4
+     only), with bench_floor and bench_fib, through BPF_PROG_TEST_RUN:
+     median of 3 runs of --repeat packets, the methods interleaved within
+     each round so that noise from other work on the machine hits all of
+     them alike, for one repeated address (cache-hot) and for random
+     addresses of the table.
   4  Slab (SReclaimable + SUnreclaim) and Percpu from /proc/meminfo around
-     each fill of the kernel FIB and of the LPM maps, and the maps' memlock.
+     each fill of the kernel FIB and of the LPM maps, the maps' memlock,
+     and the memlock of the DIR-24-8 arrays (fixed, whatever the table).
   5  iperf3 (3 runs x 3 s) and ping (50 x 0.05 s) between two spokes of
      lab/lab.sh, alternating: wgbpf LPM, wgbpf FIB, and the baseline
      without wgbpf (hub routes straight to the member devices).
@@ -42,7 +44,6 @@ import contextlib
 import ctypes
 import ipaddress
 import json
-import mmap
 import os
 import random
 import re
@@ -62,7 +63,6 @@ for p in (REPO, HERE, os.path.dirname(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-import dir24  # noqa: E402
 from benchutil import log, sh  # noqa: E402
 from wgbtest import entered_netns  # noqa: E402  (tests/wgbtest.py)
 
@@ -73,8 +73,6 @@ LAB = os.path.join(REPO, "lab", "lab.sh")
 NADDR = 65536                 # addresses the programs draw from (& 0xffff)
 SKB_CTX_SIZE = 192            # sizeof(struct __sk_buff)
 SKB_CTX_IFINDEX = 40          # offsetof(struct __sk_buff, ifindex)
-TBL8_GROUPS = dir24.MAX_GROUPS
-DIR24_SETS = 256
 
 # Internet-like prefix lengths (weights, roughly today's BGP tables).
 V4_LENGTHS = {8: 0.005, 9: 0.01, 10: 0.03, 11: 0.05, 12: 0.1, 13: 0.2, 14: 0.3, 15: 0.3,
@@ -120,24 +118,12 @@ static __always_inline void bench_draw_src(unsigned char *to)
 
 BENCH_SUFFIX = r"""
 /* ---- tests/bench/bench_dataplane.py: after wgbpf.c ---- */
-#define BENCH_F_MMAPABLE (1U << 10) /* BPF_F_MMAPABLE */
 #define BENCH_HIT 0
 #define BENCH_MISS 1
 #define BENCH_FLOOR 2
 #define BENCH_ERROR 3
 
 BPF_PERCPU_ARRAY(bench_hits, u64, 4);
-
-/* DIR-24-8 (tests/bench/dir24.py): 2^24 u16 entries, 32 per element */
-struct bench_blk24 {
-	__u16 e[32];
-};
-struct bench_grp8 {
-	__u16 e[256];
-};
-BPF_F_TABLE("array", u32, struct bench_blk24, bench_tbl24, 1 << 19, BENCH_F_MMAPABLE);
-BPF_F_TABLE("array", u32, struct bench_grp8, bench_tbl8, BENCH_TBL8_GROUPS, BENCH_F_MMAPABLE);
-BPF_ARRAY(bench_sets, struct wgbpf_route, BENCH_SETS);
 
 static __always_inline void bench_count(__u32 i)
 {
@@ -193,140 +179,10 @@ int bench_fib(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-static __always_inline struct wgbpf_route *dir24_route(const __u8 *addr)
-{
-	__u32 a = ((__u32)addr[0] << 24) | ((__u32)addr[1] << 16) | ((__u32)addr[2] << 8) | addr[3];
-	__u32 i24 = a >> 8, blk = i24 >> 5, e;
-	struct bench_blk24 *b = bench_tbl24.lookup(&blk);
-
-	if (!b)
-		return NULL;
-	e = b->e[i24 & 31];
-	if (e & 0x8000) {
-		__u32 g = e & 0x7fff;
-		struct bench_grp8 *grp = bench_tbl8.lookup(&g);
-		if (!grp)
-			return NULL;
-		e = grp->e[a & 0xff];
-	}
-	if (!e)
-		return NULL;
-	return bench_sets.lookup(&e);
-}
-
-/* parse + draw + one DIR-24-8 lookup + pick(), as front_egress's LPM path */
-int bench_dir24(struct __sk_buff *skb)
-{
-	struct packet p = {};
-	struct wgbpf_route *r;
-	__u32 ifindex = 0, id = 0;
-
-	if (parse(skb, &p) < 0)
-		return TC_ACT_SHOT;
-	WGBPF_BENCH_DST(&p);
-	if (p.family != AF_INET)
-		return TC_ACT_SHOT;
-	r = dir24_route(p.dst);
-	if (r)
-		id = pick(r, p.hash, &ifindex);
-	bench_count(id ? BENCH_HIT : BENCH_MISS);
-	return TC_ACT_OK;
-}
-
-/* front_egress (IPv4, unicast) with the DIR-24-8 lookup in place of routes4 */
-int bench_dir24_egress(struct __sk_buff *skb)
-{
-	struct packet p = {};
-	__u32 zero = 0, reason, ifindex = 0, id;
-	struct wgbpf_config *cfg = config.lookup(&zero);
-	struct wgbpf_route *r;
-	int verdict;
-
-	if (parse(skb, &p) < 0 || p.family != AF_INET) {
-		reason = WGBPF_MALFORMED;
-		verdict = TC_ACT_SHOT;
-		goto out;
-	}
-	WGBPF_BENCH_DST(&p);
-	if (link_local_multicast(&p)) {
-		reason = WGBPF_FLOODED;
-		verdict = TC_ACT_SHOT;
-		goto out;
-	}
-	r = dir24_route(p.dst);
-	if (!r) {
-		reason = WGBPF_NO_ROUTE;
-		verdict = no_route_verdict(cfg);
-		goto out;
-	}
-	id = pick(r, p.hash, &ifindex);
-	if (!id) {
-		reason = WGBPF_PEER_DOWN;
-		verdict = no_route_verdict(cfg);
-		goto out;
-	}
-	count_tx(id, skb->len);
-	reason = WGBPF_STEERED;
-	verdict = bpf_redirect(ifindex, 0);
-out:
-	count(reason);
-	return verdict;
-}
-
-/* member_ingress (IPv4, strict) with the DIR-24-8 lookup in place of routes4 */
-int bench_dir24_ingress(struct __sk_buff *skb)
-{
-	struct packet p = {};
-	__u32 zero = 0, reason, ifindex = skb->ifindex, id;
-	struct wgbpf_config *cfg = config.lookup(&zero);
-	struct wgbpf_peer_stats *s;
-	struct wgbpf_peer *peer;
-	struct wgbpf_route *r;
-	u32 *member;
-	int verdict = TC_ACT_SHOT;
-
-	if (parse(skb, &p) < 0 || p.family != AF_INET) {
-		reason = WGBPF_MALFORMED;
-		goto out;
-	}
-	WGBPF_BENCH_SRC(&p);
-	member = members.lookup(&ifindex);
-	if (!member) {
-		reason = WGBPF_UNKNOWN_MEMBER;
-		goto out;
-	}
-	id = *member;
-	s = peer_stats.lookup(&id);
-	peer = peers.lookup(&id);
-	if (link_local_source(&p)) {
-		reason = tag_owner(p.family, p.src) == id ? WGBPF_PASSED : WGBPF_SPOOFED;
-	} else if (peer && peer->source == WGBPF_SOURCE_OFF) {
-		reason = WGBPF_PASSED_UNCHECKED;
-	} else {
-		r = dir24_route(p.src);
-		reason = r && set_has(r, id) ? WGBPF_PASSED : WGBPF_SPOOFED;
-	}
-	if (reason == WGBPF_SPOOFED) {
-		if (s)
-			s->spoofed++;
-		goto out;
-	}
-	if (s) {
-		s->rx_packets++;
-		s->rx_bytes += skb->len;
-	}
-	if (cfg && cfg->front_ifindex)
-		verdict = bpf_redirect(cfg->front_ifindex, BPF_F_INGRESS);
-	else
-		verdict = TC_ACT_OK;
-out:
-	count(reason);
-	return verdict;
-}
 /* ---- end of the bench suffix ---- */
-""".replace("BENCH_TBL8_GROUPS", str(TBL8_GROUPS)).replace("BENCH_SETS", str(DIR24_SETS))
+"""
 
-BENCH_PROGS = ("bench_floor", "bench_fib", "bench_dir24", "bench_dir24_egress", "bench_dir24_ingress")
+BENCH_PROGS = ("bench_floor", "bench_fib")
 
 # name: (program, lookup mode for config.lookup or None, ctx device, what it is)
 METHODS = {
@@ -336,10 +192,7 @@ METHODS = {
     "ingress_lpm": ("member_ingress", "lpm", "member", "member_ingress strict, LPM mode"),
     "ingress_fib": ("member_ingress", "fib", "member", "member_ingress strict, FIB mode"),
     "fib_lookup": ("bench_fib", None, "front", "one bpf_fib_lookup"),
-    "dir24": ("bench_dir24", None, "front", "one DIR-24-8 lookup + pick"),
-    "dir24_egress": ("bench_dir24_egress", None, "front", "front_egress with DIR-24-8"),
-    "dir24_ingress": ("bench_dir24_ingress", None, "member", "member_ingress strict with DIR-24-8"),
-    "egress_dir24": ("front_egress", "dir24", "front", "front_egress, DIR-24-8 mode (wgbpf's own)"),
+    "egress_dir24": ("front_egress", "dir24", "front", "front_egress, DIR-24-8 mode"),
     "ingress_dir24": ("member_ingress", "dir24", "member", "member_ingress strict, DIR-24-8 mode"),
 }
 V6_METHODS = ("floor", "egress_lpm", "egress_fib", "ingress_lpm", "ingress_fib", "fib_lookup")
@@ -522,7 +375,7 @@ class Net:
         self.compile_seconds = time.perf_counter() - t0
         log(f"compiled the bench programs ({self.compile_seconds:.1f}s)")
         self.map_fd = {name: self.bpf[name].map_fd for name in
-                       ("bench_dst", "bench_src", "bench_hits", "bench_tbl24", "bench_tbl8", "bench_sets")}
+                       ("bench_dst", "bench_src", "bench_hits")}
         self.lookup_mode = None
 
     def down(self):
@@ -653,66 +506,6 @@ def maps_insert(net, prefixes, start, v6):
     return time.perf_counter() - t0
 
 
-def dir24_publish(net, prefixes):
-    """Build DIR-24-8 for the prefixes and write it to the bench maps.
-    Returns a dict of timings and sizes."""
-    from wgbpf import abi, bpfsys
-    sets = {}
-    routes = []
-    for j, (a, plen) in enumerate(prefixes):
-        peers = (net.peer_ids[j % NPEERS],)
-        s = sets.get(peers)
-        if s is None:
-            s = sets[peers] = len(sets) + 1
-        routes.append((a, plen, s))
-    if len(sets) >= DIR24_SETS:
-        raise RuntimeError("too many peer sets for bench_sets")
-    t0 = time.perf_counter()
-    tbl24, tbl8, ngroups = dir24.build(routes)
-    t_build = time.perf_counter() - t0
-    if ngroups > TBL8_GROUPS:
-        raise RuntimeError(f"{ngroups} tbl8 groups > {TBL8_GROUPS}")
-    for peers, s in sets.items():
-        r = abi.Route(count=len(peers), origin=int(abi.Origin.KERNEL), prefixlen=0)
-        for x, p in enumerate(peers):
-            r.peers[x] = p
-        bpfsys.update(net.map_fd["bench_sets"], ctypes.c_uint32(s), r)
-    t0 = time.perf_counter()
-    how = "mmap"
-    try:
-        for name, data, total in (("bench_tbl24", tbl24, dir24.TBL24_BYTES),
-                                  ("bench_tbl8", tbl8, TBL8_GROUPS * dir24.GROUP_BYTES)):
-            m = mmap.mmap(net.map_fd[name], total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            try:
-                m[:len(data)] = data
-                if name == "bench_tbl24":
-                    assert m[:1 << 16] == data[:1 << 16]
-            finally:
-                m.close()
-    except (OSError, ValueError) as e:
-        log(f"mmap of the DIR-24-8 maps failed ({e}): batch updates instead")
-        how = "batch update"
-        _dir24_batch(net, "bench_tbl24", tbl24, 64)
-        _dir24_batch(net, "bench_tbl8", tbl8, dir24.GROUP_BYTES)
-    t_write = time.perf_counter() - t0
-    return {"build_seconds": round(t_build, 3), "write_seconds": round(t_write, 4), "write": how,
-            "groups": ngroups, "sets": len(sets),
-            "tbl24_bytes": dir24.TBL24_BYTES, "tbl8_bytes_used": ngroups * dir24.GROUP_BYTES,
-            "tbl8_bytes_allocated": TBL8_GROUPS * dir24.GROUP_BYTES,
-            "tables": (tbl24, tbl8), "routes": routes}
-
-
-def _dir24_batch(net, name, data, vsize):
-    from wgbpf import bpfsys
-    n = len(data) // vsize
-    step = 65536
-    for c in range(0, n, step):
-        k = min(step, n - c)
-        keys = (ctypes.c_uint32 * k)(*range(c, c + k))
-        vals = (ctypes.c_uint8 * (k * vsize)).from_buffer_copy(data[c * vsize:(c + k) * vsize])
-        bpfsys.update_batch(net.map_fd[name], keys, vals)
-
-
 # -- packets ---------------------------------------------------------------------
 
 
@@ -821,9 +614,6 @@ def ratios(res):
         return round(x / fib, 3)
     out["lpm"] = r(res["egress_lpm"]["over_floor"] + res["ingress_lpm"]["over_floor"])
     out["fib"] = r(res["egress_fib"]["over_floor"] + res["ingress_fib"]["over_floor"])
-    if "dir24" in res:
-        out["dir24_measured"] = r(res["dir24_egress"]["over_floor"] + res["dir24_ingress"]["over_floor"])
-        out["dir24_estimate"] = r(2 * res["dir24"]["over_floor"])
     if "egress_dir24" in res:
         out["dir24_mode"] = r(res["egress_dir24"]["over_floor"] + res["ingress_dir24"]["over_floor"])
     return out
@@ -1040,16 +830,12 @@ def print_tables(out, sizes):
     rcols = [(f, n) for f, n in cols if n]  # an empty table: the denominator is no lookup at all
     print(f"{'mode':<28}" + "".join(f"{h:>12}" for (f, n), h in zip(cols, heads) if n))
     for addr_mode in ("repeated", "random"):
-        for key, label in (("lpm", "LPM"), ("fib", "FIB"), ("dir24_mode", "DIR-24-8 mode"),
-                           ("dir24_measured", "DIR-24-8 measured"),
-                           ("dir24_estimate", "DIR-24-8 estimate*")):
+        for key, label in (("lpm", "LPM"), ("fib", "FIB"), ("dir24_mode", "DIR-24-8")):
             row = []
             for f, n in rcols:
                 r = (out["v4"][str(n)] if f == "v4" else out["v6"])["ratios"][addr_mode]
                 row.append(f"{r[key]:.2f}" if key in r else "-")
             print(f"{label + ', ' + addr_mode:<28}" + "".join(f"{x:>12}" for x in row))
-    print("  * estimate = 2 x (bench_dir24 over floor): two bare lookups, without the member/peer"
-          " hash lookups, counters and redirect that 'measured' includes")
     print("\nverdicts, random addresses (counter or bench hit share; '+' = others too)")
     print(f"{'method':<15}" + "".join(f"{h:>17}" for h in heads))
     for m in METHODS:
@@ -1066,13 +852,11 @@ def print_tables(out, sizes):
                 print(f"  {fam} {what:<12} {d['prefixes']:>9,} prefixes: slab {d['slab_per_prefix']:7.1f} "
                       f"+ percpu {d['percpu_per_prefix']:6.1f} = {d['total_per_prefix']:7.1f} B/prefix"
                       + (f"; memlock {d['memlock_per_prefix']:.1f} B/prefix" if d.get("memlock_per_prefix") else ""))
-    dz = out.get("dir24")
+    dz = out.get("dir24_mode")
     if dz:
-        print(f"  DIR-24-8 at {size_label(dz['prefixes'])}: tbl24 {dz['tbl24_bytes'] / 2**20:.0f} MiB + tbl8 "
-              f"{dz['groups']:,} groups = {dz['tbl8_bytes_used'] / 2**20:.1f} MiB used "
-              f"({dz['tbl8_bytes_allocated'] / 2**20:.0f} MiB allocated), built in {dz['build_seconds']:.2f}s, "
-              f"written by {dz['write']} in {dz['write_seconds'] * 1000:.0f} ms; memlock "
-              f"{dz['memlock_total'] / 2**20:.1f} MiB")
+        print(f"  DIR-24-8 mode at {size_label(dz['prefixes'])}: dir24 + dir8 + dir_sets memlock "
+              f"{dz['memlock_total'] / 2**20:.1f} MiB (fixed), compiled from routes4 in "
+              f"{dz['compile_seconds']:.2f}s ({dz['groups']:,} dir8 groups, {dz['sets']} peer sets)")
     if out.get("lab"):
         lab = out["lab"]
         print(f"\nlab ({lab['wg']}): iperf3 alice -> bob, {out['iperf_seconds']} s x {len(lab['runs']) // 3}, "
@@ -1096,8 +880,8 @@ def plot(out, sizes, path):
     xs = [max(n, 100) for n in sizes]
     lines = [("egress_lpm", "front_egress LPM"), ("egress_fib", "front_egress FIB"),
              ("ingress_lpm", "member_ingress LPM"), ("ingress_fib", "member_ingress FIB"),
-             ("fib_lookup", "one bpf_fib_lookup"), ("dir24", "one DIR-24-8 lookup (prototype)"),
-             ("egress_dir24", "front_egress DIR-24-8 mode"), ("ingress_dir24", "member_ingress DIR-24-8 mode")]
+             ("fib_lookup", "one bpf_fib_lookup"),
+             ("egress_dir24", "front_egress DIR-24-8"), ("ingress_dir24", "member_ingress DIR-24-8")]
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for m, label in lines:
         ys = [max(out["v4"][str(n)]["modes"]["random"][m]["over_floor"], 1) for n in sizes]
@@ -1156,29 +940,24 @@ def bench_family(net, rng, prefixes, fam, sizes, args, out, tmp):
             step.update(kernel_insert_seconds=round(t, 2), map_insert_seconds=round(tm, 2))
         table = prefixes[:n]
         if not v6:
-            dz = dir24_publish(net, table)
-            tbl24, tbl8 = dz.pop("tables")
-            routes = dz.pop("routes")
-            dz["memlock_total"] = sum(memlock(net.map_fd[x]) or 0 for x in ("bench_tbl24", "bench_tbl8", "bench_sets"))
-            dz["prefixes"] = n
-            step["dir24"] = dz
-            out["dir24"] = dz
-            log(f"v4 {size_label(n)}: DIR-24-8 built in {dz['build_seconds']:.2f}s ({dz['groups']:,} groups), "
-                f"written by {dz['write']} in {dz['write_seconds'] * 1000:.0f} ms")
-            # wgbpf's own DIR-24-8 mode, compiled from routes4 as attach does
+            # DIR-24-8 mode's arrays, compiled from routes4 as attach does
             t0 = time.perf_counter()
-            net.maps.dir24().rebuild(net.maps.ipv4_prefixes())
-            dz["wgbpf_compile_seconds"] = round(time.perf_counter() - t0, 3)
-            log(f"v4 {size_label(n)}: wgbpf's DIR-24-8 arrays compiled from routes4 in "
-                f"{dz['wgbpf_compile_seconds']:.2f}s")
+            d24 = net.maps.dir24()
+            d24.rebuild(net.maps.ipv4_prefixes())
+            dz = {"prefixes": n, "compile_seconds": round(time.perf_counter() - t0, 3),
+                  "groups": len(d24.groups), "sets": len(d24.set_ids),
+                  "memlock_total": sum(memlock(net.maps.fds[x]) or 0 for x in ("dir24", "dir8", "dir_sets"))}
+            step["dir24_mode"] = dz
+            out["dir24_mode"] = dz
+            log(f"v4 {size_label(n)}: DIR-24-8 arrays compiled from routes4 in {dz['compile_seconds']:.2f}s "
+                f"({dz['groups']:,} groups, {dz['sets']} sets)")
         t0 = time.perf_counter()
         dst, src, valid = pick_addresses(net, rng, table, v6, target)
         step["src_accepted_fraction"] = valid
         if not v6 and n:
-            # DIR-24-8 against the LPM map, on the destinations drawn
-            sets_peers = {s: (net.peer_ids[j % NPEERS],) for j, (_, _, s) in enumerate(routes)}
-            bad = sum(1 for a in dst[:8192]
-                      if sets_peers.get(dir24.lookup(tbl24, tbl8, a), ()) != net.lpm_peer(a, False))
+            # the DIR-24-8 arrays against the LPM map, on the destinations drawn
+            sets_peers = {sid: peers for peers, sid in d24.set_ids.items()}
+            bad = sum(1 for a in dst[:8192] if sets_peers.get(d24.lookup(a), ()) != net.lpm_peer(a, False))
             step["dir24_mismatches_of_8192"] = bad
             if bad:
                 log(f"WARNING: DIR-24-8 disagrees with the LPM map on {bad} of 8192 addresses")
