@@ -336,3 +336,33 @@ def open_lab():
     finally:
         for e in lab.close():
             warnings.warn(f"BPF lab teardown: {e}")
+
+
+# -- what a verdict case expects (shared by the lpm/dir24 and fib tables) ----
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    packet: bytes        # the Ethernet frame handed to BPF_PROG_TEST_RUN
+    verdict: int
+    deltas: dict         # counters that must move: reason names, tx:/rx:/spoofed:PEER
+    via: str = None      # member_ingress: the peer whose member it arrives on
+
+
+def ids(cases):
+    return [c.id for c in cases]
+
+
+def steered(peer):
+    return {"steered": 1, f"tx:{peer}": 1}
+
+
+def passed(peer, reason="passed"):
+    return {reason: 1, f"rx:{peer}": 1}
+
+
+def spoofed(peer):
+    return {"spoofed": 1, f"spoofed:{peer}": 1}
+
+
+NO_ROUTE = {"no_route": 1}
+PEER_DOWN = {"peer_down": 1}

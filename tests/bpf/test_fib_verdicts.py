@@ -22,7 +22,6 @@ and the kernel routes of MAIN, TABLE100 (config.fib_table = 100) and
 ACCEPT200 (config.accept_table = 200); a members-only FIB instance with one
 peer, xray, and a route out of its member. Routes die with the namespace.
 """
-import dataclasses
 import types
 
 import pytest
@@ -30,7 +29,8 @@ import pytest
 from wgbpf import abi, bpfsys
 
 import packets as P
-from bpflab import PeerSpec, entered_netns, sh
+from bpflab import (NO_ROUTE, PEER_DOWN, Case, PeerSpec, entered_netns, ids, passed, sh,
+                    spoofed, steered)
 
 pytestmark = pytest.mark.root
 
@@ -119,35 +119,7 @@ def test_lab_is_as_described(lab):
         assert bool(peers[lab.inst.ids[p.name]].flags & abi.PEER_UP) == p.up, p.name
 
 
-# -- expected deltas ---------------------------------------------------------
-def steered(peer):
-    return {"steered": 1, f"tx:{peer}": 1}
-
-
-def passed(peer, reason="passed"):
-    return {reason: 1, f"rx:{peer}": 1}
-
-
-def spoofed(peer):
-    return {"spoofed": 1, f"spoofed:{peer}": 1}
-
-
-NO_ROUTE = {"no_route": 1}
-PEER_DOWN = {"peer_down": 1}
 FIB_FAILED = {"fib_failed": 1}
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    id: str
-    packet: bytes
-    verdict: int
-    deltas: dict
-    via: str = None      # member_ingress: the peer whose member it arrives on
-
-
-def ids(cases):
-    return [c.id for c in cases]
 
 
 u = P.udp_frame

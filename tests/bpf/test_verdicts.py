@@ -37,7 +37,7 @@ import pytest
 from wgbpf import abi
 
 import packets as P
-from bpflab import PeerSpec, unique
+from bpflab import NO_ROUTE, PEER_DOWN, Case, PeerSpec, ids, passed, spoofed, steered, unique
 
 pytestmark = pytest.mark.root
 
@@ -104,39 +104,11 @@ def test_lab_is_as_described(lab):
     assert lab.inst.maps.config().no_route == abi.Policy.PASS
 
 
-# -- expected deltas ---------------------------------------------------------
-def steered(peer):
-    return {"steered": 1, f"tx:{peer}": 1}
-
-
-def passed(peer):
-    return {"passed": 1, f"rx:{peer}": 1}
-
-
-def spoofed(peer):
-    return {"spoofed": 1, f"spoofed:{peer}": 1}
-
-
 def flooded(*peers):
     return {"flooded": 1, **{f"tx:{p}": 1 for p in peers}}
 
 
-NO_ROUTE = {"no_route": 1}
-PEER_DOWN = {"peer_down": 1}
 MALFORMED = {"malformed": 1}
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    id: str
-    packet: bytes        # the Ethernet frame handed to BPF_PROG_TEST_RUN
-    verdict: int
-    deltas: dict
-    via: str = None      # member_ingress: the peer whose member it arrives on
-
-
-def ids(cases):
-    return [c.id for c in cases]
 
 
 u = P.udp_frame
