@@ -133,10 +133,14 @@ def changes(want, dev, managed, can_remove, keys=None):
     out = []
     for key in sorted(set(add) | set(remove)):
         if key in remove and not can_remove:
-            # rewrite this peer's list: what it keeps, and what it gains
-            lost = {k for k in keys if want.get(k) != key}
-            out.append(wg.PeerChange(key, add=list((dev.peers.get(key, set()) - lost).union(add.get(key, ()))),
-                                     replace=True))
+            # rewrite this peer's list: what it keeps, and what it gains;
+            # walk the smaller of the keys and its list (many peers at start)
+            mine = dev.peers.get(key, set())
+            if len(keys) < len(mine):
+                lost = {k for k in keys if want.get(k) != key}
+            else:
+                lost = {k for k in mine if k in keys and want.get(k) != key}
+            out.append(wg.PeerChange(key, add=list((mine - lost).union(add.get(key, ()))), replace=True))
         else:
             out.append(wg.PeerChange(key, add=sorted(add.get(key, ())), remove=sorted(remove.get(key, ()))))
     return out
