@@ -107,7 +107,8 @@ def peer_rows(m):
 
 _INSTANCE_OPTIONS = [
     click.option("--peer", "-p", "peers", multiple=True, metavar="NAME=DEV[,TAG...]",
-                 help="a peer: its name, its member WireGuard device and its tag addresses; repeat"),
+                 help="a peer: its name, its member WireGuard device (daemon --backend allowedips: "
+                      "its public key instead) and its tag addresses; repeat"),
     click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
                  help="TOML file with front, no_route, lookup, source and [[peer]] tables "
                       "(the daemon re-reads it on SIGHUP)"),
