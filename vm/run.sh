@@ -16,7 +16,11 @@
 #   VM_NEED_BPF=auto|0|1  check for the kernel's headers (BCC) before pytest;
 #                         auto: when a test file in VM_TESTS says require_bcc
 #   VM_KVM=auto|0|1       use KVM (auto: when /dev/kvm and vmx/svm are there)
-#   VM_MEMORY=2G VM_CPUS=(host's)   guest size
+#   VM_MEMORY=4G VM_CPUS=(host's)   guest size (BCC's clang and the guest's
+#                         tmpfs live in it: 2G crashed a 30-minute run once)
+#   VM_RETRY=1            boot once more when the guest dies without a result
+#                         (not on a timeout, not on failed tests)
+#   WGBPF_E2E_LOOKUPS     passed through: the lookup modes the e2e tests run
 #   VM_TIMEOUT=3600       seconds before the guest is killed (a failure)
 #   WGBPF_TIME_SCALE      wait multiplier for tests (default: 8 without KVM)
 #   VM_PYTEST_ARGS        extra pytest arguments, e.g. "-k daemon -x"
@@ -57,7 +61,7 @@ if [ "$kvm" = auto ]; then
     kvm=0
     if [ -w /dev/kvm ] && grep -qE '\b(vmx|svm)\b' /proc/cpuinfo; then kvm=1; fi
 fi
-vng_args=(-r "$kimg" --user root --memory "${VM_MEMORY:-2G}")
+vng_args=(-r "$kimg" --user root --memory "${VM_MEMORY:-4G}")
 if [ -n "${VM_CPUS:-}" ]; then vng_args+=(--cpus "$VM_CPUS"); fi
 if [ "$kvm" = 1 ]; then
     scale=${WGBPF_TIME_SCALE:-1}
@@ -73,6 +77,7 @@ trap 'rm -rf "$OUT"' EXIT
     printf 'VM_TESTS=%q\nVM_NEED_BPF=%q\n' "$vm_tests" "$need_bpf"
     if [ -n "${CI:-}" ]; then printf 'export CI=%q\n' "$CI"; fi
     if [ -n "${VM_PYTEST_ARGS:-}" ]; then printf 'VM_PYTEST_ARGS=%q\n' "$VM_PYTEST_ARGS"; fi
+    if [ -n "${WGBPF_E2E_LOOKUPS:-}" ]; then printf 'export WGBPF_E2E_LOOKUPS=%q\n' "$WGBPF_E2E_LOOKUPS"; fi
     if [ -n "${WGBPF_EXPECT_REMOVE_SINGLE:-}" ]; then
         printf 'export WGBPF_EXPECT_REMOVE_SINGLE=%q\n' "$WGBPF_EXPECT_REMOVE_SINGLE"
     fi
@@ -81,6 +86,8 @@ trap 'rm -rf "$OUT"' EXIT
 
 say "VM_KERNEL=$sel: booting $kver ($kimg) for pytest $vm_tests (BPF: $([ "$need_bpf" = 1 ] && echo yes || echo no)) in qemu ($([ "$kvm" = 1 ] && echo KVM || echo 'software emulation, no KVM'))"
 t0=$(date +%s)
+tries=$((1 + ${VM_RETRY:-1}))
+for ((try = 1; try <= tries; try++)); do
 set +e
 # A second read-only export of / for vm/guest.sh to mount with caching.
 # qemu reopens /proc/self/fd/1 and 2 for the guest's output, which truncates
@@ -90,6 +97,12 @@ timeout -k 30 "${VM_TIMEOUT:-3600}" vng "${vng_args[@]}" --rwdir "$OUT" \
     -- /bin/bash "$ROOT/vm/guest.sh" "$OUT" </dev/null 2>&1 | cat
 vrc=${PIPESTATUS[0]}
 set -e
+# a guest that died without a word (kernel panic, qemu crash) gets one more
+# boot; a timeout or a pytest result, pass or fail, is final
+if [ -e "$OUT/result" ] || [ "$vrc" = 124 ] || [ "$try" = "$tries" ]; then break; fi
+say "the guest died without a result (vng exit $vrc): booting it once more"
+rm -f "$OUT/pytest.log" "$OUT/boot_seconds" "$OUT/test_seconds"
+done
 t1=$(date +%s)
 
 boot=$(cat "$OUT/boot_seconds" 2>/dev/null || echo '?')
