@@ -21,20 +21,17 @@ hashing: deterministic, spread over the peers, and removing one peer moves
 only its own prefixes). Logged once, counted in the status.
 """
 import hashlib
+import ipaddress
 import os
 import time
 
 from . import daemon as daemonmod, routes as rt, sync, wireguard as wg
-from .sync import AF4, AF6
+from .sync import AF4, AF6, network_pkey
 
 
 def pick(pkey, peers, names):
     """One peer of an ECMP set for a prefix: rendezvous hashing."""
     return max(peers, key=lambda p: hashlib.blake2b(pkey + names[p].encode(), digest_size=8).digest())
-
-
-def host_key(ip):
-    return bytes((AF4 if ip.version == 4 else AF6, ip.max_prefixlen)) + ip.packed
 
 
 def absent_prefix(peers):
@@ -54,7 +51,7 @@ class Plan:
         self.keys = {i: p.public_key for i, p in enumerate(peers)}  # peer id -> public key
         self.names = {i: p.name for i, p in enumerate(peers)}
         self.present = present      # public keys the device has
-        self.tags = {host_key(t): i for i, p in enumerate(peers) for t in p.tags}
+        self.tags = {network_pkey(ipaddress.ip_network(t)): i for i, p in enumerate(peers) for t in p.tags}
         self.ecmp = set()           # prefixes whose route named several peers
 
     def owner(self, table, k):

@@ -16,10 +16,10 @@ import os
 import socket
 import struct
 
-from .routes import Netlink, attrs
+from .routes import _NLMSGHDR, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, Netlink, attrs
+from .sync import network_pkey
 
 UAPI_DIR = "/var/run/wireguard"
-KEY_LEN = 32
 AF4, AF6 = socket.AF_INET, socket.AF_INET6
 
 # include/uapi/linux/wireguard.h
@@ -33,14 +33,12 @@ WGALLOWEDIP_F_REMOVE_ME = 1
 NETLINK_GENERIC = 16
 GENL_ID_CTRL, CTRL_CMD_GETFAMILY = 0x10, 3
 CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 1, 2
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 1, 4, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_ACK = 4
 NLA_F_NESTED = 0x8000
 # An attribute's length is 16 bits: the peers nest of one message must stay
 # under 64 KiB, so long lists go out as several messages (as `wg` does).
 NEST_MAX = 0xFFFF - 512
 
-_NLMSGHDR = struct.Struct("=IHHII")
 _NLA = struct.Struct("=HH")
 
 
@@ -54,8 +52,7 @@ def prefix_text(k):
 
 
 def text_prefix(text):
-    net = ipaddress.ip_network(text, strict=False)
-    return bytes((AF4 if net.version == 4 else AF6, net.prefixlen)) + net.network_address.packed
+    return network_pkey(ipaddress.ip_network(text, strict=False))
 
 
 def open_device(name):
