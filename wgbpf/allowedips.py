@@ -22,10 +22,9 @@ only its own prefixes). Logged once, counted in the status.
 """
 import hashlib
 import ipaddress
-import os
 import time
 
-from . import daemon as daemonmod, routes as rt, sync, wireguard as wg
+from . import daemon as daemonmod, files, routes as rt, sync, wireguard as wg
 from .sync import AF4, AF6, network_pkey
 
 
@@ -268,6 +267,4 @@ class AllowedIPsDaemon(daemonmod.Daemon):
                 ("ecmp_prefixes", "gauge", "multipath prefixes given to one of their peers", st["ecmp_prefixes"])):
             lines += [f"# HELP wgbpf_{name} {help_}", f"# TYPE wgbpf_{name} {kind}",
                       f'wgbpf_{name}{{front="{front}"}} {value}']
-        with open(self.metrics_file + ".tmp", "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(self.metrics_file + ".tmp", self.metrics_file)
+        files.write_atomic(self.metrics_file, "\n".join(lines) + "\n")

@@ -269,18 +269,27 @@ def resolve_peers(m, names):
     return ids
 
 
-def parse_address(text):
+def parse_address(text, where="ADDRESS"):
     try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        fail(f"{text!r} is not an IPv4 or IPv6 address")
-
-
-def parse_prefix(text):
-    try:
-        return network(text)
-    except ValueError as e:
+        return configmod.parse_address(text, where)
+    except ConfigError as e:
         fail(str(e))
+
+
+def parse_prefix(text, where="PREFIX"):
+    try:
+        return configmod.parse_prefix(text, where)
+    except ConfigError as e:
+        fail(str(e))
+
+
+def check_metrics_file(path):
+    """--metrics-file: refused now, not after attach and the first sync."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        fail(f"--metrics-file {path!r}: directory {directory!r} does not exist")
+    if os.path.isdir(path):
+        fail(f"--metrics-file {path!r} is a directory")
 
 
 ACCEPT_OPT = click.option("--accept", is_flag=True,
@@ -302,6 +311,8 @@ def route_add(prefix, peers, front, accept):
         m.set_route(net, ids, abi.Origin.STATIC, kind="accept" if accept else "routes")
         if net.version == 4 and not accept:
             m.compile_dir24()
+    from .daemon import notify_maps_written
+    notify_maps_written(front)  # its view of the maps, and dir24's, is stale now
     click.echo(f"{net} -> {peers}" + (" (accept)" if accept else ""))
 
 
@@ -320,6 +331,8 @@ def route_del(prefix, front, accept):
         m.del_route(net, kind)
         if net.version == 4 and not accept:
             m.compile_dir24()
+    from .daemon import notify_maps_written
+    notify_maps_written(front)  # a kernel route for the prefix takes its place
     click.echo(f"{net} removed")
 
 
@@ -488,7 +501,7 @@ def lookup(address, source_addr, peer, front, as_json):
     if source_addr or peer:
         if not (source_addr and peer) or address is not None:
             fail("the source check takes --source ADDR and --peer NAME (and no ADDRESS)")
-        addr = parse_address(source_addr)
+        addr = parse_address(source_addr, "--source")
         front, m = open_maps(front, readonly=True)
         with m:
             res = explain_source(m, addr, peer)
@@ -562,6 +575,8 @@ def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table,
         cfg = build()  # validate before touching anything
     except ConfigError as e:
         fail(str(e))
+    if metrics_file:
+        check_metrics_file(metrics_file)
     if cfg.backend == "allowedips":
         given = [opt for opt, v in (("--members-only", members_only), ("--no-route", no_route),
                                     ("--lookup", lookup), ("--fib-table", fib_table),

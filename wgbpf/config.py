@@ -37,7 +37,7 @@ import ipaddress
 import re
 import tomllib
 
-from . import abi
+from . import abi, files
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (abi.NAME_LEN - 2))
 # What Linux accepts as a device name (dev_valid_name), less ',' which
@@ -75,20 +75,75 @@ class Config:
 BACKENDS = ("maps", "allowedips")
 
 
+MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+COMPAT = ipaddress.ip_network("::/96")
+
+
+def check_unscoped(text, where):
+    # The data plane keys addresses by their bytes alone: a zone would be
+    # dropped on the way in, and `lookup` would explain a different packet.
+    if "%" in str(text):
+        raise ConfigError(f"{where}: {text!r}: scoped addresses (%zone) are not supported; "
+                          f"write the address without the %zone")
+
+
+def check_not_v4_in_v6(net, text, where):
+    """Refuse IPv4-mapped (::ffff:a.b.c.d) and IPv4-compatible (::a.b.c.d)
+    addresses and prefixes: no packet carries them as a real source (the data
+    plane drops such sources as martians), so the IPv4 form is meant."""
+    net = ipaddress.ip_network(net)
+    if net.version != 6 or net.prefixlen < 96:
+        return
+    v4 = ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
+    v4 = v4.network_address if v4.prefixlen == 32 else v4
+    if net.subnet_of(MAPPED):
+        raise ConfigError(f"{where}: {text!r} is IPv4-mapped IPv6 (::ffff:0:0/96): "
+                          f"write the IPv4 form, {v4}")
+    if net.subnet_of(COMPAT) and not (net.prefixlen == 128 and int(net.network_address) <= 1):
+        raise ConfigError(f"{where}: {text!r} is IPv4-compatible IPv6 (::/96, deprecated): "
+                          f"write the IPv4 form, {v4}")
+
+
+def parse_address(text, where):
+    """One IPv4 or IPv6 address, without a zone."""
+    s = str(text).strip()
+    check_unscoped(s, where)
+    try:
+        return ipaddress.ip_address(s)
+    except ValueError:
+        raise ConfigError(f"{where}: {text!r} is not an IPv4 or IPv6 address") from None
+
+
+def parse_prefix(text, where):
+    """An IPv4 or IPv6 prefix (host bits cleared), without a zone, not IPv4 in IPv6."""
+    s = str(text).strip()
+    check_unscoped(s, where)
+    try:
+        net = ipaddress.ip_network(s, strict=False)
+    except ValueError:
+        raise ConfigError(f"{where}: {text!r} is not an IPv4/IPv6 prefix") from None
+    check_not_v4_in_v6(net, text, where)
+    return net
+
+
 def parse_tag(text, where):
     """A tag: one host address, optionally written as /32 or /128."""
     s = str(text).strip()
     addr, slash, plen = s.partition("/")
+    if "%" in addr:
+        raise ConfigError(f"{where}: {text!r}: scoped addresses are not supported; "
+                          f"write the tag without a %zone")
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:
         raise ConfigError(f"{where}: {text!r} is not an IP address") from None
     if slash and plen != str(ip.max_prefixlen):
         raise ConfigError(f"{where}: {text!r}: a tag is one address (/{ip.max_prefixlen}), not a prefix")
-    if ip.is_multicast or ip.is_unspecified:
+    if ip.is_multicast or ip.is_unspecified or ip == ipaddress.IPv4Address("255.255.255.255"):
         raise ConfigError(f"{where}: {text!r}: a tag must be a unicast address")
-    if ip.version == 6 and ip.scope_id:
-        raise ConfigError(f"{where}: {text!r}: write the tag without a %zone")
+    if ip.is_loopback:
+        raise ConfigError(f"{where}: {text!r}: a tag is a peer's address, not loopback")
+    check_not_v4_in_v6(ip, text, where)
     return ip
 
 
@@ -186,14 +241,18 @@ def parse_policy(value, where):
 def load_toml(path):
     """The TOML file as (front, members_only, no_route, peers); None for unset."""
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        text = files.read_bounded(path).decode()
+        data = tomllib.loads(text)
     except OSError as e:
         raise ConfigError(f"{path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except files.FileError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: not UTF-8 ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
+    except ValueError as e:  # TOMLDecodeError, and int() refusing a 5000-digit number
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
     known = {"front", "members_only", "no_route", "lookup", "fib_table", "source", "accept_table",
              "backend", "peer"}
     for key in data:
@@ -301,4 +360,11 @@ def validate(cfg):
             if t in tags and tags[t] != p.name:
                 raise ConfigError(f"tag {t} is given for both {tags[t]!r} and {p.name!r}")
             tags[t] = p.name
+        # the maps backend holds every peer's tags in one map of MAX_TAGS
+        # entries: refuse here, before attach writes the first of them
+        if cfg.backend == "maps" and len(tags) > abi.MAX_TAGS:
+            mine = len(set(p.tags))
+            raise ConfigError(f"peer {p.name!r}: {mine} tags" + (
+                f" bring the instance to {len(tags)}" if mine != len(tags) else "")
+                + f"; the tags map holds at most {abi.MAX_TAGS} for all peers together")
     return cfg

@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 
-from . import abi, config as configmod, dataplane, routes as rt, sync
+from . import abi, config as configmod, dataplane, files, routes as rt, sync
 from .maps import Maps, pin_dir
 
 RUN_DIR = "/run/wgbpf"
@@ -107,6 +107,8 @@ class Daemon:
         self.tables = {}    # map kind -> (Table, the maps' entries as we wrote them)
         self.dir = None     # DIR-24-8 mode: the compiled IPv4 arrays
         self.lock_fd = None
+        self.write_errors = {}  # file -> the last failure to write it, logged once
+        self.said_running = False  # a status file says "running": undo it if we die
 
     # -- setup -----------------------------------------------------------
     def _lock(self, front):
@@ -270,13 +272,31 @@ class Daemon:
                   prefixes=len(self.table) if self.table is not None else 0,
                   ignored=self.table.ignored if self.table is not None else 0,
                   routes_per_peer=per_peer, written=time.time())
-        os.makedirs(RUN_DIR, exist_ok=True)
-        tmp = status_path(self.cfg.front) + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(st, f, indent=2)
-        os.replace(tmp, status_path(self.cfg.front))
+        # A file we cannot write is logged, not fatal: the maps matter more
+        try:
+            os.makedirs(RUN_DIR, exist_ok=True)
+            files.write_atomic(status_path(self.cfg.front), json.dumps(st, indent=2))
+            self.said_running = state == "running"
+            self._written("status file")
+        except OSError as e:
+            self._written("status file", e)
         if self.metrics_file:
-            self.write_metrics(st)
+            try:
+                self.write_metrics(st)
+                self._written("metrics file")
+            except OSError as e:
+                self._written("metrics file", e)
+
+    def _written(self, what, error=None):
+        """Log a file write failing, once until it works again."""
+        errors = self.write_errors
+        msg = (f"{what} {error.filename or ''}: {error.strerror or error}".replace(" :", ":")
+               if error else None)
+        if msg and errors.get(what) != msg:
+            self.log(f"warning: cannot write the {msg}")
+        elif not msg and errors.get(what):
+            self.log(f"{what} written again")
+        errors[what] = msg
 
     def write_metrics(self, st):
         front = st["front"]
@@ -298,10 +318,7 @@ class Daemon:
         lines.append("# TYPE wgbpf_packets_total counter")
         for r, v in counters.items():
             lines.append(f'wgbpf_packets_total{{front="{front}",reason="{r.name.lower()}"}} {v}')
-        tmp = self.metrics_file + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, self.metrics_file)
+        files.write_atomic(self.metrics_file, "\n".join(lines) + "\n")
 
     # -- main loop ---------------------------------------------------------
     def run(self):
@@ -320,10 +337,17 @@ class Daemon:
             while not self.stop:
                 if self.reload:
                     self.reload = False
+                    old = self.cfg
                     try:
-                        self.cfg = self.build_config()
+                        new = self.build_config()
+                        if (new.front, new.backend) != (old.front, old.backend):
+                            raise configmod.ConfigError(
+                                f"front/backend {new.front}/{new.backend} is not the running "
+                                f"{old.front}/{old.backend}: restart the daemon to change them")
+                        self.cfg = new
                         self._attach()
                     except Exception as e:  # a bad reload keeps the old config running
+                        self.cfg = old  # refused means untouched, in memory too
                         self.log(f"reload refused, keeping the running config: {e}")
                     else:
                         self.stats["resyncs"] += 1
@@ -364,6 +388,15 @@ class Daemon:
                     last_status = time.monotonic()
             self.write_status("stopped")
             self.log("stopped; the data plane keeps running on the pinned maps")
+        except BaseException as e:
+            # whatever killed us, the status must not go on saying "running"
+            if self.said_running:
+                self.stats["error"] = str(e) or type(e).__name__
+                try:
+                    self.write_status("failed")
+                except Exception:
+                    pass  # the original error is the one to report
+            raise
         finally:
             events.close()
             if self.maps:

@@ -435,7 +435,9 @@ names = st.from_regex(config.NAME_RE, fullmatch=True).filter(lambda s: "\n" not 
 # surrounding whitespace is possible anyway (IFNAME_RE has none)
 members = st.from_regex(r"[^\s/:,]{1,15}", fullmatch=True).filter(
     lambda s: config.IFNAME_RE.fullmatch(s) and len(s.encode()) < config.IFNAMSIZ and s not in (".", ".."))
-tags = st.ip_addresses().filter(lambda a: not (a.is_multicast or a.is_unspecified))
+tags = st.ip_addresses().filter(lambda a: not (
+    a.is_multicast or a.is_unspecified or a.is_loopback or a == ip("255.255.255.255")
+    or (a.version == 6 and (a in config.MAPPED or a in config.COMPAT))))
 
 
 @st.composite

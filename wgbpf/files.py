@@ -1,0 +1,73 @@
+"""Files wgbpf reads and writes as root, done safely.
+
+Writes (the status file, --metrics-file) are atomic and never follow a link
+someone planted: the new text goes to a fresh temp file created with
+O_CREAT|O_EXCL|O_NOFOLLOW under a random name in the target's directory,
+then is renamed over the target. rename(2) replaces a symlink at the target
+itself, it never writes through it. Both steps are relative to one open
+directory fd, so a directory swapped in the path meanwhile cannot redirect
+the rename.
+
+Reads of config files are bounded: regular files only (opened O_NONBLOCK so
+a FIFO cannot hang us before the check), at most MAX_READ bytes.
+"""
+import contextlib
+import os
+import secrets
+import stat
+
+MAX_READ = 1 << 20  # 1 MiB: a config of 1023 peers with 8192 tags is ~300 KiB
+
+
+class FileError(ValueError):
+    """A file refused for what it is (not a regular file, too large)."""
+
+
+def write_atomic(path, text, mode=0o644):
+    """Replace `path` with `text`; readers see the old file or the new one."""
+    directory, name = os.path.split(os.path.abspath(path))
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        while True:
+            tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             mode, dir_fd=dfd)
+                break
+            except FileExistsError:
+                continue  # someone holds that name; draw another
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+    finally:
+        os.close(dfd)
+
+
+def read_bounded(path, limit=MAX_READ):
+    """The bytes of the regular file `path` (a symlink to one is fine).
+    FileError for anything else or for more than `limit` bytes; OSError
+    as open(2) reports it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise FileError("is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise FileError("not a regular file (a FIFO, socket or device is not read)")
+        chunks, size = [], 0
+        while size <= limit:
+            b = os.read(fd, min(1 << 16, limit + 1 - size))
+            if not b:
+                break
+            chunks.append(b)
+            size += len(b)
+        if size > limit:
+            raise FileError(f"larger than {limit // 1024} KiB, the limit for a config file")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
