@@ -7,8 +7,9 @@ keeps up with the kernel (~500k/s). So routes are read here; pyroute2 stays
 for links and tc, where counts are small.
 
 A route is reduced to a KernelRoute: prefix, table, priority, protocol,
-realm and its nexthops as (gateway bytes or None, oif). Which peers it names
-is decided by Tags.resolve().
+realm, its nexthops as (gateway bytes or None, oif), and what else the
+kernel keys it by (IPv4 TOS, IPv6 source prefix). Which peers it names is
+decided by Tags.resolve().
 """
 import collections
 import errno
@@ -24,7 +25,11 @@ RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 
 RTN_UNICAST = 1
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY = 1, 4, 5, 6
+# types that live in the same tables under the same keys as unicast routes:
+# `ip route replace blackhole P` takes the place of a unicast route to P
+RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_PROHIBIT, RTN_THROW = 6, 7, 8, 9
+_NO_NEXTHOP = frozenset((RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_PROHIBIT, RTN_THROW))
+RTA_DST, RTA_SRC, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY = 1, 2, 4, 5, 6
 RTA_MULTIPATH, RTA_FLOW, RTA_TABLE, RTA_VIA = 9, 11, 15, 18
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 IFLA_IFNAME = 3
@@ -52,16 +57,21 @@ def _align(n):
 
 
 class KernelRoute(collections.namedtuple(
-        "KernelRoute", "family dst dst_len table priority protocol realm nexthops")):
+        "KernelRoute", "family dst dst_len table priority protocol realm nexthops tos src",
+        defaults=(0, None))):
     """family: AF_INET/AF_INET6; dst: network address bytes (4 or 16);
-    nexthops: ((gateway bytes or None, oif), ...). A tuple: a million are
-    made per full dump, and a frozen dataclass costs twice as much."""
+    nexthops: ((gateway bytes or None, oif), ...); tos: IPv4 TOS (0: any);
+    src: an IPv6 source prefix as (length, address bytes), None for none
+    (`from ::/0` is none). A tuple: a million are made per full dump, and a
+    frozen dataclass costs twice as much."""
     __slots__ = ()
 
     @property
     def key(self):
-        """What identifies one route in the kernel (for replace and delete)."""
-        return (self.family, self.dst, self.dst_len, self.table, self.priority)
+        """What identifies one route in the kernel (for replace and delete):
+        IPv4 keys by table, prefix, TOS and metric, IPv6 by table, prefix,
+        source prefix and metric."""
+        return (self.family, self.dst, self.dst_len, self.table, self.priority, self.tos, self.src)
 
 
 def attrs(buf, off, end):
@@ -102,14 +112,19 @@ _ZERO = {socket.AF_INET: bytes(4), socket.AF_INET6: bytes(16)}
 
 def parse_route(buf, off, end):
     """One RTM_NEWROUTE/DELROUTE body -> KernelRoute, or None when it is not
-    a unicast route (local, broadcast, unreachable, ... are never steered).
+    a unicast route (local, broadcast, ... are never steered). Blackhole,
+    unreachable, prohibit and throw routes come back without nexthops (they
+    name no peer): they share the unicast routes' keys, so one can replace
+    a route that did.
 
     The attribute walk is inlined: this runs once per route of a full table."""
-    family, dst_len, _src_len, _tos, table, protocol, _scope, rtype, _flags = _RTMSG.unpack_from(buf, off)
-    if rtype != RTN_UNICAST or family not in _ZERO:
+    family, dst_len, src_len, tos, table, protocol, _scope, rtype, _flags = _RTMSG.unpack_from(buf, off)
+    if family not in _ZERO:
+        return None
+    if rtype != RTN_UNICAST and rtype not in _NO_NEXTHOP:
         return None
     dst = _ZERO[family]
-    gateway = multipath = None
+    gateway = multipath = src = None
     oif = priority = realm = 0
     unpack_attr = _RTATTR.unpack_from
     u32 = _U32.unpack_from
@@ -124,6 +139,8 @@ def parse_route(buf, off, end):
             dst = bytes(buf[a:p + length])
         elif kind == RTA_GATEWAY:
             gateway = bytes(buf[a:p + length])
+        elif kind == RTA_SRC and src_len:
+            src = (src_len, bytes(buf[a:p + length]))
         elif kind == RTA_OIF:
             oif = _I32.unpack_from(buf, a)[0]
         elif kind == RTA_PRIORITY:
@@ -138,8 +155,12 @@ def parse_route(buf, off, end):
             multipath, nh_realm = _nexthops(buf, a, p + length)
             realm = realm or nh_realm
         p += (length + 3) & ~3
+    if src_len and src is None:
+        src = (src_len, _ZERO[family])
+    if rtype != RTN_UNICAST:
+        return KernelRoute(family, dst, dst_len, table, priority, protocol, realm, (), tos, src)
     return KernelRoute(family, dst, dst_len, table, priority, protocol, realm,
-                       multipath or ((gateway, oif),))
+                       multipath or ((gateway, oif),), tos, src)
 
 
 def parse_addr(buf, off, end):

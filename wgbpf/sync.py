@@ -82,14 +82,23 @@ class Table:
     """Per prefix, the accepted routes that name peers: {rank: peers}.
 
     best() is what the kernel would use (lowest rank); with union=True, as
-    for the feasible-path accept table, it is every peer of every route."""
+    for the feasible-path accept table, it is every peer of every route.
+
+    Routes are keyed as the kernel keys them: table and metric (the rank),
+    IPv4 TOS and IPv6 source prefix. A TOS or source-specific route applies
+    to part of the traffic to its prefix only, and the maps key on the
+    destination alone: such a route is kept apart (its add and delete touch
+    nothing else) and never written, so it cannot steer all traffic to its
+    prefix. `from ::/0` is no source prefix: the kernel stores it as a plain
+    route."""
 
     def __init__(self, tags, flt, union=False):
         self.tags = tags
         self.filter = flt
         self.union = union
         self.prefixes = {}  # pkey -> (rank, peers) | {rank: peers}
-        self.ignored = 0    # accepted routes that named no peer
+        self.ignored = 0    # accepted routes that named no peer, or a TOS/source
+        self.specific = {}  # (pkey, rank, tos, src) -> peers: TOS/source-specific routes naming peers
         self.per_peer = {}  # peer id -> prefixes whose best set holds it
 
     def __len__(self):
@@ -119,6 +128,9 @@ class Table:
         peers = self.tags.resolve(route) if accepted and not deleted else ()
         if accepted and not deleted and not peers:
             self.ignored += 1
+        if route.tos or route.src is not None:
+            self._specific((k, rank, route.tos, route.src), route, peers, deleted)
+            return None
         v = self.prefixes.get(k)
         if v is None and peers:
             # the common case of a full dump: a prefix seen for the first time
@@ -155,6 +167,21 @@ class Table:
         self._count(before, after)
         return k
 
+    def _specific(self, key, route, peers, deleted):
+        """Track a TOS or source-specific route (for the count only)."""
+        if peers:
+            if key not in self.specific:
+                self.ignored += 1
+            self.specific[key] = peers
+            return
+        have = self.specific.pop(key, None)
+        if have and deleted and route.family == AF6 and len(route.nexthops) == 1 and len(have) > 1:
+            # one nexthop of a multipath route removed (see update)
+            gone = self.tags.resolve(route)
+            rest = tuple(p for p in have if p not in gone)
+            if rest:
+                self.specific[key] = rest
+
     def _count(self, before, after):
         per_peer = self.per_peer
         for p in before or ():
@@ -182,6 +209,30 @@ def map_entries(maps, kind="routes"):
     return out
 
 
+def refresh(maps, entries, keys, kind="routes"):
+    """Re-read `keys` from the maps into `entries` (the caller's view of
+    them) before an incremental diff: `wgbpf route` writes the maps behind
+    the daemon's back, and its entries must win. Returns how many differed
+    from the view (then other entries may be stale too)."""
+    stale = 0
+    r = abi.Route()
+    for k in keys:
+        version = 4 if k[0] == AF4 else 6
+        fd = maps._routes_fd(version, kind)
+        # an LPM lookup of the prefix itself: exact when the stored length is
+        if bpfsys.lookup(fd, _keys_array(version, [k])[0], r) and r.prefixlen == k[1]:
+            have = (r.origin, tuple(route_peers(r)))
+        else:
+            have = None
+        if have != entries.get(k):
+            stale += 1
+            if have is None:
+                del entries[k]
+            else:
+                entries[k] = have
+    return stale
+
+
 class Diff:
     def __init__(self):
         self.put = {}     # pkey -> peers
@@ -195,8 +246,10 @@ def diff(table, entries, keys=None):
     """What to write so the maps' kernel-origin entries equal the table.
 
     Entries written by `wgbpf route` (static) and tag host routes are left
-    alone: they are the operator's, and win over routes. `keys` limits the
-    work to some prefixes (incremental); None compares everything."""
+    alone, never replaced nor deleted: they are the operator's, and win over
+    routes. `entries` must be fresh for the keys compared (map_entries, or
+    refresh). `keys` limits the work to some prefixes (incremental); None
+    compares everything."""
     d = Diff()
     kern = abi.Origin.KERNEL
     if keys is None:

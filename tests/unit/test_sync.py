@@ -18,11 +18,14 @@ TAGS = sync.Tags(
 FRONT = 10
 
 
-def route(prefix, *nexthops, table=254, priority=0, protocol=4, realm=0):
+def route(prefix, *nexthops, table=254, priority=0, protocol=4, realm=0, tos=0, src=None):
     net = ipaddress.ip_network(prefix)
     hops = tuple((ipaddress.ip_address(gw).packed if gw else None, oif) for gw, oif in nexthops)
+    if src is not None:
+        s = ipaddress.ip_network(src)
+        src = (s.prefixlen, s.network_address.packed) if s.prefixlen else None
     return rt.KernelRoute(AF4 if net.version == 4 else AF6, net.network_address.packed,
-                          net.prefixlen, table, priority, protocol, realm, hops)
+                          net.prefixlen, table, priority, protocol, realm, hops, tos, src)
 
 
 def test_resolution_by_every_tag_kind():
@@ -73,6 +76,140 @@ def test_ipv6_delete_of_one_nexthop_keeps_the_others():
     assert t.best(k) == (ALICE, CAROL)
 
 
+# -- routes keyed as the kernel keys them ---------------------------------------
+
+def two_routes_one_deleted(a, b, flt=None):
+    """Add a and b for one prefix, delete b: what the table gives, before and after."""
+    t = sync.Table(TAGS, flt or sync.Filter())
+    k = sync.pkey(a.family, a.dst, a.dst_len)
+    t.update(a)
+    t.update(b)
+    before = t.best(k)
+    t.update(b, deleted=True)
+    return before, t.best(k)
+
+
+def test_delete_of_one_of_two_routes_leaves_the_prefix():
+    via_alice, via_bob = ("10.255.0.1", FRONT), ("10.255.0.2", FRONT)
+    cases = {
+        "metric": (route("10.5.0.0/16", via_alice, priority=10), route("10.5.0.0/16", via_bob, priority=20)),
+        "metric, better one deleted": (route("10.5.0.0/16", via_alice, priority=20),
+                                       route("10.5.0.0/16", via_bob, priority=10)),
+        "table": (route("10.5.0.0/16", via_alice, table=254), route("10.5.0.0/16", via_bob, table=100)),
+        "tos": (route("10.5.0.0/16", via_alice), route("10.5.0.0/16", via_bob, tos=0x10)),
+        "ipv6 source prefix": (route("2001:db8::/32", ("fe80::1", FRONT)),
+                               route("2001:db8::/32", ("fe80::2", FRONT), src="fd00:1::/48")),
+        "ipv6 metric": (route("2001:db8::/32", ("fe80::1", FRONT), priority=1024),
+                        route("2001:db8::/32", ("fe80::2", FRONT), priority=512)),
+    }
+    flt = sync.Filter(tables=(254, 100))
+    for why, (a, b) in cases.items():
+        _before, after = two_routes_one_deleted(a, b, flt)
+        assert after == TAGS.resolve(a), why
+    # and the other way round: the specific route's delete never took the plain one
+    before, after = two_routes_one_deleted(route("10.5.0.0/16", via_bob, tos=0x10), route("10.5.0.0/16", via_alice))
+    assert (before, after) == ((ALICE,), None)
+
+
+def test_tos_and_source_specific_routes_never_steer_and_are_counted():
+    t = sync.Table(TAGS, sync.Filter())
+    tos = route("10.6.0.0/16", ("10.255.0.2", FRONT), tos=0x10)
+    src = route("2001:db8::/32", ("fe80::2", FRONT), src="fd00:1::/48")
+    assert t.update(tos) is None and t.update(src) is None
+    assert t.best(sync.pkey(AF4, bytes([10, 6, 0, 0]), 16)) is None
+    assert t.best(sync.pkey(AF6, src.dst, 32)) is None
+    assert len(t) == 0 and len(t.specific) == 2 and t.ignored == 2
+    assert t.update(tos) is None and t.ignored == 2  # a replace is no second route
+    # a plain route for the prefix steers, whatever specific routes it has
+    k = t.update(route("2001:db8::/32", ("fe80::1", FRONT), priority=2048))
+    assert t.best(k) == (ALICE,)
+    t.update(src, deleted=True)
+    t.update(tos, deleted=True)
+    assert not t.specific and t.best(k) == (ALICE,)
+    # `from ::/0` is a plain route (the kernel stores no source prefix)
+    assert route("::/0", ("fe80::1", FRONT), src="::/0").src is None
+
+
+def test_a_blackhole_replacing_a_route_removes_it():
+    t = sync.Table(TAGS, sync.Filter())
+    k = t.update(route("10.7.0.0/16", ("10.255.0.1", FRONT)))
+    hole = parse(rtmsg(AF4, 16, 254, rtype=rt.RTN_BLACKHOLE, attrs=rta(rt.RTA_DST, bytes([10, 7, 0, 0]))))
+    assert hole.nexthops == () and hole.key == route("10.7.0.0/16").key
+    assert t.update(hole) == k and t.best(k) is None
+
+
+# -- the operator's entries win -------------------------------------------------
+
+STATIC, TAG, KERNEL = abi.Origin.STATIC, abi.Origin.TAG, abi.Origin.KERNEL
+
+
+def test_diff_never_touches_static_or_tag_entries():
+    t = sync.Table(TAGS, sync.Filter())
+    p16 = sync.pkey(AF4, bytes([10, 1, 0, 0]), 16)
+    tag = sync.pkey(AF4, bytes([10, 255, 0, 1]), 32)
+    gone = sync.pkey(AF4, bytes([10, 8, 0, 0]), 16)
+    t.update(route("10.1.0.0/16", ("10.255.0.2", FRONT)))          # a route for a static prefix
+    t.update(route("10.255.0.1/32", ("10.255.0.2", FRONT)))        # ... and for a tag's
+    t.update(route("10.8.0.0/16", ("10.255.0.2", FRONT)))
+    k = t.update(route("10.8.0.0/16", ("10.255.0.2", FRONT)), deleted=True)  # deleted: no route
+    entries = {p16: (STATIC, (CAROL,)), tag: (TAG, (ALICE,)), gone: (STATIC, (CAROL,))}
+    for keys in (None, {p16, tag, k}):
+        d = sync.diff(t, dict(entries), keys=keys)
+        assert not d.put and not d.delete, keys
+
+
+class FakeMaps:
+    """routes4/routes6 as dicts {(prefixlen, addr): Route}, behind bpfsys.lookup."""
+
+    def __init__(self, monkeypatch):
+        self.maps = {4: {}, 6: {}}
+        monkeypatch.setattr(sync.bpfsys, "lookup", self.lookup)
+
+    def _routes_fd(self, version, kind="routes"):
+        return version
+
+    def set(self, k, origin, peers):
+        r = abi.Route(count=len(peers), origin=int(origin), prefixlen=k[1])
+        for i, p in enumerate(peers):
+            r.peers[i] = p
+        self.maps[4 if k[0] == AF4 else 6][(k[1], k[2:])] = r
+
+    def lookup(self, fd, key, value):
+        import ctypes
+        n = 4 if fd == 4 else 16
+        r = self.maps[fd].get((key.prefixlen, bytes(key.addr[:n])))
+        if r is None:
+            return False
+        ctypes.memmove(ctypes.addressof(value), ctypes.addressof(r), ctypes.sizeof(r))
+        return True
+
+
+def test_entries_written_behind_the_daemons_back_win(monkeypatch):
+    """`wgbpf route add` under a running daemon, then a kernel route for the
+    same prefix added and deleted: the daemon's view said nothing (or its
+    own entry) was there; a re-read before the diff keeps the static one."""
+    maps = FakeMaps(monkeypatch)
+    t = sync.Table(TAGS, sync.Filter())
+    p16 = sync.pkey(AF4, bytes([10, 9, 0, 0]), 16)
+    p6 = sync.pkey(AF6, ipaddress.ip_address("2001:db8:9::").packed, 48)
+    entries = {p6: (KERNEL, (ALICE,))}                  # the daemon's own entry, then overwritten
+    maps.set(p16, STATIC, (CAROL,))
+    maps.set(p6, STATIC, (BOB,))
+    for r in (route("10.9.0.0/16", ("10.255.0.1", FRONT)), route("2001:db8:9::/48", ("fe80::1", FRONT))):
+        for deleted in (False, True):
+            k = t.update(r, deleted=deleted)
+            assert sync.refresh(maps, entries, {k}) in (0, 1)
+            d = sync.diff(t, entries, keys={k})
+            assert not d.put and not d.delete
+    assert entries == {p16: (STATIC, (CAROL,)), p6: (STATIC, (BOB,))}
+    assert sync.refresh(maps, entries, {p16, p6}) == 0   # the view is fresh now
+    # an entry gone from the maps leaves the view too, and the route is written again
+    del maps.maps[4][(16, bytes([10, 9, 0, 0]))]
+    k = t.update(route("10.9.0.0/16", ("10.255.0.1", FRONT)))
+    assert sync.refresh(maps, entries, {k}) == 1 and p16 not in entries
+    assert sync.diff(t, entries, keys={k}).put == {p16: (ALICE,)}
+
+
 def apply(entries, d):
     for k, peers in d.put.items():
         entries[k] = (abi.Origin.KERNEL, peers)
@@ -87,6 +224,8 @@ def expected(kernel, flt):
         peers = TAGS.resolve(r)
         if not flt.accepts(r) or not peers:
             continue
+        if r.tos or r.src is not None:
+            continue  # TOS/source-specific: never in the maps
         k = sync.pkey(r.family, r.dst, r.dst_len)
         if k not in best or flt.rank(r) < best[k][0]:
             best[k] = (flt.rank(r), peers)
@@ -101,7 +240,8 @@ prefixes = st.sampled_from(["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "0.0.0.0
 nexthops = st.lists(st.tuples(st.sampled_from(GATEWAYS), st.sampled_from(OIFS)), min_size=1, max_size=3)
 events = st.lists(st.tuples(st.sampled_from(["set", "del"]), prefixes, nexthops,
                             st.sampled_from([254, 100, 7]), st.sampled_from([0, 10, 1024]),
-                            st.sampled_from([4, 12])), max_size=40)
+                            st.sampled_from([4, 12]), st.sampled_from([0, 0, 0x10]),
+                            st.sampled_from([None, None, "::/0", "fd00:1::/48"])), max_size=40)
 
 
 @settings(max_examples=300, deadline=None)
@@ -113,8 +253,10 @@ def test_any_event_sequence_leaves_maps_equal_to_the_model(seq, filtered):
     # the operator's own entries, which the daemon must never touch
     static = {sync.pkey(AF4, bytes([10, 1, 0, 0]), 16): (abi.Origin.STATIC, (CAROL,))}
     entries = dict(static)
-    for op, prefix, hops, table, prio, proto in seq:
-        r = route(prefix, *hops, table=table, priority=prio, protocol=proto)
+    for op, prefix, hops, table, prio, proto, tos, src in seq:
+        v6 = ":" in prefix  # TOS is IPv4's, source prefixes IPv6's
+        r = route(prefix, *hops, table=table, priority=prio, protocol=proto,
+                  tos=0 if v6 else tos, src=src if v6 else None)
         if op == "set":
             kernel[r.key] = r  # add and replace look alike: same key, new nexthops
             changed = t.update(r)
@@ -183,6 +325,18 @@ def test_parse_v4_via_v6_and_multipath():
     r = parse(rtmsg(AF4, 8, 254, attrs=rta(rt.RTA_DST, bytes([10, 0, 0, 0])) + rta(rt.RTA_MULTIPATH, mp)))
     assert r.nexthops == ((ipaddress.ip_address("fe80::2").packed, 10), (bytes([10, 255, 0, 1]), 11))
     assert TAGS.resolve(r) == (ALICE, BOB)
+
+
+def test_parse_tos_and_source_prefix_into_the_key():
+    plain = parse(rtmsg(AF4, 16, 254, attrs=rta(rt.RTA_DST, bytes([10, 1, 0, 0]))))
+    body = struct.pack("=BBBBBBBBI", AF4, 16, 0, 0x10, 254, 4, 0, rt.RTN_UNICAST, 0) + rta(rt.RTA_DST, bytes([10, 1, 0, 0]))
+    tos = parse(body)
+    assert (plain.tos, tos.tos) == (0, 0x10) and plain.key != tos.key
+    src = ipaddress.ip_address("fd00:1::").packed
+    body = (struct.pack("=BBBBBBBBI", AF6, 32, 48, 0, 254, 4, 0, rt.RTN_UNICAST, 0)
+            + rta(rt.RTA_DST, ipaddress.ip_address("2001:db8::").packed) + rta(rt.RTA_SRC, src))
+    r = parse(body)
+    assert r.src == (48, src) and r.key != route("2001:db8::/32").key
 
 
 def test_parse_skips_non_unicast_and_default_route_has_zero_dst():
