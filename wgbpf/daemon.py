@@ -53,6 +53,26 @@ def read_status(front):
     return st
 
 
+def notify_maps_written(front):
+    """Tell the daemon running for `front` that `wgbpf route` wrote its maps
+    (SIGUSR1: it re-reads them). Only a process that catches SIGUSR1 is
+    signalled: to any other (a pid reused, an older daemon) its default
+    action is death. Returns whether one was told."""
+    st = read_status(front)
+    if not st or st.get("state") != "running" or st.get("backend") == "allowedips":
+        return False
+    try:
+        pid = int(st["pid"])
+        with open(f"/proc/{pid}/status") as f:
+            caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+        if not caught & (1 << (signal.SIGUSR1 - 1)):
+            return False
+        os.kill(pid, signal.SIGUSR1)
+    except (OSError, KeyError, TypeError, ValueError, StopIteration):
+        return False
+    return True
+
+
 def allowedips_daemons():
     """{device: status} of the allowedips-backend daemons that left a status."""
     out = {}
@@ -107,6 +127,7 @@ class Daemon:
         self.tables = {}    # map kind -> (Table, the maps' entries as we wrote them)
         self.dir = None     # DIR-24-8 mode: the compiled IPv4 arrays
         self.lock_fd = None
+        self.maps_changed = False  # SIGUSR1: `wgbpf route` wrote the maps
         self.write_errors = {}  # file -> the last failure to write it, logged once
         self.said_running = False  # a status file says "running": undo it if we die
 
@@ -207,10 +228,30 @@ class Daemon:
             self.log(f"sync ({why}): lookup fib, no prefixes to copy; following links and tags")
         else:
             self.log(f"sync ({why}): {n} routes read, {len(self.table)} prefixes name peers, "
-                     f"{self.table.ignored} ignored, {writes} map writes "
+                     f"{self.table.ignored} ignored ({len(self.table.specific)} TOS/source-specific), {writes} map writes "
                      f"({puts} put, {deletes} deleted) in {dt:.2f}s (dump {t_dump:.2f}s)")
         self.write_status("running")
         return writes
+
+    def maps_sync(self, why):
+        """Re-read the maps, not the kernel: after `wgbpf route` wrote them
+        (it sends SIGUSR1), its entries are left alone, a kernel route
+        takes the place of one it removed, and the DIR-24-8 arrays (whose
+        view `wgbpf route` cannot update) are recompiled."""
+        if self.maps is None or not self.tables:
+            return
+        writes = 0
+        for kind, (table, _old) in list(self.tables.items()):
+            entries = sync.map_entries(self.maps, kind)
+            d = sync.diff(table, entries)
+            writes += sync.apply_diff(self.maps, d, entries, kind=kind)
+            self.tables[kind] = (table, entries)
+        if self.dir is not None:
+            entries = self.tables["routes"][1]
+            self.dir.rebuild({(int.from_bytes(k[2:], "big"), k[1]): peers
+                              for k, (_origin, peers) in entries.items() if k[0] == socket.AF_INET})
+        self.stats["map_writes"] += writes
+        self.log(f"maps re-read ({why}): {writes} map writes")
 
     def _peer_state(self, index, up):
         for pid, p in self.maps.peers().items():
@@ -246,6 +287,9 @@ class Daemon:
         for kind, keys in changed.items():
             if keys:
                 table, entries = self.tables[kind]
+                # what `wgbpf route` wrote meanwhile wins: re-read before the diff
+                if sync.refresh(self.maps, entries, keys, kind):
+                    self.maps_changed = True  # others may be stale too (and dir24's view)
                 d = sync.diff(table, entries, keys=keys)
                 self.stats["map_writes"] += sync.apply_diff(self.maps, d, entries, kind=kind)
                 if kind == "routes" and self.dir is not None:
@@ -327,6 +371,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGUSR1, self._on_usr1)
         events = rt.Netlink(groups=EVENT_GROUPS, rcvbuf=self.rcvbuf)
         try:
             self._attach()
@@ -352,6 +397,9 @@ class Daemon:
                     else:
                         self.stats["resyncs"] += 1
                         self.full_sync("config reload")
+                if self.maps_changed:
+                    self.maps_changed = False
+                    self.maps_sync("written by wgbpf route")
                 try:
                     ready, _, _ = select.select([events], [], [], 1.0)
                 except InterruptedError:
@@ -407,6 +455,9 @@ class Daemon:
 
     def _on_hup(self, *_):
         self.reload = True
+
+    def _on_usr1(self, *_):
+        self.maps_changed = True
 
 
 def config_builder(front, peer_args, config_path, members_only, no_route, settings=None):
