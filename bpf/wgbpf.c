@@ -8,6 +8,16 @@
  *                  be owned by the member's peer, else the packet is dropped;
  *                  then it is redirected into the front's ingress, so the host
  *                  sees every peer's traffic arrive on the one front device.
+ *   member_egress  (tc egress on each member): the guard alone, for routes
+ *                  that leave by a member directly.
+ *
+ * Fail closed: a member re-created by `wg-quick down/up` comes back with a
+ * new ifindex and no filter, and whatever it receives would be forwarded
+ * with an unchecked source. So every way out to a peer (front_egress, the
+ * flood, member_egress) first checks where a forwarded packet came in
+ * (vetted()): by the front (member_ingress checked it), by a hooked member,
+ * or by a device the control plane vetted as not a member. Anything else is
+ * dropped until the daemon (or attach) has hooked the new device.
  *
  * Packets on WireGuard/TUN devices start at the IP header, while
  * BPF_PROG_TEST_RUN hands tc programs an Ethernet frame; reading with
@@ -61,6 +71,8 @@ BPF_TABLE_PINNED("array", u32, struct wgbpf_peer, peers, WGBPF_MAX_PEERS,
 BPF_TABLE_PINNED("hash", u32, u32, members, WGBPF_MAX_PEERS, WGBPF_PIN_DIR "/members");
 BPF_TABLE_PINNED("array", u32, struct wgbpf_flood, flood, WGBPF_MAX_PEERS, WGBPF_PIN_DIR "/flood");
 BPF_TABLE_PINNED("hash", struct wgbpf_tag, u32, tags, WGBPF_MAX_TAGS, WGBPF_PIN_DIR "/tags");
+BPF_TABLE_PINNED("hash", struct wgbpf_tag, u32, locals, WGBPF_MAX_LOCALS, WGBPF_PIN_DIR "/locals");
+BPF_TABLE_PINNED("hash", u32, u32, forwarders, WGBPF_MAX_FORWARDERS, WGBPF_PIN_DIR "/forwarders");
 BPF_TABLE_PINNED("array", u32, struct wgbpf_config, config, 1, WGBPF_PIN_DIR "/config");
 /* Not pinned: each load fills its own with its own front_flood. */
 BPF_PROG_ARRAY(tail, 1);
@@ -325,6 +337,56 @@ static __always_inline int link_local_source(struct packet *p)
 	return p->src[0] == 0xfe && (p->src[1] & 0xc0) == 0x80;
 }
 
+/* Sources no route can make legitimate, as the kernel's martian logic and
+ * RFC 6890 see them. Not the documentation ranges (192.0.2.0/24,
+ * 2001:db8::/32, ...): the kernel forwards them, and labs use them. Returns
+ * the reason to drop under, or 0. */
+static __always_inline __u32 martian(struct packet *p)
+{
+	__u8 *a = p->src;
+
+	if (p->family == AF_INET) {
+		if (a[0] == 0)
+			return WGBPF_MARTIAN_UNSPEC;
+		if (a[0] == 127)
+			return WGBPF_MARTIAN_LOOPBACK;
+		if ((a[0] & 0xf0) == 224)
+			return WGBPF_MARTIAN_MULTICAST;
+		if ((a[0] & 0xf0) == 240)
+			return WGBPF_MARTIAN_RESERVED;
+	} else {
+		__u32 w[4];
+		__builtin_memcpy(w, a, 16);
+		if (w[0] == 0 && w[1] == 0) {
+			if (w[2] == 0 && w[3] == 0)
+				return WGBPF_MARTIAN_UNSPEC;
+			if (w[2] == 0 && w[3] == bpf_htonl(1))
+				return WGBPF_MARTIAN_LOOPBACK;
+			if (w[2] == 0 || w[2] == bpf_htonl(0xffff))
+				return WGBPF_MARTIAN_MAPPED;
+		}
+		if (a[0] == 0xff)
+			return WGBPF_MARTIAN_MULTICAST;
+	}
+	struct wgbpf_tag key = { .family = p->family };
+	__builtin_memcpy(key.addr, a, 16); /* IPv4: bytes 4..15 are zero */
+	if (locals.lookup(&key))
+		return WGBPF_MARTIAN_LOCAL;
+	return 0;
+}
+
+/* Where a packet leaving by a peer came in: made here (0), by the front
+ * (after member_ingress), by a hooked member (members-only), or by a device
+ * vetted as no member. */
+static __always_inline int vetted(struct __sk_buff *skb, struct wgbpf_config *cfg)
+{
+	__u32 in = skb->ingress_ifindex;
+
+	if (in == 0 || (cfg && cfg->front_ifindex && in == cfg->front_ifindex))
+		return 1;
+	return members.lookup(&in) || forwarders.lookup(&in);
+}
+
 static __always_inline void count(__u32 reason)
 {
 	u64 *c = counters.lookup(&reason);
@@ -412,6 +474,11 @@ int front_egress(struct __sk_buff *skb)
 	struct wgbpf_route *r;
 	int verdict;
 
+	if (!vetted(skb, cfg)) {
+		reason = WGBPF_UNVETTED;
+		verdict = TC_ACT_SHOT;
+		goto out;
+	}
 	if (parse(skb, &p) < 0) {
 		reason = WGBPF_MALFORMED;
 		verdict = TC_ACT_SHOT;
@@ -478,7 +545,8 @@ static __always_inline int set_has(struct wgbpf_route *r, __u32 id)
 }
 
 /* The source check. Returns the reason to count: one of the PASSED
- * reasons, WGBPF_SPOOFED, or WGBPF_FIB_FAILED (dropped too: fail closed). */
+ * reasons, WGBPF_SPOOFED, a MARTIAN one, or WGBPF_FIB_FAILED (dropped too:
+ * fail closed). */
 static __always_inline __u32 check_source(struct __sk_buff *skb, struct packet *p, __u32 id,
 					  struct wgbpf_config *cfg, struct wgbpf_peer *peer)
 {
@@ -488,6 +556,11 @@ static __always_inline __u32 check_source(struct __sk_buff *skb, struct packet *
 	__u32 via = cfg && cfg->front_ifindex ? cfg->front_ifindex : skb->ifindex;
 	int owner;
 
+	if (mode != WGBPF_SOURCE_OFF) {
+		__u32 bad = martian(p);
+		if (bad)
+			return bad;
+	}
 	if (link_local_source(p))
 		return tag_owner(p->family, p->src) == id ? WGBPF_PASSED : WGBPF_SPOOFED;
 	if (mode == WGBPF_SOURCE_OFF)
@@ -544,7 +617,7 @@ int member_ingress(struct __sk_buff *skb)
 	reason = check_source(skb, &p, id, cfg, peers.lookup(&id));
 	if (reason == WGBPF_FIB_FAILED)
 		goto out;
-	if (reason == WGBPF_SPOOFED) {
+	if (reason == WGBPF_SPOOFED || (reason >= WGBPF_MARTIAN_LOCAL && reason <= WGBPF_MARTIAN_MAPPED)) {
 		if (s)
 			s->spoofed++;
 		goto out;
@@ -560,4 +633,15 @@ int member_ingress(struct __sk_buff *skb)
 out:
 	count(reason);
 	return verdict;
+}
+
+/* The guard of front_egress, on the members' own way out. */
+int member_egress(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+
+	if (vetted(skb, config.lookup(&zero)))
+		return TC_ACT_OK;
+	count(WGBPF_UNVETTED);
+	return TC_ACT_SHOT;
 }

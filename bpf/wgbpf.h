@@ -34,6 +34,13 @@
 #ifndef WGBPF_MAX_TAGS
 #define WGBPF_MAX_TAGS 8192
 #endif
+/* The host's own addresses (locals), and the devices whose forwarded
+ * traffic may leave by a peer (forwarders). */
+#define WGBPF_MAX_LOCALS 4096
+#define WGBPF_MAX_FORWARDERS 16384
+
+/* Device names, as the kernel's IFNAMSIZ. */
+#define WGBPF_IFNAME_LEN 16
 
 /* Key of routes4: an IPv4 prefix. prefixlen first, as the LPM trie wants. */
 struct wgbpf_key4 {
@@ -67,6 +74,10 @@ struct wgbpf_route {
 /* Peer flags. */
 #define WGBPF_PEER_UP 1 /* steer and flood to it; else ECMP falls back */
 
+/* What wgbpf created on a device (peer.owned, config.front_owned), so detach
+ * removes only that. */
+#define WGBPF_OWN_CLSACT 1 /* the clsact qdisc was added by wgbpf */
+
 /* How a member checks the source of what its peer sends. */
 enum wgbpf_source {
 	WGBPF_SOURCE_DEFAULT = 0,  /* per peer: use wgbpf_config.source */
@@ -82,7 +93,10 @@ struct wgbpf_peer {
 	__u32 ifindex; /* the peer's member device; 0: slot unused */
 	__u32 flags;   /* WGBPF_PEER_* */
 	__u32 source;  /* enum wgbpf_source */
+	__u32 owned;   /* WGBPF_OWN_*: on the member device */
 	char name[WGBPF_NAME_LEN];
+	char member[WGBPF_IFNAME_LEN]; /* the member device's name: a device is
+					* known by name and ifindex */
 };
 
 /* Value of flood, an array: the members that are up, densely, so the flood
@@ -151,6 +165,8 @@ struct wgbpf_config {
 	__u32 fib_table;     /* FIB mode: the table to look in; 0: main */
 	__u32 source;        /* enum wgbpf_source for peers left at DEFAULT */
 	__u32 accept_table;  /* FIB mode, feasible: the accept table; 0: none */
+	__u32 front_owned;   /* WGBPF_OWN_*: on the front device */
+	char front[WGBPF_IFNAME_LEN]; /* the front device's name */
 };
 
 /* Per-peer counters, a per-CPU array indexed by peer id. */
@@ -177,7 +193,19 @@ enum wgbpf_reason {
 	WGBPF_PASSED_LOOSE = 9,   /* member ingress: source routed via some peer (loose) */
 	WGBPF_PASSED_UNCHECKED = 10, /* member ingress: source check off for the peer */
 	WGBPF_FIB_FAILED = 11,    /* FIB mode: bpf_fib_lookup refused (e.g. forwarding off); dropped at ingress */
-	WGBPF_REASON_MAX = 12,
+	/* Martian sources, dropped at member ingress in every source mode but
+	 * off, before any lookup: no route makes them legitimate. */
+	WGBPF_MARTIAN_LOCAL = 12,     /* one of the host's own addresses (locals) */
+	WGBPF_MARTIAN_UNSPEC = 13,    /* 0.0.0.0/8, :: */
+	WGBPF_MARTIAN_LOOPBACK = 14,  /* 127.0.0.0/8, ::1 */
+	WGBPF_MARTIAN_MULTICAST = 15, /* 224.0.0.0/4, ff00::/8 */
+	WGBPF_MARTIAN_RESERVED = 16,  /* 240.0.0.0/4, with 255.255.255.255 */
+	WGBPF_MARTIAN_MAPPED = 17,    /* ::ffff:0:0/96 (IPv4-mapped), ::/96 (IPv4-compatible) */
+	/* Forwarded from a device wgbpf has not vetted (not the front, not a
+	 * hooked member, not a forwarder): e.g. a re-created member before its
+	 * hook. Dropped on the way to a peer: fail closed. */
+	WGBPF_UNVETTED = 18,
+	WGBPF_REASON_MAX = 19,
 };
 
 #endif

@@ -11,9 +11,13 @@ MAX_PEERS = 1024
 MAX_ROUTES4 = 4194304
 MAX_ROUTES6 = 1048576
 MAX_TAGS = 8192
+MAX_LOCALS = 4096
+MAX_FORWARDERS = 16384
 NAME_LEN = 32
+IFNAME_LEN = 16
 
 PEER_UP = 1
+OWN_CLSACT = 1
 
 AF_INET = 2
 AF_INET6 = 10
@@ -70,9 +74,16 @@ class Reason(enum.IntEnum):
     PASSED_LOOSE = 9
     PASSED_UNCHECKED = 10
     FIB_FAILED = 11
+    MARTIAN_LOCAL = 12
+    MARTIAN_UNSPEC = 13
+    MARTIAN_LOOPBACK = 14
+    MARTIAN_MULTICAST = 15
+    MARTIAN_RESERVED = 16
+    MARTIAN_MAPPED = 17
+    UNVETTED = 18
 
 
-REASON_MAX = 12
+REASON_MAX = 19
 
 
 class Key4(ctypes.Structure):
@@ -91,7 +102,8 @@ class Route(ctypes.Structure):
 
 class Peer(ctypes.Structure):
     _fields_ = [("ifindex", ctypes.c_uint32), ("flags", ctypes.c_uint32),
-                ("source", ctypes.c_uint32), ("name", ctypes.c_char * NAME_LEN)]
+                ("source", ctypes.c_uint32), ("owned", ctypes.c_uint32),
+                ("name", ctypes.c_char * NAME_LEN), ("member", ctypes.c_char * IFNAME_LEN)]
 
 
 class Tag(ctypes.Structure):
@@ -102,7 +114,8 @@ class Config(ctypes.Structure):
     _fields_ = [("front_ifindex", ctypes.c_uint32), ("no_route", ctypes.c_uint32),
                 ("flood_count", ctypes.c_uint32), ("flags", ctypes.c_uint32),
                 ("lookup", ctypes.c_uint32), ("fib_table", ctypes.c_uint32),
-                ("source", ctypes.c_uint32), ("accept_table", ctypes.c_uint32)]
+                ("source", ctypes.c_uint32), ("accept_table", ctypes.c_uint32),
+                ("front_owned", ctypes.c_uint32), ("front", ctypes.c_char * IFNAME_LEN)]
 
 
 class DirElem(ctypes.Structure):
@@ -148,10 +161,12 @@ MAPS = {m.name: m for m in [
     MapSpec("members", HASH, U32, U32, MAX_PEERS),
     MapSpec("flood", ARRAY, U32, Flood, MAX_PEERS),
     MapSpec("tags", HASH, Tag, U32, MAX_TAGS),
+    MapSpec("locals", HASH, Tag, U32, MAX_LOCALS),
+    MapSpec("forwarders", HASH, U32, U32, MAX_FORWARDERS, NO_PREALLOC),
     MapSpec("config", ARRAY, U32, Config, 1),
     MapSpec("counters", PERCPU_ARRAY, U32, U64, REASON_MAX),
     MapSpec("peer_stats", PERCPU_ARRAY, U32, PeerStats, MAX_PEERS),
 ]}
 
 # The two programs and the tc hook each attaches to.
-PROGRAMS = {"front_egress": "egress", "member_ingress": "ingress"}
+PROGRAMS = {"front_egress": "egress", "member_ingress": "ingress", "member_egress": "egress"}

@@ -217,13 +217,122 @@ def filter_name(front):
 
 
 def ensure_filter(ipr, ifindex, hook, fd, name):
+    """Our filter on one hook; True when the clsact qdisc was added for it."""
+    created = True
     try:
         ipr.tc("add", "clsact", ifindex)
     except Exception as e:
         if getattr(e, "code", None) != errno.EEXIST:
             raise
+        created = False
     ipr.tc("replace-filter", "bpf", ifindex, TC_HANDLE, fd=fd, name=name,
            parent=HOOK_PARENT[hook], classid=1, direct_action=True, prio=TC_PRIO)
+    return created
+
+
+def hook_member(ipr, ifindex, fds, name):
+    """Both member programs on one device: ingress checks sources, egress
+    guards routes that leave by the member itself. True if clsact was
+    added."""
+    created = ensure_filter(ipr, ifindex, "ingress", fds["member_ingress"], name)
+    ensure_filter(ipr, ifindex, "egress", fds["member_egress"], name)
+    return created
+
+
+def links(ipr):
+    """{ifindex: name} of every device in this namespace."""
+    return {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+
+
+def host_addresses(ipr):
+    """{ip_address: ifindex} of every address of this namespace."""
+    import ipaddress
+    out = {}
+    for a in ipr.get_addr():
+        text = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
+        if text:
+            out[ipaddress.ip_address(text.split("%")[0])] = a["index"]
+    return out
+
+
+def vet(ipr, m, member_names):
+    """The guard's state from what the namespace holds now: every device
+    that is not one of our members may forward to peers (a member's own
+    traffic goes through member_ingress and arrives by the front), and every
+    host address is a martian source. Returns the changes made."""
+    changes = []
+    want = {i for i, n in links(ipr).items() if n not in member_names}
+    have = m.forwarders()
+    for i in want - have:
+        m.set_forwarder(i)
+    for i in have - want:
+        m.del_forwarder(i)
+    if want != have:
+        changes.append(f"forwarders: {len(want)} devices vetted")
+    want_local = host_addresses(ipr)
+    have_local = m.locals()
+    for a, i in want_local.items():
+        if have_local.get(a) != i:
+            m.set_local(a, i)
+    for a in set(have_local) - set(want_local):
+        m.del_local(a)
+    return changes
+
+
+def pinned_programs(directory):
+    """{program name: fd} of an instance's pinned programs (caller closes)."""
+    fds = {}
+    try:
+        for pname in abi.PROGRAMS:
+            fds[pname] = bpfsys.obj_get(os.path.join(directory, pname))
+    except OSError:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return fds
+
+
+def rehook_member(ipr, m, front, pid, ifindex, up):
+    """A member device re-created under the same name: hook it, then make
+    it known. The hook comes first, so until the members entry exists
+    member_ingress drops what it sends (unknown member) and the guard never
+    takes it for a hooked member."""
+    fds = pinned_programs(m.dir)
+    try:
+        created = hook_member(ipr, ifindex, fds, filter_name(front))
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    peer = m.peers()[pid]
+    old = peer.ifindex
+    m.set_member(ifindex, pid)
+    peer.ifindex = ifindex
+    peer.flags = (peer.flags | abi.PEER_UP) if up else (peer.flags & ~abi.PEER_UP)
+    peer.owned = abi.OWN_CLSACT if created else 0
+    m.set_peer(pid, peer)
+    if old != ifindex:
+        m.del_member(old)
+        m.del_forwarder(ifindex)
+    m.rebuild_flood()
+    return old
+
+
+def rehook_front(ipr, m, front, ifindex):
+    """The front re-created under the same name: hook it, then point the
+    members' hand-over at it."""
+    fds = pinned_programs(m.dir)
+    try:
+        created = ensure_filter(ipr, ifindex, "egress", fds["front_egress"], filter_name(front))
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    c = m.config()
+    old = c.front_ifindex
+    c.front_ifindex = ifindex
+    c.front_owned = abi.OWN_CLSACT if created else 0
+    m.set_config(c)
+    quiet_redirects(front)
+    return old
 
 
 def filters(ipr, ifindex, hook):
@@ -316,9 +425,11 @@ def attach(cfg, log=lambda msg: None, debug=False):
             for pc in cfg.peers:
                 pid = ids[pc.name]
                 ifindex, up = links[pc.name]
-                want = abi.Peer(ifindex=ifindex, flags=abi.PEER_UP if up else 0,
-                                source=int(pc.source), name=pc.name.encode())
                 have = existing.get(pid)
+                want = abi.Peer(ifindex=ifindex, flags=abi.PEER_UP if up else 0,
+                                source=int(pc.source), name=pc.name.encode(),
+                                member=pc.member.encode(),
+                                owned=have.owned if have is not None and have.ifindex == ifindex else 0)
                 if have is None or bytes(have) != bytes(want):
                     m.set_peer(pid, want)
                     changes.append(f"peer {pc.name} ({pc.member}, id {pid}"
@@ -348,22 +459,33 @@ def attach(cfg, log=lambda msg: None, debug=False):
             cfg_want = abi.Config(front_ifindex=front_idx, no_route=int(cfg.no_route),
                                   flood_count=have_cfg.flood_count, lookup=int(cfg.lookup),
                                   fib_table=cfg.fib_table, source=int(cfg.source),
-                                  accept_table=cfg.accept_table)
+                                  accept_table=cfg.accept_table,
+                                  front_owned=have_cfg.front_owned if have_cfg.front_ifindex == front_idx else 0,
+                                  front=cfg.front.encode() if front_idx else b"")
             new_settings = bytes(cfg_want) != bytes(have_cfg)
             if new_settings and fresh:
                 m.set_config(cfg_want)
             if dir24:  # compiled before any program reads it
                 m.dir24().rebuild(m.ipv4_prefixes())
             m.rebuild_flood()
+            changes += vet(ipr, m, {pc.member for pc in cfg.peers})
 
             # Filters: members, then the front.
             name = filter_name(cfg.front)
             for pc in cfg.peers:
                 ifindex, _ = links[pc.name]
-                if reload_progs or name not in filters(ipr, ifindex, "ingress"):
-                    ensure_filter(ipr, ifindex, "ingress", fds["member_ingress"], name)
+                if (reload_progs or name not in filters(ipr, ifindex, "ingress")
+                        or name not in filters(ipr, ifindex, "egress")):
+                    if hook_member(ipr, ifindex, fds, name):
+                        p = m.peers()[ids[pc.name]]
+                        p.owned |= abi.OWN_CLSACT
+                        m.set_peer(ids[pc.name], p)
             if front_idx and (reload_progs or name not in filters(ipr, front_idx, "egress")):
-                ensure_filter(ipr, front_idx, "egress", fds["front_egress"], name)
+                if ensure_filter(ipr, front_idx, "egress", fds["front_egress"], name):
+                    c = m.config()
+                    c.front_owned |= abi.OWN_CLSACT
+                    m.set_config(c)
+                    cfg_want.front_owned = c.front_owned
             if new_settings and not fresh:
                 # after the new programs are in: a mode switch must not make
                 # the old ones read maps they were not built with
@@ -394,6 +516,7 @@ def attach(cfg, log=lambda msg: None, debug=False):
                     m.del_member(ifindex)
                     if pid in keep:  # the peer moved to another device
                         remove_filter(ipr, ifindex, "ingress")
+                        remove_filter(ipr, ifindex, "egress")
             m.rebuild_flood()
             del bpf
         finally:
@@ -415,6 +538,7 @@ def _forget_peer(ipr, m, pid, peer):
     for ifindex, owner in m.members().items():
         if owner == pid:
             remove_filter(ipr, ifindex, "ingress")
+            remove_filter(ipr, ifindex, "egress")
             m.del_member(ifindex)
     for t, owner in m.tags().items():
         if owner == pid:
@@ -453,6 +577,7 @@ def detach(front):
                 cfg = m.config()
                 for ifindex in m.members():
                     remove_filter(ipr, ifindex, "ingress")
+                    remove_filter(ipr, ifindex, "egress")
                     removed.append(ifindex)
                 if cfg.front_ifindex:
                     remove_filter(ipr, cfg.front_ifindex, "egress")

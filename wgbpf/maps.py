@@ -239,6 +239,32 @@ class Maps:
     def del_tag(self, addr):
         return bpfsys.delete(self.fds["tags"], self._tag_key(addr))
 
+    # -- the fail-closed guard's state: host addresses, vetted devices -------
+    def locals(self):
+        """{ip_address: ifindex} of the host's own addresses (martian sources)."""
+        out = {}
+        for k, v in self._hash_items("locals", abi.Tag, ctypes.c_uint32):
+            n = 4 if k.family == abi.AF_INET else 16
+            out[ipaddress.ip_address(bytes(k.addr[:n]))] = v.value
+        return out
+
+    def set_local(self, addr, ifindex):
+        bpfsys.update(self.fds["locals"], self._tag_key(addr), ctypes.c_uint32(ifindex))
+
+    def del_local(self, addr):
+        return bpfsys.delete(self.fds["locals"], self._tag_key(addr))
+
+    def forwarders(self):
+        """Ifindexes of the devices vetted as no member: their forwarded
+        traffic may leave by a peer."""
+        return {k.value for k, _ in self._hash_items("forwarders", ctypes.c_uint32, ctypes.c_uint32)}
+
+    def set_forwarder(self, ifindex):
+        bpfsys.update(self.fds["forwarders"], ctypes.c_uint32(ifindex), ctypes.c_uint32(1))
+
+    def del_forwarder(self, ifindex):
+        return bpfsys.delete(self.fds["forwarders"], ctypes.c_uint32(ifindex))
+
     # -- routes ---------------------------------------------------------------
     def _routes_fd(self, version, kind="routes"):
         """kind: "routes" (steering, strict source check) or "accept" (the

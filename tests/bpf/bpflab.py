@@ -39,6 +39,7 @@ TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 SKB_CTX_SIZE = 192     # sizeof(struct __sk_buff)
 SKB_CTX_IFINDEX = 40   # offsetof(struct __sk_buff, ifindex)
+SKB_CTX_INGRESS = 36   # offsetof(struct __sk_buff, ingress_ifindex): where it came in
 
 
 @dataclasses.dataclass
@@ -76,13 +77,17 @@ class Instance:
         """`via` is a peer name (its member device) or a device name."""
         return self.net.ifindex[self.members.get(via, via)]
 
-    def run(self, prog, frame, via=None, repeat=1):
+    def run(self, prog, frame, via=None, repeat=1, came_in=None):
         """BPF_PROG_TEST_RUN of one program; returns its return value.
-        `via` sets skb->ifindex (member_ingress looks its peer up by it)."""
+        `via` sets skb->ifindex (member_ingress looks its peer up by it),
+        `came_in` skb->ingress_ifindex (a forwarded packet's way in)."""
         ctx = None
-        if via is not None:
+        if via is not None or came_in is not None:
             buf = bytearray(SKB_CTX_SIZE)
-            struct.pack_into("=I", buf, SKB_CTX_IFINDEX, self.ifindex_of(via))
+            if via is not None:
+                struct.pack_into("=I", buf, SKB_CTX_IFINDEX, self.ifindex_of(via))
+            if came_in is not None:
+                struct.pack_into("=I", buf, SKB_CTX_INGRESS, self.ifindex_of(came_in))
             ctx = bytes(buf)
         with entered_netns(self.net.name):
             retval, _, _ = bpfsys.test_run(self.progs[prog], frame, repeat, ctx)
@@ -101,10 +106,10 @@ class Instance:
         after = self.snapshot()
         return {k: after[k] - before[k] for k in after if after[k] != before[k]}
 
-    def measure(self, prog, frame, via=None):
+    def measure(self, prog, frame, via=None, came_in=None):
         """(return value, counter deltas) of one run."""
         before = self.snapshot()
-        retval = self.run(prog, frame, via)
+        retval = self.run(prog, frame, via, came_in=came_in)
         return retval, self.delta(before)
 
     def steer(self, frame):

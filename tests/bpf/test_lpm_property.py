@@ -48,13 +48,31 @@ SETTINGS_DIR24 = settings(SETTINGS, max_examples=25,
 PROBES = 30
 
 
+_N = ipaddress.ip_network
+# Martian sources by class, written as networks (the C side tests bits).
+MARTIANS = [("martian_unspec", _N("0.0.0.0/8")), ("martian_unspec", _N("::/128")),
+            ("martian_loopback", _N("127.0.0.0/8")), ("martian_loopback", _N("::1/128")),
+            ("martian_multicast", _N("224.0.0.0/4")), ("martian_multicast", _N("ff00::/8")),
+            ("martian_reserved", _N("240.0.0.0/4")),
+            ("martian_mapped", _N("::ffff:0:0/96")), ("martian_mapped", _N("::/96"))]
+
+
+def martian(addr, local=()):
+    """The martian reason of a source address, or None."""
+    for reason, net in MARTIANS:
+        if addr.version == net.version and addr in net:
+            return reason
+    return "martian_local" if addr in local else None
+
+
 class ReferenceLPM:
     """dict of ip_network -> tuple of peers; longest match by trying every
     prefix length from the longest down."""
 
-    def __init__(self, routes, tags):
+    def __init__(self, routes, tags, local=()):
         self.routes = dict(routes)
         self.tags = dict(tags)       # ip_address -> peer
+        self.local = set(local)      # the host's addresses: martian sources
 
     def lookup(self, addr):
         for plen in range(addr.max_prefixlen, -1, -1):
@@ -74,6 +92,8 @@ class ReferenceLPM:
         return addr in ipaddress.ip_network("169.254.0.0/16" if addr.version == 4 else "fe80::/10")
 
     def owns(self, peer, src):
+        if martian(src, self.local):
+            return False
         if self.link_local(src):
             return self.tags.get(src) == peer
         hit = self.lookup(src)
@@ -82,6 +102,8 @@ class ReferenceLPM:
     def source_check(self, peer, src, mode, accept):
         """The reason member_ingress counts, by mode (wgbpf.h's
         wgbpf_source); `accept` is the ReferenceLPM of the accept table."""
+        if mode != abi.Source.OFF and martian(src, self.local):
+            return martian(src, self.local)
         if self.link_local(src):
             return "passed" if self.tags.get(src) == peer else "spoofed"
         if mode == abi.Source.OFF:
@@ -188,7 +210,7 @@ class Written:
         self.inst, self.version, self.kind = inst, version, kind
         self.base = base_routes(inst, version, kind)
         self.table = {k: v for k, v in table.items() if k not in self.base}
-        self.ref = ReferenceLPM({**self.base, **self.table}, tag_map(version))
+        self.ref = ReferenceLPM({**self.base, **self.table}, tag_map(version), inst.maps.locals())
 
     def __enter__(self):
         for net, peers in self.table.items():
@@ -205,6 +227,9 @@ SPECIALS = {
     4: ["224.0.0.5", "224.0.0.251", "224.0.1.1", "169.254.1.1", "169.254.1.2", "169.254.7.7"],
     6: ["ff02::1:6", "ff02::1", "ff05::1:3", "fe80::a", "fe80::b", "fe80::99"],
 }
+# sources of every martian class (the host's own addresses: the lab's)
+SPECIALS[4] += ["0.0.0.0", "0.1.2.3", "127.0.0.1", "240.0.0.1", "255.255.255.255"]
+SPECIALS[6] += ["::", "::1", "::ffff:10.0.0.1", "::10.0.0.1", "ff0e::1"]
 
 
 @pytest.mark.parametrize("version", [4, 6])
@@ -249,6 +274,9 @@ def test_member_ingress_matches_reference(inst, version, data):
             where = f"src {src} from {peer}: reference {w.ref.lookup(src)}"
             if w.ref.owns(peer, src):
                 assert (retval, d) == (P.TC_ACT_REDIRECT, {"passed": 1, f"rx:{peer}": 1}), where
+            elif martian(src, w.ref.local):
+                assert (retval, d) == (P.TC_ACT_SHOT, {martian(src, w.ref.local): 1,
+                                                       f"spoofed:{peer}": 1}), where
             else:
                 assert (retval, d) == (P.TC_ACT_SHOT, {"spoofed": 1, f"spoofed:{peer}": 1}), where
 
@@ -294,8 +322,8 @@ def test_member_ingress_source_modes_match_reference(inst, version, data):
             want = w.ref.source_check(peer, src, mode, a.ref)
             where = (f"{mode.name} src {src} from {peer}: route {w.ref.lookup(src)}, "
                      f"accept {a.ref.lookup(src)}")
-            if want == "spoofed":
-                assert (retval, d) == (P.TC_ACT_SHOT, {"spoofed": 1, f"spoofed:{peer}": 1}), where
+            if want == "spoofed" or want.startswith("martian"):
+                assert (retval, d) == (P.TC_ACT_SHOT, {want: 1, f"spoofed:{peer}": 1}), where
             else:
                 assert (retval, d) == (P.TC_ACT_REDIRECT, {want: 1, f"rx:{peer}": 1}), where
 
@@ -394,6 +422,9 @@ def test_dir24_member_ingress_matches_reference(inst_dir24, data):
             where = f"dir24: src {src} from {peer}: reference {w.ref.lookup(src)}"
             if w.ref.owns(peer, src):
                 assert (retval, d) == (P.TC_ACT_REDIRECT, {"passed": 1, f"rx:{peer}": 1}), where
+            elif martian(src, w.ref.local):
+                assert (retval, d) == (P.TC_ACT_SHOT, {martian(src, w.ref.local): 1,
+                                                       f"spoofed:{peer}": 1}), where
             else:
                 assert (retval, d) == (P.TC_ACT_SHOT, {"spoofed": 1, f"spoofed:{peer}": 1}), where
 
