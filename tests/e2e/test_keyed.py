@@ -1,0 +1,131 @@
+"""End to end: the daemon keys routes as the kernel does, and leaves the
+operator's `wgbpf route` entries alone.
+
+- Two kernel routes for one prefix (another metric, a TOS route): deleting
+  one leaves the prefix steered by the route the kernel still has.
+- A `wgbpf route add` entry survives a kernel route for the same prefix
+  being added and deleted, in the maps and for traffic; `wgbpf route del`
+  hands the prefix back to the kernel route.
+"""
+import json
+import time
+
+import pytest
+
+from wgbtest import RUN_ID, require_bcc, require_tools
+from labutil import LOOKUPS, TIME_SCALE, WG_TOOLS, WGBPF, DaemonProc, Lab, run
+from wgbpf.maps import pin_dir
+
+pytestmark = [pytest.mark.root, pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module", params=[m for m in LOOKUPS if m != "fib"])
+def lab(request):
+    """LPM, and DIR-24-8, whose arrays the daemon patches (the pings check them)."""
+    require_bcc()
+    require_tools(*WG_TOOLS, "ping")
+    lab = Lab(f"k{RUN_ID}")
+    lab.lookup = request.param
+    lab.down()
+    try:
+        lab.up()
+        # alice and bob by tag; carol's prefix keeps the lab's `dev front`
+        # route (names no peer: the hub forwards to the front, the maps decide)
+        for name in ("alice", "bob"):
+            hub_ip("route", "replace", lab.peers[name]["prefix4"], *via(lab, name), lab=lab)
+        yield lab
+    finally:
+        run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
+        lab.down()
+        run("rm", "-rf", pin_dir(lab.front), f"/run/wgbpf/{lab.front}.json", f"/run/wgbpf/{lab.front}.lock")
+
+
+@pytest.fixture(scope="module")
+def daemon(lab):
+    d = DaemonProc(lab.hub, "daemon", lab.front, *lab.peer_args(), "--lookup", lab.lookup)
+    yield d
+    d.stop()
+
+
+def hub_ip(*args, lab, check=True):
+    r = run("ip", "-n", lab.hub, *args)
+    if check:
+        assert r.returncode == 0, f"ip {' '.join(args)}: {r.stderr}"
+    return r
+
+
+def via(lab, peer):
+    return ["via", lab.peers[peer]["tag4"], "dev", lab.front, "onlink"]
+
+
+def lookup(lab, addr):
+    """`wgbpf lookup`: (peers, rule) for an address."""
+    r = json.loads(lab.wgbpf("lookup", addr, "--json").stdout)
+    return r["peers"], r["rule"]
+
+
+_marks = iter(range(1, 250))
+
+
+def settled(lab, daemon):
+    """Wait until the daemon has applied every route event so far: events
+    apply in order, so once a marker route added now is in the maps, so is
+    everything before it (a delete that must change nothing included)."""
+    prefix = f"10.251.{next(_marks)}.0/24"
+    hub_ip("route", "add", prefix, *via(lab, "alice"), lab=lab)
+    deadline = time.monotonic() + 2 * TIME_SCALE
+    while lookup(lab, prefix.split("/")[0])[0] != ["alice"]:
+        assert time.monotonic() < deadline, f"daemon did not apply {prefix}:\n{daemon.text()}"
+        time.sleep(0.02)
+    hub_ip("route", "del", prefix, lab=lab)
+
+
+def test_deleting_one_of_two_routes_keeps_the_prefix(lab, daemon):
+    bob = lab.peers["bob"]
+    prefix, host = bob["prefix4"], bob["host4"]
+    # a second route naming bob, at another metric (IPv4 via his IPv6 tag),
+    # and a TOS route naming alice: three routes the kernel keeps apart
+    hub_ip("route", "add", prefix, "via", "inet6", bob["tag6"], "dev", lab.front, "metric", "10", lab=lab)
+    hub_ip("route", "add", prefix, "tos", "0x10", *via(lab, "alice"), lab=lab)
+    settled(lab, daemon)
+    assert lookup(lab, host) == (["bob"], "kernel route")  # the TOS route steers nothing
+    hub_ip("route", "del", prefix, "tos", "0x10", lab=lab)
+    settled(lab, daemon)
+    assert lookup(lab, host)[0] == ["bob"]
+    hub_ip("route", "del", prefix, *via(lab, "bob"), lab=lab)  # the preferred one goes
+    settled(lab, daemon)
+    assert lookup(lab, host)[0] == ["bob"]
+    assert lab.ping("alice", host, count=2)
+    hub_ip("route", "replace", prefix, *via(lab, "bob"), lab=lab)
+    hub_ip("route", "del", prefix, "metric", "10", lab=lab)
+    settled(lab, daemon)
+    assert lookup(lab, host)[0] == ["bob"]
+    assert "TOS/source-specific" in daemon.text()
+
+
+def test_route_add_entry_wins_over_kernel_routes(lab, daemon):
+    carol = lab.peers["carol"]
+    prefix, host = carol["prefix4"], carol["host4"]
+    lab.wgbpf("route", "add", prefix, "carol")
+    try:
+        # a kernel route for the same prefix naming alice, added and deleted
+        hub_ip("route", "add", prefix, *via(lab, "alice"), "metric", "5", lab=lab)
+        settled(lab, daemon)
+        assert lookup(lab, host) == (["carol"], "static route")
+        assert lab.ping("alice", host, count=2)
+        hub_ip("route", "del", prefix, "metric", "5", lab=lab)
+        settled(lab, daemon)
+        assert lookup(lab, host) == (["carol"], "static route")
+        assert lab.ping("bob", host, count=2)
+        # the operator's entry removed: the kernel route takes its place
+        hub_ip("route", "add", prefix, *via(lab, "bob"), "metric", "5", lab=lab)
+        settled(lab, daemon)
+        assert lookup(lab, host) == (["carol"], "static route")
+        lab.wgbpf("route", "del", prefix)
+        deadline = time.monotonic() + 2 * TIME_SCALE
+        while lookup(lab, host) != (["bob"], "kernel route"):
+            assert time.monotonic() < deadline, f"no kernel route after route del:\n{daemon.text()}"
+            time.sleep(0.02)
+    finally:
+        lab.wgbpf("route", "del", prefix, check=False)
+        hub_ip("route", "del", prefix, "metric", "5", lab=lab, check=False)
