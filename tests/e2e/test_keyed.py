@@ -32,7 +32,9 @@ def lab(request):
         # alice and bob by tag; carol's prefix keeps the lab's `dev front`
         # route (names no peer: the hub forwards to the front, the maps decide)
         for name in ("alice", "bob"):
-            hub_ip("route", "replace", lab.peers[name]["prefix4"], *via(lab, name), lab=lab)
+            p = lab.peers[name]
+            hub_ip("route", "replace", p["prefix4"], *via(lab, name), lab=lab)
+            hub_ip("-6", "route", "replace", p["prefix6"], "via", p["tag6"], "dev", lab.front, lab=lab)
         yield lab
     finally:
         run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
@@ -101,6 +103,22 @@ def test_deleting_one_of_two_routes_keeps_the_prefix(lab, daemon):
     settled(lab, daemon)
     assert lookup(lab, host)[0] == ["bob"]
     assert "TOS/source-specific" in daemon.text()
+
+
+def test_source_specific_routes_are_kept_apart_and_steer_nothing(lab, daemon):
+    alice, bob = lab.peers["alice"], lab.peers["bob"]
+    v6 = ["dev", lab.front]
+    # as babeld installs them: the same prefix, plain and from a source prefix
+    hub_ip("-6", "route", "add", alice["prefix6"], "from", bob["prefix6"], "via", bob["tag6"], *v6, lab=lab)
+    hub_ip("-6", "route", "add", "2001:db8:77::/48", "from", bob["prefix6"], "via", bob["tag6"], *v6, lab=lab)
+    settled(lab, daemon)
+    assert lookup(lab, alice["host6"])[0] == ["alice"]
+    assert lookup(lab, "2001:db8:77::1") == ([], "no route")  # traffic from elsewhere is not bob's
+    hub_ip("-6", "route", "del", alice["prefix6"], "from", bob["prefix6"], lab=lab)
+    hub_ip("-6", "route", "del", "2001:db8:77::/48", "from", bob["prefix6"], lab=lab)
+    settled(lab, daemon)
+    assert lookup(lab, alice["host6"])[0] == ["alice"]
+    assert lab.ping("bob", alice["host6"], count=2)
 
 
 def test_route_add_entry_wins_over_kernel_routes(lab, daemon):
