@@ -432,6 +432,31 @@ def kernel_peer(m, addr, table):
     return None, f"kernel route via {gw or '-'} dev {ifname(oif) if oif else '-'} names no peer"
 
 
+def martian(m, addr):
+    """As martian() in bpf/wgbpf.c: (reason, why) for a source no route can
+    make legitimate, or None."""
+    R = abi.Reason
+    if addr.version == 4:
+        first = addr.packed[0]
+        for hit, reason, why in ((first == 0, R.MARTIAN_UNSPEC, "0.0.0.0/8"),
+                                 (first == 127, R.MARTIAN_LOOPBACK, "loopback"),
+                                 (first & 0xF0 == 224, R.MARTIAN_MULTICAST, "multicast"),
+                                 (first & 0xF0 == 240, R.MARTIAN_RESERVED, "240.0.0.0/4 or broadcast")):
+            if hit:
+                return reason, why
+    elif addr.is_unspecified:
+        return R.MARTIAN_UNSPEC, "unspecified"
+    elif addr.is_loopback:
+        return R.MARTIAN_LOOPBACK, "loopback"
+    elif addr in configmod.MAPPED or addr in configmod.COMPAT:
+        return R.MARTIAN_MAPPED, "IPv4-mapped or IPv4-compatible IPv6"
+    elif addr.is_multicast:
+        return R.MARTIAN_MULTICAST, "multicast"
+    if addr in m.locals():
+        return R.MARTIAN_LOCAL, "one of this host's own addresses"
+    return None
+
+
 def explain_source(m, addr, peer):
     """What member_ingress decides for a packet from `addr` arriving from
     `peer`, step by step as check_source() in bpf/wgbpf.c."""
@@ -445,6 +470,11 @@ def explain_source(m, addr, peer):
     mode = abi.Source(peers[pid].source or cfg.source or abi.Source.STRICT)
     out = {"source": str(addr), "peer": peer, "mode": mode.name.lower(),
            "lookup": abi.Lookup(cfg.lookup).name.lower()}
+    bad = martian(m, addr) if mode != abi.Source.OFF else None
+    if bad:
+        out.update(step=f"martian source ({bad[1]}): dropped before any lookup",
+                   verdict=bad[0].name.lower())
+        return out
     link_local = (addr.version == 4 and addr in ipaddress.ip_network("169.254.0.0/16")) or \
         (addr.version == 6 and addr in ipaddress.ip_network("fe80::/10"))
     if link_local:

@@ -357,6 +357,9 @@ class FakeMaps:
     def tags(self):
         return dict(self.tag_map)
 
+    def locals(self):
+        return {ipaddress.ip_address("192.0.2.1"): 5}
+
     def peer_stats(self, pid):
         return abi.PeerStats(tx_packets=pid, tx_bytes=100 * pid)
 
@@ -462,6 +465,35 @@ def test_lookup(instance, addr, want):
     assert instance.opened[-1][1] is True  # read-only
     r = run("lookup", addr)
     assert r.exit_code == 0 and want["verdict"] in r.stdout
+
+
+@pytest.mark.parametrize("src, peer, verdict, step", [
+    ("10.1.2.3", "alice", "passed", "leads to alice"),
+    ("10.3.0.1", "alice", "spoofed", "does not lead to alice"),
+    ("fe80::1", "alice", "passed", "link-local"),
+    ("fe80::1", "bob", "spoofed", "link-local"),
+    # martians, as the data plane drops them: before any lookup, each its reason
+    ("::ffff:10.1.2.3", "alice", "martian_mapped", "IPv4-mapped"),
+    ("::10.1.2.3", "alice", "martian_mapped", "IPv4-compatible"),
+    ("127.0.0.1", "alice", "martian_loopback", "loopback"),
+    ("::1", "alice", "martian_loopback", "loopback"),
+    ("0.1.2.3", "alice", "martian_unspec", "0.0.0.0/8"),
+    ("::", "alice", "martian_unspec", "unspecified"),
+    ("255.255.255.255", "alice", "martian_reserved", "broadcast"),
+    ("224.0.0.5", "alice", "martian_multicast", "multicast"),
+    ("ff02::1", "alice", "martian_multicast", "multicast"),
+    ("192.0.2.1", "alice", "martian_local", "own addresses"),
+])
+def test_lookup_source(instance, src, peer, verdict, step):
+    r = run("lookup", "--source", src, "--peer", peer, "--json")
+    assert r.exit_code == 0, (r.output, r.exception)
+    res = json.loads(r.stdout)
+    assert res["verdict"] == verdict and step in res["step"], res
+
+
+def test_lookup_source_with_a_zone_is_refused(instance):
+    failed(run("lookup", "--source", "fe80::1%wg-alice", "--peer", "alice"),
+           "--source", "'fe80::1%wg-alice'", "scoped addresses")
 
 
 def test_lookup_human(instance):

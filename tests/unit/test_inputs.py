@@ -333,7 +333,7 @@ def rundir(tmp_path, monkeypatch):
 
 
 def status(d):
-    (path,) = glob.glob(str(d / "*.json"))
+    (path,) = glob.glob(str(d / "**" / "*.json"), recursive=True)  # per namespace or not
     with open(path) as f:
         return json.load(f)
 
@@ -394,7 +394,7 @@ def test_a_daemon_that_never_ran_leaves_no_status(rundir):
     d = FakeDaemon([cfg(member="gone")], lambda d, why: None)
     with pytest.raises(dataplane.AttachError):
         d.run()
-    assert not glob.glob(str(rundir / "*.json"))
+    assert not glob.glob(str(rundir / "**" / "*.json"), recursive=True)
 
 
 def test_unwritable_metrics_are_logged_not_fatal(rundir, tmp_path):
