@@ -216,12 +216,15 @@ def refresh(maps, entries, keys, kind="routes"):
     from the view (then other entries may be stale too)."""
     stale = 0
     r = abi.Route()
+    key = {AF4: abi.Key4(), AF6: abi.Key6()}
+    fds = {AF4: maps._routes_fd(4, kind), AF6: maps._routes_fd(6, kind)}
     for k in keys:
-        version = 4 if k[0] == AF4 else 6
-        fd = maps._routes_fd(version, kind)
+        kk = key[k[0]]
+        kk.prefixlen = k[1]
+        ctypes.memmove(ctypes.addressof(kk) + 4, k[2:], len(k) - 2)
         # an LPM lookup of the prefix itself: exact when the stored length is
-        if bpfsys.lookup(fd, _keys_array(version, [k])[0], r) and r.prefixlen == k[1]:
-            have = (r.origin, tuple(route_peers(r)))
+        if bpfsys.lookup(fds[k[0]], kk, r) and r.prefixlen == k[1]:
+            have = (r.origin, tuple(r.peers[:r.count]))
         else:
             have = None
         if have != entries.get(k):
