@@ -53,6 +53,8 @@
 #   down    remove everything (of either mode); exit 0 even if nothing exists
 #   info    JSON description of the lab on stdout (works whether up or not)
 #   status  short `wg show` of every device; exit 1 if a device is missing
+#   recreate DEV  delete the front or a member and create it again (same
+#           name, keys, addresses; new ifindex), as wg-quick down/up does
 #
 # State (keys, pids, wireguard-go logs): /run/wgbpf-lab/${LAB_ID:-default}/
 
@@ -230,6 +232,53 @@ wg_link() { # ns dev
 	ip -n "$1" link set dev "$2" mtu 1420 up
 }
 
+setup_front() {
+	nsx "$HUB" wg set "$FRONT" private-key "$STATE/front.key"
+	wg_link "$HUB" "$FRONT"
+	ip -n "$HUB" addr add 10.255.0.254/32 dev "$FRONT"
+	ip -n "$HUB" addr add fd00:ff::1/128 dev "$FRONT" nodad
+	ip -n "$HUB" addr add fe80::fe/64 dev "$FRONT" nodad
+}
+
+setup_member() { # peer
+	local p=$1 i=${IDX[$1]}
+	nsx "$HUB" wg set "${MEMBER[$p]}" \
+		listen-port $((51800 + i)) private-key "$STATE/member-$p.key" \
+		peer "$(cat "$STATE/spoke-$p.pub")" \
+		allowed-ips 0.0.0.0/0,::/0 endpoint "198.18.$i.2:51900"
+	wg_link "$HUB" "${MEMBER[$p]}"
+}
+
+# recreate DEV: delete a hub device (the front or a member) and create it
+# again under the same name, as `wg-quick down; wg-quick up` or a
+# wireguard-go restart does: same keys and addresses, a new ifindex. Routes
+# through it die with it (the kernel's doing), as on a router.
+cmd_recreate() {
+	local dev=${1:-} p peer="" pid n
+	((EUID == 0)) || die "must run as root"
+	for p in "${PEERS[@]}"; do [[ ${MEMBER[$p]} == "$dev" ]] && peer=$p; done
+	[[ -n $peer || $dev == "$FRONT" ]] || die "recreate: $dev is neither the front nor a member"
+	if [[ $LAB_WG == kernel ]]; then
+		ip -n "$HUB" link del "$dev"
+		add_kernel_wg "$HUB" "$dev"
+	else
+		pid=$(cat "$STATE/$dev.pid")
+		is_wggo_for "$pid" "$dev" && kill -TERM "$pid"
+		for ((n = 0; n < 100; n++)); do
+			ip -n "$HUB" link show dev "$dev" >/dev/null 2>&1 || break
+			sleep 0.05
+		done
+		rm -f "$WG_RUN/$dev.sock"
+		start_wggo "$HUB" "$dev"
+		for ((n = 0; n < 100; n++)); do
+			[[ -S $WG_RUN/$dev.sock ]] && break
+			sleep 0.05
+		done
+		[[ -S $WG_RUN/$dev.sock ]] || die "timeout waiting for $WG_RUN/$dev.sock"
+	fi
+	if [[ -n $peer ]]; then setup_member "$peer"; else setup_front; fi
+}
+
 up_failed() {
 	local rc=$?
 	trap - EXIT
@@ -314,18 +363,10 @@ cmd_up() {
 	fi
 
 	say "hub"
-	nsx "$HUB" wg set "$FRONT" private-key "$STATE/front.key"
-	wg_link "$HUB" "$FRONT"
-	ip -n "$HUB" addr add 10.255.0.254/32 dev "$FRONT"
-	ip -n "$HUB" addr add fd00:ff::1/128 dev "$FRONT" nodad
-	ip -n "$HUB" addr add fe80::fe/64 dev "$FRONT" nodad
+	setup_front
 	for p in "${PEERS[@]}"; do
-		i=${IDX[$p]} m=${MEMBER[$p]}
-		nsx "$HUB" wg set "$m" \
-			listen-port $((51800 + i)) private-key "$STATE/member-$p.key" \
-			peer "$(cat "$STATE/spoke-$p.pub")" \
-			allowed-ips 0.0.0.0/0,::/0 endpoint "198.18.$i.2:51900"
-		wg_link "$HUB" "$m"
+		i=${IDX[$p]}
+		setup_member "$p"
 		ip -n "$HUB" route add "10.$i.0.0/16" dev "$FRONT"
 		ip -n "$HUB" route add "10.255.0.$i/32" dev "$FRONT"
 		ip -n "$HUB" -6 route add "fd00:$i::/48" dev "$FRONT"
@@ -422,8 +463,9 @@ up) cmd_up ;;
 down) ((EUID == 0)) || die "must run as root"; cmd_down ;;
 info) cmd_info ;;
 status) cmd_status ;;
+recreate) cmd_recreate "${2:-}" ;;
 *)
-	echo "usage: [LAB_ID=x] $0 up|down|info|status" >&2
+	echo "usage: [LAB_ID=x] $0 up|down|info|status|recreate DEV" >&2
 	exit 2
 	;;
 esac
