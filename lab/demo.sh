@@ -20,8 +20,12 @@ run() { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 down() {
-	if [ -d /sys/fs/bpf/wgbpf/wg0 ]; then
-		$WGBPF detach wg0 >/dev/null 2>&1 || rm -rf /sys/fs/bpf/wgbpf/wg0
+	if [ -e /run/netns/wgbpf-hub ]; then
+		# pins live under the hub namespace's id (wgbpf.maps.pin_dir)
+		pins=$(.venv/bin/python -c 'from wgbpf.maps import pin_dir; print(pin_dir("wg0", "wgbpf-hub"))')
+		if [ -d "$pins" ]; then
+			$WGBPF detach wg0 >/dev/null 2>&1 || rm -rf "$pins"
+		fi
 	fi
 	lab/lab.sh down
 }

@@ -1,11 +1,14 @@
 """wgbpf: steer WireGuard peers from routes with eBPF.
 
 Every command reads or writes the instance pinned under
-/sys/fs/bpf/wgbpf/<front>/; listings take --json.
+/sys/fs/bpf/wgbpf/<netns cookie>/<front>/ (maps.pin_dir): instances are per
+network namespace, and every listing sees the current one's (--netns picks
+another; `status --all` lists them all). Listings take --json.
 """
 import ipaddress
 import json
 import os
+import socket
 import sys
 import time
 
@@ -62,11 +65,15 @@ def pick_front(front):
             fail(str(e))
         if not os.path.isdir(mapsmod.pin_dir(front)):
             have = ", ".join(mapsmod.instances()) or "none"
-            fail(f"no wgbpf instance {front!r} (attached: {have}); run `wgbpf attach {front} ...` first")
+            elsewhere = any(f == front for _, f in mapsmod.all_instances())
+            fail(f"no wgbpf instance {front!r} in this network namespace (attached: {have}); "
+                 + ("one of that name is attached in another namespace (wgbpf status --all; "
+                    "choose it with --netns)" if elsewhere else f"run `wgbpf attach {front} ...` first"))
         return front
-    have = mapsmod.instances()
+    have = mapsmod.instances()  # this namespace's only: others have their own
     if not have:
-        fail("no wgbpf instance is attached; run `wgbpf attach FRONT --peer NAME=DEV ...` first")
+        fail("no wgbpf instance is attached in this network namespace; "
+             "run `wgbpf attach FRONT --peer NAME=DEV ...` first")
     if len(have) > 1:
         fail(f"several instances are attached ({', '.join(have)}): choose one with --front")
     return have[0]
@@ -82,21 +89,55 @@ def open_maps(front, readonly=False):
 
 
 def ifname(index):
+    """The name of a device the kernel named by ifindex just now (a route's
+    oif). An ifindex read from the maps goes through device_check instead:
+    it may name another device by now."""
     try:
-        return __import__("socket").if_indextoname(index)
+        return socket.if_indextoname(index)
     except OSError:
         return f"#{index}"
 
 
-def peer_rows(m):
+def current_links():
+    """{name: ifindex} of this namespace's devices."""
+    return {name: index for index, name in socket.if_nameindex()}
+
+
+def device_check(name, ifindex, links):
+    """None while the device recorded as (name, ifindex) is the one this
+    namespace holds under that name; else why not. An ifindex alone is never
+    trusted: a re-created device gets a new one, and the old one may go to
+    an unrelated device."""
+    if not name:
+        return f"no device name recorded for ifindex {ifindex} (attach again)"
+    now = links.get(name)
+    if now is None:
+        return f"{name} does not exist"
+    if now != ifindex:
+        return f"{name} was re-created (ifindex {now}, recorded {ifindex})"
+    return None
+
+
+def marked(name, problem):
+    """A recorded device for display: its name, marked when it is not the
+    device recorded (never another device's name)."""
+    if problem is None:
+        return name
+    return f"{name} ({'re-created' if 're-created' in problem else 'gone'})"
+
+
+def peer_rows(m, links=None):
     peers = m.peers()
     tags = m.tags()
+    links = current_links() if links is None else links
     out = []
     for pid, p in sorted(peers.items()):
         s = m.peer_stats(pid)
+        member = p.member.decode()
         out.append({
-            "id": pid, "name": p.name.decode(), "member": ifname(p.ifindex),
-            "ifindex": p.ifindex, "up": bool(p.flags & abi.PEER_UP),
+            "id": pid, "name": p.name.decode(), "member": member or f"#{p.ifindex}",
+            "ifindex": p.ifindex, "member_problem": device_check(member, p.ifindex, links),
+            "up": bool(p.flags & abi.PEER_UP),
             "source": abi.Source(p.source).name.lower() if p.source else "default",
             "tags": [str(t) for t, owner in sorted(tags.items(), key=lambda kv: (kv[0].version, kv[0])) if owner == pid],
             "tx_packets": s.tx_packets, "tx_bytes": s.tx_bytes,
@@ -156,12 +197,14 @@ def main(ctx, netns):
     `route` edits prefix -> peer entries, and `dump`, `lookup` and `status`
     show what it does. With no command: status.
     """
-    if netns:
+    if netns is not None:
         from .dataplane import AttachError, enter_netns
+        if netns.strip() in ("", ".", ".."):
+            fail(f"--netns {netns!r}: name a network namespace (/run/netns/NAME) or give a path to one")
         try:
             enter_netns(netns)
         except AttachError as e:
-            fail(str(e))
+            fail(f"--netns: {e}")
     if ctx.invoked_subcommand is None:
         ctx.invoke(status)
 
@@ -360,7 +403,8 @@ def dump(front, as_json):
         table([(x["prefix"], ",".join(x["peers"]), x["origin"]) for x in r["routes"]],
               ["PREFIX", "PEERS", "ORIGIN"])
         click.echo()
-        table([(p["name"], p["member"], "up" if p["up"] else "down", ",".join(p["tags"]) or "-",
+        table([(p["name"], marked(p["member"], p["member_problem"]), "up" if p["up"] else "down",
+                ",".join(p["tags"]) or "-",
                 p["tx_packets"], p["tx_bytes"], p["rx_packets"], p["rx_bytes"], p["spoofed"])
                for p in r["peers"]],
               ["PEER", "MEMBER", "STATE", "TAGS", "TX_PKTS", "TX_BYTES", "RX_PKTS", "RX_BYTES", "SPOOFED"])
@@ -410,7 +454,9 @@ def kernel_peer(m, addr, table):
     and the peer its nexthop or device names, as bpf_fib_lookup would."""
     from .dataplane import _iproute
     peers = m.peers()
-    by_oif = {p.ifindex: i for i, p in peers.items()}
+    links = current_links()  # a member counts only while it is the device recorded
+    by_oif = {p.ifindex: i for i, p in peers.items()
+              if device_check(p.member.decode(), p.ifindex, links) is None}
     tags = {t: i for t, i in m.tags().items()}
     with _iproute() as ipr:
         try:
@@ -634,6 +680,18 @@ def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table,
         fail(str(e))
 
 
+def hook_problem(name, ifindex, hooks, links, has_filter, fname):
+    """Why the device recorded as (name, ifindex) is not hooked, or None:
+    gone, re-created under its name (a new ifindex that nothing hooked),
+    or our filter missing from one of its hooks."""
+    problem = device_check(name, ifindex, links)
+    if problem is None:
+        missing = [h for h in hooks if not has_filter(ifindex, h)]
+        if missing:
+            problem = f"no {fname} filter on its {' or '.join(missing)}"
+    return problem
+
+
 def instance_status(front):
     from .dataplane import _iproute, filter_name, filters
     _, m = open_maps(front, readonly=True)
@@ -641,18 +699,32 @@ def instance_status(front):
         cfg = m.config()
         name = filter_name(front)
         fill = m.fill()
-        peers = peer_rows(m)
-        out = {"front": front, "pin_dir": m.dir,
-               "front_device": ifname(cfg.front_ifindex) if cfg.front_ifindex else None,
-               "front_hooked": bool(cfg.front_ifindex) and name in filters(ipr, cfg.front_ifindex, "egress"),
+        links = current_links()
+        peers = peer_rows(m, links)
+
+        def has_filter(ifindex, hook):
+            return name in filters(ipr, ifindex, hook)
+        front_dev = cfg.front.decode() or front
+        front_problem = (hook_problem(front_dev, cfg.front_ifindex, ("egress",), links, has_filter, name)
+                         if cfg.front_ifindex else None)
+        members = []
+        for p in peers:
+            problem = hook_problem(p["member"], p["ifindex"], ("ingress", "egress"), links, has_filter, name)
+            members.append({"peer": p["name"], "device": p["member"], "ifindex": p["ifindex"],
+                            "up": p["up"], "source": p["source"],
+                            "hooked": problem is None, "problem": problem})
+        out = {"front": front, "netns": mapsmod.netns_id(), "pin_dir": m.dir,
+               "front_device": front_dev if cfg.front_ifindex else None,
+               "front_ifindex": cfg.front_ifindex or None,
+               "front_hooked": bool(cfg.front_ifindex) and front_problem is None,
+               "front_problem": front_problem,
                "members_only": not cfg.front_ifindex,
                "no_route": abi.Policy(cfg.no_route).name.lower(),
                "lookup": abi.Lookup(cfg.lookup).name.lower(),
                "fib_table": cfg.fib_table or None,
                "source": abi.Source(cfg.source or abi.Source.STRICT).name.lower(),
                "accept_table": cfg.accept_table or None,
-               "members": [{"peer": p["name"], "device": p["member"], "up": p["up"], "source": p["source"],
-                            "hooked": name in filters(ipr, p["ifindex"], "ingress")} for p in peers],
+               "members": members,
                "maps": {k: {"entries": v[0], "max": v[1]} for k, v in fill.items()},
                "counters": {r.name.lower(): v for r, v in m.counters().items()}}
     from .daemon import read_status
@@ -660,12 +732,27 @@ def instance_status(front):
     return out
 
 
-@main.command()
-@FRONT_OPT
-@JSON_OPT
-def status(front=None, as_json=False):
-    """What is attached where, map fill levels, counters per reason."""
-    need_root()
+def problems(s):
+    """One line per thing a monitor must hear about in one status entry."""
+    out = []
+    if "error" in s:
+        out.append(f"{s['front']}: {s['error']}")
+    if s.get("front_problem"):
+        out.append(f"{s['front']}: front {s['front_device']} unhooked: {s['front_problem']}")
+    for x in s.get("members", ()):
+        if x["problem"]:
+            out.append(f"{s['front']}: peer {x['peer']}: member {x['device']} unhooked: {x['problem']}")
+    dmn = s.get("daemon") or {}
+    if dmn.get("state") == "failed":
+        out.append(f"{s['front']}: daemon failed" + (f": {dmn['error']}" if dmn.get("error") else ""))
+    elif dmn.get("state") == "not running":
+        out.append(f"{s['front']}: daemon not running (pid {dmn.get('pid')} died without stopping)")
+    return out
+
+
+def namespace_status(front=None):
+    """Status entries of this network namespace's instances (and of its
+    allowedips daemons, which have no pins)."""
     from .daemon import allowedips_daemons
     single = allowedips_daemons()  # --backend allowedips: a daemon, no pins
     fronts = [front] if front else mapsmod.instances()
@@ -683,11 +770,94 @@ def status(front=None, as_json=False):
     if not front:
         res += [{"front": f, "backend": "allowedips", "daemon": st} for f, st in sorted(single.items())
                 if f not in fronts]
+    return res
+
+
+def find_namespaces(wanted):
+    """{cookie: (label, path)} of the namespaces in `wanted` found by name
+    in /run/netns, else by a process in them (/proc/PID/ns/net)."""
+    def candidates():
+        try:
+            for n in sorted(os.listdir("/run/netns")):
+                yield n, f"/run/netns/{n}"
+        except OSError:
+            pass
+        for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+            yield f"pid {pid}", f"/proc/{pid}/ns/net"
+    found, seen = {}, set()
+    for label, path in candidates():
+        if set(wanted) <= set(found):
+            break
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            cookie = mapsmod.netns_id(path)
+        except OSError:
+            continue  # gone meanwhile, or not ours to see
+        if cookie in wanted and cookie not in found:
+            found[cookie] = (label, path)
+    return found
+
+
+def all_status():
+    """Every namespace's status entries, each with its namespace: this
+    one's read here, another's from a thread that joins it, one no name or
+    process leads to listed from its pins alone."""
+    from .daemon import run_namespaces
+    here = mapsmod.netns_id()
+    cookies = {ns for ns, _ in mapsmod.all_instances()} | run_namespaces() | {here}
+    where = find_namespaces(cookies)
+    res = []
+    for ns in sorted(cookies, key=lambda c: (c != here, c)):
+        label = where.get(ns, (None, None))[0]
+        if ns == here:
+            entries = namespace_status()
+        elif ns in where:
+            try:
+                entries = mapsmod.in_netns(where[ns][1], namespace_status)
+            except OSError as e:
+                entries = [{"front": f, "error": f"cannot enter network namespace {label}: {e.strerror}"}
+                           for f in mapsmod.instances(ns)]
+        else:
+            entries = [{"front": f, "pin_dir": mapsmod.pin_dir(f, ns),
+                        "error": f"network namespace {ns} not found (not in /run/netns, no process in it): "
+                                 f"devices not checked; if it is gone, remove its stale pins "
+                                 f"(rm -r {mapsmod.pin_dir(f, ns)})"}
+                       for f in mapsmod.instances(ns)]
+        res += [dict(e, netns=ns, netns_name=label, current=ns == here) for e in entries]
+    return res
+
+
+@main.command()
+@FRONT_OPT
+@click.option("--all", "all_ns", is_flag=True,
+              help="the instances of every network namespace, each with its namespace id and name")
+@click.option("--check", is_flag=True,
+              help="for monitoring: one line per problem (a device unhooked, a daemon failed) "
+                   "and exit 2 if there is any, else one line and exit 0")
+@JSON_OPT
+def status(front=None, all_ns=False, check=False, as_json=False):
+    """What is attached where, map fill levels, counters per reason.
+
+    Only this network namespace's instances (--netns picks another), unless
+    --all."""
+    need_root()
+    if all_ns and front:
+        fail("--all lists every instance; --front picks one of this namespace: give one of them")
+    res = all_status() if all_ns else namespace_status(front)
+    found = [line for s in res for line in problems(s)]
 
     def human(all_):
         if not all_:
             click.echo("no wgbpf instance attached (wgbpf attach FRONT --peer NAME=DEV ...)")
+        shown_ns = None
         for s in all_:
+            if all_ns and s["netns"] != shown_ns:
+                shown_ns = s["netns"]
+                click.echo(f"== netns {s['netns']}" + (f" ({s['netns_name']})" if s["netns_name"] else "")
+                           + (", this one" if s["current"] else ""))
             if "error" in s:
                 click.echo(f"{s['front']}: {s['error']}")
                 continue
@@ -705,14 +875,17 @@ def status(front=None, as_json=False):
                 if dmn.get("routes_per_peer"):
                     click.echo("routes per peer: " + ", ".join(f"{k} {v}" for k, v in sorted(dmn["routes_per_peer"].items())))
                 continue
-            where = (f"front {s['front_device']} egress {'hooked' if s['front_hooked'] else 'NOT HOOKED'}"
-                     if not s["members_only"] else "members only (no front)")
+            if s["members_only"]:
+                where = "members only (no front)"
+            else:
+                where = (f"front {s['front_device']} egress "
+                         + ("hooked" if s["front_hooked"] else f"UNHOOKED ({s['front_problem']})"))
             click.echo(f"{s['front']}: {where}; lookup {s['lookup']}"
                        + (f" (table {s['fib_table']})" if s["fib_table"] else "")
                        + f"; source check {s['source']}; no-route policy {s['no_route']}; pins {s['pin_dir']}")
             table([(x["peer"], x["device"], "up" if x["up"] else "down",
-                    "hooked" if x["hooked"] else "NOT HOOKED") for x in s["members"]],
-                  ["PEER", "MEMBER", "STATE", "INGRESS"])
+                    "hooked" if x["hooked"] else f"UNHOOKED ({x['problem']})") for x in s["members"]],
+                  ["PEER", "MEMBER", "STATE", "HOOK"])
             click.echo("maps: " + ", ".join(f"{k} {v['entries']}/{v['max']}" for k, v in s["maps"].items()))
             click.echo("counters: " + ", ".join(f"{k} {v}" for k, v in s["counters"].items()))
             dmn = s.get("daemon")
@@ -727,7 +900,21 @@ def status(front=None, as_json=False):
                            + (f", last sync {ago:.0f}s ago ({dmn['last_sync_seconds']}s)" if ago is not None else ""))
                 if dmn.get("routes_per_peer"):
                     click.echo("routes per peer: " + ", ".join(f"{k} {v}" for k, v in sorted(dmn["routes_per_peer"].items())))
-    emit(res if front is None else res[0], as_json, human if front is None else lambda s: human([s]))
+
+    def human_check(_):
+        for line in found:
+            click.echo(line)
+        if not found:
+            n = sum(1 for s in res if "front" in s)
+            click.echo(f"ok: {n} instance{'' if n == 1 else 's'}, every device hooked")
+    if check and as_json:
+        emit({"ok": not found, "problems": found, "instances": res}, True, None)
+    elif check:
+        human_check(res)
+    else:
+        emit(res if front is None else res[0], as_json, human if front is None else lambda s: human([s]))
+    if check and found:
+        sys.exit(2)
 
 
 if __name__ == "__main__":

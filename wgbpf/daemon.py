@@ -1,7 +1,8 @@
 """wgbpf daemon: keep the pinned LPM maps equal to the kernel routes that
 name peers.
 
-    start   lock /run/wgbpf/<front>.lock (one daemon per front), attach
+    start   lock /run/wgbpf/<netns cookie>/<front>.lock (one daemon per
+            front and namespace), attach
             (reconcile peers and tags), full dump -> diff -> apply
     loop    RTM_NEWROUTE/DELROUTE applied in arrival order, batched per
             read; RTM_NEWLINK marks members up/down; addresses on members
@@ -37,19 +38,38 @@ class DaemonError(Exception):
     pass
 
 
-def status_path(front):
-    return os.path.join(RUN_DIR, f"{front}.json")
+def run_dir(netns=None):
+    """/run/wgbpf/<netns cookie>: locks and status files of one namespace's
+    instances (the same front name in two namespaces is two instances)."""
+    from .maps import netns_id
+    return os.path.join(RUN_DIR, str(netns if isinstance(netns, int) else netns_id(netns)))
 
 
-def read_status(front):
+def run_namespaces():
+    """Cookies of the namespaces with a run directory (locks, status)."""
+    try:
+        return {int(n) for n in os.listdir(RUN_DIR) if n.isdigit()}
+    except OSError:
+        return set()
+
+
+def status_path(front, netns=None):
+    return os.path.join(run_dir(netns), f"{front}.json")
+
+
+def lock_path(front, netns=None):
+    return os.path.join(run_dir(netns), f"{front}.lock")
+
+
+def read_status(front, netns=None):
     """The running daemon's last status for `front`, or None."""
     try:
-        with open(status_path(front)) as f:
+        with open(status_path(front, netns)) as f:
             st = json.load(f)
     except (OSError, ValueError):
         return None
-    if not _alive(st.get("pid")):
-        st["state"] = "not running"
+    if st.get("state") == "running" and not _alive(st.get("pid")):
+        st["state"] = "not running"  # died without a word (SIGKILL): "failed" and "stopped" stay
     return st
 
 
@@ -73,16 +93,17 @@ def notify_maps_written(front):
     return True
 
 
-def allowedips_daemons():
-    """{device: status} of the allowedips-backend daemons that left a status."""
+def allowedips_daemons(netns=None):
+    """{device: status} of one namespace's allowedips-backend daemons that
+    left a status."""
     out = {}
     try:
-        names = os.listdir(RUN_DIR)
+        names = os.listdir(run_dir(netns))
     except OSError:
         return out
     for name in sorted(names):
         if name.endswith(".json"):
-            st = read_status(name[:-5])
+            st = read_status(name[:-5], netns)
             if st and st.get("backend") == "allowedips":
                 out[name[:-5]] = st
     return out
@@ -133,8 +154,8 @@ class Daemon:
 
     # -- setup -----------------------------------------------------------
     def _lock(self, front):
-        os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
-        path = os.path.join(RUN_DIR, f"{front}.lock")
+        os.makedirs(run_dir(), mode=0o755, exist_ok=True)
+        path = lock_path(front)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -318,7 +339,7 @@ class Daemon:
                   routes_per_peer=per_peer, written=time.time())
         # A file we cannot write is logged, not fatal: the maps matter more
         try:
-            os.makedirs(RUN_DIR, exist_ok=True)
+            os.makedirs(run_dir(), exist_ok=True)
             files.write_atomic(status_path(self.cfg.front), json.dumps(st, indent=2))
             self.said_running = state == "running"
             self._written("status file")

@@ -585,6 +585,7 @@ def detach(front):
     for entry in os.listdir(directory):
         os.unlink(os.path.join(directory, entry))
     os.rmdir(directory)
+    mapsmod.prune(directory)
     return {"front": front, "pin_dir": directory, "devices": len(removed)}
 
 

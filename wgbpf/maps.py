@@ -1,18 +1,24 @@
 """Typed access to one wgbpf instance's pinned maps.
 
-An instance is a directory /sys/fs/bpf/wgbpf/<front>/ holding one pin per map
-of abi.MAPS (and the two programs). Everything here is plain bpf(2) calls:
-no compiler, no BCC import, so listings are fast.
+An instance is a directory /sys/fs/bpf/wgbpf/<netns cookie>/<front>/
+(pin_dir) holding one pin per map of abi.MAPS (and the programs): a front
+name is unique only within its network namespace. Everything here is plain
+bpf(2) calls: no compiler, no BCC import, so listings are fast.
 """
 import ctypes
 import errno
 import ipaddress
 import os
+import socket
 import stat
+import struct
+import threading
 
 from . import abi, bpfsys
 
 PIN_ROOT = "/sys/fs/bpf/wgbpf"
+SO_NETNS_COOKIE = 71
+CLONE_NEWNET = 0x40000000
 DIR_MAPS = ("dir24", "dir8", "dir_sets")
 
 
@@ -20,17 +26,92 @@ class MapError(Exception):
     """A pinned map is missing, or not the layout this wgbpf expects."""
 
 
-def pin_dir(front):
-    return os.path.join(PIN_ROOT, front)
+def _cookie():
+    """This thread's network namespace cookie (Linux 5.14+): unlike an
+    inode number, never reused while the host runs, so pins left by a
+    deleted namespace can never be taken for a new one's."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        return struct.unpack("=Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
 
 
-def instances():
-    """Names of the fronts with pinned state, sorted."""
+def netns_id(netns=None):
+    """The cookie of this thread's network namespace, or of the one named
+    (/run/netns/NAME or a path), read from a thread that joins it: setns()
+    moves only the calling thread, so this one stays where it is."""
+    if netns is None:
+        return _cookie()
+    return in_netns(netns, _cookie)
+
+
+def in_netns(netns, fn):
+    """fn() run in network namespace `netns` (a name in /run/netns or a
+    path), by a thread of its own: setns() moves only the calling thread,
+    so the caller stays where it is. Returns what fn returns, raises what
+    it raises."""
+    path = netns if "/" in netns else f"/run/netns/{netns}"
+    fd = os.open(path, os.O_RDONLY)
+    out = {}
+
+    def run():
+        try:
+            if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"{path}: {os.strerror(err)}")
+            out["value"] = fn()
+        except BaseException as e:
+            out["error"] = e
     try:
-        return sorted(n for n in os.listdir(PIN_ROOT)
-                      if os.path.isdir(os.path.join(PIN_ROOT, n)))
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+    finally:
+        os.close(fd)
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def netns_dir(netns=None):
+    """The pin directory of one namespace's instances; `netns`: None (this
+    thread's), a cookie (int), or a name or path as netns_id takes."""
+    ns = netns if isinstance(netns, int) else netns_id(netns)
+    return os.path.join(PIN_ROOT, str(ns))
+
+
+def pin_dir(front, netns=None):
+    """/sys/fs/bpf/wgbpf/<netns cookie>/<front>: the one place a pin path is
+    made, so the same front name in two namespaces is two instances."""
+    return os.path.join(netns_dir(netns), front)
+
+
+def instances(netns=None):
+    """Names of the fronts with pinned state in one namespace, sorted."""
+    d = netns_dir(netns)
+    try:
+        return sorted(n for n in os.listdir(d) if os.path.isdir(os.path.join(d, n)))
     except FileNotFoundError:
         return []
+
+
+def all_instances():
+    """[(netns cookie, front)] of every namespace's instances, sorted."""
+    out = []
+    try:
+        names = os.listdir(PIN_ROOT)
+    except FileNotFoundError:
+        return out
+    for ns in names:
+        if ns.isdigit() and os.path.isdir(os.path.join(PIN_ROOT, ns)):
+            out += [(int(ns), f) for f in instances(int(ns))]
+    return sorted(out)
+
+
+def prune(directory):
+    """Remove a namespace's pin directory once its last instance is gone."""
+    try:
+        os.rmdir(os.path.dirname(directory))
+    except OSError:
+        pass  # other instances remain (ENOTEMPTY), or already gone
 
 
 def network(prefix):
@@ -93,8 +174,8 @@ class Maps:
         pin of the other size is replaced (programs loaded before keep the
         map they hold).
         """
-        os.makedirs(PIN_ROOT, mode=0o700, exist_ok=True)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        for d in (PIN_ROOT, os.path.dirname(directory), directory):
+            os.makedirs(d, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
         replaced = []
         for name, spec in abi.MAPS.items():

@@ -115,11 +115,16 @@ class Bench:
         if self.wggo:
             self.wggo.terminate()
             self.wggo.wait()
+        from wgbpf.daemon import run_dir
+        try:
+            run = run_dir(self.ns)  # per namespace: found before it goes
+        except OSError:
+            run = None
         sh("ip", "netns", "del", self.ns, check=False)
         for f in (f"{self.dev}.json", f"{self.dev}.lock"):
             try:
-                os.unlink(os.path.join("/run/wgbpf", f))
-            except OSError:
+                os.unlink(os.path.join(run, f))
+            except (OSError, TypeError):
                 pass
         try:
             os.unlink(os.path.join(wg.UAPI_DIR, f"{self.dev}.sock"))

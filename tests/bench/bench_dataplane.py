@@ -356,7 +356,7 @@ class Net:
                               [ipaddress.ip_address(self.tag4(i)), ipaddress.ip_address(self.tag6(i))])
             for i in range(NPEERS)], lookup=abi.Lookup.DIR24)
         config.validate(cfg)
-        self.pin_dir = mapsmod.pin_dir(self.front)
+        self.pin_dir = mapsmod.pin_dir(self.front, self.ns)
         t0 = time.perf_counter()
         with entered_netns(self.ns):
             dataplane.attach(cfg)
@@ -660,7 +660,9 @@ class LabRun:
             self.server.wait()
         if self.attached:
             self.wgbpf("detach", self.front, check=False)
-        shutil.rmtree(f"/sys/fs/bpf/wgbpf/{self.front}", ignore_errors=True)
+        from wgbpf import maps as mapsmod
+        with contextlib.suppress(OSError):  # per namespace: while the hub is there
+            shutil.rmtree(mapsmod.pin_dir(self.front, self.hub), ignore_errors=True)
         sh("bash", LAB, "down", env=self.env, check=False)
 
     def hub_routes(self, how):

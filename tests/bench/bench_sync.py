@@ -398,23 +398,24 @@ class DaemonRun:
         return self.proc.returncode
 
 
-def read_status(front):
+def read_status(front, ns):
+    from wgbpf.daemon import status_path
     try:
-        with open(f"/run/wgbpf/{front}.json") as f:
+        with open(status_path(front, ns)) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
 
 
-def wait_status_after(front, t_wall, timeout=5.0):
+def wait_status_after(front, ns, t_wall, timeout=5.0):
     """The daemon's status file once written after wall time t_wall."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        st = read_status(front)
+        st = read_status(front, ns)
         if st and st.get("written", 0) > t_wall:
             return st
         time.sleep(0.05)
-    return read_status(front)
+    return read_status(front, ns)
 
 
 # -- netlink route add for the single-change lag ------------------------------
@@ -473,6 +474,11 @@ class Bench:
         for d in self.daemons:
             with contextlib.suppress(Exception):
                 d.stop(timeout=10)
+        from wgbpf.daemon import run_dir
+        from wgbpf.maps import pin_dir
+        pins = run = None
+        with contextlib.suppress(OSError):  # per namespace: found before it goes
+            pins, run = pin_dir(self.front, self.ns), run_dir(self.ns)
         for ns in (self.ns, self.ns_sub):
             if not ns or not os.path.exists(f"/run/netns/{ns}"):
                 continue
@@ -480,16 +486,15 @@ class Bench:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
             sh("ip", "netns", "del", ns, check=False)
-        pins = f"/sys/fs/bpf/wgbpf/{self.front}"
-        if os.path.isdir(pins):
+        if pins and os.path.isdir(pins):
             for e in os.listdir(pins):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(pins, e))
             with contextlib.suppress(OSError):
                 os.rmdir(pins)
         for suffix in (".json", ".json.tmp", ".lock"):
-            with contextlib.suppress(OSError):
-                os.unlink(f"/run/wgbpf/{self.front}{suffix}")
+            with contextlib.suppress(OSError, TypeError):
+                os.unlink(os.path.join(run, f"{self.front}{suffix}"))
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- steps ---------------------------------------------------------------
@@ -505,7 +510,7 @@ class Bench:
         log(f"attached in {dt:.1f}s")
         self.res["attach_seconds"] = round(dt, 3)
         from wgbpf.maps import Maps, pin_dir
-        with Maps.open(pin_dir(self.front), readonly=True) as m:
+        with Maps.open(pin_dir(self.front, self.ns), readonly=True) as m:
             self.peer_ids = {p.name.decode(): i for i, p in m.peers().items()}
         with entered_netns(self.ns):
             self.front_ifindex = socket.if_nametoindex(self.front)
@@ -657,11 +662,11 @@ class Bench:
         last = ipaddress.ip_network(prefixes[-1])
         last_pid = self.peer_ids[f"p{(idx[-1] + 1) % NPEERS + 1}"]
         out = {"changes": k}
-        with Maps.open(pin_dir(self.front), readonly=True) as m:
+        with Maps.open(pin_dir(self.front, self.ns), readonly=True) as m:
             for phase, files, done in (
                     ("replace", rep_files, lambda: (lambda r: r is not None and route_peers(r) == [last_pid])(m.get_route(last))),
                     ("delete", del_files, lambda: m.get_route(last) is None)):
-                st0 = wait_status_after(self.front, 0) or {}
+                st0 = wait_status_after(self.front, self.ns, 0) or {}
                 ev0 = st0.get("events", 0)
                 log(f"{label}: {phase} {k:,} routes via ip -batch while the daemon runs")
                 t0 = time.perf_counter()
@@ -687,7 +692,7 @@ class Bench:
                     if time.perf_counter() - t0 > 1800:
                         raise RuntimeError(f"{phase}: maps did not follow within 1800s")
                     time.sleep(0.001)
-                st = wait_status_after(self.front, time.time() + 0.05, timeout=5) or {}
+                st = wait_status_after(self.front, self.ns, time.time() + 0.05, timeout=5) or {}
                 ev = st.get("events", 0) - ev0
                 entry = {"ip_batch_seconds": round(t_ip, 3), "maps_done_seconds": round(t_map, 3),
                          "tail_after_ip_ms": round((t_map - t_ip) * 1000, 1),
@@ -734,7 +739,7 @@ class Bench:
                 have.add(p)
                 picks.append(ipaddress.ip_network(p))
         lags = []
-        with Maps.open(pin_dir(self.front), readonly=True) as m:
+        with Maps.open(pin_dir(self.front, self.ns), readonly=True) as m:
             with entered_netns(self.ns):
                 sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
             try:
@@ -792,7 +797,7 @@ class Bench:
                     if peers:
                         want[sync.pkey(fam, r.dst, r.dst_len)] = tuple(sorted(peers))
             nl.close()
-        with Maps.open(pin_dir(self.front), readonly=True) as m:
+        with Maps.open(pin_dir(self.front, self.ns), readonly=True) as m:
             have = {k: p for k, (o, p) in sync.map_entries(m).items() if o == abi.Origin.KERNEL}
         missing = [k for k in want if k not in have]
         extra = [k for k in have if k not in want]

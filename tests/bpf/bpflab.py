@@ -58,7 +58,7 @@ class Instance:
         self.front = front
         self.members = members          # peer name -> member device
         self.members_only = members_only
-        self.pin_dir = maps.pin_dir(front)
+        self.pin_dir = maps.pin_dir(front, net.name)
         self.maps = maps.Maps.open(self.pin_dir)
         self.progs = {}
         for name in abi.PROGRAMS:
@@ -312,7 +312,7 @@ class Lab:
             with contextlib.suppress(Exception):
                 inst.close()
         for front in self.fronts:
-            d = maps.pin_dir(front)
+            d = maps.pin_dir(front, self.name)
             if not os.path.isdir(d):
                 continue  # attach failed before creating it
             try:

@@ -44,6 +44,16 @@ class Lab:
     def down(self):
         subprocess.run(["bash", LAB, "down"], env=self.env, capture_output=True, text=True)
 
+    def pin_dir(self):
+        """The hub instance's pin directory (wgbpf.maps.pin_dir: per namespace)."""
+        from wgbpf.maps import pin_dir
+        return pin_dir(self.front, self.hub)
+
+    def run_files(self):
+        """The hub daemon's status file and lock (per namespace)."""
+        from wgbpf.daemon import lock_path, status_path
+        return [status_path(self.front, self.hub), lock_path(self.front, self.hub)]
+
     def wgbpf(self, *args, check=True):
         if args[0] in ("route", "lookup", "dump", "status") and "--front" not in args:
             args += ("--front", self.front)  # other instances may be attached meanwhile

@@ -70,7 +70,7 @@ def lab():
         yield lab
     finally:
         lab.down()
-        run("rm", "-f", f"/run/wgbpf/{lab.front}.json", f"/run/wgbpf/{lab.front}.lock")
+        run("rm", "-f", *lab.run_files())
 
 
 def peer_args(lab, names=CONFIGURED):
@@ -124,7 +124,7 @@ def ping(lab, dst, src):
 
 
 def daemon_status(lab):
-    with open(f"/run/wgbpf/{lab.front}.json") as f:
+    with open(lab.run_files()[0]) as f:
         return json.load(f)
 
 

@@ -39,7 +39,7 @@ def lab(request):
     finally:
         run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
         lab.down()
-        run("rm", "-rf", pin_dir(lab.front), f"/run/wgbpf/{lab.front}.json", f"/run/wgbpf/{lab.front}.lock")
+        run("rm", "-rf", pin_dir(lab.front, lab.hub), *lab.run_files())
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ def lab(request):
     finally:
         run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
         lab.down()
-        subprocess.run(["rm", "-rf", f"/sys/fs/bpf/wgbpf/{lab.front}"])
+        subprocess.run(["rm", "-rf", lab.pin_dir()])
 
 
 def test_ping_between_every_pair_of_spokes_both_families(lab):
@@ -172,7 +172,7 @@ def test_detach_restores_plain_behaviour_then_members_only_filters(lab):
     """Runs last: detach, check the kernel alone no longer steers, then
     members-only mode on routes `dev <member>`."""
     lab.wgbpf("detach", lab.front)
-    assert not os.path.exists(f"/sys/fs/bpf/wgbpf/{lab.front}")
+    assert not os.path.exists(lab.pin_dir())
     tc = run("ip", "netns", "exec", lab.hub, "tc", "filter", "show", "dev", lab.front, "egress")
     assert "wgbpf" not in tc.stdout
     assert not lab.ping("alice", lab.peers["bob"]["host4"], count=2)

@@ -32,7 +32,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setattr(dataplane, "enter_netns", refuse)
     monkeypatch.setattr(maps.Maps, "open", classmethod(refuse))
     monkeypatch.setattr(maps.Maps, "create", classmethod(refuse))
-    return root
+    return root / str(maps.netns_id())  # this namespace's instances
 
 
 @pytest.fixture(params=[0, 1000], ids=["root", "user"])
@@ -325,7 +325,8 @@ def test_detach_removes_the_instance(monkeypatch, isolated, as_root):
     r = run("detach")
     assert r.exit_code == 0, (r.output, r.exception)
     assert "wg0: detached from 0 devices, pins removed" in r.stdout
-    assert not d.exists() and isolated.is_dir()
+    assert not d.exists() and not isolated.exists()  # the namespace's directory went with it
+    assert isolated.parent.is_dir()
 
 
 # -- route/lookup/dump against a fake instance ----------------------------------------
@@ -334,7 +335,8 @@ class FakeMaps:
     """The Maps methods cli.py calls, over plain dicts."""
 
     def __init__(self, peers, routes=(), tags=(), no_route=abi.Policy.PASS):
-        self.peer_map = {i: abi.Peer(ifindex=900000 + i, flags=abi.PEER_UP if up else 0, name=n.encode())
+        self.peer_map = {i: abi.Peer(ifindex=900000 + i, flags=abi.PEER_UP if up else 0, name=n.encode(),
+                                     member=f"wg-{n}".encode())
                          for i, (n, up) in peers.items()}
         self.route_map = {}
         for prefix, ids, origin in routes:
@@ -502,7 +504,9 @@ def test_lookup_human(instance):
                                      "  every peer down: no_route policy: drop"]
 
 
-def test_dump(instance):
+def test_dump(instance, monkeypatch):
+    # alice's member is the device recorded; bob's was re-created; carol's is gone
+    monkeypatch.setattr(cli, "current_links", lambda: {"wg-alice": 900001, "wg-bob": 42, "lo": 900003})
     r = run("dump", "--json")
     assert r.exit_code == 0, (r.output, r.exception)
     res = json.loads(r.stdout)
@@ -512,14 +516,19 @@ def test_dump(instance):
     assert res["routes"][-1]["prefix"] == "2001:db8::/32"  # IPv4 first, then IPv6
     alice = res["peers"][0]
     assert alice["name"] == "alice" and alice["up"] is True and alice["tags"] == ["10.255.0.1", "fe80::1"]
-    assert alice["member"] == "#900001" and alice["tx_packets"] == 1
+    assert alice["member"] == "wg-alice" and alice["member_problem"] is None and alice["tx_packets"] == 1
+    assert res["peers"][1]["member_problem"] == "wg-bob was re-created (ifindex 42, recorded 900002)"
+    assert res["peers"][2]["member_problem"] == "wg-carol does not exist"
     assert [p["up"] for p in res["peers"]] == [True, True, False]
     r = run("dump")
     assert r.exit_code == 0
     lines = r.stdout.splitlines()
     assert lines[0].split() == ["PREFIX", "PEERS", "ORIGIN"]
     assert lines[1].split() == ["10.0.0.0/8", "alice", "static"]
-    assert any(ln.split()[:4] == ["carol", "#900003", "down", "-"] for ln in lines)
+    assert any(ln.split()[:4] == ["alice", "wg-alice", "up", "10.255.0.1,fe80::1"] for ln in lines)
+    assert any(ln.split()[:4] == ["bob", "wg-bob", "(re-created)", "up"] for ln in lines)
+    # never the name of the device that holds carol's old ifindex now
+    assert any(ln.split()[:4] == ["carol", "wg-carol", "(gone)", "down"] for ln in lines)
 
 
 def test_resolve_peers_direct():

@@ -232,9 +232,14 @@ def test_check_layout(monkeypatch):
 
 def test_instances(tmp_path, monkeypatch):
     monkeypatch.setattr(maps, "PIN_ROOT", str(tmp_path / "wgbpf"))
-    assert maps.instances() == []
-    (tmp_path / "wgbpf" / "wg1").mkdir(parents=True)
-    (tmp_path / "wgbpf" / "wg0").mkdir()
-    (tmp_path / "wgbpf" / "stray-file").write_text("")
+    assert maps.instances() == [] and maps.all_instances() == []
+    here = tmp_path / "wgbpf" / str(maps.netns_id())
+    (here / "wg1").mkdir(parents=True)
+    (here / "wg0").mkdir()
+    (here / "stray-file").write_text("")
+    (tmp_path / "wgbpf" / "7" / "wg0").mkdir(parents=True)  # another namespace's wg0
     assert maps.instances() == ["wg0", "wg1"]
-    assert maps.pin_dir("wg0") == str(tmp_path / "wgbpf" / "wg0")
+    assert maps.instances(7) == ["wg0"]
+    assert maps.all_instances() == sorted([(maps.netns_id(), "wg0"), (maps.netns_id(), "wg1"), (7, "wg0")])
+    assert maps.pin_dir("wg0") == str(here / "wg0")
+    assert maps.pin_dir("wg0", 7) == str(tmp_path / "wgbpf" / "7" / "wg0")
