@@ -24,6 +24,7 @@ OBJ_PIN = 6
 OBJ_GET = 7
 PROG_TEST_RUN = 10
 PROG_GET_FD_BY_ID = 13
+MAP_GET_FD_BY_ID = 14
 OBJ_GET_INFO_BY_FD = 15
 MAP_LOOKUP_BATCH = 24
 MAP_UPDATE_BATCH = 26
@@ -165,6 +166,20 @@ def prog_info(fd):
 
 def prog_fd_by_id(prog_id):
     return _bpf(PROG_GET_FD_BY_ID, _ById(id=prog_id))
+
+
+def map_fd_by_id(map_id):
+    return _bpf(MAP_GET_FD_BY_ID, _ById(id=map_id))
+
+
+def prog_map_ids(fd):
+    """Ids of the maps a loaded program uses (as the verifier bound them)."""
+    n = prog_info(fd).nr_map_ids
+    ids = (ctypes.c_uint32 * max(n, 1))()
+    info = ProgInfo(nr_map_ids=n, map_ids=ctypes.addressof(ids))
+    _bpf(OBJ_GET_INFO_BY_FD, _Info(bpf_fd=fd, info_len=ctypes.sizeof(info),
+                                   info=ctypes.addressof(info)))
+    return list(ids[:min(n, info.nr_map_ids)])
 
 
 def lookup(fd, key, value):

@@ -226,7 +226,7 @@ def attach(front, peers, config_path, members_only, no_route, lookup, fib_table,
     wgbpf attach --config /etc/wgbpf/wg0.toml
     """
     from .dataplane import AttachError
-    from . import dataplane
+    from . import daemon as d, dataplane
     try:
         cfg = configmod.build(front, peers, config_path, members_only,
                               configmod.parse_policy(no_route, "--no-route") if no_route else None,
@@ -239,9 +239,12 @@ def attach(front, peers, config_path, members_only, no_route, lookup, fib_table,
     need_root()
     log = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
     try:
-        res = dataplane.attach(cfg, log=log, debug=debug)
+        # one writer at a time: another attach, a detach, the daemon's sync
+        with d.writer_lock(cfg.front, lambda: log(f"waiting for another writer of {cfg.front}")):
+            res = dataplane.attach(cfg, log=log, debug=debug)
     except (AttachError, MapError) as e:
         fail(str(e))
+    res["daemon_told"] = d.notify_attached(cfg.front)  # it reopens the maps and resyncs
 
     def human(r):
         what = "created" if r["created"] else ("updated" if r["changes"] else "unchanged")
@@ -255,6 +258,8 @@ def attach(front, peers, config_path, members_only, no_route, lookup, fib_table,
                        + ("" if f["tbid"] is None else f", BPF_FIB_LOOKUP_TBID {'supported' if f['tbid'] else 'missing'}"))
         for c in r["changes"]:
             click.echo(f"  {c}")
+        if r.get("daemon_told"):
+            click.echo("  the running daemon reopens the maps and resyncs")
         for w in r["warnings"]:
             click.echo(f"wgbpf: warning: {w}", err=True)
     emit(res, as_json, human)
@@ -275,11 +280,12 @@ def settings_args(lookup, fib_table, source, accept_table):
 @JSON_OPT
 def detach(front, as_json):
     """Remove the filters and pins of FRONT; traffic falls back to the kernel."""
-    from . import dataplane
+    from . import daemon as d, dataplane
     need_root()
     front = pick_front(front)
     try:
-        res = dataplane.detach(front)
+        with d.writer_lock(front):
+            res = dataplane.detach(front)
     except dataplane.AttachError as e:
         fail(str(e))
     emit(res, as_json, lambda r: click.echo(f"{r['front']}: detached from {r['devices']} devices, pins removed"))

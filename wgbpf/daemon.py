@@ -14,6 +14,8 @@ name peers.
 The event socket is opened before the dump, so nothing that changes during
 a dump is lost: those events are applied after it, in order.
 """
+import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -25,7 +27,7 @@ import sys
 import time
 
 from . import abi, config as configmod, dataplane, files, routes as rt, sync
-from .maps import Maps, pin_dir
+from .maps import Maps, MapError, pin_dir
 
 RUN_DIR = "/run/wgbpf"
 BATCH_EVENTS = 10000
@@ -93,6 +95,62 @@ def notify_maps_written(front):
     return True
 
 
+def writer_lock_path(front, netns=None):
+    """Beside the daemon's lock: held by whoever writes the instance as a
+    whole (attach, detach, the daemon's attach and full syncs)."""
+    return lock_path(front, netns)[:-len(".lock")] + ".writer"
+
+
+@contextlib.contextmanager
+def writer_lock(front, waiting=lambda: None):
+    """One writer per instance: attach, detach and the daemon's full syncs
+    take turns (flock, released when the process dies). `waiting()` is
+    called once if someone else holds it."""
+    os.makedirs(run_dir(), mode=0o755, exist_ok=True)
+    fd = os.open(writer_lock_path(front), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            waiting()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def notify_attached(front):
+    """After an attach: the daemon holding `front`'s lock (its pid is in
+    the lock file, and it has the file open) gets SIGUSR2, and reopens the
+    maps (they may be new ones) and resyncs at once. Only a process that
+    catches SIGUSR2 is signalled. Returns whether one was told."""
+    path = lock_path(front)
+    try:
+        with open(path) as f:
+            pid = int(f.read(32).strip())
+        if not _holds_open(pid, path):
+            return False  # the pid of a daemon gone, maybe reused since
+        with open(f"/proc/{pid}/status") as f:
+            caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+        if not caught & (1 << (signal.SIGUSR2 - 1)):
+            return False
+        os.kill(pid, signal.SIGUSR2)
+    except (OSError, ValueError, StopIteration):
+        return False
+    return True
+
+
+def _holds_open(pid, path):
+    fd_dir = f"/proc/{pid}/fd"
+    for n in os.listdir(fd_dir):
+        try:
+            if os.readlink(os.path.join(fd_dir, n)) == path:
+                return True
+        except OSError:
+            continue  # closed meanwhile
+    return False
+
+
 def allowedips_daemons(netns=None):
     """{device: status} of one namespace's allowedips-backend daemons that
     left a status."""
@@ -149,6 +207,10 @@ class Daemon:
         self.dir = None     # DIR-24-8 mode: the compiled IPv4 arrays
         self.lock_fd = None
         self.maps_changed = False  # SIGUSR1: `wgbpf route` wrote the maps
+        self.reattached = False    # SIGUSR2: `wgbpf attach` reconciled the instance
+        self.detached = False      # our maps are no longer pinned: write nothing
+        self.writing = False       # we hold the instance's writer lock
+        self.front_gone = False
         self.write_errors = {}  # file -> the last failure to write it, logged once
         self.said_running = False  # a status file says "running": undo it if we die
 
@@ -167,19 +229,73 @@ class Daemon:
         os.write(fd, f"{os.getpid()}\n".encode())
         self.lock_fd = fd
 
+    @contextlib.contextmanager
+    def _writing(self):
+        """The instance's writer lock around our own attach and full syncs,
+        so an operator's attach or detach never interleaves with them."""
+        if self.writing:  # nested: held once
+            yield
+            return
+        with writer_lock(self.cfg.front, lambda: self.log("waiting for an attach or detach to finish")):
+            self.writing = True
+            try:
+                yield
+            finally:
+                self.writing = False
+
     def _attach(self):
-        res = dataplane.attach(self.cfg, log=lambda m: None)
-        for c in res["changes"]:
-            self.log(f"attach: {c}")
-        for w in res["warnings"]:
-            self.log(f"warning: {w}")
-        if self.maps is None:
-            self.maps = Maps.open(pin_dir(self.cfg.front))
+        with self._writing():
+            res = dataplane.attach(self.cfg, log=lambda m: None)
+            for c in res["changes"]:
+                self.log(f"attach: {c}")
+            for w in res["warnings"]:
+                self.log(f"warning: {w}")
+            if self.maps is None or dataplane.unpinned(self.maps):
+                self._open_maps()
+
+    def _open_maps(self):
+        """(Re)open the pinned maps; the lookup settings follow the
+        instance as attached (an attach under us may have changed them)."""
+        m = Maps.open(pin_dir(self.cfg.front))
+        if self.maps is not None:
+            self.maps.close()
+        self.maps = m
+        self.detached = False
+        c = m.config()
+        self.cfg = dataclasses.replace(self.cfg, lookup=abi.Lookup(c.lookup), fib_table=c.fib_table,
+                                       accept_table=c.accept_table)
+
+    def check_maps(self):
+        """The maps we write must be the maps that are pinned (the ones the
+        programs read). Checked every second and at once on SIGUSR2 (an
+        attach): pins gone (detach) -> status "detached", nothing written;
+        pins replaced (detach + attach, a pin repaired) -> reopened; either
+        way after an attach a full resync (its peers and tags may differ)."""
+        attached, self.reattached = self.reattached, False
+        if not attached and not dataplane.unpinned(self.maps):
+            return
+        with self._writing():  # an attach in progress finishes first
+            moved = dataplane.unpinned(self.maps)
+            if moved:
+                try:
+                    self._open_maps()
+                except MapError:
+                    if not self.detached:
+                        self.detached = True
+                        self.log(f"maps no longer pinned ({', '.join(moved)}): instance detached; "
+                                 f"nothing is written until it is attached again")
+                        self.write_status("detached")
+                    return
+                self.log(f"maps replaced under the daemon ({', '.join(moved)}): reopened")
+            elif self.detached:
+                return
+            self.stats["resyncs"] += 1
+            self.full_sync("attach" if attached else "maps replaced")
 
     def _tags(self, nl):
         peers = self.maps.peers()
-        by_name = {p.name.decode(): i for i, p in peers.items()}
-        by_addr = {t.packed: by_name[pc.name] for pc in self.cfg.peers for t in pc.tags}
+        # the tags as attached (an attach under us may have changed them)
+        by_addr = {t.packed: pid for t, pid in self.maps.tags().items() if pid in peers}
         by_oif = {p.ifindex: i for i, p in peers.items()}
         # the far end of a point-to-point address on a member is that peer's
         for ifindex, _local, peer in rt.dump_addrs(nl):
@@ -214,7 +330,12 @@ class Daemon:
         return n
 
     def full_sync(self, why):
+        with self._writing():
+            return self._full_sync(why)
+
+    def _full_sync(self, why):
         t0 = time.monotonic()
+        self.follow_links()
         nl = rt.Netlink(rcvbuf=self.rcvbuf)
         try:
             tables = self._new_tables(self._tags(nl))
@@ -274,18 +395,69 @@ class Daemon:
         self.stats["map_writes"] += writes
         self.log(f"maps re-read ({why}): {writes} map writes")
 
-    def _peer_state(self, index, up):
-        for pid, p in self.maps.peers().items():
-            if p.ifindex == index and bool(p.flags & abi.PEER_UP) != up:
-                p.flags = (p.flags | abi.PEER_UP) if up else (p.flags & ~abi.PEER_UP)
-                self.maps.set_peer(pid, p)
-                self.maps.rebuild_flood()
-                self.log(f"peer {p.name.decode()}: member {'up' if up else 'down'}")
+    def follow_links(self):
+        """Make the maps match the devices as they are now, by name: a member
+        or front re-created (`wg-quick down/up`, a wireguard-go restart)
+        under its name is hooked again and its new ifindex written; a member
+        gone or down takes its peer down; every other device is vetted and
+        every host address made a martian source (dataplane.vet).
+        Level-triggered: run on any link or address event, and at every
+        full sync (an overrun may have eaten the events). Returns True when
+        a device was re-hooked: routes by member device must be re-resolved."""
+        rehooked = False
+        with dataplane._iproute() as ipr:
+            now = {l.get_attr("IFLA_IFNAME"): (l["index"], bool(l["flags"] & dataplane.IFF_UP))
+                   for l in ipr.get_links()}
+            front = self.cfg.front
+            peers = self.maps.peers()
+            for pid, p in peers.items():
+                dev = p.member.decode()
+                link = now.get(dev)
+                if link is None:
+                    if p.flags & abi.PEER_UP or p.ifindex in self.maps.members():
+                        # the ifindex may be reused by an unrelated device
+                        self.maps.del_member(p.ifindex)
+                        p.flags &= ~abi.PEER_UP
+                        self.maps.set_peer(pid, p)
+                        self.maps.rebuild_flood()
+                        self.stats["members_gone"] = self.stats.get("members_gone", 0) + 1
+                        self.log(f"peer {p.name.decode()}: member {dev} gone; peer down until it returns")
+                    continue
+                index, up = link
+                if index != p.ifindex or index not in self.maps.members():
+                    old = dataplane.rehook_member(ipr, self.maps, front, pid, index, up)
+                    self.stats["rehooks"] = self.stats.get("rehooks", 0) + 1
+                    rehooked = True
+                    self.log(f"peer {p.name.decode()}: member {dev} re-created (ifindex {old} -> "
+                             f"{index}), hooked again{'' if up else ', down'}")
+                elif bool(p.flags & abi.PEER_UP) != up:
+                    p.flags = (p.flags | abi.PEER_UP) if up else (p.flags & ~abi.PEER_UP)
+                    self.maps.set_peer(pid, p)
+                    self.maps.rebuild_flood()
+                    self.log(f"peer {p.name.decode()}: member {'up' if up else 'down'}")
+            c = self.maps.config()
+            if c.front_ifindex:
+                link = now.get(front)
+                if link is None:
+                    if not self.front_gone:
+                        self.front_gone = True
+                        self.log(f"front {front} gone: peers' traffic is dropped until it returns")
+                elif link[0] != c.front_ifindex:
+                    old = dataplane.rehook_front(ipr, self.maps, front, link[0])
+                    self.front_gone = False
+                    self.stats["rehooks"] = self.stats.get("rehooks", 0) + 1
+                    rehooked = True
+                    self.log(f"front {front} re-created (ifindex {old} -> {link[0]}), hooked again")
+                else:
+                    self.front_gone = False
+            dataplane.vet(ipr, self.maps, {p.member.decode() for p in peers.values()}
+                          | dataplane.other_members(self.cfg.front))
+        return rehooked
 
     def handle(self, events):
         """Apply one read's worth of messages; returns True if a resync is due."""
         changed = {kind: set() for kind in self.tables}
-        resync = False
+        resync = links = False
         members = None
         for mtype, buf, off, end in events:
             if mtype in (rt.RTM_NEWROUTE, rt.RTM_DELROUTE):
@@ -296,15 +468,17 @@ class Daemon:
                         k = table.update(r, deleted=(mtype == rt.RTM_DELROUTE))
                         if k is not None:
                             changed[kind].add(k)
-            elif mtype == rt.RTM_NEWLINK:
-                index, _name, up = rt.parse_link(buf, off, end)
-                self._peer_state(index, up)
+            elif mtype in (rt.RTM_NEWLINK, rt.RTM_DELLINK):
+                links = True
             elif mtype in (rt.RTM_NEWADDR, rt.RTM_DELADDR):
+                links = True  # host addresses are martian sources
                 if members is None:
                     members = self.maps.members()
                 index, _local, peer = rt.parse_addr(buf, off, end)
                 if peer is not None and index in members:
                     resync = True  # a peer's tag moved: re-resolve everything
+        if links and self.follow_links():
+            resync = True  # routes by member device name the new ifindex
         for kind, keys in changed.items():
             if keys:
                 table, entries = self.tables[kind]
@@ -393,6 +567,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
         signal.signal(signal.SIGUSR1, self._on_usr1)
+        signal.signal(signal.SIGUSR2, self._on_usr2)
         events = rt.Netlink(groups=EVENT_GROUPS, rcvbuf=self.rcvbuf)
         try:
             self._attach()
@@ -421,6 +596,7 @@ class Daemon:
                 if self.maps_changed:
                     self.maps_changed = False
                     self.maps_sync("written by wgbpf route")
+                self.check_maps()  # after an attach, or a detach, under us
                 try:
                     ready, _, _ = select.select([events], [], [], 1.0)
                 except InterruptedError:
@@ -438,7 +614,8 @@ class Daemon:
                             if not got:
                                 break
                             batch.extend((m, bytes(b[o:e]), 0, e - o) for m, b, o, e in got)
-                        resync = self.handle(batch)
+                        if not self.detached:  # nothing to write to: an attach resyncs
+                            resync = self.handle(batch)
                     except OSError as e:
                         if e.errno != errno.ENOBUFS:  # the kernel dropped events for us
                             raise
@@ -446,14 +623,14 @@ class Daemon:
                         self.log("netlink overrun (ENOBUFS): events were lost, full resync")
                         events.discard()
                         resync = True
-                    if resync:
+                    if resync and not self.detached:
                         self.stats["resyncs"] += 1
                         self.full_sync("overrun or tag change")
                     lag = (time.monotonic() - t_recv) * 1000
                     self.stats["lag_ms_last"] = round(lag, 3)
                     self.stats["lag_ms_max"] = round(max(self.stats["lag_ms_max"], lag), 3)
                 if time.monotonic() - last_status >= 1.0:
-                    self.write_status("running")
+                    self.write_status("detached" if self.detached else "running")
                     last_status = time.monotonic()
             self.write_status("stopped")
             self.log("stopped; the data plane keeps running on the pinned maps")
@@ -479,6 +656,9 @@ class Daemon:
 
     def _on_usr1(self, *_):
         self.maps_changed = True
+
+    def _on_usr2(self, *_):
+        self.reattached = True
 
 
 def config_builder(front, peer_args, config_path, members_only, no_route, settings=None):

@@ -279,6 +279,21 @@ def vet(ipr, m, member_names):
     return changes
 
 
+def other_members(front):
+    """Member device names of the other instances in this namespace: never
+    vetted by ours (a re-created one is theirs to hook)."""
+    out = set()
+    for other in mapsmod.instances():
+        if other == front:
+            continue
+        try:
+            with Maps.open(pin_dir(other), readonly=True) as m:
+                out |= {p.member.decode() for p in m.peers().values()}
+        except (MapError, OSError):
+            continue
+    return out
+
+
 def pinned_programs(directory):
     """{program name: fd} of an instance's pinned programs (caller closes)."""
     fds = {}
@@ -351,18 +366,192 @@ def filters(ipr, ifindex, hook):
     return out
 
 
-def remove_filter(ipr, ifindex, hook):
-    """Delete our filter; delete clsact too when nothing else is on it."""
+def hook_filters(ipr, ifindex, hook):
+    """[(kind, bpf name or None, priority, handle)] of every tc filter on
+    one hook of a device, whoever added it."""
+    try:
+        msgs = ipr.get_filters(index=ifindex, parent=HOOK_PARENT_ID[hook])
+    except Exception:
+        return []
+    out = []
+    for m in msgs:
+        if not m["handle"]:  # the head of a priority (u32's), not a filter
+            continue
+        kind = m.get_attr("TCA_KIND")
+        opts = m.get_attr("TCA_OPTIONS")
+        name = opts.get_attr("TCA_BPF_NAME") if kind == "bpf" and opts is not None else None
+        out.append((kind, name, m["info"] >> 16, m["handle"]))
+    return out
+
+
+def hook_owner(ipr, ifindex):
+    """The wgbpf instance (front name) whose filter is on a device, or None.
+    Ours are found by name (wgbpf-<front>); a bpf filter of another name in
+    our slot (priority, handle) is named as found."""
+    for hook in HOOK_PARENT:
+        for kind, name, prio, handle in hook_filters(ipr, ifindex, hook):
+            if kind != "bpf":
+                continue
+            if name and name.startswith("wgbpf-"):
+                return name[len("wgbpf-"):]
+            if (prio, handle) == (TC_PRIO, TC_HANDLE):
+                return f"{name or 'unnamed'} (not a wgbpf filter)"
+    return None
+
+
+def check_owners(ipr, cfg, front_idx, links):
+    """Refuse devices another instance holds, before anything changes: its
+    filter on them, or its peers naming them (hooked or not yet)."""
+    devices = [(f"peer {pc.name!r}: member {pc.member!r}", pc.member, links[pc.name][0])
+               for pc in cfg.peers]
+    if front_idx:
+        devices.append((f"front {cfg.front!r}", cfg.front, front_idx))
+    recorded = {}
+    for other in mapsmod.instances():
+        if other == cfg.front:
+            continue
+        try:
+            with Maps.open(pin_dir(other), readonly=True) as m:
+                c = m.config()
+                recorded.update({p.member.decode(): other for p in m.peers().values()})
+                if c.front:
+                    recorded[c.front.decode()] = other
+        except (MapError, OSError):
+            continue
+    for what, dev, ifindex in devices:
+        owner = hook_owner(ipr, ifindex)
+        if owner is None or owner == cfg.front:
+            owner = recorded.get(dev)
+        if owner is not None and owner != cfg.front:
+            raise AttachError(f"{what} belongs to wgbpf instance {owner!r}: detach it there "
+                              f"(wgbpf detach {owner.split()[0]}) or name another device")
+
+
+def remove_filter(ipr, ifindex, hook, name):
+    """Delete our filter: the one in our slot, if it bears our name."""
+    if ("bpf", name, TC_PRIO, TC_HANDLE) not in hook_filters(ipr, ifindex, hook):
+        return False
     try:
         ipr.tc("del-filter", "bpf", ifindex, TC_HANDLE, parent=HOOK_PARENT[hook], prio=TC_PRIO)
     except Exception as e:
         if getattr(e, "code", None) not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
             raise
-    if not filters(ipr, ifindex, "ingress") and not filters(ipr, ifindex, "egress"):
+    return True
+
+
+def unhook(ipr, ifindex, hooks, name, owned, device=None):
+    """Our filters off one device; its clsact qdisc too, but only when we
+    added it (owned) and nothing else is left on it: an operator's filters
+    and qdisc are theirs. `device`: the name recorded for ifindex, checked
+    first (an ifindex is reused by the next device created)."""
+    if device and links(ipr).get(ifindex) != device:
+        return False
+    for hook in hooks:
+        remove_filter(ipr, ifindex, hook, name)
+    if owned & abi.OWN_CLSACT and not any(hook_filters(ipr, ifindex, h) for h in HOOK_PARENT):
         try:
             ipr.tc("del", "clsact", ifindex)
-        except Exception:
+        except Exception as e:
+            if getattr(e, "code", None) not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
+                raise
+    return True
+
+
+def _program_maps(prog_fds):
+    """{map name: map id} of the maps the given programs use."""
+    out = {}
+    for pfd in prog_fds:
+        for map_id in bpfsys.prog_map_ids(pfd):
+            try:
+                mfd = bpfsys.map_fd_by_id(map_id)
+            except OSError:
+                continue
+            try:
+                out[bpfsys.map_info(mfd).name.decode()] = map_id
+            finally:
+                os.close(mfd)
+    return out
+
+
+def restore_pins(directory):
+    """Pin again, from the pinned programs, a map whose pin was removed by
+    hand: the programs keep reading it, so its entries (routes written by
+    `wgbpf route`, counters) are kept. Returns the names restored."""
+    missing = [n for n in abi.MAPS if not os.path.exists(os.path.join(directory, n))]
+    if not missing:
+        return []
+    try:
+        fds = pinned_programs(directory)
+    except OSError:
+        return []  # no programs to take the maps from: made anew
+    try:
+        used = _program_maps(fds.values())
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    restored = []
+    for name in missing:
+        if name in used:
+            mfd = bpfsys.map_fd_by_id(used[name])
+            try:
+                bpfsys.obj_pin(mfd, os.path.join(directory, name))
+            finally:
+                os.close(mfd)
+            os.chmod(os.path.join(directory, name), 0o600)
+            restored.append(name)
+    return restored
+
+
+def unpinned(m):
+    """Names of m's maps that are no longer the pinned ones: the pin gone
+    (detach) or replaced by another map (detach + attach, a pin removed by
+    hand and made anew)."""
+    out = []
+    for name, fd in m.fds.items():
+        try:
+            pfd = bpfsys.obj_get(os.path.join(m.dir, name), readonly=True)
+        except OSError:
+            out.append(name)
+            continue
+        try:
+            if bpfsys.map_info(pfd).id != bpfsys.map_info(fd).id:
+                out.append(name)
+        finally:
+            os.close(pfd)
+    return out
+
+
+def stale_pins(ipr, m, devices, name):
+    """Names of pinned maps that are not the ones the instance's programs
+    (pinned, and in its filters on `devices`) read: a pin removed by hand
+    gets a new map at the next attach, which those programs never see."""
+    prog_fds = []
+    for pname in list(abi.PROGRAMS):
+        try:
+            prog_fds.append(bpfsys.obj_get(os.path.join(m.dir, pname)))
+        except OSError:
             pass
+    for ifindex in devices:
+        for hook in HOOK_PARENT:
+            try:
+                msgs = ipr.get_filters(index=ifindex, parent=HOOK_PARENT_ID[hook])
+            except Exception:
+                continue
+            for msg in msgs:
+                opts = msg.get_attr("TCA_OPTIONS")
+                if msg.get_attr("TCA_KIND") == "bpf" and opts is not None \
+                        and opts.get_attr("TCA_BPF_NAME") == name:
+                    try:
+                        prog_fds.append(bpfsys.prog_fd_by_id(opts.get_attr("TCA_BPF_ID")))
+                    except (OSError, TypeError):
+                        pass
+    try:
+        used = _program_maps(prog_fds)
+    finally:
+        for pfd in prog_fds:
+            os.close(pfd)
+    pinned = {bpfsys.map_info(fd).name.decode(): bpfsys.map_info(fd).id for fd in m.fds.values()}
+    return sorted(n for n, i in used.items() if n in pinned and pinned[n] != i)
 
 
 def quiet_redirects(front):
@@ -393,9 +582,14 @@ def attach(cfg, log=lambda msg: None, debug=False):
     with _iproute() as ipr:
         front_idx, links = check_links(ipr, cfg)
         ensure_bpffs()
+        check_owners(ipr, cfg, front_idx, links)
         fib = check_fib(cfg, front_idx, links) if cfg.lookup == abi.Lookup.FIB else None
         fresh = not os.path.isdir(directory)
         dir24 = cfg.lookup == abi.Lookup.DIR24
+        restored = [] if fresh else restore_pins(directory)
+        if restored:
+            changes.append(f"pins repaired: {', '.join(restored)} pinned again from the running programs "
+                           f"(removed by hand?)")
         m = Maps.create(directory, dir24=dir24)
         try:
             log(f"compiling {SOURCE}")
@@ -409,18 +603,25 @@ def attach(cfg, log=lambda msg: None, debug=False):
                             or not os.path.exists(os.path.join(directory, "tail")))
             if not fresh and reload_progs:
                 changes.append("programs upgraded")
+            # a pin removed by hand was made anew above: the programs still
+            # read the old map, so they are loaded again on the pinned ones
+            stale = [] if fresh else stale_pins(
+                ipr, m, [i for i, _ in links.values()] + ([front_idx] if front_idx else []),
+                filter_name(cfg.front))
+            stale = [n for n in stale if n not in m.replaced]  # resized on purpose: said above
+            if stale:
+                changes.append(f"pins repaired: {', '.join(stale)} pinned is not the map the programs "
+                               f"read (pin removed by hand?); programs reloaded on the pinned maps")
+                reload_progs = True
 
             # Peers first, so no filter ever sees a member it cannot resolve.
             existing = m.peers()
-            by_name = {p.name.decode(): (i, p) for i, p in existing.items()}
-            used = set(existing)
-            ids = {}
-            for pc in cfg.peers:
-                if pc.name in by_name:
-                    ids[pc.name] = by_name[pc.name][0]
-                else:
-                    ids[pc.name] = next(i for i in range(1, abi.MAX_PEERS) if i not in used)
-                    used.add(ids[pc.name])
+            ids, reused = assign_ids({i: p.name.decode() for i, p in existing.items()},
+                                     [pc.name for pc in cfg.peers])
+            for pid in reused:  # every id taken: departing peers make room first
+                peer = existing.pop(pid)
+                _forget_peer(ipr, m, pid, peer, filter_name(cfg.front))
+                changes.append(f"peer {peer.name.decode()} removed")
             members_now = m.members()
             for pc in cfg.peers:
                 pid = ids[pc.name]
@@ -507,7 +708,7 @@ def attach(cfg, log=lambda msg: None, debug=False):
             for pid, peer in existing.items():
                 if pid in keep:
                     continue
-                _forget_peer(ipr, m, pid, peer)
+                _forget_peer(ipr, m, pid, peer, name)
                 changes.append(f"peer {peer.name.decode()} removed")
                 if dir24:
                     m.dir24().rebuild(m.ipv4_prefixes())
@@ -515,8 +716,10 @@ def attach(cfg, log=lambda msg: None, debug=False):
                 if pid not in keep or links.get(_peer_name(ids, pid), (None,))[0] != ifindex:
                     m.del_member(ifindex)
                     if pid in keep:  # the peer moved to another device
-                        remove_filter(ipr, ifindex, "ingress")
-                        remove_filter(ipr, ifindex, "egress")
+                        old_peer = existing.get(pid)
+                        unhook(ipr, ifindex, ("ingress", "egress"), name,
+                               old_peer.owned if old_peer is not None and old_peer.ifindex == ifindex else 0,
+                               old_peer.member.decode() if old_peer is not None else None)
             m.rebuild_flood()
             del bpf
         finally:
@@ -533,12 +736,32 @@ def _peer_name(ids, pid):
     return next((n for n, i in ids.items() if i == pid), None)
 
 
-def _forget_peer(ipr, m, pid, peer):
-    """Remove one peer: its filter, its routes' references, tags, slot."""
+def assign_ids(existing, names):
+    """Peer ids for `names` (the config's peers), given existing {id: name}.
+
+    A peer keeps its id; a new one takes a free id, and only when none is
+    left one that a departing peer frees (routes naming that id must not
+    reach the newcomer: the caller forgets those peers first). Returns
+    ({name: id}, [departing ids reused])."""
+    by_name = {n: i for i, n in existing.items()}
+    ids = {n: by_name[n] for n in names if n in by_name}
+    new = [n for n in names if n not in by_name]
+    free = [i for i in range(1, abi.MAX_PEERS) if i not in existing]
+    departing = sorted(set(existing) - set(ids.values()))
+    pool = free + departing
+    if len(new) > len(pool):
+        raise AttachError(f"{len(names)} peers: an instance holds at most {abi.MAX_PEERS - 1}")
+    ids.update(zip(new, pool))
+    return ids, [i for i in pool[:len(new)] if i in existing]
+
+
+def _forget_peer(ipr, m, pid, peer, name):
+    """Remove one peer: its filters (and the clsact we added), its routes'
+    references, tags, slot."""
     for ifindex, owner in m.members().items():
         if owner == pid:
-            remove_filter(ipr, ifindex, "ingress")
-            remove_filter(ipr, ifindex, "egress")
+            unhook(ipr, ifindex, ("ingress", "egress"), name,
+                   peer.owned if peer.ifindex == ifindex else 0, peer.member.decode() or None)
             m.del_member(ifindex)
     for t, owner in m.tags().items():
         if owner == pid:
@@ -574,13 +797,19 @@ def detach(front):
             m = None
         if m is not None:
             with m:
+                # ours only: filters in our slot with our name, and the
+                # clsact qdisc where we added it and nothing else is left
+                name = filter_name(front)
                 cfg = m.config()
-                for ifindex in m.members():
-                    remove_filter(ipr, ifindex, "ingress")
-                    remove_filter(ipr, ifindex, "egress")
-                    removed.append(ifindex)
-                if cfg.front_ifindex:
-                    remove_filter(ipr, cfg.front_ifindex, "egress")
+                peers = m.peers()
+                for pid, p in peers.items():
+                    if unhook(ipr, p.ifindex, ("ingress", "egress"), name, p.owned, p.member.decode()):
+                        removed.append(p.ifindex)
+                for ifindex, pid in m.members().items():  # a member a peer no longer records
+                    if pid not in peers or peers[pid].ifindex != ifindex:
+                        unhook(ipr, ifindex, ("ingress", "egress"), name, 0)
+                if cfg.front_ifindex and unhook(ipr, cfg.front_ifindex, ("egress",), name,
+                                                cfg.front_owned, cfg.front.decode()):
                     removed.append(cfg.front_ifindex)
     for entry in os.listdir(directory):
         os.unlink(os.path.join(directory, entry))

@@ -291,6 +291,8 @@ class FakeNetlink:
 
 
 class FakeMaps:
+    fds = {}  # no pinned maps to check (dataplane.unpinned)
+
     def peers(self):
         return {}
 
