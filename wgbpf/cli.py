@@ -833,6 +833,12 @@ def all_status():
                                  f"(rm -r {mapsmod.pin_dir(f, ns)})"}
                        for f in mapsmod.instances(ns)]
         res += [dict(e, netns=ns, netns_name=label, current=ns == here) for e in entries]
+    for d in mapsmod.legacy_instances():
+        res.append({"front": os.path.basename(d), "pin_dir": d, "netns": None, "netns_name": None,
+                    "current": False,
+                    "error": f"pinned by an older wgbpf, without a namespace in the path: its programs "
+                             f"still run where it attached them; detach it with that version, or remove "
+                             f"its wgbpf-{os.path.basename(d)} tc filters and rm -r {d}"})
     return res
 
 
@@ -862,8 +868,11 @@ def status(front=None, all_ns=False, check=False, as_json=False):
         for s in all_:
             if all_ns and s["netns"] != shown_ns:
                 shown_ns = s["netns"]
-                click.echo(f"== netns {s['netns']}" + (f" ({s['netns_name']})" if s["netns_name"] else "")
-                           + (", this one" if s["current"] else ""))
+                if s["netns"] is None:
+                    click.echo("== an older wgbpf's pins (no namespace)")
+                else:
+                    click.echo(f"== netns {s['netns']}" + (f" ({s['netns_name']})" if s["netns_name"] else "")
+                               + (", this one" if s["current"] else ""))
             if "error" in s:
                 click.echo(f"{s['front']}: {s['error']}")
                 continue

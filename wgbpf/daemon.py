@@ -48,11 +48,19 @@ def run_dir(netns=None):
 
 
 def run_namespaces():
-    """Cookies of the namespaces with a run directory (locks, status)."""
+    """Cookies of the namespaces with a daemon's status file."""
     try:
-        return {int(n) for n in os.listdir(RUN_DIR) if n.isdigit()}
+        names = [n for n in os.listdir(RUN_DIR) if n.isdigit()]
     except OSError:
         return set()
+    out = set()
+    for n in names:
+        try:
+            if any(f.endswith(".json") for f in os.listdir(os.path.join(RUN_DIR, n))):
+                out.add(int(n))
+        except OSError:
+            continue  # removed meanwhile
+    return out
 
 
 def status_path(front, netns=None):

@@ -106,6 +106,17 @@ def all_instances():
     return sorted(out)
 
 
+def legacy_instances():
+    """Pin directories of an older wgbpf, keyed by the front alone
+    (/sys/fs/bpf/wgbpf/<front>/): listed, never acted on."""
+    try:
+        names = os.listdir(PIN_ROOT)
+    except FileNotFoundError:
+        return []
+    return sorted(os.path.join(PIN_ROOT, n) for n in names
+                  if not n.isdigit() and os.path.exists(os.path.join(PIN_ROOT, n, "config")))
+
+
 def prune(directory):
     """Remove a namespace's pin directory once its last instance is gone."""
     try:

@@ -185,3 +185,21 @@ def test_check_daemon_killed(world):
     with open(daemon.status_path("wg0"), "w") as f:
         json.dump({"state": "stopped", "pid": 2 ** 22 + 1}, f)  # SIGTERM: stopped on purpose
     assert run("status", "--check").exit_code == 0
+
+
+def test_status_all_lists_an_older_wgbpfs_pins(world):
+    old = os.path.join(maps.PIN_ROOT, "wg5")
+    os.makedirs(old)
+    open(os.path.join(old, "config"), "w").close()
+    r = run("status", "--all", "--check")
+    assert r.exit_code == 2
+    assert r.stdout.startswith("wg5: pinned by an older wgbpf") and f"rm -r {old}" in r.stdout
+    assert "== an older wgbpf's pins" in run("status", "--all").stdout
+    assert run("status", "--check").exit_code == 0  # this namespace's own are healthy
+
+
+def test_run_namespaces_are_those_with_a_status(world):
+    os.makedirs(daemon.run_dir(77))
+    assert daemon.run_namespaces() == set()
+    open(daemon.status_path("wg0", 77), "w").close()
+    assert daemon.run_namespaces() == {77}
