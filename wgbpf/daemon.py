@@ -280,6 +280,8 @@ class Daemon:
         pins replaced (detach + attach, a pin repaired) -> reopened; either
         way after an attach a full resync (its peers and tags may differ)."""
         attached, self.reattached = self.reattached, False
+        if self.maps is None:  # no maps to follow (--backend allowedips)
+            return
         if not attached and not dataplane.unpinned(self.maps):
             return
         with self._writing():  # an attach in progress finishes first
@@ -622,6 +624,7 @@ class Daemon:
                             if not got:
                                 break
                             batch.extend((m, bytes(b[o:e]), 0, e - o) for m, b, o, e in got)
+                        self.check_maps()  # a detach meanwhile: nothing to re-hook from
                         if not self.detached:  # nothing to write to: an attach resyncs
                             resync = self.handle(batch)
                     except OSError as e:

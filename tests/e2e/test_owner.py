@@ -21,7 +21,7 @@ import pytest
 from wgbtest import RUN_ID, require_bcc, require_tools
 from labutil import TIME_SCALE, WG_TOOLS, WGBPF, DaemonProc, Lab, run
 from wgbpf import abi, bpfsys
-from wgbpf.daemon import read_status
+from wgbpf.daemon import read_status, run_dir
 from wgbpf.maps import pin_dir
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
@@ -45,7 +45,12 @@ def lab():
     finally:
         run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
         run(*WGBPF, "--netns", lab.hub, "detach", "other0")
+        try:  # the hub namespace's own pin and run directories (locks, status)
+            leftovers = [os.path.dirname(pin_dir(lab.front, lab.hub)), run_dir(lab.hub)]
+        except OSError:
+            leftovers = []  # the namespace is already gone
         lab.down()
+        run("rm", "-rf", *leftovers)
 
 
 @pytest.fixture
