@@ -40,19 +40,35 @@ class Lab:
     def up(self):
         r = subprocess.run(["bash", LAB, "up"], env=self.env, capture_output=True, text=True)
         assert r.returncode == 0, f"lab up failed:\n{r.stdout}\n{r.stderr}"
+        self.netns_id()
+
+    def netns_id(self):
+        """The hub namespace's id, remembered: teardowns need the paths it
+        keys after the namespace is gone. None if it never existed."""
+        if getattr(self, "_netns_id", None) is None:
+            from wgbpf.maps import netns_id
+            try:
+                self._netns_id = netns_id(self.hub)
+            except OSError:
+                return None
+        return self._netns_id
 
     def down(self):
         subprocess.run(["bash", LAB, "down"], env=self.env, capture_output=True, text=True)
 
     def pin_dir(self):
         """The hub instance's pin directory (wgbpf.maps.pin_dir: per namespace)."""
-        from wgbpf.maps import pin_dir
-        return pin_dir(self.front, self.hub)
+        from wgbpf.maps import PIN_ROOT, pin_dir
+        ns = self.netns_id()
+        return pin_dir(self.front, ns) if ns is not None else os.path.join(PIN_ROOT, "none", self.front)
 
     def run_files(self):
         """The hub daemon's status file and lock (per namespace)."""
-        from wgbpf.daemon import lock_path, status_path
-        return [status_path(self.front, self.hub), lock_path(self.front, self.hub)]
+        from wgbpf.daemon import RUN_DIR, lock_path, status_path
+        ns = self.netns_id()
+        if ns is None:  # never up: nothing of it to remove
+            return [os.path.join(RUN_DIR, "none", f"{self.front}{x}") for x in (".json", ".lock")]
+        return [status_path(self.front, ns), lock_path(self.front, ns)]
 
     def wgbpf(self, *args, check=True):
         if args[0] in ("route", "lookup", "dump", "status") and "--front" not in args:

@@ -20,7 +20,7 @@ import pytest
 from wgbtest import RUN_ID, require_bcc, require_tools
 from labutil import LOOKUPS, TIME_SCALE, WG_TOOLS, WGBPF, DaemonProc, Lab, run
 from wgbpf import abi, routes as rt, sync
-from wgbpf.maps import Maps, pin_dir, route_peers
+from wgbpf.maps import Maps, route_peers
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -49,7 +49,7 @@ def lab(request):
     finally:
         run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
         lab.down()
-        run("rm", "-rf", pin_dir(lab.front, lab.hub), *lab.run_files())
+        run("rm", "-rf", lab.pin_dir(), *lab.run_files())
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def via(lab, peer, family=4):
 
 def map_peers(lab, prefix):
     net = ipaddress.ip_network(prefix)
-    with Maps.open(pin_dir(lab.front, lab.hub), readonly=True) as m:
+    with Maps.open(lab.pin_dir(), readonly=True) as m:
         names = {i: p.name.decode() for i, p in m.peers().items()}
         r = m.get_route(net)
         return None if r is None else sorted(names[i] for i in route_peers(r))
@@ -157,7 +157,7 @@ def test_member_down_moves_traffic_to_the_ecmp_sibling(lab, daemon):
 
 def kernel_view(lab):
     """What the maps' kernel-origin entries must be, from the kernel itself."""
-    with Maps.open(pin_dir(lab.front, lab.hub), readonly=True) as m:
+    with Maps.open(lab.pin_dir(), readonly=True) as m:
         peers = m.peers()
         by_oif = {p.ifindex: i for i, p in peers.items()}
         by_addr = {ipaddress.ip_address(t).packed: i for t, i in
@@ -260,4 +260,4 @@ def test_status_reports_the_daemon(lab, daemon):
     daemon.stop()
     st = lab.status()["daemon"]
     assert st["state"] in ("stopped", "not running")
-    assert os.path.exists(pin_dir(lab.front, lab.hub))  # the data plane stays
+    assert os.path.exists(lab.pin_dir())  # the data plane stays

@@ -14,7 +14,6 @@ import pytest
 
 from wgbtest import RUN_ID, require_bcc, require_tools
 from labutil import LOOKUPS, TIME_SCALE, WG_TOOLS, WGBPF, DaemonProc, Lab, run
-from wgbpf.maps import pin_dir
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -39,7 +38,7 @@ def lab(request):
     finally:
         run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
         lab.down()
-        run("rm", "-rf", pin_dir(lab.front, lab.hub), *lab.run_files())
+        run("rm", "-rf", lab.pin_dir(), *lab.run_files())
 
 
 @pytest.fixture(scope="module")
