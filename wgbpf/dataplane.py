@@ -603,15 +603,16 @@ def attach(cfg, log=lambda msg: None, debug=False):
                             or not os.path.exists(os.path.join(directory, "tail")))
             if not fresh and reload_progs:
                 changes.append("programs upgraded")
-            # a pin removed by hand was made anew above: the programs still
-            # read the old map, so they are loaded again on the pinned ones
+            # a pin replaced by another map (or removed, with no program
+            # to pin it again from): the programs read a map no one writes,
+            # so they are loaded again on the pinned ones
             stale = [] if fresh else stale_pins(
                 ipr, m, [i for i, _ in links.values()] + ([front_idx] if front_idx else []),
                 filter_name(cfg.front))
             stale = [n for n in stale if n not in m.replaced]  # resized on purpose: said above
             if stale:
                 changes.append(f"pins repaired: {', '.join(stale)} pinned is not the map the programs "
-                               f"read (pin removed by hand?); programs reloaded on the pinned maps")
+                               f"read (pin replaced by hand?); programs reloaded on the pinned maps")
                 reload_progs = True
 
             # Peers first, so no filter ever sees a member it cannot resolve.

@@ -205,7 +205,9 @@ def test_a_smaller_peer_set_under_a_running_daemon(routed):
     lab, d = routed
     alice, carol = lab.peers["alice"], lab.peers["carol"]
     wait_for("carol's route", lambda: lookup_peers(lab, carol["host4"]) == ["carol"])
-    lab.attach(["alice", "bob"])  # carol leaves
+    r = lab.attach(["alice", "bob"])  # carol leaves
+    assert "the running daemon reopens the maps and resyncs" in r.stdout, r.stdout
+    d.wait_for("sync (attach)", timeout=2)  # told, it resynced at once
     assert lookup_peers(lab, alice["host4"]) == ["alice"]
     assert lab.ping("bob", alice["host4"], count=2)
     lab.attach()  # and comes back: the daemon gives her routes back at once
