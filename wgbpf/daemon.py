@@ -413,7 +413,12 @@ class Daemon:
         every host address made a martian source (dataplane.vet).
         Level-triggered: run on any link or address event, and at every
         full sync (an overrun may have eaten the events). Returns True when
-        a device was re-hooked: routes by member device must be re-resolved."""
+        a device was re-hooked: routes by member device must be re-resolved.
+        Under the writer lock: an operator's attach may be hooking too."""
+        with self._writing():
+            return self._follow_links()
+
+    def _follow_links(self):
         rehooked = False
         with dataplane._iproute() as ipr:
             now = {l.get_attr("IFLA_IFNAME"): (l["index"], bool(l["flags"] & dataplane.IFF_UP))

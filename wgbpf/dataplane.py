@@ -624,6 +624,7 @@ def attach(cfg, log=lambda msg: None, debug=False):
                 _forget_peer(ipr, m, pid, peer, filter_name(cfg.front))
                 changes.append(f"peer {peer.name.decode()} removed")
             members_now = m.members()
+            new_members = {}
             for pc in cfg.peers:
                 pid = ids[pc.name]
                 ifindex, up = links[pc.name]
@@ -637,7 +638,9 @@ def attach(cfg, log=lambda msg: None, debug=False):
                     changes.append(f"peer {pc.name} ({pc.member}, id {pid}"
                                    f"{'' if up else ', down'}) {'added' if have is None else 'updated'}")
                 if members_now.get(ifindex) != pid:
-                    m.set_member(ifindex, pid)
+                    # known only once hooked: until then the guard takes
+                    # the device for what it is, unchecked (fail closed)
+                    new_members[ifindex] = pid
             # Tags and their implicit host routes.
             want_tags = {t: ids[pc.name] for pc in cfg.peers for t in pc.tags}
             have_tags = m.tags()
@@ -682,6 +685,8 @@ def attach(cfg, log=lambda msg: None, debug=False):
                         p = m.peers()[ids[pc.name]]
                         p.owned |= abi.OWN_CLSACT
                         m.set_peer(ids[pc.name], p)
+            for ifindex, pid in new_members.items():
+                m.set_member(ifindex, pid)
             if front_idx and (reload_progs or name not in filters(ipr, front_idx, "egress")):
                 if ensure_filter(ipr, front_idx, "egress", fds["front_egress"], name):
                     c = m.config()

@@ -11,7 +11,7 @@
 Delivery is judged where it would land: a packet socket on carol's tunnel
 counts every packet with a forged source that reaches her.
 """
-import os
+import json
 import subprocess
 import sys
 import textwrap
@@ -113,6 +113,12 @@ def recreate(lab, dev):
     assert r.returncode == 0, f"recreate {dev}: {r.stderr}"
 
 
+def rx_packets(lab, dev):
+    """Packets a hub device received, by the kernel's count (not wgbpf's)."""
+    r = run("ip", "-n", lab.hub, "-s", "-j", "link", "show", "dev", dev)
+    return json.loads(r.stdout)[0]["stats64"]["rx"]["packets"] if r.returncode == 0 else 0
+
+
 def wait_ping(lab, src, dst, timeout):
     deadline = time.monotonic() + timeout * TIME_SCALE
     while not lab.ping(src, dst, count=1, interval="0.2"):
@@ -158,6 +164,10 @@ def test_unhooked_member_forwards_nothing_until_hooked(lab):
     the window; the daemon's start then hooks it."""
     alice, carol = lab.peers["alice"], lab.peers["carol"]
     lab.attach()
+    prefixes = [(p, lab.peers[p][k]) for p in ("alice", "carol") for k in ("prefix4", "prefix6")]
+    for peer, prefix in prefixes:
+        lab.wgbpf("route", "add", prefix, peer)
+    assert wait_ping(lab, "alice", carol["host4"], 5)
     sniff = Sniffer(lab, "carol", [FORGED4, FORGED6])
     stream = forge_stream(lab)
     try:
@@ -166,9 +176,10 @@ def test_unhooked_member_forwards_nothing_until_hooked(lab):
         # so her forged stream really arrives on the unhooked device
         before = lab.status()["counters"]["unvetted"]
         deadline = time.monotonic() + 10 * TIME_SCALE
-        while lab.status()["counters"]["unvetted"] - before < 20:
+        while rx_packets(lab, alice["member"]) < 50:
             run("ip", "netns", "exec", lab.hub, "ping", "-c1", "-W1", "-I", alice["member"], alice["host4"])
             assert time.monotonic() < deadline, "nothing arrived on the re-created member"
+        assert lab.status()["counters"]["unvetted"] - before >= 20
         assert not lab.ping("alice", carol["host4"], count=1), "an unhooked member forwarded"
         d = DaemonProc(lab.hub, "daemon", lab.front, *lab.peer_args())
         try:
@@ -178,6 +189,8 @@ def test_unhooked_member_forwards_nothing_until_hooked(lab):
     finally:
         stream.kill()
         stream.wait()
+        for _, prefix in prefixes:
+            lab.wgbpf("route", "del", prefix, check=False)
     assert sniff.count() == 0, "a forged source reached carol"
 
 
