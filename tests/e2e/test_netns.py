@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 from wgbtest import RUN_ID, require_bcc, require_tools
-from labutil import LAB, WG_TOOLS, WGBPF, Lab, run
+from labutil import LAB, WG_MODE, WG_TOOLS, WGBPF, Lab, run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -34,7 +34,12 @@ class Other:
         assert r.returncode == 0, r.stderr
 
     def tun(self, dev):
-        self.ip("tuntap", "add", "dev", dev, "mode", "tun")
+        """A layer-3 device: TUN, or where the kernel has WireGuard (the vm
+        tier's guest has no /dev/net/tun) a peerless WireGuard device."""
+        if WG_MODE == "kernel":
+            self.ip("link", "add", dev, "type", "wireguard")
+        else:
+            self.ip("tuntap", "add", "dev", dev, "mode", "tun")
         self.ip("link", "set", dev, "up")
 
     def up(self):
