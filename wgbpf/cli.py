@@ -911,6 +911,7 @@ def status(front=None, all_ns=False, check=False, as_json=False):
                 click.echo(f"daemon: {dmn['state']} (pid {dmn['pid']}), tables {dmn['tables']}, "
                            f"{dmn['prefixes']} prefixes, {dmn['ignored']} ignored routes, "
                            f"{dmn['events']} events, {dmn['resyncs']} resyncs, {dmn['overruns']} overruns, "
+                           f"{dmn.get('rehooks', 0)} re-hooks, "
                            f"lag max {dmn['lag_ms_max']} ms"
                            + (f", last sync {ago:.0f}s ago ({dmn['last_sync_seconds']}s)" if ago is not None else ""))
                 if dmn.get("routes_per_peer"):

@@ -204,8 +204,8 @@ class Daemon:
         self.rcvbuf = rcvbuf
         self.progress = progress
         self.stats = {"events": 0, "map_writes": 0, "resyncs": 0, "overruns": 0,
-                      "last_sync": None, "last_sync_seconds": None, "lag_ms_last": None,
-                      "lag_ms_max": 0.0, "started": time.time()}
+                      "rehooks": 0, "members_gone": 0, "last_sync": None,
+                      "last_sync_seconds": None, "lag_ms_last": None, "lag_ms_max": 0.0, "started": time.time()}
         self.stop = False
         self.reload = False
         self.cfg = None
@@ -435,13 +435,13 @@ class Daemon:
                         p.flags &= ~abi.PEER_UP
                         self.maps.set_peer(pid, p)
                         self.maps.rebuild_flood()
-                        self.stats["members_gone"] = self.stats.get("members_gone", 0) + 1
+                        self.stats["members_gone"] += 1
                         self.log(f"peer {p.name.decode()}: member {dev} gone; peer down until it returns")
                     continue
                 index, up = link
                 if index != p.ifindex or index not in self.maps.members():
                     old = dataplane.rehook_member(ipr, self.maps, front, pid, index, up)
-                    self.stats["rehooks"] = self.stats.get("rehooks", 0) + 1
+                    self.stats["rehooks"] += 1
                     rehooked = True
                     self.log(f"peer {p.name.decode()}: member {dev} re-created (ifindex {old} -> "
                              f"{index}), hooked again{'' if up else ', down'}")
@@ -460,7 +460,7 @@ class Daemon:
                 elif link[0] != c.front_ifindex:
                     old = dataplane.rehook_front(ipr, self.maps, front, link[0])
                     self.front_gone = False
-                    self.stats["rehooks"] = self.stats.get("rehooks", 0) + 1
+                    self.stats["rehooks"] += 1
                     rehooked = True
                     self.log(f"front {front} re-created (ifindex {old} -> {link[0]}), hooked again")
                 else:
@@ -564,6 +564,10 @@ class Daemon:
         metric("map_writes_total", "LPM map entries written or deleted", st["map_writes"])
         metric("resyncs_total", "full resyncs (start, overrun, reload, tag change)", st["resyncs"])
         metric("overruns_total", "netlink overruns (ENOBUFS)", st["overruns"])
+        metric("rehooks_total", "front or members re-created under their name and hooked again",
+               st["rehooks"])
+        metric("members_gone_total", "member devices that disappeared (peer taken down)",
+               st["members_gone"])
         metric("prefixes", "prefixes that name peers", st["prefixes"], "gauge")
         metric("ignored_routes", "routes that name no peer (last full sync)", st["ignored"], "gauge")
         metric("event_lag_ms_max", "worst event-to-map lag", st["lag_ms_max"], "gauge")

@@ -225,6 +225,11 @@ def test_recreated_member_is_hooked_again_and_never_forwards_a_forged_source(lab
         stream.wait()
     assert sniff.count() == 0, "a forged source reached carol"
     assert healed < 5 * TIME_SCALE
+    deadline = time.monotonic() + 3 * TIME_SCALE
+    while (lab.status().get("daemon") or {}).get("rehooks", 0) < 1:  # counted, for monitoring
+        assert time.monotonic() < deadline, "the re-hook is not counted in the daemon's status"
+        time.sleep(0.1)
+    assert " re-hooks" in lab.wgbpf("status", "--front", lab.front).stdout
 
 
 def test_recreated_front_is_hooked_again(lab, daemon):
