@@ -102,6 +102,13 @@ class Lab:
         else:
             self.wgbpf("route", "add", prefix, peer)
 
+    def ip(self, *args, check=True):
+        """`ip` in the hub's namespace; fails the test unless it succeeds."""
+        r = run("ip", "-n", self.hub, *args)
+        if check:
+            assert r.returncode == 0, f"ip {' '.join(args)}: {r.stderr}"
+        return r
+
     def spoke(self, name, *cmd, timeout=60):
         return run("ip", "netns", "exec", self.peers[name]["ns"], *cmd, timeout=timeout)
 

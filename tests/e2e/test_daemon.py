@@ -43,8 +43,8 @@ def lab(request):
         lab.up()
         # routes by tag instead of the lab's plain `dev front` routes
         for name, p in lab.peers.items():
-            hub_ip("route", "del", p["prefix4"], lab=lab)
-            hub_ip("-6", "route", "del", p["prefix6"], lab=lab)
+            lab.ip("route", "del", p["prefix4"])
+            lab.ip("-6", "route", "del", p["prefix6"])
         yield lab
     finally:
         run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
@@ -58,12 +58,6 @@ def daemon(lab):
     yield d
     d.stop()
 
-
-def hub_ip(*args, lab, check=True):
-    r = run("ip", "-n", lab.hub, *args)
-    if check:
-        assert r.returncode == 0, f"ip {' '.join(args)}: {r.stderr}"
-    return r
 
 
 def via(lab, peer, family=4):
@@ -95,11 +89,11 @@ def wait_map(lab, prefix, want, timeout=1.0):
 
 def test_routes_by_tag_steer_live_traffic_within_a_second(lab, daemon):
     alice, bob, carol = (lab.peers[n] for n in ("alice", "bob", "carol"))
-    hub_ip("route", "add", alice["prefix4"], *via(lab, "alice"), lab=lab)
+    lab.ip("route", "add", alice["prefix4"], *via(lab, "alice"))
     # IPv4 via an IPv6 link-local nexthop (RFC 5549), as babeld and BIRD write it
-    hub_ip("route", "add", bob["prefix4"], "via", "inet6", bob["tag6"], "dev", lab.front, lab=lab)
-    hub_ip("-6", "route", "add", carol["prefix6"], *via(lab, "carol", 6), lab=lab)
-    hub_ip("-6", "route", "add", alice["prefix6"], *via(lab, "alice", 6), lab=lab)
+    lab.ip("route", "add", bob["prefix4"], "via", "inet6", bob["tag6"], "dev", lab.front)
+    lab.ip("-6", "route", "add", carol["prefix6"], *via(lab, "carol", 6))
+    lab.ip("-6", "route", "add", alice["prefix6"], *via(lab, "alice", 6))
     for prefix, peer in ((alice["prefix4"], "alice"), (bob["prefix4"], "bob"), (carol["prefix6"], "carol")):
         assert wait_map(lab, prefix, [peer]) < 1.0 * TIME_SCALE
     assert lab.ping("alice", bob["host4"], count=2)
@@ -108,20 +102,20 @@ def test_routes_by_tag_steer_live_traffic_within_a_second(lab, daemon):
 
 def test_replace_and_delete_follow_the_kernel(lab, daemon):
     prefix = "10.77.0.0/16"
-    hub_ip("route", "add", prefix, *via(lab, "alice"), lab=lab)
+    lab.ip("route", "add", prefix, *via(lab, "alice"))
     wait_map(lab, prefix, ["alice"])
-    hub_ip("route", "replace", prefix, *via(lab, "carol"), lab=lab)
+    lab.ip("route", "replace", prefix, *via(lab, "carol"))
     wait_map(lab, prefix, ["carol"])
     # a multipath route names every peer among its nexthops
-    hub_ip("route", "replace", prefix, "nexthop", *via(lab, "alice"), "nexthop", *via(lab, "bob"), lab=lab)
+    lab.ip("route", "replace", prefix, "nexthop", *via(lab, "alice"), "nexthop", *via(lab, "bob"))
     wait_map(lab, prefix, ["alice", "bob"])
-    hub_ip("route", "del", prefix, lab=lab)
+    lab.ip("route", "del", prefix)
     wait_map(lab, prefix, None)
     # a route that names no peer is ignored
-    hub_ip("route", "add", prefix, "dev", lab.front, lab=lab)
+    lab.ip("route", "add", prefix, "dev", lab.front)
     time.sleep(0.3 * TIME_SCALE)
     assert map_peers(lab, prefix) is None
-    hub_ip("route", "del", prefix, lab=lab)
+    lab.ip("route", "del", prefix)
 
 
 def test_member_down_moves_traffic_to_the_ecmp_sibling(lab, daemon):
@@ -130,7 +124,7 @@ def test_member_down_moves_traffic_to_the_ecmp_sibling(lab, daemon):
         lab.spoke(peer, "ip", "addr", "add", f"{anycast}/32", "dev", "lan0")
         lab.spoke(peer, "ip", "route", "add", "10.0.0.0/8", "dev", lab.peers[peer]["spoke_dev"],
                   "src", lab.peers[peer]["host4"])
-    hub_ip("route", "add", "10.99.0.0/24", "nexthop", *via(lab, "bob"), "nexthop", *via(lab, "carol"), lab=lab)
+    lab.ip("route", "add", "10.99.0.0/24", "nexthop", *via(lab, "bob"), "nexthop", *via(lab, "carol"))
     wait_map(lab, "10.99.0.0/24", ["bob", "carol"])
     assert lab.ping("alice", anycast, count=3)
     tx = {n: lab.peer(n)["tx_packets"] for n in ("bob", "carol")}
@@ -138,7 +132,7 @@ def test_member_down_moves_traffic_to_the_ecmp_sibling(lab, daemon):
     moved = {n: lab.peer(n)["tx_packets"] - tx[n] for n in tx}
     active = max(moved, key=moved.get)
     other = "carol" if active == "bob" else "bob"
-    hub_ip("link", "set", lab.peers[active]["member"], "down", lab=lab)
+    lab.ip("link", "set", lab.peers[active]["member"], "down")
     try:
         deadline = time.monotonic() + 2 * TIME_SCALE
         while lab.peer(active)["up"]:
@@ -148,7 +142,7 @@ def test_member_down_moves_traffic_to_the_ecmp_sibling(lab, daemon):
         assert lab.ping("alice", anycast, count=3)
         assert lab.peer(other)["tx_packets"] - before >= 3
     finally:
-        hub_ip("link", "set", lab.peers[active]["member"], "up", lab=lab)
+        lab.ip("link", "set", lab.peers[active]["member"], "up")
     deadline = time.monotonic() + 2 * TIME_SCALE
     while not lab.peer(active)["up"]:
         assert time.monotonic() < deadline, "daemon did not mark the member up again"
@@ -189,7 +183,7 @@ def test_overrun_ends_in_a_resync_with_maps_equal_to_the_kernel(lab):
                 for i in range(3000):
                     f.write(f"route add 10.{200 + i // 250}.{i % 250}.0/24 {' '.join(via(lab, peers[i % 3]))}\n")
                 f.flush()
-                hub_ip("-batch", f.name, lab=lab)
+                lab.ip("-batch", f.name)
         finally:
             d.proc.send_signal(signal.SIGCONT)
         d.wait_for("overrun", timeout=30)
@@ -205,14 +199,14 @@ def test_overrun_ends_in_a_resync_with_maps_equal_to_the_kernel(lab):
         assert st["overruns"] >= 1 and st["resyncs"] >= 2
     finally:
         d.stop()
-        hub_ip("route", "flush", "10.200.0.0/13", lab=lab, check=False)
-        hub_ip("route", "flush", "10.208.0.0/16", lab=lab, check=False)
+        lab.ip("route", "flush", "10.200.0.0/13", check=False)
+        lab.ip("route", "flush", "10.208.0.0/16", check=False)
 
 
 def test_kill9_and_restart_lose_no_packet_and_write_nothing(lab):
     bob = lab.peers["bob"]
-    hub_ip("route", "replace", bob["prefix4"], *via(lab, "bob"), lab=lab)
-    hub_ip("route", "replace", lab.peers["alice"]["prefix4"], *via(lab, "alice"), lab=lab)
+    lab.ip("route", "replace", bob["prefix4"], *via(lab, "bob"))
+    lab.ip("route", "replace", lab.peers["alice"]["prefix4"], *via(lab, "alice"))
     d = Daemon(lab)
     wait_map(lab, bob["prefix4"], ["bob"])
     started = []
@@ -247,7 +241,7 @@ def test_second_daemon_bad_table_bad_config_refused_data_plane_untouched(lab, da
 
 
 def test_status_reports_the_daemon(lab, daemon):
-    hub_ip("route", "replace", "10.88.0.0/16", *via(lab, "carol"), lab=lab)
+    lab.ip("route", "replace", "10.88.0.0/16", *via(lab, "carol"))
     wait_map(lab, "10.88.0.0/16", ["carol"])
     time.sleep(1.2 * TIME_SCALE)  # the status file is rewritten every second
     st = lab.status()["daemon"]
@@ -256,7 +250,7 @@ def test_status_reports_the_daemon(lab, daemon):
     assert st["events"] >= 1 and st["last_sync"] is not None
     human = lab.wgbpf("status").stdout
     assert "daemon: running" in human
-    hub_ip("route", "del", "10.88.0.0/16", lab=lab)
+    lab.ip("route", "del", "10.88.0.0/16")
     daemon.stop()
     st = lab.status()["daemon"]
     assert st["state"] in ("stopped", "not running")

@@ -95,17 +95,13 @@ def send_forged(lab, peer, sources, n=5):
     assert r.returncode == 0, r.stderr
 
 
-def hub_ip(lab, *args):
-    r = run("ip", "-n", lab.hub, *args)
-    assert r.returncode == 0, f"ip {' '.join(args)}: {r.stderr}"
-
 
 def tag_routes(lab):
     """Routes by tag, as a routing daemon installs them (the lab's own
     `dev front` routes name no peer)."""
     for p in lab.peers.values():
-        hub_ip(lab, "route", "replace", p["prefix4"], "via", p["tag4"], "dev", lab.front, "onlink")
-        hub_ip(lab, "-6", "route", "replace", p["prefix6"], "via", p["tag6"], "dev", lab.front)
+        lab.ip("route", "replace", p["prefix4"], "via", p["tag4"], "dev", lab.front, "onlink")
+        lab.ip("-6", "route", "replace", p["prefix6"], "via", p["tag6"], "dev", lab.front)
 
 
 def recreate(lab, dev):
@@ -254,8 +250,8 @@ MARTIANS = {
 def test_upstream_peer_cannot_source_martians(lab, daemon):
     """alice owns the default routes (she is the upstream), so any ordinary
     source from her passes the strict check; martians still do not."""
-    hub_ip(lab, "route", "replace", "default", "via", lab.peers["alice"]["tag4"], "dev", lab.front, "onlink")
-    hub_ip(lab, "-6", "route", "replace", "default", "via", lab.peers["alice"]["tag6"], "dev", lab.front)
+    lab.ip("route", "replace", "default", "via", lab.peers["alice"]["tag4"], "dev", lab.front, "onlink")
+    lab.ip("-6", "route", "replace", "default", "via", lab.peers["alice"]["tag6"], "dev", lab.front)
     try:
         deadline = time.monotonic() + 5 * TIME_SCALE
         while "0.0.0.0/0" not in {r["prefix"] for r in lab.dump()["routes"]}:

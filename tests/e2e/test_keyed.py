@@ -32,8 +32,8 @@ def lab(request):
         # route (names no peer: the hub forwards to the front, the maps decide)
         for name in ("alice", "bob"):
             p = lab.peers[name]
-            hub_ip("route", "replace", p["prefix4"], *via(lab, name), lab=lab)
-            hub_ip("-6", "route", "replace", p["prefix6"], "via", p["tag6"], "dev", lab.front, lab=lab)
+            lab.ip("route", "replace", p["prefix4"], *via(lab, name))
+            lab.ip("-6", "route", "replace", p["prefix6"], "via", p["tag6"], "dev", lab.front)
         yield lab
     finally:
         run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
@@ -47,12 +47,6 @@ def daemon(lab):
     yield d
     d.stop()
 
-
-def hub_ip(*args, lab, check=True):
-    r = run("ip", "-n", lab.hub, *args)
-    if check:
-        assert r.returncode == 0, f"ip {' '.join(args)}: {r.stderr}"
-    return r
 
 
 def via(lab, peer):
@@ -73,12 +67,12 @@ def settled(lab, daemon):
     apply in order, so once a marker route added now is in the maps, so is
     everything before it (a delete that must change nothing included)."""
     prefix = f"10.251.{next(_marks)}.0/24"
-    hub_ip("route", "add", prefix, *via(lab, "alice"), lab=lab)
+    lab.ip("route", "add", prefix, *via(lab, "alice"))
     deadline = time.monotonic() + 2 * TIME_SCALE
     while lookup(lab, prefix.split("/")[0])[0] != ["alice"]:
         assert time.monotonic() < deadline, f"daemon did not apply {prefix}:\n{daemon.text()}"
         time.sleep(0.02)
-    hub_ip("route", "del", prefix, lab=lab)
+    lab.ip("route", "del", prefix)
 
 
 def test_deleting_one_of_two_routes_keeps_the_prefix(lab, daemon):
@@ -86,19 +80,19 @@ def test_deleting_one_of_two_routes_keeps_the_prefix(lab, daemon):
     prefix, host = bob["prefix4"], bob["host4"]
     # a second route naming bob, at another metric (IPv4 via his IPv6 tag),
     # and a TOS route naming alice: three routes the kernel keeps apart
-    hub_ip("route", "add", prefix, "via", "inet6", bob["tag6"], "dev", lab.front, "metric", "10", lab=lab)
-    hub_ip("route", "add", prefix, "tos", "0x10", *via(lab, "alice"), lab=lab)
+    lab.ip("route", "add", prefix, "via", "inet6", bob["tag6"], "dev", lab.front, "metric", "10")
+    lab.ip("route", "add", prefix, "tos", "0x10", *via(lab, "alice"))
     settled(lab, daemon)
     assert lookup(lab, host) == (["bob"], "kernel route")  # the TOS route steers nothing
-    hub_ip("route", "del", prefix, "tos", "0x10", lab=lab)
+    lab.ip("route", "del", prefix, "tos", "0x10")
     settled(lab, daemon)
     assert lookup(lab, host)[0] == ["bob"]
-    hub_ip("route", "del", prefix, *via(lab, "bob"), lab=lab)  # the preferred one goes
+    lab.ip("route", "del", prefix, *via(lab, "bob"))  # the preferred one goes
     settled(lab, daemon)
     assert lookup(lab, host)[0] == ["bob"]
     assert lab.ping("alice", host, count=2)
-    hub_ip("route", "replace", prefix, *via(lab, "bob"), lab=lab)
-    hub_ip("route", "del", prefix, "metric", "10", lab=lab)
+    lab.ip("route", "replace", prefix, *via(lab, "bob"))
+    lab.ip("route", "del", prefix, "metric", "10")
     settled(lab, daemon)
     assert lookup(lab, host)[0] == ["bob"]
     assert "TOS/source-specific" in daemon.text()
@@ -108,13 +102,13 @@ def test_source_specific_routes_are_kept_apart_and_steer_nothing(lab, daemon):
     alice, bob = lab.peers["alice"], lab.peers["bob"]
     v6 = ["dev", lab.front]
     # as babeld installs them: the same prefix, plain and from a source prefix
-    hub_ip("-6", "route", "add", alice["prefix6"], "from", bob["prefix6"], "via", bob["tag6"], *v6, lab=lab)
-    hub_ip("-6", "route", "add", "2001:db8:77::/48", "from", bob["prefix6"], "via", bob["tag6"], *v6, lab=lab)
+    lab.ip("-6", "route", "add", alice["prefix6"], "from", bob["prefix6"], "via", bob["tag6"], *v6)
+    lab.ip("-6", "route", "add", "2001:db8:77::/48", "from", bob["prefix6"], "via", bob["tag6"], *v6)
     settled(lab, daemon)
     assert lookup(lab, alice["host6"])[0] == ["alice"]
     assert lookup(lab, "2001:db8:77::1") == ([], "no route")  # traffic from elsewhere is not bob's
-    hub_ip("-6", "route", "del", alice["prefix6"], "from", bob["prefix6"], lab=lab)
-    hub_ip("-6", "route", "del", "2001:db8:77::/48", "from", bob["prefix6"], lab=lab)
+    lab.ip("-6", "route", "del", alice["prefix6"], "from", bob["prefix6"])
+    lab.ip("-6", "route", "del", "2001:db8:77::/48", "from", bob["prefix6"])
     settled(lab, daemon)
     assert lookup(lab, alice["host6"])[0] == ["alice"]
     assert lab.ping("bob", alice["host6"], count=2)
@@ -126,16 +120,16 @@ def test_route_add_entry_wins_over_kernel_routes(lab, daemon):
     lab.wgbpf("route", "add", prefix, "carol")
     try:
         # a kernel route for the same prefix naming alice, added and deleted
-        hub_ip("route", "add", prefix, *via(lab, "alice"), "metric", "5", lab=lab)
+        lab.ip("route", "add", prefix, *via(lab, "alice"), "metric", "5")
         settled(lab, daemon)
         assert lookup(lab, host) == (["carol"], "static route")
         assert lab.ping("alice", host, count=2)
-        hub_ip("route", "del", prefix, "metric", "5", lab=lab)
+        lab.ip("route", "del", prefix, "metric", "5")
         settled(lab, daemon)
         assert lookup(lab, host) == (["carol"], "static route")
         assert lab.ping("bob", host, count=2)
         # the operator's entry removed: the kernel route takes its place
-        hub_ip("route", "add", prefix, *via(lab, "bob"), "metric", "5", lab=lab)
+        lab.ip("route", "add", prefix, *via(lab, "bob"), "metric", "5")
         settled(lab, daemon)
         assert lookup(lab, host) == (["carol"], "static route")
         lab.wgbpf("route", "del", prefix)
@@ -145,4 +139,4 @@ def test_route_add_entry_wins_over_kernel_routes(lab, daemon):
             time.sleep(0.02)
     finally:
         lab.wgbpf("route", "del", prefix, check=False)
-        hub_ip("route", "del", prefix, "metric", "5", lab=lab, check=False)
+        lab.ip("route", "del", prefix, "metric", "5", check=False)

@@ -70,10 +70,6 @@ def tc(lab, *args, check=True):
     return r
 
 
-def hub_ip(lab, *args):
-    r = run("ip", "-n", lab.hub, *args)
-    assert r.returncode == 0, f"ip {' '.join(args)}: {r.stderr}"
-
 
 def add_routes(lab):
     """Each spoke's IPv4 prefix to its peer (`wgbpf route`, no daemon)."""
@@ -175,7 +171,7 @@ def routed(fresh):
     lab = fresh
     for p in lab.peers.values():
         run("ip", "-n", lab.hub, "route", "del", p["prefix4"])
-        hub_ip(lab, "route", "add", p["prefix4"], "via", p["tag4"], "dev", lab.front, "onlink")
+        lab.ip("route", "add", p["prefix4"], "via", p["tag4"], "dev", lab.front, "onlink")
     d = DaemonProc(lab.hub, "daemon", lab.front, *lab.peer_args())
     try:
         yield lab, d
