@@ -15,8 +15,9 @@
  * new ifindex and no filter, and whatever it receives would be forwarded
  * with an unchecked source. So every way out to a peer (front_egress, the
  * flood, member_egress) first checks where a forwarded packet came in
- * (vetted()): by the front (member_ingress checked it), by a hooked member,
- * or by a device the control plane vetted as not a member. Anything else is
+ * (vetted()): by the front (member_ingress checked it), by a member whose
+ * member_ingress stamped it (members-only), or by a device the control
+ * plane vetted as not a member. Anything else is
  * dropped until the daemon (or attach) has hooked the new device.
  *
  * Packets on WireGuard/TUN devices start at the IP header, while
@@ -376,15 +377,28 @@ static __always_inline __u32 martian(struct packet *p)
 }
 
 /* Where a packet leaving by a peer came in: made here (0), by the front
- * (after member_ingress), by a hooked member (members-only), or by a device
- * vetted as no member. */
+ * (member_ingress passed it and handed it over), or by a device vetted as
+ * no member. Never by a member itself: with a front, what member_ingress
+ * passes always arrives by the front, so a packet forwarded straight from a
+ * member skipped the check (its filter is gone, or a filter ahead of ours
+ * took it) and a member's ifindex proves nothing (a moved device keeps
+ * it, a new one may reuse it). Members-only instances have no front: there
+ * member_ingress stamps what it passed (skb->tc_index, which no packet
+ * brings from the wire; set through tc_classid, see member_ingress) and
+ * only a stamped packet from a member is let out. */
 static __always_inline int vetted(struct __sk_buff *skb, struct wgbpf_config *cfg)
 {
 	__u32 in = skb->ingress_ifindex;
 
-	if (in == 0 || (cfg && cfg->front_ifindex && in == cfg->front_ifindex))
+	if (in == 0)
 		return 1;
-	return members.lookup(&in) || forwarders.lookup(&in);
+	if (cfg && cfg->front_ifindex) {
+		if (in == cfg->front_ifindex)
+			return 1;
+	} else if (skb->tc_index == WGBPF_CHECKED && members.lookup(&in)) {
+		return 1;
+	}
+	return forwarders.lookup(&in) != NULL;
 }
 
 static __always_inline void count(__u32 reason)
@@ -626,10 +640,15 @@ int member_ingress(struct __sk_buff *skb)
 		s->rx_packets++;
 		s->rx_bytes += skb->len;
 	}
-	if (cfg && cfg->front_ifindex)
+	if (cfg && cfg->front_ifindex) {
 		verdict = bpf_redirect(cfg->front_ifindex, BPF_F_INGRESS);
-	else
+	} else {
+		/* for the guard on the way out: on TC_ACT_OK the kernel sets
+		 * skb->tc_index to the minor of the classid, which a
+		 * direct-action program gives in tc_classid */
+		skb->tc_classid = WGBPF_CHECKED;
 		verdict = TC_ACT_OK;
+	}
 out:
 	count(reason);
 	return verdict;

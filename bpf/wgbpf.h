@@ -39,6 +39,10 @@
 #define WGBPF_MAX_LOCALS 4096
 #define WGBPF_MAX_FORWARDERS 16384
 
+/* skb->tc_index of a packet member_ingress passed on its member (members-
+ * only instances): the guard lets such a packet out by another member. */
+#define WGBPF_CHECKED 0x5747
+
 /* Device names, as the kernel's IFNAMSIZ. */
 #define WGBPF_IFNAME_LEN 16
 

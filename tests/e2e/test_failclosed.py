@@ -190,6 +190,40 @@ def test_unhooked_member_forwards_nothing_until_hooked(lab):
     assert sniff.count() == 0, "a forged source reached carol"
 
 
+def test_member_moved_away_and_back_forwards_nothing_unchecked(lab):
+    """`ip link set netns` and back keeps the ifindex but drops the tc
+    filters: the ifindex alone must not make the device trusted."""
+    alice, carol = lab.peers["alice"], lab.peers["carol"]
+    lab.attach()
+    prefixes = [(p, lab.peers[p][k]) for p in ("alice", "carol") for k in ("prefix4", "prefix6")]
+    for peer, prefix in prefixes:
+        lab.wgbpf("route", "add", prefix, peer)
+    away = f"{lab.id}-away"
+    run("ip", "netns", "add", away)
+    try:
+        lab.ip("link", "set", alice["member"], "netns", away)
+        assert run("ip", "-n", away, "link", "set", alice["member"], "netns", lab.hub).returncode == 0
+        lab.ip("link", "set", alice["member"], "up")
+        assert "wgbpf" not in run("tc", "-n", lab.hub, "filter", "show", "dev", alice["member"],
+                                  "ingress").stdout
+        sniff = Sniffer(lab, "carol", [FORGED4, FORGED6])
+        before = lab.status()["counters"]["unvetted"]
+        rx = rx_packets(lab, alice["member"])
+        deadline = time.monotonic() + 10 * TIME_SCALE
+        while rx_packets(lab, alice["member"]) - rx < 20:
+            send_forged(lab, "alice", [FORGED4, FORGED6], n=10)
+            run("ip", "netns", "exec", lab.hub, "ping", "-c1", "-W1", "-I", alice["member"], alice["host4"])
+            assert time.monotonic() < deadline, "nothing arrived on the moved member"
+        assert lab.status()["counters"]["unvetted"] - before >= 10
+        assert sniff.count() == 0, "a forged source reached carol"
+        lab.attach()  # hooks it again
+        assert wait_ping(lab, "alice", carol["host4"], 5)
+    finally:
+        run("ip", "netns", "del", away)
+        for _, prefix in prefixes:
+            lab.wgbpf("route", "del", prefix, check=False)
+
+
 @pytest.fixture(scope="module")
 def daemon(lab):
     d = DaemonProc(lab.hub, "daemon", lab.front, *lab.peer_args())
