@@ -57,8 +57,10 @@ def need_root():
 
 
 def pick_front(front):
-    """The instance to act on: the one named, or the only one there is."""
-    if front:
+    """The instance to act on: the one named, or the only one there is.
+    An empty name is an error, not "the only one": an unset shell variable
+    must not detach the instance that happens to be there."""
+    if front is not None:
         try:
             configmod.check_ifname(front, "front")  # also keeps paths inside the pin root
         except ConfigError as e:
@@ -856,8 +858,13 @@ def status(front=None, all_ns=False, check=False, as_json=False):
     Only this network namespace's instances (--netns picks another), unless
     --all."""
     need_root()
-    if all_ns and front:
+    if all_ns and front is not None:
         fail("--all lists every instance; --front picks one of this namespace: give one of them")
+    if front is not None:
+        try:
+            configmod.check_ifname(front, "--front")
+        except ConfigError as e:
+            fail(str(e))
     res = all_status() if all_ns else namespace_status(front)
     found = [line for s in res for line in problems(s)]
 

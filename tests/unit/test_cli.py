@@ -556,3 +556,11 @@ def test_table_empty(capsys):
 def test_table_header_wider_than_cells(capsys):
     cli.table([("a", "")], ["NAME", "X"])
     assert capsys.readouterr().out.splitlines() == ["NAME  X", "a"]
+
+
+@pytest.mark.parametrize("args", [["detach", ""], ["status", "--front", ""], ["dump", "--front", ""],
+                                  ["lookup", "10.0.0.1", "--front", ""],
+                                  ["route", "add", "10.0.0.0/8", "alice", "--front", ""]])
+def test_empty_front_is_refused_not_the_only_instance(args, as_root):
+    """An unset shell variable must not act on whatever instance is there."""
+    failed(run(*args), "'' is not an interface name")
