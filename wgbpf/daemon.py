@@ -282,7 +282,7 @@ class Daemon:
         attached, self.reattached = self.reattached, False
         if self.maps is None:  # no maps to follow (--backend allowedips)
             return
-        if not attached and not dataplane.unpinned(self.maps):
+        if not attached and not self.detached and not dataplane.unpinned(self.maps):
             return
         with self._writing():  # an attach in progress finishes first
             moved = dataplane.unpinned(self.maps)
@@ -297,8 +297,9 @@ class Daemon:
                         self.write_status("detached")
                     return
                 self.log(f"maps replaced under the daemon ({', '.join(moved)}): reopened")
-            elif self.detached:
-                return
+            elif self.detached:  # pinned again: the very maps we hold (attach repaired the pins)
+                self.detached = False
+                self.log("maps pinned again: instance attached")
             self.stats["resyncs"] += 1
             self.full_sync("attach" if attached else "maps replaced")
 

@@ -224,6 +224,26 @@ def test_a_pin_removed_by_hand_is_repaired(fresh):
     assert lab.ping("alice", bob["host4"], count=2)
 
 
+def test_a_pin_removed_under_a_running_daemon_then_repaired(routed):
+    """The daemon stops writing while its maps are unpinned, and resumes
+    once attach pins the very maps it holds again."""
+    lab, d = routed
+    bob = lab.peers["bob"]
+    wait_for("bob's route", lambda: lookup_peers(lab, bob["host4"]) == ["bob"])
+    os.unlink(os.path.join(pin_dir(lab.front, lab.hub), "routes4"))
+    d.wait_for("instance detached", timeout=3)
+    r = lab.attach()
+    assert "pins repaired: routes4" in r.stdout, r.stdout
+    d.wait_for("maps pinned again", timeout=3)
+    wait_for("running again", lambda: read_daemon_state(lab) == "running")
+    # and it follows the kernel again
+    lab.ip("route", "replace", "10.77.0.0/16", "via", bob["tag4"], "dev", lab.front, "onlink")
+    try:
+        wait_for("a new route", lambda: lookup_peers(lab, "10.77.0.1") == ["bob"])
+    finally:
+        lab.ip("route", "del", "10.77.0.0/16", check=False)
+
+
 def test_a_pin_replaced_by_hand_reloads_the_programs_on_it(fresh):
     lab = fresh
     lab.attach()
