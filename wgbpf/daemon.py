@@ -33,7 +33,7 @@ RUN_DIR = "/run/wgbpf"
 BATCH_EVENTS = 10000
 BATCH_SECONDS = 0.05
 EVENT_GROUPS = (rt.RTMGRP_IPV4_ROUTE | rt.RTMGRP_IPV6_ROUTE | rt.RTMGRP_LINK
-                | rt.RTMGRP_IPV4_IFADDR | rt.RTMGRP_IPV6_IFADDR)
+                | rt.RTMGRP_IPV4_IFADDR | rt.RTMGRP_IPV6_IFADDR | rt.RTMGRP_TC)
 
 
 class DaemonError(Exception):
@@ -406,7 +406,7 @@ class Daemon:
         self.stats["map_writes"] += writes
         self.log(f"maps re-read ({why}): {writes} map writes")
 
-    def follow_links(self):
+    def follow_links(self, check_hooks=False):
         """Make the maps match the devices as they are now, by name: a member
         or front re-created (`wg-quick down/up`, a wireguard-go restart)
         under its name is hooked again and its new ifindex written; a member
@@ -417,13 +417,20 @@ class Daemon:
         a device was re-hooked: routes by member device must be re-resolved.
         Under the writer lock: an operator's attach may be hooking too."""
         with self._writing():
-            return self._follow_links()
+            return self._follow_links(check_hooks)
 
-    def _follow_links(self):
+    def _follow_links(self, check_hooks):
+        """`check_hooks`: a tc qdisc or filter was deleted somewhere; look
+        for ours on every device (two dumps a device: only then)."""
         rehooked = False
+        if self.detached or dataplane.unpinned(self.maps):
+            return False  # a detach under way, or done: check_maps follows it
+        fname = dataplane.filter_name(self.cfg.front)
         with dataplane._iproute() as ipr:
             now = {l.get_attr("IFLA_IFNAME"): (l["index"], bool(l["flags"] & dataplane.IFF_UP))
-                   for l in ipr.get_links()}
+                   for l in ipr.get_links()
+                   # what attach would refuse is no member: only WireGuard/TUN
+                   if l["ifi_type"] == dataplane.ARPHRD_NONE}
             front = self.cfg.front
             peers = self.maps.peers()
             for pid, p in peers.items():
@@ -446,6 +453,12 @@ class Daemon:
                     rehooked = True
                     self.log(f"peer {p.name.decode()}: member {dev} re-created (ifindex {old} -> "
                              f"{index}), hooked again{'' if up else ', down'}")
+                elif check_hooks and not all(fname in dataplane.filters(ipr, index, hook)
+                                             for hook in ("ingress", "egress")):
+                    dataplane.rehook_member(ipr, self.maps, front, pid, index, up)
+                    self.stats["rehooks"] += 1
+                    self.log(f"peer {p.name.decode()}: member {dev} lost wgbpf's filter "
+                             f"(tc qdisc or filter deleted), hooked again")
                 elif bool(p.flags & abi.PEER_UP) != up:
                     p.flags = (p.flags | abi.PEER_UP) if up else (p.flags & ~abi.PEER_UP)
                     self.maps.set_peer(pid, p)
@@ -466,6 +479,11 @@ class Daemon:
                     self.log(f"front {front} re-created (ifindex {old} -> {link[0]}), hooked again")
                 else:
                     self.front_gone = False
+                    if check_hooks and fname not in dataplane.filters(ipr, link[0], "egress"):
+                        dataplane.rehook_front(ipr, self.maps, front, link[0])
+                        self.stats["rehooks"] += 1
+                        self.log(f"front {front} lost wgbpf's filter (tc qdisc or filter deleted), "
+                                 f"hooked again")
             dataplane.vet(ipr, self.maps, {p.member.decode() for p in peers.values()}
                           | dataplane.other_members(self.cfg.front))
         return rehooked
@@ -473,7 +491,7 @@ class Daemon:
     def handle(self, events):
         """Apply one read's worth of messages; returns True if a resync is due."""
         changed = {kind: set() for kind in self.tables}
-        resync = links = False
+        resync = links = hooks = False
         members = None
         for mtype, buf, off, end in events:
             if mtype in (rt.RTM_NEWROUTE, rt.RTM_DELROUTE):
@@ -486,6 +504,8 @@ class Daemon:
                             changed[kind].add(k)
             elif mtype in (rt.RTM_NEWLINK, rt.RTM_DELLINK):
                 links = True
+            elif mtype in (rt.RTM_DELQDISC, rt.RTM_DELTFILTER):
+                links = hooks = True
             elif mtype in (rt.RTM_NEWADDR, rt.RTM_DELADDR):
                 links = True  # host addresses are martian sources
                 if members is None:
@@ -493,7 +513,7 @@ class Daemon:
                 index, _local, peer = rt.parse_addr(buf, off, end)
                 if peer is not None and index in members:
                     resync = True  # a peer's tag moved: re-resolve everything
-        if links and self.follow_links():
+        if links and self.follow_links(hooks):
             resync = True  # routes by member device name the new ifindex
         for kind, keys in changed.items():
             if keys:

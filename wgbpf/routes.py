@@ -23,6 +23,7 @@ NLM_F_REQUEST, NLM_F_MULTI, NLM_F_DUMP = 1, 2, 0x300
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_DELQDISC, RTM_DELTFILTER = 37, 45
 
 RTN_UNICAST = 1
 # types that live in the same tables under the same keys as unicast routes:
@@ -37,6 +38,7 @@ IFF_UP = 0x1
 
 # multicast groups (legacy bitmask form, enough for these)
 RTMGRP_LINK = 0x1
+RTMGRP_TC = 0x8
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_IFADDR = 0x100

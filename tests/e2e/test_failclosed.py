@@ -271,6 +271,19 @@ def test_recreated_front_is_hooked_again(lab, daemon):
     assert wait_ping(lab, "alice", carol["host6"], 5)
 
 
+def test_filters_deleted_under_the_daemon_are_put_back(lab, daemon):
+    """`tc qdisc del ... clsact` on a member (or the front) takes wgbpf's
+    filters with it: the member's traffic is dropped meanwhile (fail closed)
+    and the daemon hooks it again at once."""
+    alice, carol = lab.peers["alice"], lab.peers["carol"]
+    for dev in (alice["member"], lab.front):
+        assert run("tc", "-n", lab.hub, "qdisc", "del", "dev", dev, "clsact").returncode == 0
+        daemon.wait_for(f"{dev} lost wgbpf's filter", timeout=5)
+        assert wait_ping(lab, "alice", carol["host4"], 5)
+    r = lab.wgbpf("status", "--check", "--front", lab.front, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 MARTIANS = {
     "martian_local": ["10.255.0.254", "fd00:ff::1"],     # the hub's own (front) addresses
     "martian_loopback": ["127.0.0.1", "::1"],
