@@ -67,6 +67,11 @@ def test_refused_reload_keeps_the_old_config_and_the_daemon(lab, tmp_path):
     d = DaemonProc(lab.hub, "daemon", lab.front, "--config", str(cfg), *lab.peer_args(),
                    "--metrics-file", str(metrics))
     try:
+        # the sync's log line comes just before its status and metrics are
+        # written: wait for the file (slowly, under the vm tier's emulation)
+        deadline = time.monotonic() + 5 * TIME_SCALE
+        while metrics.is_symlink() and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert victim.read_text() == "not yours\n"
         assert not metrics.is_symlink() and "wgbpf_prefixes" in metrics.read_text()
 
