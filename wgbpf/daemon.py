@@ -427,17 +427,19 @@ class Daemon:
             return False  # a detach under way, or done: check_maps follows it
         fname = dataplane.filter_name(self.cfg.front)
         with dataplane._iproute() as ipr:
+            dump = ipr.get_links()
             now = {l.get_attr("IFLA_IFNAME"): (l["index"], bool(l["flags"] & dataplane.IFF_UP))
-                   for l in ipr.get_links()
+                   for l in dump
                    # what attach would refuse is no member: only WireGuard/TUN
                    if l["ifi_type"] == dataplane.ARPHRD_NONE}
             front = self.cfg.front
             peers = self.maps.peers()
+            members = self.maps.members()  # each peer below changes only its own entries
             for pid, p in peers.items():
                 dev = p.member.decode()
                 link = now.get(dev)
                 if link is None:
-                    if p.flags & abi.PEER_UP or p.ifindex in self.maps.members():
+                    if p.flags & abi.PEER_UP or p.ifindex in members:
                         # the ifindex may be reused by an unrelated device
                         self.maps.del_member(p.ifindex)
                         p.flags &= ~abi.PEER_UP
@@ -447,7 +449,7 @@ class Daemon:
                         self.log(f"peer {p.name.decode()}: member {dev} gone; peer down until it returns")
                     continue
                 index, up = link
-                if index != p.ifindex or index not in self.maps.members():
+                if index != p.ifindex or index not in members:
                     old = dataplane.rehook_member(ipr, self.maps, front, pid, index, up)
                     self.stats["rehooks"] += 1
                     rehooked = True
@@ -485,7 +487,8 @@ class Daemon:
                         self.log(f"front {front} lost wgbpf's filter (tc qdisc or filter deleted), "
                                  f"hooked again")
             dataplane.vet(ipr, self.maps, {p.member.decode() for p in peers.values()}
-                          | dataplane.other_members(self.cfg.front))
+                          | dataplane.other_members(self.cfg.front),
+                          {l["index"]: l.get_attr("IFLA_IFNAME") for l in dump})
         return rehooked
 
     def handle(self, events):

@@ -255,13 +255,15 @@ def host_addresses(ipr):
     return out
 
 
-def vet(ipr, m, member_names):
+def vet(ipr, m, member_names, devices=None):
     """The guard's state from what the namespace holds now: every device
     that is not one of our members may forward to peers (a member's own
     traffic goes through member_ingress and arrives by the front), and every
-    host address is a martian source. Returns the changes made."""
+    host address is a martian source. `devices`: {ifindex: name}, if the
+    caller has dumped them already. Returns the changes made."""
     changes = []
-    want = {i for i, n in links(ipr).items() if n not in member_names}
+    devices = links(ipr) if devices is None else devices
+    want = {i for i, n in devices.items() if n not in member_names}
     have = m.forwarders()
     for i in want - have:
         m.set_forwarder(i)
@@ -279,19 +281,28 @@ def vet(ipr, m, member_names):
     return changes
 
 
-def other_members(front):
-    """Member device names of the other instances in this namespace: never
-    vetted by ours (a re-created one is theirs to hook)."""
-    out = set()
+def other_devices(front):
+    """({member device: instance}, {front device: instance}) recorded by
+    the other instances of this namespace."""
+    members, fronts = {}, {}
     for other in mapsmod.instances():
         if other == front:
             continue
         try:
             with Maps.open(pin_dir(other), readonly=True) as m:
-                out |= {p.member.decode() for p in m.peers().values()}
+                members.update({p.member.decode(): other for p in m.peers().values()})
+                c = m.config()
+                if c.front:
+                    fronts[c.front.decode()] = other
         except (MapError, OSError):
             continue
-    return out
+    return members, fronts
+
+
+def other_members(front):
+    """Member device names of the other instances in this namespace: never
+    vetted by ours (a re-created one is theirs to hook)."""
+    return set(other_devices(front)[0])
 
 
 def pinned_programs(directory):
@@ -406,18 +417,8 @@ def check_owners(ipr, cfg, front_idx, links):
                for pc in cfg.peers]
     if front_idx:
         devices.append((f"front {cfg.front!r}", cfg.front, front_idx))
-    recorded = {}
-    for other in mapsmod.instances():
-        if other == cfg.front:
-            continue
-        try:
-            with Maps.open(pin_dir(other), readonly=True) as m:
-                c = m.config()
-                recorded.update({p.member.decode(): other for p in m.peers().values()})
-                if c.front:
-                    recorded[c.front.decode()] = other
-        except (MapError, OSError):
-            continue
+    members, fronts = other_devices(cfg.front)
+    recorded = {**members, **fronts}
     for what, dev, ifindex in devices:
         owner = hook_owner(ipr, ifindex)
         if owner is None or owner == cfg.front:
