@@ -331,7 +331,7 @@ def child_profile(ns, front, out_path, *peer_args):
 # -- the daemon under test ----------------------------------------------------
 
 SYNC_RE = re.compile(r"sync \((?P<why>[^)]*)\): (?P<read>\d+) routes read, (?P<prefixes>\d+) prefixes "
-                     r"name peers, (?P<ignored>\d+) ignored, (?P<writes>\d+) map writes \((?P<put>\d+) "
+                     r"name peers, (?P<ignored>\d+) ignored(?: \(\d+ TOS/source-specific\))?, (?P<writes>\d+) map writes \((?P<put>\d+) "
                      r"put, (?P<deleted>\d+) deleted\) in (?P<secs>[\d.]+)s \(dump (?P<dump>[\d.]+)s\)")
 
 
