@@ -17,6 +17,7 @@ import click
 from . import abi, config as configmod, maps as mapsmod
 from .config import ConfigError
 from .maps import Maps, MapError, network, route_peers
+from .version import VERSION
 
 
 class UsageError(click.ClickException):
@@ -190,6 +191,7 @@ JSON_OPT = click.option("--json", "as_json", is_flag=True, help="machine-readabl
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--netns", metavar="NAME",
               help="act in network namespace NAME (/run/netns/NAME), keeping /sys/fs/bpf visible")
+@click.version_option(VERSION, "--version", "-V", prog_name="wgbpf", message="%(prog)s %(version)s")
 @click.pass_context
 def main(ctx, netns):
     """Steer WireGuard peers from the kernel routing table with eBPF.
@@ -721,7 +723,7 @@ def instance_status(front):
             members.append({"peer": p["name"], "device": p["member"], "ifindex": p["ifindex"],
                             "up": p["up"], "source": p["source"],
                             "hooked": problem is None, "problem": problem})
-        out = {"front": front, "netns": mapsmod.netns_id(), "pin_dir": m.dir,
+        out = {"front": front, "version": VERSION, "netns": mapsmod.netns_id(), "pin_dir": m.dir,
                "front_device": front_dev if cfg.front_ifindex else None,
                "front_ifindex": cfg.front_ifindex or None,
                "front_hooked": bool(cfg.front_ifindex) and front_problem is None,
