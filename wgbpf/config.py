@@ -34,6 +34,7 @@ import base64
 import binascii
 import dataclasses
 import ipaddress
+import os
 import re
 import tomllib
 
@@ -48,6 +49,16 @@ IFNAMSIZ = 16
 
 class ConfigError(ValueError):
     pass
+
+
+def config_dir():
+    """Where `<front>.toml` is looked for when neither --peer nor --config
+    is given: /etc/wgbpf, or $WGBPF_CONFIG_DIR (tests use their own)."""
+    return os.environ.get("WGBPF_CONFIG_DIR") or "/etc/wgbpf"
+
+
+def default_path(front):
+    return os.path.join(config_dir(), f"{front}.toml")
 
 
 @dataclasses.dataclass

@@ -29,7 +29,8 @@ import time
 from . import abi, config as configmod, dataplane, files, routes as rt, sync
 from .maps import Maps, MapError, pin_dir
 
-RUN_DIR = "/run/wgbpf"
+# WGBPF_RUN_DIR moves the locks and status files (tests use a temp dir)
+RUN_DIR = os.environ.get("WGBPF_RUN_DIR") or "/run/wgbpf"
 BATCH_EVENTS = 10000
 BATCH_SECONDS = 0.05
 EVENT_GROUPS = (rt.RTMGRP_IPV4_ROUTE | rt.RTMGRP_IPV6_ROUTE | rt.RTMGRP_LINK

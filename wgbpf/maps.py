@@ -16,7 +16,9 @@ import threading
 
 from . import abi, bpfsys
 
-PIN_ROOT = "/sys/fs/bpf/wgbpf"
+# WGBPF_PIN_ROOT moves every instance's pins (tests point it at a directory
+# of their own, which must be on a bpffs mount too)
+PIN_ROOT = os.environ.get("WGBPF_PIN_ROOT") or "/sys/fs/bpf/wgbpf"
 SO_NETNS_COOKIE = 71
 CLONE_NEWNET = 0x40000000
 DIR_MAPS = ("dir24", "dir8", "dir_sets")

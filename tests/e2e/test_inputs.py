@@ -16,6 +16,7 @@ import pytest
 from wgbtest import RUN_ID, require_bcc, require_tools
 from labutil import TIME_SCALE, WG_TOOLS, WGBPF, DaemonProc, Lab, run
 from wgbpf import abi
+from wgbpf.daemon import RUN_DIR
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -33,7 +34,7 @@ def lab():
     finally:
         run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
         lab.down()
-        for p in glob.glob(f"/run/wgbpf/**/{lab.front}.*", recursive=True):
+        for p in glob.glob(f"{RUN_DIR}/**/{lab.front}.*", recursive=True):
             os.unlink(p)
 
 
