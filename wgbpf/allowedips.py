@@ -26,6 +26,7 @@ import time
 
 from . import daemon as daemonmod, files, routes as rt, sync, wireguard as wg
 from .sync import AF4, AF6, network_pkey
+from .version import VERSION
 
 
 def pick(pkey, peers, names):
@@ -267,4 +268,6 @@ class AllowedIPsDaemon(daemonmod.Daemon):
                 ("ecmp_prefixes", "gauge", "multipath prefixes given to one of their peers", st["ecmp_prefixes"])):
             lines += [f"# HELP wgbpf_{name} {help_}", f"# TYPE wgbpf_{name} {kind}",
                       f'wgbpf_{name}{{front="{front}"}} {value}']
+        lines += ["# HELP wgbpf_build_info the running wgbpf's version", "# TYPE wgbpf_build_info gauge",
+                  f'wgbpf_build_info{{front="{front}",version="{VERSION}"}} 1']
         files.write_atomic(self.metrics_file, "\n".join(lines) + "\n")

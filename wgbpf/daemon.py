@@ -28,6 +28,7 @@ import time
 
 from . import abi, config as configmod, dataplane, files, routes as rt, sync
 from .maps import Maps, MapError, pin_dir
+from .version import VERSION
 
 # WGBPF_RUN_DIR moves the locks and status files (tests use a temp dir)
 RUN_DIR = os.environ.get("WGBPF_RUN_DIR") or "/run/wgbpf"
@@ -545,7 +546,7 @@ class Daemon:
         per_peer = {}
         if self.table is not None:
             per_peer = {names.get(i, f"#{i}"): n for i, n in self.table.per_peer.items() if n}
-        st = dict(self.stats, state=state, pid=os.getpid(),
+        st = dict(self.stats, state=state, pid=os.getpid(), version=VERSION,
                   front=self.cfg.front if self.cfg else None,
                   tables=sorted(self.filter.tables, key=self.filter.tables.get),
                   prefixes=len(self.table) if self.table is not None else 0,
@@ -585,6 +586,7 @@ class Daemon:
             lines.append(f"# HELP wgbpf_{name} {help_}")
             lines.append(f"# TYPE wgbpf_{name} {kind}")
             lines.append(f'wgbpf_{name}{{front="{front}"{labels}}} {value}')
+        metric("build_info", "the running wgbpf's version", 1, "gauge", f',version="{VERSION}"')
         metric("route_events_total", "RTM_NEWROUTE/DELROUTE events applied", st["events"])
         metric("map_writes_total", "LPM map entries written or deleted", st["map_writes"])
         metric("resyncs_total", "full resyncs (start, overrun, reload, tag change)", st["resyncs"])
