@@ -15,7 +15,11 @@ import time
 from . import abi, bpfsys, maps as mapsmod
 from .maps import Maps, MapError, network, pin_dir, route_peers
 
+# The data plane's C: bpf/ beside the package in a checkout, else where the
+# .deb puts it (architecture-independent data: /usr/share).
 BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
+if not os.path.exists(os.path.join(BPF_DIR, "wgbpf.c")):
+    BPF_DIR = "/usr/share/wgbpf/bpf"
 SOURCE = os.path.join(BPF_DIR, "wgbpf.c")
 
 # Our tc filter: a fixed (priority, handle) so replace hits the same slot.
