@@ -9,6 +9,8 @@ no packet.
 """
 import ctypes
 import errno
+import hashlib
+import json
 import os
 import time
 
@@ -166,6 +168,26 @@ def check_fib(cfg, front_idx, links):
     return found
 
 
+def cflags(directory):
+    return [f"-I{BPF_DIR}", f'-DWGBPF_PIN_DIR="{directory}"', "-w"]
+
+
+def forwarding_off(devices):
+    """The forwarding sysctls that are off, for traffic between peers in
+    any lookup mode: it enters by one device (the front, where
+    member_ingress hands it over; each member without one) and the kernel
+    forwards it. IPv4 asks the device it entered by, IPv6 conf/all."""
+    keys = [f"ipv4/conf/{dev}/forwarding" for dev in devices] + ["ipv6/conf/all/forwarding"]
+    return [f"net.{k.replace('/', '.')}" for k in keys if _sysctl(k) != "1"]
+
+
+def forwarding_warning(off):
+    if not off:
+        return None
+    return (f"forwarding is off ({', '.join(k + '=0' for k in off)}): the kernel drops every "
+            f"packet between peers; sysctl -w {' '.join(k + '=1' for k in off)}")
+
+
 def compile_programs(directory, debug=False, prefix="", suffix=""):
     """BCC compile + load against the maps pinned in `directory`.
 
@@ -174,13 +196,13 @@ def compile_programs(directory, debug=False, prefix="", suffix=""):
     wgbpf.c (benchmarks add their programs and WGBPF_BENCH_* hooks so).
     """
     from bcc import BPF  # imported here: a second of import, only attach needs it
-    cflags = [f"-I{BPF_DIR}", f'-DWGBPF_PIN_DIR="{directory}"', "-w"]
+    flags = cflags(directory)
     if prefix or suffix:
         with open(SOURCE) as f:
             text = prefix + f.read() + suffix
-        b = BPF(text=text.encode(), cflags=cflags, debug=0x8 if debug else 0)
+        b = BPF(text=text.encode(), cflags=flags, debug=0x8 if debug else 0)
     else:
-        b = BPF(src_file=SOURCE.encode(), cflags=cflags, debug=0x8 if debug else 0)
+        b = BPF(src_file=SOURCE.encode(), cflags=flags, debug=0x8 if debug else 0)
     fds = {name: b.load_func(name.encode(), BPF.SCHED_CLS).fd for name in abi.PROGRAMS}
     flood = b.load_func(b"front_flood", BPF.SCHED_CLS)
     tail = b.get_table(b"tail")
@@ -204,6 +226,61 @@ def pinned_prog_tag(directory, name):
         return prog_tag(fd)
     finally:
         os.close(fd)
+
+
+def build_key(directory):
+    """What the compiled programs depend on: the C sources, the compile
+    flags (they name the pin directory) and the kernel (its headers)."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(BPF_DIR)):
+        if name.endswith((".c", ".h")):
+            with open(os.path.join(BPF_DIR, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read() + b"\0")
+    u = os.uname()
+    h.update("\0".join(cflags(directory) + [u.release, u.version]).encode())
+    return h.hexdigest()
+
+
+def build_path(front):
+    """Beside the daemon's lock and status: the build key of the pinned
+    programs (their ids too, so programs pinned by anyone else since, an
+    older wgbpf say, are never taken for ours)."""
+    from .daemon import run_dir
+    return os.path.join(run_dir(), f"{front}.build")
+
+
+def _pinned_ids(directory):
+    fds = pinned_programs(directory)
+    try:
+        return {n: bpfsys.prog_info(fd).id for n, fd in fds.items()}
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def record_build(front, directory, key):
+    from . import files
+    try:
+        os.makedirs(os.path.dirname(build_path(front)), mode=0o755, exist_ok=True)
+        files.write_atomic(build_path(front), json.dumps({"key": key, "programs": _pinned_ids(directory)}),
+                           mode=0o600)
+    except OSError:
+        pass  # only costs a compile at the next attach
+
+
+def reusable_programs(front, directory, key):
+    """{program name: fd} of the pinned programs when they were built from
+    exactly this source and flags (no compile needed), else None."""
+    try:
+        with open(build_path(front)) as f:
+            rec = json.load(f)
+        if rec.get("key") != key or not os.path.exists(os.path.join(directory, "tail")):
+            return None
+        if _pinned_ids(directory) != rec.get("programs"):
+            return None
+        return pinned_programs(directory)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _pin_prog(fd, path):
@@ -596,9 +673,28 @@ def attach(cfg, log=lambda msg: None, debug=False):
             changes.append(f"pins repaired: {', '.join(restored)} pinned again from the running programs "
                            f"(removed by hand?)")
         m = Maps.create(directory, dir24=dir24)
+        bpf = kept = None
         try:
-            log(f"compiling {SOURCE}")
-            bpf, fds = compile_programs(directory, debug=debug)
+            # the pinned programs, when built from this very source and
+            # flags: a compile (~2 s, ~16 s emulated) would only make them again
+            key = build_key(directory)
+            if not (fresh or debug or m.replaced):
+                kept = reusable_programs(cfg.front, directory, key)
+            fds = kept
+            # a pin replaced by another map (or removed, with no program
+            # to pin it again from): the programs read a map no one writes,
+            # so they are loaded again on the pinned ones
+            stale = [] if fresh else stale_pins(
+                ipr, m, [i for i, _ in links.values()] + ([front_idx] if front_idx else []),
+                filter_name(cfg.front))
+            stale = [n for n in stale if n not in m.replaced]  # resized on purpose: said below
+            if stale and kept:
+                for fd in kept.values():
+                    os.close(fd)
+                kept = None
+            if not kept:
+                log(f"compiling {SOURCE}")
+                bpf, fds = compile_programs(directory, debug=debug)
             t_compile = time.monotonic() - t0
             old = {name: pinned_prog_tag(directory, name) for name in abi.PROGRAMS}
             new = {name: prog_tag(fds[name]) for name in abi.PROGRAMS}
@@ -608,13 +704,6 @@ def attach(cfg, log=lambda msg: None, debug=False):
                             or not os.path.exists(os.path.join(directory, "tail")))
             if not fresh and reload_progs:
                 changes.append("programs upgraded")
-            # a pin replaced by another map (or removed, with no program
-            # to pin it again from): the programs read a map no one writes,
-            # so they are loaded again on the pinned ones
-            stale = [] if fresh else stale_pins(
-                ipr, m, [i for i, _ in links.values()] + ([front_idx] if front_idx else []),
-                filter_name(cfg.front))
-            stale = [n for n in stale if n not in m.replaced]  # resized on purpose: said above
             if stale:
                 changes.append(f"pins repaired: {', '.join(stale)} pinned is not the map the programs "
                                f"read (pin replaced by hand?); programs reloaded on the pinned maps")
@@ -705,7 +794,8 @@ def attach(cfg, log=lambda msg: None, debug=False):
                 cfg_want.flood_count = c.flood_count
                 m.set_config(cfg_want)
                 changes.append("settings updated")
-            warnings = []
+            warnings = [w for w in [forwarding_warning(
+                forwarding_off([cfg.front] if front_idx else [pc.member for pc in cfg.peers]))] if w]
             if front_idx:
                 w = quiet_redirects(cfg.front)
                 if w:
@@ -732,14 +822,19 @@ def attach(cfg, log=lambda msg: None, debug=False):
                                old_peer.owned if old_peer is not None and old_peer.ifindex == ifindex else 0,
                                old_peer.member.decode() if old_peer is not None else None)
             m.rebuild_flood()
+            bpf_compiled = bpf is not None
+            if bpf_compiled and not debug:
+                record_build(cfg.front, directory, key)
             del bpf
         finally:
             m.close()
+            for fd in (kept or {}).values():
+                os.close(fd)
     return {"front": cfg.front, "pin_dir": directory, "peers": len(cfg.peers),
             "members_only": cfg.members_only, "created": fresh,
             "programs_reloaded": reload_progs, "changes": changes, "warnings": warnings,
             "lookup": cfg.lookup.name.lower(), "fib": fib, "source": cfg.source.name.lower(),
-            "compile_seconds": round(t_compile, 3),
+            "compiled": bpf_compiled, "compile_seconds": round(t_compile, 3),
             "seconds": round(time.monotonic() - t0, 3)}
 
 
