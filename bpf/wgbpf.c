@@ -83,6 +83,24 @@ BPF_TABLE_PINNED("percpu_array", u32, u64, counters, WGBPF_REASON_MAX,
 		 WGBPF_PIN_DIR "/counters");
 BPF_TABLE_PINNED("percpu_array", u32, struct wgbpf_peer_stats, peer_stats,
 		 WGBPF_MAX_PEERS, WGBPF_PIN_DIR "/peer_stats");
+BPF_TABLE_PINNED("array", u32, struct wgbpf_monitor, monitor, 1, WGBPF_PIN_DIR "/monitor");
+BPF_TABLE_PINNED("percpu_array", u32, struct wgbpf_monitor_cpu, monitor_cpu, 1,
+		 WGBPF_PIN_DIR "/monitor_cpu");
+
+/* BCC's BPF_RINGBUF_OUTPUT, pinned: BCC has no pinned form of its own. */
+#define WGBPF_RINGBUF_PINNED(_name, _size, _pinned)                          \
+	struct _name##_table_t {                                             \
+		int key;                                                     \
+		u32 leaf;                                                    \
+		int (*ringbuf_output)(void *, u64, u64);                     \
+		void *(*ringbuf_reserve)(u64);                               \
+		void (*ringbuf_discard)(void *, u64);                        \
+		void (*ringbuf_submit)(void *, u64);                         \
+		u32 max_entries;                                             \
+	};                                                                   \
+	__attribute__((section("maps/ringbuf:" _pinned))) struct _name##_table_t \
+		_name = { .max_entries = (_size) }
+WGBPF_RINGBUF_PINNED(events, WGBPF_EVENTS_SIZE, WGBPF_PIN_DIR "/events");
 
 /* What the programs need of a packet. IPv4 addresses use the first 4 bytes. */
 struct packet {
@@ -417,6 +435,59 @@ static __always_inline void count_tx(__u32 id, __u32 len)
 	}
 }
 
+/* `wgbpf monitor`: reports one packet to the listener, if one watches
+ * (else this is one array read: the fast path when nobody watches). Rate-
+ * limited per CPU by a token bucket; `p` may be unparsed (family 0). */
+static __always_inline void watch(struct __sk_buff *skb, struct packet *p, __u8 hook,
+				  __u32 reason, __u32 peer, int verdict)
+{
+	__u32 zero = 0;
+	struct wgbpf_monitor *mon = monitor.lookup(&zero);
+	int dropped = verdict == TC_ACT_SHOT && reason != WGBPF_FLOODED;
+
+	if (!mon || mon->mode == WGBPF_WATCH_OFF)
+		return;
+	if (!dropped && mon->mode != WGBPF_WATCH_ALL)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	if (now > mon->until) /* the listener's lease ran out: it died */
+		return;
+	struct wgbpf_monitor_cpu *c = monitor_cpu.lookup(&zero);
+	if (!c)
+		return;
+	const __u64 cost = 1000000000ULL / WGBPF_MONITOR_RATE;
+	__u64 credit = c->credit + (now - c->last);
+	if (credit > WGBPF_MONITOR_BURST * cost)
+		credit = WGBPF_MONITOR_BURST * cost;
+	c->last = now;
+	if (credit < cost) {
+		c->credit = credit;
+		c->suppressed++;
+		return;
+	}
+	c->credit = credit - cost;
+	struct wgbpf_event *e = events.ringbuf_reserve(sizeof(struct wgbpf_event));
+	if (!e) {
+		c->lost++;
+		return;
+	}
+	e->time = now;
+	e->ifindex = skb->ifindex;
+	e->peer = peer;
+	e->reason = reason;
+	e->len = skb->len;
+	e->family = p->family;
+	e->hook = hook;
+	e->dropped = dropped;
+	e->proto = p->proto;
+	e->pad = 0;
+	e->sport = p->sport;
+	e->dport = p->dport;
+	__builtin_memcpy(e->src, p->src, 16);
+	__builtin_memcpy(e->dst, p->dst, 16);
+	events.ringbuf_submit(e, 0);
+}
+
 static __always_inline int no_route_verdict(struct wgbpf_config *cfg)
 {
 	return cfg && cfg->no_route == WGBPF_POLICY_DROP ? TC_ACT_SHOT : TC_ACT_OK;
@@ -483,7 +554,7 @@ int front_flood(struct __sk_buff *skb)
 int front_egress(struct __sk_buff *skb)
 {
 	struct packet p = {};
-	__u32 zero = 0, reason, ifindex = 0, id;
+	__u32 zero = 0, reason, ifindex = 0, id = 0;
 	struct wgbpf_config *cfg = config.lookup(&zero);
 	struct wgbpf_route *r;
 	int verdict;
@@ -500,6 +571,7 @@ int front_egress(struct __sk_buff *skb)
 	}
 	WGBPF_BENCH_DST(&p);
 	if (link_local_multicast(&p)) {
+		watch(skb, &p, WGBPF_HOOK_FRONT_EGRESS, WGBPF_FLOODED, 0, TC_ACT_SHOT);
 		tail.call(skb, TAIL_FLOOD);
 		/* only reached if the flood program is missing */
 		reason = WGBPF_FLOODED;
@@ -532,6 +604,7 @@ int front_egress(struct __sk_buff *skb)
 		}
 		id = pick(r, p.hash, &ifindex);
 		if (!id) {
+			id = r->peers[0]; /* for the monitor: whom it was meant for */
 			reason = WGBPF_PEER_DOWN;
 			verdict = no_route_verdict(cfg);
 			goto out;
@@ -542,6 +615,7 @@ int front_egress(struct __sk_buff *skb)
 	verdict = bpf_redirect(ifindex, 0);
 out:
 	count(reason);
+	watch(skb, &p, WGBPF_HOOK_FRONT_EGRESS, reason, id, verdict);
 	return verdict;
 }
 
@@ -610,7 +684,7 @@ static __always_inline __u32 check_source(struct __sk_buff *skb, struct packet *
 int member_ingress(struct __sk_buff *skb)
 {
 	struct packet p = {};
-	__u32 zero = 0, reason, ifindex = skb->ifindex, id;
+	__u32 zero = 0, reason, ifindex = skb->ifindex, id = 0;
 	struct wgbpf_config *cfg = config.lookup(&zero);
 	struct wgbpf_peer_stats *s;
 	u32 *member;
@@ -651,6 +725,7 @@ int member_ingress(struct __sk_buff *skb)
 	}
 out:
 	count(reason);
+	watch(skb, &p, WGBPF_HOOK_MEMBER_INGRESS, reason, id, verdict);
 	return verdict;
 }
 
@@ -662,5 +737,10 @@ int member_egress(struct __sk_buff *skb)
 	if (vetted(skb, config.lookup(&zero)))
 		return TC_ACT_OK;
 	count(WGBPF_UNVETTED);
+	struct packet p = {};
+	parse(skb, &p); /* for the monitor alone; a drop either way */
+	__u32 in = skb->ifindex;
+	__u32 *member = members.lookup(&in);
+	watch(skb, &p, WGBPF_HOOK_MEMBER_EGRESS, WGBPF_UNVETTED, member ? *member : 0, TC_ACT_SHOT);
 	return TC_ACT_SHOT;
 }

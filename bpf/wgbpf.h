@@ -212,4 +212,65 @@ enum wgbpf_reason {
 	WGBPF_REASON_MAX = 19,
 };
 
+/* `wgbpf monitor`: packets reported through the events ring buffer while a
+ * listener watches. The monitor map (an array of one) says whether anyone
+ * does: the fast path reads it and, with mode off, does nothing more. */
+enum wgbpf_watch {
+	WGBPF_WATCH_OFF = 0,
+	WGBPF_WATCH_DROPS = 1, /* dropped packets (TC_ACT_SHOT but the flood's) */
+	WGBPF_WATCH_ALL = 2,   /* every packet the programs see */
+};
+
+/* Events a CPU may send per second, and in one burst: a flood of drops
+ * costs the data plane a token-bucket check per packet, not a ring buffer
+ * write and a listener wake-up each. */
+#ifndef WGBPF_MONITOR_RATE
+#define WGBPF_MONITOR_RATE 1000
+#endif
+#define WGBPF_MONITOR_BURST 1000
+/* The events ring buffer's size in bytes: a power-of-2 number of pages. */
+#define WGBPF_EVENTS_SIZE (256 * 1024)
+
+/* Value of monitor, an array of one. The listener renews `until` every
+ * second; a listener killed without a chance to clear `mode` (SIGKILL)
+ * stops the events when its lease runs out, a few seconds later. */
+struct wgbpf_monitor {
+	__u32 mode;  /* enum wgbpf_watch */
+	__u32 pid;   /* the listener's, for `status` and a second listener's error */
+	__u64 until; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) the lease ends at */
+};
+
+/* Value of monitor_cpu, a per-CPU array of one: the token bucket. */
+struct wgbpf_monitor_cpu {
+	__u64 last;       /* bpf_ktime_get_ns() of the last refill */
+	__u64 credit;     /* nanoseconds saved up; an event costs 1e9 / RATE */
+	__u64 suppressed; /* events the bucket held back */
+	__u64 lost;       /* events the full ring buffer refused */
+};
+
+/* Where an event was seen. */
+enum wgbpf_hook {
+	WGBPF_HOOK_FRONT_EGRESS = 0,
+	WGBPF_HOOK_MEMBER_INGRESS = 1,
+	WGBPF_HOOK_MEMBER_EGRESS = 2,
+};
+
+/* One record of the events ring buffer. */
+struct wgbpf_event {
+	__u64 time;    /* bpf_ktime_get_ns() */
+	__u32 ifindex; /* the device the program ran on */
+	__u32 peer;    /* steered to / sent by / meant for (peer_down); 0: none */
+	__u32 reason;  /* enum wgbpf_reason */
+	__u32 len;     /* skb->len */
+	__u32 family;  /* AF_INET, AF_INET6; 0: not parsed */
+	__u8 hook;     /* enum wgbpf_hook */
+	__u8 dropped;  /* 1: the verdict was TC_ACT_SHOT */
+	__u8 proto;    /* TCP, UDP, SCTP when the ports are known; else 0 */
+	__u8 pad;
+	__u16 sport;   /* network order */
+	__u16 dport;
+	__u8 src[16];  /* IPv4: the first 4 bytes */
+	__u8 dst[16];
+};
+
 #endif

@@ -87,6 +87,23 @@ class Reason(enum.IntEnum):
 REASON_MAX = 19
 
 
+class Watch(enum.IntEnum):
+    OFF = 0
+    DROPS = 1
+    ALL = 2
+
+
+class Hook(enum.IntEnum):
+    FRONT_EGRESS = 0
+    MEMBER_INGRESS = 1
+    MEMBER_EGRESS = 2
+
+
+MONITOR_RATE = 1000
+MONITOR_BURST = 1000
+EVENTS_SIZE = 256 * 1024
+
+
 class Key4(ctypes.Structure):
     _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 4)]
 
@@ -133,11 +150,35 @@ class PeerStats(ctypes.Structure):
                 ("spoofed", ctypes.c_uint64)]
 
 
+class Monitor(ctypes.Structure):
+    _fields_ = [("mode", ctypes.c_uint32), ("pid", ctypes.c_uint32), ("until", ctypes.c_uint64)]
+
+
+class MonitorCpu(ctypes.Structure):
+    _fields_ = [("last", ctypes.c_uint64), ("credit", ctypes.c_uint64),
+                ("suppressed", ctypes.c_uint64), ("lost", ctypes.c_uint64)]
+
+
+class Event(ctypes.Structure):
+    _fields_ = [("time", ctypes.c_uint64), ("ifindex", ctypes.c_uint32),
+                ("peer", ctypes.c_uint32), ("reason", ctypes.c_uint32),
+                ("len", ctypes.c_uint32), ("family", ctypes.c_uint32),
+                ("hook", ctypes.c_uint8), ("dropped", ctypes.c_uint8),
+                ("proto", ctypes.c_uint8), ("pad", ctypes.c_uint8),
+                ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16),
+                ("src", ctypes.c_uint8 * 16), ("dst", ctypes.c_uint8 * 16)]
+
+
+class Empty(ctypes.Structure):
+    """A ring buffer's key and value: it has neither (size 0)."""
+    _fields_ = []
+
+
 U32 = ctypes.c_uint32
 U64 = ctypes.c_uint64
 
 # bpfsys map types
-HASH, ARRAY, PERCPU_ARRAY, LPM_TRIE = 1, 2, 6, 11
+HASH, ARRAY, PERCPU_ARRAY, LPM_TRIE, RINGBUF = 1, 2, 6, 11, 27
 NO_PREALLOC = 1
 MMAPABLE = 1 << 10
 
@@ -167,6 +208,9 @@ MAPS = {m.name: m for m in [
     MapSpec("config", ARRAY, U32, Config, 1),
     MapSpec("counters", PERCPU_ARRAY, U32, U64, REASON_MAX),
     MapSpec("peer_stats", PERCPU_ARRAY, U32, PeerStats, MAX_PEERS),
+    MapSpec("monitor", ARRAY, U32, Monitor, 1),
+    MapSpec("monitor_cpu", PERCPU_ARRAY, U32, MonitorCpu, 1),
+    MapSpec("events", RINGBUF, Empty, Empty, EVENTS_SIZE),
 ]}
 
 # The two programs and the tc hook each attaches to.

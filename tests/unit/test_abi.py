@@ -45,6 +45,9 @@ STRUCTS = {
     "wgbpf_peer_stats": abi.PeerStats,
     "wgbpf_flood": abi.Flood,
     "wgbpf_dir_elem": abi.DirElem,
+    "wgbpf_monitor": abi.Monitor,
+    "wgbpf_monitor_cpu": abi.MonitorCpu,
+    "wgbpf_event": abi.Event,
 }
 
 # C scalar type -> ctypes type
@@ -79,6 +82,9 @@ DEFINES = {
     "WGBPF_DIR8_GROUPS": "DIR8_GROUPS",
     "WGBPF_DIR8_ELEMS": "DIR8_ELEMS",
     "WGBPF_DIR_SETS": "DIR_SETS",
+    "WGBPF_MONITOR_RATE": "MONITOR_RATE",
+    "WGBPF_MONITOR_BURST": "MONITOR_BURST",
+    "WGBPF_EVENTS_SIZE": "EVENTS_SIZE",
 }
 
 # enum in the header -> (IntEnum in abi, prefix stripped from the C names)
@@ -88,6 +94,8 @@ ENUMS = {
     "wgbpf_source": (abi.Source, "WGBPF_SOURCE_"),
     "wgbpf_lookup": (abi.Lookup, "WGBPF_LOOKUP_"),
     "wgbpf_reason": (abi.Reason, "WGBPF_"),
+    "wgbpf_watch": (abi.Watch, "WGBPF_WATCH_"),
+    "wgbpf_hook": (abi.Hook, "WGBPF_HOOK_"),
 }
 
 # BCC's map type strings -> abi's bpf_map_type numbers (and linux/bpf.h names)
@@ -96,6 +104,7 @@ MAP_TYPES = {
     "array": ("ARRAY", "BPF_MAP_TYPE_ARRAY"),
     "percpu_array": ("PERCPU_ARRAY", "BPF_MAP_TYPE_PERCPU_ARRAY"),
     "lpm_trie": ("LPM_TRIE", "BPF_MAP_TYPE_LPM_TRIE"),
+    "ringbuf": ("RINGBUF", "BPF_MAP_TYPE_RINGBUF"),
 }
 
 # The constants of other headers abi.py hardcodes.
@@ -104,6 +113,7 @@ SYSTEM = {
     "BPF_MAP_TYPE_ARRAY": abi.ARRAY,
     "BPF_MAP_TYPE_PERCPU_ARRAY": abi.PERCPU_ARRAY,
     "BPF_MAP_TYPE_LPM_TRIE": abi.LPM_TRIE,
+    "BPF_MAP_TYPE_RINGBUF": abi.RINGBUF,
     "BPF_F_NO_PREALLOC": abi.NO_PREALLOC,
     "AF_INET": abi.AF_INET,
     "AF_INET6": abi.AF_INET6,
@@ -165,9 +175,16 @@ PIN_RE = re.compile(
     r'\s*([^,]+?)\s*,\s*WGBPF_PIN_DIR\s*"/([^"]*)"\s*\)\s*;')
 
 
+RINGBUF_RE = re.compile(
+    r'WGBPF_RINGBUF_PINNED\(\s*(\w+)\s*,\s*([^,]+?)\s*,\s*WGBPF_PIN_DIR\s*"/([^"]*)"\s*\)\s*;')
+
+
 def source_maps():
-    """[(type string, key type, value type, name, max_entries expr, pin name)]"""
-    return PIN_RE.findall(read(SOURCE))
+    """[(type string, key type, value type, name, max_entries expr, pin name)];
+    a ring buffer has no key or value type ("")."""
+    src = read(SOURCE)
+    return PIN_RE.findall(src) + [("ringbuf", "", "", n, size, pin)
+                                  for n, size, pin in RINGBUF_RE.findall(src)]
 
 
 def c_type(t):
@@ -200,8 +217,10 @@ def probe_source():
     for c in SYSTEM:
         lines.append(f'printf("sys {c} %lld\\n", (long long)({c}));')
     for _, key, value, name, max_entries, _ in source_maps():
-        lines.append(f'printf("map {name} %zu %zu %lld\\n", sizeof({c_type(key)}), '
-                     f"sizeof({c_type(value)}), (long long)({max_entries}));")
+        ksize = f"sizeof({c_type(key)})" if key else "(size_t)0"
+        vsize = f"sizeof({c_type(value)})" if value else "(size_t)0"
+        lines.append(f'printf("map {name} %zu %zu %lld\\n", {ksize}, '
+                     f"{vsize}, (long long)({max_entries}));")
     lines += ["return 0;", "}"]
     return "\n".join(lines) + "\n"
 
@@ -315,7 +334,8 @@ def test_system_constant(c_side, cname):
 
 def test_every_map_macro_is_parsed():
     src = read(SOURCE)
-    assert len(source_maps()) == src.count("BPF_TABLE_PINNED("), "a BPF_TABLE_PINNED this test cannot parse"
+    assert len(source_maps()) == src.count("BPF_TABLE_PINNED(") + src.count("WGBPF_RINGBUF_PINNED(") - 1, \
+        "a BPF_TABLE_PINNED or WGBPF_RINGBUF_PINNED this test cannot parse (the macro's #define is one)"
     for macro in ("BPF_TABLE(", "BPF_HASH(", "BPF_ARRAY(", "BPF_PERCPU_ARRAY(", "BPF_LPM_TRIE(",
                   "BPF_F_TABLE(", "BPF_PERCPU_HASH("):
         assert macro not in src, f"wgbpf.c declares an unpinned map ({macro}): abi.MAPS cannot open it"
@@ -344,6 +364,9 @@ def test_map_declaration(c_side, name):
     assert spec.max_entries == max_entries, f"{name}: max_entries {max_entries} in C, {spec.max_entries} in abi"
     # key/value types name the same struct on both sides
     for ctext, py in ((key, spec.key), (value, spec.value)):
+        if not ctext:  # a ring buffer: neither key nor value
+            assert py is abi.Empty, f"{name}: a ring buffer, but abi names {py.__name__}"
+            continue
         m = re.fullmatch(r"struct\s+(\w+)", ctext.strip())
         if m:
             assert STRUCTS[m.group(1)] is py, f"{name}: {ctext} in C, {py.__name__} in abi"
