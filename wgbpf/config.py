@@ -10,12 +10,17 @@ the bad field and quote the bad value.
     source = "strict"        # source check: strict, feasible, loose, off
     accept_table = 200       # feasible: the table of accepted paths (lpm: the
                              # daemon copies it to the accept maps; fib: read live)
+    dead_after = 15          # daemon: a peer we send to and hear nothing from for
+                             # this many seconds is dead (README: Dead peers); off
+                             # unless set
 
     [[peer]]
     name = "alice"
     member = "wg-alice"      # this peer's own WireGuard device
     tags = ["fe80::1", "10.255.0.1"]   # addresses routes name the peer by
     source = "loose"         # this peer's own source check (default: the global)
+    dead_after = 2           # this peer's own (persistent-keepalive 1 on its side);
+                             # "off": not watched
 
 On the command line: --peer alice=wg-alice,fe80::1,10.255.0.1[,source=loose]
 
@@ -34,6 +39,7 @@ import base64
 import binascii
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -61,6 +67,61 @@ def default_path(front):
     return os.path.join(config_dir(), f"{front}.toml")
 
 
+def resolve_path(front, peer_args, path):
+    """The config file to read: --config, else <config dir>/<front>.toml
+    when no --peer is given and that file exists; None: the peers come
+    from --peer, or (the daemon) from the instance as attached."""
+    if path or peer_args or not front:
+        return path
+    default = default_path(front)
+    return default if os.path.lexists(default) else None
+
+
+def from_attached(front, c, peers, tags):
+    """The Config an instance was attached with, read back from its maps:
+    `c` the abi.Config, `peers` {id: abi.Peer}, `tags` {address: id}."""
+    by_peer = {}
+    for t, pid in sorted(tags.items(), key=lambda kv: (kv[0].version, kv[0])):
+        by_peer.setdefault(pid, []).append(t)
+    return Config(
+        front=front,
+        peers=[PeerConfig(p.name.decode(), p.member.decode(), by_peer.get(pid, []), abi.Source(p.source))
+               for pid, p in sorted(peers.items())],
+        members_only=not c.front_ifindex, no_route=abi.Policy(c.no_route), lookup=abi.Lookup(c.lookup),
+        fib_table=c.fib_table, source=abi.Source(c.source or abi.Source.STRICT),
+        accept_table=c.accept_table)
+
+
+def differences(attached, wanted):
+    """What attaching `wanted` would change in the instance `attached`
+    (both Configs, maps backend), one line each; [] when they agree."""
+    out = []
+    for key in ("members_only", "no_route", "lookup", "fib_table", "source", "accept_table"):
+        a, w = getattr(attached, key), getattr(wanted, key)
+        if a != w:
+            def show(v):
+                return v.name.lower() if hasattr(v, "name") else str(v).lower()
+            out.append(f"{key}: attached {show(a)}, config {show(w)}")
+    have = {p.name: p for p in attached.peers}
+    want = {p.name: p for p in wanted.peers}
+    for name in sorted(set(have) | set(want)):
+        a, w = have.get(name), want.get(name)
+        if a is None:
+            out.append(f"peer {name}: in the config, not attached")
+        elif w is None:
+            out.append(f"peer {name}: attached, not in the config")
+        else:
+            if a.member != w.member:
+                out.append(f"peer {name}: member attached {a.member}, config {w.member}")
+            if set(a.tags) != set(w.tags):
+                out.append(f"peer {name}: tags attached {','.join(map(str, a.tags)) or '-'}, "
+                           f"config {','.join(map(str, w.tags)) or '-'}")
+            if a.source != w.source:
+                out.append(f"peer {name}: source attached {a.source.name.lower()}, "
+                           f"config {w.source.name.lower()}")
+    return out
+
+
 @dataclasses.dataclass
 class PeerConfig:
     name: str
@@ -68,6 +129,7 @@ class PeerConfig:
     tags: list = dataclasses.field(default_factory=list)
     source: abi.Source = abi.Source.DEFAULT
     public_key: bytes = None  # allowedips backend: the peer on the one device
+    dead_after: float = None  # liveness: seconds; None: the instance's; 0: not watched
 
 
 @dataclasses.dataclass
@@ -81,6 +143,7 @@ class Config:
     source: abi.Source = abi.Source.STRICT
     accept_table: int = 0    # 0: none
     backend: str = "maps"    # or "allowedips": drive one device's AllowedIPs
+    dead_after: float = None  # liveness (daemon): seconds; None: off
 
 
 BACKENDS = ("maps", "allowedips")
@@ -204,6 +267,8 @@ def parse_peer_arg(text):
     for f in (f.strip() for f in fields[1:]):
         if f.startswith("source="):
             peer.source = parse_source(f[len("source="):], where)
+        elif f.startswith("dead_after="):
+            peer.dead_after = parse_dead_after(f[len("dead_after="):], where, off=True)
         elif f:
             peer.tags.append(parse_tag(f, where))
     return peer
@@ -217,6 +282,34 @@ def parse_source(value, where):
     if mode is None or mode == abi.Source.DEFAULT:
         raise ConfigError(f"{where}: {value!r} is not a source check (strict, feasible, loose or off)")
     return mode
+
+
+MIN_DEAD_AFTER = 1.0  # WireGuard's shortest keepalive: below it a live peer looks dead
+MAX_DEAD_AFTER = 86400.0
+
+
+def parse_dead_after(value, where, off=False):
+    """Seconds for the liveness rule: finite, from MIN_DEAD_AFTER to
+    MAX_DEAD_AFTER; with `off`, "off" (0.0: this peer is not watched)."""
+    if off and value == "off":
+        return 0.0
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        d = float(value)
+    except (TypeError, ValueError):
+        d = None
+    if d is None or not math.isfinite(d) or not MIN_DEAD_AFTER <= d <= MAX_DEAD_AFTER:
+        raise ConfigError(f"{where}: {value!r} is not a dead-after time: give seconds from "
+                          f"{MIN_DEAD_AFTER:g} (WireGuard's shortest keepalive) to {MAX_DEAD_AFTER:g}"
+                          + (', or "off"' if off else ""))
+    return d
+
+
+def dead_after(cfg, peer):
+    """A peer's dead-after seconds, or None when it is not watched."""
+    d = peer.dead_after if peer.dead_after is not None else cfg.dead_after
+    return d or None
 
 
 def parse_lookup(value, where):
@@ -265,7 +358,7 @@ def load_toml(path):
     except ValueError as e:  # TOMLDecodeError, and int() refusing a 5000-digit number
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     known = {"front", "members_only", "no_route", "lookup", "fib_table", "source", "accept_table",
-             "backend", "peer"}
+             "backend", "dead_after", "peer"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
@@ -281,7 +374,7 @@ def load_toml(path):
     settings = {}
     for key, parse in (("lookup", parse_lookup), ("fib_table", parse_table),
                        ("source", parse_source), ("accept_table", parse_table),
-                       ("backend", parse_backend)):
+                       ("backend", parse_backend), ("dead_after", parse_dead_after)):
         if key in data:
             settings[key] = parse(data[key], f"{path}: {key}")
     peers = []
@@ -293,8 +386,9 @@ def load_toml(path):
         if not isinstance(p, dict):
             raise ConfigError(f"{where}: write peers as [[peer]] tables")
         for key in p:
-            if key not in ("name", "member", "public_key", "tags", "source"):
-                raise ConfigError(f"{where}: unknown field {key!r} (known: member, name, public_key, source, tags)")
+            if key not in ("name", "member", "public_key", "tags", "source", "dead_after"):
+                raise ConfigError(f"{where}: unknown field {key!r} "
+                                  f"(known: dead_after, member, name, public_key, source, tags)")
         if "name" not in p:
             raise ConfigError(f"{where}: missing field 'name'")
         if "member" not in p and "public_key" not in p:
@@ -307,7 +401,8 @@ def load_toml(path):
             check_ifname(p["member"], f"{where}.member") if "member" in p else None,
             [parse_tag(t, f"{where}.tags[{j}]") for j, t in enumerate(tags)],
             parse_source(p["source"], f"{where}.source") if "source" in p else abi.Source.DEFAULT,
-            parse_key(p["public_key"], f"{where}.public_key") if "public_key" in p else None))
+            parse_key(p["public_key"], f"{where}.public_key") if "public_key" in p else None,
+            parse_dead_after(p["dead_after"], f"{where}.dead_after", off=True) if "dead_after" in p else None))
     return front, members_only, no_route, peers, settings
 
 

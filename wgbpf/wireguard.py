@@ -172,6 +172,55 @@ def parse_device(buf, off, end, peers):
     return peers
 
 
+# -- counters and handshakes (liveness) -------------------------------------
+
+WGPEER_A_LAST_HANDSHAKE_TIME, WGPEER_A_RX_BYTES, WGPEER_A_TX_BYTES = 6, 7, 8
+
+
+def parse_counters(buf, off, end, out):
+    """One WG_CMD_GET_DEVICE reply into out {public key: [rx, tx,
+    handshake]}: bytes received and sent, the last handshake's wall-clock
+    time (0: never). A peer continued in the next message (its allowed
+    IPs) repeats only its key."""
+    for kind, a, b in attrs(buf, off, end):
+        if kind != WGDEVICE_A_PEERS:
+            continue
+        for _i, pa, pb in attrs(buf, a, b):
+            key, got = None, {}
+            for pk, x, y in attrs(buf, pa, pb):
+                if pk == WGPEER_A_PUBLIC_KEY:
+                    key = bytes(buf[x:y])
+                elif pk == WGPEER_A_LAST_HANDSHAKE_TIME and y - x >= 16:
+                    sec, nsec = struct.unpack_from("=qq", buf, x)
+                    got["handshake"] = sec + nsec / 1e9
+                elif pk in (WGPEER_A_RX_BYTES, WGPEER_A_TX_BYTES) and y - x >= 8:
+                    got["rx" if pk == WGPEER_A_RX_BYTES else "tx"] = struct.unpack_from("=Q", buf, x)[0]
+            if key is not None and got:
+                c = out.setdefault(key, [0, 0, 0.0])
+                c[0], c[1], c[2] = got.get("rx", c[0]), got.get("tx", c[1]), got.get("handshake", c[2])
+    return out
+
+
+def parse_uapi_counters(lines):
+    """`get=1` lines into {public key: [rx, tx, handshake]}."""
+    out, c = {}, None
+    for line in lines:
+        k, _, v = line.partition("=")
+        if k == "public_key":
+            c = out.setdefault(bytes.fromhex(v), [0, 0, 0.0])
+        elif c is None:
+            continue
+        elif k == "rx_bytes":
+            c[0] = int(v)
+        elif k == "tx_bytes":
+            c[1] = int(v)
+        elif k == "last_handshake_time_sec":
+            c[2] += int(v)
+        elif k == "last_handshake_time_nsec":
+            c[2] += int(v) / 1e9
+    return out
+
+
 class GenlDevice:
     kind = "kernel"
 
@@ -230,6 +279,19 @@ class GenlDevice:
             if e.errno in (errno.ENODEV, errno.EOPNOTSUPP):
                 raise WireGuardError(f"{self.name}: not a WireGuard device ({e.strerror})") from None
             raise
+        return out
+
+    def counters(self):
+        """Each peer's [rx_bytes, tx_bytes, last handshake (wall clock, 0:
+        never)], as `wg show DEV dump` prints them."""
+        self._send(self.family, NLM_F_REQUEST | NLM_F_DUMP, WG_CMD_GET_DEVICE,
+                   _attr(WGDEVICE_A_IFNAME, self.name.encode() + b"\0"))
+        out = {}
+        try:
+            for buf, off, end in self._replies():
+                parse_counters(buf, off, end, out)
+        except OSError as e:
+            raise WireGuardError(f"{self.name}: cannot read its peers: {e.strerror}") from None
         return out
 
     def _set(self, peer_nests):
@@ -317,6 +379,13 @@ class UapiDevice:
             elif k == "allowed_ip" and key is not None:
                 out[key].add(text_prefix(v))
         return out
+
+    def counters(self):
+        """As GenlDevice.counters."""
+        err, lines = self._talk("get=1\n\n")
+        if err:
+            raise WireGuardError(f"{self.name}: get failed: errno {err}")
+        return parse_uapi_counters(lines)
 
     @staticmethod
     def _request(changes):

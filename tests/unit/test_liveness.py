@@ -1,0 +1,214 @@
+"""Liveness rules on fake counter samples and a fake clock."""
+import math
+
+import pytest
+
+from wgbpf import liveness
+from wgbpf.config import ConfigError, build, parse_dead_after
+from wgbpf.liveness import Liveness
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+class Far:
+    """One peer's counters as WireGuard keeps them."""
+
+    def __init__(self, live, name="alice", wall=None):
+        self.live, self.name, self.wall = live, name, wall
+        self.rx = self.tx = 0
+        self.handshake = 5000.0
+
+    def sample(self, sent=0, received=0):
+        self.tx += sent
+        self.rx += received
+        return self.live.observe(self.name, self.rx, self.tx, self.handshake)
+
+
+def setup(dead_after=2.0):
+    clock, wall = Clock(), Clock()
+    wall.t = 5000.0
+    live = Liveness(clock=clock, wall=wall)
+    live.configure({"alice": dead_after, "bob": None})
+    return live, clock, wall, Far(live)
+
+
+def run(live, clock, far, seconds, step=0.25, keepalive=None, send=True, wall=None):
+    """Sample every `step` for `seconds`; the far side answers with a
+    keepalive every `keepalive` seconds (None: it is dead). Returns the
+    transitions with their times."""
+    out = []
+    t_end = clock.t + seconds
+    next_ka = clock.t + (keepalive or 0)
+    while clock.t < t_end - 1e-9:
+        clock.t += step
+        if wall is not None:
+            wall.t += step
+        got = 0
+        if keepalive is not None and clock.t >= next_ka:
+            got, next_ka = 32, next_ka + keepalive
+        ev = far.sample(sent=100 if send else 0, received=got)
+        if ev:
+            out.append((round(clock.t, 2), ev))
+    return out
+
+
+def test_interval_is_an_eighth_of_the_shortest():
+    live, *_ = setup(2.0)
+    assert live.interval == 0.25
+    live.configure({"alice": 30.0})
+    assert live.interval == 1.0
+    live.configure({"alice": 1.0})
+    assert live.interval == 0.125
+    live.configure({})
+    assert live.interval == 1.0
+
+
+def test_live_peer_with_keepalives_never_dies():
+    live, clock, _, far = setup(2.0)
+    far.sample()
+    assert run(live, clock, far, 600, keepalive=1.0) == []
+    assert live.alive("alice")
+
+
+def test_silent_while_sending_dies_within_dead_after():
+    live, clock, _, far = setup(2.0)
+    far.sample()
+    run(live, clock, far, 10, keepalive=1.0)
+    t_kill = clock.t
+    got = run(live, clock, far, 5, keepalive=None)
+    assert got and got[0][1] == "dead"
+    assert got[0][0] - t_kill <= 2.0 + 0.25
+    assert not live.alive("alice")
+    st = live.status()["alice"]
+    assert st["state"] == "dead" and "nothing received" in st["reason"] and st["deaths"] == 1
+
+
+def test_idle_and_silent_is_not_dead():
+    """Nothing sent, nothing received: no evidence either way."""
+    live, clock, _, far = setup(2.0)
+    far.sample()
+    assert run(live, clock, far, 100, send=False) == []
+
+
+def test_idle_peer_gets_dead_after_from_our_first_packet():
+    live, clock, _, far = setup(2.0)
+    far.sample()
+    run(live, clock, far, 100, send=False)
+    t_send = clock.t
+    got = run(live, clock, far, 5)
+    assert got[0][1] == "dead" and got[0][0] - t_send >= 2.0 - 0.25
+
+
+def test_comes_back_after_confirm_and_holds_down():
+    live, clock, _, far = setup(2.0)
+    far.sample()
+    run(live, clock, far, 5, keepalive=1.0)
+    assert run(live, clock, far, 5)[0][1] == "dead"
+    # a restarted far side: handshake, then keepalives every second
+    t_back = clock.t
+    got = run(live, clock, far, 3, keepalive=1.0)
+    assert got and got[0][1] == "alive"
+    assert 1.0 <= got[0][0] - t_back <= 2.5  # heard twice, a second apart
+    assert "received again" in live.status()["alice"]["reason"]
+    # dies again at once: hold-down (5 x 2 s) keeps it up until then
+    t_revived = got[0][0]
+    got = run(live, clock, far, 15)
+    assert got[0][1] == "dead" and got[0][0] - t_revived >= 10.0
+    assert live.status()["alice"]["deaths"] == 2
+
+
+def test_one_stray_packet_does_not_revive():
+    live, clock, _, far = setup(2.0)
+    far.sample()
+    run(live, clock, far, 5)
+    assert not live.alive("alice")
+    clock.t += 0.25
+    far.sample(received=100)
+    assert run(live, clock, far, 10) == []  # silence again: still dead
+    clock.t += 0.25
+    assert far.sample(received=100) is None  # the clock starts again
+    assert not live.alive("alice")
+
+
+def test_stale_handshake_while_sending():
+    """rx moves (say, the far side's handshake initiations) but no session
+    could have carried data for longer than REJECT_AFTER."""
+    live, clock, wall, far = setup(30.0)
+    far.sample()
+    far.handshake = wall.t - liveness.REJECT_AFTER + 2
+    got = run(live, clock, far, 5, step=1.0, keepalive=1.0, wall=wall)
+    assert got and got[0][1] == "dead"
+    assert "no handshake" in live.status()["alice"]["reason"]
+
+
+def test_counters_restart_is_a_fresh_start():
+    live, clock, _, far = setup(2.0)
+    far.sample()
+    run(live, clock, far, 1.5)
+    far.rx = far.tx = 0  # the member device was re-created
+    clock.t += 0.25
+    assert far.sample(sent=10) is None
+    assert run(live, clock, far, 1.5) == []  # its clock restarted
+
+
+def test_unwatched_peer_is_always_alive():
+    live, clock, _, _ = setup(2.0)
+    bob = Far(live, "bob")
+    for _ in range(100):
+        clock.t += 1
+        assert bob.sample(sent=100) is None
+    assert live.alive("bob") and "bob" not in live.status()
+
+
+def test_reload_keeps_state():
+    live, clock, _, far = setup(2.0)
+    far.sample()
+    run(live, clock, far, 5)
+    live.configure({"alice": 3.0})
+    assert not live.alive("alice") and live.peers["alice"].dead_after == 3.0
+    live.configure({})
+    assert live.alive("alice")
+
+
+@pytest.mark.parametrize("bad", [-1, 0, "0", math.nan, "nan", "inf", "soon", "", True, 0.5, 1e9, None])
+def test_bad_dead_after(bad):
+    with pytest.raises(ConfigError, match="--dead-after: .* is not a dead-after time"):
+        parse_dead_after(bad, "--dead-after")
+
+
+@pytest.mark.parametrize("good,want", [(2, 2.0), ("2", 2.0), ("1.5", 1.5), (30, 30.0)])
+def test_good_dead_after(good, want):
+    assert parse_dead_after(good, "--dead-after") == want
+
+
+def test_stale_handshake_comes_back_with_a_new_one():
+    live, clock, wall, far = setup(30.0)
+    far.sample()
+    far.handshake = wall.t - liveness.REJECT_AFTER + 2
+    run(live, clock, far, 5, step=1.0, keepalive=1.0, wall=wall)
+    assert run(live, clock, far, 30, step=1.0, keepalive=1.0, wall=wall) == []  # rx alone: no
+    far.handshake = wall.t
+    got = run(live, clock, far, 3, step=1.0, keepalive=1.0, wall=wall)
+    assert got and got[0][1] == "alive"
+
+
+def test_dead_after_in_toml(tmp_path):
+    f = tmp_path / "wg0.toml"
+    f.write_text('front = "wg0"\ndead_after = 15\n'
+                 '[[peer]]\nname = "alice"\nmember = "wg-a"\ndead_after = 2\n'
+                 '[[peer]]\nname = "bob"\nmember = "wg-b"\ndead_after = "off"\n'
+                 '[[peer]]\nname = "carol"\nmember = "wg-c"\n')
+    from wgbpf.config import dead_after
+    cfg = build(path=str(f))
+    assert {p.name: dead_after(cfg, p) for p in cfg.peers} == {"alice": 2.0, "bob": None, "carol": 15.0}
+    cfg = build(path=str(f), dead_after=3.0)  # the command line wins over the file's global
+    assert {p.name: dead_after(cfg, p) for p in cfg.peers} == {"alice": 2.0, "bob": None, "carol": 3.0}
+    f.write_text('front = "wg0"\n[[peer]]\nname = "alice"\nmember = "wg-a"\ndead_after = -1\n')
+    with pytest.raises(ConfigError, match=r"peer\[0\].dead_after: -1 is not a dead-after time"):
+        build(path=str(f))

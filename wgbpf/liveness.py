@@ -1,0 +1,171 @@
+"""Dead peers, judged from WireGuard's own counters (no packets of ours).
+
+WireGuard tells nobody when a peer dies, but every packet it receives from
+a peer moves that peer's rx_bytes, zero-length keepalives and handshakes
+included (they never reach tc, but they reach the counters). So from user
+space, sampled every `interval` seconds:
+
+    dead   we sent (tx_bytes moved) and nothing came back (rx_bytes still)
+           for `dead_after` seconds; or we sent and the last handshake is
+           older than REJECT_AFTER (WireGuard's own session limit: no
+           session can carry data past it)
+    alive  again once rx_bytes moves in two samples at least `confirm`
+           seconds apart (no gap longer than dead_after between them), and
+           the last handshake is younger than REJECT_AFTER
+
+Against flapping, a peer that came back stays up for `hold` seconds
+(5 x dead_after) before it can be judged dead again, and must be heard
+for `confirm` seconds (min(1, dead_after / 2)) before it comes back.
+
+Pure logic: samples in, transitions out; the clocks are parameters, so
+tests drive it with fake counters and a fake clock.
+"""
+import dataclasses
+import time
+
+REJECT_AFTER = 180.0  # WireGuard's REJECT_AFTER_TIME, seconds
+HOLD_FACTOR = 5       # hold-down: this many times dead_after
+
+
+@dataclasses.dataclass
+class Peer:
+    dead_after: float
+    rx: int = None
+    tx: int = None
+    handshake: float = 0.0
+    at: float = None            # the last sample's time
+    watched: float = None       # sampling began (or counters restarted)
+    rx_at: float = None         # rx last seen moving (or sampling began)
+    sending_since: float = None  # tx moved since rx_at: from about then
+    dead: bool = False
+    reason: str = None          # why dead, or why back
+    since: float = None         # wall clock of the last change
+    revived_at: float = None    # hold-down runs from here
+    heard_at: float = None      # dead: rx moving again since
+    deaths: int = 0
+
+    @property
+    def hold(self):
+        return HOLD_FACTOR * self.dead_after
+
+    @property
+    def confirm(self):
+        return min(1.0, self.dead_after / 2)
+
+
+class Liveness:
+    def __init__(self, clock=time.monotonic, wall=time.time):
+        self.clock = clock
+        self.wall = wall
+        self.peers = {}     # name -> Peer
+        self.next_at = 0.0
+
+    def configure(self, dead_after):
+        """{peer name: seconds, or None (not watched)}; a watched peer keeps
+        its state across a reload (a new dead_after applies from now)."""
+        want = {n: d for n, d in dead_after.items() if d}
+        for name in list(self.peers):
+            if name not in want:
+                del self.peers[name]
+        for name, d in want.items():
+            if name in self.peers:
+                self.peers[name].dead_after = d
+            else:
+                self.peers[name] = Peer(d)
+
+    @property
+    def interval(self):
+        """Seconds between samples: an eighth of the shortest dead_after,
+        so detection lands within D + D/8, from 0.1 s to 1 s."""
+        if not self.peers:
+            return 1.0
+        return max(0.1, min(1.0, min(p.dead_after for p in self.peers.values()) / 8))
+
+    def due(self):
+        """True (and the next sample scheduled) when it is time to sample."""
+        now = self.clock()
+        if now < self.next_at:
+            return False
+        self.next_at = now + self.interval
+        return True
+
+    def alive(self, name):
+        p = self.peers.get(name)
+        return p is None or not p.dead
+
+    def observe(self, name, rx, tx, handshake):
+        """One sample of a watched peer's counters (handshake: wall clock,
+        0 for never). Returns "dead" or "alive" when the peer changed state
+        (its reason in .peers[name].reason), else None."""
+        p = self.peers.get(name)
+        if p is None:
+            return None
+        now = self.clock()
+        prev_at = p.at
+        if p.rx is None or rx < p.rx or tx < p.tx:
+            # first sample, or the device was re-created (counters restart):
+            # a fresh start, whatever the peer was
+            p.rx, p.tx, p.handshake, p.at, p.watched, p.rx_at = rx, tx, handshake, now, now, now
+            p.sending_since = p.heard_at = None
+            return None
+        rx_moved, tx_moved = rx > p.rx, tx > p.tx
+        p.rx, p.tx, p.handshake, p.at = rx, tx, handshake, now
+        if p.dead:
+            return self._dead_sample(p, now, rx_moved)
+        if rx_moved:
+            p.rx_at, p.sending_since = now, None
+        elif tx_moved and p.sending_since is None:
+            # it went out after the previous sample: count from there
+            p.sending_since = max(p.rx_at, prev_at)
+        if p.revived_at is not None and now - p.revived_at < p.hold:
+            return None  # hold-down: not judged again yet
+        reason = None
+        if p.sending_since is not None and now - p.sending_since >= p.dead_after:
+            reason = f"nothing received for {now - p.rx_at:.1f}s while sending"
+        elif tx_moved:
+            age = (self.wall() - handshake) if handshake else (now - p.watched)
+            if age > REJECT_AFTER:
+                reason = (f"no handshake for {age:.0f}s while sending" if handshake
+                          else f"no handshake in {age:.0f}s of sending")
+        if reason is None:
+            return None
+        p.dead, p.reason, p.since, p.heard_at = True, reason, self.wall(), None
+        p.deaths += 1
+        return "dead"
+
+    def _dead_sample(self, p, now, rx_moved):
+        if not rx_moved:
+            if p.heard_at is not None and now - p.rx_at > p.dead_after:
+                p.heard_at = None  # a stray packet, then silence again
+            return None
+        p.rx_at = now
+        if p.heard_at is None:
+            p.heard_at = now
+            return None
+        if now - p.heard_at < p.confirm or not self._session(p):
+            return None
+        p.reason = f"received again for {now - p.heard_at:.1f}s"
+        p.dead, p.since, p.revived_at, p.sending_since, p.heard_at = False, self.wall(), now, None, None
+        return "alive"
+
+    def _session(self, p):
+        """A handshake recent enough that a session can carry data."""
+        return bool(p.handshake) and self.wall() - p.handshake <= REJECT_AFTER
+
+    def status(self):
+        """{peer: {...}} for the status file: state, reason, ages."""
+        now, wall = self.clock(), self.wall()
+        out = {}
+        for name, p in sorted(self.peers.items()):
+            out[name] = {
+                "state": "dead" if p.dead else "alive",
+                "reason": p.reason,
+                "since": p.since,
+                "dead_after": p.dead_after,
+                "rx_age": round(now - p.rx_at, 1) if p.rx_at is not None else None,
+                "handshake_age": round(wall - p.handshake, 1) if p.handshake else None,
+                "hold_down": round(max(0.0, p.revived_at + p.hold - now), 1)
+                if p.revived_at is not None and not p.dead else 0.0,
+                "deaths": p.deaths,
+            }
+        return out
