@@ -15,9 +15,33 @@ import shutil
 import subprocess
 import uuid
 
+import click.testing
 import pytest
 
 CI = os.environ.get("CI") == "true"
+
+
+class _Result81(click.testing.Result):
+    @property
+    def output(self):
+        return self.stdout + (self.stderr if self.stderr_bytes else "")
+
+
+class _SeparateStderrRunner(click.testing.CliRunner):
+    """The tests read results as click >= 8.2 gives them: stderr apart, and
+    output both streams. click 8.1 (Debian 12's 8.1.3) is told so."""
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("mix_stderr", False)
+        super().__init__(*args, **kwargs)
+
+    def invoke(self, *args, **kwargs):
+        r = super().invoke(*args, **kwargs)
+        r.__class__ = _Result81
+        return r
+
+
+if "mix_stderr" in click.testing.CliRunner.__init__.__code__.co_varnames:
+    click.testing.CliRunner = _SeparateStderrRunner  # before the test modules import it
 RUN_ID = uuid.uuid4().hex[:4]  # unique per pytest run: names of netns, devices, pins
 _seq = itertools.count()
 CLONE_NEWNET = 0x40000000
