@@ -232,9 +232,19 @@ def attach(front, peers, config_path, members_only, no_route, lookup, fib_table,
     from .dataplane import AttachError
     from . import daemon as d, dataplane
     try:
-        cfg = configmod.build(front, peers, config_path, members_only,
-                              configmod.parse_policy(no_route, "--no-route") if no_route else None,
-                              **settings_args(lookup, fib_table, source, accept_table))
+        policy = configmod.parse_policy(no_route, "--no-route") if no_route else None
+        settings = settings_args(lookup, fib_table, source, accept_table)
+        path = configmod.resolve_path(front, peers, config_path)
+        if path is None and not peers and front and os.path.isdir(mapsmod.pin_dir(front)):
+            # no peers given, no config file: attach again what is attached
+            # (after an upgrade: its new programs), with what the line changes
+            need_root()
+            cfg = d.adopt(front, members_only, policy, settings)
+        elif path is None and not peers and front:
+            fail(f"no peers: give --peer NAME=MEMBER_DEV[,TAG...] or --config FILE, "
+                 f"or write {configmod.default_path(front)}")
+        else:
+            cfg = configmod.build(front, peers, path, members_only, policy, **settings)
     except ConfigError as e:
         fail(str(e))
     if cfg.backend == "allowedips":
@@ -657,7 +667,7 @@ def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table,
         settings = settings_args(lookup, fib_table, source, accept_table)
         if backend:
             settings["backend"] = backend
-        build = d.config_builder(front, peers, config_path, members_only, policy, settings)
+        build = d.config_builder(front, peers, config_path, members_only, policy, settings, log=d.stderr_log)
         cfg = build()  # validate before touching anything
     except ConfigError as e:
         fail(str(e))

@@ -551,7 +551,8 @@ class Daemon:
                   tables=sorted(self.filter.tables, key=self.filter.tables.get),
                   prefixes=len(self.table) if self.table is not None else 0,
                   ignored=self.table.ignored if self.table is not None else 0,
-                  routes_per_peer=per_peer, written=time.time())
+                  routes_per_peer=per_peer, written=time.time(),
+                  config=getattr(self.build_config, "config", None))
         # A file we cannot write is logged, not fatal: the maps matter more
         try:
             os.makedirs(run_dir(), exist_ok=True)
@@ -708,10 +709,62 @@ class Daemon:
         self.reattached = True
 
 
-def config_builder(front, peer_args, config_path, members_only, no_route, settings=None):
+def config_builder(front, peer_args, config_path, members_only, no_route, settings=None, log=None):
+    """() -> Config, called at start and on SIGHUP. The peers come from
+    --peer and/or --config, else from <config dir>/<front>.toml, else (no
+    such file) from the instance as attached: `wgbpf daemon wg0` adopts
+    what `wgbpf attach` was given. Where a file is read, what the attached
+    instance says otherwise is logged: the daemon's attach makes it the
+    file's. `build.config` names where the config came from (status)."""
+    settings = settings or {}
+    said = []
+
     def build():
-        return configmod.build(front, peer_args, config_path, members_only, no_route, **(settings or {}))
+        path = configmod.resolve_path(front, peer_args, config_path)
+        if path is None and not peer_args and settings.get("backend") != "allowedips" and front:
+            build.config = "attached"
+            return adopt(front, members_only, no_route, settings)
+        cfg = configmod.build(front, peer_args, path, members_only, no_route, **settings)
+        build.config = path or "command line"
+        if log and path and cfg.backend == "maps":
+            diffs = attached_differences(cfg)
+            if diffs and diffs != said:
+                log(f"the attached instance differs from {path}: {'; '.join(diffs)}; "
+                    f"attaching the config")
+            said[:] = diffs
+        return cfg
+    build.config = None
     return build
+
+
+def adopt(front, members_only=None, no_route=None, settings=None):
+    """The attached instance's Config, with what the command line sets."""
+    try:
+        cfg = dataplane.attached_config(front)
+    except MapError as e:
+        raise configmod.ConfigError(f"adopting the attached instance {front}: {e}") from None
+    if cfg is None:
+        raise configmod.ConfigError(
+            f"no peers: give --peer NAME=MEMBER_DEV[,TAG...] or --config FILE, write "
+            f"{configmod.default_path(front)}, or attach {front} first (the daemon adopts it)")
+    if members_only is not None:
+        cfg.members_only = members_only
+    if no_route is not None:
+        cfg.no_route = no_route
+    for key, value in (settings or {}).items():
+        if value is not None:
+            setattr(cfg, key, value)
+    return configmod.validate(cfg)
+
+
+def attached_differences(cfg):
+    """How the instance attached as cfg.front differs from cfg ([] when
+    none is attached, or it cannot be read: attach reports that)."""
+    try:
+        attached = dataplane.attached_config(cfg.front)
+    except MapError:
+        return []
+    return configmod.differences(attached, cfg) if attached is not None else []
 
 
 def stderr_log(msg):

@@ -838,6 +838,18 @@ def attach(cfg, log=lambda msg: None, debug=False):
             "seconds": round(time.monotonic() - t0, 3)}
 
 
+def attached_config(front):
+    """The Config the instance `front` of this namespace runs with, read
+    back from its pinned maps (peers, tags, settings), or None when none is
+    attached: what `wgbpf daemon FRONT` adopts without --peer or a config."""
+    directory = pin_dir(front)
+    if not os.path.isdir(directory):
+        return None
+    with Maps.open(directory, readonly=True) as m:
+        from .config import from_attached
+        return from_attached(front, m.config(), m.peers(), m.tags())
+
+
 def _peer_name(ids, pid):
     return next((n for n, i in ids.items() if i == pid), None)
 
