@@ -267,6 +267,87 @@ def delete_batch(fd, keys):
     _bpf(MAP_DELETE_BATCH, _Batch(keys=ctypes.addressof(keys), count=n, map_fd=fd))
 
 
+def _address(buf):
+    """Where a bytes or bytearray's contents live (no copy; keep `buf` alive
+    across the call that uses it)."""
+    if isinstance(buf, bytes):
+        return ctypes.cast(ctypes.c_char_p(buf), ctypes.c_void_p).value
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+
+def update_batch_raw(fd, keys, values, count):
+    """update_batch from packed bytes: `count` keys and values back to back."""
+    if count:
+        _bpf(MAP_UPDATE_BATCH, _Batch(keys=_address(keys), values=_address(values),
+                                      count=count, map_fd=fd))
+
+
+def delete_batch_raw(fd, keys, count):
+    """delete_batch from packed bytes; returns how many were deleted before
+    the first key that was not there (ENOENT), `count` when all were."""
+    if not count:
+        return 0
+    attr = _Batch(keys=_address(keys), count=count, map_fd=fd)
+    try:
+        _bpf(MAP_DELETE_BATCH, attr)
+    except BPFError as e:
+        if e.errno != errno.ENOENT:
+            raise
+        return attr.count
+    return count
+
+
+def lookup_batch_raw(fd, key_size, value_size, chunk=8192):
+    """Yield (keys bytes, values bytes, count) per syscall over every
+    element: no object per element, for maps of a million."""
+    keys = ctypes.create_string_buffer(key_size * chunk)
+    values = ctypes.create_string_buffer(value_size * chunk)
+    in_batch = ctypes.create_string_buffer(max(key_size, 8))
+    out_batch = ctypes.create_string_buffer(max(key_size, 8))
+    first = True
+    while True:
+        attr = _Batch(in_batch=0 if first else ctypes.addressof(in_batch),
+                      out_batch=ctypes.addressof(out_batch), keys=ctypes.addressof(keys),
+                      values=ctypes.addressof(values), count=chunk, map_fd=fd)
+        done = False
+        try:
+            _bpf(MAP_LOOKUP_BATCH, attr)
+        except BPFError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            done = True
+        n = attr.count
+        if n:
+            yield keys.raw[:n * key_size], values.raw[:n * value_size], n
+        if done:
+            return
+        ctypes.memmove(in_batch, out_batch, len(in_batch))
+        first = False
+
+
+class Reader:
+    """Exact lookups of many keys in one map, one syscall each with no
+    allocation: the attr and buffers are made once."""
+
+    def __init__(self, fd, key_size, value_size):
+        self.key = ctypes.create_string_buffer(key_size)
+        self.value = ctypes.create_string_buffer(value_size)
+        self.key_size = key_size
+        self.attr = _Elem(map_fd=fd, key=ctypes.addressof(self.key), value=ctypes.addressof(self.value))
+        self._ref = ctypes.byref(self.attr)
+        self._size = ctypes.sizeof(self.attr)
+
+    def get(self, key):
+        """The value bytes stored under `key` (bytes), or None."""
+        ctypes.memmove(self.key, key, self.key_size)
+        if _libc.syscall(_NR_BPF, MAP_LOOKUP_ELEM, self._ref, self._size) < 0:
+            err = ctypes.get_errno()
+            if err == errno.ENOENT:
+                return None
+            raise BPFError(err, os.strerror(err))
+        return self.value.raw
+
+
 def test_run(prog_fd, data, repeat=1, ctx=None):
     """BPF_PROG_TEST_RUN: returns (retval, duration_ns, data_out)."""
     data_in = ctypes.create_string_buffer(bytes(data), len(data))

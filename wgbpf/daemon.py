@@ -20,13 +20,16 @@ import errno
 import fcntl
 import json
 import os
+import pickle
 import select
 import signal
 import socket
+import subprocess
 import sys
 import time
 
-from . import abi, config as configmod, dataplane, files, routes as rt, sync
+from . import abi, config as configmod, dataplane, files, liveness, routes as rt, sync, wireguard
+from . import maps as maps_mod
 from .maps import Maps, MapError, pin_dir
 from .version import VERSION
 
@@ -80,9 +83,27 @@ def read_status(front, netns=None):
             st = json.load(f)
     except (OSError, ValueError):
         return None
-    if st.get("state") == "running" and not _alive(st.get("pid")):
+    if st.get("state") in ("running", "detached") and not daemon_alive(front, netns, st.get("pid")):
         st["state"] = "not running"  # died without a word (SIGKILL): "failed" and "stopped" stay
     return st
+
+
+def daemon_alive(front, netns=None, pid=None):
+    """Whether a daemon holds `front`'s lock: a pid alone may have been
+    reused since, the lock dies with its holder."""
+    if pid is not None and not _alive(pid):
+        return False
+    try:
+        fd = os.open(lock_path(front, netns), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False  # nobody holds it
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def notify_maps_written(front):
@@ -173,8 +194,21 @@ def allowedips_daemons(netns=None):
         if name.endswith(".json"):
             st = read_status(name[:-5], netns)
             if st and st.get("backend") == "allowedips":
+                if st["state"] != "running" and not _device_exists(name[:-5], netns):
+                    continue  # daemon and device both gone: nothing left to list
                 out[name[:-5]] = st
     return out
+
+
+def _device_exists(name, netns=None):
+    from .maps import netns_id
+    if netns is not None and netns != netns_id():
+        return True  # another namespace's device: not checked from here
+    try:
+        socket.if_nametoindex(name)
+        return True
+    except OSError:
+        return False
 
 
 def _alive(pid):
@@ -196,6 +230,39 @@ def sd_notify(msg):
         s.sendto(msg.encode(), addr)
 
 
+def attach_in_child(cfg):
+    """dataplane.attach in a child process, so the daemon never loads BCC:
+    the compile brings LLVM (~170 MiB) that would stay in the daemon for
+    its whole life, and all the daemon needs afterwards is bpf(2) on the
+    pinned maps. The child inherits the namespace, the environment and
+    the writer lock we hold (it takes no lock itself). Returns attach's
+    summary; raises AttachError with the child's message."""
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (pkg, os.environ.get("PYTHONPATH")))))
+    r = subprocess.run([sys.executable, "-m", "wgbpf.daemon", "--attach-child"], input=pickle.dumps(cfg),
+                       capture_output=True, env=env)
+    if r.returncode == 0:
+        return pickle.loads(r.stdout)
+    err = r.stderr.decode(errors="replace").strip()
+    if r.returncode == ATTACH_REFUSED:
+        raise dataplane.AttachError(err)
+    raise dataplane.AttachError(f"attach failed (exit {r.returncode}): {err.splitlines()[-1] if err else ''}")
+
+
+ATTACH_REFUSED = 3
+
+
+def _attach_child():
+    from .wireguard import WireGuardError
+    cfg = pickle.loads(sys.stdin.buffer.read())
+    try:
+        res = dataplane.attach(cfg, log=lambda m: None)
+    except (dataplane.AttachError, MapError, configmod.ConfigError, WireGuardError, OSError) as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(ATTACH_REFUSED)
+    sys.stdout.buffer.write(pickle.dumps(res))
+
+
 class Daemon:
     def __init__(self, build_config, flt, log, metrics_file=None, rcvbuf=32 << 20,
                  progress=None):
@@ -206,7 +273,8 @@ class Daemon:
         self.rcvbuf = rcvbuf
         self.progress = progress
         self.stats = {"events": 0, "map_writes": 0, "resyncs": 0, "overruns": 0,
-                      "rehooks": 0, "members_gone": 0, "last_sync": None,
+                      "rehooks": 0, "members_gone": 0, "peer_deaths": 0, "peer_revivals": 0,
+                      "last_sync": None,
                       "last_sync_seconds": None, "lag_ms_last": None, "lag_ms_max": 0.0, "started": time.time()}
         self.stop = False
         self.reload = False
@@ -223,6 +291,8 @@ class Daemon:
         self.front_gone = False
         self.write_errors = {}  # file -> the last failure to write it, logged once
         self.said_running = False  # a status file says "running": undo it if we die
+        self.liveness = liveness.Liveness()  # dead peers (--dead-after): down while dead
+        self.wg_devices = {}    # member name -> its WireGuard device (counters)
 
     # -- setup -----------------------------------------------------------
     def _lock(self, front):
@@ -255,7 +325,7 @@ class Daemon:
 
     def _attach(self):
         with self._writing():
-            res = dataplane.attach(self.cfg, log=lambda m: None)
+            res = attach_in_child(self.cfg)
             for c in res["changes"]:
                 self.log(f"attach: {c}")
             for w in res["warnings"]:
@@ -330,17 +400,70 @@ class Daemon:
             out["accept"] = sync.Table(tags, f, union=True)
         return out
 
-    def _dump(self, nl, tables):
-        """Every route of the kernel into each Table; returns the count."""
+    def _dump(self, nl, tables, writer=None, pinned=None):
+        """Every route of the kernel into each Table; returns the count.
+        With a writer (maps holding no kernel entry yet), each prefix's
+        best peer set is written as the dump goes, overlapping the map
+        writes with the parsing; returns also the prefixes to check once
+        the dump is done (their best set went away: delete)."""
         n = 0
+        recheck = {kind: set() for kind in tables}
+        items = list(tables.items())
+        progress = self.progress
         for fam in (socket.AF_INET, socket.AF_INET6):
             for r in rt.dump_routes(nl, fam):
-                for t in tables:
-                    t.update(r)
+                for kind, t in items:
+                    k = t.update(r)
+                    if k is not None and writer is not None and k not in pinned[kind]:
+                        peers = t.best(k)
+                        if peers is None:
+                            recheck[kind].add(k)
+                        else:
+                            writer.put(kind, k, peers)
                 n += 1
-                if self.progress and n % 65536 == 0:
-                    self.progress("dump", n)
-        return n
+                if progress and n % 65536 == 0:
+                    progress("dump", n)
+        return n, recheck
+
+    def _fresh(self, tables):
+        """The maps' own entries (static, tags) per kind, when the maps
+        hold no kernel entry (a first start: the sync can write as it
+        dumps); None when they do (a restart: diff first)."""
+        pinned = {}
+        for kind in tables:
+            pinned[kind] = {}
+            for k, origin, v in self.maps.scan(kind):
+                if origin == abi.Origin.KERNEL:
+                    return None
+                pinned[kind][k] = (origin, maps_mod.value_peers(v))
+        return pinned
+
+    def _reconcile(self, kind, table):
+        """What to write so one kind of map equals the table, from the maps
+        read in batches (no copy of them is kept)."""
+        d = sync.Diff()
+        kern = abi.Origin.KERNEL
+        prefixes = table.prefixes
+        covered = 0
+        for k, origin, v in self.maps.scan(kind):
+            if origin != kern:
+                covered += k in prefixes  # the operator's entry wins
+                continue
+            want = table.best(k)
+            if want is None:
+                d.delete.append(k)
+                continue
+            covered += 1
+            if v != maps_mod.route_value(want, k[1]):
+                d.put[k] = want
+        if covered < len(prefixes):
+            # prefixes with no entry at all (routes added while we were
+            # away): found by exact lookups, rather than a set of every key
+            have = self.maps.read(prefixes, kind)
+            for k, peers in table.items():
+                if k not in have:
+                    d.put[k] = peers
+        return d
 
     def full_sync(self, why):
         with self._writing():
@@ -350,30 +473,43 @@ class Daemon:
         t0 = time.monotonic()
         self.follow_links()
         nl = rt.Netlink(rcvbuf=self.rcvbuf)
+        writer = None
         try:
             tables = self._new_tables(self._tags(nl))
-            n = self._dump(nl, tables.values()) if tables else 0
+            pinned = self._fresh(tables) if tables else None
+            if pinned is not None:
+                writer = maps_mod.Writer(self.maps, progress=(lambda k: self.progress("write", k))
+                                         if self.progress else None)
+            n, recheck = self._dump(nl, tables, writer, pinned) if tables else (0, {})
+        except BaseException:
+            if writer is not None:
+                writer.close()
+            raise
         finally:
             nl.close()
         t_dump = time.monotonic() - t0
         writes = puts = deletes = 0
-        self.tables = {}
-        for kind, table in tables.items():
-            entries = sync.map_entries(self.maps, kind)
-            d = sync.diff(table, entries)
-            writes += sync.apply_diff(self.maps, d, entries, kind=kind,
-                                      progress=(lambda k, total=len(d): self.progress("write", k, total))
-                                      if self.progress else None)
-            puts, deletes = puts + len(d.put), deletes + len(d.delete)
-            self.tables[kind] = (table, entries)
+        if writer is not None:
+            for kind, keys in recheck.items():
+                for k in keys:
+                    if tables[kind].best(k) is None and k not in pinned[kind]:
+                        writer.delete(kind, k)
+                        deletes += 1
+            writes = writer.close()
+            puts = writes - deletes
+        else:
+            for kind, table in tables.items():
+                d = self._reconcile(kind, table)
+                writes += self.maps.apply(d, kind, progress=(lambda k, total=len(d): self.progress("write", k, total))
+                                          if self.progress else None)
+                puts, deletes = puts + len(d.put), deletes + len(d.delete)
+        self.tables = tables
         self.dir = None
         if self.cfg.lookup == abi.Lookup.DIR24 and "routes" in self.tables:
             # the IPv4 arrays from all of routes4 (ours, static and tags);
             # only the /24s that differ are rewritten
             self.dir = self.maps.dir24()
-            entries = self.tables["routes"][1]
-            self.dir.rebuild({(int.from_bytes(k[2:], "big"), k[1]): peers
-                              for k, (_origin, peers) in entries.items() if k[0] == socket.AF_INET})
+            self.dir.rebuild(self._ipv4_prefixes())
         self.table = tables.get("routes")
         dt = time.monotonic() - t0
         self.stats["map_writes"] += writes
@@ -388,6 +524,11 @@ class Daemon:
         self.write_status("running")
         return writes
 
+    def _ipv4_prefixes(self):
+        """{(network int, plen): peers} of all of routes4, as Dir24 takes them."""
+        return {(int.from_bytes(k[2:], "big"), k[1]): maps_mod.value_peers(v)
+                for k, _origin, v in self.maps.scan("routes") if k[0] == socket.AF_INET}
+
     def maps_sync(self, why):
         """Re-read the maps, not the kernel: after `wgbpf route` wrote them
         (it sends SIGUSR1), its entries are left alone, a kernel route
@@ -396,15 +537,10 @@ class Daemon:
         if self.maps is None or not self.tables:
             return
         writes = 0
-        for kind, (table, _old) in list(self.tables.items()):
-            entries = sync.map_entries(self.maps, kind)
-            d = sync.diff(table, entries)
-            writes += sync.apply_diff(self.maps, d, entries, kind=kind)
-            self.tables[kind] = (table, entries)
+        for kind, table in self.tables.items():
+            writes += self.maps.apply(self._reconcile(kind, table), kind)
         if self.dir is not None:
-            entries = self.tables["routes"][1]
-            self.dir.rebuild({(int.from_bytes(k[2:], "big"), k[1]): peers
-                              for k, (_origin, peers) in entries.items() if k[0] == socket.AF_INET})
+            self.dir.rebuild(self._ipv4_prefixes())
         self.stats["map_writes"] += writes
         self.log(f"maps re-read ({why}): {writes} map writes")
 
@@ -451,6 +587,7 @@ class Daemon:
                         self.log(f"peer {p.name.decode()}: member {dev} gone; peer down until it returns")
                     continue
                 index, up = link
+                up = up and self.liveness.alive(p.name.decode())  # a dead peer stays down
                 if index != p.ifindex or index not in members:
                     old = dataplane.rehook_member(ipr, self.maps, front, pid, index, up)
                     self.stats["rehooks"] += 1
@@ -467,7 +604,8 @@ class Daemon:
                     p.flags = (p.flags | abi.PEER_UP) if up else (p.flags & ~abi.PEER_UP)
                     self.maps.set_peer(pid, p)
                     self.maps.rebuild_flood()
-                    self.log(f"peer {p.name.decode()}: member {'up' if up else 'down'}")
+                    dead = not self.liveness.alive(p.name.decode())
+                    self.log(f"peer {p.name.decode()}: {'dead' if dead else 'member'} {'up' if up else 'down'}")
             c = self.maps.config()
             if c.front_ifindex:
                 link = now.get(front)
@@ -503,7 +641,7 @@ class Daemon:
                 self.stats["events"] += 1
                 r = rt.parse_route(buf, off, end)
                 if r is not None:
-                    for kind, (table, _) in self.tables.items():
+                    for kind, table in self.tables.items():
                         k = table.update(r, deleted=(mtype == rt.RTM_DELROUTE))
                         if k is not None:
                             changed[kind].add(k)
@@ -522,12 +660,11 @@ class Daemon:
             resync = True  # routes by member device name the new ifindex
         for kind, keys in changed.items():
             if keys:
-                table, entries = self.tables[kind]
-                # what `wgbpf route` wrote meanwhile wins: re-read before the diff
-                if sync.refresh(self.maps, entries, keys, kind):
-                    self.maps_changed = True  # others may be stale too (and dir24's view)
-                d = sync.diff(table, entries, keys=keys)
-                self.stats["map_writes"] += sync.apply_diff(self.maps, d, entries, kind=kind)
+                table = self.tables[kind]
+                # what `wgbpf route` wrote meanwhile wins: the diff is against
+                # the maps as they are now, re-read (one lookup a prefix)
+                d = sync.diff(table, self.maps.read(keys, kind), keys=keys)
+                self.stats["map_writes"] += self.maps.apply(d, kind)
                 if kind == "routes" and self.dir is not None:
                     for k, peers in d.put.items():
                         if k[0] == socket.AF_INET:
@@ -536,6 +673,38 @@ class Daemon:
                         if k[0] == socket.AF_INET:
                             self.dir.change(int.from_bytes(k[2:], "big"), k[1], None)
         return resync
+
+    def check_liveness(self):
+        """Sample each watched peer's WireGuard counters (every
+        liveness.interval seconds); a peer judged dead goes down in the
+        peers map, one that came back up again, through follow_links (a
+        peer is up when its member is up and it is alive)."""
+        live = self.liveness
+        watched = {p.name: (configmod.dead_after(self.cfg, p), p.member)
+                   for p in self.cfg.peers if p.member}  # the maps backend: a device per peer
+        live.configure({n: d for n, (d, _) in watched.items()})
+        if not live.peers or not live.due():
+            return
+        changed = False
+        for name in list(live.peers):
+            member = watched[name][1]
+            try:
+                dev = self.wg_devices.get(member) or wireguard.open_device(member)
+                counters = dev.counters()
+            except (wireguard.WireGuardError, OSError):
+                self.wg_devices.pop(member, None)  # gone or re-created: the member logic says so
+                continue
+            self.wg_devices[member] = dev
+            if not counters:
+                continue
+            c = list(counters.values())
+            got = live.observe(name, sum(x[0] for x in c), sum(x[1] for x in c), max(x[2] for x in c))
+            if got:
+                changed = True
+                self.stats["peer_deaths" if got == "dead" else "peer_revivals"] += 1
+                self.log(f"peer {name}: {got} ({live.peers[name].reason})")
+        if changed and not self.detached:
+            self.follow_links()
 
     # -- status ------------------------------------------------------------
     def _peer_names(self):
@@ -552,6 +721,7 @@ class Daemon:
                   prefixes=len(self.table) if self.table is not None else 0,
                   ignored=self.table.ignored if self.table is not None else 0,
                   routes_per_peer=per_peer, written=time.time(),
+                  liveness=self.liveness.status(),
                   config=getattr(self.build_config, "config", None))
         # A file we cannot write is logged, not fatal: the maps matter more
         try:
@@ -596,6 +766,11 @@ class Daemon:
                st["rehooks"])
         metric("members_gone_total", "member devices that disappeared (peer taken down)",
                st["members_gone"])
+        metric("peer_deaths_total", "peers judged dead (liveness: taken down)", st["peer_deaths"])
+        metric("peer_revivals_total", "dead peers heard again (liveness: up again)", st["peer_revivals"])
+        for name, lv in st["liveness"].items():
+            metric("peer_alive", "1 alive, 0 dead (liveness, --dead-after)", int(lv["state"] == "alive"),
+                   "gauge", f',peer="{name}",reason="{lv["reason"] or ""}"')
         metric("prefixes", "prefixes that name peers", st["prefixes"], "gauge")
         metric("ignored_routes", "routes that name no peer (last full sync)", st["ignored"], "gauge")
         metric("event_lag_ms_max", "worst event-to-map lag", st["lag_ms_max"], "gauge")
@@ -645,7 +820,7 @@ class Daemon:
                     self.maps_sync("written by wgbpf route")
                 self.check_maps()  # after an attach, or a detach, under us
                 try:
-                    ready, _, _ = select.select([events], [], [], 1.0)
+                    ready, _, _ = select.select([events], [], [], self.liveness.interval)
                 except InterruptedError:
                     continue
                 if ready:
@@ -677,6 +852,7 @@ class Daemon:
                     lag = (time.monotonic() - t_recv) * 1000
                     self.stats["lag_ms_last"] = round(lag, 3)
                     self.stats["lag_ms_max"] = round(max(self.stats["lag_ms_max"], lag), 3)
+                self.check_liveness()
                 if time.monotonic() - last_status >= 1.0:
                     self.write_status("detached" if self.detached else "running")
                     last_status = time.monotonic()
@@ -769,3 +945,7 @@ def attached_differences(cfg):
 
 def stderr_log(msg):
     print(f"wgbpf daemon: {msg}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--attach-child"]:
+    _attach_child()

@@ -9,6 +9,7 @@ import ctypes
 import errno
 import ipaddress
 import os
+import queue
 import socket
 import stat
 import struct
@@ -22,6 +23,7 @@ PIN_ROOT = os.environ.get("WGBPF_PIN_ROOT") or "/sys/fs/bpf/wgbpf"
 SO_NETNS_COOKIE = 71
 CLONE_NEWNET = 0x40000000
 DIR_MAPS = ("dir24", "dir8", "dir_sets")
+AF4, AF6 = socket.AF_INET, socket.AF_INET6
 
 
 class MapError(Exception):
@@ -402,6 +404,49 @@ class Maps:
     def del_route(self, net, kind="routes"):
         return bpfsys.delete(self._routes_fd(net.version, kind), _key(net))
 
+    # -- routes by the million -------------------------------------------------
+    # Prefixes here are the sync model's keys, bytes([family, length]) + addr.
+    def scan(self, kind="routes"):
+        """Yield (pkey, origin, value bytes) of every route entry of both
+        families, read in batches: no object per entry but what is yielded."""
+        rsize = ctypes.sizeof(abi.Route)
+        for version, fam, n in ((4, AF4, 4), (6, AF6, 16)):
+            ks = 4 + n
+            fd = self._routes_fd(version, kind)
+            for keys, values, count in bpfsys.lookup_batch_raw(fd, ks, rsize):
+                for i in range(count):
+                    at = i * ks
+                    v = values[i * rsize:(i + 1) * rsize]
+                    yield bytes((fam, keys[at])) + keys[at + 4:at + ks], v[1], v
+
+    def entries(self, kind="routes"):
+        """{pkey: (origin, peers)} of every route entry (a view for diff)."""
+        return {k: (origin, value_peers(v)) for k, origin, v in self.scan(kind)}
+
+    def read(self, keys, kind="routes"):
+        """{pkey: (origin, peers)} of the entries stored exactly under `keys`
+        (a fresh view of a few, for an incremental diff)."""
+        out = {}
+        rsize = ctypes.sizeof(abi.Route)
+        readers = {AF4: bpfsys.Reader(self._routes_fd(4, kind), 8, rsize),
+                   AF6: bpfsys.Reader(self._routes_fd(6, kind), 20, rsize)}
+        for k in keys:
+            v = readers[k[0]].get(_PLEN[k[1]] + k[2:])
+            # an LPM lookup of the prefix itself: exact when the stored length is
+            if v is not None and v[2] == k[1]:
+                out[k] = (v[1], value_peers(v))
+        return out
+
+    def apply(self, d, kind="routes", progress=None):
+        """Write a sync.Diff (puts of kernel-origin entries, deletes) in
+        batches; returns the number of map writes."""
+        w = Writer(self, threaded=False, progress=progress)
+        for k, peers in d.put.items():
+            w.put(kind, k, peers)
+        for k in d.delete:
+            w.delete(kind, k)
+        return w.close()
+
     # -- DIR-24-8 ------------------------------------------------------------
     def dir24(self):
         """A Dir24 writing straight into the dir24/dir8 maps' memory."""
@@ -445,6 +490,123 @@ class Maps:
         out["peers"] = (len(self.peers()), abi.MAX_PEERS - 1)
         out["tags"] = (len(self.tags()), abi.MAX_TAGS)
         return out
+
+
+_PLEN = [struct.pack("=I", n) for n in range(129)]
+_ROUTE = struct.Struct("=BBBx%dH" % abi.MAX_ECMP)
+_VALUES = {}
+
+
+def route_value(peers, plen, origin=abi.Origin.KERNEL):
+    """The Route value bytes for a peer set (cached: a full table has few
+    distinct sets, and a million writes)."""
+    v = _VALUES.get((peers, plen, origin))
+    if v is None:
+        if len(_VALUES) > 1 << 16:
+            _VALUES.clear()
+        pad = (0,) * (abi.MAX_ECMP - len(peers))
+        v = _VALUES[(peers, plen, origin)] = _ROUTE.pack(len(peers), int(origin), plen, *peers, *pad)
+    return v
+
+
+def value_peers(v):
+    """The peer ids of Route value bytes."""
+    return struct.unpack_from("=%dH" % v[0], v, 4)
+
+
+class Writer:
+    """Route puts and deletes packed into batches of BATCH and written by a
+    thread of its own (threaded) while the caller goes on: the bpf(2)
+    syscall releases the GIL, so a full sync parses the next netlink
+    buffers while the kernel inserts the last ones. Writes of one map keep
+    their order; deletes follow the puts. close() flushes, waits, and
+    raises what a write raised."""
+
+    BATCH = 16384
+
+    def __init__(self, maps, threaded=True, progress=None):
+        self.maps = maps
+        self.progress = progress
+        self.puts = {}     # (kind, family) -> [key bytes list, value bytes list]
+        self.deletes = {}  # (kind, family) -> [key bytes]
+        self.writes = 0
+        self.error = None
+        self.jobs = None
+        if threaded:
+            self.jobs = queue.Queue(maxsize=4)
+            self.thread = threading.Thread(target=self._run, name="wgbpf-writer", daemon=True)
+            self.thread.start()
+
+    def put(self, kind, k, peers):
+        p = self.puts.get((kind, k[0]))
+        if p is None:
+            p = self.puts[(kind, k[0])] = ([], [])
+        p[0].append(_PLEN[k[1]] + k[2:])
+        p[1].append(route_value(peers, k[1]))
+        if len(p[0]) >= self.BATCH:
+            self._flush(kind, k[0])
+
+    def delete(self, kind, k):
+        self.deletes.setdefault((kind, k[0]), []).append(_PLEN[k[1]] + k[2:])
+
+    def _fd(self, kind, fam):
+        return self.maps._routes_fd(4 if fam == AF4 else 6, kind)
+
+    def _flush(self, kind, fam):
+        keys, values = self.puts.pop((kind, fam))
+        self._submit((bpfsys.update_batch_raw, self._fd(kind, fam), b"".join(keys), b"".join(values), len(keys)))
+
+    def _submit(self, job):
+        if self.jobs is None:
+            self._do(job)
+        else:
+            if self.error is not None:
+                raise self.error
+            self.jobs.put(job)
+
+    def _do(self, job):
+        fn, fd, *args = job
+        if fn is bpfsys.update_batch_raw:
+            fn(fd, *args)
+            n = args[-1]
+        else:  # deletes: an entry already gone (ENOENT) stops a batch; skip it
+            keys, count = args
+            size = len(keys) // count
+            at = 0
+            while at < count:
+                at += bpfsys.delete_batch_raw(fd, keys[at * size:], count - at) + 1
+            n = count
+        self.writes += n
+        if self.progress:
+            self.progress(self.writes)
+
+    def _run(self):
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if self.error is None:
+                try:
+                    self._do(job)
+                except Exception as e:  # raised by close() (or the next submit)
+                    self.error = e
+
+    def close(self):
+        """Write what is pending; returns the number of writes."""
+        for kind, fam in list(self.puts):
+            self._flush(kind, fam)
+        for (kind, fam), keys in self.deletes.items():
+            for i in range(0, len(keys), self.BATCH):
+                chunk = keys[i:i + self.BATCH]
+                self._submit((bpfsys.delete_batch_raw, self._fd(kind, fam), b"".join(chunk), len(chunk)))
+        self.deletes = {}
+        if self.jobs is not None:
+            self.jobs.put(None)
+            self.thread.join()
+            self.jobs = None
+        if self.error is not None:
+            raise self.error
+        return self.writes
 
 
 def make_route(net, peer_ids, origin):

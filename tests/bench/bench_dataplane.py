@@ -494,7 +494,7 @@ def kernel_insert(net, prefixes, start, v6, tmp):
 
 
 def maps_insert(net, prefixes, start, v6):
-    """The same prefixes into routes4/routes6 with sync.apply_diff (batches)."""
+    """The same prefixes into routes4/routes6 with Maps.apply (batches)."""
     from wgbpf import sync
     fam = socket.AF_INET6 if v6 else socket.AF_INET
     size = 16 if v6 else 4
@@ -502,7 +502,7 @@ def maps_insert(net, prefixes, start, v6):
     for j, (a, plen) in enumerate(prefixes, start):
         d.put[sync.pkey(fam, a.to_bytes(size, "big"), plen)] = (net.peer_ids[j % NPEERS],)
     t0 = time.perf_counter()
-    sync.apply_diff(net.maps, d)
+    net.maps.apply(d)
     return time.perf_counter() - t0
 
 

@@ -290,11 +290,11 @@ def child_profile(ns, front, out_path, *peer_args):
     from wgbpf.maps import Maps, pin_dir
     with entered_netns(ns):
         m = Maps.open(pin_dir(front))
-        entries = sync.map_entries(m)
+        entries = m.entries()
         d = sync.Diff()
         d.delete = [k for k, (o, _) in entries.items() if o == abi.Origin.KERNEL]
         t0 = time.perf_counter()
-        sync.apply_diff(m, d)
+        m.apply(d)
         t_clear = time.perf_counter() - t0
         lines = []
         dm = dmod.Daemon(lambda: configmod.build(front, peer_args), sync.Filter(),
@@ -699,7 +699,7 @@ class Bench:
                          "events_counted": ev, "lag_ms_max_since_start": st.get("lag_ms_max"),
                          "overruns": st.get("overruns"), "resyncs": st.get("resyncs")}
                 # every changed prefix, not only the last one
-                entries = sync.map_entries(m)
+                entries = m.entries()
                 bad = 0
                 for j in idx:
                     net = ipaddress.ip_network(self.v4[j])
@@ -798,7 +798,7 @@ class Bench:
                         want[sync.pkey(fam, r.dst, r.dst_len)] = tuple(sorted(peers))
             nl.close()
         with Maps.open(pin_dir(self.front, self.ns), readonly=True) as m:
-            have = {k: p for k, (o, p) in sync.map_entries(m).items() if o == abi.Origin.KERNEL}
+            have = {k: p for k, (o, p) in m.entries().items() if o == abi.Origin.KERNEL}
         missing = [k for k in want if k not in have]
         extra = [k for k in have if k not in want]
         wrong = [k for k in want if k in have and have[k] != want[k]]

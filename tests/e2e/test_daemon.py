@@ -156,7 +156,7 @@ def kernel_view(lab):
         by_oif = {p.ifindex: i for i, p in peers.items()}
         by_addr = {ipaddress.ip_address(t).packed: i for t, i in
                    ((str(a), i) for a, i in m.tags().items())}
-        entries = {k: v for k, v in sync.map_entries(m).items() if v[0] == abi.Origin.KERNEL}
+        entries = {k: v for k, v in m.entries().items() if v[0] == abi.Origin.KERNEL}
     table = sync.Table(sync.Tags(by_addr, by_oif), sync.Filter())
     from wgbtest import entered_netns
     with entered_netns(lab.hub):

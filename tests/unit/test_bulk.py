@@ -1,0 +1,84 @@
+"""Maps.scan / read / apply and the threaded Writer against real LPM maps
+(bpf(2), no BCC): what the full sync writes is what lookups find."""
+import ctypes
+import ipaddress
+import os
+import random
+
+import pytest
+
+from wgbpf import abi, bpfsys, sync
+from wgbpf.maps import Maps, Writer, route_value, value_peers
+
+KERNEL, STATIC = abi.Origin.KERNEL, abi.Origin.STATIC
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creating BPF maps needs root")
+
+
+@pytest.fixture
+def maps():
+    fds = {}
+    for name in ("routes4", "routes6", "accept4", "accept6"):
+        spec = abi.MAPS[name]
+        fds[name] = bpfsys.map_create(spec.type, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value),
+                                      65536, spec.flags, name)
+    m = Maps("(test)", fds)
+    yield m
+    m.close()
+
+
+def prefixes(n, seed):
+    rnd = random.Random(seed)
+    out = {}
+    while len(out) < n:
+        if rnd.random() < 0.8:
+            net = ipaddress.ip_network((rnd.getrandbits(32), rnd.choice((8, 16, 22, 24, 32))), strict=False)
+        else:
+            net = ipaddress.ip_network((rnd.getrandbits(128), rnd.choice((0, 32, 48, 64, 128))), strict=False)
+        out[sync.network_pkey(net)] = tuple(sorted(rnd.sample(range(1, 40), rnd.randint(1, abi.MAX_ECMP))))
+    return out
+
+
+def test_threaded_writer_then_scan_read_and_lookup(maps):
+    want = prefixes(40000, 1)  # more than two batches of each family
+    w = Writer(maps)
+    for k, peers in want.items():
+        w.put("routes", k, peers)
+    gone = list(want)[:500]
+    for k in gone:
+        w.delete("routes", k)
+        del want[k]
+    w.delete("routes", sync.pkey(4, bytes(4), 0))  # never there: skipped, not an error
+    assert w.close() == 40000 + 501
+    got = {k: (origin, value_peers(v)) for k, origin, v in maps.scan("routes")}
+    assert got == {k: (KERNEL, p) for k, p in want.items()}
+    assert maps.entries("accept") == {}
+    some = list(want)[:100] + gone[:10]
+    assert maps.read(some) == {k: (KERNEL, want[k]) for k in some[:100]}
+    # what the data plane's lookup finds
+    k = next(k for k in want if k[0] == 2 and k[1] == 24)
+    net = sync.pkey_network(k)
+    hit = maps.lookup(str(net.network_address + 1))
+    assert hit is not None and hit[0] == net and tuple(hit[1].peers[:hit[1].count]) == want[k]
+
+
+def test_apply_a_diff_leaves_static_entries(maps):
+    p1 = sync.pkey(2, bytes([10, 1, 0, 0]), 16)
+    p2 = sync.pkey(2, bytes([10, 2, 0, 0]), 16)
+    maps.set_route(ipaddress.ip_network("10.2.0.0/16"), [7], STATIC)
+    t = sync.Table(sync.Tags({bytes([10, 255, 0, 1]): 1}, {}), sync.Filter())
+    from wgbpf.routes import KernelRoute
+    for dst in (bytes([10, 1, 0, 0]), bytes([10, 2, 0, 0])):
+        t.update(KernelRoute(2, dst, 16, 254, 0, 4, 0, ((bytes([10, 255, 0, 1]), 5),)))
+    d = sync.diff(t, maps.entries())
+    assert d.put == {p1: (1,)} and not d.delete
+    assert maps.apply(d) == 1
+    assert maps.entries() == {p1: (KERNEL, (1,)), p2: (STATIC, (7,))}
+    assert len(sync.diff(t, maps.entries())) == 0
+
+
+def test_route_value_is_the_route_struct():
+    v = route_value((3, 9), 24)
+    r = abi.Route.from_buffer_copy(v)
+    assert (r.count, r.origin, r.prefixlen, list(r.peers[:2])) == (2, KERNEL, 24, [3, 9])
+    assert value_peers(v) == (3, 9)
