@@ -1,0 +1,285 @@
+"""End to end: the recipes in docs/recipes/, run as the pages show them.
+
+        alice ----\\                 /---- bob       BIRD (BGP) or babeld on
+                   wg-alice  wg0  wg-bob           the hub and each spoke
+                          \\_ hub _/
+                          wg-carol ---- carol
+
+Each page's code blocks marked `file=NAME` are its files: shell run in the
+hub's namespace, wgbpf's TOML, BIRD's and babeld's configs, the start
+commands. The lab (lab/lab.sh) builds the WireGuard devices the pages
+assume; the test replaces only device names and file paths (the lab's
+names are unique per run) and then checks what the page says an operator
+should see: routes learned, `wgbpf dump`, traffic between spokes, a forged
+source dropped and counted. Every BIRD/babeld gets its own control socket
+and is killed at teardown, even on failure.
+"""
+import contextlib
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from wgbtest import RUN_ID, require_bcc, require_tools
+from labutil import ROOT, TIME_SCALE, WG_TOOLS, WGBPF, DaemonProc, Lab, run
+
+pytestmark = [pytest.mark.root, pytest.mark.e2e]
+RECIPES = os.path.join(ROOT, "docs", "recipes")
+
+
+def blocks(page):
+    """{NAME: text} of the page's code blocks whose info string says file=NAME."""
+    with open(os.path.join(RECIPES, page)) as f:
+        text = f.read()
+    found = re.findall(r"^```\S* file=(\S+)\n(.*?)^```$", text, re.M | re.S)
+    return dict(found)
+
+
+def substitute(text, mapping):
+    """Replace whole names (devices, paths) in one pass: a replacement is
+    never replaced again."""
+    keys = sorted(mapping, key=len, reverse=True)
+    pattern = r"(?<![\w./-])(" + "|".join(map(re.escape, keys)) + r")(?![\w-])"
+    return re.sub(pattern, lambda m: mapping[m.group(1)], text)
+
+
+def lab_names(lab):
+    """The pages' device names (lab/lab.sh without LAB_ID) -> this lab's."""
+    names = {"wg0": lab.front}
+    for n, p in lab.peers.items():
+        names[f"wg-{n}"] = p["member"]
+        names[f"wgs-{n}"] = p["spoke_dev"]
+    return names
+
+
+def wgbpf_bin(workdir):
+    """A directory whose `wgbpf` is this checkout's, as the tests run it."""
+    path = os.path.join(workdir, "bin")
+    os.mkdir(path)
+    with open(os.path.join(path, "wgbpf"), "w") as f:
+        f.write(f'#!/bin/sh\nPYTHONPATH={shlex.quote(ROOT)} exec {shlex.quote(sys.executable)} -m wgbpf.cli "$@"\n')
+    os.chmod(os.path.join(path, "wgbpf"), 0o755)
+    return path
+
+
+def nsrun(ns, *cmd, bindir=None, check=True, timeout=60):
+    """A command in netns `ns` by nsenter: unlike `ip netns exec` it keeps
+    /sys/fs/bpf (wgbpf's pins) visible."""
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}") if bindir else None
+    r = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", *cmd], capture_output=True, text=True,
+                       env=env, timeout=timeout * TIME_SCALE)
+    if check:
+        assert r.returncode == 0, f"{ns}: {' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def script(ns, text, bindir):
+    """A page's shell block, line by line as an operator pastes it."""
+    return nsrun(ns, "bash", "-euxc", text, bindir=bindir)
+
+
+class Bird:
+    """`bird -f` in netns `ns` on config `conf`, with a control socket of
+    its own; killed by stop()."""
+
+    def __init__(self, ns, args, workdir, name):
+        self.sock = os.path.join(workdir, f"{name}.ctl")
+        self.log = open(os.path.join(workdir, f"{name}.log"), "w+")
+        self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", args[0], "-f", "-s", self.sock, *args[1:]],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def birdc(self, *cmd):
+        r = run("birdc", "-s", self.sock, *cmd)
+        assert r.returncode == 0, f"birdc {' '.join(cmd)}: {r.stdout}{r.stderr}"
+        return r.stdout
+
+    def import_filtered(self, protocol):
+        """Updates the protocol's import filter refused (`show protocols all`)."""
+        text = self.birdc("show", "protocols", "all", protocol)
+        # Route change stats:  received  rejected  filtered  ignored  accepted
+        m = re.search(r"Import updates:\s+(\d+)\s+(\d+)\s+(\d+)", text)
+        assert m, text
+        return int(m.group(3))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def wait_until(check, what, timeout=30):
+    deadline = time.monotonic() + timeout * TIME_SCALE
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timeout waiting for {what}"
+        time.sleep(0.2)
+
+
+class Recipe:
+    """One page on one lab: its files written with the lab's names, the
+    processes it starts, all stopped by close()."""
+
+    def __init__(self, lab, page):
+        self.lab = lab
+        self.files = blocks(page)
+        self.dir = tempfile.mkdtemp(prefix="wgbpf-recipe-")
+        self.names = lab_names(lab)
+        self.procs = []
+        self.bin = wgbpf_bin(self.dir)
+
+    def script(self, ns, name, paths=None):
+        return script(ns, self.text(name, paths), self.bin)
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def text(self, name, paths=None, extra=None):
+        """File `name` with the lab's device names and `paths` (page path ->
+        file name in the work dir) substituted; `extra` first."""
+        text = self.files[name]
+        for old, new in (extra or {}).items():
+            text = re.sub(old, new, text, flags=re.M)
+        mapping = dict(self.names)
+        mapping.update({p: self.path(f) for p, f in (paths or {}).items()})
+        return substitute(text, mapping)
+
+    def write(self, name, text=None):
+        with open(self.path(name), "w") as f:
+            f.write(self.text(name) if text is None else text)
+        return self.path(name)
+
+    def start(self, ns, line, name):
+        """One start command from a page: `bird ...` or `wgbpf daemon ...`."""
+        args = shlex.split(line.split("#", 1)[0])
+        if args[0] == "bird":
+            p = Bird(ns, args, self.dir, name)
+        elif args[:2] == ["wgbpf", "daemon"]:
+            p = DaemonProc(ns, *args[1:])
+        else:
+            raise AssertionError(f"unknown start command: {line}")
+        self.procs.append(p)
+        return p
+
+    def close(self):
+        for p in reversed(self.procs):
+            with contextlib.suppress(Exception):
+                p.stop(signal.SIGKILL) if isinstance(p, DaemonProc) else p.stop()
+        subprocess.run(["rm", "-rf", self.dir])
+
+
+def lab_fixture(lab_id):
+    """The lab with its plain `dev front` routes removed (the routing daemon
+    provides them) and each spoke's tunnel address in the /24 the pages
+    use (added before the lab's /32 goes: removing a device's last IPv4
+    address flushes its routes)."""
+    require_bcc()
+    require_tools(*WG_TOOLS, "ping", "nsenter")
+    lab = Lab(lab_id)
+    lab.down()
+    lab.up()
+    for name, p in lab.peers.items():
+        lab.ip("route", "del", p["prefix4"])
+        lab.ip("route", "del", f"{p['tag4']}/32")
+        lab.ip("-6", "route", "del", p["prefix6"])
+        spoke(lab, name, "ip", "addr", "add", f"{p['tag4']}/24", "dev", p["spoke_dev"])
+        spoke(lab, name, "ip", "addr", "del", f"{p['tag4']}/32", "dev", p["spoke_dev"])
+    return lab
+
+
+def lab_teardown(lab, recipe):
+    if recipe is not None:
+        recipe.close()
+    run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
+    lab.down()
+    run("rm", "-rf", lab.pin_dir(), *lab.run_files())
+
+
+def spoke(lab, name, *cmd):
+    r = lab.spoke(name, *cmd)
+    assert r.returncode == 0, f"{name}: {' '.join(cmd)}: {r.stderr}"
+    return r
+
+
+def dump_routes(lab):
+    """{prefix: [peer, ...]} from `wgbpf dump --json`."""
+    return {r["prefix"]: sorted(r["peers"]) for r in lab.dump()["routes"]}
+
+
+# ------------------------------------------------------ (1) BIRD, BGP ----
+
+@pytest.fixture(scope="module")
+def bgp():
+    require_tools("bird", "birdc")
+    lab = recipe = None
+    try:
+        lab = lab_fixture(f"b{RUN_ID}")
+        recipe = Recipe(lab, "bgp-bird.md")
+        recipe.write("wg0.toml")
+        recipe.write("bird-hub.conf")
+        paths = {"/etc/wgbpf/wg0.toml": "wg0.toml", "/etc/bird/bird.conf": "bird-hub.conf"}
+        recipe.script(lab.hub, "hub.sh", paths)
+        bird_line, daemon_line = recipe.text("start.sh", paths).strip().splitlines()
+        lab.bird = recipe.start(lab.hub, bird_line, "hub")
+        recipe.start(lab.hub, daemon_line, "daemon")
+        for name, p in lab.peers.items():
+            conf = recipe.write(f"bird-{name}.conf", recipe.text("bird-spoke.conf", extra={
+                r"^define MY_AS = \d+;": f"define MY_AS = {65000 + p['index']};",
+                r"^define MY_ADDR = [\d.]+;": f"define MY_ADDR = {p['tag4']};",
+                r"'wgs-alice'": f"'wgs-{name}'"}))
+            recipe.start(p["ns"], f"bird -c {conf}", name)
+        for name in ("bob", "carol"):  # the anycast prefix, as the page says
+            spoke(lab, name, "ip", "addr", "add", "10.99.0.1/24", "dev", "lan0")
+        yield lab
+    finally:
+        if lab is not None:
+            lab_teardown(lab, recipe)
+
+
+def test_bgp_routes_learned_and_in_the_maps(bgp):
+    want = {"10.1.0.0/16": ["alice"], "10.2.0.0/16": ["bob"], "10.3.0.0/16": ["carol"],
+            "10.99.0.0/24": ["bob", "carol"],
+            "fd00:1::/48": ["alice"], "fd00:2::/48": ["bob"], "fd00:3::/48": ["carol"]}
+
+    def in_dump():
+        got = dump_routes(bgp)
+        return all(got.get(p) == peers for p, peers in want.items())
+
+    wait_until(in_dump, f"wgbpf dump to hold {want}")
+    protocols = bgp.bird.birdc("show", "protocols")
+    assert protocols.count("Established") == 6, protocols
+    ecmp = bgp.bird.birdc("show", "route", "10.99.0.0/24")
+    assert "via 10.255.0.2" in ecmp and "via 10.255.0.3" in ecmp, ecmp
+    kernel = bgp.ip("route", "show", "10.99.0.0/24").stdout
+    assert kernel.count("nexthop via") == 2, kernel
+    # the status file follows the maps within a second
+    wait_until(lambda: "routes per peer: alice 2, bob 3, carol 3" in bgp.wgbpf("status").stdout,
+               "wgbpf status to count the routes per peer")
+    assert "daemon: running" in bgp.wgbpf("status").stdout
+
+
+def test_bgp_traffic_between_spokes_and_anycast(bgp):
+    assert bgp.ping("alice", "10.2.0.1", count=2)
+    assert bgp.ping("alice", "fd00:3::1", count=2)
+    assert bgp.ping("alice", "10.99.0.1", count=2)
+
+
+def test_bgp_forged_source_dropped_and_counted(bgp):
+    """Alice claims an address of bob's: her BIRD announces it, the hub's
+    import filter refuses it, and the source check drops her packets."""
+    forged = "10.2.0.99"
+    spoke(bgp, "alice", "ip", "addr", "add", f"{forged}/32", "dev", "lan0")
+    wait_until(lambda: bgp.bird.import_filtered("alice4") >= 1, "the hub's BIRD to filter alice's 10.2.0.99/32")
+    assert f"{forged}/32" not in dump_routes(bgp)
+    before = bgp.status()["counters"]["spoofed"], bgp.peer("alice")["spoofed"]
+    assert not bgp.ping("alice", "10.3.0.1", count=2, extra=("-I", forged))
+    after = bgp.status()["counters"]["spoofed"], bgp.peer("alice")["spoofed"]
+    assert after[0] - before[0] >= 2 and after[1] - before[1] >= 2, (before, after)
