@@ -1,7 +1,9 @@
 #!/bin/bash
 # Installs what wgbpf needs on Debian 12/13, as root; safe to run again.
 # - Debian packages: BCC (python3-bpfcc), bpftool, kernel headers for BCC,
-#   wireguard-go + wireguard-tools for the lab, iperf3 for traffic.
+#   wireguard-go + wireguard-tools for the lab, iperf3 for traffic, tmux to
+#   test `wgbpf top` as a terminal shows it, bird2 and babeld for the
+#   recipes' tests (docs/recipes/).
 # - the kernel-headers links BCC looks for, only when missing.
 # - bpffs at /sys/fs/bpf, only when missing.
 # - .venv built on /usr/bin/python3 (where Debian's BCC imports) with
@@ -14,7 +16,8 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 [ "$(id -u)" = 0 ] || { echo "setup: run as root (BPF, netns and apt need it)" >&2; exit 1; }
 
 PKGS="python3-bpfcc bpftool linux-headers-amd64 wireguard-tools wireguard-go
-      iperf3 iproute2 python3-venv python3-pip kmod procps iputils-ping util-linux"
+      iperf3 iproute2 python3-venv python3-pip kmod procps iputils-ping util-linux tmux
+      bird2 babeld"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
