@@ -300,6 +300,7 @@ def detach(front, as_json):
     try:
         with d.writer_lock(front):
             res = dataplane.detach(front)
+            res["run_files_removed"] = d.remove_run_files(front)
     except dataplane.AttachError as e:
         fail(str(e))
     emit(res, as_json, lambda r: click.echo(f"{r['front']}: detached from {r['devices']} devices, pins removed"))
@@ -624,6 +625,73 @@ def lookup(address, source_addr, peer, front, as_json):
 
 
 @main.command()
+@FRONT_OPT
+@click.option("--interval", "-d", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="seconds between samples")
+@click.option("--once", is_flag=True, help="print one sample (rates over --interval) and exit")
+@JSON_OPT
+def top(front, interval, once, as_json):
+    """Per-peer rates, live: packets and bits per second each way, drops,
+    state and last handshake, prefixes; busiest first. q quits."""
+    from . import top as topmod
+    if as_json and not once:
+        fail("--json prints one sample: use it with --once")
+    if not once and not sys.stdout.isatty():
+        fail("the live view needs a terminal: use --once (and --json) in scripts")
+    front, m = open_maps(front, readonly=True)
+    with m:
+        sampler = topmod.Sampler(m, front)
+        if once:
+            sampler.sample()
+            time.sleep(interval)
+            emit(sampler.sample(), as_json, lambda s: click.echo("\n".join(topmod.lines(s))))
+        else:
+            topmod.run_curses(sampler, interval)
+
+
+@main.command()
+@FRONT_OPT
+@click.option("--all", "all_packets", is_flag=True, help="steered and passed packets too, not only drops")
+@click.option("--count", "-c", type=click.IntRange(min=1), help="exit after N packets")
+@JSON_OPT
+def monitor(front, all_packets, count, as_json):
+    """Dropped packets as they happen, one line each: time, device,
+    source > destination, peer, reason. The data plane reports them only
+    while this runs (at most 1000 a second per CPU)."""
+    import signal
+    from . import monitor as mon
+    front, m = open_maps(front)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # leave through the finally below
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(0))
+    with m:
+        try:
+            lst = mon.Listener(m, abi.Watch.ALL if all_packets else abi.Watch.DROPS)
+        except mon.MonitorError as e:
+            fail(f"{front}: {e}")
+        seen = 0
+        try:
+            names, wall = mon.Names(m), mon.mono_to_wall()
+            click.echo(f"wgbpf monitor: watching {front} for {'every packet' if all_packets else 'drops'}; "
+                       f"Ctrl-C stops", err=True)
+            while count is None or seen < count:
+                for e in lst.events():
+                    d = mon.describe(e, names, wall)
+                    click.echo(json.dumps(d) if as_json else mon.line(d))
+                    seen += 1
+                    if count is not None and seen >= count:
+                        break
+                sys.stdout.flush()
+        except (KeyboardInterrupt, BrokenPipeError):
+            pass
+        finally:
+            held, lost = lst.held_back()
+            lst.close()
+            if held - lst.held0 or lost - lst.lost0:
+                click.echo(f"wgbpf monitor: {held - lst.held0} packets not shown (rate limit), "
+                           f"{lost - lst.lost0} lost (ring buffer full)", err=True)
+
+
+@main.command()
 @click.argument("front", required=False)
 @instance_options
 @click.option("--table", "-t", "tables", multiple=True, metavar="TABLE",
@@ -641,8 +709,12 @@ def lookup(address, source_addr, peer, front, as_json):
               help="maps (default): the BPF maps of FRONT's instance; allowedips: no BPF, FRONT is "
                    "one multi-peer WireGuard device whose peers' AllowedIPs follow the routes "
                    "(--peer NAME=PUBLIC_KEY,TAG...)")
+@click.option("--dead-after", metavar="SECONDS",
+              help="a peer we send to and hear nothing from (not even a keepalive) for SECONDS is "
+                   "dead: down in the peers map (ECMP falls back) until it is heard again; off by "
+                   "default (README: Dead peers)")
 def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table, source,
-           accept_table, tables, protos, realms, metrics_file, rcvbuf, backend):
+           accept_table, tables, protos, realms, metrics_file, rcvbuf, backend, dead_after):
     """Keep the maps equal to the kernel routes that name peers.
 
     A route names a peer when its gateway is one of the peer's tags (also an
@@ -667,6 +739,8 @@ def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table,
         settings = settings_args(lookup, fib_table, source, accept_table)
         if backend:
             settings["backend"] = backend
+        if dead_after is not None:
+            settings["dead_after"] = configmod.parse_dead_after(dead_after, "--dead-after")
         build = d.config_builder(front, peers, config_path, members_only, policy, settings, log=d.stderr_log)
         cfg = build()  # validate before touching anything
     except ConfigError as e:
@@ -680,6 +754,8 @@ def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table,
         if given:
             fail(f"{', '.join(given)}: settings of the BPF data plane, which --backend allowedips does "
                  f"not use (WireGuard's AllowedIPs check sources there)")
+        if cfg.dead_after or any(p.dead_after for p in cfg.peers):
+            fail("dead_after: the allowedips backend does not judge peers dead yet (the maps backend does)")
     need_root()
 
     def progress(stage, n, total=None):
@@ -700,6 +776,17 @@ def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table,
         fail(str(e))
 
 
+def liveness_text(name, lv):
+    """One peer's liveness for `wgbpf status`: alice alive (rx 0.4s ago),
+    bob DEAD 12s (nothing received for 2.1s while sending)."""
+    ago = f" {time.time() - lv['since']:.0f}s" if lv.get("since") else ""
+    if lv["state"] == "dead":
+        return f"{name} DEAD{ago} ({lv['reason']})"
+    hold = f", hold-down {lv['hold_down']:.0f}s" if lv.get("hold_down") else ""
+    rx = f"rx {lv['rx_age']:.1f}s ago" if lv.get("rx_age") is not None else "not sampled yet"
+    return f"{name} alive ({rx}{hold}; dead after {lv['dead_after']:g}s, {lv['deaths']} deaths)"
+
+
 def hook_problem(name, ifindex, hooks, links, has_filter, fname):
     """Why the device recorded as (name, ifindex) is not hooked, or None:
     gone, re-created under its name (a new ifindex that nothing hooked),
@@ -714,6 +801,7 @@ def hook_problem(name, ifindex, hooks, links, has_filter, fname):
 
 def instance_status(front):
     from .dataplane import _iproute, filter_name, filters
+    from .monitor import watched
     _, m = open_maps(front, readonly=True)
     with m, _iproute() as ipr:
         cfg = m.config()
@@ -746,10 +834,36 @@ def instance_status(front):
                "accept_table": cfg.accept_table or None,
                "members": members,
                "maps": {k: {"entries": v[0], "max": v[1]} for k, v in fill.items()},
-               "counters": {r.name.lower(): v for r, v in m.counters().items()}}
+               "counters": {r.name.lower(): v for r, v in m.counters().items()},
+               "monitor": watched(m)}  # a `wgbpf monitor` listening, or None
     from .daemon import read_status
+    from .dataplane import forwarding_off
     out["daemon"] = read_status(front)
+    out["forwarding_off"] = forwarding_off([front_dev] if cfg.front_ifindex else [p["member"] for p in peers])
+    out["config"] = config_report(front, out["daemon"])
     return out
+
+
+def config_report(front, dmn):
+    """The config the instance should run and how the attached one differs:
+    the running daemon's (its file; its command line, or the attached
+    instance it adopted, are not compared), else <config dir>/<front>.toml
+    if there is one. None: nothing to compare with."""
+    from .daemon import attached_differences
+    dmn = dmn or {}
+    source = dmn.get("config") if dmn.get("state") in ("running", "detached") else None
+    if source in ("attached", "command line"):
+        return {"source": source}
+    path = source or configmod.resolve_path(front, (), None)
+    if path is None:
+        return None
+    try:
+        want = configmod.build(front, (), path)
+    except ConfigError as e:
+        return {"path": path, "error": str(e)}
+    if want.backend != "maps":
+        return {"path": path, "error": f"backend {want.backend}: not this instance's (maps)"}
+    return {"path": path, "differences": attached_differences(want)}
 
 
 def problems(s):
@@ -767,6 +881,14 @@ def problems(s):
         out.append(f"{s['front']}: daemon failed" + (f": {dmn['error']}" if dmn.get("error") else ""))
     elif dmn.get("state") == "not running":
         out.append(f"{s['front']}: daemon not running (pid {dmn.get('pid')} died without stopping)")
+    if s.get("forwarding_off"):
+        out.append(f"{s['front']}: forwarding off ({', '.join(s['forwarding_off'])}): "
+                   f"traffic between peers is dropped")
+    c = s.get("config") or {}
+    if c.get("error"):
+        out.append(f"{s['front']}: config {c['path']}: {c['error']}")
+    for line in c.get("differences", ()):
+        out.append(f"{s['front']}: differs from {c['path']}: {line}")
     return out
 
 
@@ -897,8 +1019,9 @@ def status(front=None, all_ns=False, check=False, as_json=False):
                 continue
             if s.get("backend") == "allowedips":
                 dmn = s["daemon"]
-                removal = {True: "single removals", False: "removal rewrites the peer's list",
-                           None: "removal not probed yet"}[dmn.get("remove_single")]
+                removal = {"flag": "single removals", "throwaway": "single removals through a throwaway peer",
+                           "rewrite": "removal rewrites the peer's list"}.get(dmn.get("removal"),
+                                                                             "removal not probed yet")
                 click.echo(f"{s['front']}: allowedips backend ({dmn.get('device_kind')} WireGuard, {removal}); "
                            f"daemon {dmn['state']} (pid {dmn['pid']}), tables {dmn['tables']}, "
                            f"{dmn['prefixes']} prefixes, {dmn['allowedips_changes']} allowed-IP changes, "
@@ -922,6 +1045,21 @@ def status(front=None, all_ns=False, check=False, as_json=False):
                   ["PEER", "MEMBER", "STATE", "HOOK"])
             click.echo("maps: " + ", ".join(f"{k} {v['entries']}/{v['max']}" for k, v in s["maps"].items()))
             click.echo("counters: " + ", ".join(f"{k} {v}" for k, v in s["counters"].items()))
+            if s.get("forwarding_off"):
+                click.echo(f"forwarding: OFF ({', '.join(k + '=0' for k in s['forwarding_off'])}): the kernel "
+                           f"drops every packet between peers")
+            c = s.get("config")
+            if c and c.get("source") == "attached":
+                click.echo("config: the daemon adopted the attached instance")
+            elif c and c.get("source"):
+                click.echo("config: the daemon's command line")
+            elif c and c.get("error"):
+                click.echo(f"config {c['path']}: {c['error']}")
+            elif c and c["differences"]:
+                click.echo(f"config {c['path']}: DIFFERS from the attached instance (the daemon attaches "
+                           f"it at start and on reload): " + "; ".join(c["differences"]))
+            elif c:
+                click.echo(f"config {c['path']}: as attached")
             dmn = s.get("daemon")
             if not dmn:
                 click.echo("daemon: never ran (wgbpf daemon)")
@@ -931,10 +1069,12 @@ def status(front=None, all_ns=False, check=False, as_json=False):
                            f"{dmn['prefixes']} prefixes, {dmn['ignored']} ignored routes, "
                            f"{dmn['events']} events, {dmn['resyncs']} resyncs, {dmn['overruns']} overruns, "
                            f"{dmn.get('rehooks', 0)} re-hooks, "
-                           f"lag max {dmn['lag_ms_max']} ms"
+                           f"event lag p50/p99/max {dmn.get('lag_ms_p50')}/{dmn.get('lag_ms_p99')}/{dmn['lag_ms_max']} ms"
                            + (f", last sync {ago:.0f}s ago ({dmn['last_sync_seconds']}s)" if ago is not None else ""))
                 if dmn.get("routes_per_peer"):
                     click.echo("routes per peer: " + ", ".join(f"{k} {v}" for k, v in sorted(dmn["routes_per_peer"].items())))
+                if dmn.get("liveness"):
+                    click.echo("liveness: " + "; ".join(liveness_text(k, v) for k, v in dmn["liveness"].items()))
 
     def human_check(_):
         for line in found:

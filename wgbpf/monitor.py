@@ -163,13 +163,21 @@ class Names:
     """Names for what an event records by number: devices, peers."""
 
     def __init__(self, m):
-        self.peers = {pid: p.name.decode() for pid, p in m.peers().items()}
-        self.devices = {p.ifindex: p.member.decode() for p in m.peers().values()}
-        cfg = m.config()
+        self.m = m
+        self.reload()
+
+    def reload(self):
+        """Read the names again: a peer was added, a member re-created."""
+        peers = self.m.peers()
+        self.peers = {pid: p.name.decode() for pid, p in peers.items()}
+        self.devices = {p.ifindex: p.member.decode() for p in peers.values()}
+        cfg = self.m.config()
         if cfg.front_ifindex:
             self.devices[cfg.front_ifindex] = cfg.front.decode()
 
     def device(self, ifindex):
+        if ifindex not in self.devices:
+            self.reload()
         if ifindex not in self.devices:
             try:
                 self.devices[ifindex] = socket.if_indextoname(ifindex)
@@ -178,6 +186,8 @@ class Names:
         return self.devices[ifindex]
 
     def peer(self, pid):
+        if pid and pid not in self.peers:
+            self.reload()
         return self.peers.get(pid, f"#{pid}") if pid else None
 
 
