@@ -137,17 +137,62 @@ def writer_lock(front, waiting=lambda: None):
     """One writer per instance: attach, detach and the daemon's full syncs
     take turns (flock, released when the process dies). `waiting()` is
     called once if someone else holds it."""
-    os.makedirs(run_dir(), mode=0o755, exist_ok=True)
-    fd = os.open(writer_lock_path(front), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
+    path, waited = writer_lock_path(front), False
+    while True:
+        os.makedirs(run_dir(), mode=0o755, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            waiting()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited:
+                    waiting()
+                    waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)  # a detach removed the file we waited on: take the one there now
+    try:
         yield
     finally:
         os.close(fd)
+
+
+def remove_run_files(front):
+    """After a detach: the instance's files under the run directory go
+    (status, daemon lock, build record, writer lock), unless a daemon still
+    holds its lock: then only the build record (it says "detached" and
+    follows the next attach). Returns the paths removed."""
+    paths = [dataplane.build_path(front)]
+    try:
+        fd = os.open(lock_path(front), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = None
+    try:
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            paths += [status_path(front), lock_path(front), writer_lock_path(front)]
+        except BlockingIOError:
+            pass  # a daemon runs
+        removed = []
+        for p in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+                removed.append(p)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(run_dir())  # the namespace's last instance
+    return removed
 
 
 def notify_attached(front):
@@ -198,6 +243,17 @@ def allowedips_daemons(netns=None):
                     continue  # daemon and device both gone: nothing left to list
                 out[name[:-5]] = st
     return out
+
+
+def _device_exists(name, netns=None):
+    from .maps import netns_id
+    if netns is not None and netns != netns_id():
+        return True  # another namespace's device: not checked from here
+    try:
+        socket.if_nametoindex(name)
+        return True
+    except OSError:
+        return False
 
 
 def _device_exists(name, netns=None):

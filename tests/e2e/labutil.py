@@ -11,7 +11,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAB = os.path.join(ROOT, "lab", "lab.sh")
-WGBPF = [sys.executable, "-m", "wgbpf.cli"]
+# WGBPF_CLI runs another wgbpf: make deb-test's is the installed /usr/bin/wgbpf.
+WGBPF = (os.environ.get("WGBPF_CLI") or "").split() or [sys.executable, "-m", "wgbpf.cli"]
 # The lab's WireGuard: "go" (wireguard-go, the default) or "kernel" (the
 # kernel module; `make vm-test` runs the suite so in a qemu guest).
 WG_MODE = os.environ.get("WGBPF_LAB_WG") or "go"
