@@ -256,17 +256,6 @@ def _device_exists(name, netns=None):
         return False
 
 
-def _device_exists(name, netns=None):
-    from .maps import netns_id
-    if netns is not None and netns != netns_id():
-        return True  # another namespace's device: not checked from here
-    try:
-        socket.if_nametoindex(name)
-        return True
-    except OSError:
-        return False
-
-
 def _alive(pid):
     try:
         os.kill(int(pid), 0)
