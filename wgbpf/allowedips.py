@@ -9,11 +9,19 @@ configured peer's AllowedIPs become its tag addresses plus every prefix
 whose preferred route names it. Peers not in the config keep theirs, except
 for a prefix a route gives to a configured peer (one prefix, one peer).
 
-Adds are incremental. A removal uses WGALLOWEDIP_F_REMOVE_ME (Linux 6.16;
-`allowed_ip=-P` in newer wireguard-go) when the device answers a probe for
-it, else that peer's whole list is rewritten (REPLACE_ALLOWEDIPS, in as many
-messages as its size needs; prefixes later in the list are missing from the
-peer until their message lands).
+Adds are incremental, and so are removals, on every kernel (`removal` in
+the status):
+  flag       WGALLOWEDIP_F_REMOVE_ME (Linux 6.16; `allowed_ip=-P` in newer
+             wireguard-go), when the device answers a probe for it;
+  throwaway  else the removed prefixes go to a throwaway peer, which takes
+             them off their holder, and that peer is removed, in the same
+             request (wireguard.drop); a leftover from a crash is removed
+             at the next start;
+  rewrite    only if the device refuses even that probe (one that cannot
+             add peers): the peer's whole list is rewritten
+             (REPLACE_ALLOWEDIPS, in as many messages as its size needs;
+             prefixes later in the list are missing until their message
+             lands).
 
 ECMP: AllowedIPs gives a prefix to one peer. Of a multipath route's peers
 the one with the highest hash of (prefix, peer name) wins (rendezvous
@@ -151,7 +159,8 @@ class AllowedIPsDaemon(daemonmod.Daemon):
         self.device = None
         self.plan = None
         self.dev = Device({})    # our view of the device's AllowedIPs
-        self.can_remove = None   # does the device know single-prefix removal?
+        self.can_remove = None   # does the device know WGALLOWEDIP_F_REMOVE_ME?
+        self.removal = None      # "flag", "throwaway" or "rewrite": see the module's doc
         self.ecmp_warned = False
         self.stats.update(allowedips_changes=0, peer_rewrites=0, ecmp_prefixes=0, missing_peers=[])
 
@@ -168,18 +177,54 @@ class AllowedIPsDaemon(daemonmod.Daemon):
         managed = [p.public_key for p in self.cfg.peers if p.public_key in self.dev.peers]
         if self.can_remove is not None or not managed:
             return
-        self.can_remove = self.device.probe_remove(managed[0], absent_prefix(self.dev.peers))
-        self.log(f"{self.cfg.front} ({self.device.kind} WireGuard): "
-                 + ("removes single allowed IPs (WGALLOWEDIP_F_REMOVE_ME)" if self.can_remove else
-                    "cannot remove single allowed IPs: a removal rewrites that peer's list"))
+        absent = absent_prefix(self.dev.peers)
+        self.can_remove = self.device.probe_remove(managed[0], absent)
+        if self.can_remove:
+            self.removal = "flag"
+            how = "removes single allowed IPs (WGALLOWEDIP_F_REMOVE_ME)"
+        else:
+            try:
+                self.device.drop([absent])
+                self.removal = "throwaway"
+                how = ("no WGALLOWEDIP_F_REMOVE_ME: removes single allowed IPs through a throwaway peer "
+                       "(created holding them, then removed)")
+            except wg.WireGuardError as e:
+                self.removal = "rewrite"
+                how = f"cannot remove single allowed IPs ({e}): a removal rewrites that peer's list"
+        self.log(f"{self.cfg.front} ({self.device.kind} WireGuard): {how}")
+
+    def _single(self):
+        """Can one allowed IP be removed without rewriting its peer's list?"""
+        return self.removal in ("flag", "throwaway")
 
     def _write(self, todo):
+        dropped = []
         for c in todo:
-            self.device.apply([c])
+            if c.remove and self.removal == "throwaway":
+                # the removals of the whole batch go through one throwaway peer
+                dropped += c.remove
+                if c.add:
+                    self.device.apply([wg.PeerChange(c.key, add=c.add)])
+            else:
+                self.device.apply([c])
             self.dev.apply(c)
             self.stats["allowedips_changes"] += len(c.add) + len(c.remove)
             self.stats["peer_rewrites"] += c.replace
+        if dropped:
+            self.device.drop(dropped)
         self.stats["map_writes"] = self.stats["allowedips_changes"]
+
+    def _read_device(self):
+        """The device's peers, less throwaway peers a crash left behind
+        (removed here: they hold prefixes that were being removed)."""
+        peers = self.device.peers()
+        left = [k for k in peers if wg.is_scratch(k)]
+        if left:
+            self.device.remove_peers(left)
+            self.log(f"removed {len(left)} throwaway peer(s) left on {self.cfg.front} by an interrupted removal")
+            for k in left:
+                del peers[k]
+        return peers
 
     def _note_ecmp(self):
         n = len(self.plan.ecmp)
@@ -195,11 +240,11 @@ class AllowedIPsDaemon(daemonmod.Daemon):
         nl = rt.Netlink(rcvbuf=self.rcvbuf)
         try:
             table = sync.Table(self._tags(nl), self.filter)
-            n = self._dump(nl, [table])
+            n, _recheck = self._dump(nl, {"routes": table})
         finally:
             nl.close()
         t_dump = time.monotonic() - t0
-        self.dev = Device(self.device.peers())
+        self.dev = Device(self._read_device())
         present = set(self.dev.peers)
         missing = [p.name for p in self.cfg.peers if p.public_key not in present]
         if missing and missing != self.stats["missing_peers"]:
@@ -209,7 +254,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
         self._probe()
         self.plan = Plan(self.cfg.peers, present)
         managed = {p.public_key for p in self.cfg.peers} & present
-        todo = changes(self.plan.want(table), self.dev, managed, self.can_remove)
+        todo = changes(self.plan.want(table), self.dev, managed, self._single())
         before = self.stats["allowedips_changes"]
         self._write(todo)
         self.table = table
@@ -242,7 +287,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
                 if key is not None:
                     want[k] = key
             managed = {p.public_key for p in self.cfg.peers} & self.plan.present
-            self._write(changes(want, self.dev, managed, self.can_remove, keys=changed))
+            self._write(changes(want, self.dev, managed, self._single(), keys=changed))
             self._note_ecmp()
         return False
 
@@ -250,6 +295,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
         self.stats["backend"] = "allowedips"
         self.stats["device_kind"] = self.device.kind if self.device else None
         self.stats["remove_single"] = self.can_remove
+        self.stats["removal"] = self.removal
         super().write_status(state)
 
     def _peer_names(self):

@@ -6,9 +6,13 @@ cross-platform text protocol; otherwise the device is the kernel's, reached
 over generic netlink ("wireguard" family, include/uapi/linux/wireguard.h).
 
 Allowed IPs are the sync engine's prefix keys, `bytes([family, len]) + addr`.
-Removing one allowed IP needs WGALLOWEDIP_F_REMOVE_ME (Linux 6.16) or
-`allowed_ip=-PREFIX` (newer wireguard-go); `probe_remove()` asks the device
-itself whether it understands that, with a request that changes nothing.
+Removing one allowed IP from its peer needs WGALLOWEDIP_F_REMOVE_ME (Linux
+6.16) or `allowed_ip=-PREFIX` (newer wireguard-go); `probe_remove()` asks the
+device itself whether it understands that, with a request that changes
+nothing. `drop()` removes allowed IPs on any kernel and costs the same:
+allowed IPs are exclusive across peers, so giving them to a throwaway peer
+takes them off their holder, and removing that peer removes them (as Cilium
+does, cilium/cilium#34612). Both go in one request.
 """
 import errno
 import ipaddress
@@ -26,7 +30,7 @@ AF4, AF6 = socket.AF_INET, socket.AF_INET6
 WG_CMD_GET_DEVICE, WG_CMD_SET_DEVICE = 0, 1
 WGDEVICE_A_IFNAME, WGDEVICE_A_PEERS = 2, 8
 WGPEER_A_PUBLIC_KEY, WGPEER_A_FLAGS, WGPEER_A_ALLOWEDIPS = 1, 3, 9
-WGPEER_F_REPLACE_ALLOWEDIPS, WGPEER_F_UPDATE_ONLY = 2, 4
+WGPEER_F_REMOVE_ME, WGPEER_F_REPLACE_ALLOWEDIPS, WGPEER_F_UPDATE_ONLY = 1, 2, 4
 WGALLOWEDIP_A_FAMILY, WGALLOWEDIP_A_IPADDR, WGALLOWEDIP_A_CIDR_MASK, WGALLOWEDIP_A_FLAGS = 1, 2, 3, 4
 WGALLOWEDIP_F_REMOVE_ME = 1
 
@@ -40,6 +44,19 @@ NLA_F_NESTED = 0x8000
 NEST_MAX = 0xFFFF - 512
 
 _NLA = struct.Struct("=HH")
+
+# A throwaway peer's public key: this marker, then 16 random bytes. No one
+# else uses such a key, and one left behind by a crash (between its creation
+# and removal) is known by the marker and removed at the next start.
+SCRATCH_MARK = b"wgbpf throwaway\0"
+
+
+def scratch_key():
+    return SCRATCH_MARK + os.urandom(32 - len(SCRATCH_MARK))
+
+
+def is_scratch(key):
+    return key.startswith(SCRATCH_MARK)
 
 
 class WireGuardError(Exception):
@@ -65,13 +82,15 @@ def open_device(name):
 
 class PeerChange:
     """For one peer: allowed IPs to add, to remove, or (replace=True) the
-    whole list, which `add` then holds."""
+    whole list, which `add` then holds. Only a change with create=True
+    adds a peer the device does not have."""
 
-    def __init__(self, key, add=(), remove=(), replace=False):
+    def __init__(self, key, add=(), remove=(), replace=False, create=False):
         self.key = key
         self.add = list(add)
         self.remove = list(remove)
         self.replace = replace
+        self.create = create
 
     def __repr__(self):
         return f"PeerChange({self.key.hex()[:8]}, +{len(self.add)}, -{len(self.remove)}, replace={self.replace})"
@@ -127,7 +146,8 @@ def encode_peer_chunks(change):
     i = 0
     first = True
     while first or i < len(items):
-        flags = WGPEER_F_UPDATE_ONLY | (WGPEER_F_REPLACE_ALLOWEDIPS if first and change.replace else 0)
+        flags = ((0 if change.create else WGPEER_F_UPDATE_ONLY)
+                 | (WGPEER_F_REPLACE_ALLOWEDIPS if first and change.replace else 0))
         ips, size = [], 0
         while i < len(items):
             a = _allowedip(*items[i])
@@ -142,6 +162,10 @@ def encode_peer_chunks(change):
         out.append(_nest(0, parts))
         first = False
     return out
+
+
+def encode_peer_removal(key):
+    return _nest(0, [_attr(WGPEER_A_PUBLIC_KEY, key), _attr(WGPEER_A_FLAGS, struct.pack("=I", WGPEER_F_REMOVE_ME))])
 
 
 def parse_device(buf, off, end, peers):
@@ -334,6 +358,28 @@ class GenlDevice:
             raise
         return True
 
+    def drop(self, prefixes):
+        """Remove allowed IPs from whichever peer holds them: in one request
+        (one message up to ~2,500 prefixes) a throwaway peer is created
+        holding them, which moves them off their holder, then removed."""
+        key = scratch_key()
+        nests = encode_peer_chunks(PeerChange(key, add=prefixes, create=True)) + [encode_peer_removal(key)]
+        try:
+            self._set(nests)
+        except BaseException as e:
+            self.remove_peers([key])  # never left behind, whatever failed
+            if isinstance(e, OSError):
+                raise WireGuardError(f"{self.name}: the kernel refused an AllowedIPs removal: {e.strerror}") from None
+            raise
+
+    def remove_peers(self, keys):
+        """Remove peers (throwaway ones); best effort: an absent peer or an
+        error is no reason to fail the caller."""
+        try:
+            self._set([encode_peer_removal(k) for k in keys])
+        except OSError:
+            pass
+
 
 # -- the text protocol (wireguard-go and other userspace implementations) ---
 
@@ -388,14 +434,18 @@ class UapiDevice:
         return parse_uapi_counters(lines)
 
     @staticmethod
-    def _request(changes):
+    def _request(changes, remove_peers=()):
         lines = ["set=1"]
         for c in changes:
-            lines += [f"public_key={c.key.hex()}", "update_only=true"]
+            lines.append(f"public_key={c.key.hex()}")
+            if not c.create:
+                lines.append("update_only=true")
             if c.replace:
                 lines.append("replace_allowed_ips=true")
             lines += [f"allowed_ip={prefix_text(k)}" for k in c.add]
             lines += [f"allowed_ip=-{prefix_text(k)}" for k in c.remove]
+        for key in remove_peers:
+            lines += [f"public_key={key.hex()}", "remove=true"]
         return "\n".join(lines) + "\n\n"
 
     def apply(self, changes):
@@ -409,3 +459,23 @@ class UapiDevice:
         the unknown form with an error before changing anything."""
         err, _ = self._talk(self._request([PeerChange(key, remove=[absent])]))
         return err == 0
+
+    def drop(self, prefixes):
+        """As GenlDevice.drop: one request creates a throwaway peer holding
+        the prefixes (taking them off their holder) and removes it."""
+        key = scratch_key()
+        try:
+            err, _ = self._talk(self._request([PeerChange(key, add=prefixes, create=True)], remove_peers=[key]))
+        except BaseException:
+            self.remove_peers([key])
+            raise
+        if err:
+            self.remove_peers([key])  # it stopped part way: never left behind
+            raise WireGuardError(f"{self.name}: the device refused an AllowedIPs removal: {os.strerror(abs(err))}")
+
+    def remove_peers(self, keys):
+        """Remove peers (throwaway ones); best effort."""
+        try:
+            self._talk(self._request([], remove_peers=keys))
+        except WireGuardError:
+            pass

@@ -10,7 +10,8 @@ the vm tier (`make vm-test`), on a kernel with single allowed-IP removal
 (6.16+) and one without.
 
 WGBPF_EXPECT_REMOVE_SINGLE=1|0, when set (the vm tier sets it per kernel),
-is what the daemon's probe must find.
+is what the daemon's probe for WGALLOWEDIP_F_REMOVE_ME must find; without
+it a removal goes through a throwaway peer (never a list rewrite).
 """
 import base64
 import json
@@ -167,12 +168,15 @@ def test_routes_become_allowed_ips_and_traffic_follows(lab, daemon):
     got = wait_allowed(lab, lambda g: alice["prefix4"] not in g["bob"] and bob["prefix6"] not in g["bob"], "deleted")
     assert got["bob"] == {"10.255.0.2/32", "fe80::2/128"}
     assert got["carol"] == {"10.3.0.0/16", "10.255.0.3/32"}
-    # a removal without single-removal support rewrites that peer's list
+    # a removal never rewrites the peer's list: WGALLOWEDIP_F_REMOVE_ME
+    # where the device has it, else through a throwaway peer
     st = wait_status(lab, lambda st: st["allowedips_changes"] >= 9)  # 4 tags, 2 adds, a move, 2 deletes
     expect = os.environ.get("WGBPF_EXPECT_REMOVE_SINGLE")
     if expect is not None:
         assert st["remove_single"] is (expect == "1"), st
-    assert (st["peer_rewrites"] > 0) is (st["remove_single"] is False), st
+    assert st["removal"] == ("flag" if st["remove_single"] else "throwaway"), st
+    assert st["peer_rewrites"] == 0, st
+    assert set(allowed(lab)) == set(lab.peers), "a throwaway peer was left behind"
 
 
 def test_start_removes_stale_allowed_ips_and_a_restart_changes_nothing(lab):
