@@ -58,18 +58,10 @@ def handshake_ages(members):
 
 
 def liveness(status):
-    """{peer name: state} the daemon recorded (alive/dead), if it does."""
-    if not status:
-        return {}
-    peers = status.get("liveness") or status.get("peers") or {}
-    if isinstance(peers, list):
-        peers = {p.get("name") or p.get("peer"): p for p in peers if isinstance(p, dict)}
-    out = {}
-    for name, v in peers.items():
-        state = v.get("state") if isinstance(v, dict) else v
-        if isinstance(state, str):
-            out[name] = state
-    return out
+    """{peer name: "alive" or "dead"} as the daemon's status file has it
+    (dead-peer detection, --dead-after); {} when no daemon judges."""
+    peers = (status or {}).get("liveness") or {}
+    return {name: v.get("state") for name, v in peers.items() if isinstance(v, dict)}
 
 
 class Sampler:
@@ -108,7 +100,8 @@ class Sampler:
                 return round((getattr(s, field) - getattr(o, field)) * scale / dt, 1)
             rows.append({
                 "name": name, "member": member,
-                "state": alive.get(name) or ("up" if p.flags & abi.PEER_UP else "down"),
+                "state": "up" if p.flags & abi.PEER_UP else "down",
+                "liveness": alive.get(name),  # alive/dead, when the daemon judges it (--dead-after)
                 "handshake_age": ages.get(member),
                 "prefixes": None if self.prefixes is None else self.prefixes.get(pid, 0),
                 "tx_pps": rate("tx_packets"), "tx_bps": rate("tx_bytes", 8),
@@ -142,13 +135,13 @@ def age(seconds):
     return f"{seconds / 3600:.0f}h"
 
 
-HEADERS = ["PEER", "MEMBER", "STATE", "HANDSHAKE", "PREFIXES", "TX_PPS", "TX_BPS", "RX_PPS", "RX_BPS",
+HEADERS = ["PEER", "MEMBER", "STATE", "LIVENESS", "HANDSHAKE", "PREFIXES", "TX_PPS", "TX_BPS", "RX_PPS", "RX_BPS",
            "SPOOF/S"]
 
 
 def lines(s):
     """The sample as text lines: a title, the table, the drops."""
-    rows = [[r["name"], r["member"], r["state"], age(r["handshake_age"]),
+    rows = [[r["name"], r["member"], r["state"], r["liveness"] or "-", age(r["handshake_age"]),
              "-" if r["prefixes"] is None else str(r["prefixes"]),
              si(r["tx_pps"]), si(r["tx_bps"]), si(r["rx_pps"]), si(r["rx_bps"]), si(r["spoofed_ps"])]
             for r in s["peers"]]
