@@ -713,8 +713,15 @@ def monitor(front, all_packets, count, as_json):
               help="a peer we send to and hear nothing from (not even a keepalive) for SECONDS is "
                    "dead: down in the peers map (ECMP falls back) until it is heard again; off by "
                    "default (README: Dead peers)")
+@click.option("--verbose", "-v", is_flag=True,
+              help="log each map change a route event makes, with the time to the millisecond")
+@click.option("--gone-after", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              metavar="SECONDS",
+              help="exit (status 1: systemd restarts it) once the front, or the --netns namespace, "
+                   "has been gone for SECONDS on end; 0: never")
 def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table, source,
-           accept_table, tables, protos, realms, metrics_file, rcvbuf, backend, dead_after):
+           accept_table, tables, protos, realms, metrics_file, rcvbuf, backend, dead_after,
+           verbose, gone_after):
     """Keep the maps equal to the kernel routes that name peers.
 
     A route names a peer when its gateway is one of the peer's tags (also an
@@ -768,6 +775,10 @@ def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table,
     daemon_ = kind(build, sync.Filter(table_ids, proto_ids, realms), d.stderr_log,
                    metrics_file=metrics_file, rcvbuf=rcvbuf,
                    progress=progress if sys.stderr.isatty() else None)
+    daemon_.verbose, daemon_.gone_after = verbose, gone_after
+    netns = click.get_current_context().find_root().params.get("netns")
+    if netns:
+        daemon_.netns_path = netns if "/" in netns else f"/run/netns/{netns}"
     from .dataplane import AttachError
     from .wireguard import WireGuardError
     try:

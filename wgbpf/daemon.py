@@ -309,6 +309,10 @@ def _attach_child():
 
 
 class Daemon:
+    verbose = False  # -v: log every map change a route event makes
+    gone_after = 30.0  # seconds the front (or --netns name) may be gone before we exit; 0: never
+    netns_path = None  # --netns: the name this daemon was started in
+    gone_since = None
     def __init__(self, build_config, flt, log, metrics_file=None, rcvbuf=32 << 20,
                  progress=None):
         self.build_config = build_config  # () -> Config; called again on SIGHUP
@@ -710,6 +714,8 @@ class Daemon:
                 # the maps as they are now, re-read (one lookup a prefix)
                 d = sync.diff(table, self.maps.read(keys, kind), keys=keys)
                 self.stats["map_writes"] += self.maps.apply(d, kind)
+                if self.verbose and d:
+                    self.log_applied(kind, d)
                 if kind == "routes" and self.dir is not None:
                     for k, peers in d.put.items():
                         if k[0] == socket.AF_INET:
@@ -718,6 +724,52 @@ class Daemon:
                         if k[0] == socket.AF_INET:
                             self.dir.change(int.from_bytes(k[2:], "big"), k[1], None)
         return resync
+
+    def check_gone(self):
+        """Exit (DaemonError: exit 1, and systemd restarts us) when what we
+        serve is gone for good: the front device, or the namespace named by
+        --netns (the name removed, or naming another namespace now), absent
+        for gone_after seconds on end. A front re-created (wg-quick
+        down/up, a wireguard-go restart) is back well within them."""
+        if not self.gone_after or self.cfg is None:
+            return
+        why = None
+        if self.netns_path:
+            try:
+                there, here = os.stat(self.netns_path), os.stat("/proc/thread-self/ns/net")
+                if (there.st_dev, there.st_ino) != (here.st_dev, here.st_ino):
+                    why = f"network namespace {self.netns_path} is another namespace now"
+            except OSError:
+                why = f"network namespace {self.netns_path} is gone"
+        if why is None and not self.cfg.members_only:
+            try:
+                socket.if_nametoindex(self.cfg.front)
+            except OSError:
+                why = f"front {self.cfg.front} does not exist"
+        now = time.monotonic()
+        if why is None:
+            if self.gone_since is not None:
+                self.log("back: staying")
+            self.gone_since = None
+        elif self.gone_since is None:
+            self.gone_since = now
+            self.log(f"{why}: exiting unless it is back within {self.gone_after:g}s")
+        elif now - self.gone_since >= self.gone_after:
+            raise DaemonError(f"{why} for {self.gone_after:g}s: gone for good, exiting (the pins stay; "
+                              f"started again, the daemon attaches once the front is back)")
+
+    def log_applied(self, kind, d):
+        """-v: each map change a route event made, as it is written (with
+        the time to the millisecond: when a withdrawal took effect)."""
+        names = self._peer_names()
+        now = time.time()
+        at = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+        what = "route" if kind == "routes" else kind
+        for k, peers in d.put.items():
+            self.log(f"{at} {what} {sync.pkey_network(k)} -> "
+                     f"{','.join(names.get(p, f'#{p}') for p in peers)}")
+        for k in d.delete:
+            self.log(f"{at} {what} {sync.pkey_network(k)} withdrawn")
 
     def check_liveness(self):
         """Sample each watched peer's WireGuard counters (every
@@ -899,6 +951,7 @@ class Daemon:
                     self.stats["lag_ms_max"] = round(max(self.stats["lag_ms_max"], lag), 3)
                 self.check_liveness()
                 if time.monotonic() - last_status >= 1.0:
+                    self.check_gone()
                     self.write_status("detached" if self.detached else "running")
                     last_status = time.monotonic()
             self.write_status("stopped")
