@@ -178,7 +178,8 @@ def forwarding_off(devices):
     member_ingress hands it over; each member without one) and the kernel
     forwards it. IPv4 asks the device it entered by, IPv6 conf/all."""
     keys = [f"ipv4/conf/{dev}/forwarding" for dev in devices] + ["ipv6/conf/all/forwarding"]
-    return [f"net.{k.replace('/', '.')}" for k in keys if _sysctl(k) != "1"]
+    # a device gone has no sysctl (status says it is gone), nor IPv6 when disabled
+    return [f"net.{k.replace('/', '.')}" for k in keys if _sysctl(k) not in ("1", None)]
 
 
 def forwarding_warning(off):

@@ -68,6 +68,7 @@ def world(tmp_path, monkeypatch):
     monkeypatch.setattr(dataplane, "_iproute", contextlib.nullcontext)
     monkeypatch.setattr(dataplane, "filters", lambda ipr, i, hook: ["wgbpf-wg0"] if (i, hook) in w["filters"] else [])
     monkeypatch.setattr(cli, "current_links", lambda: dict(w["links"]))
+    monkeypatch.setattr(dataplane, "forwarding_off", lambda devices: [])  # not this host's sysctls
     return w
 
 
