@@ -56,7 +56,7 @@ rc=${PIPESTATUS[0]}
 if [ "$rc" = 0 ] && [ "${VM_BENCH:-0}" = 1 ]; then
     # results land in OUT (the checkout is read-only here); the host copies them
     say "bench_allowedips (kernel WireGuard)"
-    WGBPF_BENCH_OUT=$OUT .venv/bin/python tests/bench/bench_allowedips.py --wg kernel 2>&1 | tee "$OUT/bench.log"
+    WGBPF_BENCH_OUT=$OUT .venv/bin/python tests/bench/bench_allowedips.py --wg kernel ${VM_BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
     rc=${PIPESTATUS[0]}
 fi
 t1=$(date +%s.%N)

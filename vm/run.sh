@@ -26,6 +26,8 @@
 #   VM_PYTEST_ARGS        extra pytest arguments, e.g. "-k daemon -x"
 #   VM_BENCH=1            after the tests pass, tests/bench/bench_allowedips.py in
 #                         the guest; its JSON is copied to bench-results/
+#   VM_BENCH_ARGS         its arguments (default: its own, --routes 100000),
+#                         e.g. "--routes 20000" for a shorter guest run
 #   WGBPF_EXPECT_REMOVE_SINGLE=1|0  passed through: what the allowedips tests
 #                         must find the guest kernel's WireGuard able to do
 #   CI                    passed through (CI=true turns skips into failures)
@@ -81,7 +83,7 @@ trap 'rm -rf "$OUT"' EXIT
     if [ -n "${WGBPF_EXPECT_REMOVE_SINGLE:-}" ]; then
         printf 'export WGBPF_EXPECT_REMOVE_SINGLE=%q\n' "$WGBPF_EXPECT_REMOVE_SINGLE"
     fi
-    printf 'VM_BENCH=%q\n' "${VM_BENCH:-0}"
+    printf 'VM_BENCH=%q\nVM_BENCH_ARGS=%q\n' "${VM_BENCH:-0}" "${VM_BENCH_ARGS:-}"
 } >"$OUT/env.sh"
 
 say "VM_KERNEL=$sel: booting $kver ($kimg) for pytest $vm_tests (BPF: $([ "$need_bpf" = 1 ] && echo yes || echo no)) in qemu ($([ "$kvm" = 1 ] && echo KVM || echo 'software emulation, no KVM'))"

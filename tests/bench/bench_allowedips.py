@@ -13,16 +13,22 @@ peer's tag. Measured in the same run:
      it: one argument is at most 128 KiB, and N prefixes are ~1.5 MB.)
   c  one route added: the daemon's handling of that RTM_NEWROUTE event
      (parse, plan, write one allowed IP), the peer holding N
-  d  one route deleted: the same for RTM_DELROUTE; a single removal where
-     the device has it (Linux 6.16+), else the peer's list is rewritten
-  e  the daemon's own whole-list rewrite (what d costs without single
-     removal), for comparison with b
+  d  one route deleted: the same for RTM_DELROUTE, by the daemon's choice:
+     WGALLOWEDIP_F_REMOVE_ME where the device has it (Linux 6.16+), else a
+     throwaway peer (created holding the prefix, then removed)
+  d1 / d2 / d3  one route deleted, each removal path forced: the flag (only
+     where the device has it), the throwaway peer, the whole-list rewrite
+     (what every removal cost before the throwaway peer)
+  e  the daemon's own whole-list rewrite (what d3 writes), for comparison
+     with b
 
 Progress goes to stderr, a table to stdout, everything to
 bench-results/allowedips-<kernel|go>.json (or $WGBPF_BENCH_OUT/). Ratios are what to read: under emulation
 (the vm tier) absolute times mean little.
 
     bench_allowedips.py [--routes N] [--repeat R] [--wg kernel|go|auto]
+
+The target: one delete costs at most 2x one add (d / c) on every kernel.
 
 Not a test: pytest never collects bench_*.py.
 """
@@ -182,7 +188,7 @@ class Bench:
             self.row("a1 of which the route dump into the table", d.stats["last_sync_dump_seconds"],
                      "the kernel FIB read; wg syncconf reads no routes")
             assert self.allowed_count() == n + 1, "the full sync did not write every prefix"
-            log(f"device: single removal {'yes' if d.can_remove else 'no (rewrite)'}")
+            log(f"device: WGALLOWEDIP_F_REMOVE_ME {'yes' if d.can_remove else 'no'}; removal by {d.removal}")
 
             events = rt.Netlink(groups=rt.RTMGRP_IPV4_ROUTE)
             adds, dels = [], []
@@ -201,8 +207,28 @@ class Bench:
                 events.close()
             assert self.allowed_count() == n + 1
             self.row("c one route added (event -> allowed IP)", statistics.median(adds), f"median of {rep}")
-            self.row("d one route deleted", statistics.median(dels),
-                     f"median of {rep}; {'single removal' if d.can_remove else 'peer list rewritten'}")
+            self.row("d one route deleted", statistics.median(dels), f"median of {rep}; by {d.removal}")
+            chosen = self.removal = d.removal
+            paths = (["flag"] if d.can_remove else []) + ["throwaway", "rewrite"]
+            events = rt.Netlink(groups=rt.RTMGRP_IPV4_ROUTE)
+            try:
+                for path in paths:
+                    label = {"flag": "d1", "throwaway": "d2", "rewrite": "d3"}[path]
+                    d.removal = path
+                    dels = []
+                    for i in range(rep):
+                        extra = prefix(n + i)
+                        d.handle(self.event(events, "add", extra))
+                        msgs = self.event(events, "del", extra)
+                        t0 = time.perf_counter()
+                        d.handle(msgs)
+                        dels.append(time.perf_counter() - t0)
+                    self.row(f"{label} one route deleted, by {path}", statistics.median(dels), f"median of {rep}")
+            finally:
+                events.close()
+                d.removal = chosen
+            assert self.allowed_count() == n + 1
+            assert len(d.device.peers()) == 2, "a throwaway peer was left behind"
 
             key = base64.b64decode(self.peer)
             full = sorted(d.dev.peers[key])
@@ -220,13 +246,16 @@ class Bench:
 
     def report(self, can_remove):
         by = {r["work"].split()[0]: r["seconds"] for r in self.rows}
+        paths = {r["work"].split()[0]: r["work"].split()[-1] for r in self.rows if r["work"].startswith("d")}
         ratios = {"full sync / wg syncconf": by["a"] / by["b"],
+                  "one delete / one add (target <= 2)": by["d"] / by["c"],
+                  **{f"one delete by {paths[k]} / one add": by[k] / by["c"] for k in ("d1", "d2", "d3") if k in by},
                   "full sync less route dump / wg syncconf": (by["a"] - by["a1"]) / by["b"],
                   "one add / wg syncconf": by["c"] / by["b"],
                   "one delete / wg syncconf": by["d"] / by["b"],
                   "wgbpf rewrite / wg syncconf": by["e"] / by["b"]}
         print(f"\nallowedips backend, {self.kind} WireGuard ({os.uname().release}), "
-              f"{self.args.routes} allowed IPs on one peer; single removal: {'yes' if can_remove else 'no'}")
+              f"{self.args.routes} allowed IPs on one peer; WGALLOWEDIP_F_REMOVE_ME: {'yes' if can_remove else 'no'}")
         print(f"{'work':45} {'ms':>10}  note")
         for r in self.rows:
             print(f"{r['work']:45} {r['seconds'] * 1000:10.2f}  {r['note']}")
@@ -235,7 +264,7 @@ class Bench:
             print(f"{k:45} {v:10.4f}")
         os.makedirs(RESULTS_DIR, exist_ok=True)
         out = {"kernel": os.uname().release, "wireguard": self.kind, "routes": self.args.routes,
-               "repeat": self.args.repeat, "single_removal": can_remove, "rows": self.rows,
+               "repeat": self.args.repeat, "single_removal": can_remove, "removal": self.removal, "rows": self.rows,
                "ratios": ratios, "loadavg": os.getloadavg()}
         path = os.path.join(RESULTS_DIR, f"allowedips-{self.kind}.json")
         with open(path, "w") as f:
