@@ -3,7 +3,8 @@
 # The wgbpf demo: build the lab (lab/lab.sh: a hub and spokes alice, bob,
 # carol joined by WireGuard), attach wgbpf to the hub, give each spoke its
 # prefixes, and show traffic crossing the hub through the front device to the
-# right peer, a spoofed packet dropped, and what `wgbpf dump` / `status` say.
+# right peer, a spoofed packet dropped (as `wgbpf monitor` shows it), per-peer
+# rates (`wgbpf top --once`), and what `wgbpf dump` / `status` say.
 #
 #     alice 10.1.0.0/16 ---\                   /--- bob 10.2.0.0/16
 #           fd00:1::/48     wg-alice  wg0  wg-bob    fd00:2::/48
@@ -66,14 +67,24 @@ in_ns wgbpf-bob iperf3 -s -1 -D >/dev/null
 sleep 0.5
 run in_ns wgbpf-alice iperf3 -c 10.2.0.1 -t 3 -f m | grep -E "sender|receiver"
 
-step "A spoofed packet: alice sends with bob's address 10.2.0.99 as source"
+step "A spoofed packet: alice sends with bob's address 10.2.0.99 as source; wgbpf monitor shows the drops"
+printf '\033[2m$ %s\033[0m\n' "$WGBPF monitor --count 2 &"
+timeout 15 $WGBPF monitor --count 2 2>/dev/null &
+monitor=$!
+sleep 1 # listening before the packets leave
 in_ns wgbpf-alice ip addr add 10.2.0.99/32 dev wgs-alice
 if in_ns wgbpf-alice ping -c2 -W1 -I 10.2.0.99 10.3.0.1 >/dev/null 2>&1; then
 	echo "unexpected: the spoofed ping got through" >&2
 	exit 1
 fi
 in_ns wgbpf-alice ip addr del 10.2.0.99/32 dev wgs-alice
+wait $monitor || true
 echo "alice (as 10.2.0.99) -> 10.3.0.1: dropped at the hub's wg-alice ingress"
+
+step "wgbpf top --once: per-peer rates over a second, while alice pings bob"
+in_ns wgbpf-alice ping -q -i0.01 -w2 10.2.0.1 >/dev/null &
+run $WGBPF top --once
+wait
 
 step "Which peer gets 10.2.3.4, and a multicast hello?"
 run $WGBPF lookup 10.2.3.4
@@ -86,4 +97,7 @@ step "wgbpf status"
 run $WGBPF status
 
 printf '\nThe lab stays up: try `ip netns exec wgbpf-alice ping 10.3.0.1` or\n'
-printf '`.venv/bin/wgbpf --netns wgbpf-hub dump`. Remove it with `make demo-down`.\n'
+printf '`.venv/bin/wgbpf --netns wgbpf-hub dump`. Watch it live with\n'
+printf '`.venv/bin/wgbpf --netns wgbpf-hub top` (q quits) and\n'
+printf '`.venv/bin/wgbpf --netns wgbpf-hub monitor` (dropped packets; --all: every packet).\n'
+printf 'Remove it with `make demo-down`.\n'
