@@ -749,7 +749,7 @@ def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table,
         if dead_after is not None:
             settings["dead_after"] = configmod.parse_dead_after(dead_after, "--dead-after")
         build = d.config_builder(front, peers, config_path, members_only, policy, settings, log=d.stderr_log)
-        cfg = build()  # validate before touching anything
+        cfg = build(quiet=True)  # validate before touching anything
     except ConfigError as e:
         fail(str(e))
     if metrics_file:

@@ -991,21 +991,19 @@ def config_builder(front, peer_args, config_path, members_only, no_route, settin
     instance says otherwise is logged: the daemon's attach makes it the
     file's. `build.config` names where the config came from (status)."""
     settings = settings or {}
-    said = []
 
-    def build():
+    def build(quiet=False):
         path = configmod.resolve_path(front, peer_args, config_path)
         if path is None and not peer_args and settings.get("backend") != "allowedips" and front:
             build.config = "attached"
             return adopt(front, members_only, no_route, settings)
         cfg = configmod.build(front, peer_args, path, members_only, no_route, **settings)
         build.config = path or "command line"
-        if log and path and cfg.backend == "maps":
+        if log and not quiet and path and cfg.backend == "maps":
             diffs = attached_differences(cfg)
-            if diffs and diffs != said:
+            if diffs:
                 log(f"the attached instance differs from {path}: {'; '.join(diffs)}; "
                     f"attaching the config")
-            said[:] = diffs
         return cfg
     build.config = None
     return build
