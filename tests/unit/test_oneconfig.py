@@ -1,0 +1,310 @@
+"""One configuration: <config dir>/<front>.toml as the default, the daemon
+adopting the attached instance, the mismatch report; and the lifecycle
+pieces that need no kernel (run files, a dead daemon's status, -v, the
+front gone for good). No BPF, no device touched: the data plane is faked."""
+import fcntl
+import ipaddress
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from wgbpf import abi, cli, config, daemon, dataplane, maps, sync
+from wgbpf.config import Config, ConfigError, PeerConfig
+
+TOML = """\
+[[peer]]
+name = "alice"
+member = "wg-alice"
+tags = ["10.255.0.1", "fe80::1"]
+
+[[peer]]
+name = "bob"
+member = "wg-bob"
+tags = ["fe80::2"]
+source = "loose"
+"""
+
+
+def run(*args):
+    return CliRunner().invoke(cli.main, list(args), prog_name="wgbpf")
+
+
+@pytest.fixture
+def etc(tmp_path, monkeypatch):
+    d = tmp_path / "etc"
+    d.mkdir()
+    monkeypatch.setenv("WGBPF_CONFIG_DIR", str(d))
+    monkeypatch.setattr(maps, "PIN_ROOT", str(tmp_path / "pins"))
+    monkeypatch.setattr(daemon, "RUN_DIR", str(tmp_path / "run"))
+    return d
+
+
+def attached(peers=None, **settings):
+    """A Config as from_attached returns it: alice and bob by default."""
+    cfg = Config("wg0", peers or [PeerConfig("alice", "wg-alice", [ipaddress.ip_address("10.255.0.1"),
+                                                                   ipaddress.ip_address("fe80::1")]),
+                                  PeerConfig("bob", "wg-bob", [ipaddress.ip_address("fe80::2")],
+                                             abi.Source.LOOSE)])
+    for k, v in settings.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+# -- the default file -------------------------------------------------------------
+
+def test_default_path_follows_the_config_dir(etc):
+    assert config.default_path("wg0") == str(etc / "wg0.toml")
+    assert config.resolve_path("wg0", (), None) is None  # no file: nothing to read
+    (etc / "wg0.toml").write_text(TOML)
+    assert config.resolve_path("wg0", (), None) == str(etc / "wg0.toml")
+    # --peer or --config given: the default file is not read
+    assert config.resolve_path("wg0", ("alice=wg-alice",), None) is None
+    assert config.resolve_path("wg0", (), "/other.toml") == "/other.toml"
+    assert config.resolve_path(None, (), None) is None  # no front, no file name
+
+
+def test_attach_reads_the_default_file(etc, monkeypatch):
+    (etc / "wg0.toml").write_text(TOML)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    got = {}
+
+    def attach(cfg, log, debug):
+        got["cfg"] = cfg
+        return {"front": cfg.front, "created": True, "changes": [], "peers": len(cfg.peers),
+                "members_only": False, "pin_dir": "/x", "seconds": 0.1, "warnings": []}
+    monkeypatch.setattr(dataplane, "attach", attach)
+    monkeypatch.setattr(daemon, "notify_attached", lambda front: False)
+    r = run("attach", "wg0")
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in got["cfg"].peers] == ["alice", "bob"]
+    assert got["cfg"].peers[1].source == abi.Source.LOOSE
+
+
+def test_attach_without_peers_names_the_default_file(etc, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    r = run("attach", "wg0")
+    assert r.exit_code == 1 and "no peers" in r.output and str(etc / "wg0.toml") in r.output, r.output
+
+
+def test_a_broken_default_file_is_an_error_naming_it(etc):
+    (etc / "wg0.toml").write_text("[[peer]]\nname = 1\n")
+    r = run("attach", "wg0")
+    assert r.exit_code == 1 and str(etc / "wg0.toml") in r.output and "Traceback" not in r.output
+
+
+# -- adoption ------------------------------------------------------------------------
+
+def test_from_attached_reads_peers_tags_and_settings():
+    c = abi.Config(front_ifindex=5, no_route=int(abi.Policy.DROP), lookup=int(abi.Lookup.DIR24),
+                   source=int(abi.Source.FEASIBLE), accept_table=200, front=b"wg0")
+    peers = {1: abi.Peer(ifindex=11, name=b"alice", member=b"wg-alice"),
+             2: abi.Peer(ifindex=12, name=b"bob", member=b"wg-bob", source=int(abi.Source.LOOSE))}
+    tags = {ipaddress.ip_address("fe80::1"): 1, ipaddress.ip_address("10.255.0.1"): 1,
+            ipaddress.ip_address("fe80::2"): 2}
+    cfg = config.from_attached("wg0", c, peers, tags)
+    assert (cfg.front, cfg.members_only, cfg.no_route, cfg.lookup, cfg.source, cfg.accept_table) == \
+        ("wg0", False, abi.Policy.DROP, abi.Lookup.DIR24, abi.Source.FEASIBLE, 200)
+    assert [(p.name, p.member, [str(t) for t in p.tags], p.source) for p in cfg.peers] == [
+        ("alice", "wg-alice", ["10.255.0.1", "fe80::1"], abi.Source.DEFAULT),
+        ("bob", "wg-bob", ["fe80::2"], abi.Source.LOOSE)]
+    # members only: no front device recorded
+    assert config.from_attached("m0", abi.Config(), peers, tags).members_only
+
+
+def test_daemon_adopts_the_attached_instance(etc, monkeypatch):
+    monkeypatch.setattr(dataplane, "attached_config", lambda front: attached())
+    build = daemon.config_builder("wg0", (), None, None, None, {"lookup": None})
+    cfg = build()
+    assert build.config == "attached"
+    assert [p.name for p in cfg.peers] == ["alice", "bob"]
+    # what the command line sets wins over what is attached
+    build = daemon.config_builder("wg0", (), None, None, abi.Policy.DROP, {"lookup": abi.Lookup.FIB})
+    cfg = build()
+    assert (cfg.lookup, cfg.no_route) == (abi.Lookup.FIB, abi.Policy.DROP)
+
+
+def test_daemon_with_nothing_attached_and_no_file(etc, monkeypatch):
+    monkeypatch.setattr(dataplane, "attached_config", lambda front: None)
+    with pytest.raises(ConfigError, match="no peers.*wg0.toml.*attach wg0 first"):
+        daemon.config_builder("wg0", (), None, None, None)()
+
+
+def test_daemon_prefers_the_file_and_logs_how_the_attached_differs(etc, monkeypatch):
+    (etc / "wg0.toml").write_text(TOML)
+    carol = PeerConfig("carol", "wg-carol", [ipaddress.ip_address("fe80::3")])
+    monkeypatch.setattr(dataplane, "attached_config",
+                        lambda front: attached(attached().peers[:1] + [carol], lookup=abi.Lookup.DIR24))
+    logged = []
+    build = daemon.config_builder("wg0", (), None, None, None, {}, log=logged.append)
+    build(quiet=True)  # the command line's check: not logged
+    assert logged == []
+    cfg = build()
+    assert build.config == str(etc / "wg0.toml")
+    assert [p.name for p in cfg.peers] == ["alice", "bob"]  # the file's, not the attached
+    assert len(logged) == 1 and "attaching the config" in logged[0]
+    for fragment in ("lookup: attached dir24, config lpm", "peer bob: in the config, not attached",
+                     "peer carol: attached, not in the config"):
+        assert fragment in logged[0]
+
+
+# -- the mismatch report --------------------------------------------------------------
+
+def test_differences():
+    assert config.differences(attached(), attached()) == []
+    other = attached([PeerConfig("alice", "wg-a2", [ipaddress.ip_address("10.255.0.9")], abi.Source.OFF)],
+                     no_route=abi.Policy.DROP)
+    assert config.differences(attached(), other) == [
+        "no_route: attached pass, config drop",
+        "peer alice: member attached wg-alice, config wg-a2",
+        "peer alice: tags attached 10.255.0.1,fe80::1, config 10.255.0.9",
+        "peer alice: source attached default, config off",
+        "peer bob: attached, not in the config"]
+    # tag order is no difference
+    swapped = attached()
+    swapped.peers[0].tags.reverse()
+    assert config.differences(attached(), swapped) == []
+
+
+def test_status_reports_the_mismatch(etc, monkeypatch):
+    (etc / "wg0.toml").write_text(TOML)
+    monkeypatch.setattr(dataplane, "attached_config", lambda front: attached(attached().peers[:1]))
+    rep = cli.config_report("wg0", None)
+    assert rep == {"path": str(etc / "wg0.toml"), "differences": ["peer bob: in the config, not attached"]}
+    lines = cli.problems({"front": "wg0", "config": rep, "forwarding_off": ["net.ipv4.conf.wg0.forwarding"]})
+    assert lines == ["wg0: forwarding off (net.ipv4.conf.wg0.forwarding): traffic between peers is dropped",
+                     f"wg0: differs from {etc / 'wg0.toml'}: peer bob: in the config, not attached"]
+    # a running daemon's own config is the one compared; an adopting daemon has none
+    assert cli.config_report("wg0", {"state": "running", "config": "attached"}) == {"source": "attached"}
+    assert cli.config_report("wg0", {"state": "stopped", "config": "attached"})["path"] == str(etc / "wg0.toml")
+    (etc / "wg0.toml").write_text("front = 1\n")
+    assert "error" in cli.config_report("wg0", None)
+
+
+def test_no_file_nothing_to_compare(etc):
+    assert cli.config_report("wg0", None) is None
+
+
+# -- forwarding ----------------------------------------------------------------------
+
+def test_forwarding_off_in_every_mode(monkeypatch):
+    values = {"ipv4/conf/wg0/forwarding": "0", "ipv6/conf/all/forwarding": "1"}
+    monkeypatch.setattr(dataplane, "_sysctl", lambda k: values.get(k))
+    assert dataplane.forwarding_off(["wg0"]) == ["net.ipv4.conf.wg0.forwarding"]
+    assert "sysctl -w net.ipv4.conf.wg0.forwarding=1" in dataplane.forwarding_warning(["net.ipv4.conf.wg0.forwarding"])
+    values["ipv6/conf/all/forwarding"] = "0"
+    assert dataplane.forwarding_off(["wg0", "gone0"]) == ["net.ipv4.conf.wg0.forwarding",
+                                                           "net.ipv6.conf.all.forwarding"]
+    assert dataplane.forwarding_warning([]) is None
+
+
+# -- lifecycle: run files, a dead daemon --------------------------------------------------
+
+def status_file(front, **st):
+    os.makedirs(daemon.run_dir(), exist_ok=True)
+    with open(daemon.status_path(front), "w") as f:
+        json.dump(st, f)
+
+
+def test_a_dead_daemon_is_known_by_its_free_lock(etc):
+    # its pid is alive (ours, as a reused pid would be), but nobody holds the lock
+    status_file("wg0", state="running", pid=os.getpid())
+    assert daemon.read_status("wg0")["state"] == "not running"
+    fd = os.open(daemon.lock_path("wg0"), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert daemon.read_status("wg0")["state"] == "running"
+        status_file("wg0", state="stopped", pid=os.getpid())
+        assert daemon.read_status("wg0")["state"] == "stopped"
+    finally:
+        os.close(fd)
+
+
+def test_a_gone_allowedips_daemon_is_not_listed(etc):
+    status_file("nosuchdev0", state="stopped", pid=1, backend="allowedips")
+    status_file("lo", state="stopped", pid=1, backend="allowedips")  # its device is here
+    assert list(daemon.allowedips_daemons()) == ["lo"]
+
+
+def test_detach_removes_the_run_files(etc, monkeypatch):
+    monkeypatch.setattr(dataplane, "build_path", lambda front: os.path.join(daemon.run_dir(), f"{front}.build"))
+    status_file("wg0", state="stopped", pid=1)
+    paths = [daemon.lock_path("wg0"), daemon.writer_lock_path("wg0"), dataplane.build_path("wg0")]
+    for p in paths:
+        open(p, "w").close()
+    # a daemon still holds its lock: its files stay, the build record goes
+    fd = os.open(daemon.lock_path("wg0"), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert daemon.remove_run_files("wg0") == [dataplane.build_path("wg0")]
+    finally:
+        os.close(fd)
+    assert os.path.exists(daemon.status_path("wg0"))
+    removed = daemon.remove_run_files("wg0")
+    assert sorted(removed) == sorted([daemon.status_path("wg0")] + paths[:2])
+    assert not os.path.exists(daemon.run_dir())  # the namespace's last instance
+
+
+def test_writer_lock_follows_a_removed_file(etc):
+    with daemon.writer_lock("wg0"):
+        os.unlink(daemon.writer_lock_path("wg0"))
+    with daemon.writer_lock("wg0"):  # taken anew, on a file that exists
+        assert os.path.exists(daemon.writer_lock_path("wg0"))
+
+
+# -- the daemon: -v, the front gone for good ----------------------------------------------------
+
+def make_daemon(front="wg0"):
+    logged = []
+    d = daemon.Daemon(lambda: None, sync.Filter((254,), (), ()), logged.append)
+    d.cfg = Config(front, [PeerConfig("alice", "wg-alice")])
+    return d, logged
+
+
+def test_verbose_logs_each_change(monkeypatch):
+    d, logged = make_daemon()
+    monkeypatch.setattr(d, "_peer_names", lambda: {1: "alice", 2: "bob"})
+    diff = sync.Diff()
+    diff.put[sync.network_pkey(ipaddress.ip_network("10.1.0.0/16"))] = (1, 2)
+    diff.delete.append(sync.network_pkey(ipaddress.ip_network("2001:db8::/32")))
+    d.log_applied("routes", diff)
+    assert [line.split(" ", 1)[1] for line in logged] == ["route 10.1.0.0/16 -> alice,bob",
+                                                          "route 2001:db8::/32 withdrawn"]
+    assert all(len(line.split(" ", 1)[0]) == len("12:34:56.789") for line in logged)
+
+
+def test_exits_when_the_front_is_gone_for_good(monkeypatch):
+    d, logged = make_daemon("nosuchfront0")
+    d.gone_after = 5
+    now = [100.0]
+    monkeypatch.setattr(daemon.time, "monotonic", lambda: now[0])
+    d.check_gone()
+    assert logged == ["front nosuchfront0 does not exist: exiting unless it is back within 5s"]
+    now[0] += 4.9
+    d.check_gone()  # not yet
+    now[0] += 0.2
+    with pytest.raises(daemon.DaemonError, match="nosuchfront0 does not exist for 5s: gone for good"):
+        d.check_gone()
+
+
+def test_a_front_that_comes_back_resets_the_clock(monkeypatch):
+    d, logged = make_daemon("lo")
+    d.gone_since = 1.0  # was gone
+    d.check_gone()
+    assert d.gone_since is None and logged == ["back: staying"]
+    d.gone_after = 0  # never
+    d.cfg.front = "nosuchfront0"
+    d.check_gone()
+    assert d.gone_since is None
+
+
+def test_exits_when_its_netns_name_is_gone(tmp_path):
+    d, logged = make_daemon("lo")
+    d.gone_after = 1
+    d.netns_path = str(tmp_path / "gone")
+    d.check_gone()
+    assert "network namespace" in logged[0] and "is gone" in logged[0]
+    d.netns_path = "/proc/self/ns/net"  # ours: fine
+    d.check_gone()
+    assert d.gone_since is None
