@@ -53,8 +53,12 @@
 #   down    remove everything (of either mode); exit 0 even if nothing exists
 #   info    JSON description of the lab on stdout (works whether up or not)
 #   status  short `wg show` of every device; exit 1 if a device is missing
-#   recreate DEV  delete the front or a member and create it again (same
-#           name, keys, addresses; new ifindex), as wg-quick down/up does
+#   recreate DEV  delete the front, a member or a spoke's device and create
+#           it again (same name, keys, addresses; new ifindex), as wg-quick
+#           down/up does
+#   kill DEV  a spoke's WireGuard dies: its wireguard-go killed (SIGKILL), or
+#           with LAB_WG=kernel its device deleted; `recreate DEV` revives it
+#   LAB_KEEPALIVE=N (up): the spokes send a persistent keepalive every N s
 #
 # State (keys, pids, wireguard-go logs): /run/wgbpf-lab/${LAB_ID:-default}/
 
@@ -62,6 +66,7 @@ set -euo pipefail
 
 LAB_ID=${LAB_ID:-}
 LAB_WG=${LAB_WG:-go}             # go: wireguard-go processes; kernel: the wireguard module
+LAB_KEEPALIVE=${LAB_KEEPALIVE:-} # spokes' persistent-keepalive seconds (none by default)
 PEERS=(alice bob carol)          # index i = position + 1
 WG_RUN=/var/run/wireguard
 
@@ -249,34 +254,83 @@ setup_member() { # peer
 	wg_link "$HUB" "${MEMBER[$p]}"
 }
 
+setup_spoke() { # peer
+	local p=$1 i=${IDX[$1]} ns=${NS[$1]} s=${SPOKE[$1]} ka
+	ka=$(cat "$STATE/keepalive" 2>/dev/null || true)
+	nsx "$ns" wg set "$s" \
+		listen-port 51900 private-key "$STATE/spoke-$p.key" \
+		peer "$(cat "$STATE/member-$p.pub")" \
+		allowed-ips 0.0.0.0/0,::/0 endpoint "198.18.$i.1:$((51800 + i))" \
+		${ka:+persistent-keepalive "$ka"}
+	wg_link "$ns" "$s"
+	ip -n "$ns" addr add "10.255.0.$i/32" dev "$s"
+	ip -n "$ns" addr add "fe80::$i/64" dev "$s" nodad
+	ip -n "$ns" route add 10.0.0.0/8 dev "$s" src "10.$i.0.1"
+	ip -n "$ns" -6 route add fd00::/8 dev "$s" src "fd00:$i::1"
+	ip -n "$ns" route add 10.255.0.254/32 dev "$s" src "10.255.0.$i"
+}
+
+# Which peer's spoke device is $1 (empty if none)?
+spoke_of() {
+	local p
+	for p in "${PEERS[@]}"; do [[ ${SPOKE[$p]} == "$1" ]] && echo "$p"; done
+	return 0
+}
+
+# kill DEV: a spoke's WireGuard dies without a word, as when its machine
+# does: wireguard-go killed (its TUN device goes with it), or the kernel
+# device deleted. The hub's member keeps sending into the void.
+cmd_kill() {
+	local dev=${1:-} p pid
+	((EUID == 0)) || die "must run as root"
+	p=$(spoke_of "$dev")
+	[[ -n $p ]] || die "kill: $dev is not a spoke's device"
+	if [[ $LAB_WG == kernel ]]; then
+		ip -n "${NS[$p]}" link del "$dev"
+	else
+		pid=$(cat "$STATE/$dev.pid")
+		is_wggo_for "$pid" "$dev" && kill -KILL "$pid"
+		while kill -0 "$pid" 2>/dev/null; do sleep 0.02; done
+		rm -f "$WG_RUN/$dev.sock"
+	fi
+}
+
 # recreate DEV: delete a hub device (the front or a member) and create it
 # again under the same name, as `wg-quick down; wg-quick up` or a
 # wireguard-go restart does: same keys and addresses, a new ifindex. Routes
 # through it die with it (the kernel's doing), as on a router.
 cmd_recreate() {
-	local dev=${1:-} p peer="" pid n
+	local dev=${1:-} p peer="" pid n ns=$HUB spoke
 	((EUID == 0)) || die "must run as root"
 	for p in "${PEERS[@]}"; do [[ ${MEMBER[$p]} == "$dev" ]] && peer=$p; done
-	[[ -n $peer || $dev == "$FRONT" ]] || die "recreate: $dev is neither the front nor a member"
+	spoke=$(spoke_of "$dev")
+	[[ -n $spoke ]] && ns=${NS[$spoke]}
+	[[ -n $peer || -n $spoke || $dev == "$FRONT" ]] || die "recreate: $dev is not the front, a member or a spoke"
 	if [[ $LAB_WG == kernel ]]; then
-		ip -n "$HUB" link del "$dev"
-		add_kernel_wg "$HUB" "$dev"
+		ip -n "$ns" link del "$dev" 2>/dev/null || [[ -n $spoke ]]  # a killed spoke has none
+		add_kernel_wg "$ns" "$dev"
 	else
 		pid=$(cat "$STATE/$dev.pid")
 		is_wggo_for "$pid" "$dev" && kill -TERM "$pid"
 		for ((n = 0; n < 100; n++)); do
-			ip -n "$HUB" link show dev "$dev" >/dev/null 2>&1 || break
+			ip -n "$ns" link show dev "$dev" >/dev/null 2>&1 || break
 			sleep 0.05
 		done
 		rm -f "$WG_RUN/$dev.sock"
-		start_wggo "$HUB" "$dev"
+		start_wggo "$ns" "$dev"
 		for ((n = 0; n < 100; n++)); do
 			[[ -S $WG_RUN/$dev.sock ]] && break
 			sleep 0.05
 		done
 		[[ -S $WG_RUN/$dev.sock ]] || die "timeout waiting for $WG_RUN/$dev.sock"
 	fi
-	if [[ -n $peer ]]; then setup_member "$peer"; else setup_front; fi
+	if [[ -n $peer ]]; then
+		setup_member "$peer"
+	elif [[ -n $spoke ]]; then
+		setup_spoke "$spoke"
+	else
+		setup_front
+	fi
 }
 
 up_failed() {
@@ -373,18 +427,9 @@ cmd_up() {
 	done
 
 	say "spokes"
+	echo "$LAB_KEEPALIVE" >"$STATE/keepalive"
 	for p in "${PEERS[@]}"; do
-		i=${IDX[$p]} ns=${NS[$p]} s=${SPOKE[$p]}
-		nsx "$ns" wg set "$s" \
-			listen-port 51900 private-key "$STATE/spoke-$p.key" \
-			peer "$(cat "$STATE/member-$p.pub")" \
-			allowed-ips 0.0.0.0/0,::/0 endpoint "198.18.$i.1:$((51800 + i))"
-		wg_link "$ns" "$s"
-		ip -n "$ns" addr add "10.255.0.$i/32" dev "$s"
-		ip -n "$ns" addr add "fe80::$i/64" dev "$s" nodad
-		ip -n "$ns" route add 10.0.0.0/8 dev "$s" src "10.$i.0.1"
-		ip -n "$ns" -6 route add fd00::/8 dev "$s" src "fd00:$i::1"
-		ip -n "$ns" route add 10.255.0.254/32 dev "$s" src "10.255.0.$i"
+		setup_spoke "$p"
 	done
 
 	trap - EXIT INT TERM
@@ -464,8 +509,9 @@ down) ((EUID == 0)) || die "must run as root"; cmd_down ;;
 info) cmd_info ;;
 status) cmd_status ;;
 recreate) cmd_recreate "${2:-}" ;;
+kill) cmd_kill "${2:-}" ;;
 *)
-	echo "usage: [LAB_ID=x] $0 up|down|info|status|recreate DEV" >&2
+	echo "usage: [LAB_ID=x] $0 up|down|info|status|recreate DEV|kill DEV" >&2
 	exit 2
 	;;
 esac

@@ -917,7 +917,7 @@ class Daemon:
                     self.maps_sync("written by wgbpf route")
                 self.check_maps()  # after an attach, or a detach, under us
                 try:
-                    ready, _, _ = select.select([events], [], [], self.liveness.interval)
+                    ready, _, _ = select.select([events], [], [], self.liveness.timeout())
                 except InterruptedError:
                     continue
                 if ready:

@@ -82,12 +82,19 @@ class Liveness:
         return max(0.1, min(1.0, min(p.dead_after for p in self.peers.values()) / 8))
 
     def due(self):
-        """True (and the next sample scheduled) when it is time to sample."""
-        now = self.clock()
+        """True (and the next sample scheduled) when it is time to sample.
+        Samples keep to a grid, so a slow loop does not stretch detection."""
+        now, iv = self.clock(), self.interval
         if now < self.next_at:
             return False
-        self.next_at = now + self.interval
+        self.next_at = self.next_at + iv if now - self.next_at < iv else now + iv
         return True
+
+    def timeout(self):
+        """Seconds the caller may sleep before the next sample (at most 1)."""
+        if not self.peers:
+            return 1.0
+        return max(0.0, min(1.0, self.next_at - self.clock()))
 
     def alive(self, name):
         p = self.peers.get(name)

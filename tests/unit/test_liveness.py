@@ -69,6 +69,16 @@ def test_interval_is_an_eighth_of_the_shortest():
     assert live.interval == 1.0
 
 
+def test_samples_keep_to_a_grid():
+    live, clock, *_ = setup(2.0)
+    assert live.due() and not live.due()
+    assert live.timeout() == 0.25
+    clock.t += 0.3  # a slow loop: the next sample is due 0.2 s later, not 0.25
+    assert live.due() and live.timeout() == pytest.approx(0.2)
+    clock.t += 5  # far behind: a new grid from now
+    assert live.due() and live.timeout() == 0.25
+
+
 def test_live_peer_with_keepalives_never_dies():
     live, clock, _, far = setup(2.0)
     far.sample()
