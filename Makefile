@@ -54,11 +54,16 @@ DATAPLANE_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 # Then the allowedips backend against `wg syncconf` (100k allowed IPs on one
 # peer; here on wireguard-go, in the vm tier on kernel WireGuard: VM_BENCH=1).
 ALLOWEDIPS_ARGS ?= $(if $(filter --quick,$(BENCH_ARGS)),--routes 10000,--routes 100000)
+# Then throughput against plain per-peer routing (~12 min): interleaved A/B
+# iperf3 pairs per lookup mode and with `wgbpf monitor` listening, the median
+# ratio with a bootstrap interval: bench-results/throughput.json.
+THROUGHPUT_ARGS ?= $(if $(filter --quick,$(BENCH_ARGS)),--pairs 3 --seconds 1,--pairs 10)
 bench: setup
 	@$(PYTHON) -c 'import matplotlib' 2>/dev/null || .venv/bin/pip install -q --disable-pip-version-check -e '.[bench]'
 	$(PYTHON) tests/bench/bench_sync.py $(BENCH_ARGS)
 	$(PYTHON) tests/bench/bench_dataplane.py $(DATAPLANE_ARGS)
 	$(PYTHON) tests/bench/bench_allowedips.py $(ALLOWEDIPS_ARGS)
+	$(PYTHON) tests/bench/bench_throughput.py $(THROUGHPUT_ARGS)
 
 clean: demo-down
 	rm -rf .venv .pytest_cache .hypothesis *.egg-info
