@@ -19,6 +19,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,39 @@ def nsrun(ns, *cmd, bindir=None, check=True, timeout=60):
 def script(ns, text, bindir):
     """A page's shell block, line by line as an operator pastes it."""
     return nsrun(ns, "bash", "-euxc", text, bindir=bindir)
+
+
+class Babeld:
+    """`babeld` in netns `ns`, with its own pid file, state file and
+    (read-only) control socket; killed by stop()."""
+
+    def __init__(self, ns, args, workdir, name):
+        self.sock = os.path.join(workdir, f"{name}.sock")
+        files = ["-I", os.path.join(workdir, f"{name}.pid"), "-S", os.path.join(workdir, f"{name}.state"),
+                 "-g", self.sock]
+        self.log = open(os.path.join(workdir, f"{name}.log"), "w+")
+        self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", args[0], *files, *args[1:]],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def dump(self):
+        """babeld's `dump` on its control socket: neighbours and routes."""
+        def reply(s):  # up to babeld's ok/no/bad line
+            out = b""
+            while not re.search(rb"^(ok|no|bad)\n", out, re.M):
+                chunk = s.recv(65536)
+                assert chunk, f"babeld closed its socket: {out!r}"
+                out += chunk
+            return out
+
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5 * TIME_SCALE)
+            s.connect(self.sock)
+            reply(s)  # the greeting
+            s.sendall(b"dump\n")
+            out = reply(s)
+        return out.decode()
+
+    stop = lambda self: Bird.stop(self)  # noqa: E731
 
 
 class Bird:
@@ -162,6 +196,8 @@ class Recipe:
         args = shlex.split(line.split("#", 1)[0])
         if args[0] == "bird":
             p = Bird(ns, args, self.dir, name)
+        elif args[0] == "babeld":
+            p = Babeld(ns, args, self.dir, name)
         elif args[:2] == ["wgbpf", "daemon"]:
             p = DaemonProc(ns, *args[1:])
         else:
@@ -177,10 +213,8 @@ class Recipe:
 
 
 def lab_fixture(lab_id):
-    """The lab with its plain `dev front` routes removed (the routing daemon
-    provides them) and each spoke's tunnel address in the /24 the pages
-    use (added before the lab's /32 goes: removing a device's last IPv4
-    address flushes its routes)."""
+    """The lab without its plain `dev front` routes: the routing daemon
+    provides the hub's routes."""
     require_bcc()
     require_tools(*WG_TOOLS, "ping", "nsenter")
     lab = Lab(lab_id)
@@ -190,8 +224,6 @@ def lab_fixture(lab_id):
         lab.ip("route", "del", p["prefix4"])
         lab.ip("route", "del", f"{p['tag4']}/32")
         lab.ip("-6", "route", "del", p["prefix6"])
-        spoke(lab, name, "ip", "addr", "add", f"{p['tag4']}/24", "dev", p["spoke_dev"])
-        spoke(lab, name, "ip", "addr", "del", f"{p['tag4']}/32", "dev", p["spoke_dev"])
     return lab
 
 
@@ -223,6 +255,11 @@ def bgp():
     try:
         lab = lab_fixture(f"b{RUN_ID}")
         recipe = Recipe(lab, "bgp-bird.md")
+        for name, p in lab.peers.items():
+            # the page's /24 on each spoke's tunnel, added before the lab's
+            # /32 goes (a device's last IPv4 address takes its routes along)
+            spoke(lab, name, "ip", "addr", "add", f"{p['tag4']}/24", "dev", p["spoke_dev"])
+            spoke(lab, name, "ip", "addr", "del", f"{p['tag4']}/32", "dev", p["spoke_dev"])
         recipe.write("wg0.toml")
         recipe.write("bird-hub.conf")
         paths = {"/etc/wgbpf/wg0.toml": "wg0.toml", "/etc/bird/bird.conf": "bird-hub.conf"}
@@ -282,4 +319,68 @@ def test_bgp_forged_source_dropped_and_counted(bgp):
     before = bgp.status()["counters"]["spoofed"], bgp.peer("alice")["spoofed"]
     assert not bgp.ping("alice", "10.3.0.1", count=2, extra=("-I", forged))
     after = bgp.status()["counters"]["spoofed"], bgp.peer("alice")["spoofed"]
+    assert after[0] - before[0] >= 2 and after[1] - before[1] >= 2, (before, after)
+
+
+# ------------------------------------------------------ (2) babeld ----
+
+@pytest.fixture(scope="module")
+def babel():
+    require_tools("babeld")
+    lab = recipe = None
+    try:
+        lab = lab_fixture(f"v{RUN_ID}")
+        recipe = Recipe(lab, "babel.md")
+        # no IPv4 address on any tunnel: babeld announces IPv4 via IPv6
+        lab.ip("addr", "del", f"{lab.info['front_addr4']}/32", "dev", lab.front)
+        for name, p in lab.peers.items():
+            spoke(lab, name, "ip", "addr", "del", f"{p['tag4']}/32", "dev", p["spoke_dev"])
+        recipe.write("wg0.toml")
+        recipe.write("babeld-hub.conf")
+        paths = {"/etc/wgbpf/wg0.toml": "wg0.toml", "/etc/babeld.conf": "babeld-hub.conf"}
+        recipe.script(lab.hub, "hub.sh", paths)
+        babeld_line, daemon_line = recipe.text("start.sh", paths).strip().splitlines()
+        lab.babeld = recipe.start(lab.hub, babeld_line, "hub")
+        recipe.start(lab.hub, daemon_line, "daemon")
+        for name, p in lab.peers.items():
+            conf = recipe.write(f"babeld-{name}.conf",
+                                recipe.text("babeld-spoke.conf", extra={
+                r"wgs-alice": f"wgs-{name}", r"pref-src 10\.1\.0\.1": f"pref-src {p['host4']}"}))
+            recipe.start(p["ns"], f"babeld -c {conf}", name)
+        yield lab
+    finally:
+        if lab is not None:
+            lab_teardown(lab, recipe)
+
+
+def test_babel_routes_v4_via_v6_in_the_maps(babel):
+    want = {"10.1.0.0/16": ["alice"], "10.2.0.0/16": ["bob"], "10.3.0.0/16": ["carol"],
+            "fd00:1::/48": ["alice"], "fd00:2::/48": ["bob"], "fd00:3::/48": ["carol"]}
+    wait_until(lambda: all(dump_routes(babel).get(p) == v for p, v in want.items()),
+               f"wgbpf dump to hold {want}")
+    kernel = babel.ip("route", "show", "proto", "babel").stdout
+    assert f"10.2.0.0/16 via inet6 fe80::2 dev {babel.front}" in kernel, kernel
+    dump = babel.babeld.dump()
+    assert dump.count("add neighbour") == 3, dump
+    wait_until(lambda: "routes per peer: alice 2, bob 2, carol 2" in babel.wgbpf("status").stdout,
+               "wgbpf status to count the routes per peer")
+    # the spokes learn each other's prefixes through the hub, IPv4 via IPv6 too
+    for name, p in babel.peers.items():
+        others = [q["prefix4"] for q in babel.peers.values() if q is not p]
+        wait_until(lambda: all("via inet6 fe80::fe" in babel.spoke(name, "ip", "route", "show", o).stdout
+                               for o in others), f"{name} to learn {others} from the hub")
+    assert babel.ping("alice", "10.2.0.1", count=2)
+    assert babel.ping("alice", "fd00:3::1", count=2)
+
+
+def test_babel_forged_source_dropped_and_counted(babel):
+    """Alice announces a prefix of bob's: the hub's `in` filter drops it,
+    and the source check drops what she sends from it."""
+    spoke(babel, "alice", "ip", "addr", "add", "10.2.99.1/24", "dev", "lan0")
+    time.sleep(2 * TIME_SCALE)  # a few Babel updates
+    assert "10.2.99.0/24" not in dump_routes(babel)
+    assert babel.ip("route", "show", "10.2.99.0/24").stdout == ""
+    before = babel.status()["counters"]["spoofed"], babel.peer("alice")["spoofed"]
+    assert not babel.ping("alice", "10.3.0.1", count=2, extra=("-I", "10.2.99.1"))
+    after = babel.status()["counters"]["spoofed"], babel.peer("alice")["spoofed"]
     assert after[0] - before[0] >= 2 and after[1] - before[1] >= 2, (before, after)
