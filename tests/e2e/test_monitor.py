@@ -37,12 +37,12 @@ pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
 FORGED4, FORGED6 = "10.2.0.77", "fd00:2::77"   # bob's prefixes, sent by alice
 
-# Sends UDP from forged sources (argv[4:]) to argv[1] (v4) / argv[2] (v6),
-# argv[3] packets a second per source for argv[4] seconds, through raw
-# sockets: the kernel routes by the destination, the source stays forged.
+# Sends UDP from forged sources (argv[5:]) to argv[1] (v4) / argv[2] (v6),
+# argv[3] rounds a second, argv[4] rounds of one packet per source, through
+# raw sockets: the kernel routes by the destination, the source stays forged.
 SENDER = textwrap.dedent("""
     import ipaddress, socket, struct, sys, time
-    dst4, dst6, rate, secs = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+    dst4, dst6, rate, rounds = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     pkts = []
     for src in sys.argv[5:]:
         a = ipaddress.ip_address(src)
@@ -54,12 +54,9 @@ SENDER = textwrap.dedent("""
         else:
             ip = struct.pack("!IHBB16s16s", 6 << 28, len(udp), 17, 64, a.packed, ipaddress.ip_address(dst6).packed)
             pkts.append((socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW), ip + udp, (dst6, 0)))
-    end = time.monotonic() + secs
-    while True:
+    for i in range(rounds):
         for s, p, to in pkts:
             s.sendto(p, to)
-        if time.monotonic() + 1 / rate > end:
-            break
         time.sleep(1 / rate)
 """)
 
@@ -83,11 +80,12 @@ def lab():
         subprocess.run(["rm", "-rf", lab.pin_dir()])
 
 
-def forge(lab, rate, secs, sources=(FORGED4,)):
-    """alice sends forged packets to carol, in the background."""
+def forge(lab, rate, rounds, sources=(FORGED4,)):
+    """alice sends forged packets to carol, in the background: `rounds`
+    times one from each source, `rate` rounds a second."""
     carol = lab.peers["carol"]
     return subprocess.Popen(["ip", "netns", "exec", lab.peers["alice"]["ns"], sys.executable, "-c", SENDER,
-                             carol["host4"], carol["host6"], str(rate), str(secs), *sources])
+                             carol["host4"], carol["host6"], str(rate), str(rounds), *sources])
 
 
 def ping_flood(lab, secs):
@@ -99,7 +97,7 @@ def ping_flood(lab, secs):
 
 def test_top_once_json_shows_rates_and_spoofed_drops(lab):
     assert lab.ping("alice", lab.peers["bob"]["host4"], count=1)  # handshakes done before we measure
-    ping, forged = ping_flood(lab, 4), forge(lab, 50, 4)
+    ping, forged = ping_flood(lab, 4), forge(lab, 50, 200)
     try:
         time.sleep(1)
         r = lab.wgbpf("top", "--front", lab.front, "--once", "--json", "--interval", "2")
@@ -118,8 +116,10 @@ def test_top_once_json_shows_rates_and_spoofed_drops(lab):
         assert 1020 * 8 <= p["tx_bps"] / p["tx_pps"] <= 1100 * 8, (name, p)  # 1028-byte packets
         assert p["state"] == "up" and p["liveness"] is None and p["prefixes"] == 2
     assert peers["carol"]["tx_pps"] < 5 and peers["carol"]["rx_pps"] < 5
-    assert 25 <= peers["alice"]["spoofed_ps"] <= 75, peers["alice"]
-    assert 25 <= s["drops"]["spoofed"]["per_second"] <= 75 and s["drops"]["spoofed"]["total"] >= 50
+    # 50 a second at most (a busy machine sends fewer), all of them alice's
+    assert 20 / TIME_SCALE <= peers["alice"]["spoofed_ps"] <= 55, peers["alice"]
+    assert abs(s["drops"]["spoofed"]["per_second"] - peers["alice"]["spoofed_ps"]) <= 1  # read a moment apart
+    assert s["drops"]["spoofed"]["total"] >= 2 * 20 / TIME_SCALE
     assert s["front"] == lab.front and 1.9 <= s["interval"] <= 3 * TIME_SCALE
 
 
@@ -183,8 +183,8 @@ def test_monitor_json_names_each_forged_packet(lab):
     mon = Monitor(lab)
     try:
         assert lab.status()["monitor"]["mode"] == "drops"
-        f = forge(lab, 10, 0.5, (FORGED4, FORGED6))
-        f.wait(10)
+        f = forge(lab, 20, 5, (FORGED4, FORGED6))
+        f.wait(10 * TIME_SCALE)
         assert lab.ping("alice", lab.peers["bob"]["host4"], count=2)  # passed: not shown
         time.sleep(0.5 * TIME_SCALE)
     finally:
@@ -192,7 +192,7 @@ def test_monitor_json_names_each_forged_packet(lab):
     assert rc == 0, err
     carol = lab.peers["carol"]
     forged = [e for e in events if e["src"] in (FORGED4, FORGED6)]
-    assert len(forged) >= 8, events
+    assert len(forged) == 10, events  # 5 rounds x 2 sources: far below the rate limit
     for e in forged:
         assert {k: e[k] for k in ("device", "hook", "peer", "reason", "dropped", "proto", "sport", "dport")} == {
             "device": lab.peers["alice"]["member"], "hook": "member_ingress", "peer": "alice", "reason": "spoofed",
