@@ -46,6 +46,10 @@ class Other:
         r = run("ip", "netns", "add", self.ns)
         assert r.returncode == 0, r.stderr
         self.ip("link", "set", "lo", "up")
+        # a hub forwards (status --check reports forwarding off)
+        r = run("ip", "netns", "exec", self.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1")
+        assert r.returncode == 0, r.stderr
         for dev in [self.front, *self.members.values()]:
             self.tun(dev)
 
