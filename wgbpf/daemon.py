@@ -865,9 +865,12 @@ class Daemon:
                st["members_gone"])
         metric("peer_deaths_total", "peers judged dead (liveness: taken down)", st["peer_deaths"])
         metric("peer_revivals_total", "dead peers heard again (liveness: up again)", st["peer_revivals"])
+        if st["liveness"]:  # one HELP/TYPE for all peers' series
+            lines.append("# HELP wgbpf_peer_alive 1 alive, 0 dead (liveness, --dead-after; cause: why dead)")
+            lines.append("# TYPE wgbpf_peer_alive gauge")
         for name, lv in st["liveness"].items():
-            metric("peer_alive", "1 alive, 0 dead (liveness, --dead-after)", int(lv["state"] == "alive"),
-                   "gauge", f',peer="{name}",reason="{lv["reason"] or ""}"')
+            lines.append(f'wgbpf_peer_alive{{front="{front}",peer="{name}",cause="{lv["cause"] or ""}"}} '
+                         f'{int(lv["state"] == "alive")}')
         metric("prefixes", "prefixes that name peers", st["prefixes"], "gauge")
         metric("ignored_routes", "routes that name no peer (last full sync)", st["ignored"], "gauge")
         metric("event_lag_ms_max", "worst event-to-map lag", st["lag_ms_max"], "gauge")

@@ -39,6 +39,7 @@ class Peer:
     sending_since: float = None  # tx moved since rx_at: from about then
     dead: bool = False
     reason: str = None          # why dead, or why back
+    cause: str = None           # dead: "silent" or "handshake" (a metric label)
     since: float = None         # wall clock of the last change
     revived_at: float = None    # hold-down runs from here
     heard_at: float = None      # dead: rx moving again since
@@ -126,17 +127,18 @@ class Liveness:
             p.sending_since = max(p.rx_at, prev_at)
         if p.revived_at is not None and now - p.revived_at < p.hold:
             return None  # hold-down: not judged again yet
-        reason = None
+        reason = cause = None
         if p.sending_since is not None and now - p.sending_since >= p.dead_after:
-            reason = f"nothing received for {now - p.rx_at:.1f}s while sending"
+            reason, cause = f"nothing received for {now - p.rx_at:.1f}s while sending", "silent"
         elif tx_moved:
             age = (self.wall() - handshake) if handshake else (now - p.watched)
             if age > REJECT_AFTER:
+                cause = "handshake"
                 reason = (f"no handshake for {age:.0f}s while sending" if handshake
                           else f"no handshake in {age:.0f}s of sending")
         if reason is None:
             return None
-        p.dead, p.reason, p.since, p.heard_at = True, reason, self.wall(), None
+        p.dead, p.reason, p.cause, p.since, p.heard_at = True, reason, cause, self.wall(), None
         p.deaths += 1
         return "dead"
 
@@ -152,7 +154,8 @@ class Liveness:
         if now - p.heard_at < p.confirm or not self._session(p):
             return None
         p.reason = f"received again for {now - p.heard_at:.1f}s"
-        p.dead, p.since, p.revived_at, p.sending_since, p.heard_at = False, self.wall(), now, None, None
+        p.dead, p.cause, p.since, p.revived_at, p.sending_since, p.heard_at = (
+            False, None, self.wall(), now, None, None)
         return "alive"
 
     def _session(self, p):
@@ -167,6 +170,7 @@ class Liveness:
             out[name] = {
                 "state": "dead" if p.dead else "alive",
                 "reason": p.reason,
+                "cause": p.cause,
                 "since": p.since,
                 "dead_after": p.dead_after,
                 "rx_age": round(now - p.rx_at, 1) if p.rx_at is not None else None,

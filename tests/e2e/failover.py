@@ -72,7 +72,7 @@ def via(lab, peer):
 class Failover:
     """The scenario on an up lab (brought up with LAB_KEEPALIVE=1)."""
 
-    def __init__(self, lab, flows=16, interval=0.02, dead_after="2", echo=True):
+    def __init__(self, lab, flows=16, interval=0.02, dead_after="2", echo=True, daemon_args=()):
         self.lab, self.flows, self.interval = lab, flows, interval
         self.procs, self.logs = [], {}
         for name in ("alice", "bob"):
@@ -82,7 +82,7 @@ class Failover:
         lab.ip("route", "replace", PREFIX, "nexthop", *via(lab, "alice"), "nexthop", *via(lab, "bob"))
         lab.attach()
         self.daemon = DaemonProc(lab.hub, "daemon", lab.front, *lab.peer_args(), "--lookup", lab.lookup,
-                                 "--dead-after", dead_after)
+                                 "--dead-after", dead_after, *daemon_args)
         for name in ("alice", "bob"):
             self.logs[name] = self._start(name, SINK, "echo" if echo else "sink")
         self._start("carol", SENDER, str(flows), str(interval))

@@ -3,8 +3,7 @@
 and comes back when it is restarted. The scenario and its drawing:
 tests/e2e/failover.py; the figures over ten kills: tests/bench/bench_failover.py.
 """
-import json
-import os
+import tempfile
 import time
 
 import pytest
@@ -28,7 +27,9 @@ def scenario():
     f = None
     try:
         lab.up()
-        f = Failover(lab)
+        metrics = tempfile.NamedTemporaryFile(prefix="wgbpf-liveness-", suffix=".prom")
+        f = Failover(lab, daemon_args=("--metrics-file", metrics.name))
+        f.metrics = metrics.name
         f.settle()
         yield f
     finally:
@@ -40,9 +41,16 @@ def scenario():
         run("rm", "-rf", lab.pin_dir(), *lab.run_files())
 
 
-def liveness(f):
-    st = f.lab.status()
-    return st["daemon"]["liveness"]
+def liveness(f, peer, state, timeout=3.0):
+    """The peer's liveness in `wgbpf status --json` once it says `state`
+    (the daemon writes its status file every second)."""
+    deadline = time.monotonic() + timeout * TIME_SCALE
+    while True:
+        lv = f.lab.status()["daemon"]["liveness"][peer]
+        if lv["state"] == state:
+            return lv
+        assert time.monotonic() < deadline, f"{peer} not {state} in the status: {lv}"
+        time.sleep(0.1)
 
 
 def test_dead_spoke_leaves_ecmp_and_comes_back(scenario):
@@ -57,16 +65,19 @@ def test_dead_spoke_leaves_ecmp_and_comes_back(scenario):
     assert flows, "no flow on either peer"
     assert took is not None, f"{victim}'s flows did not move to its sibling within 10 s:\n{f.daemon.text()}"
     assert took <= BOUND * TIME_SCALE, f"failover took {took:.2f}s (bound {BOUND}s)"
-    lv = liveness(f)[victim]
-    assert lv["state"] == "dead" and "nothing received" in lv["reason"], lv
+    lv = liveness(f, victim, "dead")
+    assert "nothing received" in lv["reason"], lv
     assert f"peer {victim}: dead (nothing received for" in f.daemon.text()
     peer = next(p for p in f.lab.dump()["peers"] if p["name"] == victim)
     assert not peer["up"]
+    with open(f.metrics) as fh:
+        text = fh.read()
+    assert f'peer="{victim}",cause="silent"}} 0' in text and "wgbpf_peer_deaths_total" in text, text
     # restarted: heard again (a second of keepalives), the flows return
     back = f.revive(victim, flows, timeout=15 * TIME_SCALE)
     assert back is not None, f"{victim}'s flows did not come back:\n{f.daemon.text()}"
-    lv = liveness(f)[victim]
-    assert lv["state"] == "alive" and lv["deaths"] == 1 and lv["hold_down"] > 0, lv
+    lv = liveness(f, victim, "alive")
+    assert lv["deaths"] == 1 and lv["hold_down"] > 0, lv
     st = f.lab.status()["daemon"]
     assert st["peer_deaths"] == 1 and st["peer_revivals"] == 1
     text = f.lab.wgbpf("status").stdout

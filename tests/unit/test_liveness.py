@@ -97,6 +97,7 @@ def test_silent_while_sending_dies_within_dead_after():
     assert not live.alive("alice")
     st = live.status()["alice"]
     assert st["state"] == "dead" and "nothing received" in st["reason"] and st["deaths"] == 1
+    assert st["cause"] == "silent"
 
 
 def test_idle_and_silent_is_not_dead():
@@ -155,6 +156,7 @@ def test_stale_handshake_while_sending():
     got = run(live, clock, far, 5, step=1.0, keepalive=1.0, wall=wall)
     assert got and got[0][1] == "dead"
     assert "no handshake" in live.status()["alice"]["reason"]
+    assert live.status()["alice"]["cause"] == "handshake"
 
 
 def test_counters_restart_is_a_fresh_start():
