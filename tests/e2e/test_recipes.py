@@ -162,9 +162,12 @@ class Recipe:
     """One page on one lab: its files written with the lab's names, the
     processes it starts, all stopped by close()."""
 
-    def __init__(self, lab, page):
+    def __init__(self, lab, page, *more):
+        """`more`: pages whose files this one uses too (its own win)."""
         self.lab = lab
-        self.files = blocks(page)
+        self.files = {}
+        for pg in (*reversed(more), page):
+            self.files.update(blocks(pg))
         self.dir = tempfile.mkdtemp(prefix="wgbpf-recipe-")
         self.names = lab_names(lab)
         self.procs = []
@@ -205,6 +208,20 @@ class Recipe:
         self.procs.append(p)
         return p
 
+    def start_hub(self, paths):
+        """The page's start.sh in the hub, line by line: {command: process}."""
+        return {line.split()[0]: self.start(self.lab.hub, line, "hub")
+                for line in self.text("start.sh", paths).strip().splitlines()}
+
+    def bird_spokes(self):
+        """Each spoke's BIRD from bird-spoke.conf, its numbers put in."""
+        for name, p in self.lab.peers.items():
+            conf = self.write(f"bird-{name}.conf", self.text("bird-spoke.conf", extra={
+                r"^define MY_AS = \d+;": f"define MY_AS = {65000 + p['index']};",
+                r"^define MY_ADDR = [\d.]+;": f"define MY_ADDR = {p['tag4']};",
+                r"'wgs-alice'": f"'wgs-{name}'"}))
+            self.start(p["ns"], f"bird -c {conf}", name)
+
     def close(self):
         for p in reversed(self.procs):
             with contextlib.suppress(Exception):
@@ -225,6 +242,14 @@ def lab_fixture(lab_id):
         lab.ip("route", "del", f"{p['tag4']}/32")
         lab.ip("-6", "route", "del", p["prefix6"])
     return lab
+
+
+def spokes_on_a_24(lab):
+    """The BGP pages' /24 on each spoke's tunnel, added before the lab's
+    /32 goes (a device's last IPv4 address takes its routes along)."""
+    for name, p in lab.peers.items():
+        spoke(lab, name, "ip", "addr", "add", f"{p['tag4']}/24", "dev", p["spoke_dev"])
+        spoke(lab, name, "ip", "addr", "del", f"{p['tag4']}/32", "dev", p["spoke_dev"])
 
 
 def lab_teardown(lab, recipe):
@@ -255,24 +280,13 @@ def bgp():
     try:
         lab = lab_fixture(f"b{RUN_ID}")
         recipe = Recipe(lab, "bgp-bird.md")
-        for name, p in lab.peers.items():
-            # the page's /24 on each spoke's tunnel, added before the lab's
-            # /32 goes (a device's last IPv4 address takes its routes along)
-            spoke(lab, name, "ip", "addr", "add", f"{p['tag4']}/24", "dev", p["spoke_dev"])
-            spoke(lab, name, "ip", "addr", "del", f"{p['tag4']}/32", "dev", p["spoke_dev"])
+        spokes_on_a_24(lab)
         recipe.write("wg0.toml")
         recipe.write("bird-hub.conf")
         paths = {"/etc/wgbpf/wg0.toml": "wg0.toml", "/etc/bird/bird.conf": "bird-hub.conf"}
         recipe.script(lab.hub, "hub.sh", paths)
-        bird_line, daemon_line = recipe.text("start.sh", paths).strip().splitlines()
-        lab.bird = recipe.start(lab.hub, bird_line, "hub")
-        recipe.start(lab.hub, daemon_line, "daemon")
-        for name, p in lab.peers.items():
-            conf = recipe.write(f"bird-{name}.conf", recipe.text("bird-spoke.conf", extra={
-                r"^define MY_AS = \d+;": f"define MY_AS = {65000 + p['index']};",
-                r"^define MY_ADDR = [\d.]+;": f"define MY_ADDR = {p['tag4']};",
-                r"'wgs-alice'": f"'wgs-{name}'"}))
-            recipe.start(p["ns"], f"bird -c {conf}", name)
+        lab.bird = recipe.start_hub(paths)["bird"]
+        recipe.bird_spokes()
         for name in ("bob", "carol"):  # the anycast prefix, as the page says
             spoke(lab, name, "ip", "addr", "add", "10.99.0.1/24", "dev", "lan0")
         yield lab
@@ -339,9 +353,7 @@ def babel():
         recipe.write("babeld-hub.conf")
         paths = {"/etc/wgbpf/wg0.toml": "wg0.toml", "/etc/babeld.conf": "babeld-hub.conf"}
         recipe.script(lab.hub, "hub.sh", paths)
-        babeld_line, daemon_line = recipe.text("start.sh", paths).strip().splitlines()
-        lab.babeld = recipe.start(lab.hub, babeld_line, "hub")
-        recipe.start(lab.hub, daemon_line, "daemon")
+        lab.babeld = recipe.start_hub(paths)["babeld"]
         for name, p in lab.peers.items():
             conf = recipe.write(f"babeld-{name}.conf",
                                 recipe.text("babeld-spoke.conf", extra={
@@ -384,3 +396,74 @@ def test_babel_forged_source_dropped_and_counted(babel):
     assert not babel.ping("alice", "10.3.0.1", count=2, extra=("-I", "10.2.99.1"))
     after = babel.status()["counters"]["spoofed"], babel.peer("alice")["spoofed"]
     assert after[0] - before[0] >= 2 and after[1] - before[1] >= 2, (before, after)
+
+
+# ---------------------------------------- (3) --backend allowedips ----
+
+def wg_pubkey(ns, dev):
+    r = run("ip", "netns", "exec", ns, "wg", "show", dev, "public-key")
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def allowedips():
+    require_tools("bird", "birdc")
+    lab = recipe = None
+    try:
+        lab = lab_fixture(f"w{RUN_ID}")
+        spokes_on_a_24(lab)
+        # each spoke's tunnel peers with the hub's wg0 instead of its member
+        front_pub = wg_pubkey(lab.hub, lab.front)
+        keys = {}
+        for name, p in lab.peers.items():
+            keys[f"{name.upper()}_PUBLIC_KEY"] = wg_pubkey(p["ns"], p["spoke_dev"])
+            spoke(lab, name, "wg", "set", p["spoke_dev"], "peer", wg_pubkey(lab.hub, p["member"]), "remove",
+                  "peer", front_pub, "allowed-ips", "0.0.0.0/0,::/0", "endpoint", f"198.18.{p['index']}.1:51800")
+            lab.ip("link", "set", p["member"], "down")  # its port stays; its tunnel is unused
+        recipe = Recipe(lab, "allowedips.md", "bgp-bird.md")
+        recipe.write("wg0.toml", recipe.text("wg0.toml", extra=keys))
+        recipe.write("bird-hub.conf")
+        paths = {"/etc/wgbpf/wg0.toml": "wg0.toml", "/etc/bird/bird.conf": "bird-hub.conf"}
+        script(lab.hub, recipe.text("hub.sh", paths, extra=keys), recipe.bin)
+        lab.bird = recipe.start_hub(paths)["bird"]
+        recipe.bird_spokes()
+        for name in ("bob", "carol"):  # the anycast prefix, as the BGP page says
+            spoke(lab, name, "ip", "addr", "add", "10.99.0.1/24", "dev", "lan0")
+        lab.keys = {v: k.split("_")[0].lower() for k, v in keys.items()}
+        yield lab
+    finally:
+        if lab is not None:
+            lab_teardown(lab, recipe)
+
+
+def allowed_ips(lab):
+    """{peer: set of AllowedIPs} as `wg show wg0 allowed-ips` prints them."""
+    r = run("ip", "netns", "exec", lab.hub, "wg", "show", lab.front, "allowed-ips")
+    assert r.returncode == 0, r.stderr
+    out = {}
+    for line in r.stdout.splitlines():
+        key, _, ips = line.partition("\t")
+        out[lab.keys[key]] = set(ips.split()) - {"(none)"}
+    return out
+
+
+def test_allowedips_follow_bgp_and_carry_traffic(allowedips):
+    lab = allowedips
+    want = {n: {p["tag4"] + "/32", p["tag6"] + "/128", p["prefix4"], p["prefix6"]} for n, p in lab.peers.items()}
+
+    def complete():
+        got = allowed_ips(lab)
+        return all(want[n] <= got[n] for n in want) and \
+            sum("10.99.0.0/24" in ips for ips in got.values()) == 1 and got
+    got = wait_until(complete, f"AllowedIPs to hold {want} and the anycast prefix once")
+    assert any("10.99.0.0/24" in got[n] for n in ("bob", "carol")), got
+    wait_until(lambda: lab.status()["daemon"].get("ecmp_prefixes") == 1, "status to count one ECMP prefix")
+    assert "1 ECMP prefixes" in lab.wgbpf("status").stdout
+    assert lab.ping("alice", "10.2.0.1", count=2)
+    assert lab.ping("alice", "fd00:3::1", count=2)
+    assert lab.ping("alice", "10.99.0.1", count=2)
+    # alice claims an address of bob's: filtered by BIRD, refused by WireGuard
+    spoke(lab, "alice", "ip", "addr", "add", "10.2.0.99/32", "dev", "lan0")
+    wait_until(lambda: lab.bird.import_filtered("alice4") >= 1, "the hub's BIRD to filter alice's 10.2.0.99/32")
+    assert not lab.ping("alice", "10.3.0.1", count=2, extra=("-I", "10.2.0.99"))
