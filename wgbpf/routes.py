@@ -45,6 +45,7 @@ RTMGRP_IPV6_IFADDR = 0x100
 RTMGRP_IPV6_ROUTE = 0x400
 
 _NLMSGHDR = struct.Struct("=IHHII")
+_NLMSG_HEAD = struct.Struct("=IH")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _RTATTR = struct.Struct("=HH")
 _RTNH = struct.Struct("=HBBi")
@@ -108,6 +109,7 @@ def _nexthops(buf, a, b):
 
 
 _U32 = struct.Struct("=I")
+_new = tuple.__new__
 _I32 = struct.Struct("=i")
 _ZERO = {socket.AF_INET: bytes(4), socket.AF_INET6: bytes(16)}
 
@@ -119,7 +121,10 @@ def parse_route(buf, off, end):
     name no peer): they share the unicast routes' keys, so one can replace
     a route that did.
 
-    The attribute walk is inlined: this runs once per route of a full table."""
+    The attribute walk is inlined: this runs once per route of a full table.
+    `buf` is bytes (a memoryview is copied first), so that slices are bytes."""
+    if not isinstance(buf, bytes):
+        buf = bytes(buf)
     family, dst_len, src_len, tos, table, protocol, _scope, rtype, _flags = _RTMSG.unpack_from(buf, off)
     if family not in _ZERO:
         return None
@@ -138,11 +143,11 @@ def parse_route(buf, off, end):
         a = p + 4
         kind &= 0x3FFF
         if kind == RTA_DST:
-            dst = bytes(buf[a:p + length])
+            dst = buf[a:p + length]
         elif kind == RTA_GATEWAY:
-            gateway = bytes(buf[a:p + length])
+            gateway = buf[a:p + length]
         elif kind == RTA_SRC and src_len:
-            src = (src_len, bytes(buf[a:p + length]))
+            src = (src_len, buf[a:p + length])
         elif kind == RTA_OIF:
             oif = _I32.unpack_from(buf, a)[0]
         elif kind == RTA_PRIORITY:
@@ -150,7 +155,7 @@ def parse_route(buf, off, end):
         elif kind == RTA_TABLE:
             table = u32(buf, a)[0]
         elif kind == RTA_VIA:  # IPv4 via an IPv6 nexthop: struct rtvia
-            gateway = bytes(buf[a + 2:p + length])
+            gateway = buf[a + 2:p + length]
         elif kind == RTA_FLOW:
             realm = u32(buf, a)[0]
         elif kind == RTA_MULTIPATH:
@@ -159,10 +164,11 @@ def parse_route(buf, off, end):
         p += (length + 3) & ~3
     if src_len and src is None:
         src = (src_len, _ZERO[family])
+    # tuple.__new__: a namedtuple's own __new__ is Python, three times slower
     if rtype != RTN_UNICAST:
-        return KernelRoute(family, dst, dst_len, table, priority, protocol, realm, (), tos, src)
-    return KernelRoute(family, dst, dst_len, table, priority, protocol, realm,
-                       multipath or ((gateway, oif),), tos, src)
+        return _new(KernelRoute, (family, dst, dst_len, table, priority, protocol, realm, (), tos, src))
+    return _new(KernelRoute, (family, dst, dst_len, table, priority, protocol, realm,
+                              multipath or ((gateway, oif),), tos, src))
 
 
 def parse_addr(buf, off, end):
@@ -270,13 +276,37 @@ class Netlink:
 
 
 def dump_routes(nl, family):
-    """Every unicast route of one family, all tables."""
+    """Every unicast route of one family, all tables.
+
+    The walk over each buffer is inlined (a full table is a million
+    messages) and reads bytes, not a memoryview: slices of bytes are one
+    copy, of a memoryview two."""
+    nl.seq += 1
     body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
-    for mtype, buf, off, end in nl.dump(RTM_GETROUTE, family, body):
-        if mtype == RTM_NEWROUTE:
-            r = parse_route(buf, off, end)
-            if r is not None:
-                yield r
+    nl.sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP,
+                                nl.seq, 0) + body)
+    head = _NLMSG_HEAD.unpack_from
+    size = _NLMSGHDR.size
+    buf = nl._buf
+    while True:
+        n = nl.sock.recv_into(buf)
+        data = bytes(memoryview(buf)[:n])
+        off = 0
+        while off + size <= n:
+            length, mtype = head(data, off)
+            if length < size:
+                break
+            if mtype == RTM_NEWROUTE:
+                r = parse_route(data, off + size, off + length)
+                if r is not None:
+                    yield r
+            elif mtype == NLMSG_DONE:
+                return
+            elif mtype == NLMSG_ERROR:
+                err = -struct.unpack_from("=i", data, off + size)[0]
+                if err:
+                    raise OSError(err, os.strerror(err))
+            off += (length + 3) & ~3
 
 
 def dump_addrs(nl):

@@ -22,6 +22,8 @@ from . import abi
 AF4, AF6 = socket.AF_INET, socket.AF_INET6
 _SET_BITS = 24
 _SET_MASK = (1 << _SET_BITS) - 1
+# the first two bytes of a pkey, made once
+_HEAD = {AF4: [bytes((AF4, n)) for n in range(33)], AF6: [bytes((AF6, n)) for n in range(129)]}
 
 
 def pkey(family, dst, dst_len):
@@ -80,7 +82,7 @@ class Tags:
                 peers.add(pid)
         i = self.set_id(tuple(sorted(peers))[:abi.MAX_ECMP])
         if len(self._hops) >= self.CACHE:
-            self._hops.clear()
+            self._hops.clear()  # in place: Tables hold it
         self._hops[nexthops] = i
         return i
 
@@ -135,7 +137,8 @@ class Table:
         self._rank_ids = {}
         self.ignored = 0    # accepted routes that named no peer, or a TOS/source
         self.specific = {}  # (pkey, rank, tos, src) -> peers: TOS/source-specific routes naming peers
-        self._best = {}     # set id -> prefixes whose best set it is
+        self._best = []     # set id -> prefixes whose best set it is
+        self._hops = tags._hops  # the nexthops -> set id cache, read inline
 
     def __len__(self):
         return len(self.prefixes)
@@ -179,43 +182,55 @@ class Table:
     def per_peer(self):
         """peer id -> prefixes whose best set holds it."""
         out = {}
-        for i, n in self._best.items():
+        for i, n in enumerate(self._best):
             for p in self.tags.sets[i]:
                 out[p] = out.get(p, 0) + n
         return out
 
     def update(self, route, deleted=False):
         """Apply one route (from a dump or an event); returns its pkey if
-        the prefix's best peer set may have changed, else None."""
+        the prefix's best peer set may have changed, else None.
+
+        The first lines are the whole of a full dump's common case (a new
+        prefix, one route): they run a million times."""
+        family, dst, dst_len, table, priority, protocol, realm, nexthops, tos, src = route
         flt = self.filter
-        if route.table not in flt.tables:
+        trank = flt.tables.get(table)
+        if trank is None:
             return None
         # A route that fails the protocol/realm filter still replaces the one
         # of the same key that passed: the kernel keeps one per key.
-        accepted = flt.accepts(route)
-        k = bytes((route.family, route.dst_len)) + route.dst
-        sid = self.tags.resolve_id(route.nexthops) if accepted and not deleted else 0
-        if accepted and not deleted and not sid:
-            self.ignored += 1
-        if route.tos or route.src is not None:
-            self._specific((k, flt.rank(route), route.tos, route.src), route, sid, deleted)
+        accepted = ((not flt.protocols or protocol in flt.protocols)
+                    and (not flt.realms or realm in flt.realms or (realm & 0xFFFF) in flt.realms))
+        k = _HEAD[family][dst_len] + dst
+        sid = 0
+        if accepted and not deleted:
+            sid = self._hops.get(nexthops)
+            if sid is None:
+                sid = self.tags.resolve_id(nexthops)
+            if not sid:
+                self.ignored += 1
+        rank = (trank << 32) | priority
+        if tos or src is not None:
+            self._specific((k, rank, tos, src), route, sid, deleted)
             return None
         prefixes = self.prefixes
         v = prefixes.get(k)
-        if v is None and sid:
-            # the common case of a full dump: a prefix seen for the first time
-            prefixes[k] = (self._rank_id(flt.rank(route)) << _SET_BITS) | sid
-            best = self._best
-            best[sid] = best.get(sid, 0) + 1
-            return k
         if v is None:
-            return None
+            if not sid:
+                return None
+            # the common case of a full dump: a prefix seen for the first time
+            rid = self._rank_ids.get(rank)
+            if rid is None:
+                rid = self._rank_id(rank)
+            prefixes[k] = (rid << _SET_BITS) | sid
+            self._count(0, sid)
+            return k
         before = self.best_id(k)
         v = dict(self._routes(v))
-        rank = flt.rank(route)
         if sid:
             v[rank] = sid
-        elif deleted and route.family == AF6 and len(route.nexthops) == 1 and rank in v \
+        elif deleted and family == AF6 and len(nexthops) == 1 and rank in v \
                 and len(self.tags.sets[v[rank]]) > 1:
             # IPv6 reports the removal of one nexthop of a multipath route
             # as a delete naming that nexthop only: drop just its peer.
@@ -237,12 +252,17 @@ class Table:
         after = self.best_id(k)
         if after == before:
             return None
+        self._count(before, after)
+        return k
+
+    def _count(self, before, after):
         best = self._best
         if before:
             best[before] -= 1
         if after:
-            best[after] = best.get(after, 0) + 1
-        return k
+            if after >= len(best):
+                best.extend([0] * (after + 1 - len(best)))
+            best[after] += 1
 
     def _specific(self, key, route, sid, deleted):
         """Track a TOS or source-specific route (for the count only)."""

@@ -697,6 +697,8 @@ class Bench:
                 entry = {"ip_batch_seconds": round(t_ip, 3), "maps_done_seconds": round(t_map, 3),
                          "tail_after_ip_ms": round((t_map - t_ip) * 1000, 1),
                          "events_counted": ev, "lag_ms_max_since_start": st.get("lag_ms_max"),
+                         "lag_ms_p50": st.get("lag_ms_p50"), "lag_ms_p99": st.get("lag_ms_p99"),
+                         "maps_vs_ip": round(t_ip / t_map, 2),
                          "overruns": st.get("overruns"), "resyncs": st.get("resyncs")}
                 # every changed prefix, not only the last one
                 entries = m.entries()
@@ -718,8 +720,9 @@ class Bench:
                     f"wrong entries {bad}")
                 self.row(f"{label}: {phase} (ip -batch | maps follow)", k,
                          f"{t_ip:.2f} | {t_map:.2f}", None, None,
-                         f"ip {fmt_rate(k, t_ip)}/s, maps {fmt_rate(k, t_map)}/s; events {ev:,}; "
-                         f"daemon lag_ms_max {st.get('lag_ms_max')} (since start); "
+                         f"maps/ip {t_ip / t_map:.2f}x (target >= 1.0): ip {fmt_rate(k, t_ip)}/s, "
+                         f"maps {fmt_rate(k, t_map)}/s; events {ev:,}; daemon lag ms p50 {st.get('lag_ms_p50')}, "
+                         f"p99 {st.get('lag_ms_p99')} (target <= 50), max {st.get('lag_ms_max')} (since start, target <= 250); "
                          f"overruns {st.get('overruns')}; wrong {bad}")
         for f in rep_files + del_files:
             os.unlink(f)

@@ -248,10 +248,26 @@ def test_status_reports_the_daemon(lab, daemon):
     assert st["state"] == "running"
     assert st["routes_per_peer"].get("carol", 0) >= 1
     assert st["events"] >= 1 and st["last_sync"] is not None
+    assert 0 <= st["lag_ms_p50"] <= st["lag_ms_p99"] <= st["lag_ms_max"]
     human = lab.wgbpf("status").stdout
-    assert "daemon: running" in human
+    assert "daemon: running" in human and "event lag p50/p99/max" in human
     lab.ip("route", "del", "10.88.0.0/16")
     daemon.stop()
     st = lab.status()["daemon"]
     assert st["state"] in ("stopped", "not running")
     assert os.path.exists(lab.pin_dir())  # the data plane stays
+
+
+def test_the_daemon_never_loads_bcc(lab, daemon):
+    """The attach (BCC's compile, LLVM) runs in a child process: what stays
+    in the daemon is its table, not a compiler."""
+    lab.ip("route", "replace", "10.87.0.0/16", *via(lab, "bob"))
+    wait_map(lab, "10.87.0.0/16", ["bob"])
+    with open(f"/proc/{daemon.proc.pid}/maps") as f:
+        mapped = f.read()
+    assert "libbcc" not in mapped and "libLLVM" not in mapped and "libclang" not in mapped
+    with open(f"/proc/{daemon.proc.pid}/status") as f:
+        # the heap: not the DIR-24-8 arrays, which are the maps' memory mapped
+        rss = next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
+    assert rss < 100 * 1024, f"RssAnon {rss} KiB"  # BCC and LLVM alone were ~170 MiB
+    lab.ip("route", "del", "10.87.0.0/16")
