@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from . import abi, config as configmod, dataplane, files, liveness, routes as rt, sync, wireguard
+from . import abi, config as configmod, dataplane, files, liveness, routes as rt, sync
 from . import maps as maps_mod
 from .maps import Maps, MapError, pin_dir
 from .version import VERSION
@@ -806,6 +806,7 @@ class Daemon:
         live.configure({n: d for n, (d, _) in watched.items()})
         if not live.peers or not live.due():
             return
+        from . import wireguard  # only with --dead-after
         changed = False
         for name in list(live.peers):
             member = watched[name][1]
