@@ -468,16 +468,28 @@ class Maps:
         return Dir24(mapped("dir24"), mapped("dir8"), write_set)
 
     def ipv4_prefixes(self):
-        """{(network int, plen): peers} of routes4, as Dir24 takes them."""
-        return {(int(net.network_address), net.prefixlen): tuple(route_peers(r))
-                for net, r in self.routes(4)}
+        """{(network int, plen): peers} of routes4, as Dir24.rebuild takes them."""
+        out = {}
+        rsize = ctypes.sizeof(abi.Route)
+        for keys, values, n in bpfsys.lookup_batch_raw(self._routes_fd(4, "routes"), 8, rsize):
+            for i in range(n):
+                out[(int.from_bytes(keys[8 * i + 4:8 * i + 8], "big"), keys[8 * i])] = \
+                    value_peers(values[i * rsize:(i + 1) * rsize])
+        return out
+
+    def rebuild_dir24(self, d=None):
+        """Recompile the DIR-24-8 arrays (of `d`, else a new Dir24 over the
+        maps) from routes4 read in batches: no object per prefix (1M: ~1 s,
+        where ipv4_prefixes() + rebuild() took ~12 s through ipaddress)."""
+        d = d or self.dir24()
+        rsize = ctypes.sizeof(abi.Route)
+        d.rebuild_raw(bpfsys.lookup_batch_raw(self._routes_fd(4, "routes"), 8, rsize), rsize, value_peers)
+        return d
 
     def compile_dir24(self):
         """Recompile the DIR-24-8 arrays from routes4 (when in that mode)."""
         if self.config().lookup == abi.Lookup.DIR24:
-            d = self.dir24()
-            d.rebuild(self.ipv4_prefixes())
-            return d
+            return self.rebuild_dir24()
         return None
 
     def fill(self):
