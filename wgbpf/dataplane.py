@@ -766,7 +766,7 @@ def attach(cfg, log=lambda msg: None, debug=False):
             if new_settings and fresh:
                 m.set_config(cfg_want)
             if dir24:  # compiled before any program reads it
-                m.dir24().rebuild(m.ipv4_prefixes())
+                m.rebuild_dir24()
             m.rebuild_flood()
             changes += vet(ipr, m, {pc.member for pc in cfg.peers})
 
@@ -813,7 +813,7 @@ def attach(cfg, log=lambda msg: None, debug=False):
                 _forget_peer(ipr, m, pid, peer, name)
                 changes.append(f"peer {peer.name.decode()} removed")
                 if dir24:
-                    m.dir24().rebuild(m.ipv4_prefixes())
+                    m.rebuild_dir24()
             for ifindex, pid in m.members().items():
                 if pid not in keep or links.get(_peer_name(ids, pid), (None,))[0] != ifindex:
                     m.del_member(ifindex)

@@ -944,8 +944,7 @@ def bench_family(net, rng, prefixes, fam, sizes, args, out, tmp):
         if not v6:
             # DIR-24-8 mode's arrays, compiled from routes4 as attach does
             t0 = time.perf_counter()
-            d24 = net.maps.dir24()
-            d24.rebuild(net.maps.ipv4_prefixes())
+            d24 = net.maps.rebuild_dir24()
             dz = {"prefixes": n, "compile_seconds": round(time.perf_counter() - t0, 3),
                   "groups": len(d24.groups), "sets": len(d24.set_ids),
                   "memlock_total": sum(memlock(net.maps.fds[x]) or 0 for x in ("dir24", "dir8", "dir_sets"))}
