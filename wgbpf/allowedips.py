@@ -14,9 +14,14 @@ the status):
   flag       WGALLOWEDIP_F_REMOVE_ME (Linux 6.16; `allowed_ip=-P` in newer
              wireguard-go), when the device answers a probe for it;
   throwaway  else the removed prefixes go to a throwaway peer, which takes
-             them off their holder, and that peer is removed, in the same
-             request (wireguard.drop); a leftover from a crash is removed
-             at the next start;
+             them off their holder (the same one move as an add), and that
+             peer is removed with the next status write (within a second),
+             with whatever else was removed meanwhile: removing a kernel
+             peer waits for RCU and its workqueues, 30x an add in the vm
+             tier, so one removal serves a whole storm of deletes. Until
+             then it holds the prefixes, which traffic can no more use
+             than absent ones (no endpoint: dropped, ICMP unreachable
+             either way). One left by a crash is removed at the next start;
   rewrite    only if the device refuses even that probe (one that cannot
              add peers): the peer's whole list is rewritten
              (REPLACE_ALLOWEDIPS, in as many messages as its size needs;
@@ -161,6 +166,8 @@ class AllowedIPsDaemon(daemonmod.Daemon):
         self.dev = Device({})    # our view of the device's AllowedIPs
         self.can_remove = None   # does the device know WGALLOWEDIP_F_REMOVE_ME?
         self.removal = None      # "flag", "throwaway" or "rewrite": see the module's doc
+        self.sink = None         # public key of the live throwaway peer
+        self.bury_at_once = False  # remove it after each batch, not with the status (the bench)
         self.ecmp_warned = False
         self.stats.update(allowedips_changes=0, peer_rewrites=0, ecmp_prefixes=0, missing_peers=[])
 
@@ -211,8 +218,27 @@ class AllowedIPsDaemon(daemonmod.Daemon):
             self.stats["allowedips_changes"] += len(c.add) + len(c.remove)
             self.stats["peer_rewrites"] += c.replace
         if dropped:
-            self.device.drop(dropped)
+            self._sink(dropped)
         self.stats["map_writes"] = self.stats["allowedips_changes"]
+
+    def _sink(self, prefixes):
+        """Move prefixes to the throwaway peer (created on first use)."""
+        create = self.sink is None
+        if create:
+            self.sink = wg.scratch_key()
+        try:
+            self.device.apply([wg.PeerChange(self.sink, add=prefixes, create=create)])
+        except BaseException:
+            self.bury()  # never left behind, whatever failed
+            raise
+        if self.bury_at_once:
+            self.bury()
+
+    def bury(self):
+        """Remove the throwaway peer, and with it what it holds."""
+        if self.sink is not None:
+            key, self.sink = self.sink, None
+            self.device.remove_peers([key])
 
     def _read_device(self):
         """The device's peers, less throwaway peers a crash left behind
@@ -237,6 +263,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
 
     def full_sync(self, why):
         t0 = time.monotonic()
+        self.bury()  # the device read next shows no throwaway peer of ours
         nl = rt.Netlink(rcvbuf=self.rcvbuf)
         try:
             table = sync.Table(self._tags(nl), self.filter)
@@ -292,6 +319,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
         return False
 
     def write_status(self, state):
+        self.bury()  # about every second, and when stopping or failing
         self.stats["backend"] = "allowedips"
         self.stats["device_kind"] = self.device.kind if self.device else None
         self.stats["remove_single"] = self.can_remove

@@ -16,9 +16,12 @@ peer's tag. Measured in the same run:
   d  one route deleted: the same for RTM_DELROUTE, by the daemon's choice:
      WGALLOWEDIP_F_REMOVE_ME where the device has it (Linux 6.16+), else a
      throwaway peer (created holding the prefix, then removed)
-  d1 / d2 / d3  one route deleted, each removal path forced: the flag (only
-     where the device has it), the throwaway peer, the whole-list rewrite
-     (what every removal cost before the throwaway peer)
+  d0 the removal of the throwaway peer, which the daemon does with its
+     status write (about once a second), for all the deletes meanwhile
+  d1 / d2 / d2a / d3  one route deleted, each removal path forced: the
+     flag (only where the device has it), the throwaway peer (removed
+     later, as d0), the throwaway peer removed at once after each delete,
+     the whole-list rewrite (what every removal cost before)
   e  the daemon's own whole-list rewrite (what d3 writes), for comparison
      with b
 
@@ -208,13 +211,19 @@ class Bench:
             assert self.allowed_count() == n + 1
             self.row("c one route added (event -> allowed IP)", statistics.median(adds), f"median of {rep}")
             self.row("d one route deleted", statistics.median(dels), f"median of {rep}; by {d.removal}")
+            if d.sink is not None:
+                t0 = time.perf_counter()
+                d.bury()
+                self.row("d0 throwaway peer's removal", time.perf_counter() - t0,
+                         "once a second (with the status), not per delete")
             chosen = self.removal = d.removal
-            paths = (["flag"] if d.can_remove else []) + ["throwaway", "rewrite"]
+            paths = (["flag"] if d.can_remove else []) + ["throwaway", "throwaway-at-once", "rewrite"]
             events = rt.Netlink(groups=rt.RTMGRP_IPV4_ROUTE)
             try:
                 for path in paths:
-                    label = {"flag": "d1", "throwaway": "d2", "rewrite": "d3"}[path]
-                    d.removal = path
+                    label = {"flag": "d1", "throwaway": "d2", "throwaway-at-once": "d2a", "rewrite": "d3"}[path]
+                    d.removal = path.split("-")[0]
+                    d.bury_at_once = path == "throwaway-at-once"
                     dels = []
                     for i in range(rep):
                         extra = prefix(n + i)
@@ -224,9 +233,11 @@ class Bench:
                         d.handle(msgs)
                         dels.append(time.perf_counter() - t0)
                     self.row(f"{label} one route deleted, by {path}", statistics.median(dels), f"median of {rep}")
+                    d.bury()
             finally:
                 events.close()
                 d.removal = chosen
+                d.bury_at_once = False
             assert self.allowed_count() == n + 1
             assert len(d.device.peers()) == 2, "a throwaway peer was left behind"
 
@@ -249,7 +260,7 @@ class Bench:
         paths = {r["work"].split()[0]: r["work"].split()[-1] for r in self.rows if r["work"].startswith("d")}
         ratios = {"full sync / wg syncconf": by["a"] / by["b"],
                   "one delete / one add (target <= 2)": by["d"] / by["c"],
-                  **{f"one delete by {paths[k]} / one add": by[k] / by["c"] for k in ("d1", "d2", "d3") if k in by},
+                  **{f"one delete by {paths[k]} / one add": by[k] / by["c"] for k in ("d1", "d2", "d2a", "d3") if k in by},
                   "full sync less route dump / wg syncconf": (by["a"] - by["a1"]) / by["b"],
                   "one add / wg syncconf": by["c"] / by["b"],
                   "one delete / wg syncconf": by["d"] / by["b"],
