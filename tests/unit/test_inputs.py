@@ -305,6 +305,7 @@ class FakeMaps:
 
 class FakeDaemon(daemon.Daemon):
     """The real run() loop, with attach and sync replaced by a script."""
+    gone_after = 0  # its front is no real device: never "gone for good"
 
     def __init__(self, configs, script, **kw):
         self.configs = list(configs)
