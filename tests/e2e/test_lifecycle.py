@@ -71,6 +71,9 @@ def test_a_repeated_attach_does_not_compile(lab):
     assert not r["compiled"] and not r["changes"] and not r["programs_reloaded"]
     assert time.monotonic() - t0 < 10 * TIME_SCALE
     assert lab.ping("alice", lab.peers["bob"]["host4"])  # the programs kept run on
+    # no --peer, no config file: the attached instance, attached again as it is
+    r = json.loads(lab.wgbpf("attach", lab.front, "--json").stdout)
+    assert r["peers"] == 3 and not r["changes"] and not r["compiled"]
 
 
 def test_forwarding_off_is_warned_and_shown(lab):
