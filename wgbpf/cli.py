@@ -248,8 +248,8 @@ def attach(front, peers, config_path, members_only, no_route, lookup, fib_table,
     except ConfigError as e:
         fail(str(e))
     if cfg.backend == "allowedips":
-        fail(f"{config_path}: backend \"allowedips\" has no BPF data plane to attach; "
-             f"run `wgbpf daemon --config {config_path}` (it drives {cfg.front}'s AllowedIPs)")
+        fail(f"{path}: backend \"allowedips\" has no BPF data plane to attach; "
+             f"run `wgbpf daemon --config {path}` (it drives {cfg.front}'s AllowedIPs)")
     need_root()
     log = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
     try:
