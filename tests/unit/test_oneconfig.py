@@ -88,6 +88,13 @@ def test_attach_without_peers_names_the_default_file(etc, monkeypatch):
     assert r.exit_code == 1 and "no peers" in r.output and str(etc / "wg0.toml") in r.output, r.output
 
 
+def test_an_allowedips_default_file_is_named(etc):
+    (etc / "wg0.toml").write_text('backend = "allowedips"\n[[peer]]\nname = "a"\n'
+                                  'public_key = "' + "A" * 43 + '="\n')
+    r = run("attach", "wg0")
+    assert r.exit_code == 1 and f"{etc / 'wg0.toml'}: backend \"allowedips\"" in r.output, r.output
+
+
 def test_a_broken_default_file_is_an_error_naming_it(etc):
     (etc / "wg0.toml").write_text("[[peer]]\nname = 1\n")
     r = run("attach", "wg0")
