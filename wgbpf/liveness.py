@@ -6,9 +6,11 @@ included (they never reach tc, but they reach the counters). So from user
 space, sampled every `interval` seconds:
 
     dead   we sent (tx_bytes moved) and nothing came back (rx_bytes still)
-           for `dead_after` seconds; or we sent and the last handshake is
-           older than REJECT_AFTER (WireGuard's own session limit: no
-           session can carry data past it)
+           for `dead_after` seconds; or we kept sending for REKEY_TIMEOUT +
+           dead_after seconds while the last handshake was older than
+           REJECT_AFTER (WireGuard's own session limit: no session can
+           carry data past it; a sender whose session expired handshakes
+           at once, so a live peer answers well within that time)
     alive  again once rx_bytes moves in two samples at least `confirm`
            seconds apart (no gap longer than dead_after between them), and
            the last handshake is younger than REJECT_AFTER
@@ -24,6 +26,7 @@ import dataclasses
 import time
 
 REJECT_AFTER = 180.0  # WireGuard's REJECT_AFTER_TIME, seconds
+REKEY_TIMEOUT = 5.0   # WireGuard's REKEY_TIMEOUT: a lost handshake is retried after it
 HOLD_FACTOR = 5       # hold-down: this many times dead_after
 
 
@@ -34,7 +37,7 @@ class Peer:
     tx: int = None
     handshake: float = 0.0
     at: float = None            # the last sample's time
-    watched: float = None       # sampling began (or counters restarted)
+    stale_since: float = None   # sending while no session could be valid, since
     rx_at: float = None         # rx last seen moving (or sampling began)
     sending_since: float = None  # tx moved since rx_at: from about then
     dead: bool = False
@@ -113,8 +116,8 @@ class Liveness:
         if p.rx is None or rx < p.rx or tx < p.tx:
             # first sample, or the device was re-created (counters restart):
             # a fresh start, whatever the peer was
-            p.rx, p.tx, p.handshake, p.at, p.watched, p.rx_at = rx, tx, handshake, now, now, now
-            p.sending_since = p.heard_at = None
+            p.rx, p.tx, p.handshake, p.at, p.rx_at = rx, tx, handshake, now, now
+            p.sending_since = p.heard_at = p.stale_since = None
             return None
         rx_moved, tx_moved = rx > p.rx, tx > p.tx
         p.rx, p.tx, p.handshake, p.at = rx, tx, handshake, now
@@ -125,17 +128,19 @@ class Liveness:
         elif tx_moved and p.sending_since is None:
             # it went out after the previous sample: count from there
             p.sending_since = max(p.rx_at, prev_at)
+        if self._session(p):
+            p.stale_since = None
+        elif tx_moved and p.stale_since is None:
+            p.stale_since = prev_at
         if p.revived_at is not None and now - p.revived_at < p.hold:
             return None  # hold-down: not judged again yet
         reason = cause = None
         if p.sending_since is not None and now - p.sending_since >= p.dead_after:
             reason, cause = f"nothing received for {now - p.rx_at:.1f}s while sending", "silent"
-        elif tx_moved:
-            age = (self.wall() - handshake) if handshake else (now - p.watched)
-            if age > REJECT_AFTER:
-                cause = "handshake"
-                reason = (f"no handshake for {age:.0f}s while sending" if handshake
-                          else f"no handshake in {age:.0f}s of sending")
+        elif p.stale_since is not None and now - p.stale_since >= REKEY_TIMEOUT + p.dead_after:
+            cause = "handshake"
+            reason = (f"no handshake for {self.wall() - handshake:.0f}s while sending" if handshake
+                      else f"no handshake in {now - p.stale_since:.0f}s of sending")
         if reason is None:
             return None
         p.dead, p.reason, p.cause, p.since, p.heard_at = True, reason, cause, self.wall(), None
@@ -154,8 +159,8 @@ class Liveness:
         if now - p.heard_at < p.confirm or not self._session(p):
             return None
         p.reason = f"received again for {now - p.heard_at:.1f}s"
-        p.dead, p.cause, p.since, p.revived_at, p.sending_since, p.heard_at = (
-            False, None, self.wall(), now, None, None)
+        p.dead, p.cause, p.since, p.revived_at, p.sending_since, p.heard_at, p.stale_since = (
+            False, None, self.wall(), now, None, None, None)
         return "alive"
 
     def _session(self, p):

@@ -128,6 +128,15 @@ class Failover:
             before[port] = sink
         return out
 
+    def interruptions(self, since):
+        """Flows that (re)appeared anywhere after `since`: each moved, or
+        was lost for more than GAP seconds."""
+        return self.appearances(since)
+
+    def deaths(self):
+        """Peers the daemon judged dead so far (its status file)."""
+        return self.lab.status()["daemon"]["peer_deaths"]
+
     def settle(self, timeout=10.0):
         """Wait until every flow has appeared somewhere."""
         deadline = time.monotonic() + timeout

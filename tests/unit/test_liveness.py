@@ -153,8 +153,10 @@ def test_stale_handshake_while_sending():
     live, clock, wall, far = setup(30.0)
     far.sample()
     far.handshake = wall.t - liveness.REJECT_AFTER + 2
-    got = run(live, clock, far, 5, step=1.0, keepalive=1.0, wall=wall)
+    got = run(live, clock, far, 60, step=1.0, keepalive=1.0, wall=wall)
     assert got and got[0][1] == "dead"
+    # stale from 2 s on; then REKEY_TIMEOUT + dead_after for a new handshake
+    assert 2 + 5 + 30 - 1 <= got[0][0] - 1000.0 <= 2 + 5 + 30 + 1
     assert "no handshake" in live.status()["alice"]["reason"]
     assert live.status()["alice"]["cause"] == "handshake"
 
@@ -203,7 +205,8 @@ def test_stale_handshake_comes_back_with_a_new_one():
     live, clock, wall, far = setup(30.0)
     far.sample()
     far.handshake = wall.t - liveness.REJECT_AFTER + 2
-    run(live, clock, far, 5, step=1.0, keepalive=1.0, wall=wall)
+    run(live, clock, far, 60, step=1.0, keepalive=1.0, wall=wall)
+    assert not live.alive("alice")
     assert run(live, clock, far, 30, step=1.0, keepalive=1.0, wall=wall) == []  # rx alone: no
     far.handshake = wall.t
     got = run(live, clock, far, 3, step=1.0, keepalive=1.0, wall=wall)
@@ -224,3 +227,37 @@ def test_dead_after_in_toml(tmp_path):
     f.write_text('front = "wg0"\n[[peer]]\nname = "alice"\nmember = "wg-a"\ndead_after = -1\n')
     with pytest.raises(ConfigError, match=r"peer\[0\].dead_after: -1 is not a dead-after time"):
         build(path=str(f))
+
+
+def test_idle_for_hours_then_sending_gets_a_handshake_first():
+    """The last handshake is hours old (nothing sent in either direction):
+    the first packets we send start a handshake, which gets its time."""
+    live, clock, wall, far = setup(2.0)
+    far.handshake = wall.t - 3 * 3600
+    far.sample()
+    clock.t += 0.25
+    assert far.sample(sent=100) is None
+    clock.t += 0.25
+    far.handshake = wall.t  # answered: a fresh session
+    assert run(live, clock, far, 60, keepalive=1.0, wall=wall) == []
+
+
+def test_expired_session_renewed_at_once_is_no_death():
+    """A responder that only sends handshakes when its session expires
+    (180 s): the handshake age passes REJECT_AFTER for a moment."""
+    live, clock, wall, far = setup(2.0)
+    far.sample()
+    far.handshake = wall.t - liveness.REJECT_AFTER + 1
+    got = run(live, clock, far, 1.5, keepalive=0.1, wall=wall)
+    far.handshake = wall.t
+    got += run(live, clock, far, 30, keepalive=0.1, wall=wall)
+    assert got == []
+
+
+def test_never_a_handshake_while_sending():
+    live, clock, wall, far = setup(2.0)
+    far.handshake = 0
+    far.sample()
+    got = run(live, clock, far, 10, keepalive=0.5, wall=wall)  # rx moves: initiations, say
+    assert got and got[0][1] == "dead" and 7.0 <= got[0][0] - 1000.0 <= 7.5
+    assert "no handshake in" in live.status()["alice"]["reason"]
