@@ -58,12 +58,17 @@ ALLOWEDIPS_ARGS ?= $(if $(filter --quick,$(BENCH_ARGS)),--routes 10000,--routes 
 # iperf3 pairs per lookup mode and with `wgbpf monitor` listening, the median
 # ratio with a bootstrap interval: bench-results/throughput.json.
 THROUGHPUT_ARGS ?= $(if $(filter --quick,$(BENCH_ARGS)),--pairs 3 --seconds 1,--pairs 10)
+# Then failover (~7 min): a spoke's WireGuard killed 10 times under an ECMP
+# stream, `--dead-after 2`: time until its flows are on the sibling, and flows
+# moved while both live (60 s): bench-results/failover.json.
+FAILOVER_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 bench: setup
 	@$(PYTHON) -c 'import matplotlib' 2>/dev/null || .venv/bin/pip install -q --disable-pip-version-check -e '.[bench]'
 	$(PYTHON) tests/bench/bench_sync.py $(BENCH_ARGS)
 	$(PYTHON) tests/bench/bench_dataplane.py $(DATAPLANE_ARGS)
 	$(PYTHON) tests/bench/bench_allowedips.py $(ALLOWEDIPS_ARGS)
 	$(PYTHON) tests/bench/bench_throughput.py $(THROUGHPUT_ARGS)
+	$(PYTHON) tests/bench/bench_failover.py $(FAILOVER_ARGS)
 
 clean: demo-down
 	rm -rf .venv .pytest_cache .hypothesis *.egg-info
