@@ -970,7 +970,7 @@ class Daemon:
                             if not got:
                                 backlog_since = None  # drained: the next events are new
                                 break
-                            batch.extend((m, bytes(b[o:e]), 0, e - o) for m, b, o, e in got)
+                            batch.extend(got)  # each read's bytes are its own: kept as they are
                         self.check_maps()  # a detach meanwhile: nothing to re-hook from
                         if not self.detached:  # nothing to write to: an attach resyncs
                             resync = self.handle(batch)

@@ -12,14 +12,13 @@ kernel keys it by (IPv4 TOS, IPv6 source prefix). Which peers it names is
 decided by Tags.resolve().
 """
 import collections
-import errno
 import os
 import socket
 import struct
 
-NETLINK_ROUTE = 0
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_DUMP = 1, 2, 0x300
+from .netlink import (HEADER, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, RT_TABLE_MAIN,  # noqa: F401
+                      Netlink, align, attrs, check)
+
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
@@ -44,19 +43,13 @@ RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_IFADDR = 0x100
 RTMGRP_IPV6_ROUTE = 0x400
 
-_NLMSGHDR = struct.Struct("=IHHII")
-_NLMSG_HEAD = struct.Struct("=IH")
 _RTMSG = struct.Struct("=BBBBBBBBI")
-_RTATTR = struct.Struct("=HH")
 _RTNH = struct.Struct("=HBBi")
+_HEAD = struct.Struct("=IH")  # a message's length and type
+_RTATTR = struct.Struct("=HH")
 _IFADDRMSG = struct.Struct("=BBBBi")
 _IFINFOMSG = struct.Struct("=BxHiII")
 
-RT_TABLE_MAIN = 254
-
-
-def _align(n):
-    return (n + 3) & ~3
 
 
 class KernelRoute(collections.namedtuple(
@@ -77,16 +70,6 @@ class KernelRoute(collections.namedtuple(
         return (self.family, self.dst, self.dst_len, self.table, self.priority, self.tos, self.src)
 
 
-def attrs(buf, off, end):
-    """(type, payload start, payload end) of each netlink attribute in buf[off:end]."""
-    while off + 4 <= end:
-        length, kind = _RTATTR.unpack_from(buf, off)
-        if length < 4:
-            break
-        yield kind & 0x3FFF, off + 4, off + length
-        off += _align(length)
-
-
 def _nexthops(buf, a, b):
     """RTA_MULTIPATH: a list of struct rtnexthop, each with its attributes."""
     hops = []
@@ -104,7 +87,7 @@ def _nexthops(buf, a, b):
             elif kind == RTA_FLOW and not realm:
                 realm = _U32.unpack_from(buf, x)[0]
         hops.append((gw, nh_oif))
-        a += _align(nh_len)
+        a += align(nh_len)
     return tuple(hops), realm
 
 
@@ -197,102 +180,19 @@ def parse_link(buf, off, end):
     return index, name, bool(flags & IFF_UP)
 
 
-class Netlink:
-    """A raw netlink socket (NETLINK_ROUTE unless told): dumps, and events
-    when `groups` is set."""
-
-    def __init__(self, groups=0, rcvbuf=32 << 20, protocol=NETLINK_ROUTE):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
-        try:
-            # SO_RCVBUFFORCE (root) lifts the rmem_max cap: a burst of route
-            # events must not overrun us when it can be avoided.
-            self.sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)
-        except OSError:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.bind((0, groups))
-        self.seq = 0
-        # one buffer for every read: each event is a datagram of its own, and
-        # a fresh 1 MiB allocation per event costs more than parsing it
-        self._buf = bytearray(1 << 20)
-
-    def close(self):
-        self.sock.close()
-
-    def fileno(self):
-        return self.sock.fileno()
-
-    def discard(self):
-        """Throw away everything queued. After an overrun the kernel flags
-        ENOBUFS again only once our queue has been emptied, so do this
-        before a resync, whose dump covers whatever is thrown away."""
-        while True:
-            try:
-                self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                if e.errno != errno.ENOBUFS:
-                    raise
-
-    def messages(self, block=True):
-        """Yield (type, buf, body offset, end) of every message in one read.
-
-        Raises OSError(ENOBUFS) when the kernel dropped events for us."""
-        flags = 0 if block else socket.MSG_DONTWAIT
-        try:
-            n = self.sock.recv_into(self._buf, 0, flags)
-        except BlockingIOError:
-            return
-        # valid until the next read: callers copy what they keep
-        buf = memoryview(self._buf)[:n]
-        off = 0
-        while off + _NLMSGHDR.size <= len(buf):
-            length, mtype, _flags, _seq, _pid = _NLMSGHDR.unpack_from(buf, off)
-            if length < _NLMSGHDR.size:
-                break
-            if mtype == NLMSG_ERROR:
-                err = -struct.unpack_from("=i", buf, off + 16)[0]
-                if err:
-                    raise OSError(err, os.strerror(err))
-            yield mtype, buf, off + _NLMSGHDR.size, off + length
-            off += _align(length)
-
-    def dump(self, mtype, family, body=None):
-        """Yield (type, buf, off, end) for every message of one dump."""
-        self.seq += 1
-        if body is None:
-            body = struct.pack("=B3x", family) + bytes(8)  # rtmsg/ifaddrmsg-sized
-        hdr = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0)
-        self.sock.send(hdr + body)
-        while True:
-            done = False
-            for m in self.messages():
-                if m[0] == NLMSG_DONE:
-                    done = True
-                    break
-                yield m
-            if done:
-                return
-
-
 def dump_routes(nl, family):
     """Every unicast route of one family, all tables.
 
     The walk over each buffer is inlined (a full table is a million
     messages) and reads bytes, not a memoryview: slices of bytes are one
     copy, of a memoryview two."""
-    nl.seq += 1
-    body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
-    nl.sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP,
-                                nl.seq, 0) + body)
-    head = _NLMSG_HEAD.unpack_from
-    size = _NLMSGHDR.size
-    buf = nl._buf
+    nl.send(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
+    head = _HEAD.unpack_from
+    size = HEADER.size
     while True:
-        n = nl.sock.recv_into(buf)
-        data = bytes(memoryview(buf)[:n])
+        data = nl.read()
         off = 0
-        while off + size <= n:
+        while off + size <= len(data):
             length, mtype = head(data, off)
             if length < size:
                 break
@@ -303,9 +203,7 @@ def dump_routes(nl, family):
             elif mtype == NLMSG_DONE:
                 return
             elif mtype == NLMSG_ERROR:
-                err = -struct.unpack_from("=i", data, off + size)[0]
-                if err:
-                    raise OSError(err, os.strerror(err))
+                check(data, off)
             off += (length + 3) & ~3
 
 

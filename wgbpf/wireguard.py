@@ -20,7 +20,7 @@ import os
 import socket
 import struct
 
-from .routes import _NLMSGHDR, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, Netlink, attrs
+from .netlink import NETLINK_GENERIC, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, Netlink, attrs
 from .sync import network_pkey
 
 UAPI_DIR = "/var/run/wireguard"
@@ -34,10 +34,8 @@ WGPEER_F_REMOVE_ME, WGPEER_F_REPLACE_ALLOWEDIPS, WGPEER_F_UPDATE_ONLY = 1, 2, 4
 WGALLOWEDIP_A_FAMILY, WGALLOWEDIP_A_IPADDR, WGALLOWEDIP_A_CIDR_MASK, WGALLOWEDIP_A_FLAGS = 1, 2, 3, 4
 WGALLOWEDIP_F_REMOVE_ME = 1
 
-NETLINK_GENERIC = 16
 GENL_ID_CTRL, CTRL_CMD_GETFAMILY = 0x10, 3
 CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 1, 2
-NLM_F_ACK = 4
 NLA_F_NESTED = 0x8000
 # An attribute's length is 16 bits: the peers nest of one message must stay
 # under 64 KiB, so long lists go out as several messages (as `wg` does).
@@ -261,9 +259,7 @@ class GenlDevice:
         self.nl.close()
 
     def _send(self, mtype, flags, cmd, attrs):
-        self.nl.seq += 1
-        body = struct.pack("=BBH", cmd, 1, 0) + attrs
-        self.nl.sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, flags, self.nl.seq, 0) + body)
+        self.nl.send(mtype, flags, struct.pack("=BBH", cmd, 1, 0) + attrs)  # genlmsghdr first
 
     def _replies(self):
         """Yield (buf, attributes offset, end) of each reply until DONE or
