@@ -144,6 +144,18 @@ class Dir24:
         addr = bytearray(4 * n)
         for i in range(4):
             addr[i::4] = keys[4 + i::8]  # Key4: u32 prefixlen, then the address
+        addrs = _u32(addr)
+        plens = keys[0::8] if ORDER == "little" else keys[3::8]  # the low byte of a host-order u32
+        if values[0::vs].count(1) == n:
+            # one peer each (no ECMP): the set is the first peer id, a u16
+            # at offset 4, gathered like the addresses
+            first = bytearray(2 * n)
+            first[0::2], first[1::2] = values[4::vs], values[5::vs]
+            pids = array.array("H", first)
+            self._number(sorted({(p,) for p in set(pids)}))
+            sid_of = {p: sid for (p,), sid in self.set_ids.items()}
+            self._compile(addrs, plens, array.array("H", map(sid_of.__getitem__, pids)))
+            return
         # a Route names its peers by count and peers; origin and prefixlen
         # (bytes 1 and 2) differ between prefixes of one set: zeroed
         values[1::vs] = bytes(n)
@@ -151,28 +163,31 @@ class Dir24:
         values = bytes(values)
         raw = list(map(values.__getitem__, map(slice, range(0, n * vs, vs), range(vs, n * vs + 1, vs))))
         peers_of = {r: value_peers(r) for r in set(raw)}
-        plens = keys[0::8] if ORDER == "little" else keys[3::8]  # the low byte of a host-order u32
-        self.rebuild_arrays(_u32(addr), plens, list(map(peers_of.__getitem__, raw)))
+        self.rebuild_arrays(addrs, plens, list(map(peers_of.__getitem__, raw)))
 
     def rebuild_arrays(self, addrs, plens, peers):
         """The compile itself, from parallel sequences: network ints, prefix
         lengths (bytes or ints) and peers tuples. 1M prefixes: ~0.7 s from a
         dict, ~0.6 s from prefix keys (was 0.7-1.0 s with a loop per prefix,
         and 100 MB more for its dicts); the input's own making is on top."""
-        addrs = array.array("I", addrs)
-        plens = bytes(plens)
-        if not len(addrs) == len(plens) == len(peers):
-            raise ValueError("addrs, plens and peers differ in length")
-        # set ids in a stable order: the same table gives the same bytes
-        distinct = sorted(set(peers))
+        self._number(sorted(set(peers)))
+        self._compile(addrs, plens, array.array("H", map(self.set_ids.__getitem__, peers)))
+
+    def _number(self, distinct):
+        """Set ids for the sorted distinct peer sets: the same table gives
+        the same ids, and the same bytes, in any process."""
         if len(distinct) >= abi.DIR_SETS:
             raise Dir24Error(f"more than {abi.DIR_SETS - 1} distinct peer sets")
         self.set_ids = {p: sid for sid, p in enumerate(distinct, start=1)}
         self.sets = dict(enumerate(distinct, start=1))
         for sid, p in self.sets.items():
             self.write_set(sid, p)
-        sids = array.array("H", map(self.set_ids.__getitem__, peers))
-        del peers
+
+    def _compile(self, addrs, plens, sids):
+        addrs = array.array("I", addrs)
+        plens = bytes(plens)
+        if not len(addrs) == len(plens) == len(sids):
+            raise ValueError("addrs, plens and peers differ in length")
         # by length, shortest first (stable: the result depends on the table only)
         order = sorted(range(len(plens)), key=plens.__getitem__)
         addrs = array.array("I", map(addrs.__getitem__, order))

@@ -136,3 +136,19 @@ def test_a_realistic_table_slice_equals_the_reference():
     d.rebuild_keys([pkey(*x) for x in p], list(p.values()))
     check(d, sets, p, rng)
     assert isinstance(d, Dir24)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.dictionaries(st.tuples(st.integers(0, 0xFFFFFFFF), st.integers(0, 32)),
+                       st.sampled_from([(1,), (2,), (9,), (1023,)]), max_size=40), st.randoms())
+def test_raw_reads_of_single_peer_routes_take_the_short_way_to_the_same_bytes(raw, rng):
+    p = normalized(raw)
+    if len({a >> 8 for a, plen in p if plen > 24}) > GROUPS:
+        return
+    d, sets = tables()
+    d.rebuild(p)
+    r, _ = tables()
+    r.rebuild_raw(raw_batches(p, 5), ctypes.sizeof(abi.Route), value_peers)
+    assert bytes(r.tbl24) == bytes(d.tbl24) and bytes(r.tbl8) == bytes(d.tbl8)
+    assert r.set_ids == d.set_ids and r.set_refs == d.set_refs
+    check(r, sets, p, rng)
