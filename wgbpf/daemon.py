@@ -345,7 +345,7 @@ class Daemon:
         self.rcvbuf = rcvbuf
         self.progress = progress
         self.stats = {"events": 0, "map_writes": 0, "resyncs": 0, "overruns": 0,
-                      "rehooks": 0, "members_gone": 0, "peer_deaths": 0, "peer_revivals": 0,
+                      "rehooks": 0, "members_gone": 0, "backlogged": 0, "peer_deaths": 0, "peer_revivals": 0,
                       "last_sync": None,
                       "last_sync_seconds": None, "started": time.time()}
         self.lag = Lag()  # event-to-map lag of each batch applied
@@ -898,6 +898,7 @@ class Daemon:
                          f'{int(lv["state"] == "alive")}')
         metric("prefixes", "prefixes that name peers", st["prefixes"], "gauge")
         metric("ignored_routes", "routes that name no peer (last full sync)", st["ignored"], "gauge")
+        metric("backlogged_total", "event batches cut short with events still queued", st["backlogged"])
         metric("event_lag_ms_max", "worst event-to-map lag since start", st["lag_ms_max"], "gauge")
         metric("event_lag_ms_p50", "median event-to-map lag of the recent batches", st["lag_ms_p50"] or 0, "gauge")
         metric("event_lag_ms_p99", "p99 event-to-map lag of the recent batches", st["lag_ms_p99"] or 0, "gauge")
@@ -924,7 +925,6 @@ class Daemon:
             self.full_sync("start")
             sd_notify("READY=1")
             last_status = time.monotonic()
-            backlog_since = None  # when events were left queued by a batch cut short
             while not self.stop:
                 if self.reload:
                     self.reload = False
@@ -955,11 +955,11 @@ class Daemon:
                     resync = False
                     t_recv = time.monotonic()
                     # Netlink carries no receive timestamp (SO_TIMESTAMP
-                    # gives none there), so a batch's events are dated by
-                    # when the socket was last seen empty: none is older,
-                    # and the lag measured is an upper bound.
-                    t_event = backlog_since or t_recv
-                    backlog_since = t_event
+                    # gives none there): the lag is from this read to the
+                    # map write, and a batch that leaves events queued is
+                    # counted (`backlogged`): then they waited longer.
+                    t_event = t_recv
+                    drained = False
                     try:
                         # drain what is queued, applying at least every
                         # BATCH_EVENTS or BATCH_SECONDS so a long burst does
@@ -968,7 +968,7 @@ class Daemon:
                         while len(batch) < BATCH_EVENTS and time.monotonic() - t_recv < BATCH_SECONDS:
                             got = list(events.messages(block=False))
                             if not got:
-                                backlog_since = None  # drained: the next events are new
+                                drained = True
                                 break
                             batch.extend(got)  # each read's bytes are its own: kept as they are
                         self.check_maps()  # a detach meanwhile: nothing to re-hook from
@@ -984,8 +984,8 @@ class Daemon:
                     if resync and not self.detached:
                         self.stats["resyncs"] += 1
                         self.full_sync("overrun or tag change")
-                    if resync:
-                        backlog_since = None  # the dump covered whatever was queued
+                    if not drained and not resync:
+                        self.stats["backlogged"] += 1
                     self.lag.append((time.monotonic() - t_event) * 1000)
                 self.check_liveness()
                 if time.monotonic() - last_status >= 1.0:
