@@ -338,9 +338,9 @@ SYNC_RE = re.compile(r"sync \((?P<why>[^)]*)\): (?P<read>\d+) routes read, (?P<p
 class DaemonRun:
     """`wgbpf --netns NS daemon FRONT --peer ...` with its stderr collected."""
 
-    def __init__(self, ns, front, peer_args, prefix=None):
+    def __init__(self, ns, front, peer_args, prefix=None, extra=()):
         cmd = ((prefix + ["-m", "wgbpf.cli"]) if prefix else wgbpf_cmd()) + ["--netns", ns, "daemon", front]
-        cmd += [a for p in peer_args for a in ("--peer", p)]
+        cmd += [a for p in peer_args for a in ("--peer", p)] + list(extra)
         self.lines = []
         self.synced = threading.Event()
         self.sync_line = None
@@ -576,8 +576,8 @@ class Bench:
             self.front_ifindex = socket.if_nametoindex(self.front)
         self.res["attach"] = json.loads(r.stdout)
 
-    def daemon_start(self, label, timeout):
-        d = DaemonRun(self.ns, self.front, self.peer_args)
+    def daemon_start(self, label, timeout, extra=()):
+        d = DaemonRun(self.ns, self.front, self.peer_args, extra=extra)
         self.daemons.append(d)
         wall, f = d.wait_sync(timeout)
         mem = d.memory()
@@ -691,6 +691,30 @@ class Bench:
                  f"dump {f['dump']:.2f}s, {f['writes']:,} writes; start->sync line {r['wall_to_sync_seconds']:.1f}s"
                  f"; RSS after {r['vmrss_mib']:.0f} MiB (+{r['vmrss_mib'] - base:.0f} over an empty table)")
         return f
+
+    def dir24(self):
+        """The same table in DIR-24-8 mode (`--lookup dir24`, as the README
+        recommends for full IPv4 tables): a first start into maps emptied of
+        kernel entries (LPM writes and the arrays built from them), then a
+        restart against the filled maps."""
+        from wgbpf import abi, sync
+        from wgbpf.maps import Maps, pin_dir
+        with Maps.open(pin_dir(self.front, self.ns)) as m:
+            d = sync.Diff()
+            d.delete = [k for k, origin, _v in m.scan() if origin == abi.Origin.KERNEL]
+            m.apply(d)
+        out = {}
+        for label, key in (("initial sync", "initial"), ("restart", "restart")):
+            log(f"dir24 mode: daemon {label}")
+            d, r = self.daemon_start(f"dir24 {label}", 1800, extra=["--lookup", "dir24"])
+            d.stop()
+            self.daemons.remove(d)
+            out[key] = r
+            f = r["sync"]
+            self.row(f"dir24: daemon {label} (routes + IPv4 arrays)", f["read"], f["secs"], f["read"],
+                     r["vmhwm_mib"], f"{f['writes']:,} map writes; start->sync line {r['wall_to_sync_seconds']:.1f}s; "
+                     f"RSS includes the arrays mapped (48 MiB of the maps' memory)")
+        self.res["dir24"] = out
 
     def second_start(self):
         log("second daemon start against the filled maps (must write nothing)")
@@ -935,6 +959,7 @@ class Bench:
         self.verify()
         d.stop()
         self.daemons.remove(d)
+        self.dir24()
         if self.args.profile:
             self.profile()
             self.profile_events()
