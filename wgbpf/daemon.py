@@ -795,6 +795,16 @@ class Daemon:
         for k in d.delete:
             self.log(f"{at} {what} {sync.pkey_network(k)} withdrawn")
 
+    def revive_all(self):
+        """On exit: peers judged dead go back up (as their members are), as
+        nobody would be left to bring them back; the next daemon judges
+        them again."""
+        dead = [n for n in self.liveness.peers if not self.liveness.alive(n)]
+        self.liveness.configure({})
+        if dead and self.maps is not None and not self.detached:
+            self.follow_links()
+            self.log(f"exiting: {', '.join(dead)} up again (no daemon left to judge them)")
+
     def check_liveness(self):
         """Sample each watched peer's WireGuard counters (every
         liveness.interval seconds); a peer judged dead goes down in the
@@ -992,6 +1002,7 @@ class Daemon:
                     self.check_gone()
                     self.write_status("detached" if self.detached else "running")
                     last_status = time.monotonic()
+            self.revive_all()
             self.write_status("stopped")
             self.log("stopped; the data plane keeps running on the pinned maps")
         except BaseException as e:
