@@ -550,12 +550,13 @@ class Writer:
             self.thread.start()
 
     def put(self, kind, k, peers):
+        # kept as given; packed per batch in _flush, where a comprehension
+        # costs less than this call doing it a million times
         p = self.puts.get((kind, k[0]))
         if p is None:
-            p = self.puts[(kind, k[0])] = ([], [])
-        p[0].append(_PLEN[k[1]] + k[2:])
-        p[1].append(route_value(peers, k[1]))
-        if len(p[0]) >= self.BATCH:
+            p = self.puts[(kind, k[0])] = []
+        p.append((k, peers))
+        if len(p) >= self.BATCH:
             self._flush(kind, k[0])
 
     def delete(self, kind, k):
@@ -565,8 +566,11 @@ class Writer:
         return self.maps._routes_fd(4 if fam == AF4 else 6, kind)
 
     def _flush(self, kind, fam):
-        keys, values = self.puts.pop((kind, fam))
-        self._submit((bpfsys.update_batch_raw, self._fd(kind, fam), b"".join(keys), b"".join(values), len(keys)))
+        puts = self.puts.pop((kind, fam))
+        plen = _PLEN
+        keys = b"".join([plen[k[1]] + k[2:] for k, _ in puts])
+        values = b"".join([route_value(p, k[1]) for k, p in puts])
+        self._submit((bpfsys.update_batch_raw, self._fd(kind, fam), keys, values, len(puts)))
 
     def _submit(self, job):
         if self.jobs is None:
