@@ -581,8 +581,7 @@ class Daemon:
         if self.cfg.lookup == abi.Lookup.DIR24 and "routes" in self.tables:
             # the IPv4 arrays from all of routes4 (ours, static and tags);
             # only the /24s that differ are rewritten
-            self.dir = self.maps.dir24()
-            self.dir.rebuild(self._ipv4_prefixes())
+            self.dir = self.maps.rebuild_dir24()
         self.table = tables.get("routes")
         dt = time.monotonic() - t0
         self.stats["map_writes"] += writes
@@ -597,11 +596,6 @@ class Daemon:
         self.write_status("running")
         return writes
 
-    def _ipv4_prefixes(self):
-        """{(network int, plen): peers} of all of routes4, as Dir24 takes them."""
-        return {(int.from_bytes(k[2:], "big"), k[1]): maps_mod.value_peers(v)
-                for k, _origin, v in self.maps.scan("routes") if k[0] == socket.AF_INET}
-
     def maps_sync(self, why):
         """Re-read the maps, not the kernel: after `wgbpf route` wrote them
         (it sends SIGUSR1), its entries are left alone, a kernel route
@@ -613,7 +607,7 @@ class Daemon:
         for kind, table in self.tables.items():
             writes += self.maps.apply(self._reconcile(kind, table), kind)
         if self.dir is not None:
-            self.dir.rebuild(self._ipv4_prefixes())
+            self.maps.rebuild_dir24(self.dir)
         self.stats["map_writes"] += writes
         self.log(f"maps re-read ({why}): {writes} map writes")
 
