@@ -22,7 +22,7 @@ the bad field and quote the bad value.
     dead_after = 2           # this peer's own (persistent-keepalive 1 on its side);
                              # "off": not watched
 
-On the command line: --peer alice=wg-alice,fe80::1,10.255.0.1[,source=loose]
+On the command line: --peer alice=wg-alice,fe80::1,10.255.0.1[,source=loose][,dead_after=2]
 
 With backend = "allowedips" (`wgbpf daemon --backend allowedips wg0`) the
 instance is one multi-peer WireGuard device and a peer is named by its

@@ -84,9 +84,16 @@ def test_dead_spoke_leaves_ecmp_and_comes_back(scenario):
     assert f"{victim} alive (rx" in text and "hold-down" in text, text
 
 
-def test_bad_dead_after_is_refused_in_one_line(scenario):
-    lab = scenario.lab
-    for bad in ("-1", "0", "nan", "soon"):
-        r = lab.wgbpf("daemon", lab.front, *lab.peer_args(), "--dead-after", bad, check=False)
-        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
-        assert f"--dead-after: '{bad}' is not a dead-after time" in r.stderr, r.stderr
+def test_a_stopped_daemon_leaves_no_peer_dead(scenario):
+    """Nobody would bring a dead peer back once the daemon is gone."""
+    f = scenario
+    where = f.where()
+    victim = next(p for p in ("bob", "alice") if p in where.values())
+    if liveness(f, victim, "alive")["hold_down"] > 0:
+        time.sleep(liveness(f, victim, "alive")["hold_down"] + 0.5)
+    took, _ = f.kill(victim, timeout=10 * TIME_SCALE)
+    assert took is not None
+    liveness(f, victim, "dead")
+    f.daemon.stop()
+    assert f"exiting: {victim} up again" in f.daemon.text(), f.daemon.text()
+    assert next(p for p in f.lab.dump()["peers"] if p["name"] == victim)["up"]

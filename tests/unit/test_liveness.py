@@ -261,3 +261,43 @@ def test_never_a_handshake_while_sending():
     got = run(live, clock, far, 10, keepalive=0.5, wall=wall)  # rx moves: initiations, say
     assert got and got[0][1] == "dead" and 7.0 <= got[0][0] - 1000.0 <= 7.5
     assert "no handshake in" in live.status()["alice"]["reason"]
+
+
+@pytest.mark.parametrize("bad", ["-1", "0", "nan", "soon"])
+def test_daemon_refuses_bad_dead_after_in_one_line(bad):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "wgbpf.cli", "daemon", "wg0", "--peer", "a=wg-a",
+                        "--dead-after", bad], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr == (f"wgbpf: error: --dead-after: {bad!r} is not a dead-after time: give seconds "
+                        f"from 1 (WireGuard's shortest keepalive) to 86400\n")
+
+
+def test_counters_from_generic_netlink_and_uapi():
+    """Kernel WireGuard's dump (a peer split over two messages repeats
+    only its key) and wireguard-go's `get=1` give the same numbers."""
+    import struct
+    from wgbpf import wireguard as wg
+    key = bytes(range(32))
+    peer = wg._nest(0, [wg._attr(wg.WGPEER_A_PUBLIC_KEY, key),
+                        wg._attr(wg.WGPEER_A_LAST_HANDSHAKE_TIME, struct.pack("=qq", 1700000000, 500000000)),
+                        wg._attr(wg.WGPEER_A_RX_BYTES, struct.pack("=Q", 1234)),
+                        wg._attr(wg.WGPEER_A_TX_BYTES, struct.pack("=Q", 5678))])
+    more = wg._nest(0, [wg._attr(wg.WGPEER_A_PUBLIC_KEY, key)])
+    out = {}
+    for msg in (wg._nest(wg.WGDEVICE_A_PEERS, [peer]), wg._nest(wg.WGDEVICE_A_PEERS, [more])):
+        wg.parse_counters(msg, 0, len(msg), out)
+    assert out == {key: [1234, 5678, 1700000000.5]}
+    lines = ["private_key=00", f"public_key={key.hex()}", "rx_bytes=1234", "tx_bytes=5678",
+             "last_handshake_time_sec=1700000000", "last_handshake_time_nsec=500000000", "errno=0"]
+    assert wg.parse_uapi_counters(lines) == out
+
+
+def test_dead_after_per_peer_on_the_command_line():
+    from wgbpf.config import dead_after
+    cfg = build("wg0", ["alice=wg-a,10.255.0.1,dead_after=2", "bob=wg-b,dead_after=off", "carol=wg-c"],
+                dead_after=15.0)
+    assert {p.name: dead_after(cfg, p) for p in cfg.peers} == {"alice": 2.0, "bob": None, "carol": 15.0}
+    with pytest.raises(ConfigError, match="dead_after=0': '0' is not a dead-after time"):
+        build("wg0", ["alice=wg-a,dead_after=0"])
