@@ -6,7 +6,7 @@
 PYTHON := .venv/bin/python
 PYTEST := $(PYTHON) -m pytest
 
-.PHONY: setup demo demo-down test test-unit test-bpf test-e2e vm-test bench clean
+.PHONY: setup demo demo-down test test-unit test-bpf test-e2e vm-test bench clean deb deb-test deb-test-trixie
 
 setup:
 	@bash scripts/setup.sh
@@ -42,6 +42,23 @@ test-e2e: setup
 vm-test: setup
 	@bash vm/setup.sh
 	bash vm/run.sh
+
+# The Debian package: wgbpf_<version>_all.deb here, built with debhelper
+# and pybuild (scripts/deb.sh installs them; lintian must pass). Then
+# apt install ./wgbpf_<version>_all.deb.
+deb:
+	@bash scripts/deb.sh
+
+# The .deb installed in a throwaway Debian 12 root (debootstrap, cached in
+# /var/cache/wgbpf/deb-test): --version, attach --help, systemd-analyze
+# verify, tests/e2e/test_installed.py on /usr/bin/wgbpf, apt remove with a
+# data plane attached. deb-test-trixie: the same on Debian 13, plus the
+# unit tests there.
+deb-test: deb
+	bash scripts/deb-test.sh bookworm
+
+deb-test-trixie: deb
+	bash scripts/deb-test.sh trixie
 
 # Control-plane benchmark (a few minutes at full table; root): results in
 # bench-results/sync.json. BENCH_ARGS=--quick for a smoke run.
