@@ -532,10 +532,8 @@ class Daemon:
         if covered < len(prefixes):
             # prefixes with no entry at all (routes added while we were
             # away): found by exact lookups, rather than a set of every key
-            have = self.maps.read(prefixes, kind)
-            for k, peers in table.items():
-                if k not in have:
-                    d.put[k] = peers
+            for k in self.maps.missing(prefixes, kind):
+                d.put[k] = table.best(k)
         return d
 
     def full_sync(self, why):
@@ -795,42 +793,57 @@ class Daemon:
         them again."""
         dead = [n for n in self.liveness.peers if not self.liveness.alive(n)]
         self.liveness.configure({})
-        if dead and self.maps is not None and not self.detached:
-            self.follow_links()
+        if dead and self.liveness_changed():
             self.log(f"exiting: {', '.join(dead)} up again (no daemon left to judge them)")
 
     def check_liveness(self):
         """Sample each watched peer's WireGuard counters (every
-        liveness.interval seconds); a peer judged dead goes down in the
-        peers map, one that came back up again, through follow_links (a
-        peer is up when its member is up and it is alive)."""
+        liveness.interval seconds); on a peer judged dead, or back,
+        liveness_changed() writes what that changes."""
         live = self.liveness
-        watched = {p.name: (configmod.dead_after(self.cfg, p), p.member)
-                   for p in self.cfg.peers if p.member}  # the maps backend: a device per peer
-        live.configure({n: d for n, (d, _) in watched.items()})
+        live.configure({p.name: configmod.dead_after(self.cfg, p) for p in self.cfg.peers
+                        if p.member or p.public_key})
         if not live.peers or not live.due():
             return
-        from . import wireguard  # only with --dead-after
         changed = False
-        for name in list(live.peers):
-            member = watched[name][1]
-            try:
-                dev = self.wg_devices.get(member) or wireguard.open_device(member)
-                counters = dev.counters()
-            except (wireguard.WireGuardError, OSError):
-                self.wg_devices.pop(member, None)  # gone or re-created: the member logic says so
-                continue
-            self.wg_devices[member] = dev
-            if not counters:
-                continue
-            c = list(counters.values())
-            got = live.observe(name, sum(x[0] for x in c), sum(x[1] for x in c), max(x[2] for x in c))
+        for name, (rx, tx, handshake) in self.peer_counters(list(live.peers)).items():
+            got = live.observe(name, rx, tx, handshake)
             if got:
                 changed = True
                 self.stats["peer_deaths" if got == "dead" else "peer_revivals"] += 1
                 self.log(f"peer {name}: {got} ({live.peers[name].reason})")
-        if changed and not self.detached:
-            self.follow_links()
+        if changed:
+            self.liveness_changed()
+
+    def peer_counters(self, names):
+        """{peer name: (rx bytes, tx bytes, last handshake)} from each
+        member's WireGuard device; a member that cannot be read is left
+        out (gone or re-created: follow_links says so)."""
+        from . import wireguard  # only with --dead-after
+        members = {p.name: p.member for p in self.cfg.peers}
+        out = {}
+        for name in names:
+            member = members.get(name)
+            if member is None:
+                continue
+            try:
+                dev = self.wg_devices.get(member) or wireguard.open_device(member)
+                c = list(dev.counters().values())
+            except (wireguard.WireGuardError, OSError):
+                self.wg_devices.pop(member, None)
+                continue
+            self.wg_devices[member] = dev
+            if c:
+                out[name] = (sum(x[0] for x in c), sum(x[1] for x in c), max(x[2] for x in c))
+        return out
+
+    def liveness_changed(self):
+        """A peer died or came back: follow_links writes each peer up when
+        its member is up and it is alive. Returns whether it wrote."""
+        if self.maps is None or self.detached:
+            return False
+        self.follow_links()
+        return True
 
     # -- status ------------------------------------------------------------
     def _peer_names(self):
@@ -892,14 +905,7 @@ class Daemon:
                st["rehooks"])
         metric("members_gone_total", "member devices that disappeared (peer taken down)",
                st["members_gone"])
-        metric("peer_deaths_total", "peers judged dead (liveness: taken down)", st["peer_deaths"])
-        metric("peer_revivals_total", "dead peers heard again (liveness: up again)", st["peer_revivals"])
-        if st["liveness"]:  # one HELP/TYPE for all peers' series
-            lines.append("# HELP wgbpf_peer_alive 1 alive, 0 dead (liveness, --dead-after; cause: why dead)")
-            lines.append("# TYPE wgbpf_peer_alive gauge")
-        for name, lv in st["liveness"].items():
-            lines.append(f'wgbpf_peer_alive{{front="{front}",peer="{name}",cause="{lv["cause"] or ""}"}} '
-                         f'{int(lv["state"] == "alive")}')
+        lines += liveness_metrics(st)
         metric("prefixes", "prefixes that name peers", st["prefixes"], "gauge")
         metric("ignored_routes", "routes that name no peer (last full sync)", st["ignored"], "gauge")
         metric("backlogged_total", "event batches cut short with events still queued", st["backlogged"])
@@ -1080,6 +1086,23 @@ def attached_differences(cfg):
     except MapError:
         return []
     return configmod.differences(attached, cfg) if attached is not None else []
+
+
+def liveness_metrics(st):
+    """Prometheus lines of the status' liveness (both backends)."""
+    front = st["front"]
+    lines = []
+    for name, help_ in (("peer_deaths", "peers judged dead (liveness: taken down)"),
+                        ("peer_revivals", "dead peers heard again (liveness: up again)")):
+        lines += [f"# HELP wgbpf_{name}_total {help_}", f"# TYPE wgbpf_{name}_total counter",
+                  f'wgbpf_{name}_total{{front="{front}"}} {st[name]}']
+    if st["liveness"]:  # one HELP/TYPE for all peers' series
+        lines += ["# HELP wgbpf_peer_alive 1 alive, 0 dead (liveness, --dead-after; cause: why dead)",
+                  "# TYPE wgbpf_peer_alive gauge"]
+    for name, lv in st["liveness"].items():
+        lines.append(f'wgbpf_peer_alive{{front="{front}",peer="{name}",cause="{lv["cause"] or ""}"}} '
+                     f'{int(lv["state"] == "alive")}')
+    return lines
 
 
 def stderr_log(msg):

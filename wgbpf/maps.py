@@ -412,12 +412,13 @@ class Maps:
         rsize = ctypes.sizeof(abi.Route)
         for version, fam, n in ((4, AF4, 4), (6, AF6, 16)):
             ks = 4 + n
+            head = [bytes((fam, plen)) for plen in range(8 * n + 1)]
             fd = self._routes_fd(version, kind)
             for keys, values, count in bpfsys.lookup_batch_raw(fd, ks, rsize):
                 for i in range(count):
                     at = i * ks
                     v = values[i * rsize:(i + 1) * rsize]
-                    yield bytes((fam, keys[at])) + keys[at + 4:at + ks], v[1], v
+                    yield head[keys[at]] + keys[at + 4:at + ks], v[1], v
 
     def entries(self, kind="routes"):
         """{pkey: (origin, peers)} of every route entry (a view for diff)."""
@@ -436,6 +437,17 @@ class Maps:
             if v is not None and v[2] == k[1]:
                 out[k] = (v[1], value_peers(v))
         return out
+
+    def missing(self, keys, kind="routes"):
+        """Yield those of `keys` that have no entry of their own (one exact
+        lookup each: no view of the maps is built)."""
+        rsize = ctypes.sizeof(abi.Route)
+        readers = {AF4: bpfsys.Reader(self._routes_fd(4, kind), 8, rsize),
+                   AF6: bpfsys.Reader(self._routes_fd(6, kind), 20, rsize)}
+        for k in keys:
+            v = readers[k[0]].get(_PLEN[k[1]] + k[2:])
+            if v is None or v[2] != k[1]:
+                yield k
 
     def apply(self, d, kind="routes", progress=None):
         """Write a sync.Diff (puts of kernel-origin entries, deletes) in

@@ -82,3 +82,44 @@ def test_route_value_is_the_route_struct():
     r = abi.Route.from_buffer_copy(v)
     assert (r.count, r.origin, r.prefixlen, list(r.peers[:2])) == (2, KERNEL, 24, [3, 9])
     assert value_peers(v) == (3, 9)
+
+
+def test_missing_names_the_keys_without_an_entry_of_their_own(maps):
+    want = prefixes(2000, 2)
+    w = Writer(maps, threaded=False)
+    keys = list(want)
+    for k in keys[:1500]:
+        w.put("routes", k, want[k])
+    w.close()
+    # an entry that only covers a key (a shorter prefix) is not its own
+    assert sorted(maps.missing(keys)) == sorted(keys[1500:])
+
+
+def test_a_restart_writes_only_the_difference(maps):
+    """Daemon._reconcile, as a restart runs it against filled maps: entries
+    of routes gone are deleted, changed ones rewritten, missing ones
+    written, the operator's left alone, the rest untouched."""
+    import types
+    from wgbpf.daemon import Daemon
+    from wgbpf.routes import KernelRoute
+    tags = sync.Tags({bytes([10, 255, 0, p]): p for p in (1, 2, 3)}, {})
+    t = sync.Table(tags, sync.Filter())
+    nets = [bytes([10, n, 0, 0]) for n in range(1, 9)]
+    for i, dst in enumerate(nets):
+        t.update(KernelRoute(2, dst, 16, 254, 0, 4, 0, ((bytes([10, 255, 0, 1 + i % 3]), 5),)))
+    w = Writer(maps, threaded=False)
+    for i, (k, peers) in enumerate(t.items()):
+        if i < 4:
+            w.put("routes", k, peers)            # as the table says
+        elif i == 4:
+            w.put("routes", k, (3, 2))           # changed while we were away
+    stale = sync.pkey(2, bytes([10, 99, 0, 0]), 16)
+    w.put("routes", stale, (1,))                 # its route deleted while we were away
+    w.close()
+    maps.set_route(ipaddress.ip_network("10.6.0.0/16"), [7], STATIC)  # the operator's
+    d = Daemon._reconcile(types.SimpleNamespace(maps=maps), "routes", t)
+    keys = [sync.pkey(2, dst, 16) for dst in nets]
+    assert d.delete == [stale]
+    assert d.put == {keys[4]: t.best(keys[4]), keys[6]: t.best(keys[6]), keys[7]: t.best(keys[7])}
+    maps.apply(d)
+    assert len(Daemon._reconcile(types.SimpleNamespace(maps=maps), "routes", t)) == 0
