@@ -66,6 +66,7 @@ class Plan:
         self.present = present      # public keys the device has
         self.tags = {network_pkey(ipaddress.ip_network(t)): i for i, p in enumerate(peers) for t in p.tags}
         self.ecmp = set()           # prefixes whose route named several peers
+        self.dead = set()           # public keys of peers judged dead (--dead-after)
 
     def owner(self, table, k):
         """The public key prefix k should belong to, or None."""
@@ -82,7 +83,9 @@ class Plan:
             self.ecmp.discard(k)
             return self.keys[peers[0]]
         self.ecmp.add(k)
-        return self.keys[pick(k, peers, self.names)]
+        # a dead peer's share goes to the live ones (if any is left)
+        alive = [p for p in peers if self.keys[p] not in self.dead] or peers
+        return self.keys[pick(k, alive, self.names)]
 
     def want(self, table):
         """{prefix: public key} for everything."""
@@ -280,6 +283,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
         self.stats["missing_peers"] = missing
         self._probe()
         self.plan = Plan(self.cfg.peers, present)
+        self.plan.dead = self._dead_keys()
         managed = {p.public_key for p in self.cfg.peers} & present
         todo = changes(self.plan.want(table), self.dev, managed, self._single())
         before = self.stats["allowedips_changes"]
@@ -318,6 +322,33 @@ class AllowedIPsDaemon(daemonmod.Daemon):
             self._note_ecmp()
         return False
 
+    def _dead_keys(self):
+        return {p.public_key for p in self.cfg.peers if not self.liveness.alive(p.name)}
+
+    def peer_counters(self, names):
+        """One read of the device for every peer (its allowed IPs come
+        along: WireGuard has no query for the counters alone)."""
+        keys = {p.name: p.public_key for p in self.cfg.peers}
+        try:
+            c = self.device.counters()
+        except (wg.WireGuardError, OSError):
+            return {}
+        return {n: tuple(c[keys[n]]) for n in names if keys.get(n) in c}
+
+    def liveness_changed(self):
+        """A peer died or came back: each ECMP prefix goes to one of its
+        live peers again. A dead peer keeps what is routed to it alone:
+        AllowedIPs has no "down", and taking a prefix away would also drop
+        what the peer sends from it."""
+        if self.plan is None or self.table is None:
+            return False
+        self.plan.dead = self._dead_keys()
+        keys = set(self.plan.ecmp)
+        want = {k: key for k in keys if (key := self.plan.owner(self.table, k)) is not None}
+        managed = {p.public_key for p in self.cfg.peers} & self.plan.present
+        self._write(changes(want, self.dev, managed, self._single(), keys=keys))
+        return True
+
     def write_status(self, state):
         self.bury()  # about every second, and when stopping or failing
         self.stats["backend"] = "allowedips"
@@ -342,6 +373,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
                 ("ecmp_prefixes", "gauge", "multipath prefixes given to one of their peers", st["ecmp_prefixes"])):
             lines += [f"# HELP wgbpf_{name} {help_}", f"# TYPE wgbpf_{name} {kind}",
                       f'wgbpf_{name}{{front="{front}"}} {value}']
+        lines += daemonmod.liveness_metrics(st)
         lines += ["# HELP wgbpf_build_info the running wgbpf's version", "# TYPE wgbpf_build_info gauge",
                   f'wgbpf_build_info{{front="{front}",version="{VERSION}"}} 1']
         files.write_atomic(self.metrics_file, "\n".join(lines) + "\n")

@@ -761,8 +761,6 @@ def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table,
         if given:
             fail(f"{', '.join(given)}: settings of the BPF data plane, which --backend allowedips does "
                  f"not use (WireGuard's AllowedIPs check sources there)")
-        if cfg.dead_after or any(p.dead_after for p in cfg.peers):
-            fail("dead_after: the allowedips backend does not judge peers dead yet (the maps backend does)")
     need_root()
 
     def progress(stage, n, total=None):

@@ -2,14 +2,18 @@
 (`wgbpf daemon --dead-after 2`, persistent-keepalive 1 s on the spokes),
 and comes back when it is restarted. The scenario and its drawing:
 tests/e2e/failover.py; the figures over ten kills: tests/bench/bench_failover.py.
+The allowedips backend (the lab reshaped as in test_allowedips.py: the
+front a WireGuard device with the spokes as peers): a dead peer's ECMP
+prefix goes to its live sibling, and back.
 """
+import subprocess
 import tempfile
 import time
 
 import pytest
 
 from wgbtest import RUN_ID, require_bcc, require_tools
-from labutil import TIME_SCALE, WG_TOOLS, Lab, run
+from labutil import TIME_SCALE, WG_TOOLS, DaemonProc, Lab, run
 from failover import Failover
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
@@ -97,3 +101,65 @@ def test_a_stopped_daemon_leaves_no_peer_dead(scenario):
     f.daemon.stop()
     assert f"exiting: {victim} up again" in f.daemon.text(), f.daemon.text()
     assert next(p for p in f.lab.dump()["peers"] if p["name"] == victim)["up"]
+
+
+def test_allowedips_backend_moves_a_dead_peers_ecmp_prefix():
+    require_tools(*WG_TOOLS, "ping")
+    lab = Lab(f"w{RUN_ID}")
+    lab.down()
+    d = ping = None
+    try:
+        lab.up()
+        wg = ["ip", "netns", "exec"]
+
+        def pub(ns, dev):
+            return run(*wg, ns, "wg", "show", dev, "public-key").stdout.strip()
+        front_pub = pub(lab.hub, lab.front)
+        assert run(*wg, lab.hub, "wg", "set", lab.front, "listen-port", "51800").returncode == 0
+        args = []
+        for name in ("alice", "bob"):
+            p = lab.peers[name]
+            p["pub"] = pub(p["ns"], p["spoke_dev"])
+            run(*wg, lab.hub, "wg", "set", lab.front, "peer", p["pub"], "endpoint", f"198.18.{p['index']}.2:51900")
+            r = run(*wg, p["ns"], "wg", "set", p["spoke_dev"], "peer", pub(lab.hub, p["member"]), "remove",
+                    "peer", front_pub, "allowed-ips", "0.0.0.0/0", "endpoint", f"198.18.{p['index']}.1:51800",
+                    "persistent-keepalive", "1")
+            assert r.returncode == 0, r.stderr
+            lab.spoke(name, "ip", "addr", "add", "10.9.0.1/32", "dev", "lan0")
+            args += ["--peer", f"{name}={p['pub']},{p['tag4']}"]
+        lab.ip("route", "add", "10.9.0.0/16", "nexthop", "via", lab.peers["alice"]["tag4"], "dev", lab.front,
+               "onlink", "nexthop", "via", lab.peers["bob"]["tag4"], "dev", lab.front, "onlink")
+        d = DaemonProc(lab.hub, "daemon", "--backend", "allowedips", lab.front, *args, "--dead-after", "2")
+
+        def owner():
+            for line in run(*wg, lab.hub, "wg", "show", lab.front, "allowed-ips").stdout.splitlines():
+                key, _, ips = line.partition("\t")
+                if "10.9.0.0/16" in ips.split():
+                    return next(n for n in ("alice", "bob") if lab.peers[n]["pub"] == key)
+
+        def wait_owner(want, timeout):
+            deadline = time.monotonic() + timeout * TIME_SCALE
+            while owner() != want:
+                assert time.monotonic() < deadline, f"10.9.0.0/16 not {want}'s:\n{d.text()}"
+                time.sleep(0.05)
+            return time.monotonic()
+        first = owner()
+        assert first in ("alice", "bob"), d.text()
+        other = "bob" if first == "alice" else "alice"
+        ping = subprocess.Popen([*wg, lab.hub, "ping", "-i", "0.05", "10.9.0.1"], stdout=subprocess.DEVNULL)
+        time.sleep(1)
+        t0 = time.monotonic()
+        lab.spoke(first, "ip", "link", "set", lab.peers[first]["spoke_dev"], "down")  # its WireGuard stops
+        assert wait_owner(other, 10) - t0 <= BOUND * TIME_SCALE, d.text()
+        assert f"peer {first}: dead (nothing received for" in d.text()
+        lab.spoke(first, "ip", "link", "set", lab.peers[first]["spoke_dev"], "up")
+        wait_owner(first, 10)
+        assert f"peer {first}: alive" in d.text()
+    finally:
+        if ping is not None:
+            ping.kill()
+            ping.wait()
+        if d is not None:
+            d.stop()
+        lab.down()
+        run("rm", "-f", *lab.run_files())

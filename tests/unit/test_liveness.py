@@ -301,3 +301,23 @@ def test_dead_after_per_peer_on_the_command_line():
     assert {p.name: dead_after(cfg, p) for p in cfg.peers} == {"alice": 2.0, "bob": None, "carol": 15.0}
     with pytest.raises(ConfigError, match="dead_after=0': '0' is not a dead-after time"):
         build("wg0", ["alice=wg-a,dead_after=0"])
+
+
+def test_allowedips_plan_gives_a_dead_peers_ecmp_share_to_the_live_ones():
+    from wgbpf.allowedips import Plan
+    from wgbpf.config import PeerConfig
+    a, b = b"a" * 32, b"b" * 32
+    plan = Plan([PeerConfig("alice", public_key=a), PeerConfig("bob", public_key=b)], {a, b})
+
+    class Table:
+        def best(self, k):
+            return [0, 1] if k[1] == 24 else [0]  # the /24s are ECMP, the rest alice's
+    ecmp = [bytes((2, 24, 10, i, 0, 0)) for i in range(32)]
+    before = {k: plan.owner(Table(), k) for k in ecmp}
+    assert set(before.values()) == {a, b}
+    plan.dead = {a}
+    after = {k: plan.owner(Table(), k) for k in ecmp}
+    assert set(after.values()) == {b}  # bob's own stay his; alice's move to him
+    assert plan.owner(Table(), bytes((2, 16, 10, 0, 0, 0))) == a  # routed to her alone: kept
+    plan.dead = {a, b}
+    assert {k: plan.owner(Table(), k) for k in ecmp} == before  # nobody alive: as if all were
