@@ -1040,6 +1040,8 @@ def status(front=None, all_ns=False, check=False, as_json=False):
                     click.echo(f"peers not on the device: {', '.join(dmn['missing_peers'])}")
                 if dmn.get("routes_per_peer"):
                     click.echo("routes per peer: " + ", ".join(f"{k} {v}" for k, v in sorted(dmn["routes_per_peer"].items())))
+                if dmn.get("liveness"):
+                    click.echo("liveness: " + "; ".join(liveness_text(k, v) for k, v in dmn["liveness"].items()))
                 continue
             if s["members_only"]:
                 where = "members only (no front)"

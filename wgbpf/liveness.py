@@ -15,6 +15,10 @@ space, sampled every `interval` seconds:
            seconds apart (no gap longer than dead_after between them), and
            the last handshake is younger than REJECT_AFTER
 
+Traffic must be answered for rx to move within seconds: a one-way stream
+is acknowledged only by WireGuard's passive keepalive, every 10 s (README,
+"Choosing D").
+
 Against flapping, a peer that came back stays up for `hold` seconds
 (5 x dead_after) before it can be judged dead again, and must be heard
 for `confirm` seconds (min(1, dead_after / 2)) before it comes back.
