@@ -37,9 +37,8 @@ import hashlib
 import ipaddress
 import time
 
-from . import daemon as daemonmod, files, routes as rt, sync, wireguard as wg
+from . import daemon as daemonmod, routes as rt, sync, wireguard as wg
 from .sync import AF4, AF6, network_pkey
-from .version import VERSION
 
 
 def pick(pkey, peers, names):
@@ -360,20 +359,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
     def _peer_names(self):
         return {i: p.name for i, p in enumerate(self.cfg.peers)}
 
-    def write_metrics(self, st):
-        front = st["front"]
-        lines = []
-        for name, kind, help_, value in (
-                ("route_events_total", "counter", "RTM_NEWROUTE/DELROUTE events applied", st["events"]),
-                ("allowedips_changes_total", "counter", "allowed IPs added or removed", st["allowedips_changes"]),
-                ("peer_rewrites_total", "counter", "whole AllowedIPs lists rewritten", st["peer_rewrites"]),
-                ("resyncs_total", "counter", "full resyncs", st["resyncs"]),
-                ("overruns_total", "counter", "netlink overruns (ENOBUFS)", st["overruns"]),
-                ("prefixes", "gauge", "prefixes that name peers", st["prefixes"]),
-                ("ecmp_prefixes", "gauge", "multipath prefixes given to one of their peers", st["ecmp_prefixes"])):
-            lines += [f"# HELP wgbpf_{name} {help_}", f"# TYPE wgbpf_{name} {kind}",
-                      f'wgbpf_{name}{{front="{front}"}} {value}']
-        lines += daemonmod.liveness_metrics(st)
-        lines += ["# HELP wgbpf_build_info the running wgbpf's version", "# TYPE wgbpf_build_info gauge",
-                  f'wgbpf_build_info{{front="{front}",version="{VERSION}"}} 1']
-        files.write_atomic(self.metrics_file, "\n".join(lines) + "\n")
+    def backend_metrics(self, metric, series, st):
+        metric("allowedips_changes_total", "allowed IPs added or removed", st["allowedips_changes"])
+        metric("peer_rewrites_total", "whole AllowedIPs lists rewritten", st["peer_rewrites"])
+        metric("ecmp_prefixes", "multipath prefixes given to one of their peers", st["ecmp_prefixes"], "gauge")

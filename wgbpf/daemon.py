@@ -889,35 +889,41 @@ class Daemon:
         errors[what] = msg
 
     def write_metrics(self, st):
+        """The one Prometheus writer of both backends: the loop's figures,
+        then the backend's own (backend_metrics)."""
         front = st["front"]
         lines = []
 
-        def metric(name, help_, value, kind="counter", labels=""):
+        def series(name, help_, kind, items):
             lines.append(f"# HELP wgbpf_{name} {help_}")
             lines.append(f"# TYPE wgbpf_{name} {kind}")
-            lines.append(f'wgbpf_{name}{{front="{front}"{labels}}} {value}')
+            lines.extend(f'wgbpf_{name}{{front="{front}"{labels}}} {value}' for labels, value in items)
+
+        def metric(name, help_, value, kind="counter", labels=""):
+            series(name, help_, kind, [(labels, value)])
         metric("build_info", "the running wgbpf's version", 1, "gauge", f',version="{VERSION}"')
         metric("route_events_total", "RTM_NEWROUTE/DELROUTE events applied", st["events"])
-        metric("map_writes_total", "LPM map entries written or deleted", st["map_writes"])
         metric("resyncs_total", "full resyncs (start, overrun, reload, tag change)", st["resyncs"])
         metric("overruns_total", "netlink overruns (ENOBUFS)", st["overruns"])
-        metric("rehooks_total", "front or members re-created under their name and hooked again",
-               st["rehooks"])
-        metric("members_gone_total", "member devices that disappeared (peer taken down)",
-               st["members_gone"])
-        lines += liveness_metrics(st)
-        metric("prefixes", "prefixes that name peers", st["prefixes"], "gauge")
-        metric("ignored_routes", "routes that name no peer (last full sync)", st["ignored"], "gauge")
         metric("backlogged_total", "event batches cut short with events still queued", st["backlogged"])
         metric("event_lag_ms_max", "worst event-to-map lag since start", st["lag_ms_max"], "gauge")
         metric("event_lag_ms_p50", "median event-to-map lag of the recent batches", st["lag_ms_p50"] or 0, "gauge")
         metric("event_lag_ms_p99", "p99 event-to-map lag of the recent batches", st["lag_ms_p99"] or 0, "gauge")
-        counters = self.maps.counters()
-        lines.append("# HELP wgbpf_packets_total packets by data-plane reason")
-        lines.append("# TYPE wgbpf_packets_total counter")
-        for r, v in counters.items():
-            lines.append(f'wgbpf_packets_total{{front="{front}",reason="{r.name.lower()}"}} {v}')
+        metric("prefixes", "prefixes that name peers", st["prefixes"], "gauge")
+        lines += liveness_metrics(st)
+        self.backend_metrics(metric, series, st)
         files.write_atomic(self.metrics_file, "\n".join(lines) + "\n")
+
+    def backend_metrics(self, metric, series, st):
+        """The BPF maps backend's metrics."""
+        metric("map_writes_total", "LPM map entries written or deleted", st["map_writes"])
+        metric("rehooks_total", "front or members re-created under their name and hooked again",
+               st["rehooks"])
+        metric("members_gone_total", "member devices that disappeared (peer taken down)",
+               st["members_gone"])
+        metric("ignored_routes", "routes that name no peer (last full sync)", st["ignored"], "gauge")
+        series("packets_total", "packets by data-plane reason", "counter",
+               [(f',reason="{r.name.lower()}"', v) for r, v in self.maps.counters().items()])
 
     # -- main loop ---------------------------------------------------------
     def run(self):
