@@ -332,6 +332,17 @@ def _attach_child():
 
 
 class Daemon:
+    """The loop (events, signals, resyncs), the lock, the status file and
+    the metrics, driving the BPF maps backend. A backend is what these
+    replace (allowedips.AllowedIPsDaemon: WireGuard's AllowedIPs on one
+    device), as wireguard-tools' ipc.c dispatches to ipc-linux.h and
+    ipc-uapi.h:
+        _attach()            make the data plane match the config
+        full_sync(why)       dump the kernel's routes, write the difference
+        handle(events)       apply a batch of events; True: resync
+        write_status(state)  its fields, then Daemon.write_status
+        backend_metrics()    its Prometheus families
+    """
     verbose = False  # -v: log every map change a route event makes
     gone_after = 30.0  # seconds the front (or --netns name) may be gone before we exit; 0: never
     netns_path = None  # --netns: the name this daemon was started in
