@@ -21,6 +21,8 @@
 #   VM_RETRY=1            boot once more when the guest dies without a result
 #                         (not on a timeout, not on failed tests)
 #   WGBPF_E2E_LOOKUPS     passed through: the lookup modes the e2e tests run
+#   WGBPF_E2E_SLOW=1      passed through: also the e2e tests skipped under emulation
+#                         (test_recipes: all but the babel recipe)
 #   VM_TIMEOUT=3600       seconds before the guest is killed (a failure)
 #   WGBPF_TIME_SCALE      wait multiplier for tests (default: 8 without KVM)
 #   VM_PYTEST_ARGS        extra pytest arguments, e.g. "-k daemon -x"
@@ -80,6 +82,7 @@ trap 'rm -rf "$OUT"' EXIT
     if [ -n "${CI:-}" ]; then printf 'export CI=%q\n' "$CI"; fi
     if [ -n "${VM_PYTEST_ARGS:-}" ]; then printf 'VM_PYTEST_ARGS=%q\n' "$VM_PYTEST_ARGS"; fi
     if [ -n "${WGBPF_E2E_LOOKUPS:-}" ]; then printf 'export WGBPF_E2E_LOOKUPS=%q\n' "$WGBPF_E2E_LOOKUPS"; fi
+    if [ -n "${WGBPF_E2E_SLOW:-}" ]; then printf 'export WGBPF_E2E_SLOW=%q\n' "$WGBPF_E2E_SLOW"; fi
     if [ -n "${WGBPF_EXPECT_REMOVE_SINGLE:-}" ]; then
         printf 'export WGBPF_EXPECT_REMOVE_SINGLE=%q\n' "$WGBPF_EXPECT_REMOVE_SINGLE"
     fi
