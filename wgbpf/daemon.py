@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import gc
 import json
 import os
 import pickle
@@ -562,7 +563,13 @@ class Daemon:
             if pinned is not None:
                 writer = maps_mod.Writer(self.maps, progress=(lambda k: self.progress("write", k))
                                          if self.progress else None)
-            n, recheck = self._dump(nl, tables, writer, pinned) if tables else (0, {})
+            # no cyclic GC while a million short-lived tuples come and go: it
+            # would walk the young ones again and again for nothing
+            gc.disable()
+            try:
+                n, recheck = self._dump(nl, tables, writer, pinned) if tables else (0, {})
+            finally:
+                gc.enable()
         except BaseException:
             if writer is not None:
                 writer.close()

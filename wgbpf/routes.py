@@ -104,10 +104,25 @@ def parse_route(buf, off, end):
     name no peer): they share the unicast routes' keys, so one can replace
     a route that did.
 
-    The attribute walk is inlined: this runs once per route of a full table.
+    This runs once per route of a full table, so a message laid out like
+    one seen before (the same attributes, in the same order, of the same
+    sizes: a full table has a handful of layouts) is read by one struct
+    unpack of the whole message (_Layout); any other by the attribute walk.
     `buf` is bytes (a memoryview is copied first), so that slices are bytes."""
     if not isinstance(buf, bytes):
         buf = bytes(buf)
+    for layout in _LAYOUTS.get(end - off, ()):
+        r = layout.parse(buf, off)
+        if r is not None:
+            return r
+    r = _parse_route(buf, off, end)
+    if r is not None and r.nexthops and len(r.nexthops) == 1 and r.src is None:
+        _Layout.learn(buf, off, end)
+    return r
+
+
+def _parse_route(buf, off, end):
+    """parse_route by walking the attributes (inlined: the common case)."""
     family, dst_len, src_len, tos, table, protocol, _scope, rtype, _flags = _RTMSG.unpack_from(buf, off)
     if family not in _ZERO:
         return None
@@ -152,6 +167,79 @@ def parse_route(buf, off, end):
         return _new(KernelRoute, (family, dst, dst_len, table, priority, protocol, realm, (), tos, src))
     return _new(KernelRoute, (family, dst, dst_len, table, priority, protocol, realm,
                               multipath or ((gateway, oif),), tos, src))
+
+
+_LAYOUTS = {}  # message length -> [_Layout]
+
+
+class _Layout:
+    """One route message layout as a struct: the rtmsg, then each
+    attribute's header and payload in the order seen. parse() checks the
+    family, type, source length and every attribute header (length and
+    type) before trusting the payloads, so a message of the same length
+    but another layout falls through to the walk. Only unicast routes with
+    one nexthop and no source prefix are learnt. A KernelRoute is then a
+    few C calls: the unpack, two itemgetters over it and its defaults."""
+
+    FIELDS = {RTA_TABLE: "I", RTA_PRIORITY: "I", RTA_FLOW: "I", RTA_OIF: "i"}
+    MAX = 8  # layouts of one length (and 64 in all): a bound, whatever is sent
+
+    def __init__(self, st, check, expect, route, hop, defaults):
+        self.st, self.check, self.expect = st, check, expect
+        self.route, self.hop, self.defaults = route, hop, defaults
+
+    @classmethod
+    def learn(cls, buf, off, end):
+        from operator import itemgetter
+        if len(_LAYOUTS.get(end - off, ())) >= cls.MAX or sum(map(len, _LAYOUTS.values())) >= 64:
+            return
+        family = buf[off]
+        fmt, heads, expect, at = ["=BBBBBBBBI"], [0, 2, 7], [family, 0, RTN_UNICAST], {}
+        i, p = 9, off + _RTMSG.size
+        while p + 4 <= end:
+            length, raw = _RTATTR.unpack_from(buf, p)
+            kind, size = raw & 0x3FFF, length - 4
+            if length < 4 or kind in (RTA_MULTIPATH, RTA_SRC):
+                return
+            fmt.append("HH")
+            heads += [i, i + 1]
+            expect += [length, raw]
+            i += 2
+            if kind in cls.FIELDS and size == 4:
+                fmt.append(cls.FIELDS[kind])
+            elif kind in (RTA_DST, RTA_GATEWAY) and size == len(_ZERO[family]):
+                fmt.append(f"{size}s")
+            elif kind == RTA_VIA and size in (6, 18):  # struct rtvia: family, then the address
+                fmt.append(f"2x{size - 2}s")
+                kind = RTA_GATEWAY
+            else:
+                fmt.append(f"{size}x")  # what wgbpf does not read (RTA_PREF, RTA_CACHEINFO, ...)
+                kind = None
+            if kind is not None:
+                at[kind] = i
+                i += 1
+            if align(length) > length:
+                fmt.append(f"{align(length) - length}x")
+            p += align(length)
+        st = struct.Struct("".join(fmt))
+        if st.size != end - off:
+            return
+        # after the unpacked values come the defaults of what is absent:
+        # i: no destination (::/0), i+1: zero, i+2: None (no gateway)
+        pick = {k: at.get(k) for k in (RTA_DST, RTA_TABLE, RTA_PRIORITY, RTA_FLOW, RTA_GATEWAY, RTA_OIF)}
+        route = itemgetter(0, pick[RTA_DST] or i, 1, pick[RTA_TABLE] or 4, pick[RTA_PRIORITY] or i + 1,
+                           5, pick[RTA_FLOW] or i + 1)
+        hop = itemgetter(pick[RTA_GATEWAY] or i + 2, pick[RTA_OIF] or i + 1)
+        layout = cls(st, itemgetter(*heads), tuple(expect), route, hop, (_ZERO[family], 0, None))
+        if layout.parse(buf, off) == _parse_route(buf, off, end):  # the walk agrees, or it is not used
+            _LAYOUTS.setdefault(end - off, []).append(layout)
+
+    def parse(self, buf, off):
+        v = self.st.unpack_from(buf, off)
+        if self.check(v) != self.expect:
+            return None
+        v += self.defaults
+        return _new(KernelRoute, self.route(v) + ((self.hop(v),), v[3], None))
 
 
 def parse_addr(buf, off, end):
