@@ -430,7 +430,7 @@ def allowedips():
     require_tools("bird", "birdc")
     lab = recipe = None
     try:
-        lab = lab_fixture(f"w{RUN_ID}")
+        lab = lab_fixture(f"g{RUN_ID}")
         spokes_on_a_24(lab)
         # each spoke's tunnel peers with the hub's wg0 instead of its member
         front_pub = wg_pubkey(lab.hub, lab.front)
