@@ -103,15 +103,25 @@ class Lab(LabRun):
         self.stop_monitor()
         super().down()
 
-    def run(self, seconds):
-        """One iperf3 run: bits/s received, and whether wgbpf steered it."""
+    def run(self, seconds, tries=3):
+        """One iperf3 run: bits/s received, and whether wgbpf steered it. A
+        run iperf3 itself fails (the server busy with a stale client, a
+        control connection lost on a loaded machine) is tried again."""
         before = self.bob_tx_bytes() if self.attached_now() else None
-        r = self.spoke("alice", "iperf3", "-c", self.peers["bob"]["host4"], "-t", str(seconds), "-O", "1",
-                       "-J", timeout=seconds + 30)
-        if r.returncode != 0:
-            raise RuntimeError(f"iperf3: {(r.stdout + r.stderr).strip()[-300:]}")
-        end = json.loads(r.stdout)["end"]
-        out = {"bps": end["sum_received"]["bits_per_second"], "bytes": end["sum_received"]["bytes"]}
+        for attempt in range(tries):
+            r = self.spoke("alice", "iperf3", "-c", self.peers["bob"]["host4"], "-t", str(seconds), "-O", "1",
+                           "-J", timeout=seconds + 30)
+            try:
+                end = json.loads(r.stdout)["end"]["sum_received"]
+                break
+            except (ValueError, KeyError) as e:
+                err = (json.loads(r.stdout).get("error") if r.stdout.startswith("{") else None) or \
+                    (r.stdout + r.stderr).strip()[-300:] or repr(e)
+                log(f"iperf3 failed ({err}); {'again' if attempt + 1 < tries else 'giving up'}")
+                time.sleep(1)
+        else:
+            raise RuntimeError(f"iperf3 failed {tries} times")
+        out = {"bps": end["bits_per_second"], "bytes": end["bytes"]}
         if before is not None:
             out["steered_by_wgbpf"] = self.bob_tx_bytes() - before >= out["bytes"]
         return out
@@ -178,6 +188,9 @@ def main():
                                     "ratio": ratio})
                 log(f"pair {i + 1}/{args.pairs} {mode:16s} baseline {got['baseline']['bps'] / 1e6:7.1f} "
                     f"wgbpf {got[mode]['bps'] / 1e6:7.1f} Mbit/s  ratio {ratio:.3f}")
+    except Exception as e:  # the pairs done so far are still a result: shown, then exit 1
+        out["error"] = f"{type(e).__name__}: {e}"
+        log(f"stopped: {out['error']}")
     finally:
         lab.down()
         log(f"lab {lab.id}: down")
@@ -211,6 +224,8 @@ def main():
           f"total {out['total_seconds']:.0f}s")
     print(json.dumps(out["modes"], indent=1))
     print(f"results: {args.out}")
+    if "error" in out:
+        sys.exit(f"bench_throughput.py: stopped early: {out['error']}")
 
 
 if __name__ == "__main__":
