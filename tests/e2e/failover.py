@@ -37,7 +37,10 @@ last = {{}}
 while True:
     data, addr = s.recvfrom(2048)
     if ECHO:
-        s.sendto(data, addr)
+        try:
+            s.sendto(data, addr)
+        except OSError:
+            pass  # our spoke's device is gone (killed) or not up yet
     port = addr[1]
     t = time.monotonic()
     if t - last.get(port, -1e9) > {GAP}:
@@ -108,7 +111,9 @@ class Failover:
         for sink, f in self.logs.items():
             with open(f.name) as fh:
                 for line in fh:
-                    port, t = line.split()
+                    port, _, t = line.partition(" ")
+                    if not port.isdigit():
+                        continue  # not a sink's line (a warning, say)
                     if float(t) > since:
                         out.append((float(t), sink, int(port)))
         return sorted(out)
