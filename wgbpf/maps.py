@@ -264,6 +264,12 @@ class Maps:
         bpfsys.update(self.fds["config"], ctypes.c_uint32(0), cfg)
 
     # -- peers, members, tags -----------------------------------------------
+    def monitor(self):
+        """The monitor lease: a `wgbpf monitor` listening (mode, pid, until), or mode OFF."""
+        s = abi.Monitor()
+        bpfsys.lookup(self.fds["monitor"], ctypes.c_uint32(0), s)
+        return s
+
     def peers(self):
         """{peer id: Peer} for every slot in use."""
         out = {}

@@ -152,8 +152,7 @@ class Listener:
 
 def watched(m):
     """{"mode", "pid"} of a live listener of this instance, or None."""
-    s = abi.Monitor()
-    bpfsys.lookup(m.fds["monitor"], ctypes.c_uint32(0), s)
+    s = m.monitor()
     if s.mode == abi.Watch.OFF or s.until <= time.monotonic_ns():
         return None
     return {"mode": abi.Watch(s.mode).name.lower(), "pid": s.pid}

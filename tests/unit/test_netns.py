@@ -38,6 +38,9 @@ class FakeMaps:
     def tags(self):
         return {}
 
+    def monitor(self):
+        return abi.Monitor()  # nobody listening
+
     def peer_stats(self, pid):
         return abi.PeerStats()
 
