@@ -29,7 +29,8 @@ N = ipaddress.ip_network
 def test_network_normalises(text, want):
     got = network(text)
     assert got == N(want)
-    assert str(got) == want
+    # as this Python writes it: 3.13 (Debian 13) writes IPv4-mapped addresses dotted
+    assert str(got) == str(N(want))
 
 
 @pytest.mark.parametrize("text", ["", "10.0.0.0/33", "10.0.0.256/8", "10.0.0/8x", "2001:db8::/129",
