@@ -43,7 +43,7 @@ deb=wgbpf_${version}_all.deb
 # 1. the cached base root: minbase and what the tests need beyond the
 # package (the lab's tools, pytest, cc for test_abi, systemd-analyze, man), none of which the
 # package depends on, so its dependencies still come from its own install.
-TOOLS=python3-pytest,python3-hypothesis,gcc,wireguard-go,iproute2,iputils-ping,procps,systemd,man-db
+TOOLS=python3-pytest,python3-hypothesis,gcc,libc6-dev,wireguard-go,iproute2,iputils-ping,procps,systemd,man-db
 if [ "$(cat "$CACHE/root/.wgbpf-base" 2>/dev/null)" != "$TOOLS" ]; then
     say "debootstrap $SUITE from $MIRROR into $CACHE/root"
     rm -rf "$CACHE/root"
