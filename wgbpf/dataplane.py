@@ -69,6 +69,22 @@ def ensure_bpffs():
         raise AttachError(f"mounting bpffs at /sys/fs/bpf: {os.strerror(err)}")
 
 
+def check_pin_root(root=None):
+    """The pin root must be on a bpffs mount: elsewhere pinning fails with a
+    bare EPERM (WGBPF_PIN_ROOT pointed at a plain directory, bpffs gone)."""
+    root = os.path.realpath(root or mapsmod.PIN_ROOT)
+    best, fstype = "", None
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and len(parts[1]) >= len(best) and \
+                    (root == parts[1] or root.startswith(parts[1].rstrip("/") + "/")):
+                best, fstype = parts[1], parts[2]
+    if fstype != "bpf":
+        raise AttachError(f"pin root {root} is not on a bpffs mount ({fstype} at {best}); "
+                          f"pins must be under a bpffs mount such as /sys/fs/bpf")
+
+
 def _iproute():
     from pyroute2 import IPRoute
     return IPRoute()
@@ -665,6 +681,7 @@ def attach(cfg, log=lambda msg: None, debug=False):
     with _iproute() as ipr:
         front_idx, links = check_links(ipr, cfg)
         ensure_bpffs()
+        check_pin_root()
         check_owners(ipr, cfg, front_idx, links)
         fib = check_fib(cfg, front_idx, links) if cfg.lookup == abi.Lookup.FIB else None
         fresh = not os.path.isdir(directory)
