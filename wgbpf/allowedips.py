@@ -35,6 +35,7 @@ only its own prefixes). Logged once, counted in the status.
 """
 import hashlib
 import ipaddress
+import socket
 import time
 
 from . import daemon as daemonmod, routes as rt, sync, wireguard as wg
@@ -180,7 +181,11 @@ class AllowedIPsDaemon(daemonmod.Daemon):
 
     def _tags(self, nl):
         by_addr = {t.packed: i for i, p in enumerate(self.cfg.peers) for t in p.tags}
-        return sync.Tags(by_addr, {})
+        try:  # routes into the device naming no peer leave the choice to AllowedIPs
+            device = socket.if_nametoindex(self.cfg.front)
+        except OSError:
+            device = None
+        return sync.Tags(by_addr, {}, front=device)
 
     def _probe(self):
         managed = [p.public_key for p in self.cfg.peers if p.public_key in self.dev.peers]

@@ -469,7 +469,7 @@ class Daemon:
         for ifindex, _local, peer in rt.dump_addrs(nl):
             if peer is not None and ifindex in by_oif:
                 by_addr.setdefault(peer, by_oif[ifindex])
-        return sync.Tags(by_addr, by_oif)
+        return sync.Tags(by_addr, by_oif, front=self.maps.config().front_ifindex or None)
 
     # -- sync ------------------------------------------------------------
     def _new_tables(self, tags):
@@ -528,11 +528,10 @@ class Daemon:
         read in batches (no copy of them is kept)."""
         d = sync.Diff()
         kern = abi.Origin.KERNEL
-        prefixes = table.prefixes
         covered = 0
         for k, origin, v in self.maps.scan(kind):
             if origin != kern:
-                covered += k in prefixes  # the operator's entry wins
+                covered += table.best_id(k) != 0  # the operator's entry wins
                 continue
             want = table.best(k)
             if want is None:
@@ -541,10 +540,10 @@ class Daemon:
             covered += 1
             if v != maps_mod.route_value(want, k[1]):
                 d.put[k] = want
-        if covered < len(prefixes):
+        if covered < len(table):
             # prefixes with no entry at all (routes added while we were
             # away): found by exact lookups, rather than a set of every key
-            for k in self.maps.missing(prefixes, kind):
+            for k in self.maps.missing((k for k, _peers in table.items()), kind):
                 d.put[k] = table.best(k)
         return d
 

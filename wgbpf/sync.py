@@ -48,10 +48,15 @@ class Tags:
     empty set (a route that names no peer)."""
 
     CACHE = 1 << 16
+    # a route naming no peer whose nexthops all go out the front: the kernel
+    # hands its packets to the front, where the maps choose, so it hides
+    # nothing (any other route naming no peer does)
+    VIA_FRONT = -1
 
-    def __init__(self, by_addr, by_oif):
+    def __init__(self, by_addr, by_oif, front=None):
         self.by_addr = dict(by_addr)  # packed address -> peer id
         self.by_oif = dict(by_oif)    # member ifindex -> peer id
+        self.front = front            # the front's ifindex (or the allowedips device's)
         self.sets = [()]
         self._ids = {(): 0}
         self._hops = {}  # nexthops tuple -> set id
@@ -81,6 +86,8 @@ class Tags:
             if pid is not None:
                 peers.add(pid)
         i = self.set_id(tuple(sorted(peers))[:abi.MAX_ECMP])
+        if not i and nexthops and all(oif == self.front for _gw, oif in nexthops):
+            i = self.VIA_FRONT
         if len(self._hops) >= self.CACHE:
             self._hops.clear()  # in place: Tables hold it
         self._hops[nexthops] = i
@@ -88,7 +95,7 @@ class Tags:
 
     def resolve(self, route):
         """Sorted tuple of the peer ids a KernelRoute names; () for none."""
-        return self.sets[self.resolve_id(route.nexthops)]
+        return self.sets[max(0, self.resolve_id(route.nexthops))]
 
     def __eq__(self, other):
         return isinstance(other, Tags) and (self.by_addr, self.by_oif) == (other.by_addr, other.by_oif)
@@ -131,7 +138,8 @@ class Table:
         self.tags = tags
         self.filter = flt
         self.union = union
-        # pkey -> (rank id << 24) | set id, or {rank: set id} for several routes
+        # pkey -> (rank id << 24) | set id, or {rank: set id} for several
+        # routes; set 0: a route naming no peer (it may hide worse ones)
         self.prefixes = {}
         self.ranks = []     # rank id -> rank
         self._rank_ids = {}
@@ -141,7 +149,8 @@ class Table:
         self._hops = tags._hops  # the nexthops -> set id cache, read inline
 
     def __len__(self):
-        return len(self.prefixes)
+        """Prefixes whose best route names peers."""
+        return sum(self._best)
 
     def _rank_id(self, rank):
         i = self._rank_ids.get(rank)
@@ -163,7 +172,7 @@ class Table:
             return 0
         if not isinstance(v, dict):
             return v & _SET_MASK
-        if self.union:
+        if self.union:  # every route that names peers (a blackhole is no path)
             sets = self.tags.sets
             return self.tags.set_id(tuple(sorted({p for i in v.values() for p in sets[i]}))[:abi.MAX_ECMP])
         return v[min(v)]
@@ -173,10 +182,12 @@ class Table:
         return self.tags.sets[self.best_id(k)] or None
 
     def items(self):
-        """(pkey, best peer set) of every prefix."""
+        """(pkey, best peer set) of every prefix whose best route names peers."""
         sets = self.tags.sets
         for k, v in self.prefixes.items():
-            yield k, sets[v & _SET_MASK] if not isinstance(v, dict) else self.best(k)
+            peers = sets[v & _SET_MASK] if not isinstance(v, dict) else self.best(k)
+            if peers:
+                yield k, peers
 
     @property
     def per_peer(self):
@@ -204,34 +215,42 @@ class Table:
                     and (not flt.realms or realm in flt.realms or (realm & 0xFFFF) in flt.realms))
         k = _HEAD[family][dst_len] + dst
         sid = 0
-        if accepted and not deleted:
+        if not deleted:
             sid = self._hops.get(nexthops)
             if sid is None:
                 sid = self.tags.resolve_id(nexthops)
-            if not sid:
+            if not accepted:  # not ours to follow: it hides, unless via the front
+                sid = sid if sid == Tags.VIA_FRONT else 0
+            elif sid <= 0:
                 self.ignored += 1
         rank = (trank << 32) | priority
         if tos or src is not None:
-            self._specific((k, rank, tos, src), route, sid, deleted)
+            self._specific((k, rank, tos, src), route, max(0, sid), deleted)
             return None
         prefixes = self.prefixes
         v = prefixes.get(k)
         if v is None:
-            if not sid:
+            if deleted or sid < 0:
                 return None
-            # the common case of a full dump: a prefix seen for the first time
+            # the common case of a full dump: a prefix seen for the first time.
+            # A route that names no peer is kept too (set 0): the kernel
+            # prefers it to worse ones that do (a blackhole, a route via
+            # another device), and so must the maps.
             rid = self._rank_ids.get(rank)
             if rid is None:
                 rid = self._rank_id(rank)
             prefixes[k] = (rid << _SET_BITS) | sid
+            if not sid:
+                return None
             self._count(0, sid)
             return k
         before = self.best_id(k)
         v = dict(self._routes(v))
-        if sid:
+        if not deleted and sid >= 0:
             v[rank] = sid
-        elif deleted and family == AF6 and len(nexthops) == 1 and rank in v \
-                and len(self.tags.sets[v[rank]]) > 1:
+        elif sid < 0:
+            v.pop(rank, None)  # via the front, naming no peer: hides nothing
+        elif family == AF6 and len(nexthops) == 1 and v.get(rank) and len(self.tags.sets[v[rank]]) > 1:
             # IPv6 reports the removal of one nexthop of a multipath route
             # as a delete naming that nexthop only: drop just its peer.
             gone = self.tags.resolve(route)
@@ -301,7 +320,7 @@ def diff(table, entries, keys=None):
     kern = abi.Origin.KERNEL
     if keys is None:
         for k, (origin, peers) in entries.items():
-            if origin == kern and k not in table.prefixes:
+            if origin == kern and not table.best_id(k):
                 d.delete.append(k)
         keys = table.prefixes.keys()
     for k in keys:

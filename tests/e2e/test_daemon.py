@@ -157,7 +157,8 @@ def kernel_view(lab):
         by_addr = {ipaddress.ip_address(t).packed: i for t, i in
                    ((str(a), i) for a, i in m.tags().items())}
         entries = {k: v for k, v in m.entries().items() if v[0] == abi.Origin.KERNEL}
-    table = sync.Table(sync.Tags(by_addr, by_oif), sync.Filter())
+        front = m.config().front_ifindex
+    table = sync.Table(sync.Tags(by_addr, by_oif, front=front), sync.Filter())
     from wgbtest import entered_netns
     with entered_netns(lab.hub):
         nl = rt.Netlink()
@@ -167,7 +168,7 @@ def kernel_view(lab):
                     table.update(r)
         finally:
             nl.close()
-    want = {k: table.best(k) for k in table.prefixes}
+    want = dict(table.items())
     return want, {k: v[1] for k, v in entries.items()}
 
 

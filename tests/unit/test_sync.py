@@ -206,18 +206,19 @@ def apply(entries, d):
 
 
 def expected(kernel, flt):
-    """The pure model: per prefix, the best-ranked accepted route naming peers."""
+    """The pure model: per prefix, the route the kernel prefers among those
+    of the tables followed (lowest rank); in the maps if the daemon follows
+    it (protocol, realm) and it names peers. A better route naming none (a
+    blackhole, another device's) hides worse ones that do."""
     best = {}
     for r in kernel.values():
-        peers = TAGS.resolve(r)
-        if not flt.accepts(r) or not peers:
-            continue
-        if r.tos or r.src is not None:
-            continue  # TOS/source-specific: never in the maps
+        if r.table not in flt.tables or r.tos or r.src is not None:
+            continue  # other tables; TOS/source-specific: never in the maps
         k = sync.pkey(r.family, r.dst, r.dst_len)
+        peers = TAGS.resolve(r) if flt.accepts(r) else ()
         if k not in best or flt.rank(r) < best[k][0]:
             best[k] = (flt.rank(r), peers)
-    return {k: v[1] for k, v in best.items()}
+    return {k: v[1] for k, v in best.items() if v[1]}
 
 
 GATEWAYS = [None, "10.255.0.1", "10.255.0.2", "fe80::1", "fe80::2", "fe80::3", "192.0.2.1"]
@@ -257,7 +258,7 @@ def test_any_event_sequence_leaves_maps_equal_to_the_model(seq, filtered):
         want = expected(kernel, flt)
         kern = {k: v[1] for k, v in entries.items() if v[0] == abi.Origin.KERNEL}
         assert kern == {k: p for k, p in want.items() if k not in static}
-        assert {k: t.best(k) for k in t.prefixes} == want
+        assert {k: t.best(k) for k in t.prefixes if t.best(k)} == want and len(t) == len(want)
         for k, v in static.items():
             assert entries[k] == v
     # a full resync of an unchanged table writes nothing
@@ -373,3 +374,35 @@ def route_message(draw):
 def test_layouts_read_every_message_as_the_walk_does(msgs):
     for m in msgs + msgs:  # the second time, through the layouts learnt
         assert rt.parse_route(m, 0, len(m)) == rt._parse_route(m, 0, len(m))
+
+
+def test_a_better_route_naming_no_peer_hides_a_worse_one_that_does():
+    """A blackhole (or a route via another device) of a lower metric is what
+    the kernel uses: the peer's route under it must leave the maps, in
+    either order, and come back when the better one goes."""
+    k = sync.pkey(AF4, bytes([198, 51, 100, 0]), 24)
+    peer = route("198.51.100.0/24", ("10.255.0.2", FRONT), priority=4)
+    hole = route("198.51.100.0/24", priority=0)._replace(nexthops=())   # blackhole: no nexthop
+    other = route("198.51.100.0/24", ("192.0.2.9", 77), priority=1)     # another device
+    for better in (hole, other):
+        t = sync.Table(TAGS, sync.Filter())
+        assert t.update(peer) == k and t.best(k) == (BOB,)
+        assert t.update(better) == k and t.best(k) is None and len(t) == 0
+        assert t.update(better, deleted=True) == k and t.best(k) == (BOB,)
+        t = sync.Table(TAGS, sync.Filter())
+        assert t.update(better) is None
+        assert t.update(peer) is None and t.best(k) is None  # the better one was there first
+        assert {k2: p for k2, p in t.items()} == {}
+
+
+def test_a_route_into_the_front_naming_no_peer_hides_nothing():
+    """`ip route add P dev wg0` sends P's packets to the front, where the
+    maps choose: a worse route naming a peer still steers them."""
+    tags = sync.Tags(TAGS.by_addr, TAGS.by_oif, front=FRONT)
+    k = sync.pkey(AF4, bytes([198, 51, 100, 0]), 24)
+    t = sync.Table(tags, sync.Filter())
+    assert t.update(route("198.51.100.0/24", (None, FRONT))) is None
+    assert t.update(route("198.51.100.0/24", ("10.255.0.2", FRONT), priority=4)) == k
+    assert t.best(k) == (BOB,)
+    assert t.update(route("198.51.100.0/24", ("192.0.2.7", FRONT))) is None  # an unknown gateway on the front
+    assert t.best(k) == (BOB,)
