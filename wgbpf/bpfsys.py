@@ -223,31 +223,10 @@ def next_key(fd, key, out):
 
 def lookup_batch(fd, key_type, value_type, chunk=4096):
     """Yield (key, value) copies of every element, `chunk` per syscall."""
-    keys = (key_type * chunk)()
-    values = (value_type * chunk)()
-    # The batch cursor is a u32 for hash maps but a whole key for the generic
-    # batch code (arrays, LPM tries): size it for either.
-    in_batch = ctypes.create_string_buffer(max(ctypes.sizeof(key_type), 8))
-    out_batch = ctypes.create_string_buffer(max(ctypes.sizeof(key_type), 8))
-    first = True
-    while True:
-        attr = _Batch(in_batch=0 if first else ctypes.addressof(in_batch),
-                      out_batch=ctypes.addressof(out_batch), keys=ctypes.addressof(keys),
-                      values=ctypes.addressof(values), count=chunk, map_fd=fd)
-        done = False
-        try:
-            _bpf(MAP_LOOKUP_BATCH, attr)
-        except BPFError as e:
-            if e.errno != errno.ENOENT:
-                raise
-            done = True
-        ks, vs = ctypes.sizeof(key_type), ctypes.sizeof(value_type)
-        for i in range(attr.count):
+    ks, vs = ctypes.sizeof(key_type), ctypes.sizeof(value_type)
+    for keys, values, n in lookup_batch_raw(fd, ks, vs, chunk):
+        for i in range(n):
             yield key_type.from_buffer_copy(keys, i * ks), value_type.from_buffer_copy(values, i * vs)
-        if done:
-            return
-        ctypes.memmove(in_batch, out_batch, len(in_batch))
-        first = False
 
 
 def update_batch(fd, keys, values):
@@ -302,6 +281,8 @@ def lookup_batch_raw(fd, key_size, value_size, chunk=8192):
     element: no object per element, for maps of a million."""
     keys = ctypes.create_string_buffer(key_size * chunk)
     values = ctypes.create_string_buffer(value_size * chunk)
+    # The batch cursor is a u32 for hash maps but a whole key for the generic
+    # batch code (arrays, LPM tries): size it for either.
     in_batch = ctypes.create_string_buffer(max(key_size, 8))
     out_batch = ctypes.create_string_buffer(max(key_size, 8))
     first = True
