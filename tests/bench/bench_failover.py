@@ -30,6 +30,7 @@ Not a test: pytest never collects bench_*.py.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -116,6 +117,8 @@ def main():
             f.close()
         lab.down()
         run("rm", "-rf", lab.pin_dir(), *lab.run_files())
+        shutil.rmtree(os.environ["WGBPF_PIN_ROOT"], ignore_errors=True)  # this run's own
+        shutil.rmtree(os.environ["WGBPF_RUN_DIR"], ignore_errors=True)
     times = [k["failover_s"] for k in res["kills"] if k["failover_s"] is not None]
     backs = [k["back_s"] for k in res["kills"] if k["back_s"] is not None]
     res["failover_median_s"] = statistics.median(times) if times else None
