@@ -37,8 +37,8 @@ from .version import VERSION
 
 # WGBPF_RUN_DIR moves the locks and status files (tests use a temp dir)
 RUN_DIR = os.environ.get("WGBPF_RUN_DIR") or "/run/wgbpf"
-BATCH_EVENTS = 4096
-BATCH_SECONDS = 0.02
+BATCH_EVENTS = 1024
+BATCH_SECONDS = 0.005
 EVENT_GROUPS = (rt.RTMGRP_IPV4_ROUTE | rt.RTMGRP_IPV6_ROUTE | rt.RTMGRP_LINK
                 | rt.RTMGRP_IPV4_IFADDR | rt.RTMGRP_IPV6_IFADDR | rt.RTMGRP_TC)
 
