@@ -511,16 +511,16 @@ class Daemon:
         return n, recheck
 
     def _fresh(self, tables):
-        """The maps' own entries (static, tags) per kind, when the maps
-        hold no kernel entry (a first start: the sync can write as it
-        dumps); None when they do (a restart: diff first)."""
+        """The prefixes of the maps' own entries (static, tags) per kind,
+        when the maps hold no kernel entry (a first start: the sync can
+        write as it dumps); None when they do (a restart: diff first)."""
         pinned = {}
         for kind in tables:
-            pinned[kind] = {}
-            for k, origin, v in self.maps.scan(kind):
+            pinned[kind] = set()
+            for k, origin, _v in self.maps.scan(kind):
                 if origin == abi.Origin.KERNEL:
                     return None
-                pinned[kind][k] = (origin, maps_mod.value_peers(v))
+                pinned[kind].add(k)
         return pinned
 
     def _reconcile(self, kind, table):

@@ -430,30 +430,25 @@ class Maps:
         """{pkey: (origin, peers)} of every route entry (a view for diff)."""
         return {k: (origin, value_peers(v)) for k, origin, v in self.scan(kind)}
 
-    def read(self, keys, kind="routes"):
-        """{pkey: (origin, peers)} of the entries stored exactly under `keys`
-        (a fresh view of a few, for an incremental diff)."""
-        out = {}
+    def _stored(self, keys, kind):
+        """Yield (pkey, the value bytes stored exactly under it, or None)
+        for each of `keys`: one lookup each, no view of the maps built."""
         rsize = ctypes.sizeof(abi.Route)
         readers = {AF4: bpfsys.Reader(self._routes_fd(4, kind), 8, rsize),
                    AF6: bpfsys.Reader(self._routes_fd(6, kind), 20, rsize)}
         for k in keys:
             v = readers[k[0]].get(_PLEN[k[1]] + k[2:])
             # an LPM lookup of the prefix itself: exact when the stored length is
-            if v is not None and v[2] == k[1]:
-                out[k] = (v[1], value_peers(v))
-        return out
+            yield k, v if v is not None and v[2] == k[1] else None
+
+    def read(self, keys, kind="routes"):
+        """{pkey: (origin, peers)} of the entries stored exactly under `keys`
+        (a fresh view of a few, for an incremental diff)."""
+        return {k: (v[1], value_peers(v)) for k, v in self._stored(keys, kind) if v is not None}
 
     def missing(self, keys, kind="routes"):
-        """Yield those of `keys` that have no entry of their own (one exact
-        lookup each: no view of the maps is built)."""
-        rsize = ctypes.sizeof(abi.Route)
-        readers = {AF4: bpfsys.Reader(self._routes_fd(4, kind), 8, rsize),
-                   AF6: bpfsys.Reader(self._routes_fd(6, kind), 20, rsize)}
-        for k in keys:
-            v = readers[k[0]].get(_PLEN[k[1]] + k[2:])
-            if v is None or v[2] != k[1]:
-                yield k
+        """Yield those of `keys` that have no entry of their own."""
+        return (k for k, v in self._stored(keys, kind) if v is None)
 
     def apply(self, d, kind="routes", progress=None):
         """Write a sync.Diff (puts of kernel-origin entries, deletes) in
@@ -557,7 +552,7 @@ class Writer:
     def __init__(self, maps, threaded=True, progress=None):
         self.maps = maps
         self.progress = progress
-        self.puts = {}     # (kind, family) -> [key bytes list, value bytes list]
+        self.puts = {}     # (kind, family) -> [(pkey, peers)], packed at _flush
         self.deletes = {}  # (kind, family) -> [key bytes]
         self.writes = 0
         self.error = None
