@@ -61,9 +61,6 @@ class Tags:
         self._ids = {(): 0}
         self._hops = {}  # nexthops tuple -> set id
 
-    def _intern(self, peers):
-        return self.sets[self.set_id(peers)]
-
     def set_id(self, peers):
         i = self._ids.get(peers)
         if i is None:
@@ -96,6 +93,12 @@ class Tags:
     def resolve(self, route):
         """Sorted tuple of the peer ids a KernelRoute names; () for none."""
         return self.sets[max(0, self.resolve_id(route.nexthops))]
+
+    def without(self, peers, route):
+        """`peers` less those a route names: IPv6 reports the removal of one
+        nexthop of a multipath route as a delete naming that nexthop only."""
+        gone = self.resolve(route)
+        return tuple(p for p in peers if p not in gone)
 
     def __eq__(self, other):
         return isinstance(other, Tags) and (self.by_addr, self.by_oif) == (other.by_addr, other.by_oif)
@@ -251,10 +254,8 @@ class Table:
         elif sid < 0:
             v.pop(rank, None)  # via the front, naming no peer: hides nothing
         elif family == AF6 and len(nexthops) == 1 and v.get(rank) and len(self.tags.sets[v[rank]]) > 1:
-            # IPv6 reports the removal of one nexthop of a multipath route
-            # as a delete naming that nexthop only: drop just its peer.
-            gone = self.tags.resolve(route)
-            rest = tuple(p for p in self.tags.sets[v[rank]] if p not in gone)
+            # one nexthop of an IPv6 multipath route removed: just its peer goes
+            rest = self.tags.without(self.tags.sets[v[rank]], route)
             if rest:
                 v[rank] = self.tags.set_id(rest)
             else:
@@ -292,9 +293,7 @@ class Table:
             return
         have = self.specific.pop(key, None)
         if have and deleted and route.family == AF6 and len(route.nexthops) == 1 and len(have) > 1:
-            # one nexthop of a multipath route removed (see update)
-            gone = self.tags.resolve(route)
-            rest = tuple(p for p in have if p not in gone)
+            rest = self.tags.without(have, route)  # one nexthop removed (see update)
             if rest:
                 self.specific[key] = rest
 
