@@ -14,7 +14,7 @@ import time
 
 import click
 
-from . import abi, config as configmod, maps as mapsmod
+from . import abi, config as configmod, maps as mapsmod, nsenter
 from .config import ConfigError
 from .maps import Maps, MapError, network, route_peers
 from .version import VERSION
@@ -967,7 +967,7 @@ def all_status():
             entries = namespace_status()
         elif ns in where:
             try:
-                entries = mapsmod.in_netns(where[ns][1], namespace_status)
+                entries = nsenter.run(where[ns][1], namespace_status)
             except OSError as e:
                 entries = [{"front": f, "error": f"cannot enter network namespace {label}: {e.strerror}"}
                            for f in mapsmod.instances(ns)]

@@ -14,7 +14,7 @@ import json
 import os
 import time
 
-from . import abi, bpfsys, maps as mapsmod
+from . import abi, bpfsys, maps as mapsmod, nsenter
 from .maps import Maps, MapError, network, pin_dir, route_peers
 
 # The data plane's C: bpf/ beside the package in a checkout, else where the
@@ -31,7 +31,6 @@ HOOK_PARENT = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
 HOOK_PARENT_ID = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
 ARPHRD_NONE = 0xFFFE
 IFF_UP = 1
-CLONE_NEWNET = 0x40000000
 
 
 class AttachError(Exception):
@@ -39,20 +38,12 @@ class AttachError(Exception):
 
 
 def enter_netns(name):
-    """Join a named network namespace (/run/netns/NAME), keeping this mount
-    namespace so /sys/fs/bpf stays visible (`ip netns exec` hides it)."""
-    path = name if "/" in name else f"/run/netns/{name}"
+    """Join network namespace `name` for good (nsenter.enter), with an
+    AttachError that names it."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        nsenter.enter(name)
     except OSError as e:
         raise AttachError(f"network namespace {name!r}: {e.strerror}") from None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise AttachError(f"network namespace {name!r}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 def ensure_bpffs():

@@ -15,13 +15,12 @@ import stat
 import struct
 import threading
 
-from . import abi, bpfsys
+from . import abi, bpfsys, nsenter
 
 # WGBPF_PIN_ROOT moves every instance's pins (tests point it at a directory
 # of their own, which must be on a bpffs mount too)
 PIN_ROOT = os.environ.get("WGBPF_PIN_ROOT") or "/sys/fs/bpf/wgbpf"
 SO_NETNS_COOKIE = 71
-CLONE_NEWNET = 0x40000000
 DIR_MAPS = ("dir24", "dir8", "dir_sets")
 AF4, AF6 = socket.AF_INET, socket.AF_INET6
 
@@ -44,35 +43,7 @@ def netns_id(netns=None):
     moves only the calling thread, so this one stays where it is."""
     if netns is None:
         return _cookie()
-    return in_netns(netns, _cookie)
-
-
-def in_netns(netns, fn):
-    """fn() run in network namespace `netns` (a name in /run/netns or a
-    path), by a thread of its own: setns() moves only the calling thread,
-    so the caller stays where it is. Returns what fn returns, raises what
-    it raises."""
-    path = netns if "/" in netns else f"/run/netns/{netns}"
-    fd = os.open(path, os.O_RDONLY)
-    out = {}
-
-    def run():
-        try:
-            if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"{path}: {os.strerror(err)}")
-            out["value"] = fn()
-        except BaseException as e:
-            out["error"] = e
-    try:
-        t = threading.Thread(target=run)
-        t.start()
-        t.join()
-    finally:
-        os.close(fd)
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
+    return nsenter.run(netns, _cookie)
 
 
 def netns_dir(netns=None):
