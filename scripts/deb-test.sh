@@ -23,12 +23,12 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 SUITE=${1:-${SUITE:-bookworm}}
 CACHE=${DEB_TEST_CACHE:-/var/cache/wgbpf/deb-test}/$SUITE
 
+. scripts/common.sh  # apt_install
 say() { printf '\033[1m==> [%s %ss] %s\033[0m\n' "$SUITE" "$SECONDS" "$*"; }
 die() { echo "deb-test: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap, chroot, BPF)"
-dpkg-query -W -f='${Status}' debootstrap 2>/dev/null | grep -q "ok installed" || {
-    apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap; }
+apt_install debootstrap
 
 # The Debian mirror this machine's apt uses (deb822 or one-line sources).
 MIRROR=$(grep -rhoE '(URIs:|^deb) *https?://[^ ]*/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \

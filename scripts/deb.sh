@@ -9,20 +9,11 @@ cd "$(dirname "$0")/.."
 # Debian's python3 and tools only (not a pyenv or /usr/local one on PATH)
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+. scripts/common.sh  # say, apt_install
 
 PKGS="debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
       python3-click lintian fakeroot"
-missing=""
-for p in $PKGS; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    [ "$(id -u)" = 0 ] || { echo "deb: needs root to install:$missing" >&2; exit 1; }
-    say "installing Debian packages:$missing"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
-fi
+apt_install $PKGS
 
 version=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 src="build/deb/wgbpf-$version"

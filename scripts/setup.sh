@@ -11,22 +11,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+. scripts/common.sh  # say, apt_install
 
 [ "$(id -u)" = 0 ] || { echo "setup: run as root (BPF, netns and apt need it)" >&2; exit 1; }
 
 PKGS="python3-bpfcc bpftool linux-headers-amd64 wireguard-tools wireguard-go
       iperf3 iproute2 python3-venv python3-pip kmod procps iputils-ping util-linux tmux
       bird2 babeld"
-missing=""
-for p in $PKGS; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    say "installing Debian packages:$missing"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
-fi
+apt_install $PKGS
 
 # BCC compiles against /lib/modules/$(uname -r)/build; the running kernel has
 # no headers package, so point at Debian's generic ones.

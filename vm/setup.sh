@@ -28,7 +28,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+. scripts/common.sh  # say, apt_install
 
 [ "$(id -u)" = 0 ] || { echo "vm/setup: run as root" >&2; exit 1; }
 
@@ -180,16 +180,7 @@ fi
 [ -x .venv/bin/python ] || { echo "vm/setup: no .venv; run scripts/setup.sh first (make setup)" >&2; exit 1; }
 
 PKGS="qemu-system-x86 busybox-static linux-image-6.12-rt-amd64 linux-headers-6.12-rt-amd64"
-missing=""
-for p in $PKGS; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    say "installing Debian packages:$missing"
-    apt-get update -qq
-    # shellcheck disable=SC2086
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
-fi
+apt_install $PKGS
 
 # The old guest kernel: the newest 6.12 rt image whose modules and headers are both here.
 kver=$(VM_KERNEL=old bash vm/kernel.sh) || { echo "vm/setup: no 6.12 rt kernel with modules and headers after install" >&2; exit 1; }
