@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 
-from wgbtest import CI, RUN_ID, entered_netns, netns, require, require_bcc, require_root, require_tools, sh, unique  # noqa: F401
+from wgbtest import CI, RUN_ID, netns, require, require_bcc, require_root, require_tools, sh, unique  # noqa: F401
 
 _scratch = tempfile.mkdtemp(prefix=f"wgbpf-test-{RUN_ID}-")
 os.environ["WGBPF_PIN_ROOT"] = f"/sys/fs/bpf/wgbpf-test-{RUN_ID}"

@@ -8,7 +8,6 @@ reason; under CI (CI=true) CI has installed everything, so the same gap is
 a failure: the end-to-end tier must never hide behind a skip there.
 """
 import contextlib
-import ctypes
 import itertools
 import os
 import shutil
@@ -44,7 +43,6 @@ if "mix_stderr" in click.testing.CliRunner.__init__.__code__.co_varnames:
     click.testing.CliRunner = _SeparateStderrRunner  # before the test modules import it
 RUN_ID = uuid.uuid4().hex[:4]  # unique per pytest run: names of netns, devices, pins
 _seq = itertools.count()
-CLONE_NEWNET = 0x40000000
 
 
 def require(ok, reason):
@@ -81,23 +79,6 @@ def unique(prefix):
 
 def sh(*cmd, check=True, **kw):
     return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
-
-
-@contextlib.contextmanager
-def entered_netns(name):
-    """Run this thread in netns `name` for the block (BPF test runs and
-    clone redirects resolve devices in the caller's namespace)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        yield
-    finally:
-        libc.setns(home, CLONE_NEWNET)
-        os.close(home)
-        os.close(target)
 
 
 @pytest.fixture

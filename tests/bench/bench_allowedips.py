@@ -48,13 +48,11 @@ import time
 import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-for _p in (REPO, os.path.join(REPO, "tests")):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+if REPO not in sys.path:  # wgbpf of this tree
+    sys.path.insert(0, REPO)
 from benchutil import log, sh  # noqa: E402
-from wgbtest import entered_netns  # noqa: E402
 
-from wgbpf import allowedips as aip, config as configmod, routes as rt, sync, wireguard as wg  # noqa: E402
+from wgbpf import allowedips as aip, config as configmod, nsenter, routes as rt, sync, wireguard as wg  # noqa: E402
 
 RESULTS_DIR = os.environ.get("WGBPF_BENCH_OUT") or os.path.join(REPO, "bench-results")
 TAG, OTHER_TAG = "10.255.0.1", "10.255.0.2"
@@ -183,7 +181,7 @@ class Bench:
 
     def run(self):
         n, rep = self.args.routes, self.args.repeat
-        with entered_netns(self.ns):
+        with nsenter.entered(self.ns):
             d = self.daemon()
             t0 = time.perf_counter()
             d.full_sync("bench")

@@ -59,29 +59,19 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-for p in (REPO, HERE, os.path.dirname(HERE)):
+for p in (REPO, HERE):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from benchutil import log, sh  # noqa: E402
-from wgbtest import entered_netns  # noqa: E402  (tests/wgbtest.py)
+from benchutil import gen_v4, gen_v6, log, prefix_text, sh, v4_ok  # noqa: E402
+from wgbpf import nsenter  # noqa: E402
 
-CLONE_NEWNET = 0x40000000
 NPEERS = 4
 RESULTS_DIR = os.path.join(REPO, "bench-results")
 LAB = os.path.join(REPO, "lab", "lab.sh")
 NADDR = 65536                 # addresses the programs draw from (& 0xffff)
 SKB_CTX_SIZE = 192            # sizeof(struct __sk_buff)
 SKB_CTX_IFINDEX = 40          # offsetof(struct __sk_buff, ifindex)
-
-# Internet-like prefix lengths (weights, roughly today's BGP tables).
-V4_LENGTHS = {8: 0.005, 9: 0.01, 10: 0.03, 11: 0.05, 12: 0.1, 13: 0.2, 14: 0.3, 15: 0.3,
-              16: 1.3, 17: 1.0, 18: 1.5, 19: 2.5, 20: 4.0, 21: 4.5, 22: 12.0, 23: 10.0,
-              24: 60.0, 25: 0.5, 26: 0.4, 27: 0.3, 28: 0.3, 29: 0.3, 30: 0.15, 31: 0.05,
-              32: 0.2}
-V6_LENGTHS = {32: 10.0, 33: 0.5, 34: 0.5, 35: 0.5, 36: 3.0, 37: 0.3, 38: 0.3, 39: 0.3,
-              40: 5.0, 41: 0.3, 42: 0.5, 43: 0.3, 44: 6.0, 45: 0.5, 46: 1.0, 47: 1.5,
-              48: 60.0, 52: 0.5, 56: 3.0, 60: 0.5, 64: 3.0}
 
 # -- the programs ---------------------------------------------------------------
 
@@ -238,69 +228,13 @@ def loadavg():
         return [float(x) for x in f.read().split()[:3]]
 
 
-# -- prefixes -----------------------------------------------------------------
-
-
-def _counts(total, weights):
-    s = sum(weights.values())
-    counts = {L: int(total * w / s) for L, w in weights.items()}
-    counts[max(weights, key=weights.get)] += total - sum(counts.values())
-    return counts
-
-
-def _v4_ok(a):
-    first = a >> 24
-    if first in (0, 10, 127) or first >= 224:
-        return False
-    if (a >> 22) == (100 << 2) | 1:  # 100.64.0.0/10: the tags live there
-        return False
-    return True
-
-
-def gen_v4(rng, n):
-    """n distinct IPv4 prefixes [(addr int, len)], internet-like lengths,
-    shuffled (so any leading slice has the same mix)."""
-    counts = _counts(n, V4_LENGTHS)
-    out = []
-    for plen in sorted(counts):
-        count = counts[plen]
-        shift = 32 - plen
-        if plen < 12:  # small spaces: enumerate what is allowed
-            pool = [a << shift for a in range(1 << plen) if _v4_ok(a << shift)]
-            if count > len(pool) // 2:
-                counts[24] += count - len(pool) // 2
-                count = len(pool) // 2
-            out.extend((a, plen) for a in rng.sample(pool, count))
-            continue
-        seen = set()
-        while len(seen) < count:
-            a = rng.getrandbits(plen) << shift
-            if a not in seen and _v4_ok(a):
-                seen.add(a)
-                out.append((a, plen))
-    rng.shuffle(out)
-    return out
-
-
-def gen_v6(rng, n):
-    """n distinct IPv6 prefixes in 2000::/3 [(addr int, len)], mostly /48."""
-    out = []
-    for plen, count in sorted(_counts(n, V6_LENGTHS).items()):
-        seen = set()
-        shift = 128 - plen
-        while len(seen) < count:
-            a = ((0b001 << (plen - 3)) | rng.getrandbits(plen - 3)) << shift
-            if a not in seen:
-                seen.add(a)
-                out.append((a, plen))
-    rng.shuffle(out)
-    return out
+# -- addresses to look up ------------------------------------------------------
 
 
 def random_public_v4(rng):
     while True:
         a = rng.getrandbits(32)
-        if _v4_ok(a):
+        if v4_ok(a):
             return a
 
 
@@ -347,7 +281,7 @@ class Net:
             sh("ip", "-n", self.ns, "link", "set", dev, "up")
         for fam in ("ipv4", "ipv6"):
             sh("ip", "netns", "exec", self.ns, "sysctl", "-qw", f"net.{fam}.conf.{self.front}.forwarding=1")
-        with entered_netns(self.ns):
+        with nsenter.entered(self.ns):
             self.ifindex = {d: socket.if_nametoindex(d) for d in [self.front] + self.members}
         # attached in DIR-24-8 mode, so its arrays get their full size; the
         # measurements switch config.lookup between the modes
@@ -358,7 +292,7 @@ class Net:
         config.validate(cfg)
         self.pin_dir = mapsmod.pin_dir(self.front, self.ns)
         t0 = time.perf_counter()
-        with entered_netns(self.ns):
+        with nsenter.entered(self.ns):
             dataplane.attach(cfg)
         self.attached = True
         log(f"attached wgbpf to {self.front} in {self.ns} ({time.perf_counter() - t0:.1f}s)")
@@ -389,7 +323,7 @@ class Net:
                 self.bpf.cleanup()
         if self.attached:
             try:
-                with entered_netns(self.ns):
+                with nsenter.entered(self.ns):
                     dataplane.detach(self.front)
             except Exception as e:
                 errors.append(f"detach: {e}")
@@ -461,12 +395,6 @@ class Net:
 
 
 # -- routes into the kernel and the maps ------------------------------------------
-
-
-def prefix_text(a, plen, v6):
-    if v6:
-        return f"{socket.inet_ntop(socket.AF_INET6, a.to_bytes(16, 'big'))}/{plen}"
-    return f"{socket.inet_ntoa(a.to_bytes(4, 'big'))}/{plen}"
 
 
 def kernel_insert(net, prefixes, start, v6, tmp):
@@ -583,7 +511,7 @@ def measure(net, methods, frame, repeat, rounds, target_member):
             net.set_lookup(mode or "lpm")
             device = net.front if dev == "front" else target_member
             c0, h0 = net.counters(), net.hits()
-            with entered_netns(net.ns):
+            with nsenter.entered(net.ns):
                 _, ns = net.test_run(prog, frame, repeat, device)
             c1, h1 = net.counters(), net.hits()
             res[m]["runs"].append(ns)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """DIR-24-8 compile time at full-table size, no root, no maps: Dir24 over
-bytearrays, from N internet-like IPv4 prefixes (bench_sync's length mix,
+bytearrays, from N internet-like IPv4 prefixes (benchutil's length mix,
 mostly /24, /22, /23, /20, /16, 2% longer than /24) on a few peer sets.
 
   rebuild(dict)            the daemon's and attach's input form today
@@ -28,25 +28,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 for _p in (REPO, os.path.dirname(os.path.abspath(__file__))):
     if _p not in sys.path:
         sys.path.insert(0, _p)
-from bench_sync import V4_LENGTHS, _counts, _v4_ok, gen_v4_len  # noqa: E402
+from benchutil import gen_v4  # noqa: E402
 
 from wgbpf import abi  # noqa: E402
 from wgbpf.dir24 import GROUP_ENTRIES, Dir24  # noqa: E402
 
 
 def gen(n, rng, npeers=8):
-    counts = _counts(n, V4_LENGTHS)
-    out = []
-    for plen in sorted(counts):
-        c = counts[plen]
-        if plen < 12:  # not that many short prefixes exist: the rest become /24s
-            pool = [a << (32 - plen) for a in range(1 << plen) if _v4_ok(a << (32 - plen), plen)]
-            counts[24] += max(0, c - len(pool) // 2)
-            out.extend((a, plen) for a in rng.sample(pool, min(c, len(pool) // 2)))
-        else:
-            out.extend(gen_v4_len(rng, plen, c))
+    """n internet-like IPv4 prefixes -> a peer set each (some ECMP)."""
     sets = [(i,) for i in range(npeers)] + [(0, 1), (2, 3, 4)]
-    return {k: rng.choice(sets) for k in out}
+    return {k: rng.choice(sets) for k in gen_v4(rng, n)}
 
 
 def fresh(cls):

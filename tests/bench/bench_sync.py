@@ -47,26 +47,13 @@ import time
 import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-for _p in (REPO, os.path.join(REPO, "tests")):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-from benchutil import log, sh  # noqa: E402
-from wgbtest import entered_netns  # noqa: E402  (tests/wgbtest.py)
+if REPO not in sys.path:  # wgbpf of this tree
+    sys.path.insert(0, REPO)
+from benchutil import gen_v4, gen_v6, log, prefix_text, sh, v4_ok  # noqa: E402
+from wgbpf import nsenter  # noqa: E402
 
-CLONE_NEWNET = 0x40000000
 NPEERS = 4
 RESULTS_DIR = os.path.join(REPO, "bench-results")
-
-# Internet-like prefix lengths (weights, roughly today's BGP tables).
-V4_LENGTHS = {8: 0.005, 9: 0.01, 10: 0.03, 11: 0.05, 12: 0.1, 13: 0.2, 14: 0.3, 15: 0.3,
-              16: 1.3, 17: 1.0, 18: 1.5, 19: 2.5, 20: 4.0, 21: 4.5, 22: 12.0, 23: 10.0,
-              24: 60.0, 25: 0.5, 26: 0.4, 27: 0.3, 28: 0.3, 29: 0.3, 30: 0.15, 31: 0.05,
-              32: 0.2}
-V6_LENGTHS = {32: 10.0, 33: 0.5, 34: 0.5, 35: 0.5, 36: 3.0, 37: 0.3, 38: 0.3, 39: 0.3,
-              40: 5.0, 41: 0.3, 42: 0.5, 43: 0.3, 44: 6.0, 45: 0.5, 46: 1.0, 47: 1.5,
-              48: 60.0, 52: 0.5, 56: 3.0, 60: 0.5, 64: 3.0}
-
-
 
 
 def wgbpf_cmd():
@@ -82,70 +69,6 @@ def child_env():
 
 def fmt_rate(n, s):
     return f"{n / s:,.0f}" if s else "-"
-
-
-# -- prefixes -----------------------------------------------------------------
-
-def _counts(total, weights):
-    s = sum(weights.values())
-    counts = {L: int(total * w / s) for L, w in weights.items()}
-    counts[max(weights, key=weights.get)] += total - sum(counts.values())
-    return counts
-
-
-def _v4_ok(addr, plen):
-    first = addr >> 24
-    if first in (0, 10, 127) or first >= 224:
-        return False
-    if first == 100 and (addr >> 22) & 0x3 == 1:  # 100.64.0.0/10: the tags live there
-        return False
-    return True
-
-
-def gen_v4(rng, n):
-    """n distinct IPv4 prefixes (text), internet-like lengths, shuffled."""
-    counts = _counts(n, V4_LENGTHS)
-    out = []
-    for plen in sorted(counts):
-        count = counts[plen]
-        if plen < 12:  # small spaces: enumerate what is allowed
-            pool = [a << (32 - plen) for a in range(1 << plen) if _v4_ok(a << (32 - plen), plen)]
-            if count > len(pool) // 2:  # not that many /8s on the internet: give the rest to /24
-                counts[24] += count - len(pool) // 2
-                count = len(pool) // 2
-            out.extend((a, plen) for a in rng.sample(pool, count))
-        else:
-            out.extend(gen_v4_len(rng, plen, count))
-    rng.shuffle(out)
-    return [f"{socket.inet_ntoa(struct.pack('!I', a))}/{p}" for a, p in out]
-
-
-def gen_v4_len(rng, plen, count):
-    shift = 32 - plen
-    seen = set()
-    res = []
-    while len(res) < count:
-        a = rng.getrandbits(plen) << shift
-        if a in seen or not _v4_ok(a, plen):
-            continue
-        seen.add(a)
-        res.append((a, plen))
-    return res
-
-
-def gen_v6(rng, n):
-    """n distinct IPv6 prefixes in 2000::/3 (text), mostly /48, shuffled."""
-    out = []
-    for plen, count in sorted(_counts(n, V6_LENGTHS).items()):
-        seen = set()
-        shift = 128 - plen
-        while len(seen) < count:
-            a = ((0b001 << (plen - 3)) | rng.getrandbits(plen - 3)) << shift
-            if a not in seen:
-                seen.add(a)
-                out.append((a, plen))
-    rng.shuffle(out)
-    return [f"{socket.inet_ntop(socket.AF_INET6, a.to_bytes(16, 'big'))}/{p}" for a, p in out]
 
 
 def tag4(i):
@@ -264,7 +187,7 @@ def child_main(argv):
             from wgbpf import routes
         else:
             from pyroute2 import IPRoute
-        with entered_netns(ns):
+        with nsenter.entered(ns):
             t0 = time.perf_counter()
             if kind == "raw":
                 nl = routes.Netlink()
@@ -288,7 +211,7 @@ def child_profile(ns, front, out_path, *peer_args):
     import pstats
     from wgbpf import abi, config as configmod, daemon as dmod, sync
     from wgbpf.maps import Maps, pin_dir
-    with entered_netns(ns):
+    with nsenter.entered(ns):
         m = Maps.open(pin_dir(front))
         entries = m.entries()
         d = sync.Diff()
@@ -460,7 +383,7 @@ class StormProbe:
         from wgbpf.maps import route_peers
         b = self.bench
         try:
-            with entered_netns(b.ns):  # this thread only: setns() moves the caller
+            with nsenter.entered(b.ns):  # this thread only: setns() moves the caller
                 sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
             try:
                 while not self.stop.is_set():
@@ -572,7 +495,7 @@ class Bench:
         from wgbpf.maps import Maps, pin_dir
         with Maps.open(pin_dir(self.front, self.ns), readonly=True) as m:
             self.peer_ids = {p.name.decode(): i for i, p in m.peers().items()}
-        with entered_netns(self.ns):
+        with nsenter.entered(self.ns):
             self.front_ifindex = socket.if_nametoindex(self.front)
         self.res["attach"] = json.loads(r.stdout)
 
@@ -601,8 +524,8 @@ class Bench:
         rng = random.Random(a.seed)
         log(f"generating {a.v4:,} IPv4 and {a.v6:,} IPv6 prefixes (seed {a.seed})")
         t0 = time.perf_counter()
-        self.v4 = gen_v4(rng, a.v4)
-        self.v6 = gen_v6(rng, a.v6)
+        self.v4 = [prefix_text(p, plen, False) for p, plen in gen_v4(rng, a.v4)]
+        self.v6 = [prefix_text(p, plen, True) for p, plen in gen_v6(rng, a.v6)]
         lens = {}
         for p in self.v4:
             L = int(p.rsplit("/", 1)[1])
@@ -831,12 +754,12 @@ class Bench:
         while len(picks) < a.singles:
             addr = rng.getrandbits(24) << 8
             p = f"{socket.inet_ntoa(struct.pack('!I', addr))}/24"
-            if _v4_ok(addr, 24) and p not in have:
+            if v4_ok(addr) and p not in have:
                 have.add(p)
                 picks.append(ipaddress.ip_network(p))
         lags = []
         with Maps.open(pin_dir(self.front, self.ns), readonly=True) as m:
-            with entered_netns(self.ns):
+            with nsenter.entered(self.ns):
                 sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
             try:
                 for i, net in enumerate(picks):
@@ -873,7 +796,7 @@ class Bench:
             pid = self.peer_ids[f"p{i + 1}"]
             by_addr[ipaddress.ip_address(tag4(i)).packed] = pid
             by_addr[ipaddress.ip_address(tag6(i)).packed] = pid
-        with entered_netns(self.ns):
+        with nsenter.entered(self.ns):
             by_oif = {socket.if_nametoindex(dev): self.peer_ids[f"p{i + 1}"] for i, dev in enumerate(self.members)}
             nl = rt.Netlink()
             want = {}

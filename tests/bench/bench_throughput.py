@@ -48,7 +48,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-for p in (REPO, HERE, os.path.dirname(HERE)):
+for p in (REPO, HERE):
     if p not in sys.path:
         sys.path.insert(0, p)
 

@@ -20,20 +20,19 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import multiprocessing
 import os
-import pathlib
 import select
 import shutil
 import socket
 import struct
 import subprocess
-import sys
 import warnings
 
-from wgbpf import abi, bpfsys, config, dataplane, maps
+from wgbpf import abi, bpfsys, config, dataplane, maps, nsenter
 
 import packets as P
-from wgbtest import entered_netns, require_bcc, sh, unique  # noqa: F401 (re-exported)
+from wgbtest import require_bcc, sh, unique  # noqa: F401 (re-exported)
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -89,7 +88,7 @@ class Instance:
             if came_in is not None:
                 struct.pack_into("=I", buf, SKB_CTX_INGRESS, self.ifindex_of(came_in))
             ctx = bytes(buf)
-        with entered_netns(self.net.name):
+        with nsenter.entered(self.net.name):
             retval, _, _ = bpfsys.test_run(self.progs[prog], frame, repeat, ctx)
         return retval
 
@@ -192,7 +191,7 @@ class Lab:
         sh("ip", "netns", "add", self.name)
         try:
             sh("ip", "-n", self.name, "link", "set", "lo", "up")
-            with entered_netns(self.name):
+            with nsenter.entered(self.name):
                 for scope in ("all", "default"):
                     with open(f"/proc/sys/net/ipv6/conf/{scope}/disable_ipv6", "w") as f:
                         f.write("1")
@@ -207,7 +206,7 @@ class Lab:
         self.devices.append(dev)
         if up:
             sh("ip", "-n", self.name, "link", "set", dev, "up")
-        with entered_netns(self.name):
+        with nsenter.entered(self.name):
             self.ifindex[dev] = socket.if_nametoindex(dev)
             if carrier:
                 fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
@@ -239,25 +238,12 @@ class Lab:
                                                      [P.ip(t) for t in p.tags]) for p in peers])
         config.validate(cfg)
         if in_child:
-            spec = (front, members_only, int(no_route), int(lookup),
-                    [(p.name, members[p.name], list(p.tags)) for p in peers])
-            code = (
-                "import ipaddress, sys\n"
-                "from wgbpf import abi, config, dataplane\n"
-                f"front, mo, no_route, lookup, peers = {spec!r}\n"
-                "dataplane.enter_netns(sys.argv[1])\n"
-                "dataplane.attach(config.Config(front=front, members_only=mo,\n"
-                "    no_route=abi.Policy(no_route), lookup=abi.Lookup(lookup),\n"
-                "    peers=[config.PeerConfig(n, m,\n"
-                "    [ipaddress.ip_address(t) for t in ts]) for n, m, ts in peers]))\n")
-            root = str(pathlib.Path(__file__).resolve().parents[2])
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-                [root] + [x for x in [os.environ.get("PYTHONPATH")] if x]))
-            r = subprocess.run([sys.executable, "-c", code, self.name], env=env,
-                               capture_output=True, text=True)
-            assert r.returncode == 0, f"attach in a child process failed:\n{r.stderr}"
+            child = multiprocessing.get_context("spawn").Process(target=attach_here, args=(self.name, cfg))
+            child.start()
+            child.join()
+            assert child.exitcode == 0, "attach in a child process failed (its traceback is in the captured stderr)"
         else:
-            with entered_netns(self.name):
+            with nsenter.entered(self.name):
                 dataplane.attach(cfg)
         inst = Instance(self, front, members, members_only)
         self.instances.append(inst)
@@ -268,7 +254,7 @@ class Lab:
         """Transmit through `dev` with an AF_PACKET socket, so its tc egress
         runs on exactly these bytes. Returns 0 or the errno of sendto
         (ENOBUFS: tc dropped it)."""
-        with entered_netns(self.name):
+        with nsenter.entered(self.name):
             s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
         with s:
             try:
@@ -316,7 +302,7 @@ class Lab:
             if not os.path.isdir(d):
                 continue  # attach failed before creating it
             try:
-                with entered_netns(self.name):
+                with nsenter.entered(self.name):
                     dataplane.detach(front)
             except Exception as e:
                 errors.append(f"detach {front}: {e}")
@@ -341,6 +327,14 @@ def open_lab():
     finally:
         for e in lab.close():
             warnings.warn(f"BPF lab teardown: {e}")
+
+
+def attach_here(netns, cfg):
+    """dataplane.attach in `netns`, run by Lab.attach(in_child=True) in a
+    process of its own: what BCC holds goes when it exits, as after
+    `wgbpf attach`, so only the pins keep the programs and maps."""
+    nsenter.enter(netns)
+    dataplane.attach(cfg)
 
 
 # -- what a verdict case expects (shared by the lpm/dir24 and fib tables) ----

@@ -26,10 +26,10 @@ import types
 
 import pytest
 
-from wgbpf import abi, bpfsys
+from wgbpf import abi, bpfsys, nsenter
 
 import packets as P
-from bpflab import (NO_ROUTE, PEER_DOWN, Case, PeerSpec, entered_netns, ids, passed, sh,
+from bpflab import (NO_ROUTE, PEER_DOWN, Case, PeerSpec, ids, passed, sh,
                     spoofed, steered)
 
 pytestmark = pytest.mark.root
@@ -217,7 +217,7 @@ def test_front_egress_fib_table(lab, case):
 
 def test_fib_table_probe(lab):
     """This kernel has BPF_FIB_LOOKUP_TBID (the TBID cases rely on it)."""
-    with entered_netns(lab.ns):
+    with nsenter.entered(lab.ns):
         rc = bpfsys.fib_probe(lab.net.ifindex[lab.inst.front], TABLE,
                               abi.FIB_LOOKUP_DIRECT | abi.FIB_LOOKUP_SKIP_NEIGH | abi.FIB_LOOKUP_TBID)
     assert rc >= 0, rc

@@ -14,10 +14,10 @@ by a hooked member, or by a device vetted as no member
 (skb->ingress_ifindex, set here through the test run's context)."""
 import pytest
 
-from wgbpf import abi, dataplane
+from wgbpf import abi, dataplane, nsenter
 
 import packets as P
-from bpflab import PeerSpec, entered_netns, passed, sh, unique
+from bpflab import PeerSpec, passed, sh, unique
 
 pytestmark = pytest.mark.root
 
@@ -47,7 +47,7 @@ def inst(bpf_lab):
     # a host address appears after attach: what the daemon does on RTM_NEWADDR
     dev = bpf_lab.tun(unique("wgbl"))
     sh("ip", "-n", bpf_lab.name, "addr", "add", f"{LOCAL}/32", "dev", dev)
-    with entered_netns(bpf_lab.name):
+    with nsenter.entered(bpf_lab.name):
         with dataplane._iproute() as ipr:
             dataplane.vet(ipr, inst.maps, set(inst.members.values()))
     return inst
@@ -140,7 +140,7 @@ def test_unvetted_device_is_vetted_by_a_new_vet(inst, bpf_lab):
     dev = bpf_lab.tun(unique("wgbv"))
     retval, _ = inst.measure("front_egress", frame("10.2.0.9"), came_in=dev)
     assert retval == SHOT
-    with entered_netns(bpf_lab.name):
+    with nsenter.entered(bpf_lab.name):
         with dataplane._iproute() as ipr:
             dataplane.vet(ipr, inst.maps, set(inst.members.values()))
     retval, d = inst.measure("front_egress", frame("10.2.0.9"), came_in=dev)

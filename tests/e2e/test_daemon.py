@@ -159,8 +159,8 @@ def kernel_view(lab):
         entries = {k: v for k, v in m.entries().items() if v[0] == abi.Origin.KERNEL}
         front = m.config().front_ifindex
     table = sync.Table(sync.Tags(by_addr, by_oif, front=front), sync.Filter())
-    from wgbtest import entered_netns
-    with entered_netns(lab.hub):
+    from wgbpf import nsenter
+    with nsenter.entered(lab.hub):
         nl = rt.Netlink()
         try:
             for fam in (2, 10):

@@ -6,7 +6,6 @@ sizeof/offsetof/alignof of every field and the value of every constant, as
 the C compiler sees them. Python's ctypes mirror is compared against that.
 """
 import ctypes
-import importlib.util
 import os
 import re
 import shutil
@@ -15,21 +14,9 @@ import subprocess
 import pytest
 
 from wgbpf import abi
+from wgbtest import require  # tests/wgbtest.py: pytest puts tests/ on the path (tests/conftest.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _shared_conftest():
-    """tests/conftest.py, by path: `from conftest import ...` gets whichever
-    conftest.py pytest imported last (tests/bpf/ has one too)."""
-    path = os.path.join(REPO, "tests", "wgbtest.py")
-    spec = importlib.util.spec_from_file_location("wgbpf_tests_shared_conftest", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-require = _shared_conftest().require
 BPF_DIR = os.path.join(REPO, "bpf")
 HEADER = os.path.join(BPF_DIR, "wgbpf.h")
 SOURCE = os.path.join(BPF_DIR, "wgbpf.c")
