@@ -1,10 +1,10 @@
 """Kernel routes over raw rtnetlink, parsed with struct.
 
 At full-table scale the cost of syncing is parsing netlink: pyroute2's
-message objects handle ~12k routes/s (97 s and 4 GiB for a 1M-route dump,
-see MEASUREMENTS.md), a lean struct parser of the few attributes wgbpf needs
-keeps up with the kernel (~500k/s). So routes are read here; pyroute2 stays
-for links and tc, where counts are small.
+message objects handle ~12k routes/s (97 s and 4 GiB for a 1M-route dump),
+a lean struct parser of the few attributes wgbpf needs keeps up with the
+kernel (~500k/s); tests/bench/bench_sync.py measures both. So routes are
+read here; pyroute2 stays for links and tc, where counts are small.
 
 A route is reduced to a KernelRoute: prefix, table, priority, protocol,
 realm, its nexthops as (gateway bytes or None, oif), and what else the

@@ -1,4 +1,4 @@
-"""End to end, issue 10's "refused input still does damage": a refused
+"""End to end, refused input must do no damage: a refused
 reload leaves the daemon running on its old config (it used to keep the
 rejected one and die at the next full resync), a tag list too long for the
 tags map is refused before anything is written, and the metrics file is

@@ -1,4 +1,4 @@
-"""Issue 10, "refused input still does damage": every bad input gets a
+"""Refused input must do no damage: every bad input gets a
 one-line error naming it, and a refused one changes nothing, on disk, in the
 kernel or in the daemon's memory. No root needed, no kernel state touched.
 """
