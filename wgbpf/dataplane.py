@@ -14,7 +14,7 @@ import json
 import os
 import time
 
-from . import abi, bpfsys, maps as mapsmod, nsenter
+from . import abi, bpfsys, maps, nsenter
 from .maps import Maps, MapError, network, pin_dir, route_peers
 
 # The data plane's C: bpf/ beside the package in a checkout, else where the
@@ -63,7 +63,7 @@ def ensure_bpffs():
 def check_pin_root(root=None):
     """The pin root must be on a bpffs mount: elsewhere pinning fails with a
     bare EPERM (WGBPF_PIN_ROOT pointed at a plain directory, bpffs gone)."""
-    root = os.path.realpath(root or mapsmod.PIN_ROOT)
+    root = os.path.realpath(root or maps.PIN_ROOT)
     best, fstype = "", None
     with open("/proc/self/mounts") as f:
         for line in f:
@@ -82,17 +82,17 @@ def _iproute():
 
 
 def link_info(ipr, name):
-    """(ifindex, mtu, is_layer3, kind, up) of a device, or None if absent."""
+    """(ifindex, mtu, is_layer3, link_kind, up) of a device, or None if absent."""
     links = ipr.link("get", ifname=name) if name else []
     if not links:
         return None
     link = links[0]
-    kind = None
+    link_kind = None
     linkinfo = link.get_attr("IFLA_LINKINFO")
     if linkinfo is not None:
-        kind = linkinfo.get_attr("IFLA_INFO_KIND")
+        link_kind = linkinfo.get_attr("IFLA_INFO_KIND")
     return (link["index"], link.get_attr("IFLA_MTU"), link["ifi_type"] == ARPHRD_NONE,
-            kind, bool(link["flags"] & IFF_UP))
+            link_kind, bool(link["flags"] & IFF_UP))
 
 
 def _get_link(ipr, name):
@@ -116,19 +116,19 @@ def check_links(ipr, cfg):
         if front is None:
             raise AttachError(f"front device {cfg.front!r} does not exist "
                               f"(with --members-only, FRONT only names the instance)")
-        front_idx, front_mtu, l3, kind, _ = front
+        front_idx, front_mtu, l3, link_kind, _ = front
         if not l3:
-            raise AttachError(f"front {cfg.front!r} is not a layer-3 device (kind {kind or 'unknown'}): "
+            raise AttachError(f"front {cfg.front!r} is not a layer-3 device (kind {link_kind or 'unknown'}): "
                               f"the front must be a WireGuard or TUN device")
     members = {}
     for p in cfg.peers:
         m = _get_link(ipr, p.member)
         if m is None:
             raise AttachError(f"peer {p.name!r}: member device {p.member!r} does not exist")
-        idx, mtu, l3, kind, up = m
+        idx, mtu, l3, link_kind, up = m
         if not l3:
             raise AttachError(f"peer {p.name!r}: member {p.member!r} is not a layer-3 device "
-                              f"(kind {kind or 'unknown'}): members must be WireGuard or TUN devices")
+                              f"(kind {link_kind or 'unknown'}): members must be WireGuard or TUN devices")
         if front_mtu is not None and front_mtu > mtu:
             raise AttachError(f"front {cfg.front!r} MTU {front_mtu} exceeds member {p.member!r} "
                               f"MTU {mtu}: packets over {mtu} bytes would be dropped silently; "
@@ -374,7 +374,7 @@ def other_devices(front):
     """({member device: instance}, {front device: instance}) recorded by
     the other instances of this namespace."""
     members, fronts = {}, {}
-    for other in mapsmod.instances():
+    for other in maps.instances():
         if other == front:
             continue
         try:
@@ -407,7 +407,7 @@ def pinned_programs(directory):
     return fds
 
 
-def rehook_member(ipr, m, front, pid, ifindex, up):
+def rehook_member(ipr, m, front, peer_id, ifindex, up):
     """A member device re-created under the same name: hook it, then make
     it known. The hook comes first, so until the members entry exists
     member_ingress drops what it sends (unknown member) and the guard never
@@ -418,13 +418,13 @@ def rehook_member(ipr, m, front, pid, ifindex, up):
     finally:
         for fd in fds.values():
             os.close(fd)
-    peer = m.peers()[pid]
+    peer = m.peers()[peer_id]
     old = peer.ifindex
-    m.set_member(ifindex, pid)
+    m.set_member(ifindex, peer_id)
     peer.ifindex = ifindex
     peer.flags = (peer.flags | abi.PEER_UP) if up else (peer.flags & ~abi.PEER_UP)
     peer.owned = abi.OWN_CLSACT if created else 0
-    m.set_peer(pid, peer)
+    m.set_peer(peer_id, peer)
     if old != ifindex:
         m.del_member(old)
         m.del_forwarder(ifindex)
@@ -450,24 +450,129 @@ def rehook_front(ipr, m, front, ifindex):
     return old
 
 
-def filters(ipr, ifindex, hook):
-    """Names of the bpf filters on one hook of a device."""
-    out = []
+def filter_programs(ipr, ifindex, hook):
+    """{name: program id (TCA_BPF_ID)} of the bpf filters on one hook of a
+    device."""
+    out = {}
     try:
         msgs = ipr.get_filters(index=ifindex, parent=HOOK_PARENT_ID[hook])
     except Exception:
         return out
-    for m in msgs:
-        opts = m.get_attr("TCA_OPTIONS")
-        if m.get_attr("TCA_KIND") == "bpf" and opts is not None:
+    for msg in msgs:
+        opts = msg.get_attr("TCA_OPTIONS")
+        if msg.get_attr("TCA_KIND") == "bpf" and opts is not None:
             name = opts.get_attr("TCA_BPF_NAME")
             if name:
-                out.append(name)
+                out.setdefault(name, opts.get_attr("TCA_BPF_ID"))
     return out
 
 
+def filters(ipr, ifindex, hook):
+    """Names of the bpf filters on one hook of a device."""
+    return list(filter_programs(ipr, ifindex, hook))
+
+
+# The program each hook of a device runs, by the device's role.
+HOOK_PROGRAMS = {"front": {"egress": "front_egress"},
+                 "member": {"ingress": "member_ingress", "egress": "member_egress"}}
+
+
+def pinned_ids(directory):
+    """({program name: id}, {map name: id}) of what is pinned in an
+    instance's directory; a pin missing is left out."""
+    progs, map_ids = {}, {}
+    for names, out, info, readonly in ((abi.PROGRAMS, progs, bpfsys.prog_info, False),
+                                       (abi.MAPS, map_ids, bpfsys.map_info, True)):
+        for n in names:
+            try:
+                fd = bpfsys.obj_get(os.path.join(directory, n), readonly=readonly)
+            except OSError:
+                continue
+            try:
+                out[n] = info(fd).id
+            finally:
+                os.close(fd)
+    return progs, map_ids
+
+
+def reads_maps(prog_id, map_ids):
+    """Whether the program reads any of the maps (ids): it belongs to the
+    instance that pinned them (an older build of it, say). A program gone
+    meanwhile holds nothing: True."""
+    try:
+        fd = bpfsys.prog_fd_by_id(prog_id)
+    except (OSError, TypeError):
+        return True
+    try:
+        return bool(set(bpfsys.prog_map_ids(fd)) & set(map_ids))
+    finally:
+        os.close(fd)
+
+
+def hook_programs(ipr, ifindex, role, name):
+    """{hook: program id of our filter (by name) there, or None} of one
+    device in its role ("front", "member")."""
+    return {hook: filter_programs(ipr, ifindex, hook).get(name) for hook in HOOK_PROGRAMS[role]}
+
+
+def program_problem(device, role, programs, pinned):
+    """Our filter on a hook of the device running another program than the
+    one this instance pinned, or None: an instance of the same front under
+    another pin root (a container sharing this network namespace with a
+    bpffs of its own) took the hook. `programs`: {hook: program id or None}
+    (hook_programs); `pinned`: {program name: id} (pinned_ids)."""
+    for hook, prog in HOOK_PROGRAMS[role].items():
+        found = programs.get(hook)
+        if found is not None and prog in pinned and found != pinned[prog]:
+            return f"tc {hook} hook on {device} runs program id {found}, not this instance's {pinned[prog]}"
+    return None
+
+
+def foreign_hooks(ipr, front, devices):
+    """program_problem of each of the instance's devices [(name, ifindex,
+    role)] whose hooks run another instance's programs."""
+    pinned, _ = pinned_ids(pin_dir(front))
+    name = filter_name(front)
+    found = (program_problem(dev, role, hook_programs(ipr, ifindex, role, name), pinned)
+             for dev, ifindex, role in devices)
+    return [problem for problem in found if problem]
+
+
+def check_hooks_ours(ipr, cfg, front_idx, links):
+    """Refuse hooks where our filter (by name) runs another instance's
+    program: one of the same front under another pin root (a container
+    sharing this network namespace with a bpffs of its own). Its program
+    reads none of our pinned maps; taking the hook would leave that
+    instance steering nothing while it reports itself hooked. `attach
+    --force` takes it over (the other instance's status then says so)."""
+    directory = pin_dir(cfg.front)
+    progs, map_ids = pinned_ids(directory)
+    name = filter_name(cfg.front)
+    devices = [(pc.member, links[pc.name][0], "member") for pc in cfg.peers]
+    if front_idx:
+        devices.append((cfg.front, front_idx, "front"))
+    for device, ifindex, role in devices:
+        for hook, prog in HOOK_PROGRAMS[role].items():
+            prog_id = filter_programs(ipr, ifindex, hook).get(name)
+            if prog_id is None or prog_id in progs.values() or reads_maps(prog_id, map_ids.values()):
+                continue
+            raise AttachError(
+                f"tc {hook} hook on {device} runs program id {prog_id}, not this instance's "
+                f"({progs[prog] if prog in progs else 'none'} pinned under {directory}): another wgbpf "
+                f"instance {cfg.front!r} with another pin root (a container sharing this network "
+                f"namespace?) holds it; detach it there, or attach --force to take the hooks over")
+
+
+def bpf_filters(hooks):
+    """{(ifindex, hook): {name: program id} of the bpf filters there} for
+    each (ifindex, hook) asked, over one netlink socket: what `wgbpf status`
+    checks."""
+    with _iproute() as ipr:
+        return {(ifindex, hook): filter_programs(ipr, ifindex, hook) for ifindex, hook in set(hooks)}
+
+
 def hook_filters(ipr, ifindex, hook):
-    """[(kind, bpf name or None, priority, handle)] of every tc filter on
+    """[(tc_kind, bpf name or None, priority, handle)] of every tc filter on
     one hook of a device, whoever added it."""
     try:
         msgs = ipr.get_filters(index=ifindex, parent=HOOK_PARENT_ID[hook])
@@ -477,10 +582,10 @@ def hook_filters(ipr, ifindex, hook):
     for m in msgs:
         if not m["handle"]:  # the head of a priority (u32's), not a filter
             continue
-        kind = m.get_attr("TCA_KIND")
+        tc_kind = m.get_attr("TCA_KIND")
         opts = m.get_attr("TCA_OPTIONS")
-        name = opts.get_attr("TCA_BPF_NAME") if kind == "bpf" and opts is not None else None
-        out.append((kind, name, m["info"] >> 16, m["handle"]))
+        name = opts.get_attr("TCA_BPF_NAME") if tc_kind == "bpf" and opts is not None else None
+        out.append((tc_kind, name, m["info"] >> 16, m["handle"]))
     return out
 
 
@@ -489,8 +594,8 @@ def hook_owner(ipr, ifindex):
     Ours are found by name (wgbpf-<front>); a bpf filter of another name in
     our slot (priority, handle) is named as found."""
     for hook in HOOK_PARENT:
-        for kind, name, prio, handle in hook_filters(ipr, ifindex, hook):
-            if kind != "bpf":
+        for tc_kind, name, prio, handle in hook_filters(ipr, ifindex, hook):
+            if tc_kind != "bpf":
                 continue
             if name and name.startswith("wgbpf-"):
                 return name[len("wgbpf-"):]
@@ -517,9 +622,12 @@ def check_owners(ipr, cfg, front_idx, links):
                               f"(wgbpf detach {owner.split()[0]}) or name another device")
 
 
-def remove_filter(ipr, ifindex, hook, name):
-    """Delete our filter: the one in our slot, if it bears our name."""
+def remove_filter(ipr, ifindex, hook, name, ours=None):
+    """Delete our filter: the one in our slot, if it bears our name (and,
+    given `ours`, a predicate on program ids, runs one of our programs)."""
     if ("bpf", name, TC_PRIO, TC_HANDLE) not in hook_filters(ipr, ifindex, hook):
+        return False
+    if ours is not None and not ours(filter_programs(ipr, ifindex, hook).get(name)):
         return False
     try:
         ipr.tc("del-filter", "bpf", ifindex, TC_HANDLE, parent=HOOK_PARENT[hook], prio=TC_PRIO)
@@ -529,15 +637,16 @@ def remove_filter(ipr, ifindex, hook, name):
     return True
 
 
-def unhook(ipr, ifindex, hooks, name, owned, device=None):
+def unhook(ipr, ifindex, hooks, name, owned, device=None, ours=None):
     """Our filters off one device; its clsact qdisc too, but only when we
     added it (owned) and nothing else is left on it: an operator's filters
     and qdisc are theirs. `device`: the name recorded for ifindex, checked
-    first (an ifindex is reused by the next device created)."""
+    first (an ifindex is reused by the next device created). `ours`: see
+    remove_filter."""
     if device and links(ipr).get(ifindex) != device:
         return False
     for hook in hooks:
-        remove_filter(ipr, ifindex, hook, name)
+        remove_filter(ipr, ifindex, hook, name, ours)
     if owned & abi.OWN_CLSACT and not any(hook_filters(ipr, ifindex, h) for h in HOOK_PARENT):
         try:
             ipr.tc("del", "clsact", ifindex)
@@ -623,18 +732,12 @@ def stale_pins(ipr, m, devices, name):
             pass
     for ifindex in devices:
         for hook in HOOK_PARENT:
-            try:
-                msgs = ipr.get_filters(index=ifindex, parent=HOOK_PARENT_ID[hook])
-            except Exception:
-                continue
-            for msg in msgs:
-                opts = msg.get_attr("TCA_OPTIONS")
-                if msg.get_attr("TCA_KIND") == "bpf" and opts is not None \
-                        and opts.get_attr("TCA_BPF_NAME") == name:
-                    try:
-                        prog_fds.append(bpfsys.prog_fd_by_id(opts.get_attr("TCA_BPF_ID")))
-                    except (OSError, TypeError):
-                        pass
+            prog_id = filter_programs(ipr, ifindex, hook).get(name)
+            if prog_id is not None:
+                try:
+                    prog_fds.append(bpfsys.prog_fd_by_id(prog_id))
+                except (OSError, TypeError):
+                    pass
     try:
         used = _program_maps(prog_fds)
     finally:
@@ -664,187 +767,292 @@ def quiet_redirects(front):
     return None
 
 
-def attach(cfg, log=lambda msg: None, debug=False):
-    """Make the instance cfg.front match cfg. Returns a summary dict."""
-    t0 = time.monotonic()
-    directory = pin_dir(cfg.front)
-    changes = []
-    with _iproute() as ipr:
-        front_idx, links = check_links(ipr, cfg)
+class Attach:
+    """One attach, phase by phase (as katran's KatranLb: sanity checks,
+    then maps, programs, attach). check() refuses before anything changes
+    (refused means untouched); each later phase makes its part of the
+    instance match the Config and returns the changes it made, as lines for
+    the summary. What a phase finds that a later one needs stays on the
+    object."""
+
+    def __init__(self, ipr, cfg, log=lambda msg: None, debug=False):
+        self.ipr, self.cfg, self.log, self.debug = ipr, cfg, log, debug
+        self.directory = pin_dir(cfg.front)
+        self.name = filter_name(cfg.front)
+        self.dir24 = cfg.lookup == abi.Lookup.DIR24
+        self.m = self.bpf = self.kept = None
+        self.t0 = time.monotonic()
+
+    def check(self, force=False):
+        """Devices, the pin root, what other instances hold, what the kernel
+        offers (FIB mode)."""
+        cfg, ipr = self.cfg, self.ipr
+        self.front_idx, self.links = check_links(ipr, cfg)
         ensure_bpffs()
         check_pin_root()
-        check_owners(ipr, cfg, front_idx, links)
-        fib = check_fib(cfg, front_idx, links) if cfg.lookup == abi.Lookup.FIB else None
-        fresh = not os.path.isdir(directory)
-        dir24 = cfg.lookup == abi.Lookup.DIR24
-        restored = [] if fresh else restore_pins(directory)
+        check_owners(ipr, cfg, self.front_idx, self.links)
+        if not force:
+            check_hooks_ours(ipr, cfg, self.front_idx, self.links)
+        self.fib = check_fib(cfg, self.front_idx, self.links) if cfg.lookup == abi.Lookup.FIB else None
+        self.fresh = not os.path.isdir(self.directory)
+        return []
+
+    def devices(self):
+        """The ifindexes of the instance's devices, members first."""
+        return [i for i, _ in self.links.values()] + ([self.front_idx] if self.front_idx else [])
+
+    def open_maps(self):
+        """The maps, created or reopened and pinned before anything compiles
+        (BCC opens them by pin path): reloading the programs never loses a
+        route. A map pin removed by hand is pinned again first."""
+        changes = []
+        restored = [] if self.fresh else restore_pins(self.directory)
         if restored:
             changes.append(f"pins repaired: {', '.join(restored)} pinned again from the running programs "
                            f"(removed by hand?)")
-        m = Maps.create(directory, dir24=dir24)
-        bpf = kept = None
-        try:
-            # the pinned programs, when built from this very source and
-            # flags: a compile (~2 s, ~16 s emulated) would only make them again
-            key = build_key(directory)
-            if not (fresh or debug or m.replaced):
-                kept = reusable_programs(cfg.front, directory, key)
-            fds = kept
-            # a pin replaced by another map (or removed, with no program
-            # to pin it again from): the programs read a map no one writes,
-            # so they are loaded again on the pinned ones
-            stale = [] if fresh else stale_pins(
-                ipr, m, [i for i, _ in links.values()] + ([front_idx] if front_idx else []),
-                filter_name(cfg.front))
-            stale = [n for n in stale if n not in m.replaced]  # resized on purpose: said below
-            if stale and kept:
-                for fd in kept.values():
-                    os.close(fd)
-                kept = None
-            if not kept:
-                log(f"compiling {SOURCE}")
-                bpf, fds = compile_programs(directory, debug=debug)
-            t_compile = time.monotonic() - t0
-            old = {name: pinned_prog_tag(directory, name) for name in abi.PROGRAMS}
-            new = {name: prog_tag(fds[name]) for name in abi.PROGRAMS}
-            # same code, but a map was replaced (DIR-24-8 resized): the
-            # running programs hold the old one
-            reload_progs = (old != new or bool(m.replaced)
-                            or not os.path.exists(os.path.join(directory, "tail")))
-            if not fresh and reload_progs:
-                changes.append("programs upgraded")
-            if stale:
-                changes.append(f"pins repaired: {', '.join(stale)} pinned is not the map the programs "
-                               f"read (pin replaced by hand?); programs reloaded on the pinned maps")
-                reload_progs = True
+        self.m = Maps.create(self.directory, dir24=self.dir24)
+        return changes
 
-            # Peers first, so no filter ever sees a member it cannot resolve.
-            existing = m.peers()
-            ids, reused = assign_ids({i: p.name.decode() for i, p in existing.items()},
-                                     [pc.name for pc in cfg.peers])
-            for pid in reused:  # every id taken: departing peers make room first
-                peer = existing.pop(pid)
-                _forget_peer(ipr, m, pid, peer, filter_name(cfg.front))
-                changes.append(f"peer {peer.name.decode()} removed")
-            members_now = m.members()
-            new_members = {}
-            for pc in cfg.peers:
-                pid = ids[pc.name]
-                ifindex, up = links[pc.name]
-                have = existing.get(pid)
-                want = abi.Peer(ifindex=ifindex, flags=abi.PEER_UP if up else 0,
-                                source=int(pc.source), name=pc.name.encode(),
-                                member=pc.member.encode(),
-                                owned=have.owned if have is not None and have.ifindex == ifindex else 0)
-                if have is None or bytes(have) != bytes(want):
-                    m.set_peer(pid, want)
-                    changes.append(f"peer {pc.name} ({pc.member}, id {pid}"
-                                   f"{'' if up else ', down'}) {'added' if have is None else 'updated'}")
-                if members_now.get(ifindex) != pid:
-                    # known only once hooked: until then the guard takes
-                    # the device for what it is, unchecked (fail closed)
-                    new_members[ifindex] = pid
-            # Tags and their implicit host routes.
-            want_tags = {t: ids[pc.name] for pc in cfg.peers for t in pc.tags}
-            have_tags = m.tags()
-            for t, pid in want_tags.items():
-                if have_tags.get(t) != pid:
-                    m.set_tag(t, pid)
-                    changes.append(f"tag {t} -> {next(p.name for p in cfg.peers if ids[p.name] == pid)}")
+    def programs(self):
+        """The pinned programs when built from this very source and flags (a
+        compile, ~2 s, ~16 s emulated, would only make them again), else
+        compiled; and whether filters and pins take the new ones."""
+        m, directory = self.m, self.directory
+        changes = []
+        self.key = build_key(directory)
+        if not (self.fresh or self.debug or m.replaced):
+            self.kept = reusable_programs(self.cfg.front, directory, self.key)
+        # a pin replaced by another map (or removed, with no program to pin
+        # it again from): the programs read a map no one writes, so they are
+        # loaded again on the pinned ones
+        stale = [] if self.fresh else stale_pins(self.ipr, m, self.devices(), self.name)
+        stale = [n for n in stale if n not in m.replaced]  # resized on purpose: said below
+        if stale and self.kept:
+            self.close_kept()
+        self.fds = self.kept
+        if not self.kept:
+            self.log(f"compiling {SOURCE}")
+            self.bpf, self.fds = compile_programs(directory, debug=self.debug)
+        self.t_compile = time.monotonic() - self.t0
+        old = {name: pinned_prog_tag(directory, name) for name in abi.PROGRAMS}
+        new = {name: prog_tag(self.fds[name]) for name in abi.PROGRAMS}
+        # same code, but a map was replaced (DIR-24-8 resized): the running
+        # programs hold the old one
+        self.reload = (old != new or bool(m.replaced)
+                       or not os.path.exists(os.path.join(directory, "tail")))
+        if not self.fresh and self.reload:
+            changes.append("programs upgraded")
+        if stale:
+            changes.append(f"pins repaired: {', '.join(stale)} pinned is not the map the programs "
+                           f"read (pin replaced by hand?); programs reloaded on the pinned maps")
+            self.reload = True
+        return changes
+
+    def peer_ids(self):
+        """Each peer's id: kept, else a free one, else one a departing peer
+        frees (that peer is forgotten first: its routes must not reach the
+        newcomer)."""
+        changes = []
+        self.existing = self.m.peers()
+        self.ids, reused = assign_ids({i: p.name.decode() for i, p in self.existing.items()},
+                                      [pc.name for pc in self.cfg.peers])
+        for peer_id in reused:
+            peer = self.existing.pop(peer_id)
+            _forget_peer(self.ipr, self.m, peer_id, peer, self.name)
+            changes.append(f"peer {peer.name.decode()} removed")
+        return changes
+
+    def reconcile(self):
+        """Peers, then tags and their implicit host routes. Peers come
+        before any filter, so no filter ever sees a member it cannot
+        resolve; a member is made known only once hooked (self.new_members,
+        written by hook())."""
+        m, cfg, ids = self.m, self.cfg, self.ids
+        changes = []
+        members_now = m.members()
+        self.new_members = {}
+        for pc in cfg.peers:
+            peer_id = ids[pc.name]
+            ifindex, up = self.links[pc.name]
+            have = self.existing.get(peer_id)
+            want = abi.Peer(ifindex=ifindex, flags=abi.PEER_UP if up else 0,
+                            source=int(pc.source), name=pc.name.encode(),
+                            member=pc.member.encode(),
+                            owned=have.owned if have is not None and have.ifindex == ifindex else 0)
+            if have is None or bytes(have) != bytes(want):
+                m.set_peer(peer_id, want)
+                changes.append(f"peer {pc.name} ({pc.member}, id {peer_id}"
+                               f"{'' if up else ', down'}) {'added' if have is None else 'updated'}")
+            if members_now.get(ifindex) != peer_id:
+                # known only once hooked: until then the guard takes the
+                # device for what it is, unchecked (fail closed)
+                self.new_members[ifindex] = peer_id
+        want_tags = {t: ids[pc.name] for pc in cfg.peers for t in pc.tags}
+        have_tags = m.tags()
+        for t, peer_id in want_tags.items():
+            if have_tags.get(t) != peer_id:
+                m.set_tag(t, peer_id)
+                changes.append(f"tag {t} -> {next(p.name for p in cfg.peers if ids[p.name] == peer_id)}")
+            net = network(f"{t}/{t.max_prefixlen}")
+            r = m.get_route(net)
+            if r is None or (r.origin == abi.Origin.TAG and route_peers(r) != [peer_id]):
+                m.set_route(net, [peer_id], abi.Origin.TAG)
+        for t in have_tags:
+            if t not in want_tags:
+                m.del_tag(t)
                 net = network(f"{t}/{t.max_prefixlen}")
                 r = m.get_route(net)
-                if r is None or (r.origin == abi.Origin.TAG and route_peers(r) != [pid]):
-                    m.set_route(net, [pid], abi.Origin.TAG)
-            for t, pid in have_tags.items():
-                if t not in want_tags:
-                    m.del_tag(t)
-                    net = network(f"{t}/{t.max_prefixlen}")
-                    r = m.get_route(net)
-                    if r is not None and r.origin == abi.Origin.TAG:
-                        m.del_route(net)
-                    changes.append(f"tag {t} removed")
-            have_cfg = m.config()
-            cfg_want = abi.Config(front_ifindex=front_idx, no_route=int(cfg.no_route),
-                                  flood_count=have_cfg.flood_count, lookup=int(cfg.lookup),
-                                  fib_table=cfg.fib_table, source=int(cfg.source),
-                                  accept_table=cfg.accept_table,
-                                  front_owned=have_cfg.front_owned if have_cfg.front_ifindex == front_idx else 0,
-                                  front=cfg.front.encode() if front_idx else b"")
-            new_settings = bytes(cfg_want) != bytes(have_cfg)
-            if new_settings and fresh:
-                m.set_config(cfg_want)
-            if dir24:  # compiled before any program reads it
-                m.rebuild_dir24()
-            m.rebuild_flood()
-            changes += vet(ipr, m, {pc.member for pc in cfg.peers})
+                if r is not None and r.origin == abi.Origin.TAG:
+                    m.del_route(net)
+                changes.append(f"tag {t} removed")
+        return changes
 
-            # Filters: members, then the front.
-            name = filter_name(cfg.front)
-            for pc in cfg.peers:
-                ifindex, _ = links[pc.name]
-                if (reload_progs or name not in filters(ipr, ifindex, "ingress")
-                        or name not in filters(ipr, ifindex, "egress")):
-                    if hook_member(ipr, ifindex, fds, name):
-                        p = m.peers()[ids[pc.name]]
-                        p.owned |= abi.OWN_CLSACT
-                        m.set_peer(ids[pc.name], p)
-            for ifindex, pid in new_members.items():
-                m.set_member(ifindex, pid)
-            if front_idx and (reload_progs or name not in filters(ipr, front_idx, "egress")):
-                if ensure_filter(ipr, front_idx, "egress", fds["front_egress"], name):
-                    c = m.config()
-                    c.front_owned |= abi.OWN_CLSACT
-                    m.set_config(c)
-                    cfg_want.front_owned = c.front_owned
-            if new_settings and not fresh:
-                # after the new programs are in: a mode switch must not make
-                # the old ones read maps they were not built with
+    def settings(self):
+        """The settings (config map): written now into a fresh instance; into
+        a running one only once the new programs are in (switch_settings).
+        Then what derives from peers and routes: the DIR-24-8 arrays
+        (compiled before any program reads them), the flood list, the
+        guard's forwarders and martian addresses."""
+        m, cfg = self.m, self.cfg
+        have = m.config()
+        self.want = abi.Config(front_ifindex=self.front_idx, no_route=int(cfg.no_route),
+                               flood_count=have.flood_count, lookup=int(cfg.lookup),
+                               fib_table=cfg.fib_table, source=int(cfg.source),
+                               accept_table=cfg.accept_table,
+                               front_owned=have.front_owned if have.front_ifindex == self.front_idx else 0,
+                               front=cfg.front.encode() if self.front_idx else b"")
+        self.new_settings = bytes(self.want) != bytes(have)
+        if self.new_settings and self.fresh:
+            m.set_config(self.want)
+        if self.dir24:
+            m.rebuild_dir24()
+        m.rebuild_flood()
+        return vet(self.ipr, m, {pc.member for pc in cfg.peers})
+
+    def hook(self):
+        """The tc filters: members, then the front; a member is made known
+        (members map) once both its hooks hold our programs."""
+        ipr, m, name, fds = self.ipr, self.m, self.name, self.fds
+        for pc in self.cfg.peers:
+            ifindex, _ = self.links[pc.name]
+            if (self.reload or name not in filters(ipr, ifindex, "ingress")
+                    or name not in filters(ipr, ifindex, "egress")):
+                if hook_member(ipr, ifindex, fds, name):
+                    peer = m.peers()[self.ids[pc.name]]
+                    peer.owned |= abi.OWN_CLSACT
+                    m.set_peer(self.ids[pc.name], peer)
+        for ifindex, peer_id in self.new_members.items():
+            m.set_member(ifindex, peer_id)
+        front_idx = self.front_idx
+        if front_idx and (self.reload or name not in filters(ipr, front_idx, "egress")):
+            if ensure_filter(ipr, front_idx, "egress", fds["front_egress"], name):
                 c = m.config()
-                cfg_want.flood_count = c.flood_count
-                m.set_config(cfg_want)
-                changes.append("settings updated")
-            warnings = [w for w in [forwarding_warning(
-                forwarding_off([cfg.front] if front_idx else [pc.member for pc in cfg.peers]))] if w]
-            if front_idx:
-                w = quiet_redirects(cfg.front)
-                if w:
-                    warnings.append(w)
-            if reload_progs:
-                for pname, fd in fds.items():
-                    _pin_prog(fd, os.path.join(directory, pname))
+                c.front_owned |= abi.OWN_CLSACT
+                m.set_config(c)
+                self.want.front_owned = c.front_owned
+        return []
 
-            # Peers that left: unhook their devices, then forget them.
-            keep = set(ids.values())
-            for pid, peer in existing.items():
-                if pid in keep:
-                    continue
-                _forget_peer(ipr, m, pid, peer, name)
-                changes.append(f"peer {peer.name.decode()} removed")
-                if dir24:
-                    m.rebuild_dir24()
-            for ifindex, pid in m.members().items():
-                if pid not in keep or links.get(_peer_name(ids, pid), (None,))[0] != ifindex:
-                    m.del_member(ifindex)
-                    if pid in keep:  # the peer moved to another device
-                        old_peer = existing.get(pid)
-                        unhook(ipr, ifindex, ("ingress", "egress"), name,
-                               old_peer.owned if old_peer is not None and old_peer.ifindex == ifindex else 0,
-                               old_peer.member.decode() if old_peer is not None else None)
-            m.rebuild_flood()
-            bpf_compiled = bpf is not None
-            if bpf_compiled and not debug:
-                record_build(cfg.front, directory, key)
-            del bpf
+    def switch_settings(self):
+        """New settings of a running instance, after the new programs are in:
+        a mode switch must not make the old ones read maps they were not
+        built with."""
+        if not self.new_settings or self.fresh:
+            return []
+        self.want.flood_count = self.m.config().flood_count
+        self.m.set_config(self.want)
+        return ["settings updated"]
+
+    def sysctls(self):
+        """Warnings about the host's forwarding; ICMP redirects off on the
+        front."""
+        cfg = self.cfg
+        devices = [cfg.front] if self.front_idx else [pc.member for pc in cfg.peers]
+        warnings = [w for w in [forwarding_warning(forwarding_off(devices))] if w]
+        if self.front_idx:
+            w = quiet_redirects(cfg.front)
+            if w:
+                warnings.append(w)
+        return warnings
+
+    def pin(self):
+        """The programs that now run, pinned where detach and the daemon's
+        re-hooks find them."""
+        if self.reload:
+            for pname, fd in self.fds.items():
+                _pin_prog(fd, os.path.join(self.directory, pname))
+        return []
+
+    def forget_departed(self):
+        """Peers that left: their devices unhooked, then forgotten; members
+        entries of devices no peer has any more."""
+        ipr, m, name, ids = self.ipr, self.m, self.name, self.ids
+        changes = []
+        keep = set(ids.values())
+        for peer_id, peer in self.existing.items():
+            if peer_id in keep:
+                continue
+            _forget_peer(ipr, m, peer_id, peer, name)
+            changes.append(f"peer {peer.name.decode()} removed")
+            if self.dir24:
+                m.rebuild_dir24()
+        for ifindex, peer_id in m.members().items():
+            if peer_id not in keep or self.links.get(_peer_name(ids, peer_id), (None,))[0] != ifindex:
+                m.del_member(ifindex)
+                if peer_id in keep:  # the peer moved to another device
+                    old = self.existing.get(peer_id)
+                    unhook(ipr, ifindex, ("ingress", "egress"), name,
+                           old.owned if old is not None and old.ifindex == ifindex else 0,
+                           old.member.decode() if old is not None else None)
+        m.rebuild_flood()
+        return changes
+
+    def record(self):
+        """The build key of programs just compiled (the next attach reuses
+        them). Returns whether they were compiled."""
+        compiled = self.bpf is not None
+        if compiled and not self.debug:
+            record_build(self.cfg.front, self.directory, self.key)
+        self.bpf = None  # pinned or hooked now: BCC's object may go
+        return compiled
+
+    def close_kept(self):
+        for fd in (self.kept or {}).values():
+            os.close(fd)
+        self.kept = None
+
+    def close(self):
+        if self.m is not None:
+            self.m.close()
+        self.close_kept()
+
+
+def attach(cfg, log=lambda msg: None, debug=False, force=False):
+    """Make the instance cfg.front match cfg (the phases of Attach).
+    `force`: take over hooks that run another instance's programs (one of
+    the same front under another pin root). Returns a summary dict."""
+    with _iproute() as ipr:
+        run = Attach(ipr, cfg, log, debug)
+        run.check(force)
+        try:
+            changes = run.open_maps()
+            changes += run.programs()
+            changes += run.peer_ids()
+            changes += run.reconcile()
+            changes += run.settings()
+            changes += run.hook()
+            changes += run.switch_settings()
+            warnings = run.sysctls()
+            changes += run.pin()
+            changes += run.forget_departed()
+            compiled = run.record()
         finally:
-            m.close()
-            for fd in (kept or {}).values():
-                os.close(fd)
-    return {"front": cfg.front, "pin_dir": directory, "peers": len(cfg.peers),
-            "members_only": cfg.members_only, "created": fresh,
-            "programs_reloaded": reload_progs, "changes": changes, "warnings": warnings,
-            "lookup": cfg.lookup.name.lower(), "fib": fib, "source": cfg.source.name.lower(),
-            "compiled": bpf_compiled, "compile_seconds": round(t_compile, 3),
-            "seconds": round(time.monotonic() - t0, 3)}
+            run.close()
+    return {"front": cfg.front, "pin_dir": run.directory, "peers": len(cfg.peers),
+            "members_only": cfg.members_only, "created": run.fresh,
+            "programs_reloaded": run.reload, "changes": changes, "warnings": warnings,
+            "lookup": cfg.lookup.name.lower(), "fib": run.fib, "source": cfg.source.name.lower(),
+            "compiled": compiled, "compile_seconds": round(run.t_compile, 3),
+            "seconds": round(time.monotonic() - run.t0, 3)}
 
 
 def attached_config(front):
@@ -859,8 +1067,8 @@ def attached_config(front):
         return from_attached(front, m.config(), m.peers(), m.tags())
 
 
-def _peer_name(ids, pid):
-    return next((n for n, i in ids.items() if i == pid), None)
+def _peer_name(ids, peer_id):
+    return next((n for n, i in ids.items() if i == peer_id), None)
 
 
 def assign_ids(existing, names):
@@ -882,28 +1090,28 @@ def assign_ids(existing, names):
     return ids, [i for i in pool[:len(new)] if i in existing]
 
 
-def _forget_peer(ipr, m, pid, peer, name):
+def _forget_peer(ipr, m, peer_id, peer, name):
     """Remove one peer: its filters (and the clsact we added), its routes'
     references, tags, slot."""
     for ifindex, owner in m.members().items():
-        if owner == pid:
+        if owner == peer_id:
             unhook(ipr, ifindex, ("ingress", "egress"), name,
                    peer.owned if peer.ifindex == ifindex else 0, peer.member.decode() or None)
             m.del_member(ifindex)
     for t, owner in m.tags().items():
-        if owner == pid:
+        if owner == peer_id:
             m.del_tag(t)
     for version in (4, 6):
         for net, r in list(m.routes(version)):
             peers = route_peers(r)
-            if pid not in peers:
+            if peer_id not in peers:
                 continue
-            rest = [p for p in peers if p != pid]
+            rest = [p for p in peers if p != peer_id]
             if rest:
                 m.set_route(net, rest, r.origin)
             else:
                 m.del_route(net)
-    m.clear_peer(pid)
+    m.clear_peer(peer_id)
 
 
 def detach(front):
@@ -917,6 +1125,14 @@ def detach(front):
     if not os.path.isdir(directory):
         raise AttachError(f"no wgbpf instance {front!r} ({directory} does not exist)")
     removed = []
+    progs, maps_pinned = pinned_ids(directory)
+
+    def ours(prog_id):
+        # a filter of our name running another instance's program (one of
+        # the same front under another pin root, that took the hooks over
+        # with attach --force) is that instance's to remove
+        return not (progs or maps_pinned) or prog_id in progs.values() \
+            or reads_maps(prog_id, maps_pinned.values())
     with _iproute() as ipr:
         try:
             m = Maps.open(directory)
@@ -929,20 +1145,20 @@ def detach(front):
                 name = filter_name(front)
                 cfg = m.config()
                 peers = m.peers()
-                for pid, p in peers.items():
-                    if unhook(ipr, p.ifindex, ("ingress", "egress"), name, p.owned, p.member.decode()):
+                for p in peers.values():
+                    if unhook(ipr, p.ifindex, ("ingress", "egress"), name, p.owned, p.member.decode(), ours):
                         removed.append(p.ifindex)
-                for ifindex, pid in m.members().items():  # a member a peer no longer records
-                    if pid not in peers or peers[pid].ifindex != ifindex:
-                        unhook(ipr, ifindex, ("ingress", "egress"), name, 0)
+                for ifindex, peer_id in m.members().items():  # a member a peer no longer records
+                    if peer_id not in peers or peers[peer_id].ifindex != ifindex:
+                        unhook(ipr, ifindex, ("ingress", "egress"), name, 0, ours=ours)
                 if cfg.front_ifindex and unhook(ipr, cfg.front_ifindex, ("egress",), name,
-                                                cfg.front_owned, cfg.front.decode()):
+                                                cfg.front_owned, cfg.front.decode(), ours):
                     removed.append(cfg.front_ifindex)
     for entry in os.listdir(directory):
         os.unlink(os.path.join(directory, entry))
     os.rmdir(directory)
-    mapsmod.prune(directory)
+    maps.prune(directory)
     return {"front": front, "pin_dir": directory, "devices": len(removed)}
 
 
-__all__ = ["attach", "detach", "AttachError", "MapError", "enter_netns", "mapsmod"]
+__all__ = ["attach", "detach", "AttachError", "MapError", "enter_netns"]
