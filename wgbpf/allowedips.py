@@ -205,7 +205,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
             except wg.WireGuardError as e:
                 self.removal = "rewrite"
                 how = f"cannot remove single allowed IPs ({e}): a removal rewrites that peer's list"
-        self.log(f"{self.cfg.front} ({self.device.kind} WireGuard): {how}")
+        self.log(f"{self.cfg.front} ({self.device.flavour} WireGuard): {how}")
 
     def _single(self):
         """Can one allowed IP be removed without rewriting its peer's list?"""
@@ -356,7 +356,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
     def write_status(self, state):
         self.bury()  # about every second, and when stopping or failing
         self.stats["backend"] = "allowedips"
-        self.stats["device_kind"] = self.device.kind if self.device else None
+        self.stats["device_kind"] = self.device.flavour if self.device else None
         self.stats["remove_single"] = self.can_remove
         self.stats["removal"] = self.removal
         super().write_status(state)

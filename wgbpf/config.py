@@ -81,12 +81,12 @@ def from_attached(front, c, peers, tags):
     """The Config an instance was attached with, read back from its maps:
     `c` the abi.Config, `peers` {id: abi.Peer}, `tags` {address: id}."""
     by_peer = {}
-    for t, pid in sorted(tags.items(), key=lambda kv: (kv[0].version, kv[0])):
-        by_peer.setdefault(pid, []).append(t)
+    for t, peer_id in sorted(tags.items(), key=lambda kv: (kv[0].version, kv[0])):
+        by_peer.setdefault(peer_id, []).append(t)
     return Config(
         front=front,
-        peers=[PeerConfig(p.name.decode(), p.member.decode(), by_peer.get(pid, []), abi.Source(p.source))
-               for pid, p in sorted(peers.items())],
+        peers=[PeerConfig(p.name.decode(), p.member.decode(), by_peer.get(peer_id, []), abi.Source(p.source))
+               for peer_id, p in sorted(peers.items())],
         members_only=not c.front_ifindex, no_route=abi.Policy(c.no_route), lookup=abi.Lookup(c.lookup),
         fib_table=c.fib_table, source=abi.Source(c.source or abi.Source.STRICT),
         accept_table=c.accept_table)
@@ -432,6 +432,14 @@ def build(front=None, peer_args=(), path=None, members_only=None, no_route=None,
     return cfg
 
 
+def _claim(owners, key, name, what, why=""):
+    """Peer `name` gives `key` (a public key, member device, tag): refused
+    when another peer gave it already."""
+    if owners.get(key, name) != name:
+        raise ConfigError(f"{what} is given for both {owners[key]!r} and {name!r}{why}")
+    owners[key] = name
+
+
 def validate(cfg):
     if cfg.fib_table and cfg.lookup != abi.Lookup.FIB:
         raise ConfigError(f"fib_table {cfg.fib_table}: set lookup = \"fib\" to look in a kernel table")
@@ -448,24 +456,16 @@ def validate(cfg):
             if p.public_key is None:
                 raise ConfigError(f"peer {p.name!r}: the allowedips backend names peers by public key "
                                   f"(--peer {p.name}=PUBLIC_KEY,TAG...), not by device ({p.member!r})")
-            if p.public_key in keys:
-                raise ConfigError(f"public key {base64.b64encode(p.public_key).decode()} is given for both "
-                                  f"{keys[p.public_key]!r} and {p.name!r}")
-            keys[p.public_key] = p.name
+            _claim(keys, p.public_key, p.name, f"public key {base64.b64encode(p.public_key).decode()}")
         elif p.member is None:
             raise ConfigError(f"peer {p.name!r}: a public key names a peer only for "
                               f"--backend allowedips; the maps backend needs its member device")
-        elif p.member in members:
-            raise ConfigError(f"member device {p.member!r} is given for both "
-                              f"{members[p.member]!r} and {p.name!r}: one device per peer")
-        if p.member is not None:
-            members[p.member] = p.name
+        else:
+            _claim(members, p.member, p.name, f"member device {p.member!r}", ": one device per peer")
         if not cfg.members_only and p.member == cfg.front:
             raise ConfigError(f"peer {p.name!r}: member {p.member!r} is the front device itself")
         for t in p.tags:
-            if t in tags and tags[t] != p.name:
-                raise ConfigError(f"tag {t} is given for both {tags[t]!r} and {p.name!r}")
-            tags[t] = p.name
+            _claim(tags, t, p.name, f"tag {t}")
         # the maps backend holds every peer's tags in one map of MAX_TAGS
         # entries: refuse here, before attach writes the first of them
         if cfg.backend == "maps" and len(tags) > abi.MAX_TAGS:

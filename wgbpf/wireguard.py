@@ -96,16 +96,16 @@ class PeerChange:
 
 # -- generic netlink (kernel WireGuard) ------------------------------------
 
-def _attr(kind, payload):
+def _attr(attr_type, payload):
     n = _NLA.size + len(payload)
-    return _NLA.pack(n, kind) + payload + bytes((-n) & 3)
+    return _NLA.pack(n, attr_type) + payload + bytes((-n) & 3)
 
 
-def _nest(kind, parts):
+def _nest(attr_type, parts):
     body = b"".join(parts)
     if len(body) + 4 > 0xFFFF:
-        raise WireGuardError(f"netlink attribute {kind} too long ({len(body)} bytes)")
-    return _attr(kind | NLA_F_NESTED, body)
+        raise WireGuardError(f"netlink attribute {attr_type} too long ({len(body)} bytes)")
+    return _attr(attr_type | NLA_F_NESTED, body)
 
 
 def _allowedip_head(family, addr_len):
@@ -169,8 +169,8 @@ def encode_peer_removal(key):
 def parse_device(buf, off, end, peers):
     """One WG_CMD_GET_DEVICE reply into peers {public key: set of pkeys}.
     A peer with many allowed IPs continues in the next message."""
-    for kind, a, b in attrs(buf, off, end):
-        if kind != WGDEVICE_A_PEERS:
+    for attr_type, a, b in attrs(buf, off, end):
+        if attr_type != WGDEVICE_A_PEERS:
             continue
         for _i, pa, pb in attrs(buf, a, b):
             key, ips = None, []
@@ -204,8 +204,8 @@ def parse_counters(buf, off, end, out):
     handshake]}: bytes received and sent, the last handshake's wall-clock
     time (0: never). A peer continued in the next message (its allowed
     IPs) repeats only its key."""
-    for kind, a, b in attrs(buf, off, end):
-        if kind != WGDEVICE_A_PEERS:
+    for attr_type, a, b in attrs(buf, off, end):
+        if attr_type != WGDEVICE_A_PEERS:
             continue
         for _i, pa, pb in attrs(buf, a, b):
             key, got = None, {}
@@ -244,7 +244,7 @@ def parse_uapi_counters(lines):
 
 
 class GenlDevice:
-    kind = "kernel"
+    flavour = "kernel"  # which WireGuard: the kernel module
 
     def __init__(self, name):
         self.name = name
@@ -276,8 +276,8 @@ class GenlDevice:
         fid = None
         try:
             for buf, off, end in self._replies():
-                for kind, a, _b in attrs(buf, off, end):
-                    if kind == CTRL_ATTR_FAMILY_ID:
+                for attr_type, a, _b in attrs(buf, off, end):
+                    if attr_type == CTRL_ATTR_FAMILY_ID:
                         fid = struct.unpack_from("=H", buf, a)[0]
         except OSError as e:
             if e.errno == errno.ENOENT:
@@ -288,31 +288,31 @@ class GenlDevice:
             raise WireGuardError("the kernel's generic netlink did not name the wireguard family")
         return fid
 
-    def peers(self):
+    def _get_device(self, parse):
+        """One WG_CMD_GET_DEVICE dump of the device, every reply parsed by
+        `parse` into one dict; an error reply raises OSError."""
         self._send(self.family, NLM_F_REQUEST | NLM_F_DUMP, WG_CMD_GET_DEVICE,
                    _attr(WGDEVICE_A_IFNAME, self.name.encode() + b"\0"))
         out = {}
+        for buf, off, end in self._replies():
+            parse(buf, off, end, out)
+        return out
+
+    def peers(self):
         try:
-            for buf, off, end in self._replies():
-                parse_device(buf, off, end, out)
+            return self._get_device(parse_device)
         except OSError as e:
             if e.errno in (errno.ENODEV, errno.EOPNOTSUPP):
                 raise WireGuardError(f"{self.name}: not a WireGuard device ({e.strerror})") from None
             raise
-        return out
 
     def counters(self):
         """Each peer's [rx_bytes, tx_bytes, last handshake (wall clock, 0:
         never)], as `wg show DEV dump` prints them."""
-        self._send(self.family, NLM_F_REQUEST | NLM_F_DUMP, WG_CMD_GET_DEVICE,
-                   _attr(WGDEVICE_A_IFNAME, self.name.encode() + b"\0"))
-        out = {}
         try:
-            for buf, off, end in self._replies():
-                parse_counters(buf, off, end, out)
+            return self._get_device(parse_counters)
         except OSError as e:
             raise WireGuardError(f"{self.name}: cannot read its peers: {e.strerror}") from None
-        return out
 
     def _set(self, peer_nests):
         ifname = _attr(WGDEVICE_A_IFNAME, self.name.encode() + b"\0")
@@ -380,7 +380,7 @@ class GenlDevice:
 # -- the text protocol (wireguard-go and other userspace implementations) ---
 
 class UapiDevice:
-    kind = "userspace"
+    flavour = "userspace"  # which WireGuard: wireguard-go or another
 
     def __init__(self, name, path):
         self.name = name
