@@ -374,6 +374,7 @@ class Daemon:
         self.detached = False      # our maps are no longer pinned: write nothing
         self.writing = False       # we hold the instance's writer lock
         self.front_gone = False
+        self.foreign_hooks = set()  # hooks another instance took: logged once each
         self.write_errors = {}  # file -> the last failure to write it, logged once
         self.said_running = False  # a status file says "running": undo it if we die
         self.liveness = liveness.Liveness()  # dead peers (--dead-after): down while dead
@@ -708,10 +709,28 @@ class Daemon:
                         self.stats["rehooks"] += 1
                         self.log(f"front {front} lost wgbpf's filter (tc qdisc or filter deleted), "
                                  f"hooked again")
+            if check_hooks:
+                self._report_foreign_hooks(ipr, peers, now, c)
             dataplane.vet(ipr, self.maps, {p.member.decode() for p in peers.values()}
                           | dataplane.other_members(self.cfg.front),
                           {l["index"]: l.get_attr("IFLA_IFNAME") for l in dump})
         return rehooked
+
+    def _report_foreign_hooks(self, ipr, peers, now, c):
+        """Hooks whose filter of our name runs another instance's programs
+        (the same front under another pin root: a container sharing this
+        network namespace) are logged once each, not taken back: two
+        daemons would take them from each other for ever. `wgbpf status
+        --check` reports them until an attach (--force) or a detach there."""
+        devices = [(p.member.decode(), now[p.member.decode()][0], "member")
+                   for p in peers.values() if p.member.decode() in now]
+        if c.front_ifindex and self.cfg.front in now:
+            devices.append((self.cfg.front, now[self.cfg.front][0], "front"))
+        found = set(dataplane.foreign_hooks(ipr, self.cfg.front, devices))
+        for problem in sorted(found - self.foreign_hooks):
+            self.log(f"{problem}: another wgbpf instance (another pin root?) took the hook; "
+                     f"not taken back")
+        self.foreign_hooks = found
 
     def handle(self, events):
         """Apply one read's worth of messages; returns True if a resync is due."""
@@ -729,8 +748,8 @@ class Daemon:
                             changed[kind].add(k)
             elif mtype in (rt.RTM_NEWLINK, rt.RTM_DELLINK):
                 links = True
-            elif mtype in (rt.RTM_DELQDISC, rt.RTM_DELTFILTER):
-                links = hooks = True
+            elif mtype in (rt.RTM_DELQDISC, rt.RTM_NEWTFILTER, rt.RTM_DELTFILTER):
+                links = hooks = True  # a new filter: maybe another instance's in our place
             elif mtype in (rt.RTM_NEWADDR, rt.RTM_DELADDR):
                 links = True  # host addresses are martian sources
                 if members is None:
