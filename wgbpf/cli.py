@@ -1,23 +1,35 @@
 """wgbpf: steer WireGuard peers from routes with eBPF.
 
+The command line only: it parses, calls and prints. What an instance is
+and does (dump, lookup, status) comes from inspect.py, changes from
+dataplane.py, maps.py and daemon.py.
+
+One shape for every command, as `wg` and `ip` have it: FRONT (the instance,
+named by its front device) is the positional argument after the command's
+own, optional while one instance is attached; `--peer` is NAME=DEV[,TAG...]
+and `--source` a source check mode wherever they appear. Older spellings
+still work, hidden: `--front FRONT`, and `lookup --source ADDR --peer NAME`
+for `lookup ADDR --from NAME`. Choice lists come from the abi enums.
+
 Every command reads or writes the instance pinned under
 /sys/fs/bpf/wgbpf/<netns cookie>/<front>/ (maps.pin_dir): instances are per
 network namespace, and every listing sees the current one's (--netns picks
 another; `status --all` lists them all). Listings take --json.
 """
-import ipaddress
 import json
 import os
-import socket
+import signal
 import sys
 import time
 
 import click
 
-from . import abi, config as configmod, maps as mapsmod, nsenter
-from .config import ConfigError
-from .maps import Maps, MapError, network, route_peers
+from . import abi, allowedips, config, daemon, dataplane, inspect, maps, monitor, routes, sync, top, wireguard
 from .version import VERSION
+
+# what a command may refuse with: each message names the bad input or state
+DOMAIN_ERRORS = (config.ConfigError, maps.MapError, dataplane.AttachError, daemon.DaemonError,
+                 wireguard.WireGuardError, inspect.InspectError)
 
 
 class UsageError(click.ClickException):
@@ -32,6 +44,39 @@ class UsageError(click.ClickException):
 
 def fail(msg):
     raise UsageError(msg)
+
+
+def translate_errors(invoke):
+    """The one place a domain error becomes a one-line usage error (exit 1,
+    no traceback), for every command: wraps the command table's invoke."""
+    def run(self, ctx):
+        try:
+            return invoke(self, ctx)
+        except DOMAIN_ERRORS as e:
+            raise UsageError(str(e)) from None
+    return run
+
+
+class Command(click.Command):
+    """A command whose FRONT may also come as the older `--front FRONT`."""
+
+    def parse_args(self, ctx, args):
+        rest = super().parse_args(ctx, args)
+        alias = ctx.meta.pop("wgbpf.front_alias", None)  # front_argument's option put it there
+        if alias is not None:
+            if ctx.params.get("front") not in (None, alias):
+                fail(f"FRONT {ctx.params['front']!r} and --front {alias!r}: name one instance")
+            ctx.params["front"] = alias
+        return rest
+
+
+class Commands(click.Group):
+    """The command table (wg's and xdp-filter's habit): subcommands are
+    Commands, sub-tables Commands too, and every domain error is
+    translated once, here."""
+    command_class = Command
+    group_class = type  # a sub-table is a Commands as well
+    invoke = translate_errors(click.Group.invoke)
 
 
 def emit(obj, as_json, human):
@@ -62,63 +107,27 @@ def pick_front(front):
     An empty name is an error, not "the only one": an unset shell variable
     must not detach the instance that happens to be there."""
     if front is not None:
-        try:
-            configmod.check_ifname(front, "front")  # also keeps paths inside the pin root
-        except ConfigError as e:
-            fail(str(e))
-        if not os.path.isdir(mapsmod.pin_dir(front)):
-            have = ", ".join(mapsmod.instances()) or "none"
-            elsewhere = any(f == front for _, f in mapsmod.all_instances())
+        config.check_ifname(front, "front")  # also keeps paths inside the pin root
+        if not os.path.isdir(maps.pin_dir(front)):
+            have = ", ".join(maps.instances()) or "none"
+            elsewhere = any(f == front for _, f in maps.all_instances())
             fail(f"no wgbpf instance {front!r} in this network namespace (attached: {have}); "
                  + ("one of that name is attached in another namespace (wgbpf status --all; "
                     "choose it with --netns)" if elsewhere else f"run `wgbpf attach {front} ...` first"))
         return front
-    have = mapsmod.instances()  # this namespace's only: others have their own
+    have = maps.instances()  # this namespace's only: others have their own
     if not have:
         fail("no wgbpf instance is attached in this network namespace; "
              "run `wgbpf attach FRONT --peer NAME=DEV ...` first")
     if len(have) > 1:
-        fail(f"several instances are attached ({', '.join(have)}): choose one with --front")
+        fail(f"several instances are attached ({', '.join(have)}): name one (FRONT, or --front)")
     return have[0]
 
 
 def open_maps(front, readonly=False):
     need_root()
     front = pick_front(front)
-    try:
-        return front, Maps.open(mapsmod.pin_dir(front), readonly=readonly)
-    except MapError as e:
-        fail(str(e))
-
-
-def ifname(index):
-    """The name of a device the kernel named by ifindex just now (a route's
-    oif). An ifindex read from the maps goes through device_check instead:
-    it may name another device by now."""
-    try:
-        return socket.if_indextoname(index)
-    except OSError:
-        return f"#{index}"
-
-
-def current_links():
-    """{name: ifindex} of this namespace's devices."""
-    return {name: index for index, name in socket.if_nameindex()}
-
-
-def device_check(name, ifindex, links):
-    """None while the device recorded as (name, ifindex) is the one this
-    namespace holds under that name; else why not. An ifindex alone is never
-    trusted: a re-created device gets a new one, and the old one may go to
-    an unrelated device."""
-    if not name:
-        return f"no device name recorded for ifindex {ifindex} (attach again)"
-    now = links.get(name)
-    if now is None:
-        return f"{name} does not exist"
-    if now != ifindex:
-        return f"{name} was re-created (ifindex {now}, recorded {ifindex})"
-    return None
+    return front, maps.Maps.open(maps.pin_dir(front), readonly=readonly)
 
 
 def marked(name, problem):
@@ -129,24 +138,9 @@ def marked(name, problem):
     return f"{name} ({'re-created' if 're-created' in problem else 'gone'})"
 
 
-def peer_rows(m, links=None):
-    peers = m.peers()
-    tags = m.tags()
-    links = current_links() if links is None else links
-    out = []
-    for pid, p in sorted(peers.items()):
-        s = m.peer_stats(pid)
-        member = p.member.decode()
-        out.append({
-            "id": pid, "name": p.name.decode(), "member": member or f"#{p.ifindex}",
-            "ifindex": p.ifindex, "member_problem": device_check(member, p.ifindex, links),
-            "up": bool(p.flags & abi.PEER_UP),
-            "source": abi.Source(p.source).name.lower() if p.source else "default",
-            "tags": [str(t) for t, owner in sorted(tags.items(), key=lambda kv: (kv[0].version, kv[0])) if owner == pid],
-            "tx_packets": s.tx_packets, "tx_bytes": s.tx_bytes,
-            "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes, "spoofed": s.spoofed,
-        })
-    return out
+def names(enum, skip=()):
+    """An abi enum's members as the CLI spells them (lower case)."""
+    return [m.name.lower() for m in enum if m not in skip]
 
 
 _INSTANCE_OPTIONS = [
@@ -158,15 +152,15 @@ _INSTANCE_OPTIONS = [
                       "(the daemon re-reads it on SIGHUP)"),
     click.option("--members-only", is_flag=True, default=None,
                  help="no front device: filter sources on the members alone (FRONT only names the instance)"),
-    click.option("--no-route", type=click.Choice(["pass", "drop"]), default=None,
+    click.option("--no-route", type=click.Choice(names(abi.Policy)), default=None,
                  help="packets on the front that no route claims: hand to the kernel (default) or drop"),
-    click.option("--lookup", type=click.Choice(["lpm", "fib", "dir24"]), default=None,
+    click.option("--lookup", type=click.Choice(names(abi.Lookup)), default=None,
                  help="lpm (default): prefixes in BPF LPM tries, from `route` and the daemon; "
                       "fib: the kernel's own table via bpf_fib_lookup, no prefix maps; "
                       "dir24: IPv4 compiled to DIR-24-8 arrays (two array reads, 48 MiB), IPv6 as lpm"),
     click.option("--fib-table", metavar="TABLE", default=None,
                  help="with --lookup fib: the table to look in (default main)"),
-    click.option("--source", type=click.Choice(["strict", "feasible", "loose", "off"]), default=None,
+    click.option("--source", type=click.Choice(names(abi.Source, skip=(abi.Source.DEFAULT,))), default=None,
                  help="source check for peers without their own (default strict); per peer: "
                       "--peer NAME=DEV,...,source=MODE"),
     click.option("--accept-table", metavar="TABLE", default=None,
@@ -182,12 +176,22 @@ def instance_options(f):
     return f
 
 
-FRONT_OPT = click.option("--front", "-f", metavar="FRONT",
-                         help="the instance (front device); default: the only one attached")
+def front_argument(f):
+    """FRONT, the instance: the last positional argument of every command,
+    optional while one instance is attached; `--front FRONT` (-f), the
+    older spelling, still works (hidden: one shape in the help)."""
+    def keep(ctx, param, value):
+        if value is not None:
+            ctx.meta["wgbpf.front_alias"] = value
+    f = click.option("--front", "-f", "front_alias", metavar="FRONT", hidden=True, expose_value=False,
+                     callback=keep)(f)
+    return click.argument("front", required=False)(f)
+
+
 JSON_OPT = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 
 
-@click.group(invoke_without_command=True,
+@click.group(cls=Commands, invoke_without_command=True,
              context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--netns", metavar="NAME",
               help="act in network namespace NAME (/run/netns/NAME), keeping /sys/fs/bpf visible")
@@ -199,27 +203,29 @@ def main(ctx, netns):
     A front device (wg0) carries the routes; one member WireGuard device per
     peer carries its traffic. `attach` hooks the data plane in with tc,
     `route` edits prefix -> peer entries, and `dump`, `lookup` and `status`
-    show what it does. With no command: status.
+    show what it does. With no command: status. Every command names its
+    instance by FRONT, last; it may be left out while only one is attached.
     """
     if netns is not None:
-        from .dataplane import AttachError, enter_netns
         if netns.strip() in ("", ".", ".."):
             fail(f"--netns {netns!r}: name a network namespace (/run/netns/NAME) or give a path to one")
         try:
-            enter_netns(netns)
-        except AttachError as e:
+            dataplane.enter_netns(netns)
+        except dataplane.AttachError as e:
             fail(f"--netns: {e}")
     if ctx.invoked_subcommand is None:
         ctx.invoke(status)
 
 
 @main.command()
-@click.argument("front", required=False)
+@front_argument
 @instance_options
 @click.option("--debug", is_flag=True, help="print the BPF instructions BCC generates")
+@click.option("--force", is_flag=True,
+              help="take over hooks where another wgbpf instance of FRONT (another pin root) runs")
 @JSON_OPT
 def attach(front, peers, config_path, members_only, no_route, lookup, fib_table, source,
-           accept_table, debug, as_json):
+           accept_table, debug, force, as_json):
     """Load the data plane and hook FRONT and its peers' members.
 
     Running it again with the same peers changes nothing; with other peers
@@ -229,36 +235,28 @@ def attach(front, peers, config_path, members_only, no_route, lookup, fib_table,
     wgbpf attach wg0 --peer alice=wg-alice,fe80::1 --peer bob=wg-bob,fe80::2
     wgbpf attach --config /etc/wgbpf/wg0.toml
     """
-    from .dataplane import AttachError
-    from . import daemon as d, dataplane
-    try:
-        policy = configmod.parse_policy(no_route, "--no-route") if no_route else None
-        settings = settings_args(lookup, fib_table, source, accept_table)
-        path = configmod.resolve_path(front, peers, config_path)
-        if path is None and not peers and front and os.path.isdir(mapsmod.pin_dir(front)):
-            # no peers given, no config file: attach again what is attached
-            # (after an upgrade: its new programs), with what the line changes
-            need_root()
-            cfg = d.adopt(front, members_only, policy, settings)
-        elif path is None and not peers and front:
-            fail(f"no peers: give --peer NAME=MEMBER_DEV[,TAG...] or --config FILE, "
-                 f"or write {configmod.default_path(front)}")
-        else:
-            cfg = configmod.build(front, peers, path, members_only, policy, **settings)
-    except ConfigError as e:
-        fail(str(e))
+    policy = config.parse_policy(no_route, "--no-route") if no_route else None
+    settings = settings_args(lookup, fib_table, source, accept_table)
+    path = config.resolve_path(front, peers, config_path)
+    if path is None and not peers and front and os.path.isdir(maps.pin_dir(front)):
+        # no peers given, no config file: attach again what is attached
+        # (after an upgrade: its new programs), with what the line changes
+        need_root()
+        cfg = daemon.adopt(front, members_only, policy, settings)
+    elif path is None and not peers and front:
+        fail(f"no peers: give --peer NAME=MEMBER_DEV[,TAG...] or --config FILE, "
+             f"or write {config.default_path(front)}")
+    else:
+        cfg = config.build(front, peers, path, members_only, policy, **settings)
     if cfg.backend == "allowedips":
         fail(f"{path}: backend \"allowedips\" has no BPF data plane to attach; "
              f"run `wgbpf daemon --config {path}` (it drives {cfg.front}'s AllowedIPs)")
     need_root()
     log = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
-    try:
-        # one writer at a time: another attach, a detach, the daemon's sync
-        with d.writer_lock(cfg.front, lambda: log(f"waiting for another writer of {cfg.front}")):
-            res = dataplane.attach(cfg, log=log, debug=debug)
-    except (AttachError, MapError) as e:
-        fail(str(e))
-    res["daemon_told"] = d.notify_attached(cfg.front)  # it reopens the maps and resyncs
+    # one writer at a time: another attach, a detach, the daemon's sync
+    with daemon.writer_lock(cfg.front, lambda: log(f"waiting for another writer of {cfg.front}")):
+        res = dataplane.attach(cfg, log=log, debug=debug, force=force)
+    res["daemon_told"] = daemon.notify_attached(cfg.front)  # it reopens the maps and resyncs
 
     def human(r):
         what = "created" if r["created"] else ("updated" if r["changes"] else "unchanged")
@@ -282,27 +280,23 @@ def attach(front, peers, config_path, members_only, no_route, lookup, fib_table,
 def settings_args(lookup, fib_table, source, accept_table):
     """CLI spellings -> Config fields (None: not given, the file decides)."""
     return {
-        "lookup": configmod.parse_lookup(lookup, "--lookup") if lookup else None,
-        "fib_table": configmod.parse_table(fib_table, "--fib-table") if fib_table else None,
-        "source": configmod.parse_source(source, "--source") if source else None,
-        "accept_table": configmod.parse_table(accept_table, "--accept-table") if accept_table else None,
+        "lookup": config.parse_lookup(lookup, "--lookup") if lookup else None,
+        "fib_table": config.parse_table(fib_table, "--fib-table") if fib_table else None,
+        "source": config.parse_source(source, "--source") if source else None,
+        "accept_table": config.parse_table(accept_table, "--accept-table") if accept_table else None,
     }
 
 
 @main.command()
-@click.argument("front", required=False)
+@front_argument
 @JSON_OPT
 def detach(front, as_json):
     """Remove the filters and pins of FRONT; traffic falls back to the kernel."""
-    from . import daemon as d, dataplane
     need_root()
     front = pick_front(front)
-    try:
-        with d.writer_lock(front):
-            res = dataplane.detach(front)
-            res["run_files_removed"] = d.remove_run_files(front)
-    except dataplane.AttachError as e:
-        fail(str(e))
+    with daemon.writer_lock(front):
+        res = dataplane.detach(front)
+        res["run_files_removed"] = daemon.remove_run_files(front)
     emit(res, as_json, lambda r: click.echo(f"{r['front']}: detached from {r['devices']} devices, pins removed"))
 
 
@@ -313,38 +307,14 @@ def route():
 
 def peer_names(text):
     """PEER[,PEER...] checked before any map is opened."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
+    given = [n.strip() for n in text.split(",") if n.strip()]
+    if not given:
         fail(f"{text!r}: name at least one peer")
-    if len(names) > abi.MAX_ECMP:
-        fail(f"{text!r}: a route names at most {abi.MAX_ECMP} peers (ECMP), not {len(names)}")
-    if len(set(names)) != len(names):
+    if len(given) > abi.MAX_ECMP:
+        fail(f"{text!r}: a route names at most {abi.MAX_ECMP} peers (ECMP), not {len(given)}")
+    if len(set(given)) != len(given):
         fail(f"{text!r}: a peer is named twice")
-    return names
-
-
-def resolve_peers(m, names):
-    by_name = {p.name.decode(): i for i, p in m.peers().items()}
-    ids = []
-    for n in names:
-        if n not in by_name:
-            fail(f"unknown peer {n!r} (peers: {', '.join(sorted(by_name)) or 'none'})")
-        ids.append(by_name[n])
-    return ids
-
-
-def parse_address(text, where="ADDRESS"):
-    try:
-        return configmod.parse_address(text, where)
-    except ConfigError as e:
-        fail(str(e))
-
-
-def parse_prefix(text, where="PREFIX"):
-    try:
-        return configmod.parse_prefix(text, where)
-    except ConfigError as e:
-        fail(str(e))
+    return given
 
 
 def check_metrics_file(path):
@@ -360,65 +330,54 @@ ACCEPT_OPT = click.option("--accept", is_flag=True,
                           help="the accept table of the feasible source check, not the steering one")
 
 
+def map_table(accept):
+    return "accept" if accept else "routes"
+
+
 @route.command("add")
 @click.argument("prefix")
 @click.argument("peers", metavar="PEER[,PEER...]")
-@FRONT_OPT
+@front_argument
 @ACCEPT_OPT
 def route_add(prefix, peers, front, accept):
     """Send PREFIX to PEERS (several: ECMP by flow hash); replaces an entry."""
-    net = parse_prefix(prefix)
-    names = peer_names(peers)
+    net = config.parse_prefix(prefix, "PREFIX")
+    wanted = peer_names(peers)
     front, m = open_maps(front)
     with m:
-        ids = resolve_peers(m, names)
-        m.set_route(net, ids, abi.Origin.STATIC, kind="accept" if accept else "routes")
+        m.set_route(net, inspect.resolve_peers(m, wanted), abi.Origin.STATIC, kind=map_table(accept))
         if net.version == 4 and not accept:
             m.compile_dir24()
-    from .daemon import notify_maps_written
-    notify_maps_written(front)  # its view of the maps, and dir24's, is stale now
+    daemon.notify_maps_written(front)  # its view of the maps, and dir24's, is stale now
     click.echo(f"{net} -> {peers}" + (" (accept)" if accept else ""))
 
 
 @route.command("del")
 @click.argument("prefix")
-@FRONT_OPT
+@front_argument
 @ACCEPT_OPT
 def route_del(prefix, front, accept):
     """Remove the entry for exactly PREFIX."""
-    net = parse_prefix(prefix)
-    kind = "accept" if accept else "routes"
+    net = config.parse_prefix(prefix, "PREFIX")
     front, m = open_maps(front)
     with m:
-        if m.get_route(net, kind) is None:
+        if m.get_route(net, map_table(accept)) is None:
             fail(f"no entry for {net}" + (" in the accept table" if accept else ""))
-        m.del_route(net, kind)
+        m.del_route(net, map_table(accept))
         if net.version == 4 and not accept:
             m.compile_dir24()
-    from .daemon import notify_maps_written
-    notify_maps_written(front)  # a kernel route for the prefix takes its place
+    daemon.notify_maps_written(front)  # a kernel route for the prefix takes its place
     click.echo(f"{net} removed")
 
 
-def route_rows(m, names):
-    rows = []
-    for version in (4, 6):
-        for net, r in sorted(m.routes(version), key=lambda nr: nr[0]):
-            rows.append({"prefix": str(net), "peers": [names.get(p, f"#{p}") for p in route_peers(r)],
-                         "origin": abi.Origin(r.origin).name.lower() if r.origin in abi.Origin._value2member_map_ else str(r.origin)})
-    return rows
-
-
 @main.command()
-@FRONT_OPT
+@front_argument
 @JSON_OPT
 def dump(front, as_json):
     """Every prefix with its peers, and per-peer counters."""
     front, m = open_maps(front, readonly=True)
     with m:
-        peers = peer_rows(m)
-        names = {p["id"]: p["name"] for p in peers}
-        res = {"front": front, "routes": route_rows(m, names), "peers": peers}
+        res = inspect.dump(m, front)
 
     def human(r):
         table([(x["prefix"], ",".join(x["peers"]), x["origin"]) for x in r["routes"]],
@@ -432,251 +391,104 @@ def dump(front, as_json):
     emit(res, as_json, human)
 
 
-def explain(m, addr):
-    """What front_egress does with a packet to `addr`, in words and fields."""
-    peers = m.peers()
-    name = {i: p.name.decode() for i, p in peers.items()}
-    up = {i: bool(p.flags & abi.PEER_UP) for i, p in peers.items()}
-    policy = abi.Policy(m.config().no_route).name.lower()
-    if (addr.version == 4 and addr in ipaddress.ip_network("224.0.0.0/24")) or \
-            (addr.version == 6 and addr.packed[:2] == b"\xff\x02"):
-        to = [name[i] for i in sorted(peers) if up[i]]
-        return {"address": str(addr), "rule": "link-local multicast", "prefix": None,
-                "peers": to, "verdict": f"flood to {len(to)} members"}
-    if m.config().lookup == abi.Lookup.FIB:
-        owner, why = kernel_peer(m, addr, m.config().fib_table)
-        if owner is None:
-            return {"address": str(addr), "rule": why, "prefix": None, "peers": [],
-                    "verdict": f"no_route policy: {policy}"}
-        return {"address": str(addr), "rule": why, "prefix": None, "peers": [name[owner]],
-                "down": [] if up[owner] else [name[owner]],
-                "verdict": f"steer to {name[owner]}" if up[owner] else f"peer down: no_route policy: {policy}"}
-    hit = m.lookup(addr)
-    if hit is None:
-        return {"address": str(addr), "rule": "no route", "prefix": None, "peers": [],
-                "verdict": f"no_route policy: {policy}"}
-    net, r = hit
-    ids = route_peers(r)
-    live = [name.get(i, f"#{i}") for i in ids if up.get(i)]
-    origin = abi.Origin(r.origin).name.lower() if r.origin in abi.Origin._value2member_map_ else str(r.origin)
-    if not live:
-        verdict = f"every peer down: no_route policy: {policy}"
-    elif len(ids) == 1:
-        verdict = f"steer to {live[0]}"
-    else:
-        verdict = f"steer by flow hash to one of {', '.join(live)}"
-    return {"address": str(addr), "rule": f"{origin} route", "prefix": str(net),
-            "peers": [name.get(i, f"#{i}") for i in ids], "down": [name.get(i, f"#{i}") for i in ids if not up.get(i)],
-            "verdict": verdict}
-
-
-def kernel_peer(m, addr, table):
-    """FIB mode, from user space: the kernel's route to addr (RTM_GETROUTE)
-    and the peer its nexthop or device names, as bpf_fib_lookup would."""
-    from .dataplane import _iproute
-    peers = m.peers()
-    links = current_links()  # a member counts only while it is the device recorded
-    by_oif = {p.ifindex: i for i, p in peers.items()
-              if device_check(p.member.decode(), p.ifindex, links) is None}
-    tags = {t: i for t, i in m.tags().items()}
-    with _iproute() as ipr:
-        try:
-            kw = {"table": table} if table else {}
-            r = ipr.route("get", dst=str(addr), **kw)[0]
-        except Exception as e:
-            return None, f"no kernel route ({getattr(e, 'args', [e])[-1]})"
-    gw = r.get_attr("RTA_GATEWAY")
-    via = r.get_attr("RTA_VIA")
-    if via is not None:
-        gw = via.get("addr") if isinstance(via, dict) else None
-    oif = r.get_attr("RTA_OIF")
-    if gw and ipaddress.ip_address(gw) in tags:
-        return tags[ipaddress.ip_address(gw)], f"kernel route via {gw}"
-    if ipaddress.ip_address(addr) in tags:
-        return tags[ipaddress.ip_address(addr)], "tag address"
-    if oif in by_oif:
-        return by_oif[oif], f"kernel route dev {ifname(oif)}"
-    return None, f"kernel route via {gw or '-'} dev {ifname(oif) if oif else '-'} names no peer"
-
-
-def martian(m, addr):
-    """As martian() in bpf/wgbpf.c: (reason, why) for a source no route can
-    make legitimate, or None."""
-    R = abi.Reason
-    if addr.version == 4:
-        first = addr.packed[0]
-        for hit, reason, why in ((first == 0, R.MARTIAN_UNSPEC, "0.0.0.0/8"),
-                                 (first == 127, R.MARTIAN_LOOPBACK, "loopback"),
-                                 (first & 0xF0 == 224, R.MARTIAN_MULTICAST, "multicast"),
-                                 (first & 0xF0 == 240, R.MARTIAN_RESERVED, "240.0.0.0/4 or broadcast")):
-            if hit:
-                return reason, why
-    elif addr.is_unspecified:
-        return R.MARTIAN_UNSPEC, "unspecified"
-    elif addr.is_loopback:
-        return R.MARTIAN_LOOPBACK, "loopback"
-    elif addr in configmod.MAPPED or addr in configmod.COMPAT:
-        return R.MARTIAN_MAPPED, "IPv4-mapped or IPv4-compatible IPv6"
-    elif addr.is_multicast:
-        return R.MARTIAN_MULTICAST, "multicast"
-    if addr in m.locals():
-        return R.MARTIAN_LOCAL, "one of this host's own addresses"
-    return None
-
-
-def explain_source(m, addr, peer):
-    """What member_ingress decides for a packet from `addr` arriving from
-    `peer`, step by step as check_source() in bpf/wgbpf.c."""
-    cfg = m.config()
-    peers = m.peers()
-    by_name = {p.name.decode(): i for i, p in peers.items()}
-    if peer not in by_name:
-        fail(f"unknown peer {peer!r} (peers: {', '.join(sorted(by_name)) or 'none'})")
-    pid = by_name[peer]
-    name = {i: p.name.decode() for i, p in peers.items()}
-    mode = abi.Source(peers[pid].source or cfg.source or abi.Source.STRICT)
-    out = {"source": str(addr), "peer": peer, "mode": mode.name.lower(),
-           "lookup": abi.Lookup(cfg.lookup).name.lower()}
-    bad = martian(m, addr) if mode != abi.Source.OFF else None
-    if bad:
-        out.update(step=f"martian source ({bad[1]}): dropped before any lookup",
-                   verdict=bad[0].name.lower())
-        return out
-    link_local = (addr.version == 4 and addr in ipaddress.ip_network("169.254.0.0/16")) or \
-        (addr.version == 6 and addr in ipaddress.ip_network("fe80::/10"))
-    if link_local:
-        owner = m.tags().get(addr)
-        ok = owner == pid
-        out.update(step=f"link-local source: must be {peer}'s tag; it is "
-                        + (f"{name.get(owner)}'s" if owner else "no peer's"),
-                   verdict="passed" if ok else "spoofed")
-        return out
-    if mode == abi.Source.OFF:
-        out.update(step="source check off for this peer", verdict="passed_unchecked")
-        return out
-    if cfg.lookup == abi.Lookup.FIB:
-        owner, why = kernel_peer(m, addr, cfg.fib_table)
-        owners = [owner] if owner else []
-    else:
-        hit = m.lookup(addr)
-        owners = route_peers(hit[1]) if hit else []
-        why = f"best route {hit[0]}" if hit else "no route"
-    out["best"] = {"why": why, "peers": [name.get(i, f"#{i}") for i in owners]}
-    if pid in owners:
-        out.update(step=f"strict: {why} leads to {peer}", verdict="passed")
-        return out
-    if mode == abi.Source.FEASIBLE:
-        if cfg.lookup == abi.Lookup.FIB:
-            acc, awhy = kernel_peer(m, addr, cfg.accept_table) if cfg.accept_table else (None, "no accept table")
-            accepted = [acc] if acc else []
-        else:
-            hit = m.lookup(addr, kind="accept")
-            accepted = route_peers(hit[1]) if hit else []
-            awhy = f"accept route {hit[0]}" if hit else "no accept route"
-        out["accept"] = {"why": awhy, "peers": [name.get(i, f"#{i}") for i in accepted]}
-        if pid in accepted:
-            out.update(step=f"feasible: {awhy} leads to {peer}", verdict="passed_feasible")
-            return out
-    if mode == abi.Source.LOOSE and owners:
-        out.update(step=f"loose: {why} leads to a peer", verdict="passed_loose")
-        return out
-    out.update(step=f"{mode.name.lower()}: {why} does not lead to {peer}", verdict="spoofed")
-    return out
-
-
 @main.command()
 @click.argument("address", required=False)
-@click.option("--source", "source_addr", metavar="ADDR",
-              help="explain the source check instead: a packet from ADDR ...")
-@click.option("--peer", metavar="NAME", help="... arriving from peer NAME")
-@FRONT_OPT
+@front_argument
+@click.option("--from", "from_peer", metavar="PEER",
+              help="the source check instead: what PEER's member does with a packet from ADDRESS")
+@click.option("--source", "source_alias", metavar="ADDR", hidden=True)  # older: --source ADDR --peer NAME
+@click.option("--peer", "peer_alias", metavar="NAME", hidden=True)
 @JSON_OPT
-def lookup(address, source_addr, peer, front, as_json):
+def lookup(address, front, from_peer, source_alias, peer_alias, as_json):
     """The longest match for ADDRESS, its peers, and what the front does;
-    or with --source ADDR --peer NAME, what a member decides for a packet
-    from ADDR sent by NAME, and why."""
-    if source_addr or peer:
-        if not (source_addr and peer) or address is not None:
-            fail("the source check takes --source ADDR and --peer NAME (and no ADDRESS)")
-        addr = parse_address(source_addr, "--source")
-        front, m = open_maps(front, readonly=True)
-        with m:
-            res = explain_source(m, addr, peer)
+    with --from PEER, what PEER's member decides for a packet from ADDRESS,
+    and why.
 
-        def human_src(r):
-            click.echo(f"from {r['source']} via {r['peer']}: {r['verdict']} "
-                       f"(source check {r['mode']}, lookup {r['lookup']})")
-            click.echo(f"  {r['step']}")
-        emit(res, as_json, human_src)
-        return
+    \b
+    wgbpf lookup 10.1.2.3
+    wgbpf lookup 10.2.0.9 --from alice
+    """
+    where = "ADDRESS"
+    if source_alias is not None:
+        if address is not None:
+            fail("give the address once: ADDRESS (or the older --source ADDR)")
+        address, where = source_alias, "--source"
+    if peer_alias is not None:
+        if from_peer not in (None, peer_alias):
+            fail("give the peer once: --from PEER (or the older --peer NAME)")
+        from_peer = peer_alias
     if address is None:
-        fail("give an ADDRESS, or --source ADDR --peer NAME")
-    addr = parse_address(address)
+        fail("give an ADDRESS (and --from PEER for the source check)")
+    if source_alias is not None and from_peer is None:
+        fail("the source check takes a peer: ADDRESS --from PEER")
+    addr = config.parse_address(address, where)
     front, m = open_maps(front, readonly=True)
     with m:
-        res = explain(m, addr)
+        res = inspect.explain_source(m, addr, from_peer) if from_peer else inspect.explain(m, addr)
+
+    def human_source(r):
+        click.echo(f"from {r['source']} via {r['peer']}: {r['verdict']} "
+                   f"(source check {r['mode']}, lookup {r['lookup']})")
+        click.echo(f"  {r['step']}")
 
     def human(r):
         click.echo(f"{r['address']}: {r['rule']}" + (f" {r['prefix']}" if r["prefix"] else ""))
         if r["peers"]:
             click.echo(f"  peers: {', '.join(r['peers'])}" + (f" (down: {', '.join(r['down'])})" if r.get("down") else ""))
         click.echo(f"  {r['verdict']}")
-    emit(res, as_json, human)
+    emit(res, as_json, human_source if from_peer else human)
 
 
-@main.command()
-@FRONT_OPT
+@main.command("top")
+@front_argument
 @click.option("--interval", "-d", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
               help="seconds between samples")
 @click.option("--once", is_flag=True, help="print one sample (rates over --interval) and exit")
 @JSON_OPT
-def top(front, interval, once, as_json):
+def top_command(front, interval, once, as_json):
     """Per-peer rates, live: packets and bits per second each way, drops,
     state and last handshake, prefixes; busiest first. q quits."""
-    from . import top as topmod
     if as_json and not once:
         fail("--json prints one sample: use it with --once")
     if not once and not sys.stdout.isatty():
         fail("the live view needs a terminal: use --once (and --json) in scripts")
     front, m = open_maps(front, readonly=True)
     with m:
-        sampler = topmod.Sampler(m, front)
+        sampler = top.Sampler(m, front)
         if once:
             sampler.sample()
             time.sleep(interval)
-            emit(sampler.sample(), as_json, lambda s: click.echo("\n".join(topmod.lines(s))))
+            emit(sampler.sample(), as_json, lambda s: click.echo("\n".join(top.lines(s))))
         else:
-            topmod.run_curses(sampler, interval)
+            top.run_curses(sampler, interval)
 
 
-@main.command()
-@FRONT_OPT
+@main.command("monitor")
+@front_argument
 @click.option("--all", "all_packets", is_flag=True, help="steered and passed packets too, not only drops")
 @click.option("--count", "-c", type=click.IntRange(min=1), help="exit after N packets")
 @JSON_OPT
-def monitor(front, all_packets, count, as_json):
+def monitor_command(front, all_packets, count, as_json):
     """Dropped packets as they happen, one line each: time, device,
     source > destination, peer, reason. The data plane reports them only
     while this runs (at most 1000 a second per CPU)."""
-    import signal
-    from . import monitor as mon
     front, m = open_maps(front)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # leave through the finally below
     signal.signal(signal.SIGHUP, lambda *_: sys.exit(0))
     with m:
         try:
-            lst = mon.Listener(m, abi.Watch.ALL if all_packets else abi.Watch.DROPS)
-        except mon.MonitorError as e:
+            listener = monitor.Listener(m, abi.Watch.ALL if all_packets else abi.Watch.DROPS)
+        except monitor.MonitorError as e:
             fail(f"{front}: {e}")
         seen = 0
         try:
-            names, wall = mon.Names(m), mon.mono_to_wall()
+            peer_names_, wall = monitor.Names(m), monitor.mono_to_wall()
             click.echo(f"wgbpf monitor: watching {front} for {'every packet' if all_packets else 'drops'}; "
                        f"Ctrl-C stops", err=True)
             while count is None or seen < count:
-                for e in lst.events():
-                    d = mon.describe(e, names, wall)
-                    click.echo(json.dumps(d) if as_json else mon.line(d))
+                for e in listener.events():
+                    event = monitor.describe(e, peer_names_, wall)
+                    click.echo(json.dumps(event) if as_json else monitor.line(event))
                     seen += 1
                     if count is not None and seen >= count:
                         break
@@ -684,15 +496,24 @@ def monitor(front, all_packets, count, as_json):
         except (KeyboardInterrupt, BrokenPipeError):
             pass
         finally:
-            held, lost = lst.held_back()
-            lst.close()
-            if held - lst.held0 or lost - lst.lost0:
-                click.echo(f"wgbpf monitor: {held - lst.held0} packets not shown (rate limit), "
-                           f"{lost - lst.lost0} lost (ring buffer full)", err=True)
+            held, lost = listener.held_back()
+            listener.close()
+            if held - listener.held0 or lost - listener.lost0:
+                click.echo(f"wgbpf monitor: {held - listener.held0} packets not shown (rate limit), "
+                           f"{lost - listener.lost0} lost (ring buffer full)", err=True)
 
 
-@main.command()
-@click.argument("front", required=False)
+def route_filter(tables, protos, realms):
+    """--table/--proto/--realm -> the daemon's sync.Filter."""
+    try:
+        return sync.Filter([routes.table_id(t) for t in (tables or ("main",))],
+                           [routes.protocol_id(p) for p in protos], realms)
+    except ValueError as e:  # names the table or protocol it does not know
+        fail(str(e))
+
+
+@main.command("daemon")
+@front_argument
 @instance_options
 @click.option("--table", "-t", "tables", multiple=True, metavar="TABLE",
               help="routing table to follow: main, a number or a name from rt_tables; "
@@ -705,7 +526,7 @@ def monitor(front, all_packets, count, as_json):
               help="write Prometheus text metrics here (node_exporter textfile); off by default")
 @click.option("--rcvbuf", type=int, default=32 << 20, show_default=True, hidden=True,
               help="netlink receive buffer in bytes")
-@click.option("--backend", type=click.Choice(configmod.BACKENDS), default=None,
+@click.option("--backend", type=click.Choice(config.BACKENDS), default=None,
               help="maps (default): the BPF maps of FRONT's instance; allowedips: no BPF, FRONT is "
                    "one multi-peer WireGuard device whose peers' AllowedIPs follow the routes "
                    "(--peer NAME=PUBLIC_KEY,TAG...)")
@@ -719,9 +540,9 @@ def monitor(front, all_packets, count, as_json):
               metavar="SECONDS",
               help="exit (status 1: systemd restarts it) once the front, or the --netns namespace, "
                    "has been gone for SECONDS on end; 0: never")
-def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table, source,
-           accept_table, tables, protos, realms, metrics_file, rcvbuf, backend, dead_after,
-           verbose, gone_after):
+def daemon_command(front, peers, config_path, members_only, no_route, lookup, fib_table, source,
+                   accept_table, tables, protos, realms, metrics_file, rcvbuf, backend, dead_after,
+                   verbose, gone_after):
     """Keep the maps equal to the kernel routes that name peers.
 
     A route names a peer when its gateway is one of the peer's tags (also an
@@ -735,23 +556,15 @@ def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table,
     become its tags plus the prefixes routed to it; a multipath route's
     prefix goes to one of its peers (AllowedIPs cannot split it).
     """
-    from . import daemon as d, routes as rt, sync
-    try:
-        table_ids = [rt.table_id(t) for t in (tables or ("main",))]
-        proto_ids = [rt.protocol_id(p) for p in protos]
-    except ValueError as e:
-        fail(str(e))
-    try:
-        policy = configmod.parse_policy(no_route, "--no-route") if no_route else None
-        settings = settings_args(lookup, fib_table, source, accept_table)
-        if backend:
-            settings["backend"] = backend
-        if dead_after is not None:
-            settings["dead_after"] = configmod.parse_dead_after(dead_after, "--dead-after")
-        build = d.config_builder(front, peers, config_path, members_only, policy, settings, log=d.stderr_log)
-        cfg = build(quiet=True)  # validate before touching anything
-    except ConfigError as e:
-        fail(str(e))
+    follow = route_filter(tables, protos, realms)
+    policy = config.parse_policy(no_route, "--no-route") if no_route else None
+    settings = settings_args(lookup, fib_table, source, accept_table)
+    if backend:
+        settings["backend"] = backend
+    if dead_after is not None:
+        settings["dead_after"] = config.parse_dead_after(dead_after, "--dead-after")
+    build = daemon.config_builder(front, peers, config_path, members_only, policy, settings, log=daemon.stderr_log)
+    cfg = build(quiet=True)  # validate before touching anything
     if metrics_file:
         check_metrics_file(metrics_file)
     if cfg.backend == "allowedips":
@@ -767,22 +580,14 @@ def daemon(front, peers, config_path, members_only, no_route, lookup, fib_table,
         tail = f"/{total}" if total else ""
         click.echo(f"\r{stage}: {n}{tail} ", nl=False, err=True)
 
-    kind = d.Daemon
-    if cfg.backend == "allowedips":
-        from .allowedips import AllowedIPsDaemon as kind
-    daemon_ = kind(build, sync.Filter(table_ids, proto_ids, realms), d.stderr_log,
-                   metrics_file=metrics_file, rcvbuf=rcvbuf,
-                   progress=progress if sys.stderr.isatty() else None)
-    daemon_.verbose, daemon_.gone_after = verbose, gone_after
+    backend_class = allowedips.AllowedIPsDaemon if cfg.backend == "allowedips" else daemon.Daemon
+    runner = backend_class(build, follow, daemon.stderr_log, metrics_file=metrics_file, rcvbuf=rcvbuf,
+                           progress=progress if sys.stderr.isatty() else None)
+    runner.verbose, runner.gone_after = verbose, gone_after
     netns = click.get_current_context().find_root().params.get("netns")
     if netns:
-        daemon_.netns_path = netns if "/" in netns else f"/run/netns/{netns}"
-    from .dataplane import AttachError
-    from .wireguard import WireGuardError
-    try:
-        daemon_.run()
-    except (d.DaemonError, AttachError, MapError, ConfigError, WireGuardError) as e:
-        fail(str(e))
+        runner.netns_path = netns if "/" in netns else f"/run/netns/{netns}"
+    runner.run()
 
 
 def liveness_text(name, lv):
@@ -796,199 +601,8 @@ def liveness_text(name, lv):
     return f"{name} alive ({rx}{hold}; dead after {lv['dead_after']:g}s, {lv['deaths']} deaths)"
 
 
-def hook_problem(name, ifindex, hooks, links, has_filter, fname):
-    """Why the device recorded as (name, ifindex) is not hooked, or None:
-    gone, re-created under its name (a new ifindex that nothing hooked),
-    or our filter missing from one of its hooks."""
-    problem = device_check(name, ifindex, links)
-    if problem is None:
-        missing = [h for h in hooks if not has_filter(ifindex, h)]
-        if missing:
-            problem = f"no {fname} filter on its {' or '.join(missing)}"
-    return problem
-
-
-def instance_status(front):
-    from .dataplane import _iproute, filter_name, filters
-    from .monitor import watched
-    _, m = open_maps(front, readonly=True)
-    with m, _iproute() as ipr:
-        cfg = m.config()
-        name = filter_name(front)
-        fill = m.fill()
-        links = current_links()
-        peers = peer_rows(m, links)
-
-        def has_filter(ifindex, hook):
-            return name in filters(ipr, ifindex, hook)
-        front_dev = cfg.front.decode() or front
-        front_problem = (hook_problem(front_dev, cfg.front_ifindex, ("egress",), links, has_filter, name)
-                         if cfg.front_ifindex else None)
-        members = []
-        for p in peers:
-            problem = hook_problem(p["member"], p["ifindex"], ("ingress", "egress"), links, has_filter, name)
-            members.append({"peer": p["name"], "device": p["member"], "ifindex": p["ifindex"],
-                            "up": p["up"], "source": p["source"],
-                            "hooked": problem is None, "problem": problem})
-        out = {"front": front, "version": VERSION, "netns": mapsmod.netns_id(), "pin_dir": m.dir,
-               "front_device": front_dev if cfg.front_ifindex else None,
-               "front_ifindex": cfg.front_ifindex or None,
-               "front_hooked": bool(cfg.front_ifindex) and front_problem is None,
-               "front_problem": front_problem,
-               "members_only": not cfg.front_ifindex,
-               "no_route": abi.Policy(cfg.no_route).name.lower(),
-               "lookup": abi.Lookup(cfg.lookup).name.lower(),
-               "fib_table": cfg.fib_table or None,
-               "source": abi.Source(cfg.source or abi.Source.STRICT).name.lower(),
-               "accept_table": cfg.accept_table or None,
-               "members": members,
-               "maps": {k: {"entries": v[0], "max": v[1]} for k, v in fill.items()},
-               "counters": {r.name.lower(): v for r, v in m.counters().items()},
-               "monitor": watched(m)}  # a `wgbpf monitor` listening, or None
-    from .daemon import read_status
-    from .dataplane import forwarding_off
-    out["daemon"] = read_status(front)
-    out["forwarding_off"] = forwarding_off([front_dev] if cfg.front_ifindex else [p["member"] for p in peers])
-    out["config"] = config_report(front, out["daemon"])
-    return out
-
-
-def config_report(front, dmn):
-    """The config the instance should run and how the attached one differs:
-    the running daemon's (its file; its command line, or the attached
-    instance it adopted, are not compared), else <config dir>/<front>.toml
-    if there is one. None: nothing to compare with."""
-    from .daemon import attached_differences
-    dmn = dmn or {}
-    source = dmn.get("config") if dmn.get("state") in ("running", "detached") else None
-    if source in ("attached", "command line"):
-        return {"source": source}
-    path = source or configmod.resolve_path(front, (), None)
-    if path is None:
-        return None
-    try:
-        want = configmod.build(front, (), path)
-    except ConfigError as e:
-        return {"path": path, "error": str(e)}
-    if want.backend != "maps":
-        return {"path": path, "error": f"backend {want.backend}: not this instance's (maps)"}
-    return {"path": path, "differences": attached_differences(want)}
-
-
-def problems(s):
-    """One line per thing a monitor must hear about in one status entry."""
-    out = []
-    if "error" in s:
-        out.append(f"{s['front']}: {s['error']}")
-    if s.get("front_problem"):
-        out.append(f"{s['front']}: front {s['front_device']} unhooked: {s['front_problem']}")
-    for x in s.get("members", ()):
-        if x["problem"]:
-            out.append(f"{s['front']}: peer {x['peer']}: member {x['device']} unhooked: {x['problem']}")
-    dmn = s.get("daemon") or {}
-    if dmn.get("state") == "failed":
-        out.append(f"{s['front']}: daemon failed" + (f": {dmn['error']}" if dmn.get("error") else ""))
-    elif dmn.get("state") == "not running":
-        out.append(f"{s['front']}: daemon not running (pid {dmn.get('pid')} died without stopping)")
-    if s.get("forwarding_off"):
-        out.append(f"{s['front']}: forwarding off ({', '.join(s['forwarding_off'])}): "
-                   f"traffic between peers is dropped")
-    c = s.get("config") or {}
-    if c.get("error"):
-        out.append(f"{s['front']}: config {c['path']}: {c['error']}")
-    for line in c.get("differences", ()):
-        out.append(f"{s['front']}: differs from {c['path']}: {line}")
-    return out
-
-
-def namespace_status(front=None):
-    """Status entries of this network namespace's instances (and of its
-    allowedips daemons, which have no pins)."""
-    from .daemon import allowedips_daemons
-    single = allowedips_daemons()  # --backend allowedips: a daemon, no pins
-    fronts = [front] if front else mapsmod.instances()
-    res = []
-    for f in fronts:
-        if f in single and not os.path.isdir(mapsmod.pin_dir(f)):
-            res.append({"front": f, "backend": "allowedips", "daemon": single[f]})
-            continue
-        try:
-            res.append(instance_status(f))
-        except UsageError as e:
-            if front:
-                raise
-            res.append({"front": f, "error": e.message})  # one broken instance hides no other
-    if not front:
-        res += [{"front": f, "backend": "allowedips", "daemon": st} for f, st in sorted(single.items())
-                if f not in fronts]
-    return res
-
-
-def find_namespaces(wanted):
-    """{cookie: (label, path)} of the namespaces in `wanted` found by name
-    in /run/netns, else by a process in them (/proc/PID/ns/net)."""
-    def candidates():
-        try:
-            for n in sorted(os.listdir("/run/netns")):
-                yield n, f"/run/netns/{n}"
-        except OSError:
-            pass
-        for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
-            yield f"pid {pid}", f"/proc/{pid}/ns/net"
-    found, seen = {}, set()
-    for label, path in candidates():
-        if set(wanted) <= set(found):
-            break
-        try:
-            st = os.stat(path)
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            cookie = mapsmod.netns_id(path)
-        except OSError:
-            continue  # gone meanwhile, or not ours to see
-        if cookie in wanted and cookie not in found:
-            found[cookie] = (label, path)
-    return found
-
-
-def all_status():
-    """Every namespace's status entries, each with its namespace: this
-    one's read here, another's from a thread that joins it, one no name or
-    process leads to listed from its pins alone."""
-    from .daemon import run_namespaces
-    here = mapsmod.netns_id()
-    cookies = {ns for ns, _ in mapsmod.all_instances()} | run_namespaces() | {here}
-    where = find_namespaces(cookies)
-    res = []
-    for ns in sorted(cookies, key=lambda c: (c != here, c)):
-        label = where.get(ns, (None, None))[0]
-        if ns == here:
-            entries = namespace_status()
-        elif ns in where:
-            try:
-                entries = nsenter.run(where[ns][1], namespace_status)
-            except OSError as e:
-                entries = [{"front": f, "error": f"cannot enter network namespace {label}: {e.strerror}"}
-                           for f in mapsmod.instances(ns)]
-        else:
-            entries = [{"front": f, "pin_dir": mapsmod.pin_dir(f, ns),
-                        "error": f"network namespace {ns} not found (not in /run/netns, no process in it): "
-                                 f"devices not checked; if it is gone, remove its stale pins "
-                                 f"(rm -r {mapsmod.pin_dir(f, ns)})"}
-                       for f in mapsmod.instances(ns)]
-        res += [dict(e, netns=ns, netns_name=label, current=ns == here) for e in entries]
-    for d in mapsmod.legacy_instances():
-        res.append({"front": os.path.basename(d), "pin_dir": d, "netns": None, "netns_name": None,
-                    "current": False,
-                    "error": f"pinned by an older wgbpf, without a namespace in the path: its programs "
-                             f"still run where it attached them; detach it with that version, or remove "
-                             f"its wgbpf-{os.path.basename(d)} tc filters and rm -r {d}"})
-    return res
-
-
 @main.command()
-@FRONT_OPT
+@front_argument
 @click.option("--all", "all_ns", is_flag=True,
               help="the instances of every network namespace, each with its namespace id and name")
 @click.option("--check", is_flag=True,
@@ -1002,14 +616,13 @@ def status(front=None, all_ns=False, check=False, as_json=False):
     --all."""
     need_root()
     if all_ns and front is not None:
-        fail("--all lists every instance; --front picks one of this namespace: give one of them")
+        fail("--all lists every instance; FRONT picks one of this namespace: give one of them")
     if front is not None:
-        try:
-            configmod.check_ifname(front, "--front")
-        except ConfigError as e:
-            fail(str(e))
-    res = all_status() if all_ns else namespace_status(front)
-    found = [line for s in res for line in problems(s)]
+        config.check_ifname(front, "front")
+        if front not in daemon.allowedips_daemons():  # those have no pins
+            pick_front(front)
+    res = inspect.all_status() if all_ns else inspect.namespace_status(front)
+    found = [line for s in res for line in inspect.problems(s)]
 
     def human(all_):
         if not all_:

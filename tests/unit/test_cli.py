@@ -10,10 +10,11 @@ import ipaddress
 import json
 import os
 
+import click
 import pytest
 from click.testing import CliRunner
 
-from wgbpf import abi, cli, dataplane, maps
+from wgbpf import abi, cli, dataplane, inspect, maps
 from wgbpf.maps import route_peers
 
 ERR = "wgbpf: error:"
@@ -71,15 +72,18 @@ def failed(r, *fragments, code=1):
 
 @pytest.mark.parametrize("args, words", [
     ([], ["attach", "detach", "route", "dump", "lookup", "status", "--netns", "front", "peer"]),
-    (["attach"], ["FRONT", "--peer", "NAME=DEV", "--config", "TOML", "--members-only", "--no-route",
+    (["attach"], ["[FRONT]", "--peer", "NAME=DEV", "--config", "TOML", "--members-only", "--no-route",
                   "pass", "drop", "--json", "wgbpf attach wg0"]),
-    (["detach"], ["FRONT", "Remove", "filters", "pins", "--json"]),
+    (["detach"], ["[FRONT]", "Remove", "filters", "pins", "--json"]),
     (["route"], ["add", "del", "prefix", "peer"]),
-    (["route", "add"], ["PREFIX", "PEER[,PEER...]", "ECMP", "--front"]),
-    (["route", "del"], ["PREFIX", "Remove", "--front"]),
-    (["dump"], ["prefix", "peers", "counters", "--front", "--json"]),
-    (["lookup"], ["ADDRESS", "longest match", "--front", "--json"]),
-    (["status"], ["attached", "counters", "--front", "--json"]),
+    (["route", "add"], ["PREFIX", "PEER[,PEER...] [FRONT]", "ECMP"]),
+    (["route", "del"], ["PREFIX [FRONT]", "Remove"]),
+    (["dump"], ["[FRONT]", "prefix", "peers", "counters", "--json"]),
+    (["lookup"], ["[ADDRESS] [FRONT]", "longest match", "--from PEER", "--json"]),
+    (["status"], ["[FRONT]", "attached", "counters", "--json"]),
+    (["top"], ["[FRONT]", "--once"]),
+    (["monitor"], ["[FRONT]", "--count"]),
+    (["daemon"], ["[FRONT]", "--peer", "NAME=DEV", "--table"]),
 ])
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_help(args, words, flag, euid):
@@ -151,7 +155,7 @@ def test_attach_good_args_need_root(as_user):
 
 
 def fake_attach(monkeypatch, seen):
-    def attach(cfg, log=lambda m: None, debug=False):
+    def attach(cfg, log=lambda m: None, debug=False, force=False):
         seen.append(cfg)
         log("compiling")
         return {"front": cfg.front, "pin_dir": maps.pin_dir(cfg.front), "peers": len(cfg.peers),
@@ -190,7 +194,7 @@ def test_attach_json(monkeypatch, as_root):
 
 
 def test_attach_error_from_dataplane(monkeypatch, as_root):
-    def attach(cfg, log=None, debug=False):
+    def attach(cfg, log=None, debug=False, force=False):
         raise dataplane.AttachError("member device 'wg-a' does not exist")
     monkeypatch.setattr(dataplane, "attach", attach)
     failed(run("attach", "wg0", "-p", "alice=wg-a"), "'wg-a' does not exist")
@@ -506,7 +510,7 @@ def test_lookup_human(instance):
 
 def test_dump(instance, monkeypatch):
     # alice's member is the device recorded; bob's was re-created; carol's is gone
-    monkeypatch.setattr(cli, "current_links", lambda: {"wg-alice": 900001, "wg-bob": 42, "lo": 900003})
+    monkeypatch.setattr(inspect, "current_links", lambda: {"wg-alice": 900001, "wg-bob": 42, "lo": 900003})
     r = run("dump", "--json")
     assert r.exit_code == 0, (r.output, r.exception)
     res = json.loads(r.stdout)
@@ -533,8 +537,8 @@ def test_dump(instance, monkeypatch):
 
 def test_resolve_peers_direct():
     m = FakeMaps({1: ("alice", True), 7: ("bob", False)})
-    assert cli.resolve_peers(m, cli.peer_names("bob, alice")) == [7, 1]
-    assert cli.resolve_peers(m, cli.peer_names("alice,")) == [1]
+    assert inspect.resolve_peers(m, cli.peer_names("bob, alice")) == [7, 1]
+    assert inspect.resolve_peers(m, cli.peer_names("alice,")) == [1]
 
 
 # -- table() ---------------------------------------------------------------------
@@ -564,3 +568,59 @@ def test_table_header_wider_than_cells(capsys):
 def test_empty_front_is_refused_not_the_only_instance(args, as_root):
     """An unset shell variable must not act on whatever instance is there."""
     failed(run(*args), "'' is not an interface name")
+
+
+# -- one shape: FRONT last and positional; the older spellings still work ------------
+
+@pytest.mark.parametrize("new, old", [
+    (["route", "add", "10.9.0.0/16", "bob", "wg0"], ["route", "add", "--front", "wg0", "10.9.0.0/16", "bob"]),
+    (["route", "del", "10.1.0.0/16", "wg0"], ["route", "del", "-f", "wg0", "10.1.0.0/16"]),
+    (["dump", "wg0", "--json"], ["dump", "--front", "wg0", "--json"]),
+    (["lookup", "10.1.2.3", "wg0", "--json"], ["lookup", "-f", "wg0", "10.1.2.3", "--json"]),
+    (["lookup", "10.1.2.3", "--from", "alice", "--json"], ["lookup", "--source", "10.1.2.3", "--peer", "alice", "--json"]),
+    (["lookup", "10.1.2.3", "wg0", "--from", "bob", "--json"],
+     ["lookup", "--front", "wg0", "--source", "10.1.2.3", "--peer", "bob", "--json"]),
+])
+def test_new_and_old_spellings_agree(instance, new, old):
+    got = []
+    saved = dict(instance.route_map)
+    for args in (new, old):
+        r = run(*args)
+        assert r.exit_code == 0, (args, r.output, r.exception)
+        got.append((r.stdout, {net: (route_peers(x), x.origin) for net, x in instance.route_map.items()}))
+        instance.route_map.clear()
+        instance.route_map.update(saved)  # each spelling starts from the same maps
+    assert got[0] == got[1]
+    assert all(d == maps.pin_dir("wg0") for d, _ in instance.opened)
+
+
+def test_lookup_from_peer(instance):
+    r = run("lookup", "10.3.0.1", "--from", "alice")
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert r.stdout.startswith("from 10.3.0.1 via alice: spoofed (source check strict")
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["route", "add", "10.9.0.0/16", "bob", "wg0", "--front", "wg1"], ["'wg0'", "'wg1'", "one instance"]),
+    (["lookup", "10.1.2.3", "--source", "10.1.2.4", "--peer", "alice"], ["address once"]),
+    (["lookup", "10.1.2.3", "--from", "alice", "--peer", "bob"], ["peer once"]),
+    (["lookup", "--source", "10.1.2.3"], ["--from PEER"]),
+    (["lookup"], ["give an ADDRESS"]),
+    (["lookup", "10.1.2.3", "--from", "zed"], ["unknown peer 'zed'", "alice, bob, carol"]),
+    (["status", "wg0", "--all"], ["--all", "FRONT"]),
+])
+def test_shape_errors(instance, args, fragments):
+    failed(run(*args), *fragments)
+
+
+@pytest.mark.parametrize("option, enum, skip", [
+    ("--no-route", abi.Policy, ()), ("--lookup", abi.Lookup, ()), ("--source", abi.Source, ("default",)),
+])
+@pytest.mark.parametrize("command", ["attach", "daemon"])
+def test_choices_are_the_abi_enums(command, option, enum, skip):
+    """The choice lists are the enum names (one definition), refused otherwise."""
+    cmd = cli.main.get_command(click.Context(cli.main), command)
+    [param] = [p for p in cmd.params if option in p.opts]
+    assert list(param.type.choices) == [m.name.lower() for m in enum if m.name.lower() not in skip]
+    r = run(command, "wg0", option, "nonsense")
+    assert r.exit_code == 2 and "nonsense" in r.output

@@ -13,7 +13,7 @@ def test_session_paths_are_not_the_machines():
     assert maps.PIN_ROOT == os.environ["WGBPF_PIN_ROOT"] != "/sys/fs/bpf/wgbpf"
     assert maps.PIN_ROOT.startswith("/sys/fs/bpf/")  # pins need bpffs
     assert daemon.RUN_DIR == os.environ["WGBPF_RUN_DIR"] != "/run/wgbpf"
-    assert cli.configmod.config_dir() == os.environ["WGBPF_CONFIG_DIR"] != "/etc/wgbpf"
+    assert cli.config.config_dir() == os.environ["WGBPF_CONFIG_DIR"] != "/etc/wgbpf"
 
 
 def test_no_test_names_the_real_directories():

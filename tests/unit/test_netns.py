@@ -8,7 +8,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from wgbpf import abi, cli, daemon, dataplane, maps
+from wgbpf import abi, cli, daemon, dataplane, inspect, maps
 
 HERE = maps.netns_id()
 
@@ -69,8 +69,8 @@ def world(tmp_path, monkeypatch):
          "filters": {(5, "egress"), (11, "ingress"), (11, "egress"), (12, "ingress"), (12, "egress")}}
     monkeypatch.setattr(maps.Maps, "open", classmethod(lambda cls, d, readonly=False: FakeMaps()))
     monkeypatch.setattr(dataplane, "_iproute", contextlib.nullcontext)
-    monkeypatch.setattr(dataplane, "filters", lambda ipr, i, hook: ["wgbpf-wg0"] if (i, hook) in w["filters"] else [])
-    monkeypatch.setattr(cli, "current_links", lambda: dict(w["links"]))
+    monkeypatch.setattr(dataplane, "filter_programs", lambda ipr, i, hook: {"wgbpf-wg0": 7} if (i, hook) in w["filters"] else {})
+    monkeypatch.setattr(inspect, "current_links", lambda: dict(w["links"]))
     monkeypatch.setattr(dataplane, "forwarding_off", lambda devices: [])  # not this host's sysctls
     return w
 

@@ -10,7 +10,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from wgbpf import abi, cli, config, daemon, dataplane, maps, sync
+from wgbpf import abi, cli, config, daemon, dataplane, inspect, maps, sync
 from wgbpf.config import Config, ConfigError, PeerConfig
 
 TOML = """\
@@ -70,7 +70,7 @@ def test_attach_reads_the_default_file(etc, monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     got = {}
 
-    def attach(cfg, log, debug):
+    def attach(cfg, log, debug, force=False):
         got["cfg"] = cfg
         return {"front": cfg.front, "created": True, "changes": [], "peers": len(cfg.peers),
                 "members_only": False, "pin_dir": "/x", "seconds": 0.1, "warnings": []}
@@ -177,20 +177,20 @@ def test_differences():
 def test_status_reports_the_mismatch(etc, monkeypatch):
     (etc / "wg0.toml").write_text(TOML)
     monkeypatch.setattr(dataplane, "attached_config", lambda front: attached(attached().peers[:1]))
-    rep = cli.config_report("wg0", None)
+    rep = inspect.config_report("wg0", None)
     assert rep == {"path": str(etc / "wg0.toml"), "differences": ["peer bob: in the config, not attached"]}
-    lines = cli.problems({"front": "wg0", "config": rep, "forwarding_off": ["net.ipv4.conf.wg0.forwarding"]})
+    lines = inspect.problems({"front": "wg0", "config": rep, "forwarding_off": ["net.ipv4.conf.wg0.forwarding"]})
     assert lines == ["wg0: forwarding off (net.ipv4.conf.wg0.forwarding): traffic between peers is dropped",
                      f"wg0: differs from {etc / 'wg0.toml'}: peer bob: in the config, not attached"]
     # a running daemon's own config is the one compared; an adopting daemon has none
-    assert cli.config_report("wg0", {"state": "running", "config": "attached"}) == {"source": "attached"}
-    assert cli.config_report("wg0", {"state": "stopped", "config": "attached"})["path"] == str(etc / "wg0.toml")
+    assert inspect.config_report("wg0", {"state": "running", "config": "attached"}) == {"source": "attached"}
+    assert inspect.config_report("wg0", {"state": "stopped", "config": "attached"})["path"] == str(etc / "wg0.toml")
     (etc / "wg0.toml").write_text("front = 1\n")
-    assert "error" in cli.config_report("wg0", None)
+    assert "error" in inspect.config_report("wg0", None)
 
 
 def test_no_file_nothing_to_compare(etc):
-    assert cli.config_report("wg0", None) is None
+    assert inspect.config_report("wg0", None) is None
 
 
 # -- forwarding ----------------------------------------------------------------------

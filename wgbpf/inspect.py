@@ -1,0 +1,477 @@
+"""What an attached instance is and does, as plain data: the answers of
+`wgbpf dump`, `lookup` and `status`, without their printing (cli.py prints).
+
+explain() and explain_source() say in words what front_egress and
+member_ingress (bpf/wgbpf.c) decide for one address; they re-trace the C
+rules in Python, and tests/bpf/test_explain*.py hold them to the verdict
+tests' case tables so the two cannot drift. The status entries check each
+recorded device by name and ifindex, its tc filters, the daemon's state
+and the config file it would attach.
+"""
+import ipaddress
+import os
+import socket
+
+from . import abi, config, daemon, dataplane, maps, monitor, netlink, nsenter, routes
+from .maps import route_peers
+from .version import VERSION
+
+LINK_LOCAL_MULTICAST = (ipaddress.ip_network("224.0.0.0/24"), ipaddress.ip_network("ff02::/16"))
+LINK_LOCAL = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
+
+
+class InspectError(Exception):
+    """A question about the instance that names something it does not have."""
+
+
+def current_links():
+    """{name: ifindex} of this namespace's devices."""
+    return {name: index for index, name in socket.if_nameindex()}
+
+
+def ifname(index):
+    """The name of a device the kernel named by ifindex just now (a route's
+    oif). An ifindex read from the maps goes through device_check instead:
+    it may name another device by now."""
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return f"#{index}"
+
+
+def device_check(name, ifindex, links):
+    """None while the device recorded as (name, ifindex) is the one this
+    namespace holds under that name; else why not. An ifindex alone is never
+    trusted: a re-created device gets a new one, and the old one may go to
+    an unrelated device."""
+    if not name:
+        return f"no device name recorded for ifindex {ifindex} (attach again)"
+    now = links.get(name)
+    if now is None:
+        return f"{name} does not exist"
+    if now != ifindex:
+        return f"{name} was re-created (ifindex {now}, recorded {ifindex})"
+    return None
+
+
+def origin_name(origin):
+    return abi.Origin(origin).name.lower() if origin in abi.Origin._value2member_map_ else str(origin)
+
+
+def peer_ids(m):
+    """{name: peer id} of the instance's peers."""
+    return {p.name.decode(): peer_id for peer_id, p in m.peers().items()}
+
+
+def resolve_peers(m, names):
+    """Peer names -> peer ids; InspectError names an unknown one."""
+    by_name = peer_ids(m)
+    for n in names:
+        if n not in by_name:
+            raise InspectError(f"unknown peer {n!r} (peers: {', '.join(sorted(by_name)) or 'none'})")
+    return [by_name[n] for n in names]
+
+
+def peer_rows(m, links=None):
+    """Every peer: member device (checked), state, source mode, tags, counters."""
+    peers = m.peers()
+    tags = sorted(m.tags().items(), key=lambda kv: (kv[0].version, kv[0]))
+    links = current_links() if links is None else links
+    out = []
+    for peer_id, p in sorted(peers.items()):
+        s = m.peer_stats(peer_id)
+        member = p.member.decode()
+        out.append({
+            "id": peer_id, "name": p.name.decode(), "member": member or f"#{p.ifindex}",
+            "ifindex": p.ifindex, "member_problem": device_check(member, p.ifindex, links),
+            "up": bool(p.flags & abi.PEER_UP),
+            "source": abi.Source(p.source).name.lower() if p.source else "default",
+            "tags": [str(t) for t, owner in tags if owner == peer_id],
+            "tx_packets": s.tx_packets, "tx_bytes": s.tx_bytes,
+            "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes, "spoofed": s.spoofed,
+        })
+    return out
+
+
+def route_rows(m, names):
+    """Every prefix -> peers entry, IPv4 first; `names`: {peer id: name}."""
+    rows = []
+    for version in (4, 6):
+        for net, r in sorted(m.routes(version), key=lambda nr: nr[0]):
+            rows.append({"prefix": str(net), "peers": [names.get(p, f"#{p}") for p in route_peers(r)],
+                         "origin": origin_name(r.origin)})
+    return rows
+
+
+def dump(m, front):
+    peers = peer_rows(m)
+    names = {p["id"]: p["name"] for p in peers}
+    return {"front": front, "routes": route_rows(m, names), "peers": peers}
+
+
+# -- what the programs decide -------------------------------------------------
+
+def explain(m, addr):
+    """What front_egress does with a packet to `addr`, in words and fields."""
+    peers = m.peers()
+    cfg = m.config()
+    name = {i: p.name.decode() for i, p in peers.items()}
+    up = {i: bool(p.flags & abi.PEER_UP) for i, p in peers.items()}
+    policy = abi.Policy(cfg.no_route).name.lower()
+    if any(addr in net for net in LINK_LOCAL_MULTICAST if net.version == addr.version):
+        to = [name[i] for i in sorted(peers) if up[i]]
+        return {"address": str(addr), "rule": "link-local multicast", "prefix": None,
+                "peers": to, "verdict": f"flood to {len(to)} members"}
+    if cfg.lookup == abi.Lookup.FIB:
+        owners, why = kernel_peers(m, addr, cfg.fib_table)
+        prefix, rule = None, why
+    else:
+        hit = m.lookup(addr)
+        if hit is None:
+            owners, prefix, rule = [], None, "no route"
+        else:
+            owners, prefix, rule = route_peers(hit[1]), str(hit[0]), f"{origin_name(hit[1].origin)} route"
+    if not owners:
+        return {"address": str(addr), "rule": rule, "prefix": None, "peers": [],
+                "verdict": f"no_route policy: {policy}"}
+    live = [name.get(i, f"#{i}") for i in owners if up.get(i)]
+    if not live:
+        verdict = f"{'every peer' if len(owners) > 1 or prefix else 'peer'} down: no_route policy: {policy}"
+    elif len(owners) == 1:
+        verdict = f"steer to {live[0]}"
+    else:
+        verdict = f"steer by flow hash to one of {', '.join(live)}"
+    return {"address": str(addr), "rule": rule, "prefix": prefix,
+            "peers": [name.get(i, f"#{i}") for i in owners],
+            "down": [name.get(i, f"#{i}") for i in owners if not up.get(i)], "verdict": verdict}
+
+
+def kernel_route(addr, table):
+    """The route bpf_fib_lookup finds for `addr` in `table` (0: main) with
+    BPF_FIB_LOOKUP_DIRECT/TBID: that table alone, no policy rules; longest
+    prefix, then lowest metric. Read from a dump, since RTM_GETROUTE
+    applies the rules and ignores a table. None: no route."""
+    family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+    want = table or netlink.RT_TABLE_MAIN
+    value = int(addr)
+    best = None
+    nl = netlink.Netlink(rcvbuf=1 << 20)
+    try:
+        for r in routes.dump_routes(nl, family):
+            if r.table != want or r.tos or r.src is not None:
+                continue
+            shift = addr.max_prefixlen - r.dst_len
+            if int.from_bytes(r.dst, "big") >> shift != value >> shift:
+                continue
+            if best is None or (r.dst_len, -r.priority) > (best.dst_len, -best.priority):
+                best = r
+    finally:
+        nl.close()
+    return best
+
+
+def kernel_peers(m, addr, table):
+    """FIB mode, as fib_peer() in bpf/wgbpf.c: a tag equal to `addr` names
+    its peer; else the kernel's route does, by a nexthop that is a tag or by
+    a member as its device. ([peer ids], why); a multipath route may name
+    several (the kernel's hash picks one per flow)."""
+    tags = m.tags()
+    if addr in tags:
+        return [tags[addr]], "tag address"
+    r = kernel_route(addr, table)
+    if r is None:
+        return [], "no kernel route"
+    if not r.nexthops:
+        return [], "kernel route without a nexthop (blackhole, unreachable, ...)"
+    links = current_links()  # a member counts only while it is the device recorded
+    by_oif = {p.ifindex: i for i, p in m.peers().items()
+              if device_check(p.member.decode(), p.ifindex, links) is None}
+    owners, hops = [], []
+    for gw, oif in r.nexthops:
+        gateway = ipaddress.ip_address(gw) if gw else None
+        owner = tags.get(gateway) if gateway else None
+        owner = owner or by_oif.get(oif)
+        hops.append(f"via {gateway or '-'} dev {ifname(oif) if oif else '-'}")
+        if owner and owner not in owners:
+            owners.append(owner)
+    net = ipaddress.ip_network((r.dst, r.dst_len))
+    why = f"kernel route {net} {', '.join(hops)}"
+    return owners, why if owners else f"{why} names no peer"
+
+
+def martian(m, addr):
+    """As martian() in bpf/wgbpf.c: (reason, why) for a source no route can
+    make legitimate, or None."""
+    R = abi.Reason
+    if addr.version == 4:
+        first = addr.packed[0]
+        for hit, reason, why in ((first == 0, R.MARTIAN_UNSPEC, "0.0.0.0/8"),
+                                 (first == 127, R.MARTIAN_LOOPBACK, "loopback"),
+                                 (first & 0xF0 == 224, R.MARTIAN_MULTICAST, "multicast"),
+                                 (first & 0xF0 == 240, R.MARTIAN_RESERVED, "240.0.0.0/4 or broadcast")):
+            if hit:
+                return reason, why
+    elif addr.is_unspecified:
+        return R.MARTIAN_UNSPEC, "unspecified"
+    elif addr.is_loopback:
+        return R.MARTIAN_LOOPBACK, "loopback"
+    elif addr in config.MAPPED or addr in config.COMPAT:
+        return R.MARTIAN_MAPPED, "IPv4-mapped or IPv4-compatible IPv6"
+    elif addr.is_multicast:
+        return R.MARTIAN_MULTICAST, "multicast"
+    if addr in m.locals():
+        return R.MARTIAN_LOCAL, "one of this host's own addresses"
+    return None
+
+
+def source_owners(m, cfg, addr, accept=False):
+    """([peer ids], why) of the route to a source: the steering one, or with
+    `accept` the feasible-path (accept) table's; the kernel's in FIB mode."""
+    if cfg.lookup == abi.Lookup.FIB:
+        table = cfg.accept_table if accept else cfg.fib_table
+        if accept and not table:
+            return [], "no accept table"
+        return kernel_peers(m, addr, table)
+    hit = m.lookup(addr, kind="accept" if accept else "routes")
+    what = "accept route" if accept else "best route"
+    return (route_peers(hit[1]), f"{what} {hit[0]}") if hit else ([], f"no {what.split()[0]} route")
+
+
+def explain_source(m, addr, peer):
+    """What member_ingress decides for a packet from `addr` arriving from
+    `peer`, step by step as check_source() in bpf/wgbpf.c. The verdict is
+    the name of the reason it counts (abi.Reason, lower case)."""
+    cfg = m.config()
+    peers = m.peers()
+    [peer_id] = resolve_peers(m, [peer])
+    name = {i: p.name.decode() for i, p in peers.items()}
+    mode = abi.Source(peers[peer_id].source or cfg.source or abi.Source.STRICT)
+    out = {"source": str(addr), "peer": peer, "mode": mode.name.lower(),
+           "lookup": abi.Lookup(cfg.lookup).name.lower()}
+
+    def done(step, reason):
+        out.update(step=step, verdict=reason.name.lower())
+        return out
+    bad = martian(m, addr) if mode != abi.Source.OFF else None
+    if bad:
+        return done(f"martian source ({bad[1]}): dropped before any lookup", bad[0])
+    if any(addr in net for net in LINK_LOCAL if net.version == addr.version):
+        owner = m.tags().get(addr)
+        return done(f"link-local source: must be {peer}'s tag; it is "
+                    + (f"{name.get(owner)}'s" if owner else "no peer's"),
+                    abi.Reason.PASSED if owner == peer_id else abi.Reason.SPOOFED)
+    if mode == abi.Source.OFF:
+        return done("source check off for this peer", abi.Reason.PASSED_UNCHECKED)
+    owners, why = source_owners(m, cfg, addr)
+    out["best"] = {"why": why, "peers": [name.get(i, f"#{i}") for i in owners]}
+    if peer_id in owners:
+        return done(f"strict: {why} leads to {peer}", abi.Reason.PASSED)
+    if mode == abi.Source.FEASIBLE:
+        accepted, accept_why = source_owners(m, cfg, addr, accept=True)
+        out["accept"] = {"why": accept_why, "peers": [name.get(i, f"#{i}") for i in accepted]}
+        if peer_id in accepted:
+            return done(f"feasible: {accept_why} leads to {peer}", abi.Reason.PASSED_FEASIBLE)
+    if mode == abi.Source.LOOSE and owners:
+        return done(f"loose: {why} leads to a peer", abi.Reason.PASSED_LOOSE)
+    return done(f"{mode.name.lower()}: {why} does not lead to {peer}", abi.Reason.SPOOFED)
+
+
+# -- status -------------------------------------------------------------------
+
+def hook_problem(name, ifindex, role, links, hooked, filter_name, pinned):
+    """Why the device recorded as (name, ifindex) is not hooked, or None:
+    gone, re-created under its name (a new ifindex that nothing hooked),
+    our filter missing from one of its hooks, or running another instance's
+    program (`hooked`: {(ifindex, hook): {filter name: program id}};
+    `pinned`: {program name: id} of this instance's pins)."""
+    problem = device_check(name, ifindex, links)
+    if problem is None:
+        hooks = dataplane.HOOK_PROGRAMS[role]
+        missing = [h for h in hooks if filter_name not in hooked.get((ifindex, h), ())]
+        if missing:
+            problem = f"no {filter_name} filter on its {' or '.join(missing)}"
+        else:
+            problem = dataplane.program_problem(
+                name, role, {h: hooked[(ifindex, h)][filter_name] for h in hooks}, pinned)
+    return problem
+
+
+def instance_status(front):
+    """One instance's status entry: devices and their hooks, settings, map
+    fill, counters, the daemon, forwarding and the config file."""
+    m = maps.Maps.open(maps.pin_dir(front), readonly=True)
+    with m:
+        cfg = m.config()
+        fill = m.fill()
+        links = current_links()
+        peers = peer_rows(m, links)
+        counters = {r.name.lower(): v for r, v in m.counters().items()}
+        listener = monitor.watched(m)  # a `wgbpf monitor` listening, or None
+    name = dataplane.filter_name(front)
+    front_dev = cfg.front.decode() or front
+    asked = [(p["ifindex"], h) for p in peers for h in ("ingress", "egress")]
+    if cfg.front_ifindex:
+        asked.append((cfg.front_ifindex, "egress"))
+    hooked = dataplane.bpf_filters(asked)
+    pinned, _ = dataplane.pinned_ids(maps.pin_dir(front))
+    front_problem = (hook_problem(front_dev, cfg.front_ifindex, "front", links, hooked, name, pinned)
+                     if cfg.front_ifindex else None)
+    members = []
+    for p in peers:
+        problem = hook_problem(p["member"], p["ifindex"], "member", links, hooked, name, pinned)
+        members.append({"peer": p["name"], "device": p["member"], "ifindex": p["ifindex"],
+                        "up": p["up"], "source": p["source"],
+                        "hooked": problem is None, "problem": problem})
+    out = {"front": front, "version": VERSION, "netns": maps.netns_id(), "pin_dir": maps.pin_dir(front),
+           "front_device": front_dev if cfg.front_ifindex else None,
+           "front_ifindex": cfg.front_ifindex or None,
+           "front_hooked": bool(cfg.front_ifindex) and front_problem is None,
+           "front_problem": front_problem,
+           "members_only": not cfg.front_ifindex,
+           "no_route": abi.Policy(cfg.no_route).name.lower(),
+           "lookup": abi.Lookup(cfg.lookup).name.lower(),
+           "fib_table": cfg.fib_table or None,
+           "source": abi.Source(cfg.source or abi.Source.STRICT).name.lower(),
+           "accept_table": cfg.accept_table or None,
+           "members": members,
+           "maps": {k: {"entries": v[0], "max": v[1]} for k, v in fill.items()},
+           "counters": counters,
+           "monitor": listener}
+    out["daemon"] = daemon.read_status(front)
+    out["forwarding_off"] = dataplane.forwarding_off([front_dev] if cfg.front_ifindex
+                                                     else [p["member"] for p in peers])
+    out["config"] = config_report(front, out["daemon"])
+    return out
+
+
+def config_report(front, dmn):
+    """The config the instance should run and how the attached one differs:
+    the running daemon's (its file; its command line, or the attached
+    instance it adopted, are not compared), else <config dir>/<front>.toml
+    if there is one. None: nothing to compare with."""
+    dmn = dmn or {}
+    source = dmn.get("config") if dmn.get("state") in ("running", "detached") else None
+    if source in ("attached", "command line"):
+        return {"source": source}
+    path = source or config.resolve_path(front, (), None)
+    if path is None:
+        return None
+    try:
+        want = config.build(front, (), path)
+    except config.ConfigError as e:
+        return {"path": path, "error": str(e)}
+    if want.backend != "maps":
+        return {"path": path, "error": f"backend {want.backend}: not this instance's (maps)"}
+    return {"path": path, "differences": daemon.attached_differences(want)}
+
+
+def problems(s):
+    """One line per thing a monitor must hear about in one status entry."""
+    out = []
+    if "error" in s:
+        out.append(f"{s['front']}: {s['error']}")
+    if s.get("front_problem"):
+        out.append(f"{s['front']}: front {s['front_device']} unhooked: {s['front_problem']}")
+    for x in s.get("members", ()):
+        if x["problem"]:
+            out.append(f"{s['front']}: peer {x['peer']}: member {x['device']} unhooked: {x['problem']}")
+    dmn = s.get("daemon") or {}
+    if dmn.get("state") == "failed":
+        out.append(f"{s['front']}: daemon failed" + (f": {dmn['error']}" if dmn.get("error") else ""))
+    elif dmn.get("state") == "not running":
+        out.append(f"{s['front']}: daemon not running (pid {dmn.get('pid')} died without stopping)")
+    if s.get("forwarding_off"):
+        out.append(f"{s['front']}: forwarding off ({', '.join(s['forwarding_off'])}): "
+                   f"traffic between peers is dropped")
+    c = s.get("config") or {}
+    if c.get("error"):
+        out.append(f"{s['front']}: config {c['path']}: {c['error']}")
+    for line in c.get("differences", ()):
+        out.append(f"{s['front']}: differs from {c['path']}: {line}")
+    return out
+
+
+def namespace_status(front=None):
+    """Status entries of this network namespace's instances (and of its
+    allowedips daemons, which have no pins). One broken instance hides no
+    other; the one named (`front`) raises its MapError."""
+    single = daemon.allowedips_daemons()  # --backend allowedips: a daemon, no pins
+    fronts = [front] if front else maps.instances()
+    res = []
+    for f in fronts:
+        if f in single and not os.path.isdir(maps.pin_dir(f)):
+            res.append({"front": f, "backend": "allowedips", "daemon": single[f]})
+            continue
+        try:
+            res.append(instance_status(f))
+        except maps.MapError as e:
+            if front:
+                raise
+            res.append({"front": f, "error": str(e)})
+    if not front:
+        res += [{"front": f, "backend": "allowedips", "daemon": st} for f, st in sorted(single.items())
+                if f not in fronts]
+    return res
+
+
+def find_namespaces(wanted):
+    """{cookie: (label, path)} of the namespaces in `wanted` found by name
+    in /run/netns, else by a process in them (/proc/PID/ns/net)."""
+    def candidates():
+        try:
+            for n in sorted(os.listdir("/run/netns")):
+                yield n, f"/run/netns/{n}"
+        except OSError:
+            pass
+        for proc in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+            yield f"pid {proc}", f"/proc/{proc}/ns/net"
+    found, seen = {}, set()
+    for label, path in candidates():
+        if set(wanted) <= set(found):
+            break
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            cookie = maps.netns_id(path)
+        except OSError:
+            continue  # gone meanwhile, or not ours to see
+        if cookie in wanted and cookie not in found:
+            found[cookie] = (label, path)
+    return found
+
+
+def all_status():
+    """Every namespace's status entries, each with its namespace: this
+    one's read here, another's from a thread that joins it, one no name or
+    process leads to listed from its pins alone."""
+    here = maps.netns_id()
+    cookies = {ns for ns, _ in maps.all_instances()} | daemon.run_namespaces() | {here}
+    where = find_namespaces(cookies)
+    res = []
+    for ns in sorted(cookies, key=lambda c: (c != here, c)):
+        label = where.get(ns, (None, None))[0]
+        if ns == here:
+            entries = namespace_status()
+        elif ns in where:
+            try:
+                entries = nsenter.run(where[ns][1], namespace_status)
+            except OSError as e:
+                entries = [{"front": f, "error": f"cannot enter network namespace {label}: {e.strerror}"}
+                           for f in maps.instances(ns)]
+        else:
+            entries = [{"front": f, "pin_dir": maps.pin_dir(f, ns),
+                        "error": f"network namespace {ns} not found (not in /run/netns, no process in it): "
+                                 f"devices not checked; if it is gone, remove its stale pins "
+                                 f"(rm -r {maps.pin_dir(f, ns)})"}
+                       for f in maps.instances(ns)]
+        res += [dict(e, netns=ns, netns_name=label, current=ns == here) for e in entries]
+    for d in maps.legacy_instances():
+        res.append({"front": os.path.basename(d), "pin_dir": d, "netns": None, "netns_name": None,
+                    "current": False,
+                    "error": f"pinned by an older wgbpf, without a namespace in the path: its programs "
+                             f"still run where it attached them; detach it with that version, or remove "
+                             f"its wgbpf-{os.path.basename(d)} tc filters and rm -r {d}"})
+    return res
+
