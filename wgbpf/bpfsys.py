@@ -306,6 +306,29 @@ def lookup_batch_raw(fd, key_size, value_size, chunk=8192):
         first = False
 
 
+def read_array(fd, first, count, value_size):
+    """Elements first .. first + count - 1 of an array map, their values
+    back to back (batch lookups: the cursor is the index before the first)."""
+    out = []
+    keys = ctypes.create_string_buffer(4 * count)
+    values = ctypes.create_string_buffer(value_size * count)
+    cursor = ctypes.c_uint32(first - 1)
+    out_batch = ctypes.c_uint32()
+    while count:
+        attr = _Batch(in_batch=ctypes.addressof(cursor) if cursor.value != 0xFFFFFFFF else 0,
+                      out_batch=ctypes.addressof(out_batch), keys=ctypes.addressof(keys),
+                      values=ctypes.addressof(values), count=count, map_fd=fd)
+        try:
+            _bpf(MAP_LOOKUP_BATCH, attr)
+        except BPFError as e:
+            if e.errno != errno.ENOENT or attr.count == 0:
+                raise
+        out.append(values.raw[:attr.count * value_size])
+        count -= attr.count
+        cursor.value = out_batch.value
+    return b"".join(out)
+
+
 class Reader:
     """Exact lookups of many keys in one map, one syscall each with no
     allocation: the attr and buffers are made once."""

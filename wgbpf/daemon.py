@@ -32,6 +32,7 @@ import time
 
 from . import abi, config as configmod, dataplane, files, liveness, routes as rt, sync
 from . import maps as maps_mod
+from .dir24 import Dir24Error
 from .maps import Maps, MapError, pin_dir
 from .version import VERSION
 
@@ -769,13 +770,23 @@ class Daemon:
                 if self.verbose and d:
                     self.log_applied(kind, d)
                 if kind == "routes" and self.dir is not None:
-                    for k, peers in d.put.items():
-                        if k[0] == socket.AF_INET:
-                            self.dir.change(int.from_bytes(k[2:], "big"), k[1], peers)
-                    for k in d.delete:
-                        if k[0] == socket.AF_INET:
-                            self.dir.change(int.from_bytes(k[2:], "big"), k[1], None)
+                    self.patch_dir24(d)
         return resync
+
+    def patch_dir24(self, d):
+        """The IPv4 prefixes of a diff written to routes4, patched into the
+        DIR-24-8 arrays; out of set ids or groups, compiled afresh from
+        routes4 (which already holds the diff)."""
+        try:
+            for k, peers in d.put.items():
+                if k[0] == socket.AF_INET:
+                    self.dir.change(int.from_bytes(k[2:], "big"), k[1], peers)
+            for k in d.delete:
+                if k[0] == socket.AF_INET:
+                    self.dir.change(int.from_bytes(k[2:], "big"), k[1], None)
+        except Dir24Error as e:
+            self.log(f"DIR-24-8: {e}: compiling the arrays afresh")
+            self.dir = self.maps.rebuild_dir24()
 
     def check_gone(self):
         """Exit (DaemonError: exit 1, and systemd restarts us) when what we

@@ -14,21 +14,26 @@ patches single prefixes with `change()`, which touches only the /24s under
 the prefix. Sets and groups are numbered deterministically (sorted), so the
 same table compiles to the same bytes in any process.
 
-The compile runs no Python code per prefix: the prefixes are ordered by
-length once (a stable sort of their indices), and each length is painted
-over the shorter ones in one C-level pass, map() over array slice
-assignments. What `change()` needs is kept as arrays, not objects: for each
-length up to /24 a dense u16 array of the set id each prefix of that length
-names (0: none; 64 MiB with every length present, against ~100 MB for dicts
-of a million prefixes), dicts only for the few prefixes longer than /24.
-Measured with tests/bench/bench_dir24.py (1M internet-like prefixes, this
-2-core machine, each form in a fresh process): see rebuild_arrays().
+The compile runs no Python code per prefix: each prefix length, shortest
+first, is picked out of the parallel arrays (bytes.translate + compress)
+and painted over the shorter ones, map() over array slice assignments.
+
+What `change()` needs is one byte per /24, `depth`: the length + 1 of the
+prefix its entry comes from (0: none). A prefix set paints the /24s under it
+whose depth is not longer than its own; a prefix removed hands the /24s it
+painted to the route that covers it, one LPM lookup in routes4 (`route`),
+which already holds the change. 16 MiB, where an array of every prefix's set
+per length took 64 MiB; and the arrays are read and written through the maps
+(`maps.ArrayBytes`), so their 48 MiB are the kernel's, not the daemon's.
+Set ids are never taken back one by one (a prefix's set is not kept): the
+sets a table uses are few, and a compile numbers them afresh.
 """
 import array
+import re
 import sys
-from collections import Counter, deque
+from collections import deque
 from itertools import compress, repeat
-from operator import add, and_, eq, itemgetter, mul, rshift
+from operator import add, and_, itemgetter, mul, rshift
 
 from . import abi
 
@@ -36,8 +41,11 @@ TBL24_ENTRIES = 1 << 24
 GROUP_ENTRIES = 256
 CHUNK = 1 << 16
 ORDER = sys.byteorder  # the maps hold u16s as the host (and the BPF program) reads them
-_ONE = bytes(int(i == 1) for i in range(256))      # translate: count 1 -> 1, else 0
-_NOT_ONE = bytes(int(i != 1) for i in range(256))
+_NOT_ONE = bytes(int(i != 1) for i in range(256))  # translate: count 1 -> 0, else 1
+_IS = [bytes(int(i == n) for i in range(256)) for n in range(34)]       # byte == n -> 1
+_UPTO = [bytes(int(i <= n) for i in range(256)) for n in range(34)]     # byte <= n -> 1
+_RUNS = re.compile(b"\x01+")
+_MULTI = 1 << 16  # a code above the u16 peer ids: the index of an ECMP value
 
 
 class Dir24Error(ValueError):
@@ -68,46 +76,58 @@ def _paint(table, starts, values, n):
               map(runs.__getitem__, values)), 0)
 
 
-class Dir24:
-    """The compiled tables over two writable buffers (the maps' mmaps, or
-    bytearrays in tests) and a callback that stores a peer set by id."""
+def _fill(buf, starts, value, n):
+    """buf[s:s + n] = n bytes of `value` for each start (a bytearray)."""
+    run = bytes([value]) * n
+    deque(map(buf.__setitem__, map(slice, starts, map(add, starts, repeat(n))), repeat(run)), 0)
 
-    def __init__(self, tbl24, tbl8, write_set):
-        self.tbl24 = memoryview(tbl24).cast("B")
-        self.tbl8 = memoryview(tbl8).cast("B")
+
+class Dir24:
+    """The compiled tables over two writable byte buffers (the maps, through
+    maps.ArrayBytes, or bytearrays in tests), a callback that stores a peer
+    set by id, and `route(addr, bound)`: the longest route of routes4 no
+    longer than `bound` covering addr, as (prefix length, peers), or None
+    (an LPM lookup; only removals need it)."""
+
+    def __init__(self, tbl24, tbl8, write_set, route=None):
+        self.tbl24 = tbl24
+        self.tbl8 = tbl8
         self.write_set = write_set
+        self.route = route
         self.max_groups = len(self.tbl8) // (2 * GROUP_ENTRIES)
-        self.own = [None] * 25         # plen <= 24 -> u16 array: set id of prefix (plen, index)
+        self.depth = bytearray(TBL24_ENTRIES)  # /24 index -> length + 1 of the prefix it shows, 0: none
         self.long = [dict() for _ in range(33)]  # plen > 24 -> {network int: set id}
         self.longs = {}                # /24 index -> {(addr, plen)} longer than /24
         self.groups = {}               # /24 index -> group
+        self.bases = {}                # /24 index with a group -> the entry under its longer prefixes
         self.free_groups = []
         self.set_ids = {}              # peers tuple -> set id
         self.sets = {}                 # set id -> peers tuple
-        self.set_refs = {}             # set id -> prefixes using it
         self.writes = 0                # bytes rewritten, for tests/status
 
     # -- sets ----------------------------------------------------------------
-    def _ref(self, peers):
-        """The set id of peers, one more prefix using it."""
+    def _id(self, peers):
+        """The set id of peers, numbered now if new. Ids are not taken back
+        one by one; when they run out, Dir24Error asks for a compile."""
         sid = self.set_ids.get(peers)
         if sid is None:
-            used = self.set_refs
-            sid = next((i for i in range(1, abi.DIR_SETS) if i not in used), None)
-            if sid is None:
-                raise Dir24Error(f"more than {abi.DIR_SETS - 1} distinct peer sets")
+            sid = len(self.sets) + 1
+            if sid >= abi.DIR_SETS:
+                raise Dir24Error(f"more than {abi.DIR_SETS - 1} distinct peer sets since the last compile")
             self.set_ids[peers] = sid
             self.sets[sid] = peers
-            self.set_refs[sid] = 0
             self.write_set(sid, peers)
-        self.set_refs[sid] += 1
         return sid
 
-    def _unref(self, sid):
-        self.set_refs[sid] -= 1
-        if self.set_refs[sid] <= 0:
-            del self.set_refs[sid]
-            del self.set_ids[self.sets.pop(sid)]
+    def _number(self, distinct):
+        """Set ids for the sorted distinct peer sets: the same table gives
+        the same ids, and the same bytes, in any process."""
+        if len(distinct) >= abi.DIR_SETS:
+            raise Dir24Error(f"more than {abi.DIR_SETS - 1} distinct peer sets")
+        self.set_ids = {p: sid for sid, p in enumerate(distinct, start=1)}
+        self.sets = dict(enumerate(distinct, start=1))
+        for sid, p in self.sets.items():
+            self.write_set(sid, p)
 
     # -- full compile ----------------------------------------------------------
     def rebuild(self, prefixes):
@@ -121,7 +141,7 @@ class Dir24:
         plen]) + addr`, and a parallel iterable of peers tuples; keys of
         other families (IPv6) are skipped."""
         keys, peers = list(keys), list(peers)
-        v4 = bytes(map(eq, map(len, keys), repeat(6)))
+        v4 = bytes(len(k) == 6 for k in keys)
         if v4.count(1) != len(keys):
             keys, peers = list(compress(keys, v4)), list(compress(peers, v4))
         packed = b"".join(keys)
@@ -136,121 +156,104 @@ class Dir24:
         """The same straight from routes4's batch reads
         (bpfsys.lookup_batch_raw): (Key4 bytes, Route bytes, count) per
         batch, Route's size, and a function from one Route's bytes to its
-        peers tuple, called once per distinct value, not per prefix."""
-        keys, values = [], []
+        peers tuple, called once per distinct value, not per prefix. Each
+        batch is reduced to an address, a length and a code as it comes:
+        nothing of the size of the whole read is kept."""
+        vs = value_size
+        addrs, plens, codes = array.array("I"), bytearray(), array.array("I")
+        multis = {}  # an ECMP Route's bytes (less origin and prefixlen) -> index
         for k, v, n in batches:
-            keys.append(k[:8 * n])
-            values.append(v[:value_size * n])
-        keys, values = b"".join(keys), bytearray(b"".join(values))
-        n, vs = len(keys) // 8, value_size
-        addr = bytearray(4 * n)
-        for i in range(4):
-            addr[i::4] = keys[4 + i::8]  # Key4: u32 prefixlen, then the address
-        addrs = _u32(addr)
-        plens = keys[0::8] if ORDER == "little" else keys[3::8]  # the low byte of a host-order u32
-        # most routes name one peer: its set is the first peer id, a u16 at
-        # offset 4, gathered like the addresses; only the others (ECMP) are
-        # read one by one, as their count and peers
-        first = bytearray(2 * n)
-        first[0::2], first[1::2] = values[4::vs], values[5::vs]
-        pids = array.array("H", first)
-        counts = bytes(values[0::vs])
-        multi = list(compress(range(n), counts.translate(_NOT_ONE)))
-        # an ECMP Route up to its last peer, less its origin and prefixlen
-        # (bytes 1 and 2: they differ between prefixes of one set)
-        values[1::vs] = bytes(n)
-        values[2::vs] = bytes(n)
-        values = bytes(values)
-        starts = list(map(mul, multi, repeat(vs)))
-        ends = map(add, starts, map(add, repeat(4), map(mul, map(counts.__getitem__, multi), repeat(2))))
-        raw = list(map(values.__getitem__, map(slice, starts, ends)))
-        peers_of = {r: value_peers(r) for r in set(raw)}
-        singles = set(compress(pids, counts.translate(_ONE)))
+            k = k[:8 * n]
+            addr = bytearray(4 * n)
+            for i in range(4):
+                addr[i::4] = k[4 + i::8]  # Key4: u32 prefixlen, then the address
+            addrs.extend(_u32(addr))
+            plens += k[0::8] if ORDER == "little" else k[3::8]  # the low byte of a host-order u32
+            # most routes name one peer: its code is the peer id, a u16 at
+            # offset 4, gathered like the addresses; the others (ECMP, no
+            # peer) are read one by one, as their count and peers
+            v = bytearray(v[:vs * n])
+            first = bytearray(2 * n)
+            first[0::2], first[1::2] = v[4::vs], v[5::vs]
+            code = array.array("I", array.array("H", first))
+            counts = bytes(v[0::vs])
+            multi = list(compress(range(n), counts.translate(_NOT_ONE)))
+            if multi:
+                v[1::vs] = bytes(n)
+                v[2::vs] = bytes(n)
+                v = bytes(v)
+                for i in multi:
+                    raw = v[i * vs:i * vs + 4 + 2 * counts[i]]
+                    code[i] = _MULTI + multis.setdefault(raw, len(multis))
+            codes.extend(code)
+        peers_of = {_MULTI + i: value_peers(raw) for raw, i in multis.items()}
+        singles = {c for c in set(codes) if c < _MULTI}
         self._number(sorted({(p,) for p in singles} | set(peers_of.values())))
         sid_of = {p: self.set_ids[(p,)] for p in singles}
-        sids = array.array("H", map(sid_of.get, pids, repeat(0)))
-        deque(map(sids.__setitem__, multi, map(self.set_ids.__getitem__, map(peers_of.__getitem__, raw))), 0)
-        self._compile(addrs, plens, sids)
+        sid_of.update((c, self.set_ids[p]) for c, p in peers_of.items())
+        self._compile(addrs, plens, array.array("H", map(sid_of.__getitem__, codes)))
 
     def rebuild_arrays(self, addrs, plens, peers):
         """The compile itself, from parallel sequences: network ints, prefix
         lengths (bytes or ints) and peers tuples.
 
-        Measured (tests/bench/bench_dir24.py and a 1M-entry routes4 map;
-        CPU seconds, this 2-core machine at load ~7): compile from a dict
-        1.1, from prefix keys 1.0, from routes4's batches 1.0 after the
-        kernel's 0.9 s batch read; before, attach/bench_dataplane spent 6.4
-        in ipv4_prefixes (ipaddress) + 1.1 compiling with a loop per prefix
-        (the same speed: the loop was not the cost, its input was; its
-        dicts held ~100 MB more). change(): 160k /24s a second (was 1.7k:
-        each scanned every /24 with longer prefixes)."""
+        Measured (tests/bench/bench_dir24.py, 1M internet-like prefixes, this
+        2-core machine): about 1 s of CPU from any input form; the kernel's
+        batch read of routes4 adds 0.9 s. change(): 160k /24s a second."""
         self._number(sorted(set(peers)))
         self._compile(addrs, plens, array.array("H", map(self.set_ids.__getitem__, peers)))
 
-    def _number(self, distinct):
-        """Set ids for the sorted distinct peer sets: the same table gives
-        the same ids, and the same bytes, in any process."""
-        if len(distinct) >= abi.DIR_SETS:
-            raise Dir24Error(f"more than {abi.DIR_SETS - 1} distinct peer sets")
-        self.set_ids = {p: sid for sid, p in enumerate(distinct, start=1)}
-        self.sets = dict(enumerate(distinct, start=1))
-        for sid, p in self.sets.items():
-            self.write_set(sid, p)
-
     def _compile(self, addrs, plens, sids):
-        addrs = array.array("I", addrs)
+        addrs = array.array("I", addrs) if not isinstance(addrs, array.array) else addrs
         plens = bytes(plens)
         if not len(addrs) == len(plens) == len(sids):
             raise ValueError("addrs, plens and peers differ in length")
-        # by length, shortest first (stable: the result depends on the table only)
-        order = sorted(range(len(plens)), key=plens.__getitem__)
-        addrs = array.array("I", map(addrs.__getitem__, order))
-        sids = array.array("H", map(sids.__getitem__, order))
-        del order
-        self.set_refs = dict(Counter(sids))
-        bounds, at = [], 0
-        for plen in range(33):
-            n = plens.count(plen)
-            bounds.append((at, at + n))
-            at += n
-
         tbl24 = array.array("H", bytes(2 * TBL24_ENTRIES))
-        self.own = [None] * 25
-        for plen in range(25):
-            a, b = bounds[plen]
-            if a < b:
-                own = self.own[plen] = array.array("H", bytes(2 << plen))
-                _paint(own, map(rshift, addrs[a:b], repeat(32 - plen)), sids[a:b], 1)
-                _paint(tbl24, map(rshift, addrs[a:b], repeat(8)), sids[a:b], 1 << (24 - plen))
-        self.long = [dict(zip(addrs[a:b], sids[a:b])) if plen > 24 else {}
-                     for plen, (a, b) in enumerate(bounds)]
+        depth = bytearray(TBL24_ENTRIES)
+        long = [dict() for _ in range(33)]
+        lengths = sorted(set(plens))
+        # by length, shortest first: each paints over the shorter ones
+        for plen in lengths:
+            if len(lengths) == 1:
+                a, s = addrs, sids
+            else:
+                pick = plens.translate(_IS[plen])
+                a, s = array.array("I", compress(addrs, pick)), array.array("H", compress(sids, pick))
+            if plen > 24:
+                long[plen] = dict(zip(a, s))
+                continue
+            blocks = array.array("I", map(rshift, a, repeat(8)))
+            _paint(tbl24, blocks, s, 1 << (24 - plen))
+            _fill(depth, blocks, plen + 1, 1 << (24 - plen))
+        del addrs, sids
         # /24s with longer prefixes get a group each, numbered in block order
-        blocks = sorted(set(map(rshift, addrs[bounds[25][0]:], repeat(8))))
+        blocks = sorted({a >> 8 for plen in range(25, 33) for a in long[plen]})
         if len(blocks) > self.max_groups:
             raise Dir24Error(f"{len(blocks)} /24s hold prefixes longer than /24; "
                              f"DIR-24-8 has {self.max_groups} groups")
-        self.groups = dict(zip(blocks, range(len(blocks))))
-        self.free_groups = list(range(self.max_groups - 1, len(blocks) - 1, -1))
-        self.longs = {}
+        groups = dict(zip(blocks, range(len(blocks))))
+        longs = {}
         for plen in range(25, 33):
-            for addr in self.long[plen]:
-                self.longs.setdefault(addr >> 8, set()).add((addr, plen))
+            for addr in long[plen]:
+                longs.setdefault(addr >> 8, set()).add((addr, plen))
         # a group starts as 256 copies of its /24's entry, then the longer
         # prefixes are painted over it, shortest first
-        bases = list(map(tbl24.__getitem__, blocks))
-        fill = {v: v.to_bytes(2, ORDER) * GROUP_ENTRIES for v in set(bases)}
-        tbl8 = array.array("H", b"".join(map(fill.__getitem__, bases)))
+        bases = dict(zip(blocks, map(tbl24.__getitem__, blocks)))
+        fill = {v: v.to_bytes(2, ORDER) * GROUP_ENTRIES for v in set(bases.values())}
+        tbl8 = array.array("H", b"".join(map(fill.__getitem__, map(bases.__getitem__, blocks))))
         for plen in range(25, 33):
-            a, b = bounds[plen]
-            if a < b:
-                starts = map(add, map(mul, map(self.groups.__getitem__, map(rshift, addrs[a:b], repeat(8))),
+            if long[plen]:
+                a = list(long[plen])
+                starts = map(add, map(mul, map(groups.__getitem__, map(rshift, a, repeat(8))),
                                       repeat(GROUP_ENTRIES)),
-                             map(and_, addrs[a:b], repeat(0xFF)))
-                _paint(tbl8, starts, sids[a:b], 1 << (32 - plen))
+                             map(and_, a, repeat(0xFF)))
+                _paint(tbl8, starts, map(long[plen].__getitem__, a), 1 << (32 - plen))
         _paint(tbl24, blocks, range(abi.DIR_GROUP, abi.DIR_GROUP + len(blocks)), 1)
         # groups first: a /24 entry must never point at a group not yet filled
         self._copy(self.tbl8, memoryview(tbl8).cast("B"))
         self._copy(self.tbl24, memoryview(tbl24).cast("B"))
+        self.depth, self.long, self.longs, self.groups, self.bases = depth, long, longs, groups, bases
+        self.free_groups = list(range(self.max_groups - 1, len(blocks) - 1, -1))
 
     def _copy(self, dst, src):
         for off in range(0, len(src), CHUNK):
@@ -258,6 +261,13 @@ class Dir24:
             if bytes(dst[off:off + len(chunk)]) != chunk:  # bytes: memcmp, not item by item
                 dst[off:off + len(chunk)] = chunk
                 self.writes += len(chunk)
+
+    # -- incremental -------------------------------------------------------------
+    def _entry(self, block):
+        """What the /24 itself shows: its entry, or the base under its group."""
+        if block in self.groups:
+            return self.bases[block]
+        return int.from_bytes(self.tbl24[2 * block:2 * block + 2], ORDER)
 
     def _group(self, block, base):
         """The 256 entries of one /24 with longer prefixes, over `base`."""
@@ -267,40 +277,6 @@ class Dir24:
             n = 1 << (32 - plen)
             g[lo:lo + n] = array.array("H", [self.long[plen][addr]]) * n
         return g
-
-    # -- incremental -------------------------------------------------------------
-    def _own(self, addr, plen):
-        """The set id prefix (addr, plen) itself names, 0 for none."""
-        if plen > 24:
-            return self.long[plen].get(addr, 0)
-        own = self.own[plen]
-        return own[addr >> (32 - plen)] if own is not None else 0
-
-    def _store(self, addr, plen, sid):
-        if plen > 24:
-            block = addr >> 8
-            if sid:
-                self.long[plen][addr] = sid
-                self.longs.setdefault(block, set()).add((addr, plen))
-            else:
-                self.long[plen].pop(addr, None)
-                self.longs[block].discard((addr, plen))
-                if not self.longs[block]:
-                    del self.longs[block]
-            return
-        if self.own[plen] is None:
-            self.own[plen] = array.array("H", bytes(2 << plen))
-        self.own[plen][addr >> (32 - plen)] = sid
-
-    def _covering(self, addr, below):
-        """Set id of the longest prefix shorter than `below` covering addr."""
-        for plen in range(min(below, 25) - 1, -1, -1):
-            own = self.own[plen]
-            if own is not None:
-                sid = own[addr >> (32 - plen)]
-                if sid:
-                    return sid
-        return 0
 
     def _put24(self, index, entry):
         self.tbl24[2 * index:2 * index + 2] = entry.to_bytes(2, ORDER)
@@ -314,6 +290,7 @@ class Dir24:
                 if not self.free_groups:
                     raise Dir24Error(f"all {self.max_groups} DIR-24-8 groups are in use")
                 g = self.groups[block] = self.free_groups.pop()
+            self.bases[block] = base
             data = self._group(block, base).tobytes()
             off = g * 2 * GROUP_ENTRIES
             self.tbl8[off:off + len(data)] = data
@@ -323,44 +300,64 @@ class Dir24:
             self._put24(block, base)
             g = self.groups.pop(block, None)
             if g is not None:
+                del self.bases[block]
                 self.free_groups.append(g)
 
     def change(self, addr, plen, peers):
-        """Set (peers) or remove (None) one prefix and repaint under it."""
+        """Set (peers) or remove (None) one prefix and repaint under it.
+        routes4 already holds the change (a removal asks it what covers)."""
         addr &= _mask(plen)
-        old = self._own(addr, plen)
-        if (self.sets[old] if old else None) == peers:
-            return
-        sid = self._ref(peers) if peers is not None else 0  # before the unref: a set kept keeps its id
-        self._store(addr, plen, sid)
-        if old:
-            self._unref(old)
+        sid = self._id(peers) if peers is not None else None
         if plen > 24:
-            block = addr >> 8
-            self._paint_block(block, self._covering(addr, 25))
+            block, long = addr >> 8, self.long[plen]
+            if sid is None:
+                if long.pop(addr, None) is None:
+                    return
+                self.longs[block].discard((addr, plen))
+                if not self.longs[block]:
+                    del self.longs[block]
+            else:
+                if long.get(addr) == sid:
+                    return
+                long[addr] = sid
+                self.longs.setdefault(block, set()).add((addr, plen))
+            self._paint_block(block, self._entry(block))
             return
-        # a prefix of /24 or shorter: recompute the /24s under it, shortest
-        # prefix first, from the one covering it
+        # a prefix of /24 or shorter: the /24s under it that show it or a
+        # shorter prefix (set), or that show it (removed)
         first, n = addr >> 8, 1 << (24 - plen)
-        vals = array.array("H", [self._covering(addr, plen)]) * n
-        for length in range(plen, 25):
-            own = self.own[length]
-            if own is None:
-                continue
-            start, span, m = addr >> (32 - length), 1 << (length - plen), 1 << (24 - length)
-            sub = own[start:start + span]
-            # only the prefixes there are: compress() skips the zeros in C
-            _paint(vals, compress(range(0, span * m, m), sub), compress(sub, sub), m)
-        if n <= len(self.longs):
-            blocks = [b for b in range(first, first + n) if b in self.longs]
+        depth = bytearray(self.depth[first:first + n])
+        if sid is None:
+            pick = depth.translate(_IS[plen + 1])
+            if not pick.count(1):
+                return
+            found = self.route(addr, plen) if self.route is not None else None
+            new, new_depth = (self._id(found[1]), found[0] + 1) if found else (0, 0)
         else:
-            blocks = [b for b in self.longs if first <= b < first + n]
-        for block in blocks:
-            self._paint_block(block, vals[block - first])
-            vals[block - first] = abi.DIR_GROUP | self.groups[block]
+            pick = depth.translate(_UPTO[plen + 1])
+            new, new_depth = sid, plen + 1
+        runs = [m.span() for m in _RUNS.finditer(pick)]
+        if not runs:
+            return
+        lo, hi = runs[0][0], runs[-1][1]
+        vals = array.array("H", bytes(self.tbl24[2 * (first + lo):2 * (first + hi)]))
+        for a, b in runs:
+            vals[a - lo:b - lo] = array.array("H", [new]) * (b - a)
+            depth[a:b] = bytes([new_depth]) * (b - a)
+        # a /24 with a group keeps pointing at it; the group is repainted
+        # over the new base
+        if n <= len(self.groups):
+            grouped = [b for b in range(first + lo, first + hi) if b in self.groups]
+        else:
+            grouped = [b for b in self.groups if first + lo <= b < first + hi]
+        for block in grouped:
+            if pick[block - first]:
+                self._paint_block(block, new)
+            vals[block - first - lo] = abi.DIR_GROUP | self.groups[block]
         data = vals.tobytes()
-        self.tbl24[2 * first:2 * first + len(data)] = data
+        self.tbl24[2 * (first + lo):2 * (first + hi)] = data
         self.writes += len(data)
+        self.depth[first:first + n] = depth
 
     def lookup(self, addr):
         """The set id for an IPv4 address (int), as the data plane reads it."""

@@ -433,23 +433,30 @@ class Maps:
 
     # -- DIR-24-8 ------------------------------------------------------------
     def dir24(self):
-        """A Dir24 writing straight into the dir24/dir8 maps' memory."""
-        import mmap
+        """A Dir24 over the dir24/dir8 maps, read and written by bpf(2)
+        (ArrayBytes, not mmap: their 48 MiB stay out of the daemon's RSS),
+        finding what covers a removed prefix by an LPM lookup in routes4."""
         from .dir24 import Dir24
 
-        def mapped(name):
+        def array(name):
             info = bpfsys.map_info(self.fds[name])
-            size = info.max_entries * ((info.value_size + 7) & ~7)
             if info.max_entries <= 1:
                 raise MapError(f"{self.dir}/{name}: not sized for DIR-24-8 (attach --lookup dir24)")
-            return mmap.mmap(self.fds[name], size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            return ArrayBytes(self.fds[name], info.value_size, info.max_entries)
 
         def write_set(sid, peers):
             r = abi.Route(count=len(peers))
             for i, p in enumerate(peers):
                 r.peers[i] = p
             bpfsys.update(self.fds["dir_sets"], ctypes.c_uint32(sid), r)
-        return Dir24(mapped("dir24"), mapped("dir8"), write_set)
+
+        reader = bpfsys.Reader(self._routes_fd(4, "routes"), 8, ctypes.sizeof(abi.Route))
+
+        def route(addr, bound):
+            # an LPM lookup is bounded by the key's prefix length
+            v = reader.get(_PLEN[bound] + addr.to_bytes(4, "big"))
+            return None if v is None else (v[2], value_peers(v))
+        return Dir24(array("dir24"), array("dir8"), write_set, route)
 
     def ipv4_prefixes(self):
         """{(network int, plen): peers} of routes4, as Dir24.rebuild takes them."""
@@ -491,6 +498,45 @@ class Maps:
 _PLEN = [struct.pack("=I", n) for n in range(129)]
 _ROUTE = struct.Struct("=BBBx%dH" % abi.MAX_ECMP)
 _VALUES = {}
+
+
+class ArrayBytes:
+    """An array map seen as one byte buffer, for slices: read by batch
+    lookups, written by batch updates (a partly covered element is read
+    first). The data plane reads every element whole, before or after."""
+
+    CHUNK = 4096  # elements a syscall
+
+    def __init__(self, fd, value_size, max_entries):
+        self.fd, self.size, self.count = fd, value_size, max_entries
+
+    def __len__(self):
+        return self.size * self.count
+
+    def _span(self, s):
+        a, b, _ = s.indices(len(self))
+        return a, b, a // self.size, -(-b // self.size)
+
+    def __getitem__(self, s):
+        a, b, e0, e1 = self._span(s)
+        data = b"".join(bpfsys.read_array(self.fd, e, min(self.CHUNK, e1 - e), self.size)
+                        for e in range(e0, e1, self.CHUNK))
+        return data[a - e0 * self.size:b - e0 * self.size]
+
+    def __setitem__(self, s, data):
+        a, b, e0, e1 = self._span(s)
+        if len(data) != b - a:
+            raise ValueError("ArrayBytes: a slice keeps its length")
+        if a % self.size or b % self.size:
+            whole = bytearray(self[e0 * self.size:e1 * self.size])
+            whole[a - e0 * self.size:b - e0 * self.size] = data
+            data = whole
+        data = bytes(data)
+        for e in range(e0, e1, self.CHUNK):
+            n = min(self.CHUNK, e1 - e)
+            off = (e - e0) * self.size
+            bpfsys.update_batch_raw(self.fd, struct.pack(f"={n}I", *range(e, e + n)),
+                                    data[off:off + n * self.size], n)
 
 
 def route_value(peers, plen, origin=abi.Origin.KERNEL):

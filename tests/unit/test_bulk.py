@@ -123,3 +123,61 @@ def test_a_restart_writes_only_the_difference(maps):
     assert d.put == {keys[4]: t.best(keys[4]), keys[6]: t.best(keys[6]), keys[7]: t.best(keys[7])}
     maps.apply(d)
     assert len(Daemon._reconcile(types.SimpleNamespace(maps=maps), "routes", t)) == 0
+
+
+def test_array_bytes_reads_and_writes_any_slice_of_an_array_map():
+    from wgbpf.maps import ArrayBytes
+    fd = bpfsys.map_create(abi.ARRAY, 4, 64, 300, 0, "bytes_test")
+    try:
+        a, mirror = ArrayBytes(fd, 64, 300), bytearray(64 * 300)
+        rnd = random.Random(3)
+        for _ in range(200):
+            lo = rnd.randrange(len(mirror))
+            hi = rnd.randrange(lo, min(len(mirror), lo + rnd.choice((2, 64, 500, 9000))) + 1)
+            data = os.urandom(hi - lo)
+            a[lo:hi], mirror[lo:hi] = data, data
+            x = rnd.randrange(len(mirror))
+            assert a[x:x + 130] == bytes(mirror[x:x + 130])
+        assert a[0:len(a)] == bytes(mirror)
+    finally:
+        os.close(fd)
+
+
+def test_dir24_over_the_maps_patches_as_the_lpm_trie_answers():
+    """The daemon's DIR-24-8: arrays written through bpf(2), a removed
+    prefix's /24s handed to what routes4's LPM lookup says covers it."""
+    fds = {}
+    for name in ("routes4", "routes6", "accept4", "accept6", "dir24", "dir8", "dir_sets"):
+        spec = abi.MAPS[name]
+        fds[name] = bpfsys.map_create(spec.type, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value),
+                                      spec.max_entries if name.startswith("dir") else 65536, spec.flags, name)
+    m = Maps("(test)", fds)
+    try:
+        net = ipaddress.ip_network
+        table = {net("10.0.0.0/8"): (1,), net("10.1.0.0/16"): (2,), net("10.1.2.0/24"): (3,),
+                 net("10.1.2.128/25"): (4, 5), net("10.2.0.0/15"): (6,)}
+        d = sync.Diff()
+        d.put = {sync.network_pkey(n): p for n, p in table.items()}
+        m.apply(d)
+        dirs = m.rebuild_dir24()
+
+        def peers_at(addr):
+            sid = dirs.lookup(int(ipaddress.ip_address(addr)))
+            return dirs.sets[sid] if sid else None
+        assert [peers_at(a) for a in ("10.9.9.9", "10.1.9.9", "10.1.2.1", "10.1.2.200", "10.3.0.1", "11.0.0.1")] \
+            == [(1,), (2,), (3,), (4, 5), (6,), None]
+        # the /16 goes: its /24s show the /8 again, the /24 inside it stays
+        d = sync.Diff()
+        d.delete = [sync.network_pkey(net("10.1.0.0/16"))]
+        m.apply(d)
+        dirs.change(0x0A010000, 16, None)
+        assert [peers_at(a) for a in ("10.1.9.9", "10.1.2.1", "10.1.2.200")] == [(1,), (3,), (4, 5)]
+        # what a fresh compile of routes4 gives (the sets numbered afresh)
+        before = [peers_at(f"10.{i}.{j}.{k}") for i in range(4) for j in range(4) for k in (1, 200)]
+        dirs = m.rebuild_dir24()
+        assert [peers_at(f"10.{i}.{j}.{k}") for i in range(4) for j in range(4) for k in (1, 200)] == before
+        dirs.writes = 0
+        m.rebuild_dir24(dirs)
+        assert dirs.writes == 0  # an unchanged table: nothing written
+    finally:
+        m.close()
