@@ -55,7 +55,10 @@ def device_check(name, ifindex, links):
 
 
 def origin_name(origin):
-    return abi.Origin(origin).name.lower() if origin in abi.Origin._value2member_map_ else str(origin)
+    try:
+        return abi.Origin(origin).name.lower()
+    except ValueError:  # written by a newer wgbpf
+        return str(origin)
 
 
 def peer_ids(m):
