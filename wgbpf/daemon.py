@@ -711,13 +711,13 @@ class Daemon:
                         self.log(f"front {front} lost wgbpf's filter (tc qdisc or filter deleted), "
                                  f"hooked again")
             if check_hooks:
-                self._report_foreign_hooks(ipr, peers, now, c)
+                self._report_foreign_hooks(peers, now, c)
             dataplane.vet(ipr, self.maps, {p.member.decode() for p in peers.values()}
                           | dataplane.other_members(self.cfg.front),
                           {l["index"]: l.get_attr("IFLA_IFNAME") for l in dump})
         return rehooked
 
-    def _report_foreign_hooks(self, ipr, peers, now, c):
+    def _report_foreign_hooks(self, peers, now, c):
         """Hooks whose filter of our name runs another instance's programs
         (the same front under another pin root: a container sharing this
         network namespace) are logged once each, not taken back: two
@@ -727,7 +727,7 @@ class Daemon:
                    for p in peers.values() if p.member.decode() in now]
         if c.front_ifindex and self.cfg.front in now:
             devices.append((self.cfg.front, now[self.cfg.front][0], "front"))
-        found = set(dataplane.foreign_hooks(ipr, self.cfg.front, devices))
+        found = set(dataplane.foreign_hooks(self.cfg.front, devices))
         for problem in sorted(found - self.foreign_hooks):
             self.log(f"{problem}: another wgbpf instance (another pin root?) took the hook; "
                      f"not taken back")

@@ -12,9 +12,10 @@ import errno
 import hashlib
 import json
 import os
+import struct
 import time
 
-from . import abi, bpfsys, maps, nsenter
+from . import abi, bpfsys, maps, netlink, nsenter
 from .maps import Maps, MapError, network, pin_dir, route_peers
 
 # The data plane's C: bpf/ beside the package in a checkout, else where the
@@ -450,10 +451,9 @@ def rehook_front(ipr, m, front, ifindex):
     return old
 
 
-def filter_programs(ipr, ifindex, hook):
-    """{name: program id (TCA_BPF_ID)} of the bpf filters on one hook of a
-    device."""
-    out = {}
+def filters(ipr, ifindex, hook):
+    """Names of the bpf filters on one hook of a device."""
+    out = []
     try:
         msgs = ipr.get_filters(index=ifindex, parent=HOOK_PARENT_ID[hook])
     except Exception:
@@ -463,13 +463,44 @@ def filter_programs(ipr, ifindex, hook):
         if msg.get_attr("TCA_KIND") == "bpf" and opts is not None:
             name = opts.get_attr("TCA_BPF_NAME")
             if name:
-                out.setdefault(name, opts.get_attr("TCA_BPF_ID"))
+                out.append(name)
     return out
 
 
-def filters(ipr, ifindex, hook):
-    """Names of the bpf filters on one hook of a device."""
-    return list(filter_programs(ipr, ifindex, hook))
+# rtnetlink's tc filter dump, read raw: pyroute2 (0.7 to 0.9) does not
+# decode TCA_BPF_ID, the id of the program a bpf filter runs
+RTM_GETTFILTER = 46
+TCMSG = struct.Struct("=B3xiIII")  # struct tcmsg: family, ifindex, handle, parent, info
+TCA_KIND, TCA_OPTIONS = 1, 2
+TCA_BPF_NAME, TCA_BPF_ID = 7, 11
+
+
+def filter_programs(ifindex, hook, nl=None):
+    """{name: program id} of the bpf filters on one hook of a device (over
+    `nl`, a netlink.Netlink, else a socket of its own)."""
+    own = nl is None
+    nl = netlink.Netlink(rcvbuf=1 << 20) if own else nl
+    out = {}
+    try:
+        for _, buf, off, end in nl.dump(RTM_GETTFILTER, 0, TCMSG.pack(0, ifindex, 0, HOOK_PARENT_ID[hook], 0)):
+            tc_kind = name = prog_id = None
+            for attr_type, a, b in netlink.attrs(buf, off + TCMSG.size, end):
+                if attr_type == TCA_KIND:
+                    tc_kind = bytes(buf[a:b]).rstrip(b"\0").decode()
+                elif attr_type == TCA_OPTIONS:
+                    for opt, x, y in netlink.attrs(buf, a, b):
+                        if opt == TCA_BPF_NAME:
+                            name = bytes(buf[x:y]).rstrip(b"\0").decode()
+                        elif opt == TCA_BPF_ID:
+                            prog_id = struct.unpack_from("=I", buf, x)[0]
+            if tc_kind == "bpf" and name:
+                out.setdefault(name, prog_id)
+    except OSError:
+        return {}  # the device is gone: nothing hooked
+    finally:
+        if own:
+            nl.close()
+    return out
 
 
 # The program each hook of a device runs, by the device's role.
@@ -509,10 +540,10 @@ def reads_maps(prog_id, map_ids):
         os.close(fd)
 
 
-def hook_programs(ipr, ifindex, role, name):
+def hook_programs(ifindex, role, name):
     """{hook: program id of our filter (by name) there, or None} of one
     device in its role ("front", "member")."""
-    return {hook: filter_programs(ipr, ifindex, hook).get(name) for hook in HOOK_PROGRAMS[role]}
+    return {hook: filter_programs(ifindex, hook).get(name) for hook in HOOK_PROGRAMS[role]}
 
 
 def program_problem(device, role, programs, pinned):
@@ -528,12 +559,12 @@ def program_problem(device, role, programs, pinned):
     return None
 
 
-def foreign_hooks(ipr, front, devices):
+def foreign_hooks(front, devices):
     """program_problem of each of the instance's devices [(name, ifindex,
     role)] whose hooks run another instance's programs."""
     pinned, _ = pinned_ids(pin_dir(front))
     name = filter_name(front)
-    found = (program_problem(dev, role, hook_programs(ipr, ifindex, role, name), pinned)
+    found = (program_problem(dev, role, hook_programs(ifindex, role, name), pinned)
              for dev, ifindex, role in devices)
     return [problem for problem in found if problem]
 
@@ -553,7 +584,7 @@ def check_hooks_ours(ipr, cfg, front_idx, links):
         devices.append((cfg.front, front_idx, "front"))
     for device, ifindex, role in devices:
         for hook, prog in HOOK_PROGRAMS[role].items():
-            prog_id = filter_programs(ipr, ifindex, hook).get(name)
+            prog_id = filter_programs(ifindex, hook).get(name)
             if prog_id is None or prog_id in progs.values() or reads_maps(prog_id, map_ids.values()):
                 continue
             raise AttachError(
@@ -567,8 +598,11 @@ def bpf_filters(hooks):
     """{(ifindex, hook): {name: program id} of the bpf filters there} for
     each (ifindex, hook) asked, over one netlink socket: what `wgbpf status`
     checks."""
-    with _iproute() as ipr:
-        return {(ifindex, hook): filter_programs(ipr, ifindex, hook) for ifindex, hook in set(hooks)}
+    nl = netlink.Netlink(rcvbuf=1 << 20)
+    try:
+        return {(ifindex, hook): filter_programs(ifindex, hook, nl) for ifindex, hook in set(hooks)}
+    finally:
+        nl.close()
 
 
 def hook_filters(ipr, ifindex, hook):
@@ -627,7 +661,7 @@ def remove_filter(ipr, ifindex, hook, name, ours=None):
     given `ours`, a predicate on program ids, runs one of our programs)."""
     if ("bpf", name, TC_PRIO, TC_HANDLE) not in hook_filters(ipr, ifindex, hook):
         return False
-    if ours is not None and not ours(filter_programs(ipr, ifindex, hook).get(name)):
+    if ours is not None and not ours(filter_programs(ifindex, hook).get(name)):
         return False
     try:
         ipr.tc("del-filter", "bpf", ifindex, TC_HANDLE, parent=HOOK_PARENT[hook], prio=TC_PRIO)
@@ -732,7 +766,7 @@ def stale_pins(ipr, m, devices, name):
             pass
     for ifindex in devices:
         for hook in HOOK_PARENT:
-            prog_id = filter_programs(ipr, ifindex, hook).get(name)
+            prog_id = filter_programs(ifindex, hook).get(name)
             if prog_id is not None:
                 try:
                     prog_fds.append(bpfsys.prog_fd_by_id(prog_id))
