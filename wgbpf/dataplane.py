@@ -757,7 +757,10 @@ def unpinned(m):
 def stale_pins(ipr, m, devices, name):
     """Names of pinned maps that are not the ones the instance's programs
     (pinned, and in its filters on `devices`) read: a pin removed by hand
-    gets a new map at the next attach, which those programs never see."""
+    gets a new map at the next attach, which those programs never see.
+    A filter's program that reads none of them is another instance's
+    (attach --force takes its hooks), not a reason to repair."""
+    pinned = {bpfsys.map_info(fd).name.decode(): bpfsys.map_info(fd).id for fd in m.fds.values()}
     prog_fds = []
     for pname in list(abi.PROGRAMS):
         try:
@@ -767,17 +770,16 @@ def stale_pins(ipr, m, devices, name):
     for ifindex in devices:
         for hook in HOOK_PARENT:
             prog_id = filter_programs(ifindex, hook).get(name)
-            if prog_id is not None:
+            if prog_id is not None and reads_maps(prog_id, pinned.values()):
                 try:
                     prog_fds.append(bpfsys.prog_fd_by_id(prog_id))
-                except (OSError, TypeError):
+                except OSError:
                     pass
     try:
         used = _program_maps(prog_fds)
     finally:
         for pfd in prog_fds:
             os.close(pfd)
-    pinned = {bpfsys.map_info(fd).name.decode(): bpfsys.map_info(fd).id for fd in m.fds.values()}
     return sorted(n for n, i in used.items() if n in pinned and pinned[n] != i)
 
 
