@@ -192,14 +192,16 @@ def kernel_peers(m, addr, table):
     owners, hops = [], []
     for gw, oif in r.nexthops:
         gateway = ipaddress.ip_address(gw) if gw else None
-        owner = tags.get(gateway) if gateway else None
-        owner = owner or by_oif.get(oif)
-        hops.append(f"via {gateway or '-'} dev {ifname(oif) if oif else '-'}")
+        if gateway in tags:
+            owner, hop = tags[gateway], f"via {gateway}"
+        elif oif in by_oif:
+            owner, hop = by_oif[oif], f"dev {ifname(oif)}"
+        else:
+            owner, hop = None, f"via {gateway or '-'} dev {ifname(oif) if oif else '-'} names no peer"
+        hops.append(hop)
         if owner and owner not in owners:
             owners.append(owner)
-    net = ipaddress.ip_network((r.dst, r.dst_len))
-    why = f"kernel route {net} {', '.join(hops)}"
-    return owners, why if owners else f"{why} names no peer"
+    return owners, "kernel route " + ", ".join(hops)
 
 
 def martian(m, addr):
