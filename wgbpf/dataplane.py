@@ -831,7 +831,6 @@ class Attach:
             check_hooks_ours(ipr, cfg, self.front_idx, self.links)
         self.fib = check_fib(cfg, self.front_idx, self.links) if cfg.lookup == abi.Lookup.FIB else None
         self.fresh = not os.path.isdir(self.directory)
-        return []
 
     def devices(self):
         """The ifindexes of the instance's devices, members first."""
@@ -1068,7 +1067,7 @@ def attach(cfg, log=lambda msg: None, debug=False, force=False):
     the same front under another pin root). Returns a summary dict."""
     with _iproute() as ipr:
         run = Attach(ipr, cfg, log, debug)
-        run.check(force)
+        run.check(force)  # refused means untouched: nothing has changed yet
         try:
             changes = run.open_maps()
             changes += run.programs()
