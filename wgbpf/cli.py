@@ -138,7 +138,7 @@ def marked(name, problem):
     return f"{name} ({'re-created' if 're-created' in problem else 'gone'})"
 
 
-def names(enum, skip=()):
+def choices(enum, skip=()):
     """An abi enum's members as the CLI spells them (lower case)."""
     return [m.name.lower() for m in enum if m not in skip]
 
@@ -152,15 +152,15 @@ _INSTANCE_OPTIONS = [
                       "(the daemon re-reads it on SIGHUP)"),
     click.option("--members-only", is_flag=True, default=None,
                  help="no front device: filter sources on the members alone (FRONT only names the instance)"),
-    click.option("--no-route", type=click.Choice(names(abi.Policy)), default=None,
+    click.option("--no-route", type=click.Choice(choices(abi.Policy)), default=None,
                  help="packets on the front that no route claims: hand to the kernel (default) or drop"),
-    click.option("--lookup", type=click.Choice(names(abi.Lookup)), default=None,
+    click.option("--lookup", type=click.Choice(choices(abi.Lookup)), default=None,
                  help="lpm (default): prefixes in BPF LPM tries, from `route` and the daemon; "
                       "fib: the kernel's own table via bpf_fib_lookup, no prefix maps; "
                       "dir24: IPv4 compiled to DIR-24-8 arrays (two array reads, 48 MiB), IPv6 as lpm"),
     click.option("--fib-table", metavar="TABLE", default=None,
                  help="with --lookup fib: the table to look in (default main)"),
-    click.option("--source", type=click.Choice(names(abi.Source, skip=(abi.Source.DEFAULT,))), default=None,
+    click.option("--source", type=click.Choice(choices(abi.Source, skip=(abi.Source.DEFAULT,))), default=None,
                  help="source check for peers without their own (default strict); per peer: "
                       "--peer NAME=DEV,...,source=MODE"),
     click.option("--accept-table", metavar="TABLE", default=None,
@@ -482,12 +482,12 @@ def monitor_command(front, all_packets, count, as_json):
             fail(f"{front}: {e}")
         seen = 0
         try:
-            peer_names_, wall = monitor.Names(m), monitor.mono_to_wall()
+            peer_labels, wall = monitor.Names(m), monitor.mono_to_wall()
             click.echo(f"wgbpf monitor: watching {front} for {'every packet' if all_packets else 'drops'}; "
                        f"Ctrl-C stops", err=True)
             while count is None or seen < count:
                 for e in listener.events():
-                    event = monitor.describe(e, peer_names_, wall)
+                    event = monitor.describe(e, peer_labels, wall)
                     click.echo(json.dumps(event) if as_json else monitor.line(event))
                     seen += 1
                     if count is not None and seen >= count:

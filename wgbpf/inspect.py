@@ -472,11 +472,12 @@ def all_status():
                                  f"(rm -r {maps.pin_dir(f, ns)})"}
                        for f in maps.instances(ns)]
         res += [dict(e, netns=ns, netns_name=label, current=ns == here) for e in entries]
-    for d in maps.legacy_instances():
-        res.append({"front": os.path.basename(d), "pin_dir": d, "netns": None, "netns_name": None,
+    for directory in maps.legacy_instances():
+        front = os.path.basename(directory)
+        res.append({"front": front, "pin_dir": directory, "netns": None, "netns_name": None,
                     "current": False,
                     "error": f"pinned by an older wgbpf, without a namespace in the path: its programs "
                              f"still run where it attached them; detach it with that version, or remove "
-                             f"its wgbpf-{os.path.basename(d)} tc filters and rm -r {d}"})
+                             f"its wgbpf-{front} tc filters and rm -r {directory}"})
     return res
 
