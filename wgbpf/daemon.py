@@ -307,10 +307,8 @@ def attach_in_child(cfg):
     pinned maps. The child inherits the namespace, the environment and
     the writer lock we hold (it takes no lock itself). Returns attach's
     summary; raises AttachError with the child's message."""
-    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (pkg, os.environ.get("PYTHONPATH")))))
     r = subprocess.run([sys.executable, "-m", "wgbpf.daemon", "--attach-child"], input=pickle.dumps(cfg),
-                       capture_output=True, env=env)
+                       capture_output=True, env=maps_mod.child_env())
     if r.returncode == 0:
         return pickle.loads(r.stdout)
     err = r.stderr.decode(errors="replace").strip()
@@ -598,7 +596,7 @@ class Daemon:
         if self.cfg.lookup == abi.Lookup.DIR24 and "routes" in self.tables:
             # the IPv4 arrays from all of routes4 (ours, static and tags);
             # only the /24s that differ are rewritten
-            self.dir = self.maps.rebuild_dir24()
+            self.dir = self.maps.compile_dir24_apart()
         self.table = tables.get("routes")
         dt = time.monotonic() - t0
         self.stats["map_writes"] += writes
@@ -609,7 +607,9 @@ class Daemon:
         else:
             self.log(f"sync ({why}): {n} routes read, {len(self.table)} prefixes name peers, "
                      f"{self.table.ignored} ignored ({len(self.table.specific)} TOS/source-specific), {writes} map writes "
-                     f"({puts} put, {deletes} deleted) in {dt:.2f}s (dump {t_dump:.2f}s)")
+                     f"({puts} put, {deletes} deleted) in {dt:.2f}s (dump {t_dump:.2f}s)"
+                     + (f"; DIR-24-8 compiled apart, child peak RSS {self.dir.child_peak_mib:.0f} MiB"
+                        if self.dir is not None else ""))
         self.write_status("running")
         return writes
 
@@ -624,7 +624,7 @@ class Daemon:
         for kind, table in self.tables.items():
             writes += self.maps.apply(self._reconcile(kind, table), kind)
         if self.dir is not None:
-            self.maps.rebuild_dir24(self.dir)
+            self.dir = self.maps.compile_dir24_apart()
         self.stats["map_writes"] += writes
         self.log(f"maps re-read ({why}): {writes} map writes")
 
@@ -786,7 +786,7 @@ class Daemon:
                     self.dir.change(int.from_bytes(k[2:], "big"), k[1], None)
         except Dir24Error as e:
             self.log(f"DIR-24-8: {e}: compiling the arrays afresh")
-            self.dir = self.maps.rebuild_dir24()
+            self.dir = self.maps.compile_dir24_apart()
 
     def check_gone(self):
         """Exit (DaemonError: exit 1, and systemd restarts us) when what we

@@ -239,8 +239,9 @@ class Dir24:
         # a group starts as 256 copies of its /24's entry, then the longer
         # prefixes are painted over it, shortest first
         bases = dict(zip(blocks, map(tbl24.__getitem__, blocks)))
-        fill = {v: v.to_bytes(2, ORDER) * GROUP_ENTRIES for v in set(bases.values())}
-        tbl8 = array.array("H", b"".join(map(fill.__getitem__, map(bases.__getitem__, blocks))))
+        tbl8 = array.array("H", bytes(2 * GROUP_ENTRIES * len(blocks)))
+        _paint(tbl8, range(0, GROUP_ENTRIES * len(blocks), GROUP_ENTRIES), map(bases.__getitem__, blocks),
+               GROUP_ENTRIES)
         for plen in range(25, 33):
             if long[plen]:
                 a = list(long[plen])
@@ -261,6 +262,17 @@ class Dir24:
             if bytes(dst[off:off + len(chunk)]) != chunk:  # bytes: memcmp, not item by item
                 dst[off:off + len(chunk)] = chunk
                 self.writes += len(chunk)
+
+    def state(self):
+        """What change() needs besides `depth`, for restore() in another
+        process (Maps.compile_dir24_apart)."""
+        return {k: getattr(self, k) for k in self._STATE}
+
+    def restore(self, state):
+        for k in self._STATE:
+            setattr(self, k, state[k])
+
+    _STATE = ("long", "longs", "groups", "bases", "free_groups", "set_ids", "sets", "writes")
 
     # -- incremental -------------------------------------------------------------
     def _entry(self, block):

@@ -9,10 +9,13 @@ import ctypes
 import errno
 import ipaddress
 import os
+import pickle
 import queue
 import socket
 import stat
 import struct
+import subprocess
+import sys
 import threading
 
 from . import abi, bpfsys, nsenter
@@ -477,6 +480,37 @@ class Maps:
         d.rebuild_raw(bpfsys.lookup_batch_raw(self._routes_fd(4, "routes"), 8, rsize), rsize, value_peers)
         return d
 
+    def compile_dir24_apart(self):
+        """rebuild_dir24 in a child process (`python -m wgbpf.maps
+        --compile-dir24 DIR`), for the daemon: the compile's transient
+        arrays (about 100 MiB at a full table: a private tbl24 to compare
+        with the map, the prefixes by length) are the child's and gone with
+        it. The daemon gets back what change() needs: the depth bytes (16
+        MiB, read straight into place) and the few groups and sets."""
+        d = self.dir24()
+        p = subprocess.Popen([sys.executable, "-m", "wgbpf.maps", "--compile-dir24", self.dir],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
+        got = 0
+        try:
+            state = pickle.load(p.stdout)
+            view = memoryview(d.depth)
+            while got < len(d.depth):
+                n = p.stdout.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        except (EOFError, pickle.UnpicklingError):
+            state = None
+        err = p.stderr.read().decode(errors="replace").strip()
+        _pid, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        d.child_peak_mib = usage.ru_maxrss / 1024  # the memory the compile took, for the log and bench
+        if p.returncode != 0 or state is None or got != len(d.depth):
+            raise MapError(f"DIR-24-8 compile failed (exit {p.returncode}): "
+                           f"{err.splitlines()[-1] if err else 'no output'}")
+        d.restore(state)
+        return d
+
     def compile_dir24(self):
         """Recompile the DIR-24-8 arrays from routes4 (when in that mode)."""
         if self.config().lookup == abi.Lookup.DIR24:
@@ -674,3 +708,26 @@ def _check_layout(path, fd, spec):
         raise MapError(
             f"{path}: pinned map has type/key/value sizes {have}, this wgbpf expects {want}; "
             f"run `wgbpf detach` to remove the old instance first")
+
+
+def child_env():
+    """The environment of a `python -m wgbpf...` child: this package first
+    on its path, wherever it was imported from (a checkout, the venv)."""
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (pkg, os.environ.get("PYTHONPATH")))))
+
+
+def _compile_dir24_child(directory):
+    from .dir24 import Dir24Error
+    try:
+        with Maps.open(directory) as m:
+            d = m.rebuild_dir24()
+    except (MapError, Dir24Error, OSError) as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(3)
+    sys.stdout.buffer.write(pickle.dumps(d.state()))
+    sys.stdout.buffer.write(d.depth)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--compile-dir24"] and len(sys.argv) == 3:
+    _compile_dir24_child(sys.argv[2])

@@ -506,8 +506,10 @@ class Bench:
         mem = d.memory()
         log(f"{label}: sync line after {wall:.2f}s: {d.sync_line.split('wgbpf daemon: ')[-1]}; "
             f"VmHWM {mem.get('VmHWM')} MiB, VmRSS {mem.get('VmRSS')} MiB")
+        child = re.search(r"child peak RSS (\d+) MiB", d.sync_line)
         return d, {"wall_to_sync_seconds": round(wall, 3), "sync": f,
-                   "vmhwm_mib": mem.get("VmHWM"), "vmrss_mib": mem.get("VmRSS")}
+                   "vmhwm_mib": mem.get("VmHWM"), "vmrss_mib": mem.get("VmRSS"),
+                   "child_peak_mib": int(child.group(1)) if child else None}
 
     def baseline(self):
         log("daemon start on an empty table (baseline: imports, attach/BCC compile)")
@@ -636,7 +638,7 @@ class Bench:
             f = r["sync"]
             self.row(f"dir24: daemon {label} (routes + IPv4 arrays)", f["read"], f["secs"], f["read"],
                      r["vmhwm_mib"], f"{f['writes']:,} map writes; start->sync line {r['wall_to_sync_seconds']:.1f}s; "
-                     f"RSS includes the arrays mapped (48 MiB of the maps' memory)")
+                     f"arrays compiled by a child process, its peak RSS {r.get('child_peak_mib', '?')} MiB")
         self.res["dir24"] = out
 
     def second_start(self):
@@ -868,21 +870,27 @@ class Bench:
     def run(self):
         t_all = time.perf_counter()
         self.res["loadavg_start"] = os.getloadavg()
+        only = set(self.args.only.split(","))
         self.setup()
         self.baseline()
         self.fill()
         self.ip_show()
-        self.raw_parser()
-        self.pyroute2()
-        self.initial_sync()
-        d = self.second_start()
-        self.res["steady"], self.changed = self.steady()
-        self.singles()
-        time.sleep(0.2)
-        self.verify()
-        d.stop()
-        self.daemons.remove(d)
-        self.dir24()
+        if "sync" in only:
+            self.raw_parser()
+            self.pyroute2()
+            self.initial_sync()
+        if only & {"sync", "storm"}:
+            d = self.second_start()
+        if "storm" in only:
+            self.res["steady"], self.changed = self.steady()
+            self.singles()
+            time.sleep(0.2)
+            self.verify()
+        if only & {"sync", "storm"}:
+            d.stop()
+            self.daemons.remove(d)
+        if "dir24" in only:
+            self.dir24()
         if self.args.profile:
             self.profile()
             self.profile_events()
@@ -931,10 +939,16 @@ def parse_args(argv):
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--profile", action="store_true",
                     help="finally cProfile Daemon.full_sync into emptied maps (bench-results/sync-profile.txt)")
+    ap.add_argument("--only", default="sync,storm,dir24", metavar="PARTS",
+                    help="the parts to run, of sync (lpm first start and restart), storm (replaces, "
+                         "deletes, single adds, maps == kernel) and dir24 (both starts in DIR-24-8 mode); "
+                         "default all")
     ap.add_argument("--json-name", default="sync.json", help="file name under bench-results/")
     a = ap.parse_args(argv)
     if a.quick:
         a.v4, a.v6, a.changes = 20_000, 5_000, 5_000
+    if not set(a.only.split(",")) <= {"sync", "storm", "dir24"}:
+        ap.error(f"--only: {a.only!r}: parts are sync, storm and dir24")
     if a.v4 < 1 or a.v6 < 0:
         ap.error("--v4 must be at least 1 and --v6 at least 0")
     return a

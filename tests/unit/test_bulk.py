@@ -181,3 +181,33 @@ def test_dir24_over_the_maps_patches_as_the_lpm_trie_answers():
         assert dirs.writes == 0  # an unchanged table: nothing written
     finally:
         m.close()
+
+
+def test_dir24_compiled_apart_is_what_the_daemon_patches():
+    """The daemon compiles in a child process and keeps only what change()
+    needs: the arrays it gets answer as a compile in this process does, and
+    take patches."""
+    import shutil
+
+    from wgbpf.maps import PIN_ROOT
+    directory = os.path.join(PIN_ROOT, f"apart-{os.getpid()}")
+    m = Maps.create(directory, dir24=True)
+    try:
+        net = ipaddress.ip_network
+        d = sync.Diff()
+        d.put = {sync.network_pkey(net(n)): p for n, p in
+                 (("10.0.0.0/8", (1,)), ("10.1.0.0/16", (2, 3)), ("10.1.2.128/25", (4,)))}
+        m.apply(d)
+        apart = m.compile_dir24_apart()
+        here = m.rebuild_dir24()
+        assert here.writes == 0  # the child wrote the same bytes
+        assert apart.depth == here.depth and apart.state() == dict(here.state(), writes=apart.writes)
+        d = sync.Diff()
+        d.delete = [sync.network_pkey(net("10.1.0.0/16"))]
+        m.apply(d)
+        apart.change(0x0A010000, 16, None)
+        sid = apart.lookup(0x0A010909)
+        assert apart.sets[sid] == (1,) and apart.sets[apart.lookup(0x0A0102F0)] == (4,)
+    finally:
+        m.close()
+        shutil.rmtree(directory, ignore_errors=True)
