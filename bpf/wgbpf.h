@@ -43,6 +43,13 @@
  * only instances): the guard lets such a packet out by another member. */
 #define WGBPF_CHECKED 0x5747
 
+/* The flood of link-local multicast is a program of its own, named
+ * WGBPF_FLOOD_PROG, that front_egress tail-calls at slot WGBPF_TAIL_FLOOD
+ * of the prog array `tail` (filled by each load; pinned beside the
+ * programs, not part of the maps). */
+#define WGBPF_FLOOD_PROG "front_flood"
+#define WGBPF_TAIL_FLOOD 0
+
 /* Device names, as the kernel's IFNAMSIZ. */
 #define WGBPF_IFNAME_LEN 16
 
@@ -164,7 +171,8 @@ struct wgbpf_config {
 	__u32 front_ifindex; /* 0: members only, passed on where they arrive */
 	__u32 no_route;      /* enum wgbpf_policy, also when all peers are down */
 	__u32 flood_count;   /* entries of flood in use */
-	__u32 flags;
+	__u32 unused;        /* retired (was flags, never read): 0; kept so a
+			      * pinned config keeps its layout */
 	__u32 lookup;        /* enum wgbpf_lookup */
 	__u32 fib_table;     /* FIB mode: the table to look in; 0: main */
 	__u32 source;        /* enum wgbpf_source for peers left at DEFAULT */

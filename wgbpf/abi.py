@@ -20,29 +20,20 @@ PEER_UP = 1
 OWN_CLSACT = 1
 CHECKED = 0x5747
 
+FLOOD_PROG = "front_flood"   # tail-called by front_egress at slot TAIL_FLOOD of `tail`
+TAIL_FLOOD = 0
+
 AF_INET = 2
 AF_INET6 = 10
 
 
-class Origin(enum.IntEnum):
-    STATIC = 1
-    TAG = 2
-    KERNEL = 3
-
-
-class Source(enum.IntEnum):
-    DEFAULT = 0
-    STRICT = 1
-    FEASIBLE = 2
-    LOOSE = 3
-    OFF = 4
-
-
-class Lookup(enum.IntEnum):
-    LPM = 0
-    FIB = 1
-    DIR24 = 2
-
+# The enums of wgbpf.h, value for value (the small ones on one line each).
+Origin = enum.IntEnum("Origin", {"STATIC": 1, "TAG": 2, "KERNEL": 3})
+Source = enum.IntEnum("Source", {"DEFAULT": 0, "STRICT": 1, "FEASIBLE": 2, "LOOSE": 3, "OFF": 4})
+Lookup = enum.IntEnum("Lookup", {"LPM": 0, "FIB": 1, "DIR24": 2})
+Policy = enum.IntEnum("Policy", {"PASS": 0, "DROP": 1})
+Watch = enum.IntEnum("Watch", {"OFF": 0, "DROPS": 1, "ALL": 2})
+Hook = enum.IntEnum("Hook", {"FRONT_EGRESS": 0, "MEMBER_INGRESS": 1, "MEMBER_EGRESS": 2})
 
 DIR_PER_ELEM = 32
 DIR24_ELEMS = (1 << 24) // DIR_PER_ELEM
@@ -55,11 +46,6 @@ DIR_SETS = 0x8000
 FIB_LOOKUP_DIRECT = 1 << 0
 FIB_LOOKUP_SKIP_NEIGH = 1 << 2
 FIB_LOOKUP_TBID = 1 << 3
-
-
-class Policy(enum.IntEnum):
-    PASS = 0
-    DROP = 1
 
 
 class Reason(enum.IntEnum):
@@ -87,53 +73,44 @@ class Reason(enum.IntEnum):
 REASON_MAX = 19
 
 
-class Watch(enum.IntEnum):
-    OFF = 0
-    DROPS = 1
-    ALL = 2
-
-
-class Hook(enum.IntEnum):
-    FRONT_EGRESS = 0
-    MEMBER_INGRESS = 1
-    MEMBER_EGRESS = 2
-
-
 MONITOR_RATE = 1000
 MONITOR_BURST = 1000
 EVENTS_SIZE = 256 * 1024
 
 
+def _fields_of(ctype):
+    """A maker of ctypes fields of one C type, so that a Structure's _fields_
+    read as the C struct's declarations: u32("a", "b") + u64("c")."""
+    return lambda *names: [(n, ctype) for n in names]
+
+
+u8, u16, u32, u64 = map(_fields_of, (ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64))
+
+
 class Key4(ctypes.Structure):
-    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 4)]
+    _fields_ = u32("prefixlen") + [("addr", ctypes.c_uint8 * 4)]
 
 
 class Key6(ctypes.Structure):
-    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 16)]
+    _fields_ = u32("prefixlen") + [("addr", ctypes.c_uint8 * 16)]
 
 
 class Route(ctypes.Structure):
-    _fields_ = [("count", ctypes.c_uint8), ("origin", ctypes.c_uint8),
-                ("prefixlen", ctypes.c_uint8), ("pad", ctypes.c_uint8),
-                ("peers", ctypes.c_uint16 * MAX_ECMP)]
+    _fields_ = u8("count", "origin", "prefixlen", "pad") + [("peers", ctypes.c_uint16 * MAX_ECMP)]
 
 
 class Peer(ctypes.Structure):
-    _fields_ = [("ifindex", ctypes.c_uint32), ("flags", ctypes.c_uint32),
-                ("source", ctypes.c_uint32), ("owned", ctypes.c_uint32),
-                ("name", ctypes.c_char * NAME_LEN), ("member", ctypes.c_char * IFNAME_LEN)]
+    _fields_ = u32("ifindex", "flags", "source", "owned") + [
+        ("name", ctypes.c_char * NAME_LEN), ("member", ctypes.c_char * IFNAME_LEN)]
 
 
 class Tag(ctypes.Structure):
-    _fields_ = [("family", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 16)]
+    _fields_ = u32("family") + [("addr", ctypes.c_uint8 * 16)]
 
 
 class Config(ctypes.Structure):
-    _fields_ = [("front_ifindex", ctypes.c_uint32), ("no_route", ctypes.c_uint32),
-                ("flood_count", ctypes.c_uint32), ("flags", ctypes.c_uint32),
-                ("lookup", ctypes.c_uint32), ("fib_table", ctypes.c_uint32),
-                ("source", ctypes.c_uint32), ("accept_table", ctypes.c_uint32),
-                ("front_owned", ctypes.c_uint32), ("front", ctypes.c_char * IFNAME_LEN)]
+    _fields_ = u32("front_ifindex", "no_route", "flood_count", "unused", "lookup", "fib_table",
+                   "source", "accept_table", "front_owned") + [("front", ctypes.c_char * IFNAME_LEN)]
 
 
 class DirElem(ctypes.Structure):
@@ -141,32 +118,25 @@ class DirElem(ctypes.Structure):
 
 
 class Flood(ctypes.Structure):
-    _fields_ = [("ifindex", ctypes.c_uint32), ("peer", ctypes.c_uint32)]
+    _fields_ = u32("ifindex", "peer")
 
 
 class PeerStats(ctypes.Structure):
-    _fields_ = [("tx_packets", ctypes.c_uint64), ("tx_bytes", ctypes.c_uint64),
-                ("rx_packets", ctypes.c_uint64), ("rx_bytes", ctypes.c_uint64),
-                ("spoofed", ctypes.c_uint64)]
+    _fields_ = u64("tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "spoofed")
 
 
 class Monitor(ctypes.Structure):
-    _fields_ = [("mode", ctypes.c_uint32), ("pid", ctypes.c_uint32), ("until", ctypes.c_uint64)]
+    _fields_ = u32("mode", "pid") + u64("until")
 
 
 class MonitorCpu(ctypes.Structure):
-    _fields_ = [("last", ctypes.c_uint64), ("credit", ctypes.c_uint64),
-                ("suppressed", ctypes.c_uint64), ("lost", ctypes.c_uint64)]
+    _fields_ = u64("last", "credit", "suppressed", "lost")
 
 
 class Event(ctypes.Structure):
-    _fields_ = [("time", ctypes.c_uint64), ("ifindex", ctypes.c_uint32),
-                ("peer", ctypes.c_uint32), ("reason", ctypes.c_uint32),
-                ("len", ctypes.c_uint32), ("family", ctypes.c_uint32),
-                ("hook", ctypes.c_uint8), ("dropped", ctypes.c_uint8),
-                ("proto", ctypes.c_uint8), ("pad", ctypes.c_uint8),
-                ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16),
-                ("src", ctypes.c_uint8 * 16), ("dst", ctypes.c_uint8 * 16)]
+    _fields_ = (u64("time") + u32("ifindex", "peer", "reason", "len", "family")
+                + u8("hook", "dropped", "proto", "pad") + u16("sport", "dport")
+                + [("src", ctypes.c_uint8 * 16), ("dst", ctypes.c_uint8 * 16)])
 
 
 class Empty(ctypes.Structure):
@@ -177,7 +147,8 @@ class Empty(ctypes.Structure):
 U32 = ctypes.c_uint32
 U64 = ctypes.c_uint64
 
-# bpfsys map types
+# enum bpf_map_type and map flags (linux/bpf.h; tests/unit/test_abi.py
+# checks them against the system's header)
 HASH, ARRAY, PERCPU_ARRAY, LPM_TRIE, RINGBUF = 1, 2, 6, 11, 27
 NO_PREALLOC = 1
 MMAPABLE = 1 << 10
@@ -189,7 +160,7 @@ class MapSpec:
         self.max_entries, self.flags = max_entries, flags
 
 
-# Every pinned map, as wgbpf.c declares it (BPF_TABLE_PINNED).
+# Every pinned map, as bpf/maps.h declares it (BPF_TABLE_PINNED).
 MAPS = {m.name: m for m in [
     MapSpec("routes4", LPM_TRIE, Key4, Route, MAX_ROUTES4, NO_PREALLOC),
     MapSpec("routes6", LPM_TRIE, Key6, Route, MAX_ROUTES6, NO_PREALLOC),

@@ -10,6 +10,8 @@ import errno
 import os
 import struct
 
+from .abi import u32, u64
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _NR_BPF = {"x86_64": 321, "aarch64": 280}[os.uname().machine]
@@ -30,14 +32,10 @@ MAP_LOOKUP_BATCH = 24
 MAP_UPDATE_BATCH = 26
 MAP_DELETE_BATCH = 27
 
-# enum bpf_map_type
-MAP_TYPE_HASH = 1
-MAP_TYPE_ARRAY = 2
-MAP_TYPE_PERCPU_ARRAY = 6
-MAP_TYPE_LPM_TRIE = 11
-
-F_NO_PREALLOC = 1
+# map types and flags are abi's (HASH, NO_PREALLOC, ...); these are the
+# syscall's own (tests/unit/test_abi.py checks them against linux/bpf.h)
 ANY, NOEXIST, EXIST = 0, 1, 2
+F_RDONLY = 1 << 3
 
 
 class BPFError(OSError):
@@ -52,84 +50,59 @@ def _bpf(cmd, attr):
     return ret
 
 
+# The parts of union bpf_attr and of the info structs this module uses, as
+# runs of the kernel's declarations.
 class _MapCreate(ctypes.Structure):
-    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
-                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
-                ("map_flags", ctypes.c_uint32), ("inner_map_fd", ctypes.c_uint32),
-                ("numa_node", ctypes.c_uint32), ("map_name", ctypes.c_char * 16),
-                ("pad", ctypes.c_uint8 * 64)]
+    _fields_ = (u32("map_type", "key_size", "value_size", "max_entries", "map_flags",
+                    "inner_map_fd", "numa_node")
+                + [("map_name", ctypes.c_char * 16), ("pad", ctypes.c_uint8 * 64)])
 
 
 class _Elem(ctypes.Structure):
-    _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32),
-                ("key", ctypes.c_uint64), ("value", ctypes.c_uint64),
-                ("flags", ctypes.c_uint64)]
+    _fields_ = u32("map_fd", "pad") + u64("key", "value", "flags")
 
 
 class _Batch(ctypes.Structure):
-    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64),
-                ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64),
-                ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
-                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+    _fields_ = u64("in_batch", "out_batch", "keys", "values") + u32("count", "map_fd") \
+        + u64("elem_flags", "flags")
 
 
 class _Obj(ctypes.Structure):
-    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32),
-                ("file_flags", ctypes.c_uint32), ("path_fd", ctypes.c_int32)]
+    _fields_ = u64("pathname") + u32("bpf_fd", "file_flags") + [("path_fd", ctypes.c_int32)]
 
 
 class _Info(ctypes.Structure):
-    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32),
-                ("info", ctypes.c_uint64)]
+    _fields_ = u32("bpf_fd", "info_len") + u64("info")
 
 
 class _ById(ctypes.Structure):
-    _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32),
-                ("open_flags", ctypes.c_uint32)]
+    _fields_ = u32("id", "next_id", "open_flags")
 
 
 class _TestRun(ctypes.Structure):
-    _fields_ = [("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32),
-                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
-                ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
-                ("repeat", ctypes.c_uint32), ("duration", ctypes.c_uint32),
-                ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
-                ("ctx_in", ctypes.c_uint64), ("ctx_out", ctypes.c_uint64),
-                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32),
-                ("batch_size", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+    _fields_ = (u32("prog_fd", "retval", "data_size_in", "data_size_out") + u64("data_in", "data_out")
+                + u32("repeat", "duration", "ctx_size_in", "ctx_size_out") + u64("ctx_in", "ctx_out")
+                + u32("flags", "cpu", "batch_size", "pad"))
 
 
 class MapInfo(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
-                ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
-                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
-                ("name", ctypes.c_char * 16), ("ifindex", ctypes.c_uint32),
-                ("btf_vmlinux_value_type_id", ctypes.c_uint32),
-                ("netns_dev", ctypes.c_uint64), ("netns_ino", ctypes.c_uint64),
-                ("btf_id", ctypes.c_uint32), ("btf_key_type_id", ctypes.c_uint32),
-                ("btf_value_type_id", ctypes.c_uint32), ("pad", ctypes.c_uint32),
-                ("map_extra", ctypes.c_uint64)]
+    _fields_ = (u32("type", "id", "key_size", "value_size", "max_entries", "map_flags")
+                + [("name", ctypes.c_char * 16)] + u32("ifindex", "btf_vmlinux_value_type_id")
+                + u64("netns_dev", "netns_ino")
+                + u32("btf_id", "btf_key_type_id", "btf_value_type_id", "pad") + u64("map_extra"))
 
 
 class ProgInfo(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
-                ("tag", ctypes.c_uint8 * 8), ("jited_prog_len", ctypes.c_uint32),
-                ("xlated_prog_len", ctypes.c_uint32), ("jited_prog_insns", ctypes.c_uint64),
-                ("xlated_prog_insns", ctypes.c_uint64), ("load_time", ctypes.c_uint64),
-                ("created_by_uid", ctypes.c_uint32), ("nr_map_ids", ctypes.c_uint32),
-                ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * 16),
-                ("ifindex", ctypes.c_uint32), ("gpl_compatible", ctypes.c_uint32),
-                ("netns_dev", ctypes.c_uint64), ("netns_ino", ctypes.c_uint64),
-                ("nr_jited_ksyms", ctypes.c_uint32), ("nr_jited_func_lens", ctypes.c_uint32),
-                ("jited_ksyms", ctypes.c_uint64), ("jited_func_lens", ctypes.c_uint64),
-                ("btf_id", ctypes.c_uint32), ("func_info_rec_size", ctypes.c_uint32),
-                ("func_info", ctypes.c_uint64), ("nr_func_info", ctypes.c_uint32),
-                ("nr_line_info", ctypes.c_uint32), ("line_info", ctypes.c_uint64),
-                ("jited_line_info", ctypes.c_uint64), ("nr_jited_line_info", ctypes.c_uint32),
-                ("line_info_rec_size", ctypes.c_uint32),
-                ("jited_line_info_rec_size", ctypes.c_uint32),
-                ("nr_prog_tags", ctypes.c_uint32), ("prog_tags", ctypes.c_uint64),
-                ("run_time_ns", ctypes.c_uint64), ("run_cnt", ctypes.c_uint64)]
+    _fields_ = (u32("type", "id") + [("tag", ctypes.c_uint8 * 8)]
+                + u32("jited_prog_len", "xlated_prog_len")
+                + u64("jited_prog_insns", "xlated_prog_insns", "load_time")
+                + u32("created_by_uid", "nr_map_ids") + u64("map_ids") + [("name", ctypes.c_char * 16)]
+                + u32("ifindex", "gpl_compatible") + u64("netns_dev", "netns_ino")
+                + u32("nr_jited_ksyms", "nr_jited_func_lens") + u64("jited_ksyms", "jited_func_lens")
+                + u32("btf_id", "func_info_rec_size") + u64("func_info")
+                + u32("nr_func_info", "nr_line_info") + u64("line_info", "jited_line_info")
+                + u32("nr_jited_line_info", "line_info_rec_size", "jited_line_info_rec_size",
+                      "nr_prog_tags") + u64("prog_tags", "run_time_ns", "run_cnt"))
 
 
 def map_create(map_type, key_size, value_size, max_entries, flags=0, name=""):
@@ -146,8 +119,8 @@ def obj_pin(fd, path):
 
 def obj_get(path, readonly=False):
     p = ctypes.create_string_buffer(os.fsencode(path))
-    # BPF_F_RDONLY (1 << 3) lets read-only listings open maps they cannot change
-    return _bpf(OBJ_GET, _Obj(pathname=ctypes.addressof(p), file_flags=(1 << 3) if readonly else 0))
+    # BPF_F_RDONLY lets read-only listings open maps they cannot change
+    return _bpf(OBJ_GET, _Obj(pathname=ctypes.addressof(p), file_flags=F_RDONLY if readonly else 0))
 
 
 def map_info(fd):
@@ -182,16 +155,21 @@ def prog_map_ids(fd):
     return list(ids[:min(n, info.nr_map_ids)])
 
 
-def lookup(fd, key, value):
-    """Fill ctypes `value` from `key`; False when there is no such element."""
+def _found(cmd, attr):
+    """_bpf for an element call: False when there is no such element (ENOENT)."""
     try:
-        _bpf(MAP_LOOKUP_ELEM, _Elem(map_fd=fd, key=ctypes.addressof(key),
-                                    value=ctypes.addressof(value)))
+        _bpf(cmd, attr)
     except BPFError as e:
         if e.errno == errno.ENOENT:
             return False
         raise
     return True
+
+
+def lookup(fd, key, value):
+    """Fill ctypes `value` from `key`; False when there is no such element."""
+    return _found(MAP_LOOKUP_ELEM, _Elem(map_fd=fd, key=ctypes.addressof(key),
+                                         value=ctypes.addressof(value)))
 
 
 def update(fd, key, value, flags=ANY):
@@ -200,25 +178,13 @@ def update(fd, key, value, flags=ANY):
 
 
 def delete(fd, key):
-    try:
-        _bpf(MAP_DELETE_ELEM, _Elem(map_fd=fd, key=ctypes.addressof(key)))
-    except BPFError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+    return _found(MAP_DELETE_ELEM, _Elem(map_fd=fd, key=ctypes.addressof(key)))
 
 
 def next_key(fd, key, out):
     """Write the key after `key` (None: the first) into `out`; False at the end."""
-    try:
-        _bpf(MAP_GET_NEXT_KEY, _Elem(map_fd=fd, key=ctypes.addressof(key) if key is not None else 0,
-                                     value=ctypes.addressof(out)))
-    except BPFError as e:
-        if e.errno == errno.ENOENT:
-            return False
-        raise
-    return True
+    return _found(MAP_GET_NEXT_KEY, _Elem(map_fd=fd, key=ctypes.addressof(key) if key is not None else 0,
+                                          value=ctypes.addressof(out)))
 
 
 def lookup_batch(fd, key_type, value_type, chunk=4096):
@@ -372,12 +338,9 @@ PROG_TYPE_SCHED_CLS = 3
 
 
 class _ProgLoad(ctypes.Structure):
-    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32),
-                ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
-                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
-                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32),
-                ("prog_flags", ctypes.c_uint32), ("prog_name", ctypes.c_char * 16),
-                ("pad", ctypes.c_uint8 * 64)]
+    _fields_ = (u32("prog_type", "insn_cnt") + u64("insns", "license") + u32("log_level", "log_size")
+                + u64("log_buf") + u32("kern_version", "prog_flags")
+                + [("prog_name", ctypes.c_char * 16), ("pad", ctypes.c_uint8 * 64)])
 
 
 def insn(code, dst=0, src=0, off=0, imm=0):

@@ -180,6 +180,27 @@ def cflags(directory):
     return [f"-I{BPF_DIR}", f'-DWGBPF_PIN_DIR="{directory}"', "-w"]
 
 
+def source_text(name="wgbpf.c", seen=None):
+    """wgbpf.c with its own headers (bpf/*.h) in place of their #include
+    lines, each once: BCC turns map operations (routes4.lookup(...)) into
+    map calls only in the text it is handed, not in the files it includes.
+    #line markers keep compiler messages naming the real file and line."""
+    seen = {name} if seen is None else seen
+    path = os.path.join(BPF_DIR, name)
+    out = [f'#line 1 "{path}"']
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            header = line.split('"')[1] if line.startswith('#include "') else None
+            if header is None:
+                out.append(line.rstrip("\n"))
+            elif header in seen:
+                out.append("")  # included already (the headers have guards)
+            else:
+                seen.add(header)
+                out += [source_text(header, seen), f'#line {n + 1} "{path}"']
+    return "\n".join(out) + "\n"
+
+
 def forwarding_off(devices):
     """The forwarding sysctls that are off, for traffic between peers in
     any lookup mode: it enters by one device (the front, where
@@ -205,17 +226,12 @@ def compile_programs(directory, debug=False, prefix="", suffix=""):
     wgbpf.c (benchmarks add their programs and WGBPF_BENCH_* hooks so).
     """
     from bcc import BPF  # imported here: a second of import, only attach needs it
-    flags = cflags(directory)
-    if prefix or suffix:
-        with open(SOURCE) as f:
-            text = prefix + f.read() + suffix
-        b = BPF(text=text.encode(), cflags=flags, debug=0x8 if debug else 0)
-    else:
-        b = BPF(src_file=SOURCE.encode(), cflags=flags, debug=0x8 if debug else 0)
+    text = prefix + source_text() + suffix
+    b = BPF(text=text.encode(), cflags=cflags(directory), debug=0x8 if debug else 0)
     fds = {name: b.load_func(name.encode(), BPF.SCHED_CLS).fd for name in abi.PROGRAMS}
-    flood = b.load_func(b"front_flood", BPF.SCHED_CLS)
+    flood = b.load_func(abi.FLOOD_PROG.encode(), BPF.SCHED_CLS)
     tail = b.get_table(b"tail")
-    tail[ctypes.c_int(0)] = ctypes.c_int(flood.fd)
+    tail[ctypes.c_int(abi.TAIL_FLOOD)] = ctypes.c_int(flood.fd)
     # A prog array is emptied when its last user-space reference goes, so
     # it is pinned with the programs; it is not a map of the ABI.
     fds["tail"] = tail.map_fd

@@ -174,7 +174,7 @@ def kernel_route(addr, table):
 
 
 def kernel_peers(m, addr, table):
-    """FIB mode, as fib_peer() in bpf/wgbpf.c: a tag equal to `addr` names
+    """FIB mode, as fib_peer() in bpf/lookup.h: a tag equal to `addr` names
     its peer; else the kernel's route does, by a nexthop that is a tag or by
     a member as its device. ([peer ids], why); a multipath route may name
     several (the kernel's hash picks one per flow)."""

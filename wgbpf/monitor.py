@@ -1,6 +1,6 @@
 """`wgbpf monitor`: the data plane's events, read from its pinned ring buffer.
 
-The programs report a packet (bpf/wgbpf.c, watch()) only while the monitor
+The programs report a packet (bpf/verdict.h, watch()) only while the monitor
 map says someone listens, and only until the listener's lease runs out:
 the Listener renews it every second and clears it on exit, so a listener killed
 by SIGKILL stops the events LEASE_SECONDS later without anyone cleaning up.

@@ -1,4 +1,4 @@
-"""wgbpf/abi.py must agree with bpf/wgbpf.h, and abi.MAPS with bpf/wgbpf.c.
+"""wgbpf/abi.py must agree with bpf/wgbpf.h, and abi.MAPS with bpf/maps.h.
 
 The header is parsed for its structs, #defines and enums, then a small C
 program that #includes it is compiled with the host compiler and prints
@@ -13,13 +13,14 @@ import subprocess
 
 import pytest
 
-from wgbpf import abi
+from wgbpf import abi, bpfsys
 from wgbtest import require  # tests/wgbtest.py: pytest puts tests/ on the path (tests/conftest.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BPF_DIR = os.path.join(REPO, "bpf")
 HEADER = os.path.join(BPF_DIR, "wgbpf.h")
-SOURCE = os.path.join(BPF_DIR, "wgbpf.c")
+SOURCE = os.path.join(BPF_DIR, "wgbpf.c")     # the programs
+MAPS_H = os.path.join(BPF_DIR, "maps.h")      # their maps
 
 # C struct -> ctypes mirror
 STRUCTS = {
@@ -72,6 +73,8 @@ DEFINES = {
     "WGBPF_MONITOR_RATE": "MONITOR_RATE",
     "WGBPF_MONITOR_BURST": "MONITOR_BURST",
     "WGBPF_EVENTS_SIZE": "EVENTS_SIZE",
+    "WGBPF_FLOOD_PROG": "FLOOD_PROG",
+    "WGBPF_TAIL_FLOOD": "TAIL_FLOOD",
 }
 
 # enum in the header -> (IntEnum in abi, prefix stripped from the C names)
@@ -102,6 +105,28 @@ SYSTEM = {
     "BPF_MAP_TYPE_LPM_TRIE": abi.LPM_TRIE,
     "BPF_MAP_TYPE_RINGBUF": abi.RINGBUF,
     "BPF_F_NO_PREALLOC": abi.NO_PREALLOC,
+    "BPF_F_MMAPABLE": abi.MMAPABLE,
+    # bpfsys's own: the syscall's commands and flags
+    "BPF_F_RDONLY": bpfsys.F_RDONLY,
+    "BPF_ANY": bpfsys.ANY,
+    "BPF_NOEXIST": bpfsys.NOEXIST,
+    "BPF_EXIST": bpfsys.EXIST,
+    "BPF_MAP_CREATE": bpfsys.MAP_CREATE,
+    "BPF_MAP_LOOKUP_ELEM": bpfsys.MAP_LOOKUP_ELEM,
+    "BPF_MAP_UPDATE_ELEM": bpfsys.MAP_UPDATE_ELEM,
+    "BPF_MAP_DELETE_ELEM": bpfsys.MAP_DELETE_ELEM,
+    "BPF_MAP_GET_NEXT_KEY": bpfsys.MAP_GET_NEXT_KEY,
+    "BPF_PROG_LOAD": bpfsys.PROG_LOAD,
+    "BPF_OBJ_PIN": bpfsys.OBJ_PIN,
+    "BPF_OBJ_GET": bpfsys.OBJ_GET,
+    "BPF_PROG_TEST_RUN": bpfsys.PROG_TEST_RUN,
+    "BPF_PROG_GET_FD_BY_ID": bpfsys.PROG_GET_FD_BY_ID,
+    "BPF_MAP_GET_FD_BY_ID": bpfsys.MAP_GET_FD_BY_ID,
+    "BPF_OBJ_GET_INFO_BY_FD": bpfsys.OBJ_GET_INFO_BY_FD,
+    "BPF_MAP_LOOKUP_BATCH": bpfsys.MAP_LOOKUP_BATCH,
+    "BPF_MAP_UPDATE_BATCH": bpfsys.MAP_UPDATE_BATCH,
+    "BPF_MAP_DELETE_BATCH": bpfsys.MAP_DELETE_BATCH,
+    "BPF_PROG_TYPE_SCHED_CLS": bpfsys.PROG_TYPE_SCHED_CLS,
     "AF_INET": abi.AF_INET,
     "AF_INET6": abi.AF_INET6,
     # wgbpf.h defines these itself (BCC's headers may predate TBID): they
@@ -151,6 +176,11 @@ def header_defines():
     return re.findall(r"^\s*#\s*define\s+(WGBPF_\w+)[ \t]+\S", read(HEADER), re.M)
 
 
+def string_defines():
+    """Names of the #defines whose value is a C string."""
+    return re.findall(r'^\s*#\s*define\s+(WGBPF_\w+)[ \t]+"', read(HEADER), re.M)
+
+
 def header_enums():
     """{enum name: [constant names]}"""
     return {name: re.findall(r"\b(WGBPF_\w+)\s*=", body)
@@ -166,10 +196,16 @@ RINGBUF_RE = re.compile(
     r'WGBPF_RINGBUF_PINNED\(\s*(\w+)\s*,\s*([^,]+?)\s*,\s*WGBPF_PIN_DIR\s*"/([^"]*)"\s*\)\s*;')
 
 
+def all_sources():
+    """Every file of bpf/ but wgbpf.h, as one text."""
+    return "".join(read(os.path.join(BPF_DIR, n)) for n in sorted(os.listdir(BPF_DIR))
+                   if n.endswith((".c", ".h")) and n != "wgbpf.h")
+
+
 def source_maps():
     """[(type string, key type, value type, name, max_entries expr, pin name)];
     a ring buffer has no key or value type ("")."""
-    src = read(SOURCE)
+    src = read(MAPS_H)
     return PIN_RE.findall(src) + [("ringbuf", "", "", n, size, pin)
                                   for n, size, pin in RINGBUF_RE.findall(src)]
 
@@ -200,7 +236,10 @@ def probe_source():
                          f"FIELD_SIZE({s}, {f}), {elem});")
     consts = header_defines() + [c for names in header_enums().values() for c in names]
     for c in consts:
-        lines.append(f'printf("const {c} %lld\\n", (long long)({c}));')
+        if c in string_defines():
+            lines.append(f'printf("str {c} %s\\n", {c});')
+        else:
+            lines.append(f'printf("const {c} %lld\\n", (long long)({c}));')
     for c in SYSTEM:
         lines.append(f'printf("sys {c} %lld\\n", (long long)({c}));')
     for _, key, value, name, max_entries, _ in source_maps():
@@ -235,6 +274,8 @@ def c_side(tmp_path_factory):
             res["field"][(rest[0], rest[1])] = tuple(map(int, rest[2:]))
         elif kind == "map":
             res["map"][rest[0]] = tuple(map(int, rest[1:]))
+        elif kind == "str":
+            res["const"][rest[0]] = rest[1]
         else:
             res[kind][rest[0]] = int(rest[1])
     return res
@@ -320,12 +361,13 @@ def test_system_constant(c_side, cname):
 # -- maps ----------------------------------------------------------------------
 
 def test_every_map_macro_is_parsed():
-    src = read(SOURCE)
+    src = all_sources()  # maps are declared in maps.h, and nowhere else
     assert len(source_maps()) == src.count("BPF_TABLE_PINNED(") + src.count("WGBPF_RINGBUF_PINNED(") - 1, \
-        "a BPF_TABLE_PINNED or WGBPF_RINGBUF_PINNED this test cannot parse (the macro's #define is one)"
+        "a BPF_TABLE_PINNED or WGBPF_RINGBUF_PINNED this test cannot parse, or one outside maps.h " \
+        "(the macro's #define is one)"
     for macro in ("BPF_TABLE(", "BPF_HASH(", "BPF_ARRAY(", "BPF_PERCPU_ARRAY(", "BPF_LPM_TRIE(",
                   "BPF_F_TABLE(", "BPF_PERCPU_HASH("):
-        assert macro not in src, f"wgbpf.c declares an unpinned map ({macro}): abi.MAPS cannot open it"
+        assert macro not in src, f"bpf/ declares an unpinned map ({macro}): abi.MAPS cannot open it"
 
 
 def test_source_declares_exactly_abi_maps():
@@ -385,3 +427,10 @@ def test_programs_are_in_source():
     for prog in abi.PROGRAMS:
         assert re.search(r"\bint\s+%s\s*\(\s*struct\s+__sk_buff\s*\*" % prog, src), f"no program {prog} in wgbpf.c"
     assert set(abi.PROGRAMS.values()) <= {"ingress", "egress"}
+
+
+def test_flood_program_is_in_source():
+    # dataplane loads it by abi.FLOOD_PROG into slot abi.TAIL_FLOOD of `tail`
+    assert re.search(r"\bint\s+%s\s*\(\s*struct\s+__sk_buff\s*\*" % abi.FLOOD_PROG, read(SOURCE))
+    assert abi.FLOOD_PROG not in abi.PROGRAMS, "the flood is tail-called, never attached"
+    assert "tail.call(skb, WGBPF_TAIL_FLOOD)" in all_sources()

@@ -1,0 +1,178 @@
+/* lookup.h: which peer owns an address, by the instance's lookup mode: LPM
+ * tries (routes4/routes6), DIR-24-8 arrays (IPv4), the kernel's FIB with the
+ * route's nexthop named by a tag; and the choice of one peer of an ECMP set.
+ */
+#ifndef WGBPF_LOOKUP_H
+#define WGBPF_LOOKUP_H
+
+#include "maps.h"
+#include "parse.h"
+
+/* DIR-24-8: the peer set of an IPv4 address in one or two array reads. */
+static __always_inline struct wgbpf_route *dir_lookup(__u8 *addr)
+{
+	__u32 i24 = ((__u32)addr[0] << 16) | ((__u32)addr[1] << 8) | addr[2];
+	__u32 elem = i24 / WGBPF_DIR_PER_ELEM;
+	struct wgbpf_dir_elem *e = dir24.lookup(&elem);
+	__u32 set;
+
+	if (!e)
+		return NULL;
+	set = e->entry[i24 % WGBPF_DIR_PER_ELEM];
+	if (set & WGBPF_DIR_GROUP) {
+		__u32 i8 = ((set & (WGBPF_DIR_GROUP - 1)) << 8) | addr[3];
+		elem = i8 / WGBPF_DIR_PER_ELEM;
+		e = dir8.lookup(&elem);
+		if (!e)
+			return NULL;
+		set = e->entry[i8 % WGBPF_DIR_PER_ELEM];
+	}
+	if (!set)
+		return NULL;
+	return dir_sets.lookup(&set);
+}
+
+static __always_inline struct wgbpf_route *route_lookup(struct packet *p, __u8 *addr)
+{
+	if (p->family == AF_INET) {
+		__u32 zero = 0;
+		struct wgbpf_config *cfg = config.lookup(&zero);
+		if (cfg && cfg->lookup == WGBPF_LOOKUP_DIR24)
+			return dir_lookup(addr);
+		struct wgbpf_key4 k4 = { .prefixlen = 32 };
+		__builtin_memcpy(k4.addr, addr, 4);
+		return routes4.lookup(&k4);
+	}
+	struct wgbpf_key6 k6 = { .prefixlen = 128 };
+	__builtin_memcpy(k6.addr, addr, 16);
+	return routes6.lookup(&k6);
+}
+
+static __always_inline struct wgbpf_route *accept_lookup(struct packet *p)
+{
+	if (p->family == AF_INET) {
+		struct wgbpf_key4 k4 = { .prefixlen = 32 };
+		__builtin_memcpy(k4.addr, p->src, 4);
+		return accept4.lookup(&k4);
+	}
+	struct wgbpf_key6 k6 = { .prefixlen = 128 };
+	__builtin_memcpy(k6.addr, p->src, 16);
+	return accept6.lookup(&k6);
+}
+
+static __always_inline __u32 tag_owner(__u32 family, __u8 *addr)
+{
+	struct wgbpf_tag tag = { .family = family };
+	/* IPv4: bytes 4..15 of addr are zero, as in the tags' keys */
+	__builtin_memcpy(tag.addr, addr, 16);
+	u32 *owner = tags.lookup(&tag);
+	return owner ? *owner : 0;
+}
+
+/* FIB mode: the kernel's route to `addr` (the destination, or for the
+ * source check the source) in `table`, as if the packet came in on
+ * `ifindex`; the route's nexthop names a peer by tag, else its output device
+ * by member. Returns the peer id, 0 if the route names none, -1 if the
+ * kernel refused the lookup (forwarding off on `ifindex`, a bad flag). */
+static __always_inline int fib_peer(struct __sk_buff *skb, struct packet *p, int reverse,
+				    __u32 ifindex, __u32 table)
+{
+	struct bpf_fib_lookup fib = {};
+	__u32 flags = WGBPF_FIB_LOOKUP_DIRECT | WGBPF_FIB_LOOKUP_SKIP_NEIGH;
+	__u8 *to = reverse ? p->src : p->dst;
+	__u8 *from = reverse ? p->dst : p->src;
+	__u8 nexthop[16] = {};
+	__u32 tagged;
+	int rc;
+
+	/* a tag is a host route to its peer, whatever the FIB says (and the
+	 * FIB does not forward to link-local addresses) */
+	tagged = tag_owner(p->family, to);
+	if (tagged)
+		return tagged;
+	fib.family = p->family;
+	fib.l4_protocol = p->proto;
+	fib.sport = reverse ? p->dport : p->sport;
+	fib.dport = reverse ? p->sport : p->dport;
+	fib.tot_len = skb->len;
+	fib.ifindex = ifindex;
+	if (p->family == AF_INET) {
+		__builtin_memcpy(&fib.ipv4_src, from, 4);
+		__builtin_memcpy(&fib.ipv4_dst, to, 4);
+	} else {
+		__builtin_memcpy(fib.ipv6_src, from, 16);
+		__builtin_memcpy(fib.ipv6_dst, to, 16);
+	}
+	if (table) {
+		/* `tbid` shares its union with h_vlan_proto/h_vlan_TCI; BCC's
+		 * struct predates the name */
+		__builtin_memcpy(&fib.h_vlan_proto, &table, 4);
+		flags |= WGBPF_FIB_LOOKUP_TBID;
+	}
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), flags);
+	if (rc < 0 || rc == BPF_FIB_LKUP_RET_FWD_DISABLED)
+		return -1;
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return 0; /* blackhole, unreachable, prohibit, not forwarded... */
+	/* the kernel rewrites the destination to the gateway, if the route has
+	 * one; an IPv4 route via an IPv6 nexthop comes back as AF_INET6 */
+	if (fib.family == AF_INET)
+		__builtin_memcpy(nexthop, &fib.ipv4_dst, 4);
+	else
+		__builtin_memcpy(nexthop, fib.ipv6_dst, 16);
+	__u32 id = tag_owner(fib.family, nexthop);
+	if (id)
+		return id;
+	__u32 oif = fib.ifindex;
+	u32 *member = members.lookup(&oif);
+	return member ? *member : 0;
+}
+
+static __always_inline __u32 peer_if_up(struct wgbpf_route *r, __u32 slot, __u32 *ifindex)
+{
+	__u32 id = r->peers[slot & (WGBPF_MAX_ECMP - 1)];
+	struct wgbpf_peer *peer = peers.lookup(&id);
+
+	if (peer && peer->ifindex && (peer->flags & WGBPF_PEER_UP)) {
+		*ifindex = peer->ifindex;
+		return id;
+	}
+	return 0;
+}
+
+/* One peer of the set, chosen by flow hash; a down peer passes its flows on
+ * to the next one in the set, so only its own flows move. Unrolled by hand:
+ * clang will not unroll a loop whose start is a modulo. */
+static __always_inline __u32 pick(struct wgbpf_route *r, __u32 hash, __u32 *ifindex)
+{
+	__u32 n = r->count, start, id;
+
+	if (n == 0 || n > WGBPF_MAX_ECMP)
+		return 0;
+	start = hash % n;
+#define TRY(i)                                                          \
+	if ((i) < n) {                                                  \
+		id = peer_if_up(r, start + (i) < n ? start + (i) : start + (i) - n, ifindex); \
+		if (id)                                                 \
+			return id;                                      \
+	}
+	TRY(0) TRY(1) TRY(2) TRY(3) TRY(4) TRY(5) TRY(6) TRY(7)
+#undef TRY
+	return 0;
+}
+
+/* Whether the set names peer `id`. */
+static __always_inline int set_has(struct wgbpf_route *r, __u32 id)
+{
+	__u32 n = r->count;
+#pragma unroll
+	for (int i = 0; i < WGBPF_MAX_ECMP; i++) {
+		if (i >= n)
+			break;
+		if (r->peers[i] == id)
+			return 1;
+	}
+	return 0;
+}
+
+#endif
