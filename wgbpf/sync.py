@@ -247,6 +247,24 @@ class Table:
                 return None
             self._count(0, sid)
             return k
+        if not isinstance(v, dict) and v >> _SET_BITS == self._rank_ids.get(rank):
+            # the common case of a route event: the prefix's one route
+            # replaced or deleted (an IPv6 multipath route losing one
+            # nexthop takes the long way)
+            before = v & _SET_MASK
+            if not deleted and sid >= 0:
+                prefixes[k] = (v & ~_SET_MASK) | sid
+                after = sid
+            elif deleted and family == AF6 and len(nexthops) == 1 and len(self.tags.sets[before]) > 1:
+                after = None
+            else:
+                del prefixes[k]
+                after = 0
+            if after is not None:
+                if after == before:
+                    return None
+                self._count(before, after)
+                return k
         before = self.best_id(k)
         v = dict(self._routes(v))
         if not deleted and sid >= 0:
