@@ -648,7 +648,7 @@ class Daemon:
         if self.detached or dataplane.unpinned(self.maps):
             return False  # a detach under way, or done: check_maps follows it
         fname = dataplane.filter_name(self.cfg.front)
-        with dataplane._iproute() as ipr:
+        with dataplane.iproute() as ipr:
             dump = ipr.get_links()
             now = {l.get_attr("IFLA_IFNAME"): (l["index"], bool(l["flags"] & dataplane.IFF_UP))
                    for l in dump

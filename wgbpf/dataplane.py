@@ -77,7 +77,9 @@ def check_pin_root(root=None):
                           f"pins must be under a bpffs mount such as /sys/fs/bpf")
 
 
-def _iproute():
+def iproute():
+    """An IPRoute socket (pyroute2), for the link and tc work; a function so
+    tests can swap it."""
     from pyroute2 import IPRoute
     return IPRoute()
 
@@ -1081,7 +1083,7 @@ def attach(cfg, log=lambda msg: None, debug=False, force=False):
     """Make the instance cfg.front match cfg (the phases of Attach).
     `force`: take over hooks that run another instance's programs (one of
     the same front under another pin root). Returns a summary dict."""
-    with _iproute() as ipr:
+    with iproute() as ipr:
         run = Attach(ipr, cfg, log, debug)
         run.check(force)  # refused means untouched: nothing has changed yet
         try:
@@ -1184,7 +1186,7 @@ def detach(front):
         # with attach --force) is that instance's to remove
         return not (progs or maps_pinned) or prog_id in progs.values() \
             or reads_maps(prog_id, maps_pinned.values())
-    with _iproute() as ipr:
+    with iproute() as ipr:
         try:
             m = Maps.open(directory)
         except MapError:

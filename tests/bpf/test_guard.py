@@ -48,7 +48,7 @@ def inst(bpf_lab):
     dev = bpf_lab.tun(unique("wgbl"))
     sh("ip", "-n", bpf_lab.name, "addr", "add", f"{LOCAL}/32", "dev", dev)
     with nsenter.entered(bpf_lab.name):
-        with dataplane._iproute() as ipr:
+        with dataplane.iproute() as ipr:
             dataplane.vet(ipr, inst.maps, set(inst.members.values()))
     return inst
 
@@ -141,7 +141,7 @@ def test_unvetted_device_is_vetted_by_a_new_vet(inst, bpf_lab):
     retval, _ = inst.measure("front_egress", frame("10.2.0.9"), came_in=dev)
     assert retval == SHOT
     with nsenter.entered(bpf_lab.name):
-        with dataplane._iproute() as ipr:
+        with dataplane.iproute() as ipr:
             dataplane.vet(ipr, inst.maps, set(inst.members.values()))
     retval, d = inst.measure("front_egress", frame("10.2.0.9"), came_in=dev)
     assert (retval, d) == (REDIRECT, {"steered": 1, "tx:bob": 1})

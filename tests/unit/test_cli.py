@@ -2,7 +2,7 @@
 
 maps.PIN_ROOT points at an empty tmp dir, os.geteuid is faked (so the tests
 behave the same as root or not), and dataplane.attach/detach, Maps.open and
-_iproute are replaced: nothing here loads BPF, opens a pinned map or changes
+iproute are replaced: nothing here loads BPF, opens a pinned map or changes
 a device.
 """
 import contextlib
@@ -29,7 +29,7 @@ def isolated(tmp_path, monkeypatch):
     def refuse(*a, **kw):
         raise AssertionError("a unit test reached the real data plane")
     monkeypatch.setattr(dataplane, "attach", refuse)
-    monkeypatch.setattr(dataplane, "_iproute", refuse)
+    monkeypatch.setattr(dataplane, "iproute", refuse)
     monkeypatch.setattr(dataplane, "enter_netns", refuse)
     monkeypatch.setattr(maps.Maps, "open", classmethod(refuse))
     monkeypatch.setattr(maps.Maps, "create", classmethod(refuse))
@@ -307,7 +307,7 @@ def test_detach_dot_dot_is_refused(front, monkeypatch, tmp_path, isolated, as_ro
     (isolated / "wg0").mkdir()
     victim = isolated.parent / "someone-elses-pin"
     victim.write_text("")
-    monkeypatch.setattr(dataplane, "_iproute", contextlib.nullcontext)
+    monkeypatch.setattr(dataplane, "iproute", contextlib.nullcontext)
 
     def open_(cls, directory, readonly=False):
         raise maps.MapError("not a bpffs pin")
@@ -321,7 +321,7 @@ def test_detach_removes_the_instance(monkeypatch, isolated, as_root):
     d = isolated / "wg0"
     d.mkdir(parents=True)
     (d / "routes4").write_text("")
-    monkeypatch.setattr(dataplane, "_iproute", contextlib.nullcontext)
+    monkeypatch.setattr(dataplane, "iproute", contextlib.nullcontext)
 
     def open_(cls, directory, readonly=False):
         raise maps.MapError("not a bpffs pin")

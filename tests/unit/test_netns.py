@@ -68,7 +68,7 @@ def world(tmp_path, monkeypatch):
     w = {"links": {"wg0": 5, "wg-alice": 11, "wg-bob": 12, "lo": 1},
          "filters": {(5, "egress"), (11, "ingress"), (11, "egress"), (12, "ingress"), (12, "egress")}}
     monkeypatch.setattr(maps.Maps, "open", classmethod(lambda cls, d, readonly=False: FakeMaps()))
-    monkeypatch.setattr(dataplane, "_iproute", contextlib.nullcontext)
+    monkeypatch.setattr(dataplane, "iproute", contextlib.nullcontext)
     monkeypatch.setattr(dataplane, "filter_programs", lambda i, hook, nl=None: {"wgbpf-wg0": 7} if (i, hook) in w["filters"] else {})
     monkeypatch.setattr(inspect, "current_links", lambda: dict(w["links"]))
     monkeypatch.setattr(dataplane, "forwarding_off", lambda devices: [])  # not this host's sysctls
