@@ -26,7 +26,6 @@ import select
 import shutil
 import socket
 import struct
-import subprocess
 import warnings
 
 from wgbpf import abi, bpfsys, config, dataplane, maps, nsenter

@@ -1,5 +1,7 @@
 """The lab (lab/lab.sh) as seen from tests: names from `lab.sh info`, the
-wgbpf CLI run in the hub's namespace, pings and counters."""
+wgbpf CLI run in the hub's namespace, pings and counters; lab_session, the
+up-and-always-down every module's lab fixture wraps."""
+import contextlib
 import json
 import os
 import re
@@ -23,8 +25,16 @@ LOOKUPS = [m for m in (os.environ.get("WGBPF_E2E_LOOKUPS") or "lpm,dir24,fib").s
 # Waits for asynchronous effects are multiplied by this (>1 under emulation).
 TIME_SCALE = float(os.environ.get("WGBPF_TIME_SCALE") or 1)
 
+
 def run(*cmd, check=False, timeout=60):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout * TIME_SCALE, check=check)
+
+
+def wg_pubkey(ns, dev):
+    """The public key of WireGuard device `dev` in namespace `ns`."""
+    r = run("ip", "netns", "exec", ns, "wg", "show", dev, "public-key")
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
 
 
 class Lab:
@@ -103,6 +113,28 @@ class Lab:
         else:
             self.wgbpf("route", "add", prefix, peer)
 
+    def route_every_peer(self, names=None, families=(4, 6)):
+        """add_route of each peer's own prefixes (its spoke's addresses)."""
+        for name, p in self.peers.items():
+            if names is None or name in names:
+                for fam in families:
+                    self.add_route(name, p[f"prefix{fam}"])
+
+    def drop_front_routes(self):
+        """The lab's plain `dev front` routes to the spokes' prefixes go: they
+        name no peer; the test routes by tag (as a routing daemon does) or
+        leaves the routes to the one it runs."""
+        for p in self.peers.values():
+            self.ip("route", "del", p["prefix4"])
+            self.ip("-6", "route", "del", p["prefix6"])
+
+    def route_by_tag(self, names=None):
+        """Each peer's prefixes via its tags, as a routing daemon writes them."""
+        for name, p in self.peers.items():
+            if names is None or name in names:
+                self.ip("route", "replace", p["prefix4"], "via", p["tag4"], "dev", self.front, "onlink")
+                self.ip("-6", "route", "replace", p["prefix6"], "via", p["tag6"], "dev", self.front)
+
     def ip(self, *args, check=True):
         """`ip` in the hub's namespace; fails the test unless it succeeds."""
         r = run("ip", "-n", self.hub, *args)
@@ -146,6 +178,31 @@ class Lab:
         return next(p for p in self.dump()["peers"] if p["name"] == name)
 
 
+
+
+@contextlib.contextmanager
+def lab_session(lab_id, *tools, lookup="lpm", bpf=True, env=None):
+    """The lab `lab_id` up (what an earlier run left taken down first) for
+    the block; afterwards its instance detached, the lab down and what wgbpf
+    keeps per namespace (pins, status files, locks) removed, also when the
+    setup failed. bpf=False: no wgbpf attach (the allowedips backend), so
+    root is enough, no BCC. `env`: more lab.sh variables."""
+    from wgbtest import require_bcc, require_root, require_tools
+    require_bcc() if bpf else require_root()
+    require_tools(*WG_TOOLS, *tools)
+    lab = Lab(lab_id)
+    lab.lookup = lookup
+    lab.env.update(env or {})
+    lab.down()
+    try:
+        lab.up()
+        yield lab
+    finally:
+        if bpf:
+            run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
+        lab.down()
+        # the namespace's pin and run directories: this lab's alone
+        run("rm", "-rf", os.path.dirname(lab.pin_dir()), os.path.dirname(lab.run_files()[0]))
 
 
 class DaemonProc:

@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from wgbtest import RUN_ID, require_root, require_tools
-from labutil import TIME_SCALE, WG_TOOLS, WGBPF, DaemonProc, Lab, run
+from wgbtest import RUN_ID
+from labutil import TIME_SCALE, WGBPF, DaemonProc, lab_session, run, wg_pubkey
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 PORT = 51800
@@ -41,37 +41,21 @@ def spoke(lab, name, *cmd):
     return r
 
 
-def pubkey(ns, dev):
-    r = run("ip", "netns", "exec", ns, "wg", "show", dev, "public-key")
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def lab():
-    require_root()
-    require_tools(*WG_TOOLS, "ping")
-    lab = Lab(f"a{RUN_ID}")
-    lab.down()
-    try:
-        lab.up()
-        front_pub = pubkey(lab.hub, lab.front)
+    with lab_session(f"a{RUN_ID}", "ping", bpf=False) as lab:
+        front_pub = wg_pubkey(lab.hub, lab.front)
         hub(lab, "wg", "set", lab.front, "listen-port", str(PORT))
         for name, p in lab.peers.items():
-            p["pub"] = pubkey(p["ns"], p["spoke_dev"])
-            member_pub = pubkey(lab.hub, p["member"])
+            p["pub"] = wg_pubkey(p["ns"], p["spoke_dev"])
+            member_pub = wg_pubkey(lab.hub, p["member"])
             hub(lab, "wg", "set", lab.front, "peer", p["pub"], "endpoint", f"198.18.{p['index']}.2:51900")
             spoke(lab, name, "wg", "set", p["spoke_dev"], "peer", member_pub, "remove",
                   "peer", front_pub, "allowed-ips", "0.0.0.0/0,::/0", "endpoint", f"198.18.{p['index']}.1:{PORT}")
-            # the daemon's routes name peers by tag; the lab's own `dev front` ones go
-            hub(lab, "ip", "route", "del", p["prefix4"])
-            hub(lab, "ip", "-6", "route", "del", p["prefix6"])
+        lab.drop_front_routes()  # the daemon's routes name peers by tag
         # carol is not the daemon's: what the operator gave her stays
         hub(lab, "wg", "set", lab.front, "peer", lab.peers["carol"]["pub"], "allowed-ips", "10.3.0.0/16,10.255.0.3/32")
         yield lab
-    finally:
-        lab.down()
-        run("rm", "-f", *lab.run_files())
 
 
 def peer_args(lab, names=CONFIGURED):

@@ -13,9 +13,9 @@ import os
 
 import pytest
 
-from wgbtest import RUN_ID, require_root, require_tools
-from labutil import WG_TOOLS, DaemonProc, Lab, run
-from test_allowedips import allowed, hub, peer_args, pubkey, route, wait_allowed, wait_status
+from wgbtest import RUN_ID
+from labutil import DaemonProc, lab_session, wg_pubkey
+from test_allowedips import allowed, hub, peer_args, route, wait_allowed, wait_status
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 PREFIXES = ["10.61.0.0/16", "10.62.0.0/16", "10.63.0.0/24"]
@@ -25,21 +25,12 @@ PREFIXES = ["10.61.0.0/16", "10.62.0.0/16", "10.63.0.0/24"]
 def lab():
     """The lab's front as one WireGuard device holding every spoke as a peer
     (no traffic needed here: only what the device reports)."""
-    require_root()
-    require_tools(*WG_TOOLS)
-    lab = Lab(f"r{RUN_ID}")
-    lab.down()
-    try:
-        lab.up()
+    with lab_session(f"r{RUN_ID}", bpf=False) as lab:
         for p in lab.peers.values():
-            p["pub"] = pubkey(p["ns"], p["spoke_dev"])
+            p["pub"] = wg_pubkey(p["ns"], p["spoke_dev"])
             hub(lab, "wg", "set", lab.front, "peer", p["pub"])
-            hub(lab, "ip", "route", "del", p["prefix4"])
-            hub(lab, "ip", "-6", "route", "del", p["prefix6"])
+        lab.drop_front_routes()
         yield lab
-    finally:
-        lab.down()
-        run("rm", "-f", *lab.run_files())
 
 
 def start(lab):

@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from wgbtest import RUN_ID, require_bcc, require_tools
-from labutil import LOOKUPS, TIME_SCALE, WG_TOOLS, WGBPF, DaemonProc, Lab, run
+from wgbtest import RUN_ID
+from labutil import LOOKUPS, TIME_SCALE, DaemonProc, lab_session
 from wgbpf import abi, routes as rt, sync
 from wgbpf.maps import Maps, route_peers
 
@@ -34,22 +34,9 @@ def Daemon(lab, *extra):
 def lab(request):
     """LPM mode, and DIR-24-8, where the daemon also patches the IPv4
     arrays (traffic checks them; map checks read routes4, their source)."""
-    require_bcc()
-    require_tools(*WG_TOOLS, "ping")
-    lab = Lab(f"d{RUN_ID}")
-    lab.lookup = request.param
-    lab.down()
-    try:
-        lab.up()
-        # routes by tag instead of the lab's plain `dev front` routes
-        for name, p in lab.peers.items():
-            lab.ip("route", "del", p["prefix4"])
-            lab.ip("-6", "route", "del", p["prefix6"])
+    with lab_session(f"d{RUN_ID}", "ping", lookup=request.param) as lab:
+        lab.drop_front_routes()
         yield lab
-    finally:
-        run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
-        lab.down()
-        run("rm", "-rf", lab.pin_dir(), *lab.run_files())
 
 
 @pytest.fixture

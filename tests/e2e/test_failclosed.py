@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from wgbtest import RUN_ID, require_bcc, require_tools
-from labutil import LAB, TIME_SCALE, WG_TOOLS, WGBPF, DaemonProc, Lab, run
+from wgbtest import RUN_ID
+from labutil import LAB, TIME_SCALE, DaemonProc, lab_session, run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -96,14 +96,6 @@ def send_forged(lab, peer, sources, n=5):
 
 
 
-def tag_routes(lab):
-    """Routes by tag, as a routing daemon installs them (the lab's own
-    `dev front` routes name no peer)."""
-    for p in lab.peers.values():
-        lab.ip("route", "replace", p["prefix4"], "via", p["tag4"], "dev", lab.front, "onlink")
-        lab.ip("-6", "route", "replace", p["prefix6"], "via", p["tag6"], "dev", lab.front)
-
-
 def recreate(lab, dev):
     r = subprocess.run(["bash", LAB, "recreate", dev], env=lab.env, capture_output=True, text=True)
     assert r.returncode == 0, f"recreate {dev}: {r.stderr}"
@@ -124,20 +116,10 @@ def wait_ping(lab, src, dst, timeout):
 
 @pytest.fixture(scope="module")
 def lab():
-    require_bcc()
-    require_tools(*WG_TOOLS, "ping")
-    lab = Lab(f"f{RUN_ID}")
-    lab.down()
-    try:
-        lab.up()
-        for p in lab.peers.values():
-            run("ip", "-n", lab.hub, "route", "del", p["prefix4"])
-            run("ip", "-n", lab.hub, "-6", "route", "del", p["prefix6"])
-        tag_routes(lab)
+    with lab_session(f"f{RUN_ID}", "ping") as lab:
+        lab.drop_front_routes()
+        lab.route_by_tag()
         yield lab
-    finally:
-        run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
-        lab.down()
 
 
 FORGED4, FORGED6 = "10.2.0.99", "fd00:2::99"   # inside bob's prefixes
@@ -266,7 +248,7 @@ def test_recreated_front_is_hooked_again(lab, daemon):
     carol, alice = lab.peers["carol"], lab.peers["alice"]
     recreate(lab, lab.front)
     daemon.wait_for(f"front {lab.front} re-created", timeout=5)
-    tag_routes(lab)  # the kernel removed them with the old device; BIRD would re-add them
+    lab.route_by_tag()  # the kernel removed them with the old device; BIRD would re-add them
     assert wait_ping(lab, "carol", alice["host4"], 5)
     assert wait_ping(lab, "alice", carol["host6"], 5)
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from wgbtest import RUN_ID, require_bcc, require_tools
-from labutil import TIME_SCALE, WG_TOOLS, WGBPF, DaemonProc, Lab, run
+from wgbtest import RUN_ID
+from labutil import TIME_SCALE, WGBPF, DaemonProc, lab_session, run
 from wgbpf import abi
 from wgbpf.daemon import RUN_DIR
 
@@ -23,17 +23,9 @@ pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
 @pytest.fixture(scope="module")
 def lab():
-    require_bcc()
-    require_tools(*WG_TOOLS, "ping")
-    lab = Lab(f"i{RUN_ID}")
-    lab.down()
-    try:
-        lab.up()
+    with lab_session(f"i{RUN_ID}", "ping") as lab:
         lab.attach()
         yield lab
-    finally:
-        run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
-        lab.down()
         for p in glob.glob(f"{RUN_DIR}/**/{lab.front}.*", recursive=True):
             os.unlink(p)
 

@@ -17,8 +17,8 @@ import tomllib
 
 import pytest
 
-from wgbtest import RUN_ID, require_bcc, require_tools
-from labutil import ROOT, TIME_SCALE, WG_TOOLS, WGBPF, DaemonProc, Lab, run
+from wgbtest import RUN_ID
+from labutil import ROOT, TIME_SCALE, WGBPF, DaemonProc, lab_session, run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -37,22 +37,11 @@ def config_text(lab):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    require_bcc()
-    require_tools(*WG_TOOLS, "ping")
-    lab = Lab(f"i{RUN_ID}")
-    lab.down()
-    try:
-        lab.up()
-        for p in lab.peers.values():  # routes by tag, as a routing daemon writes them
-            lab.ip("route", "replace", p["prefix4"], "via", p["tag4"], "dev", lab.front, "onlink")
-            lab.ip("-6", "route", "replace", p["prefix6"], "via", p["tag6"], "dev", lab.front)
+    with lab_session(f"i{RUN_ID}", "ping") as lab:
+        lab.route_by_tag()
         lab.config = tmp_path_factory.mktemp("etc") / f"{lab.front}.toml"
         lab.config.write_text(config_text(lab))
         yield lab
-    finally:
-        run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
-        lab.down()
-        run("rm", "-rf", lab.pin_dir(), *lab.run_files())
 
 
 def test_version_is_pyprojects():

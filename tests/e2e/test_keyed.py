@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from wgbtest import RUN_ID, require_bcc, require_tools
-from labutil import LOOKUPS, TIME_SCALE, WG_TOOLS, WGBPF, DaemonProc, Lab, run
+from wgbtest import RUN_ID
+from labutil import LOOKUPS, TIME_SCALE, DaemonProc, lab_session
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -21,24 +21,11 @@ pytestmark = [pytest.mark.root, pytest.mark.e2e]
 @pytest.fixture(scope="module", params=[m for m in LOOKUPS if m != "fib"])
 def lab(request):
     """LPM, and DIR-24-8, whose arrays the daemon patches (the pings check them)."""
-    require_bcc()
-    require_tools(*WG_TOOLS, "ping")
-    lab = Lab(f"k{RUN_ID}")
-    lab.lookup = request.param
-    lab.down()
-    try:
-        lab.up()
+    with lab_session(f"k{RUN_ID}", "ping", lookup=request.param) as lab:
         # alice and bob by tag; carol's prefix keeps the lab's `dev front`
         # route (names no peer: the hub forwards to the front, the maps decide)
-        for name in ("alice", "bob"):
-            p = lab.peers[name]
-            lab.ip("route", "replace", p["prefix4"], *via(lab, name))
-            lab.ip("-6", "route", "replace", p["prefix6"], "via", p["tag6"], "dev", lab.front)
+        lab.route_by_tag(("alice", "bob"))
         yield lab
-    finally:
-        run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
-        lab.down()
-        run("rm", "-rf", lab.pin_dir(), *lab.run_files())
 
 
 @pytest.fixture(scope="module")

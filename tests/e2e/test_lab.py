@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from wgbtest import RUN_ID, require_bcc, require_tools
+from wgbtest import RUN_ID
 
-from labutil import LOOKUPS, TIME_SCALE, WG_TOOLS, WGBPF, Lab, run
+from labutil import LOOKUPS, TIME_SCALE, lab_session, run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -28,22 +28,10 @@ pytestmark = [pytest.mark.root, pytest.mark.e2e]
 def lab(request):
     """The demo lab, attached in each lookup mode in turn: the same traffic
     must take the same paths whichever mode answers."""
-    require_bcc()
-    require_tools(*WG_TOOLS, "iperf3", "ping")
-    lab = Lab(f"e{RUN_ID}")
-    lab.lookup = request.param
-    lab.down()
-    try:
-        lab.up()
+    with lab_session(f"e{RUN_ID}", "iperf3", "ping", lookup=request.param) as lab:
         lab.attach()
-        for name, p in lab.peers.items():
-            lab.add_route(name, p["prefix4"])
-            lab.add_route(name, p["prefix6"])
+        lab.route_every_peer()
         yield lab
-    finally:
-        run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
-        lab.down()
-        subprocess.run(["rm", "-rf", lab.pin_dir()])
 
 
 def test_ping_between_every_pair_of_spokes_both_families(lab):

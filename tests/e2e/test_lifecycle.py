@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from wgbtest import RUN_ID, require_bcc, require_tools
-from labutil import TIME_SCALE, WG_TOOLS, WGBPF, DaemonProc, Lab, run
+from wgbtest import RUN_ID
+from labutil import TIME_SCALE, WGBPF, DaemonProc, lab_session, run
 from wgbpf.config import default_path
 from wgbpf.daemon import run_dir
 
@@ -26,26 +26,14 @@ pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
 @pytest.fixture(scope="module")
 def lab():
-    require_bcc()
-    require_tools(*WG_TOOLS, "ping", "sysctl")
-    lab = Lab(f"c{RUN_ID}")
-    lab.down()
-    try:
-        lab.up()
-        first = json.loads(lab.attach(None, "--json").stdout)
-        assert first["compiled"]
-        for name in ("alice", "bob"):
-            lab.add_route(name, lab.peers[name]["prefix4"])
-        yield lab
-    finally:
-        with_file(lab, None)
-        run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
+    with lab_session(f"c{RUN_ID}", "ping", "sysctl") as lab:
         try:
-            leftovers = [os.path.dirname(lab.pin_dir()), run_dir(lab.netns_id())]
-        except (OSError, TypeError):
-            leftovers = []
-        lab.down()
-        run("rm", "-rf", *leftovers)
+            first = json.loads(lab.attach(None, "--json").stdout)
+            assert first["compiled"]
+            lab.route_every_peer(("alice", "bob"), families=(4,))
+            yield lab
+        finally:
+            with_file(lab, None)
 
 
 def with_file(lab, text):

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from wgbtest import RUN_ID, require_bcc, require_tools
-from labutil import TIME_SCALE, WG_TOOLS, DaemonProc, Lab, run
+from wgbtest import RUN_ID
+from labutil import TIME_SCALE, DaemonProc, lab_session, run, wg_pubkey
 from failover import Failover
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
@@ -23,26 +23,15 @@ BOUND = 3.0  # seconds: every flow of the dead peer on its sibling
 
 @pytest.fixture(scope="module")
 def scenario():
-    require_bcc()
-    require_tools(*WG_TOOLS)
-    lab = Lab(f"l{RUN_ID}")
-    lab.env["LAB_KEEPALIVE"] = "1"
-    lab.down()
-    f = None
-    try:
-        lab.up()
+    with lab_session(f"l{RUN_ID}", env={"LAB_KEEPALIVE": "1"}) as lab:
         metrics = tempfile.NamedTemporaryFile(prefix="wgbpf-liveness-", suffix=".prom")
         f = Failover(lab, daemon_args=("--metrics-file", metrics.name))
-        f.metrics = metrics.name
-        f.settle()
-        yield f
-    finally:
-        if f is not None:
+        try:
+            f.metrics = metrics.name
+            f.settle()
+            yield f
+        finally:
             f.close()
-        else:
-            run("ip", "netns", "exec", lab.hub, "true")  # nothing started
-        lab.down()
-        run("rm", "-rf", lab.pin_dir(), *lab.run_files())
 
 
 def liveness(f, peer, state, timeout=3.0):
@@ -105,62 +94,54 @@ def test_a_stopped_daemon_leaves_no_peer_dead(scenario):
 
 
 def test_allowedips_backend_moves_a_dead_peers_ecmp_prefix():
-    require_tools(*WG_TOOLS, "ping")
-    lab = Lab(f"w{RUN_ID}")
-    lab.down()
-    d = ping = None
-    try:
-        lab.up()
-        wg = ["ip", "netns", "exec"]
+    with lab_session(f"w{RUN_ID}", "ping", bpf=False) as lab:
+        d = ping = None
+        try:
+            wg = ["ip", "netns", "exec"]
+            front_pub = wg_pubkey(lab.hub, lab.front)
+            assert run(*wg, lab.hub, "wg", "set", lab.front, "listen-port", "51800").returncode == 0
+            args = []
+            for name in ("alice", "bob"):
+                p = lab.peers[name]
+                p["pub"] = wg_pubkey(p["ns"], p["spoke_dev"])
+                run(*wg, lab.hub, "wg", "set", lab.front, "peer", p["pub"], "endpoint", f"198.18.{p['index']}.2:51900")
+                r = run(*wg, p["ns"], "wg", "set", p["spoke_dev"], "peer", wg_pubkey(lab.hub, p["member"]), "remove",
+                        "peer", front_pub, "allowed-ips", "0.0.0.0/0", "endpoint", f"198.18.{p['index']}.1:51800",
+                        "persistent-keepalive", "1")
+                assert r.returncode == 0, r.stderr
+                lab.spoke(name, "ip", "addr", "add", "10.9.0.1/32", "dev", "lan0")
+                args += ["--peer", f"{name}={p['pub']},{p['tag4']}"]
+            lab.ip("route", "add", "10.9.0.0/16", "nexthop", "via", lab.peers["alice"]["tag4"], "dev", lab.front,
+                   "onlink", "nexthop", "via", lab.peers["bob"]["tag4"], "dev", lab.front, "onlink")
+            d = DaemonProc(lab.hub, "daemon", "--backend", "allowedips", lab.front, *args, "--dead-after", "2")
 
-        def pub(ns, dev):
-            return run(*wg, ns, "wg", "show", dev, "public-key").stdout.strip()
-        front_pub = pub(lab.hub, lab.front)
-        assert run(*wg, lab.hub, "wg", "set", lab.front, "listen-port", "51800").returncode == 0
-        args = []
-        for name in ("alice", "bob"):
-            p = lab.peers[name]
-            p["pub"] = pub(p["ns"], p["spoke_dev"])
-            run(*wg, lab.hub, "wg", "set", lab.front, "peer", p["pub"], "endpoint", f"198.18.{p['index']}.2:51900")
-            r = run(*wg, p["ns"], "wg", "set", p["spoke_dev"], "peer", pub(lab.hub, p["member"]), "remove",
-                    "peer", front_pub, "allowed-ips", "0.0.0.0/0", "endpoint", f"198.18.{p['index']}.1:51800",
-                    "persistent-keepalive", "1")
-            assert r.returncode == 0, r.stderr
-            lab.spoke(name, "ip", "addr", "add", "10.9.0.1/32", "dev", "lan0")
-            args += ["--peer", f"{name}={p['pub']},{p['tag4']}"]
-        lab.ip("route", "add", "10.9.0.0/16", "nexthop", "via", lab.peers["alice"]["tag4"], "dev", lab.front,
-               "onlink", "nexthop", "via", lab.peers["bob"]["tag4"], "dev", lab.front, "onlink")
-        d = DaemonProc(lab.hub, "daemon", "--backend", "allowedips", lab.front, *args, "--dead-after", "2")
+            def owner():
+                for line in run(*wg, lab.hub, "wg", "show", lab.front, "allowed-ips").stdout.splitlines():
+                    key, _, ips = line.partition("\t")
+                    if "10.9.0.0/16" in ips.split():
+                        return next(n for n in ("alice", "bob") if lab.peers[n]["pub"] == key)
 
-        def owner():
-            for line in run(*wg, lab.hub, "wg", "show", lab.front, "allowed-ips").stdout.splitlines():
-                key, _, ips = line.partition("\t")
-                if "10.9.0.0/16" in ips.split():
-                    return next(n for n in ("alice", "bob") if lab.peers[n]["pub"] == key)
-
-        def wait_owner(want, timeout):
-            deadline = time.monotonic() + timeout * TIME_SCALE
-            while owner() != want:
-                assert time.monotonic() < deadline, f"10.9.0.0/16 not {want}'s:\n{d.text()}"
-                time.sleep(0.05)
-            return time.monotonic()
-        first = owner()
-        assert first in ("alice", "bob"), d.text()
-        other = "bob" if first == "alice" else "alice"
-        ping = subprocess.Popen([*wg, lab.hub, "ping", "-i", "0.05", "10.9.0.1"], stdout=subprocess.DEVNULL)
-        time.sleep(1)
-        t0 = time.monotonic()
-        lab.spoke(first, "ip", "link", "set", lab.peers[first]["spoke_dev"], "down")  # its WireGuard stops
-        assert wait_owner(other, 10) - t0 <= BOUND * TIME_SCALE, d.text()
-        assert f"peer {first}: dead (nothing received for" in d.text()
-        lab.spoke(first, "ip", "link", "set", lab.peers[first]["spoke_dev"], "up")
-        wait_owner(first, 10)
-        assert f"peer {first}: alive" in d.text()
-    finally:
-        if ping is not None:
-            ping.kill()
-            ping.wait()
-        if d is not None:
-            d.stop()
-        lab.down()
-        run("rm", "-f", *lab.run_files())
+            def wait_owner(want, timeout):
+                deadline = time.monotonic() + timeout * TIME_SCALE
+                while owner() != want:
+                    assert time.monotonic() < deadline, f"10.9.0.0/16 not {want}'s:\n{d.text()}"
+                    time.sleep(0.05)
+                return time.monotonic()
+            first = owner()
+            assert first in ("alice", "bob"), d.text()
+            other = "bob" if first == "alice" else "alice"
+            ping = subprocess.Popen([*wg, lab.hub, "ping", "-i", "0.05", "10.9.0.1"], stdout=subprocess.DEVNULL)
+            time.sleep(1)
+            t0 = time.monotonic()
+            lab.spoke(first, "ip", "link", "set", lab.peers[first]["spoke_dev"], "down")  # its WireGuard stops
+            assert wait_owner(other, 10) - t0 <= BOUND * TIME_SCALE, d.text()
+            assert f"peer {first}: dead (nothing received for" in d.text()
+            lab.spoke(first, "ip", "link", "set", lab.peers[first]["spoke_dev"], "up")
+            wait_owner(first, 10)
+            assert f"peer {first}: alive" in d.text()
+        finally:
+            if ping is not None:
+                ping.kill()
+                ping.wait()
+            if d is not None:
+                d.stop()

@@ -29,9 +29,9 @@ import time
 
 import pytest
 
-from wgbtest import RUN_ID, require, require_bcc, require_tools
+from wgbtest import RUN_ID, require
 
-from labutil import TIME_SCALE, WG_TOOLS, WGBPF, Lab, run
+from labutil import TIME_SCALE, WGBPF, lab_session
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -63,21 +63,10 @@ SENDER = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def lab():
-    require_bcc()
-    require_tools(*WG_TOOLS, "ping")
-    lab = Lab(f"m{RUN_ID}")
-    lab.down()
-    try:
-        lab.up()
+    with lab_session(f"m{RUN_ID}", "ping") as lab:
         lab.attach()
-        for name, p in lab.peers.items():
-            lab.add_route(name, p["prefix4"])
-            lab.add_route(name, p["prefix6"])
+        lab.route_every_peer()
         yield lab
-    finally:
-        run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
-        lab.down()
-        subprocess.run(["rm", "-rf", lab.pin_dir()])
 
 
 def forge(lab, rate, rounds, sources=(FORGED4,)):

@@ -15,8 +15,8 @@ import subprocess
 
 import pytest
 
-from wgbtest import RUN_ID, require_bcc, require_tools
-from labutil import LAB, WG_MODE, WG_TOOLS, WGBPF, Lab, run
+from wgbtest import RUN_ID
+from labutil import LAB, WGBPF, WG_MODE, lab_session, run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -70,31 +70,21 @@ class Other:
 
 @pytest.fixture(scope="module")
 def two():
-    require_bcc()
-    require_tools(*WG_TOOLS, "ping")
-    lab = Lab(f"n{RUN_ID}")
-    other = Other(lab)
-    lab.down()
-    other.down()
-    try:
-        lab.up()
-        lab.attach()
-        for name, p in lab.peers.items():
-            lab.add_route(name, p["prefix4"])
-        other.up()
-        # the same front name, colliding tags and prefixes, in namespace B
-        other.wgbpf("attach", other.front, "--peer", f"dave={other.members['dave']},10.255.0.1",
-                    "--peer", f"erin={other.members['erin']},fe80::2")
-        other.wgbpf("route", "add", "10.1.0.0/16", "dave")
-        other.wgbpf("route", "add", "10.9.0.0/16", "erin")
-        yield lab, other
-    finally:
+    with lab_session(f"n{RUN_ID}", "ping") as lab:
+        other = Other(lab)
         other.down()
-        pins = lab.pin_dir() if os.path.exists(f"/run/netns/{lab.hub}") else None
-        run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
-        lab.down()
-        if pins:
-            shutil.rmtree(pins, ignore_errors=True)
+        try:
+            lab.attach()
+            lab.route_every_peer(families=(4,))
+            other.up()
+            # the same front name, colliding tags and prefixes, in namespace B
+            other.wgbpf("attach", other.front, "--peer", f"dave={other.members['dave']},10.255.0.1",
+                        "--peer", f"erin={other.members['erin']},fe80::2")
+            other.wgbpf("route", "add", "10.1.0.0/16", "dave")
+            other.wgbpf("route", "add", "10.9.0.0/16", "erin")
+            yield lab, other
+        finally:
+            other.down()
 
 
 def routes(dump):

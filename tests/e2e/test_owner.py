@@ -18,10 +18,10 @@ import time
 
 import pytest
 
-from wgbtest import RUN_ID, require_bcc, require_tools
-from labutil import TIME_SCALE, WG_TOOLS, WGBPF, DaemonProc, Lab, run
+from wgbtest import RUN_ID
+from labutil import TIME_SCALE, WGBPF, DaemonProc, lab_session, run
 from wgbpf import abi, bpfsys
-from wgbpf.daemon import read_status, run_dir
+from wgbpf.daemon import read_status
 from wgbpf.maps import pin_dir
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
@@ -35,22 +35,11 @@ OPERATOR_FILTER = ["prio", "1", "u32", "match", "u32", "0x12345678", "0xffffffff
 
 @pytest.fixture(scope="module")
 def lab():
-    require_bcc()
-    require_tools(*WG_TOOLS, "ping", "tc")
-    lab = Lab(f"o{RUN_ID}")
-    lab.down()
-    try:
-        lab.up()
-        yield lab
-    finally:
-        run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
-        run(*WGBPF, "--netns", lab.hub, "detach", "other0")
-        try:  # the hub namespace's own pin and run directories (locks, status)
-            leftovers = [os.path.dirname(pin_dir(lab.front, lab.hub)), run_dir(lab.hub)]
-        except OSError:
-            leftovers = []  # the namespace is already gone
-        lab.down()
-        run("rm", "-rf", *leftovers)
+    with lab_session(f"o{RUN_ID}", "ping", "tc") as lab:
+        try:
+            yield lab
+        finally:
+            run(*WGBPF, "--netns", lab.hub, "detach", "other0")
 
 
 @pytest.fixture

@@ -27,8 +27,8 @@ import time
 
 import pytest
 
-from wgbtest import RUN_ID, require_bcc, require_tools
-from labutil import ROOT, TIME_SCALE, WG_TOOLS, WGBPF, DaemonProc, Lab, run
+from wgbtest import RUN_ID, require_tools
+from labutil import ROOT, TIME_SCALE, DaemonProc, lab_session, run, wg_pubkey
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 RECIPES = os.path.join(ROOT, "docs", "recipes")
@@ -245,19 +245,21 @@ class Recipe:
         subprocess.run(["rm", "-rf", self.dir])
 
 
-def lab_fixture(lab_id):
-    """The lab without its plain `dev front` routes: the routing daemon
-    provides the hub's routes."""
-    require_bcc()
-    require_tools(*WG_TOOLS, "ping", "nsenter")
-    lab = Lab(lab_id)
-    lab.down()
-    lab.up()
-    for name, p in lab.peers.items():
-        lab.ip("route", "del", p["prefix4"])
-        lab.ip("route", "del", f"{p['tag4']}/32")
-        lab.ip("-6", "route", "del", p["prefix6"])
-    return lab
+@contextlib.contextmanager
+def recipe_lab(lab_id, page, *more):
+    """A lab whose hub gets its routes from the routing daemon a recipe page
+    starts (the lab's plain `dev front` routes and the spokes' tag /32s go),
+    and that page's Recipe. Afterwards the recipe's processes are stopped,
+    then the lab goes (lab_session), also when the setup failed."""
+    with lab_session(lab_id, "ping", "nsenter") as lab:
+        lab.drop_front_routes()
+        for p in lab.peers.values():
+            lab.ip("route", "del", f"{p['tag4']}/32")
+        recipe = Recipe(lab, page, *more)
+        try:
+            yield lab, recipe
+        finally:
+            recipe.close()
 
 
 def spokes_on_a_24(lab):
@@ -266,14 +268,6 @@ def spokes_on_a_24(lab):
     for name, p in lab.peers.items():
         spoke(lab, name, "ip", "addr", "add", f"{p['tag4']}/24", "dev", p["spoke_dev"])
         spoke(lab, name, "ip", "addr", "del", f"{p['tag4']}/32", "dev", p["spoke_dev"])
-
-
-def lab_teardown(lab, recipe):
-    if recipe is not None:
-        recipe.close()
-    run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
-    lab.down()
-    run("rm", "-rf", lab.pin_dir(), *lab.run_files())
 
 
 def spoke(lab, name, *cmd):
@@ -292,10 +286,7 @@ def dump_routes(lab):
 @pytest.fixture(scope="module")
 def bgp():
     require_tools("bird", "birdc")
-    lab = recipe = None
-    try:
-        lab = lab_fixture(f"b{RUN_ID}")
-        recipe = Recipe(lab, "bgp-bird.md")
+    with recipe_lab(f"b{RUN_ID}", "bgp-bird.md") as (lab, recipe):
         spokes_on_a_24(lab)
         recipe.write("wg0.toml")
         recipe.write("bird-hub.conf")
@@ -306,9 +297,6 @@ def bgp():
         for name in ("bob", "carol"):  # the anycast prefix, as the page says
             spoke(lab, name, "ip", "addr", "add", "10.99.0.1/24", "dev", "lan0")
         yield lab
-    finally:
-        if lab is not None:
-            lab_teardown(lab, recipe)
 
 
 @SLOW
@@ -360,10 +348,7 @@ def test_bgp_forged_source_dropped_and_counted(bgp):
 @pytest.fixture(scope="module")
 def babel():
     require_tools("babeld")
-    lab = recipe = None
-    try:
-        lab = lab_fixture(f"v{RUN_ID}")
-        recipe = Recipe(lab, "babel.md")
+    with recipe_lab(f"v{RUN_ID}", "babel.md") as (lab, recipe):
         # no IPv4 address on any tunnel: babeld announces IPv4 via IPv6
         lab.ip("addr", "del", f"{lab.info['front_addr4']}/32", "dev", lab.front)
         for name, p in lab.peers.items():
@@ -379,9 +364,6 @@ def babel():
                 r"wgs-alice": f"wgs-{name}", r"pref-src 10\.1\.0\.1": f"pref-src {p['host4']}"}))
             recipe.start(p["ns"], f"babeld -c {conf}", name)
         yield lab
-    finally:
-        if lab is not None:
-            lab_teardown(lab, recipe)
 
 
 def test_babel_routes_v4_via_v6_in_the_maps(babel):
@@ -419,18 +401,10 @@ def test_babel_forged_source_dropped_and_counted(babel):
 
 # ---------------------------------------- (3) --backend allowedips ----
 
-def wg_pubkey(ns, dev):
-    r = run("ip", "netns", "exec", ns, "wg", "show", dev, "public-key")
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def allowedips():
     require_tools("bird", "birdc")
-    lab = recipe = None
-    try:
-        lab = lab_fixture(f"g{RUN_ID}")
+    with recipe_lab(f"g{RUN_ID}", "allowedips.md", "bgp-bird.md") as (lab, recipe):
         spokes_on_a_24(lab)
         # each spoke's tunnel peers with the hub's wg0 instead of its member
         front_pub = wg_pubkey(lab.hub, lab.front)
@@ -440,7 +414,6 @@ def allowedips():
             spoke(lab, name, "wg", "set", p["spoke_dev"], "peer", wg_pubkey(lab.hub, p["member"]), "remove",
                   "peer", front_pub, "allowed-ips", "0.0.0.0/0,::/0", "endpoint", f"198.18.{p['index']}.1:51800")
             lab.ip("link", "set", p["member"], "down")  # its port stays; its tunnel is unused
-        recipe = Recipe(lab, "allowedips.md", "bgp-bird.md")
         recipe.write("wg0.toml", recipe.text("wg0.toml", extra=keys))
         recipe.write("bird-hub.conf")
         paths = {"/etc/wgbpf/wg0.toml": "wg0.toml", "/etc/bird/bird.conf": "bird-hub.conf"}
@@ -451,9 +424,6 @@ def allowedips():
             spoke(lab, name, "ip", "addr", "add", "10.99.0.1/24", "dev", "lan0")
         lab.keys = {v: k.split("_")[0].lower() for k, v in keys.items()}
         yield lab
-    finally:
-        if lab is not None:
-            lab_teardown(lab, recipe)
 
 
 def allowed_ips(lab):
@@ -514,10 +484,8 @@ def two_hubs():
     hubs' link: wg-hub2 there, lab 2's member for carol is wg-hub1), and
     whose bob's tunnel moves into carol (her second tunnel)."""
     require_tools("bird", "birdc")
-    one = two = r1 = r2 = None
-    try:
-        one = lab_fixture(f"x{RUN_ID}")
-        two = lab_fixture(f"y{RUN_ID}")
+    with recipe_lab(f"x{RUN_ID}", "two-hubs.md", "bgp-bird.md") as (one, r1), \
+            recipe_lab(f"y{RUN_ID}", "two-hubs.md", "bgp-bird.md") as (two, r2):
         spokes_on_a_24(one)
         a, b, c = (two.peers[n] for n in ("alice", "bob", "carol"))
         move(c["ns"], c["spoke_dev"], one.hub)
@@ -537,9 +505,7 @@ def two_hubs():
         two.ip("addr", "del", "10.255.0.254/32", "dev", two.front)
         two.ip("-6", "addr", "del", "fe80::fe/64", "dev", two.front)
 
-        r1 = Recipe(one, "two-hubs.md", "bgp-bird.md")
         r1.names.update({"wg-hub2": c["spoke_dev"], "wgs-carol2": b["spoke_dev"]})
-        r2 = Recipe(two, "two-hubs.md", "bgp-bird.md")
         r2.names = {"wg0": two.front, "wg-dave": a["member"], "wg-carol": b["member"], "wg-hub1": c["member"],
                     "wgs-dave": a["spoke_dev"]}
         for r, n in ((r1, "hub1"), (r2, "hub2")):
@@ -554,10 +520,6 @@ def two_hubs():
         r2.bird_spoke(dave, "dave", "wgs-dave", MY_AS=65004, MY_ADDR="10.255.1.4", HUB_AS=65100,
                       HUB4="10.255.1.254", HUB6="fe80::fd")
         yield one, two
-    finally:
-        for lab, r in ((two, r2), (one, r1)):
-            if lab is not None:
-                lab_teardown(lab, r)
 
 
 @SLOW
