@@ -17,8 +17,8 @@ import subprocess
 
 import pytest
 
-from wgbtest import RUN_ID, require_bcc, require_tools
-from labutil import TIME_SCALE, WG_TOOLS, WGBPF, DaemonProc, Lab, run
+from wgbtest import RUN_ID
+from labutil import TIME_SCALE, WGBPF, DaemonProc, lab_session
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -30,19 +30,13 @@ OTHER = dict(os.environ, WGBPF_PIN_ROOT=os.environ["WGBPF_PIN_ROOT"] + "-other",
 
 @pytest.fixture(scope="module")
 def lab():
-    require_bcc()
-    require_tools(*WG_TOOLS, "tc")
-    lab = Lab(f"k{RUN_ID}")
-    lab.down()
-    try:
-        lab.up()
-        yield lab
-    finally:
-        other(lab, "detach", lab.front)
-        run(*WGBPF, "--netns", lab.hub, "detach", lab.front)
-        lab.down()
-        shutil.rmtree(OTHER["WGBPF_PIN_ROOT"], ignore_errors=True)
-        shutil.rmtree(OTHER["WGBPF_RUN_DIR"], ignore_errors=True)
+    with lab_session(f"h{RUN_ID}", "tc") as lab:
+        try:
+            yield lab
+        finally:
+            other(lab, "detach", lab.front)
+            shutil.rmtree(OTHER["WGBPF_PIN_ROOT"], ignore_errors=True)
+            shutil.rmtree(OTHER["WGBPF_RUN_DIR"], ignore_errors=True)
 
 
 def other(lab, *args):
