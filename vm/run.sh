@@ -53,7 +53,9 @@ if [ "$need_bpf" = auto ]; then
     need_bpf=0
     for t in $vm_tests; do
         t=${t%%::*}
-        if [ -e "$t" ] && grep -rqs --include='*.py' require_bcc -- "$t"; then need_bpf=1; fi
+        # BCC: a require_bcc, or a lab (labutil.lab_session) not opened with bpf=False
+        if [ -e "$t" ] && [ -n "$(grep -rhs --include='*.py' -E 'require_bcc|lab_session\(' -- "$t" |
+            grep -v -e 'bpf=False' -e 'import' -e 'def lab_session')" ]; then need_bpf=1; fi
     done
 fi
 if [ "$need_bpf" = 1 ] && ! [ -e "/lib/modules/$kver/build/Makefile" ]; then
