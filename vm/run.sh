@@ -15,6 +15,7 @@
 #   VM_TESTS=tests/e2e    what pytest runs (paths or node ids, space-separated)
 #   VM_NEED_BPF=auto|0|1  check for the kernel's headers (BCC) before pytest;
 #                         auto: when a test file in VM_TESTS says require_bcc
+#                         or opens a wgbpf lab (lab_session without bpf=False)
 #   VM_KVM=auto|0|1       use KVM (auto: when /dev/kvm and vmx/svm are there)
 #   VM_MEMORY=4G VM_CPUS=(host's)   guest size (BCC's clang and the guest's
 #                         tmpfs live in it: 2G crashed a 30-minute run once)
