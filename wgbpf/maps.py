@@ -386,19 +386,26 @@ class Maps:
 
     # -- routes by the million -------------------------------------------------
     # Prefixes here are the sync model's keys, bytes([family, length]) + addr.
-    def scan(self, kind="routes"):
-        """Yield (pkey, origin, value bytes) of every route entry of both
-        families, read in batches: no object per entry but what is yielded."""
-        rsize = ctypes.sizeof(abi.Route)
+    def batches(self, kind="routes"):
+        """Yield (head, key size, keys, values, count) per batch read of
+        both families' route maps, with head[prefixlen] the first two bytes
+        of a pkey: the raw form scan() unpacks, for the loops that compare a
+        million entries (the daemon's restart)."""
         for version, fam, n in ((4, AF4, 4), (6, AF6, 16)):
             ks = 4 + n
             head = [bytes((fam, plen)) for plen in range(8 * n + 1)]
-            fd = self._routes_fd(version, kind)
-            for keys, values, count in bpfsys.lookup_batch_raw(fd, ks, rsize):
-                for i in range(count):
-                    at = i * ks
-                    v = values[i * rsize:(i + 1) * rsize]
-                    yield head[keys[at]] + keys[at + 4:at + ks], v[1], v
+            for keys, values, count in bpfsys.lookup_batch_raw(self._routes_fd(version, kind), ks, ROUTE_SIZE):
+                yield head, ks, keys, values, count
+
+    def scan(self, kind="routes"):
+        """Yield (pkey, origin, value bytes) of every route entry of both
+        families, read in batches: no object per entry but what is yielded."""
+        rs = ROUTE_SIZE
+        for head, ks, keys, values, count in self.batches(kind):
+            for i in range(count):
+                at = i * ks
+                v = values[i * rs:(i + 1) * rs]
+                yield head[keys[at]] + keys[at + 4:at + ks], v[1], v
 
     def entries(self, kind="routes"):
         """{pkey: (origin, peers)} of every route entry (a view for diff)."""
@@ -531,6 +538,7 @@ class Maps:
 
 _PLEN = [struct.pack("=I", n) for n in range(129)]
 _ROUTE = struct.Struct("=BBBx%dH" % abi.MAX_ECMP)
+ROUTE_SIZE = _ROUTE.size
 _VALUES = {}
 
 

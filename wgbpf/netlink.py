@@ -2,6 +2,7 @@
 the attribute walker, dumps and acks. routes.py speaks rtnetlink over it
 (routes, addresses, links), wireguard.py generic netlink (WireGuard's
 devices and peers)."""
+import ctypes
 import errno
 import os
 import socket
@@ -38,6 +39,71 @@ def attrs(buf, off, end):
         off += align(length)
 
 
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                ("iov", ctypes.c_void_p), ("iovlen", ctypes.c_size_t),
+                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+
+
+class _Mmsghdr(ctypes.Structure):  # struct mmsghdr: msg_len after the padded msghdr
+    _fields_ = [("hdr", _Msghdr), ("len", ctypes.c_uint)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_MSG_DONTWAIT, _MSG_TRUNC = 0x40, 0x20
+
+
+class _Slots:
+    """recvmmsg(2) into `count` slots of `size` bytes: every datagram queued,
+    up to count, in one call (an event is a datagram of its own: one
+    recv and its Python around it per event is what a route storm costs)."""
+
+    def __init__(self, count, size):
+        self.count, self.size = count, size
+        self.buf = bytearray(count * size)
+        self.view = memoryview(self.buf)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self.buf))
+        self.iov = (_Iovec * count)(*[(base + i * size, size) for i in range(count)])
+        self.msgs = (_Mmsghdr * count)()
+        for i in range(count):
+            self.msgs[i].hdr.iov = ctypes.addressof(self.iov) + i * ctypes.sizeof(_Iovec)
+            self.msgs[i].hdr.iovlen = 1
+
+    def read(self, fd):
+        n = _libc.recvmmsg(fd, self.msgs, self.count, _MSG_DONTWAIT, None)
+        if n < 0:
+            err = ctypes.get_errno()
+            if err in (errno.EAGAIN, errno.EINTR):
+                return []
+            raise OSError(err, os.strerror(err))
+        out = []
+        for i in range(n):
+            m = self.msgs[i]
+            if m.hdr.flags & _MSG_TRUNC:  # a datagram larger than a slot: lost as an overrun is
+                raise OSError(errno.ENOBUFS, f"netlink datagram of more than {self.size} bytes truncated")
+            out.append(bytes(self.view[i * self.size:i * self.size + m.len]))
+        return out
+
+
+def walk(buf):
+    """(type, buf, body offset, end) of every message in one read's bytes;
+    raises the error of an error reply."""
+    off = 0
+    while off + HEADER.size <= len(buf):
+        length, mtype, _flags, _seq, _pid = HEADER.unpack_from(buf, off)
+        if length < HEADER.size:
+            break
+        if mtype == NLMSG_ERROR:
+            check(buf, off)
+        yield mtype, buf, off + HEADER.size, off + length
+        off += align(length)
+
+
 class Netlink:
     """A raw netlink socket (NETLINK_ROUTE unless told): dumps, and events
     when `groups` is set."""
@@ -55,6 +121,7 @@ class Netlink:
         # one buffer for every read: each event is a datagram of its own, and
         # a fresh 1 MiB allocation per event costs more than parsing it
         self._buf = bytearray(1 << 20)
+        self._slots = None  # queued()'s recvmmsg buffers, made on first use
 
     def close(self):
         self.sock.close()
@@ -91,17 +158,20 @@ class Netlink:
         Raises OSError(ENOBUFS) when the kernel dropped events for us, and
         the error of an error reply."""
         buf = self.read(block)
-        if buf is None:
-            return
-        off = 0
-        while off + HEADER.size <= len(buf):
-            length, mtype, _flags, _seq, _pid = HEADER.unpack_from(buf, off)
-            if length < HEADER.size:
-                break
-            if mtype == NLMSG_ERROR:
-                check(buf, off)
-            yield mtype, buf, off + HEADER.size, off + length
-            off += align(length)
+        if buf is not None:
+            yield from walk(buf)
+
+    def queued(self, most=64):
+        """The messages of every datagram queued (up to `most` datagrams, in
+        one recvmmsg), without waiting: an event socket's backlog.
+
+        Raises OSError(ENOBUFS) when the kernel dropped events for us."""
+        if self._slots is None:
+            self._slots = _Slots(most, 32 << 10)  # a route or link event is far smaller
+        out = []
+        for buf in self._slots.read(self.sock.fileno()):
+            out.extend(walk(buf))
+        return out
 
     def send(self, mtype, flags, body):
         """Send one request; returns its sequence number."""
