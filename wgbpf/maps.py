@@ -301,13 +301,17 @@ class Maps:
         ctypes.memmove(t.addr, addr.packed, len(addr.packed))
         return t
 
-    def tags(self):
-        """{ip_address: peer id}"""
+    def _by_address(self, name):
+        """{ip_address: u32} of a map keyed by address (abi.Tag)."""
         out = {}
-        for k, v in self._hash_items("tags", abi.Tag, ctypes.c_uint32):
+        for k, v in self._hash_items(name, abi.Tag, ctypes.c_uint32):
             n = 4 if k.family == abi.AF_INET else 16
             out[ipaddress.ip_address(bytes(k.addr[:n]))] = v.value
         return out
+
+    def tags(self):
+        """{ip_address: peer id}"""
+        return self._by_address("tags")
 
     def set_tag(self, addr, peer_id):
         bpfsys.update(self.fds["tags"], self._tag_key(addr), ctypes.c_uint32(peer_id))
@@ -318,11 +322,7 @@ class Maps:
     # -- the fail-closed guard's state: host addresses, vetted devices -------
     def locals(self):
         """{ip_address: ifindex} of the host's own addresses (martian sources)."""
-        out = {}
-        for k, v in self._hash_items("locals", abi.Tag, ctypes.c_uint32):
-            n = 4 if k.family == abi.AF_INET else 16
-            out[ipaddress.ip_address(bytes(k.addr[:n]))] = v.value
-        return out
+        return self._by_address("locals")
 
     def set_local(self, addr, ifindex):
         bpfsys.update(self.fds["locals"], self._tag_key(addr), ctypes.c_uint32(ifindex))
