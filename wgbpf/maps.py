@@ -7,6 +7,7 @@ bpf(2) calls: no compiler, no BCC import, so listings are fast.
 """
 import ctypes
 import errno
+import functools
 import ipaddress
 import os
 import pickle
@@ -309,26 +310,26 @@ class Maps:
             out[ipaddress.ip_address(bytes(k.addr[:n]))] = v.value
         return out
 
+    def _set_address(self, name, addr, value):
+        bpfsys.update(self.fds[name], self._tag_key(addr), ctypes.c_uint32(value))
+
+    def _del_address(self, name, addr):
+        return bpfsys.delete(self.fds[name], self._tag_key(addr))
+
     def tags(self):
         """{ip_address: peer id}"""
         return self._by_address("tags")
 
-    def set_tag(self, addr, peer_id):
-        bpfsys.update(self.fds["tags"], self._tag_key(addr), ctypes.c_uint32(peer_id))
-
-    def del_tag(self, addr):
-        return bpfsys.delete(self.fds["tags"], self._tag_key(addr))
+    set_tag = functools.partialmethod(_set_address, "tags")     # (addr, peer id)
+    del_tag = functools.partialmethod(_del_address, "tags")     # (addr): True if it was there
 
     # -- the fail-closed guard's state: host addresses, vetted devices -------
     def locals(self):
         """{ip_address: ifindex} of the host's own addresses (martian sources)."""
         return self._by_address("locals")
 
-    def set_local(self, addr, ifindex):
-        bpfsys.update(self.fds["locals"], self._tag_key(addr), ctypes.c_uint32(ifindex))
-
-    def del_local(self, addr):
-        return bpfsys.delete(self.fds["locals"], self._tag_key(addr))
+    set_local = functools.partialmethod(_set_address, "locals")  # (addr, ifindex)
+    del_local = functools.partialmethod(_del_address, "locals")
 
     def forwarders(self):
         """Ifindexes of the devices vetted as no member: their forwarded
