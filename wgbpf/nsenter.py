@@ -1,4 +1,5 @@
-"""Entering a network namespace (as nsenter(1) does): setns(2) on /run/netns/NAME or a path.
+"""Entering a network namespace, as nsenter(1) does: setns(2) on a name in
+/run/netns or a path.
 
 setns() moves only the calling thread and keeps this mount namespace, so
 /sys/fs/bpf stays visible (`ip netns exec` would hide it). Three ways in:
