@@ -533,7 +533,7 @@ class Daemon:
         value = {}  # (set id << 8) | prefixlen -> the bytes of its kernel entry
         # one pass over the raw batches, a million times: an entry equal to
         # what the table wants costs a lookup and a bytes compare
-        for head, ks, keys, values, count in self.maps.batches(kind):
+        for head, ks, keys, values, count in self.maps.batches(kind, ahead=True):
             for i in range(count):
                 at = i * ks
                 k = head[keys[at]] + keys[at + 4:at + ks]

@@ -211,3 +211,21 @@ def test_dir24_compiled_apart_is_what_the_daemon_patches():
     finally:
         m.close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_read_ahead_yields_in_order_passes_errors_and_stops_with_its_caller():
+    import itertools
+    import threading
+
+    from wgbpf.maps import read_ahead
+    assert list(read_ahead(iter(range(100)), depth=3)) == list(range(100))
+
+    def failing():
+        yield 1
+        raise OSError(5, "the read failed")
+    with pytest.raises(OSError, match="the read failed"):
+        list(read_ahead(failing()))
+    g = read_ahead(itertools.count(), depth=2)
+    assert [next(g), next(g)] == [0, 1]
+    g.close()  # a caller that leaves early: the thread ends with it
+    assert not [t for t in threading.enumerate() if t.name == "wgbpf-read-ahead"]
