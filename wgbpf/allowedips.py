@@ -38,7 +38,7 @@ import ipaddress
 import socket
 import time
 
-from . import daemon as daemonmod, routes as rt, sync, wireguard as wg
+from . import daemon, routes, sync, wireguard
 from .sync import AF4, AF6, network_pkey
 
 
@@ -153,13 +153,13 @@ def changes(want, dev, managed, can_remove, keys=None):
                 lost = {k for k in keys if want.get(k) != key}
             else:
                 lost = {k for k in mine if k in keys and want.get(k) != key}
-            out.append(wg.PeerChange(key, add=list((mine - lost).union(add.get(key, ()))), replace=True))
+            out.append(wireguard.PeerChange(key, add=list((mine - lost).union(add.get(key, ()))), replace=True))
         else:
-            out.append(wg.PeerChange(key, add=sorted(add.get(key, ())), remove=sorted(remove.get(key, ()))))
+            out.append(wireguard.PeerChange(key, add=sorted(add.get(key, ())), remove=sorted(remove.get(key, ()))))
     return out
 
 
-class AllowedIPsDaemon(daemonmod.Daemon):
+class AllowedIPsDaemon(daemon.Daemon):
     """The daemon's loop, lock, status and signals; a device instead of maps."""
 
     def __init__(self, *args, **kw):
@@ -176,7 +176,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
 
     def _attach(self):
         if self.device is None:
-            self.device = wg.open_device(self.cfg.front)
+            self.device = wireguard.open_device(self.cfg.front)
         self.device.peers()  # fails here, naming the problem, if it is no WireGuard device
 
     def _tags(self, nl):
@@ -202,7 +202,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
                 self.removal = "throwaway"
                 how = ("no WGALLOWEDIP_F_REMOVE_ME: removes single allowed IPs through a throwaway peer "
                        "(created holding them, then removed)")
-            except wg.WireGuardError as e:
+            except wireguard.WireGuardError as e:
                 self.removal = "rewrite"
                 how = f"cannot remove single allowed IPs ({e}): a removal rewrites that peer's list"
         self.log(f"{self.cfg.front} ({self.device.flavour} WireGuard): {how}")
@@ -218,7 +218,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
                 # the removals of the whole batch go through one throwaway peer
                 dropped += c.remove
                 if c.add:
-                    self.device.apply([wg.PeerChange(c.key, add=c.add)])
+                    self.device.apply([wireguard.PeerChange(c.key, add=c.add)])
             else:
                 self.device.apply([c])
             self.dev.apply(c)
@@ -232,9 +232,9 @@ class AllowedIPsDaemon(daemonmod.Daemon):
         """Move prefixes to the throwaway peer (created on first use)."""
         create = self.sink is None
         if create:
-            self.sink = wg.scratch_key()
+            self.sink = wireguard.scratch_key()
         try:
-            self.device.apply([wg.PeerChange(self.sink, add=prefixes, create=create)])
+            self.device.apply([wireguard.PeerChange(self.sink, add=prefixes, create=create)])
         except BaseException:
             self.bury()  # never left behind, whatever failed
             raise
@@ -251,7 +251,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
         """The device's peers, less throwaway peers a crash left behind
         (removed here: they hold prefixes that were being removed)."""
         peers = self.device.peers()
-        left = [k for k in peers if wg.is_scratch(k)]
+        left = [k for k in peers if wireguard.is_scratch(k)]
         if left:
             self.device.remove_peers(left)
             self.log(f"removed {len(left)} throwaway peer(s) left on {self.cfg.front} by an interrupted removal")
@@ -271,7 +271,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
     def full_sync(self, why):
         t0 = time.monotonic()
         self.bury()  # the device read next shows no throwaway peer of ours
-        nl = rt.Netlink(rcvbuf=self.rcvbuf)
+        nl = routes.Netlink(rcvbuf=self.rcvbuf)
         try:
             table = sync.Table(self._tags(nl), self.filter)
             n, _recheck = self._dump(nl, {"routes": table})
@@ -308,11 +308,11 @@ class AllowedIPsDaemon(daemonmod.Daemon):
         table = self.table
         changed = set()
         for mtype, buf, off, end in events:
-            if mtype in (rt.RTM_NEWROUTE, rt.RTM_DELROUTE):
+            if mtype in (routes.RTM_NEWROUTE, routes.RTM_DELROUTE):
                 self.stats["events"] += 1
-                r = rt.parse_route(buf, off, end)
+                r = routes.parse_route(buf, off, end)
                 if r is not None:
-                    k = table.update(r, deleted=(mtype == rt.RTM_DELROUTE))
+                    k = table.update(r, deleted=(mtype == routes.RTM_DELROUTE))
                     if k is not None:
                         changed.add(k)
         if changed:
@@ -335,7 +335,7 @@ class AllowedIPsDaemon(daemonmod.Daemon):
         keys = {p.name: p.public_key for p in self.cfg.peers}
         try:
             c = self.device.counters()
-        except (wg.WireGuardError, OSError):
+        except (wireguard.WireGuardError, OSError):
             return {}
         return {n: tuple(c[keys[n]]) for n in names if keys.get(n) in c}
 

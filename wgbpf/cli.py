@@ -345,7 +345,7 @@ def route_add(prefix, peers, front, accept):
     wanted = peer_names(peers)
     front, m = open_maps(front)
     with m:
-        m.set_route(net, inspect.resolve_peers(m, wanted), abi.Origin.STATIC, kind=map_table(accept))
+        m.set_route(net, inspect.resolve_peers(m, wanted), abi.Origin.STATIC, trie=map_table(accept))
         if net.version == 4 and not accept:
             m.compile_dir24()
     daemon.notify_maps_written(front)  # its view of the maps, and dir24's, is stale now

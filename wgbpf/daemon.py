@@ -30,8 +30,7 @@ import subprocess
 import sys
 import time
 
-from . import abi, config as configmod, dataplane, files, liveness, routes as rt, sync
-from . import maps as maps_mod
+from . import abi, config, dataplane, files, liveness, maps, routes, sync
 from .dir24 import Dir24Error
 from .maps import Maps, MapError, pin_dir
 from .version import VERSION
@@ -40,8 +39,8 @@ from .version import VERSION
 RUN_DIR = os.environ.get("WGBPF_RUN_DIR") or "/run/wgbpf"
 BATCH_EVENTS = 1024
 BATCH_SECONDS = 0.005
-EVENT_GROUPS = (rt.RTMGRP_IPV4_ROUTE | rt.RTMGRP_IPV6_ROUTE | rt.RTMGRP_LINK
-                | rt.RTMGRP_IPV4_IFADDR | rt.RTMGRP_IPV6_IFADDR | rt.RTMGRP_TC)
+EVENT_GROUPS = (routes.RTMGRP_IPV4_ROUTE | routes.RTMGRP_IPV6_ROUTE | routes.RTMGRP_LINK
+                | routes.RTMGRP_IPV4_IFADDR | routes.RTMGRP_IPV6_IFADDR | routes.RTMGRP_TC)
 
 
 class DaemonError(Exception):
@@ -308,7 +307,7 @@ def attach_in_child(cfg):
     the writer lock we hold (it takes no lock itself). Returns attach's
     summary; raises AttachError with the child's message."""
     r = subprocess.run([sys.executable, "-m", "wgbpf.daemon", "--attach-child"], input=pickle.dumps(cfg),
-                       capture_output=True, env=maps_mod.child_env())
+                       capture_output=True, env=maps.child_env())
     if r.returncode == 0:
         return pickle.loads(r.stdout)
     err = r.stderr.decode(errors="replace").strip()
@@ -325,7 +324,7 @@ def _attach_child():
     cfg = pickle.loads(sys.stdin.buffer.read())
     try:
         res = dataplane.attach(cfg, log=lambda m: None)
-    except (dataplane.AttachError, MapError, configmod.ConfigError, WireGuardError, OSError) as e:
+    except (dataplane.AttachError, MapError, config.ConfigError, WireGuardError, OSError) as e:
         print(str(e), file=sys.stderr)
         sys.exit(ATTACH_REFUSED)
     sys.stdout.buffer.write(pickle.dumps(res))
@@ -365,8 +364,8 @@ class Daemon:
         self.cfg = None
         self.maps = None
         self.table = None   # the routes Table (LPM mode), for status
-        self.tables = {}    # map kind -> (Table, the maps' entries as we wrote them)
-        self.dir = None     # DIR-24-8 mode: the compiled IPv4 arrays
+        self.tables = {}    # trie -> (Table, the maps' entries as we wrote them)
+        self.dir24 = None     # DIR-24-8 mode: the compiled IPv4 arrays
         self.lock_fd = None
         self.maps_changed = False  # SIGUSR1: `wgbpf route` wrote the maps
         self.reattached = False    # SIGUSR2: `wgbpf attach` reconciled the instance
@@ -463,17 +462,17 @@ class Daemon:
     def _tags(self, nl):
         peers = self.maps.peers()
         # the tags as attached (an attach under us may have changed them)
-        by_addr = {t.packed: pid for t, pid in self.maps.tags().items() if pid in peers}
+        by_addr = {t.packed: peer_id for t, peer_id in self.maps.tags().items() if peer_id in peers}
         by_oif = {p.ifindex: i for i, p in peers.items()}
         # the far end of a point-to-point address on a member is that peer's
-        for ifindex, _local, peer in rt.dump_addrs(nl):
+        for ifindex, _local, peer in routes.dump_addrs(nl):
             if peer is not None and ifindex in by_oif:
                 by_addr.setdefault(peer, by_oif[ifindex])
         return sync.Tags(by_addr, by_oif, front=self.maps.config().front_ifindex or None)
 
     # -- sync ------------------------------------------------------------
     def _new_tables(self, tags):
-        """What to sync, as {map kind: Table}. LPM mode: the best route per
+        """What to sync, as {trie: Table}. LPM mode: the best route per
         prefix into routes4/6, and with an accept table every feasible
         route into accept4/6. FIB mode: nothing, the data plane asks the
         kernel; the daemon then follows links and tags only."""
@@ -492,48 +491,48 @@ class Daemon:
         writes with the parsing; returns also the prefixes to check once
         the dump is done (their best set went away: delete)."""
         n = 0
-        recheck = {kind: set() for kind in tables}
+        recheck = {trie: set() for trie in tables}
         items = list(tables.items())
         progress = self.progress
         for fam in (socket.AF_INET, socket.AF_INET6):
-            for r in rt.dump_routes(nl, fam):
-                for kind, t in items:
+            for r in routes.dump_routes(nl, fam):
+                for trie, t in items:
                     k = t.update(r)
-                    if k is not None and writer is not None and k not in pinned[kind]:
+                    if k is not None and writer is not None and k not in pinned[trie]:
                         peers = t.best(k)
                         if peers is None:
-                            recheck[kind].add(k)
+                            recheck[trie].add(k)
                         else:
-                            writer.put(kind, k, peers)
+                            writer.put(trie, k, peers)
                 n += 1
                 if progress and n % 65536 == 0:
                     progress("dump", n)
         return n, recheck
 
     def _fresh(self, tables):
-        """The prefixes of the maps' own entries (static, tags) per kind,
+        """The prefixes of the maps' own entries (static, tags) per trie,
         when the maps hold no kernel entry (a first start: the sync can
         write as it dumps); None when they do (a restart: diff first)."""
         pinned = {}
-        for kind in tables:
-            pinned[kind] = set()
-            for k, origin, _v in self.maps.scan(kind):
+        for trie in tables:
+            pinned[trie] = set()
+            for k, origin, _v in self.maps.scan(trie):
                 if origin == abi.Origin.KERNEL:
                     return None
-                pinned[kind].add(k)
+                pinned[trie].add(k)
         return pinned
 
-    def _reconcile(self, kind, table):
-        """What to write so one kind of map equals the table, from the maps
+    def _reconcile(self, trie, table):
+        """What to write so one pair of maps equals the table, from the maps
         read in batches (no copy of them is kept)."""
         d = sync.Diff()
         kern = abi.Origin.KERNEL
         covered = 0
-        best_id, sets, rs = table.best_id, table.tags.sets, maps_mod.ROUTE_SIZE
+        best_id, sets, rs = table.best_id, table.tags.sets, maps.ROUTE_SIZE
         value = {}  # (set id << 8) | prefixlen -> the bytes of its kernel entry
         # one pass over the raw batches, a million times: an entry equal to
         # what the table wants costs a lookup and a bytes compare
-        for head, ks, keys, values, count in self.maps.batches(kind, ahead=True):
+        for head, ks, keys, values, count in self.maps.batches(trie, ahead=True):
             for i in range(count):
                 at = i * ks
                 k = head[keys[at]] + keys[at + 4:at + ks]
@@ -546,13 +545,13 @@ class Daemon:
                 covered += 1
                 want = value.get((sid << 8) | keys[at])
                 if want is None:
-                    want = value[(sid << 8) | keys[at]] = maps_mod.route_value(sets[sid], keys[at])
+                    want = value[(sid << 8) | keys[at]] = maps.route_value(sets[sid], keys[at])
                 if v != want and v[1] == kern:  # the operator's entry wins
                     d.put[k] = sets[sid]
         if covered < len(table):
             # prefixes with no entry at all (routes added while we were
             # away): found by exact lookups, rather than a set of every key
-            for k in self.maps.missing((k for k, _peers in table.items()), kind):
+            for k in self.maps.missing((k for k, _peers in table.items()), trie):
                 d.put[k] = table.best(k)
         return d
 
@@ -563,13 +562,13 @@ class Daemon:
     def _full_sync(self, why):
         t0 = time.monotonic()
         self.follow_links()
-        nl = rt.Netlink(rcvbuf=self.rcvbuf)
+        nl = routes.Netlink(rcvbuf=self.rcvbuf)
         writer = None
         try:
             tables = self._new_tables(self._tags(nl))
             pinned = self._fresh(tables) if tables else None
             if pinned is not None:
-                writer = maps_mod.Writer(self.maps, progress=(lambda k: self.progress("write", k))
+                writer = maps.Writer(self.maps, progress=(lambda k: self.progress("write", k))
                                          if self.progress else None)
             # no cyclic GC while a million short-lived tuples come and go: it
             # would walk the young ones again and again for nothing
@@ -587,25 +586,25 @@ class Daemon:
         t_dump = time.monotonic() - t0
         writes = puts = deletes = 0
         if writer is not None:
-            for kind, keys in recheck.items():
+            for trie, keys in recheck.items():
                 for k in keys:
-                    if tables[kind].best(k) is None and k not in pinned[kind]:
-                        writer.delete(kind, k)
+                    if tables[trie].best(k) is None and k not in pinned[trie]:
+                        writer.delete(trie, k)
                         deletes += 1
             writes = writer.close()
             puts = writes - deletes
         else:
-            for kind, table in tables.items():
-                d = self._reconcile(kind, table)
-                writes += self.maps.apply(d, kind, progress=(lambda k, total=len(d): self.progress("write", k, total))
+            for trie, table in tables.items():
+                d = self._reconcile(trie, table)
+                writes += self.maps.apply(d, trie, progress=(lambda k, total=len(d): self.progress("write", k, total))
                                           if self.progress else None)
                 puts, deletes = puts + len(d.put), deletes + len(d.delete)
         self.tables = tables
-        self.dir = None
+        self.dir24 = None
         if self.cfg.lookup == abi.Lookup.DIR24 and "routes" in self.tables:
             # the IPv4 arrays from all of routes4 (ours, static and tags);
             # only the /24s that differ are rewritten
-            self.dir = self.maps.compile_dir24_apart()
+            self.dir24 = self.maps.compile_dir24_apart()
         self.table = tables.get("routes")
         dt = time.monotonic() - t0
         self.stats["map_writes"] += writes
@@ -617,8 +616,8 @@ class Daemon:
             self.log(f"sync ({why}): {n} routes read, {len(self.table)} prefixes name peers, "
                      f"{self.table.ignored} ignored ({len(self.table.specific)} TOS/source-specific), {writes} map writes "
                      f"({puts} put, {deletes} deleted) in {dt:.2f}s (dump {t_dump:.2f}s)"
-                     + (f"; DIR-24-8 compiled apart, child peak RSS {self.dir.child_peak_mib:.0f} MiB"
-                        if self.dir is not None else ""))
+                     + (f"; DIR-24-8 compiled apart, child peak RSS {self.dir24.child_peak_mib:.0f} MiB"
+                        if self.dir24 is not None else ""))
         self.write_status("running")
         return writes
 
@@ -630,10 +629,10 @@ class Daemon:
         if self.maps is None or not self.tables:
             return
         writes = 0
-        for kind, table in self.tables.items():
-            writes += self.maps.apply(self._reconcile(kind, table), kind)
-        if self.dir is not None:
-            self.dir = self.maps.compile_dir24_apart()
+        for trie, table in self.tables.items():
+            writes += self.maps.apply(self._reconcile(trie, table), trie)
+        if self.dir24 is not None:
+            self.dir24 = self.maps.compile_dir24_apart()
         self.stats["map_writes"] += writes
         self.log(f"maps re-read ({why}): {writes} map writes")
 
@@ -666,7 +665,7 @@ class Daemon:
             front = self.cfg.front
             peers = self.maps.peers()
             members = self.maps.members()  # each peer below changes only its own entries
-            for pid, p in peers.items():
+            for peer_id, p in peers.items():
                 dev = p.member.decode()
                 link = now.get(dev)
                 if link is None:
@@ -674,7 +673,7 @@ class Daemon:
                         # the ifindex may be reused by an unrelated device
                         self.maps.del_member(p.ifindex)
                         p.flags &= ~abi.PEER_UP
-                        self.maps.set_peer(pid, p)
+                        self.maps.set_peer(peer_id, p)
                         self.maps.rebuild_flood()
                         self.stats["members_gone"] += 1
                         self.log(f"peer {p.name.decode()}: member {dev} gone; peer down until it returns")
@@ -682,20 +681,20 @@ class Daemon:
                 index, up = link
                 up = up and self.liveness.alive(p.name.decode())  # a dead peer stays down
                 if index != p.ifindex or index not in members:
-                    old = dataplane.rehook_member(ipr, self.maps, front, pid, index, up)
+                    old = dataplane.rehook_member(ipr, self.maps, front, peer_id, index, up)
                     self.stats["rehooks"] += 1
                     rehooked = True
                     self.log(f"peer {p.name.decode()}: member {dev} re-created (ifindex {old} -> "
                              f"{index}), hooked again{'' if up else ', down'}")
                 elif check_hooks and not all(fname in dataplane.filters(ipr, index, hook)
                                              for hook in ("ingress", "egress")):
-                    dataplane.rehook_member(ipr, self.maps, front, pid, index, up)
+                    dataplane.rehook_member(ipr, self.maps, front, peer_id, index, up)
                     self.stats["rehooks"] += 1
                     self.log(f"peer {p.name.decode()}: member {dev} lost wgbpf's filter "
                              f"(tc qdisc or filter deleted), hooked again")
                 elif bool(p.flags & abi.PEER_UP) != up:
                     p.flags = (p.flags | abi.PEER_UP) if up else (p.flags & ~abi.PEER_UP)
-                    self.maps.set_peer(pid, p)
+                    self.maps.set_peer(peer_id, p)
                     self.maps.rebuild_flood()
                     dead = not self.liveness.alive(p.name.decode())
                     self.log(f"peer {p.name.decode()}: {'dead' if dead else 'member'} {'up' if up else 'down'}")
@@ -744,41 +743,41 @@ class Daemon:
 
     def handle(self, events):
         """Apply one read's worth of messages; returns True if a resync is due."""
-        changed = {kind: set() for kind in self.tables}
+        changed = {trie: set() for trie in self.tables}
         resync = links = hooks = False
         members = None
         for mtype, buf, off, end in events:
-            if mtype in (rt.RTM_NEWROUTE, rt.RTM_DELROUTE):
+            if mtype in (routes.RTM_NEWROUTE, routes.RTM_DELROUTE):
                 self.stats["events"] += 1
-                r = rt.parse_route(buf, off, end)
+                r = routes.parse_route(buf, off, end)
                 if r is not None:
-                    for kind, table in self.tables.items():
-                        k = table.update(r, deleted=(mtype == rt.RTM_DELROUTE))
+                    for trie, table in self.tables.items():
+                        k = table.update(r, deleted=(mtype == routes.RTM_DELROUTE))
                         if k is not None:
-                            changed[kind].add(k)
-            elif mtype in (rt.RTM_NEWLINK, rt.RTM_DELLINK):
+                            changed[trie].add(k)
+            elif mtype in (routes.RTM_NEWLINK, routes.RTM_DELLINK):
                 links = True
-            elif mtype in (rt.RTM_DELQDISC, rt.RTM_NEWTFILTER, rt.RTM_DELTFILTER):
+            elif mtype in (routes.RTM_DELQDISC, routes.RTM_NEWTFILTER, routes.RTM_DELTFILTER):
                 links = hooks = True  # a new filter: maybe another instance's in our place
-            elif mtype in (rt.RTM_NEWADDR, rt.RTM_DELADDR):
+            elif mtype in (routes.RTM_NEWADDR, routes.RTM_DELADDR):
                 links = True  # host addresses are martian sources
                 if members is None:
                     members = self.maps.members()
-                index, _local, peer = rt.parse_addr(buf, off, end)
+                index, _local, peer = routes.parse_addr(buf, off, end)
                 if peer is not None and index in members:
                     resync = True  # a peer's tag moved: re-resolve everything
         if links and self.follow_links(hooks):
             resync = True  # routes by member device name the new ifindex
-        for kind, keys in changed.items():
+        for trie, keys in changed.items():
             if keys:
-                table = self.tables[kind]
+                table = self.tables[trie]
                 # what `wgbpf route` wrote meanwhile wins: the diff is against
                 # the maps as they are now, re-read (one lookup a prefix)
-                d = sync.diff(table, self.maps.read(keys, kind), keys=keys)
-                self.stats["map_writes"] += self.maps.apply(d, kind)
+                d = sync.diff(table, self.maps.read(keys, trie), keys=keys)
+                self.stats["map_writes"] += self.maps.apply(d, trie)
                 if self.verbose and d:
-                    self.log_applied(kind, d)
-                if kind == "routes" and self.dir is not None:
+                    self.log_applied(trie, d)
+                if trie == "routes" and self.dir24 is not None:
                     self.patch_dir24(d)
         return resync
 
@@ -789,13 +788,13 @@ class Daemon:
         try:
             for k, peers in d.put.items():
                 if k[0] == socket.AF_INET:
-                    self.dir.change(int.from_bytes(k[2:], "big"), k[1], peers)
+                    self.dir24.change(int.from_bytes(k[2:], "big"), k[1], peers)
             for k in d.delete:
                 if k[0] == socket.AF_INET:
-                    self.dir.change(int.from_bytes(k[2:], "big"), k[1], None)
+                    self.dir24.change(int.from_bytes(k[2:], "big"), k[1], None)
         except Dir24Error as e:
             self.log(f"DIR-24-8: {e}: compiling the arrays afresh")
-            self.dir = self.maps.compile_dir24_apart()
+            self.dir24 = self.maps.compile_dir24_apart()
 
     def check_gone(self):
         """Exit (DaemonError: exit 1, and systemd restarts us) when what we
@@ -830,13 +829,13 @@ class Daemon:
             raise DaemonError(f"{why} for {self.gone_after:g}s: gone for good, exiting (the pins stay; "
                               f"started again, the daemon attaches once the front is back)")
 
-    def log_applied(self, kind, d):
+    def log_applied(self, trie, d):
         """-v: each map change a route event made, as it is written (with
         the time to the millisecond: when a withdrawal took effect)."""
         names = self._peer_names()
         now = time.time()
         at = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
-        what = "route" if kind == "routes" else kind
+        what = "route" if trie == "routes" else trie
         for k, peers in d.put.items():
             self.log(f"{at} {what} {sync.pkey_network(k)} -> "
                      f"{','.join(names.get(p, f'#{p}') for p in peers)}")
@@ -857,7 +856,7 @@ class Daemon:
         liveness.interval seconds); on a peer judged dead, or back,
         liveness_changed() writes what that changes."""
         live = self.liveness
-        live.configure({p.name: configmod.dead_after(self.cfg, p) for p in self.cfg.peers
+        live.configure({p.name: config.dead_after(self.cfg, p) for p in self.cfg.peers
                         if p.member or p.public_key})
         if not live.peers or not live.due():
             return
@@ -950,13 +949,13 @@ class Daemon:
         front = st["front"]
         lines = []
 
-        def series(name, help_, kind, items):
+        def series(name, help_, mtype, items):
             lines.append(f"# HELP wgbpf_{name} {help_}")
-            lines.append(f"# TYPE wgbpf_{name} {kind}")
+            lines.append(f"# TYPE wgbpf_{name} {mtype}")
             lines.extend(f'wgbpf_{name}{{front="{front}"{labels}}} {value}' for labels, value in items)
 
-        def metric(name, help_, value, kind="counter", labels=""):
-            series(name, help_, kind, [(labels, value)])
+        def metric(name, help_, value, mtype="counter", labels=""):
+            series(name, help_, mtype, [(labels, value)])
         metric("build_info", "the running wgbpf's version", 1, "gauge", f',version="{VERSION}"')
         metric("route_events_total", "RTM_NEWROUTE/DELROUTE events applied", st["events"])
         metric("resyncs_total", "full resyncs (start, overrun, reload, tag change)", st["resyncs"])
@@ -990,7 +989,7 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
         signal.signal(signal.SIGUSR1, self._on_usr1)
         signal.signal(signal.SIGUSR2, self._on_usr2)
-        events = rt.Netlink(groups=EVENT_GROUPS, rcvbuf=self.rcvbuf)
+        events = routes.Netlink(groups=EVENT_GROUPS, rcvbuf=self.rcvbuf)
         try:
             self._attach()
             self.stats["resyncs"] += 1
@@ -1004,7 +1003,7 @@ class Daemon:
                     try:
                         new = self.build_config()
                         if (new.front, new.backend) != (old.front, old.backend):
-                            raise configmod.ConfigError(
+                            raise config.ConfigError(
                                 f"front/backend {new.front}/{new.backend} is not the running "
                                 f"{old.front}/{old.backend}: restart the daemon to change them")
                         self.cfg = new
@@ -1104,11 +1103,11 @@ def config_builder(front, peer_args, config_path, members_only, no_route, settin
     settings = settings or {}
 
     def build(quiet=False):
-        path = configmod.resolve_path(front, peer_args, config_path)
+        path = config.resolve_path(front, peer_args, config_path)
         if path is None and not peer_args and settings.get("backend") != "allowedips" and front:
             build.config = "attached"
             return adopt(front, members_only, no_route, settings)
-        cfg = configmod.build(front, peer_args, path, members_only, no_route, **settings)
+        cfg = config.build(front, peer_args, path, members_only, no_route, **settings)
         build.config = path or "command line"
         if log and not quiet and path and cfg.backend == "maps":
             diffs = attached_differences(cfg)
@@ -1125,11 +1124,11 @@ def adopt(front, members_only=None, no_route=None, settings=None):
     try:
         cfg = dataplane.attached_config(front)
     except MapError as e:
-        raise configmod.ConfigError(f"adopting the attached instance {front}: {e}") from None
+        raise config.ConfigError(f"adopting the attached instance {front}: {e}") from None
     if cfg is None:
-        raise configmod.ConfigError(
+        raise config.ConfigError(
             f"no peers: give --peer NAME=MEMBER_DEV[,TAG...] or --config FILE, write "
-            f"{configmod.default_path(front)}, or attach {front} first (the daemon adopts it)")
+            f"{config.default_path(front)}, or attach {front} first (the daemon adopts it)")
     if members_only is not None:
         cfg.members_only = members_only
     if no_route is not None:
@@ -1137,7 +1136,7 @@ def adopt(front, members_only=None, no_route=None, settings=None):
     for key, value in (settings or {}).items():
         if value is not None:
             setattr(cfg, key, value)
-    return configmod.validate(cfg)
+    return config.validate(cfg)
 
 
 def attached_differences(cfg):
@@ -1147,7 +1146,7 @@ def attached_differences(cfg):
         attached = dataplane.attached_config(cfg.front)
     except MapError:
         return []
-    return configmod.differences(attached, cfg) if attached is not None else []
+    return config.differences(attached, cfg) if attached is not None else []
 
 
 def liveness_metrics(st):

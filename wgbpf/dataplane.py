@@ -431,7 +431,7 @@ def rehook_member(ipr, m, front, peer_id, ifindex, up):
     it known. The hook comes first, so until the members entry exists
     member_ingress drops what it sends (unknown member) and the guard never
     takes it for a hooked member."""
-    fds = pinned_programs(m.dir)
+    fds = pinned_programs(m.directory)
     try:
         created = hook_member(ipr, ifindex, fds, filter_name(front))
     finally:
@@ -454,7 +454,7 @@ def rehook_member(ipr, m, front, peer_id, ifindex, up):
 def rehook_front(ipr, m, front, ifindex):
     """The front re-created under the same name: hook it, then point the
     members' hand-over at it."""
-    fds = pinned_programs(m.dir)
+    fds = pinned_programs(m.directory)
     try:
         created = ensure_filter(ipr, ifindex, "egress", fds["front_egress"], filter_name(front))
     finally:

@@ -237,7 +237,7 @@ def source_owners(m, cfg, addr, accept=False):
         if accept and not table:
             return [], "no accept table"
         return kernel_peers(m, addr, table)
-    hit = m.lookup(addr, kind="accept" if accept else "routes")
+    hit = m.lookup(addr, trie="accept" if accept else "routes")
     what = "accept route" if accept else "best route"
     return (route_peers(hit[1]), f"{what} {hit[0]}") if hit else ([], f"no {what.split()[0]} route")
 

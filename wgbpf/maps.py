@@ -132,7 +132,7 @@ class Maps:
     """Open file descriptors on every map of one instance."""
 
     def __init__(self, directory, fds):
-        self.dir = directory
+        self.directory = directory
         self.fds = fds
         self.replaced = []
         self.ncpu = bpfsys.possible_cpus()
@@ -265,13 +265,13 @@ class Maps:
 
         Entries are written before the count grows and after it shrinks, so
         the data plane never reads a slot that is not filled in."""
-        up = [(p.ifindex, pid) for pid, p in sorted(self.peers().items()) if p.flags & abi.PEER_UP]
+        up = [(p.ifindex, peer_id) for peer_id, p in sorted(self.peers().items()) if p.flags & abi.PEER_UP]
         cfg = self.config()
         if len(up) < cfg.flood_count:
             cfg.flood_count = len(up)
             self.set_config(cfg)
-        for i, (ifindex, pid) in enumerate(up):
-            bpfsys.update(self.fds["flood"], ctypes.c_uint32(i), abi.Flood(ifindex=ifindex, peer=pid))
+        for i, (ifindex, peer_id) in enumerate(up):
+            bpfsys.update(self.fds["flood"], ctypes.c_uint32(i), abi.Flood(ifindex=ifindex, peer=peer_id))
         if cfg.flood_count != len(up):
             cfg.flood_count = len(up)
             self.set_config(cfg)
@@ -344,15 +344,15 @@ class Maps:
         return bpfsys.delete(self.fds["forwarders"], ctypes.c_uint32(ifindex))
 
     # -- routes ---------------------------------------------------------------
-    def _routes_fd(self, version, kind="routes"):
-        """kind: "routes" (steering, strict source check) or "accept" (the
+    def _routes_fd(self, version, trie="routes"):
+        """trie: "routes" (steering, strict source check) or "accept" (the
         feasible-path table of the source check)."""
-        return self.fds[f"{kind}{version}"]
+        return self.fds[f"{trie}{version}"]
 
-    def routes(self, version, kind="routes"):
+    def routes(self, version, trie="routes"):
         """Yield (ip_network, Route) for every prefix of one family."""
         ktype = abi.Key4 if version == 4 else abi.Key6
-        fd = self._routes_fd(version, kind)
+        fd = self._routes_fd(version, trie)
         try:
             for k, v in bpfsys.lookup_batch(fd, ktype, abi.Route):
                 yield _net(k, version), v
@@ -360,35 +360,35 @@ class Maps:
         except OSError as e:
             if e.errno not in (errno.EINVAL, 524):  # 524: ENOTSUPP, no batch ops
                 raise
-        for k, v in self._hash_items(f"{kind}{version}", ktype, abi.Route):
+        for k, v in self._hash_items(f"{trie}{version}", ktype, abi.Route):
             yield _net(k, version), v
 
-    def lookup(self, addr, kind="routes"):
+    def lookup(self, addr, trie="routes"):
         """Longest match for an address: (ip_network, Route) or None."""
         net = ipaddress.ip_network(addr)
         r = abi.Route()
-        if not bpfsys.lookup(self._routes_fd(net.version, kind), _key(net), r):
+        if not bpfsys.lookup(self._routes_fd(net.version, trie), _key(net), r):
             return None
         return network(f"{addr}/{r.prefixlen}"), r
 
-    def get_route(self, net, kind="routes"):
+    def get_route(self, net, trie="routes"):
         """The Route stored for exactly this prefix, or None."""
         r = abi.Route()
-        if bpfsys.lookup(self._routes_fd(net.version, kind), _key(net), r) and r.prefixlen == net.prefixlen:
+        if bpfsys.lookup(self._routes_fd(net.version, trie), _key(net), r) and r.prefixlen == net.prefixlen:
             return r
         return None
 
-    def set_route(self, net, peer_ids, origin, kind="routes"):
+    def set_route(self, net, peer_ids, origin, trie="routes"):
         if not 1 <= len(peer_ids) <= abi.MAX_ECMP:
             raise ValueError(f"{net}: a route names 1 to {abi.MAX_ECMP} peers, not {len(peer_ids)}")
-        bpfsys.update(self._routes_fd(net.version, kind), _key(net), make_route(net, peer_ids, origin))
+        bpfsys.update(self._routes_fd(net.version, trie), _key(net), make_route(net, peer_ids, origin))
 
-    def del_route(self, net, kind="routes"):
-        return bpfsys.delete(self._routes_fd(net.version, kind), _key(net))
+    def del_route(self, net, trie="routes"):
+        return bpfsys.delete(self._routes_fd(net.version, trie), _key(net))
 
     # -- routes by the million -------------------------------------------------
     # Prefixes here are the sync model's keys, bytes([family, length]) + addr.
-    def batches(self, kind="routes", ahead=False):
+    def batches(self, trie="routes", ahead=False):
         """Yield (head, key size, keys, values, count) per batch read of
         both families' route maps, with head[prefixlen] the first two bytes
         of a pkey: the raw form scan() unpacks, for the loops that compare a
@@ -399,52 +399,52 @@ class Maps:
             for version, fam, n in ((4, AF4, 4), (6, AF6, 16)):
                 ks = 4 + n
                 head = [bytes((fam, plen)) for plen in range(8 * n + 1)]
-                for keys, values, count in bpfsys.lookup_batch_raw(self._routes_fd(version, kind), ks, ROUTE_SIZE):
+                for keys, values, count in bpfsys.lookup_batch_raw(self._routes_fd(version, trie), ks, ROUTE_SIZE):
                     yield head, ks, keys, values, count
         return read_ahead(read()) if ahead else read()
 
-    def scan(self, kind="routes"):
+    def scan(self, trie="routes"):
         """Yield (pkey, origin, value bytes) of every route entry of both
         families, read in batches: no object per entry but what is yielded."""
         rs = ROUTE_SIZE
-        for head, ks, keys, values, count in self.batches(kind):
+        for head, ks, keys, values, count in self.batches(trie):
             for i in range(count):
                 at = i * ks
                 v = values[i * rs:(i + 1) * rs]
                 yield head[keys[at]] + keys[at + 4:at + ks], v[1], v
 
-    def entries(self, kind="routes"):
+    def entries(self, trie="routes"):
         """{pkey: (origin, peers)} of every route entry (a view for diff)."""
-        return {k: (origin, value_peers(v)) for k, origin, v in self.scan(kind)}
+        return {k: (origin, value_peers(v)) for k, origin, v in self.scan(trie)}
 
-    def _stored(self, keys, kind):
+    def _stored(self, keys, trie):
         """Yield (pkey, the value bytes stored exactly under it, or None)
         for each of `keys`: one lookup each, no view of the maps built."""
         rsize = ctypes.sizeof(abi.Route)
-        readers = {AF4: bpfsys.Reader(self._routes_fd(4, kind), 8, rsize),
-                   AF6: bpfsys.Reader(self._routes_fd(6, kind), 20, rsize)}
+        readers = {AF4: bpfsys.Reader(self._routes_fd(4, trie), 8, rsize),
+                   AF6: bpfsys.Reader(self._routes_fd(6, trie), 20, rsize)}
         for k in keys:
             v = readers[k[0]].get(_PLEN[k[1]] + k[2:])
             # an LPM lookup of the prefix itself: exact when the stored length is
             yield k, v if v is not None and v[2] == k[1] else None
 
-    def read(self, keys, kind="routes"):
+    def read(self, keys, trie="routes"):
         """{pkey: (origin, peers)} of the entries stored exactly under `keys`
         (a fresh view of a few, for an incremental diff)."""
-        return {k: (v[1], value_peers(v)) for k, v in self._stored(keys, kind) if v is not None}
+        return {k: (v[1], value_peers(v)) for k, v in self._stored(keys, trie) if v is not None}
 
-    def missing(self, keys, kind="routes"):
+    def missing(self, keys, trie="routes"):
         """Yield those of `keys` that have no entry of their own."""
-        return (k for k, v in self._stored(keys, kind) if v is None)
+        return (k for k, v in self._stored(keys, trie) if v is None)
 
-    def apply(self, d, kind="routes", progress=None):
+    def apply(self, d, trie="routes", progress=None):
         """Write a sync.Diff (puts of kernel-origin entries, deletes) in
         batches; returns the number of map writes."""
         w = Writer(self, threaded=False, progress=progress)
         for k, peers in d.put.items():
-            w.put(kind, k, peers)
+            w.put(trie, k, peers)
         for k in d.delete:
-            w.delete(kind, k)
+            w.delete(trie, k)
         return w.close()
 
     # -- DIR-24-8 ------------------------------------------------------------
@@ -457,7 +457,7 @@ class Maps:
         def array(name):
             info = bpfsys.map_info(self.fds[name])
             if info.max_entries <= 1:
-                raise MapError(f"{self.dir}/{name}: not sized for DIR-24-8 (attach --lookup dir24)")
+                raise MapError(f"{self.directory}/{name}: not sized for DIR-24-8 (attach --lookup dir24)")
             return ArrayBytes(self.fds[name], info.value_size, info.max_entries)
 
         def write_set(sid, peers):
@@ -501,7 +501,7 @@ class Maps:
         it. The daemon gets back what change() needs: the depth bytes (16
         MiB, read straight into place) and the few groups and sets."""
         d = self.dir24()
-        p = subprocess.Popen([sys.executable, "-m", "wgbpf.maps", "--compile-dir24", self.dir],
+        p = subprocess.Popen([sys.executable, "-m", "wgbpf.maps", "--compile-dir24", self.directory],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
         got = 0
         try:
@@ -533,10 +533,10 @@ class Maps:
     def fill(self):
         """{map name: (entries, max_entries)} for the maps whose fill matters."""
         out = {}
-        for kind in ("routes", "accept"):
+        for trie in ("routes", "accept"):
             for v in (4, 6):
-                n = sum(1 for _ in self.routes(v, kind))
-                out[f"{kind}{v}"] = (n, abi.MAPS[f"{kind}{v}"].max_entries)
+                n = sum(1 for _ in self.routes(v, trie))
+                out[f"{trie}{v}"] = (n, abi.MAPS[f"{trie}{v}"].max_entries)
         out["peers"] = (len(self.peers()), abi.MAX_PEERS - 1)
         out["tags"] = (len(self.tags()), abi.MAX_TAGS)
         return out
@@ -617,8 +617,8 @@ class Writer:
     def __init__(self, maps, threaded=True, progress=None):
         self.maps = maps
         self.progress = progress
-        self.puts = {}     # (kind, family) -> [(pkey, peers)], packed at _flush
-        self.deletes = {}  # (kind, family) -> [key bytes]
+        self.puts = {}     # (trie, family) -> [(pkey, peers)], packed at _flush
+        self.deletes = {}  # (trie, family) -> [key bytes]
         self.writes = 0
         self.error = None
         self.jobs = None
@@ -627,28 +627,28 @@ class Writer:
             self.thread = threading.Thread(target=self._run, name="wgbpf-writer", daemon=True)
             self.thread.start()
 
-    def put(self, kind, k, peers):
+    def put(self, trie, k, peers):
         # kept as given; packed per batch in _flush, where a comprehension
         # costs less than this call doing it a million times
-        p = self.puts.get((kind, k[0]))
+        p = self.puts.get((trie, k[0]))
         if p is None:
-            p = self.puts[(kind, k[0])] = []
+            p = self.puts[(trie, k[0])] = []
         p.append((k, peers))
         if len(p) >= self.BATCH:
-            self._flush(kind, k[0])
+            self._flush(trie, k[0])
 
-    def delete(self, kind, k):
-        self.deletes.setdefault((kind, k[0]), []).append(_PLEN[k[1]] + k[2:])
+    def delete(self, trie, k):
+        self.deletes.setdefault((trie, k[0]), []).append(_PLEN[k[1]] + k[2:])
 
-    def _fd(self, kind, fam):
-        return self.maps._routes_fd(4 if fam == AF4 else 6, kind)
+    def _fd(self, trie, fam):
+        return self.maps._routes_fd(4 if fam == AF4 else 6, trie)
 
-    def _flush(self, kind, fam):
-        puts = self.puts.pop((kind, fam))
+    def _flush(self, trie, fam):
+        puts = self.puts.pop((trie, fam))
         plen = _PLEN
         keys = b"".join([plen[k[1]] + k[2:] for k, _ in puts])
         values = b"".join([route_value(p, k[1]) for k, p in puts])
-        self._submit((bpfsys.update_batch_raw, self._fd(kind, fam), keys, values, len(puts)))
+        self._submit((bpfsys.update_batch_raw, self._fd(trie, fam), keys, values, len(puts)))
 
     def _submit(self, job):
         if self.jobs is None:
@@ -687,12 +687,12 @@ class Writer:
 
     def close(self):
         """Write what is pending; returns the number of writes."""
-        for kind, fam in list(self.puts):
-            self._flush(kind, fam)
-        for (kind, fam), keys in self.deletes.items():
+        for trie, fam in list(self.puts):
+            self._flush(trie, fam)
+        for (trie, fam), keys in self.deletes.items():
             for i in range(0, len(keys), self.BATCH):
                 chunk = keys[i:i + self.BATCH]
-                self._submit((bpfsys.delete_batch_raw, self._fd(kind, fam), b"".join(chunk), len(chunk)))
+                self._submit((bpfsys.delete_batch_raw, self._fd(trie, fam), b"".join(chunk), len(chunk)))
         self.deletes = {}
         if self.jobs is not None:
             self.jobs.put(None)

@@ -168,7 +168,7 @@ class Names:
     def reload(self):
         """Read the names again: a peer was added, a member re-created."""
         peers = self.m.peers()
-        self.peers = {pid: p.name.decode() for pid, p in peers.items()}
+        self.peers = {peer_id: p.name.decode() for peer_id, p in peers.items()}
         self.devices = {p.ifindex: p.member.decode() for p in peers.values()}
         cfg = self.m.config()
         if cfg.front_ifindex:
@@ -184,10 +184,10 @@ class Names:
                 self.devices[ifindex] = f"#{ifindex}"
         return self.devices[ifindex]
 
-    def peer(self, pid):
-        if pid and pid not in self.peers:
+    def peer(self, peer_id):
+        if peer_id and peer_id not in self.peers:
             self.reload()
-        return self.peers.get(pid, f"#{pid}") if pid else None
+        return self.peers.get(peer_id, f"#{peer_id}") if peer_id else None
 
 
 def describe(e, names, mono_to_wall):

@@ -77,11 +77,11 @@ class Tags:
             return i
         peers = set()
         for gw, oif in nexthops:
-            pid = self.by_addr.get(gw) if gw is not None else None
-            if pid is None:
-                pid = self.by_oif.get(oif)
-            if pid is not None:
-                peers.add(pid)
+            peer_id = self.by_addr.get(gw) if gw is not None else None
+            if peer_id is None:
+                peer_id = self.by_oif.get(oif)
+            if peer_id is not None:
+                peers.add(peer_id)
         i = self.set_id(tuple(sorted(peers))[:abi.MAX_ECMP])
         if not i and nexthops and all(oif == self.front for _gw, oif in nexthops):
             i = self.VIA_FRONT

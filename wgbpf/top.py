@@ -33,8 +33,8 @@ def prefix_counts(m):
         for _, r in m.routes(version):
             if r.origin == abi.Origin.TAG:
                 continue  # a peer's own tag addresses: not routes anyone wrote
-            for pid in route_peers(r):
-                out[pid] = out.get(pid, 0) + 1
+            for peer_id in route_peers(r):
+                out[peer_id] = out.get(peer_id, 0) + 1
     return out
 
 
@@ -76,7 +76,7 @@ class Sampler:
     def _read(self):
         peers = self.m.peers()
         return {"t": time.monotonic(), "peers": peers,
-                "stats": {pid: self.m.peer_stats(pid) for pid in peers},
+                "stats": {peer_id: self.m.peer_stats(peer_id) for peer_id in peers},
                 "counters": self.m.counters()}
 
     def sample(self):
@@ -92,8 +92,8 @@ class Sampler:
         alive = liveness(status)
         ages = handshake_ages([p.member.decode() for p in cur["peers"].values()])
         rows = []
-        for pid, p in cur["peers"].items():
-            s, o = cur["stats"][pid], prev["stats"].get(pid, cur["stats"][pid])
+        for peer_id, p in cur["peers"].items():
+            s, o = cur["stats"][peer_id], prev["stats"].get(peer_id, cur["stats"][peer_id])
             name, member = p.name.decode(), p.member.decode()
 
             def rate(field, scale=1):
@@ -103,7 +103,7 @@ class Sampler:
                 "state": "up" if p.flags & abi.PEER_UP else "down",
                 "liveness": alive.get(name),  # alive/dead, when the daemon judges it (--dead-after)
                 "handshake_age": ages.get(member),
-                "prefixes": None if self.prefixes is None else self.prefixes.get(pid, 0),
+                "prefixes": None if self.prefixes is None else self.prefixes.get(peer_id, 0),
                 "tx_pps": rate("tx_packets"), "tx_bps": rate("tx_bytes", 8),
                 "rx_pps": rate("rx_packets"), "rx_bps": rate("rx_bytes", 8),
                 "spoofed_ps": rate("spoofed"),

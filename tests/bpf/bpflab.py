@@ -168,11 +168,11 @@ class Instance:
     def policy(self, no_route):
         return self.settings(no_route=no_route)
 
-    def set_route(self, net, names, origin=abi.Origin.STATIC, kind="routes"):
-        self.maps.set_route(maps.network(net), [self.ids[n] for n in names], origin, kind=kind)
+    def set_route(self, net, names, origin=abi.Origin.STATIC, trie="routes"):
+        self.maps.set_route(maps.network(net), [self.ids[n] for n in names], origin, trie=trie)
 
-    def del_route(self, net, kind="routes"):
-        return self.maps.del_route(maps.network(net), kind=kind)
+    def del_route(self, net, trie="routes"):
+        return self.maps.del_route(maps.network(net), trie=trie)
 
 
 class Lab:
@@ -286,7 +286,7 @@ class Lab:
         """Packets tc dropped on `dev` (both hooks share the clsact qdisc)."""
         for q in json.loads(sh("tc", "-n", self.name, "-s", "-j", "qdisc", "show",
                                "dev", dev).stdout):
-            if q.get("kind") == "clsact":
+            if q.get("trie") == "clsact":
                 return q.get("drops", 0)
         return 0
 

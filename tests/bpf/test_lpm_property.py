@@ -145,9 +145,9 @@ def inst(bpf_lab):
     return bpf_lab.attach([PeerSpec(p, TAGS.get(p, ()), carrier=False) for p in PEERS])
 
 
-def base_routes(inst, version, kind="routes"):
+def base_routes(inst, version, trie="routes"):
     return {net: tuple(inst.names[i] for i in maps.route_peers(r))
-            for net, r in inst.maps.routes(version, kind)}
+            for net, r in inst.maps.routes(version, trie)}
 
 
 def tag_map(version):
@@ -185,17 +185,17 @@ def probe(draw, version, table, extra=()):
     just outside one, a tag, or anywhere at all."""
     bits = 32 if version == 4 else 128
     nets = list(table)
-    kind = draw(st.sampled_from(["inside", "inside", "inside", "edge", "outside", "any", "extra"]))
-    if kind == "any" or not nets or (kind == "extra" and not extra):
+    where = draw(st.sampled_from(["inside", "inside", "inside", "edge", "outside", "any", "extra"]))
+    if where == "any" or not nets or (where == "extra" and not extra):
         value = draw(st.integers(0, 2 ** bits - 1))
-    elif kind == "extra":
+    elif where == "extra":
         return draw(st.sampled_from(list(extra)))
     else:
         net = draw(st.sampled_from(nets))
         first, last = int(net.network_address), int(net.broadcast_address)
-        if kind == "inside":
+        if where == "inside":
             value = draw(st.integers(first, last))
-        elif kind == "edge":
+        elif where == "edge":
             value = draw(st.sampled_from([first, last]))
         else:
             value = draw(st.sampled_from([first - 1, last + 1])) % 2 ** bits
@@ -206,21 +206,21 @@ class Written:
     """Writes a table into the routes (or accept) map; deletes exactly it
     afterwards."""
 
-    def __init__(self, inst, version, table, kind="routes"):
-        self.inst, self.version, self.kind = inst, version, kind
-        self.base = base_routes(inst, version, kind)
+    def __init__(self, inst, version, table, trie="routes"):
+        self.inst, self.version, self.trie = inst, version, trie
+        self.base = base_routes(inst, version, trie)
         self.table = {k: v for k, v in table.items() if k not in self.base}
         self.ref = ReferenceLPM({**self.base, **self.table}, tag_map(version), inst.maps.locals())
 
     def __enter__(self):
         for net, peers in self.table.items():
-            self.inst.set_route(net, peers, kind=self.kind)
+            self.inst.set_route(net, peers, trie=self.trie)
         return self
 
     def __exit__(self, *exc):
         for net in self.table:
-            self.inst.maps.del_route(net, kind=self.kind)
-        assert base_routes(self.inst, self.version, self.kind) == self.base
+            self.inst.maps.del_route(net, trie=self.trie)
+        assert base_routes(self.inst, self.version, self.trie) == self.base
 
 
 SPECIALS = {

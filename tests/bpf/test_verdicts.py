@@ -86,7 +86,7 @@ def lab(bpf_lab):
     mo = bpf_lab.attach([PeerSpec("xray", ("10.255.1.1",), carrier=False)], members_only=True)
     mo.set_route("10.200.0.0/16", ["xray"])
     for net, names in ACCEPT.items():
-        inst.set_route(net, names, kind="accept")
+        inst.set_route(net, names, trie="accept")
     stranger = bpf_lab.tun(unique("wgbs"))
     return types.SimpleNamespace(net=bpf_lab, inst=inst, mo=mo, stranger=stranger)
 

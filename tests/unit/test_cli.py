@@ -348,7 +348,7 @@ class FakeMaps:
             self.route_map[net] = maps.make_route(net, ids, origin)
         self.tag_map = {ipaddress.ip_address(a): i for a, i in tags}
         self.cfg = abi.Config(front_ifindex=5, no_route=no_route)
-        self.dir = "/fake"
+        self.directory = "/fake"
         self.closed = False
 
     def __enter__(self):
@@ -375,22 +375,22 @@ class FakeMaps:
     def routes(self, version):
         return [(n, r) for n, r in self.route_map.items() if n.version == version]
 
-    def lookup(self, addr, kind="routes"):
+    def lookup(self, addr, trie="routes"):
         hits = [n for n in self.route_map if addr in n]
         if not hits:
             return None
         net = max(hits, key=lambda n: n.prefixlen)
         return net, self.route_map[net]
 
-    def get_route(self, net, kind="routes"):
+    def get_route(self, net, trie="routes"):
         return self.route_map.get(net)
 
-    def set_route(self, net, ids, origin, kind="routes"):
+    def set_route(self, net, ids, origin, trie="routes"):
         if not 1 <= len(ids) <= abi.MAX_ECMP:
             raise ValueError("bounds")
         self.route_map[net] = maps.make_route(net, ids, origin)
 
-    def del_route(self, net, kind="routes"):
+    def del_route(self, net, trie="routes"):
         return self.route_map.pop(net, None) is not None
 
     def compile_dir24(self):

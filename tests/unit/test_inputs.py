@@ -329,7 +329,7 @@ class FakeDaemon(daemon.Daemon):
 def rundir(tmp_path, monkeypatch):
     d = tmp_path / "run"
     monkeypatch.setattr(daemon, "RUN_DIR", str(d))
-    monkeypatch.setattr(daemon.rt, "Netlink", FakeNetlink)
+    monkeypatch.setattr(daemon.routes, "Netlink", FakeNetlink)
     monkeypatch.setattr(daemon.signal, "signal", lambda *a: None)
     monkeypatch.setattr(daemon.Daemon, "_lock", lambda self, *a, **kw: None)
     return d
