@@ -760,7 +760,7 @@ def unpinned(m):
     out = []
     for name, fd in m.fds.items():
         try:
-            pfd = bpfsys.obj_get(os.path.join(m.dir, name), readonly=True)
+            pfd = bpfsys.obj_get(os.path.join(m.directory, name), readonly=True)
         except OSError:
             out.append(name)
             continue
@@ -782,7 +782,7 @@ def stale_pins(ipr, m, devices, name):
     prog_fds = []
     for pname in list(abi.PROGRAMS):
         try:
-            prog_fds.append(bpfsys.obj_get(os.path.join(m.dir, pname)))
+            prog_fds.append(bpfsys.obj_get(os.path.join(m.directory, pname)))
         except OSError:
             pass
     for ifindex in devices:
