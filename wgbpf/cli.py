@@ -57,7 +57,39 @@ def translate_errors(invoke):
     return run
 
 
-class Command(click.Command):
+class CommandLineError(UsageError):
+    """A malformed command line (unknown option, bad choice, missing or
+    extra argument): one line too, exit 2 as click's own."""
+    exit_code = 2
+
+    def show(self, file=None):
+        click.echo(f"wgbpf: error: {self.format_message()} (see {self.where} --help)", err=True)
+
+
+class OneLine:
+    """click's usage errors in one line (`wgbpf: error: ...`), not a usage
+    block: a command line is bad input like any other."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            raise self._one_line(e, " ".join(filter(None, (parent and parent.command_path, info_name)))) from None
+
+    def resolve_command(self, ctx, args):  # a group's: an unknown command
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            raise self._one_line(e, ctx.command_path) from None
+
+    @staticmethod
+    def _one_line(e, where):
+        err = CommandLineError(e.format_message())
+        err.where = where
+        return err
+
+
+class Command(OneLine, click.Command):
     """A command whose FRONT may also come as the older `--front FRONT`."""
 
     def parse_args(self, ctx, args):
@@ -70,7 +102,7 @@ class Command(click.Command):
         return rest
 
 
-class Commands(click.Group):
+class Commands(OneLine, click.Group):
     """The command table (wg's and xdp-filter's habit): subcommands are
     Commands, sub-tables Commands too, and every domain error is
     translated once, here."""

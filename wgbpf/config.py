@@ -189,13 +189,17 @@ def parse_address(text, where):
 
 
 def parse_prefix(text, where):
-    """An IPv4 or IPv6 prefix (host bits cleared), without a zone, not IPv4 in IPv6."""
+    """An IPv4 or IPv6 prefix, without a zone, not IPv4 in IPv6, and no
+    host bits: as iproute2, 10.7.0.1/8 is refused, not taken for 10.0.0.0/8
+    (an operator's entry that wide would override the kernel's /8)."""
     s = str(text).strip()
     check_unscoped(s, where)
     try:
         net = ipaddress.ip_network(s, strict=False)
     except ValueError:
         raise ConfigError(f"{where}: {text!r} is not an IPv4/IPv6 prefix") from None
+    if "/" in s and net.network_address != ipaddress.ip_address(s.partition("/")[0]):
+        raise ConfigError(f"{where}: {text!r} has host bits set (the prefix would be {net})")
     check_not_v4_in_v6(net, text, where)
     return net
 

@@ -420,7 +420,7 @@ def instance(monkeypatch, isolated, as_root):
 
 
 def test_route_add(instance):
-    r = run("route", "add", "10.9.8.7/16", "bob,alice")
+    r = run("route", "add", "10.9.0.0/16", "bob,alice")
     assert r.exit_code == 0, (r.output, r.exception)
     assert r.stdout.strip() == "10.9.0.0/16 -> bob,alice"
     rt = instance.route_map[ipaddress.ip_network("10.9.0.0/16")]
@@ -441,7 +441,9 @@ def test_route_add_bad_peers(instance, peers, fragments):
 
 
 def test_route_del(instance):
-    r = run("route", "del", "10.1.2.3/16")
+    failed(run("route", "del", "10.1.2.3/16"), "host bits", "10.1.0.0/16")  # refused, as by ip route
+    assert ipaddress.ip_network("10.1.0.0/16") in instance.route_map
+    r = run("route", "del", "10.1.0.0/16")
     assert r.exit_code == 0 and r.stdout.strip() == "10.1.0.0/16 removed"
     assert ipaddress.ip_network("10.1.0.0/16") not in instance.route_map
     failed(run("route", "del", "10.1.0.0/16"), "no entry for 10.1.0.0/16")

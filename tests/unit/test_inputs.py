@@ -241,6 +241,8 @@ def test_too_many_tags_on_the_command_line(tmp_path):
     (["route", "add", "::ffff:10.0.0.1/128", "alice"], ["IPv4-mapped", "10.0.0.1"]),
     (["route", "add", "::ffff:0:0/96", "alice"], ["IPv4-mapped", "0.0.0.0/0"]),
     (["route", "add", "::10.0.0.0/104", "alice"], ["IPv4-compatible", "10.0.0.0/8"]),
+    (["route", "add", "10.7.0.1/8", "alice"], ["'10.7.0.1/8'", "host bits", "10.0.0.0/8"]),
+    (["route", "del", "2001:db8::1/32"], ["host bits", "2001:db8::/32"]),
     (["attach", "wg0", "--peer", "alice=wg-alice,::ffff:10.0.0.1"], ["IPv4-mapped", "10.0.0.1"]),
     (["attach", "wg0", "--peer", "alice=wg-alice,::10.0.0.1"], ["IPv4-compatible", "10.0.0.1"]),
     (["attach", "wg0", "--peer", "alice=wg-alice,fe80::1%wg0"], ["'fe80::1%wg0'", "scoped"]),
@@ -252,7 +254,7 @@ def test_scoped_and_v4_in_v6_refused(args, fragments):
     failed(run(*args), *fragments)
 
 
-@pytest.mark.parametrize("text", ["::/0", "::/80", "2001:db8::/32", "::ffff:0:0/80", "::1/128", "10.0.0.0/8"])
+@pytest.mark.parametrize("text", ["::/0", "::/80", "2001:db8::/32", "::/64", "::1/128", "10.0.0.0/8"])
 def test_wider_or_other_v6_prefixes_are_fine(text):
     config.parse_prefix(text, "PREFIX")
 
