@@ -229,22 +229,30 @@ def _holds_open(pid, path):
     return False
 
 
-def allowedips_daemons(netns=None):
-    """{device: status} of one namespace's allowedips-backend daemons that
-    left a status."""
-    out = {}
+def _statuses(netns=None):
+    """(front, status) of every daemon of one namespace that left a status
+    and whose device is there or which runs (daemon and device both gone:
+    nothing left to list)."""
     try:
         names = os.listdir(run_dir(netns))
     except OSError:
-        return out
+        return
     for name in sorted(names):
         if name.endswith(".json"):
             st = read_status(name[:-5], netns)
-            if st and st.get("backend") == "allowedips":
-                if st["state"] != "running" and not _device_exists(name[:-5], netns):
-                    continue  # daemon and device both gone: nothing left to list
-                out[name[:-5]] = st
-    return out
+            if st and (st["state"] == "running" or _device_exists(name[:-5], netns)):
+                yield name[:-5], st
+
+
+def allowedips_daemons(netns=None):
+    """{device: status} of one namespace's allowedips-backend daemons."""
+    return {f: st for f, st in _statuses(netns) if st.get("backend") == "allowedips"}
+
+
+def failed_daemons(netns=None):
+    """{front: status} of one namespace's daemons that failed, at start too
+    (an attach refused: then no instance may be there to list)."""
+    return {f: st for f, st in _statuses(netns) if st["state"] == "failed"}
 
 
 def _device_exists(name, netns=None):
@@ -374,7 +382,6 @@ class Daemon:
         self.front_gone = False
         self.foreign_hooks = set()  # hooks another instance took: logged once each
         self.write_errors = {}  # file -> the last failure to write it, logged once
-        self.said_running = False  # a status file says "running": undo it if we die
         self.liveness = liveness.Liveness()  # dead peers (--dead-after): down while dead
         self.wg_devices = {}    # member name -> its WireGuard device (counters)
 
@@ -921,7 +928,6 @@ class Daemon:
         try:
             os.makedirs(run_dir(), exist_ok=True)
             files.write_atomic(status_path(self.cfg.front), json.dumps(st, indent=2))
-            self.said_running = state == "running"
             self._written("status file")
         except OSError as e:
             self._written("status file", e)
@@ -1067,13 +1073,14 @@ class Daemon:
             self.write_status("stopped")
             self.log("stopped; the data plane keeps running on the pinned maps")
         except BaseException as e:
-            # whatever killed us, the status must not go on saying "running"
-            if self.said_running:
-                self.stats["error"] = str(e) or type(e).__name__
-                try:
-                    self.write_status("failed")
-                except Exception:
-                    pass  # the original error is the one to report
+            # whatever killed us, the status must not go on saying "running",
+            # nor an older daemon's "stopped" when we failed to start (an
+            # attach refused): `status --check` reports a failed daemon
+            self.stats["error"] = str(e) or type(e).__name__
+            try:
+                self.write_status("failed")
+            except Exception:
+                pass  # the original error is the one to report
             raise
         finally:
             events.close()

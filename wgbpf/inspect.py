@@ -416,6 +416,10 @@ def namespace_status(front=None):
     if not front:
         res += [{"front": f, "backend": "allowedips", "daemon": st} for f, st in sorted(single.items())
                 if f not in fronts]
+        # a daemon that failed with no instance to show it under (its
+        # attach refused): still a problem for `status --check`
+        res += [{"front": f, "error": f"daemon failed: {st.get('error', 'see its log')} (no instance attached)"}
+                for f, st in sorted(daemon.failed_daemons().items()) if f not in fronts and f not in single]
     return res
 
 
