@@ -601,7 +601,10 @@ def route_value(peers, plen, origin=abi.Origin.KERNEL):
 
 def value_peers(v):
     """The peer ids of Route value bytes."""
-    return struct.unpack_from("=%dH" % v[0], v, 4)
+    return _PEERS[v[0]].unpack_from(v, 4)
+
+
+_PEERS = [struct.Struct("=%dH" % n) for n in range(256)]  # by count: no format string per call
 
 
 class Writer:
