@@ -286,7 +286,7 @@ class Lab:
         """Packets tc dropped on `dev` (both hooks share the clsact qdisc)."""
         for q in json.loads(sh("tc", "-n", self.name, "-s", "-j", "qdisc", "show",
                                "dev", dev).stdout):
-            if q.get("trie") == "clsact":
+            if q.get("kind") == "clsact":
                 return q.get("drops", 0)
         return 0
 

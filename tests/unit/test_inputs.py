@@ -395,11 +395,14 @@ def test_a_dead_daemon_does_not_say_running(rundir):
     assert st["state"] == "failed" and "alice" in st["error"]
 
 
-def test_a_daemon_that_never_ran_leaves_no_status(rundir):
+def test_a_daemon_that_fails_at_start_leaves_status_failed(rundir):
+    """Its attach refused: the status says failed with the error, so that
+    `status --check` reports it (no instance may be there to list)."""
     d = FakeDaemon([cfg(member="gone")], lambda d, why: None)
-    with pytest.raises(dataplane.AttachError):
+    with pytest.raises(dataplane.AttachError) as e:
         d.run()
-    assert not glob.glob(str(rundir / "**" / "*.json"), recursive=True)
+    st = status(rundir)
+    assert st["state"] == "failed" and st["error"] == str(e.value)
 
 
 def test_unwritable_metrics_are_logged_not_fatal(rundir, tmp_path):
