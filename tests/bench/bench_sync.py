@@ -475,9 +475,11 @@ class Bench:
                     os.unlink(os.path.join(pins, e))
             with contextlib.suppress(OSError):
                 os.rmdir(pins)
-        for suffix in (".json", ".json.tmp", ".lock"):
+        for suffix in (".json", ".json.tmp", ".lock", ".writer", ".build"):
             with contextlib.suppress(OSError, TypeError):
                 os.unlink(os.path.join(run, f"{self.front}{suffix}"))
+        with contextlib.suppress(OSError, TypeError):
+            os.rmdir(run)  # the namespace's run directory, once empty
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- steps ---------------------------------------------------------------
