@@ -9,6 +9,7 @@ import ctypes
 import errno
 import os
 import struct
+import sys
 
 from .abi import u32, u64
 
@@ -242,16 +243,19 @@ def delete_batch_raw(fd, keys, count):
     return count
 
 
-def lookup_batch_raw(fd, key_size, value_size, chunk=8192):
+def lookup_batch_raw(fd, key_size, value_size, chunk=8192, after=None):
     """Yield (keys bytes, values bytes, count) per syscall over every
-    element: no object per element, for maps of a million."""
+    element (from the one after key `after`, bytes, when given): no object
+    per element, for maps of a million."""
     keys = ctypes.create_string_buffer(key_size * chunk)
     values = ctypes.create_string_buffer(value_size * chunk)
     # The batch cursor is a u32 for hash maps but a whole key for the generic
     # batch code (arrays, LPM tries): size it for either.
     in_batch = ctypes.create_string_buffer(max(key_size, 8))
     out_batch = ctypes.create_string_buffer(max(key_size, 8))
-    first = True
+    first = after is None
+    if after is not None:
+        ctypes.memmove(in_batch, after, len(after))
     while True:
         attr = _Batch(in_batch=0 if first else ctypes.addressof(in_batch),
                       out_batch=ctypes.addressof(out_batch), keys=ctypes.addressof(keys),
@@ -274,24 +278,16 @@ def lookup_batch_raw(fd, key_size, value_size, chunk=8192):
 
 def read_array(fd, first, count, value_size):
     """Elements first .. first + count - 1 of an array map, their values
-    back to back (batch lookups: the cursor is the index before the first)."""
-    out = []
-    keys = ctypes.create_string_buffer(4 * count)
-    values = ctypes.create_string_buffer(value_size * count)
-    cursor = ctypes.c_uint32(first - 1)
-    out_batch = ctypes.c_uint32()
-    while count:
-        attr = _Batch(in_batch=ctypes.addressof(cursor) if cursor.value != 0xFFFFFFFF else 0,
-                      out_batch=ctypes.addressof(out_batch), keys=ctypes.addressof(keys),
-                      values=ctypes.addressof(values), count=count, map_fd=fd)
-        try:
-            _bpf(MAP_LOOKUP_BATCH, attr)
-        except BPFError as e:
-            if e.errno != errno.ENOENT or attr.count == 0:
-                raise
-        out.append(values.raw[:attr.count * value_size])
-        count -= attr.count
-        cursor.value = out_batch.value
+    back to back (the batch cursor is the index before the first)."""
+    out, left = [], count
+    after = (first - 1).to_bytes(4, sys.byteorder) if first else None
+    for _keys, values, n in lookup_batch_raw(fd, 4, value_size, chunk=count, after=after):
+        out.append(values[:min(n, left) * value_size])
+        left -= n
+        if left <= 0:
+            break
+    if left > 0:
+        raise BPFError(errno.ENOENT, f"array map: elements {first}..{first + count - 1} past its end")
     return b"".join(out)
 
 

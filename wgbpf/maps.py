@@ -420,9 +420,8 @@ class Maps:
     def _stored(self, keys, trie):
         """Yield (pkey, the value bytes stored exactly under it, or None)
         for each of `keys`: one lookup each, no view of the maps built."""
-        rsize = ctypes.sizeof(abi.Route)
-        readers = {AF4: bpfsys.Reader(self._routes_fd(4, trie), 8, rsize),
-                   AF6: bpfsys.Reader(self._routes_fd(6, trie), 20, rsize)}
+        readers = {AF4: bpfsys.Reader(self._routes_fd(4, trie), 8, ROUTE_SIZE),
+                   AF6: bpfsys.Reader(self._routes_fd(6, trie), 20, ROUTE_SIZE)}
         for k in keys:
             v = readers[k[0]].get(_PLEN[k[1]] + k[2:])
             # an LPM lookup of the prefix itself: exact when the stored length is
@@ -466,7 +465,7 @@ class Maps:
                 r.peers[i] = p
             bpfsys.update(self.fds["dir_sets"], ctypes.c_uint32(sid), r)
 
-        reader = bpfsys.Reader(self._routes_fd(4, "routes"), 8, ctypes.sizeof(abi.Route))
+        reader = bpfsys.Reader(self._routes_fd(4, "routes"), 8, ROUTE_SIZE)
 
         def route(addr, bound):
             # an LPM lookup is bounded by the key's prefix length
@@ -477,7 +476,7 @@ class Maps:
     def ipv4_prefixes(self):
         """{(network int, plen): peers} of routes4, as Dir24.rebuild takes them."""
         out = {}
-        rsize = ctypes.sizeof(abi.Route)
+        rsize = ROUTE_SIZE
         for keys, values, n in bpfsys.lookup_batch_raw(self._routes_fd(4, "routes"), 8, rsize):
             for i in range(n):
                 out[(int.from_bytes(keys[8 * i + 4:8 * i + 8], "big"), keys[8 * i])] = \
@@ -489,8 +488,7 @@ class Maps:
         maps) from routes4 read in batches: no object per prefix (1M: ~1 s,
         where ipv4_prefixes() + rebuild() took ~12 s through ipaddress)."""
         d = d or self.dir24()
-        rsize = ctypes.sizeof(abi.Route)
-        d.rebuild_raw(bpfsys.lookup_batch_raw(self._routes_fd(4, "routes"), 8, rsize), rsize, value_peers)
+        d.rebuild_raw(bpfsys.lookup_batch_raw(self._routes_fd(4, "routes"), 8, ROUTE_SIZE), ROUTE_SIZE, value_peers)
         return d
 
     def compile_dir24_apart(self):
