@@ -166,7 +166,7 @@ class Netlink:
         one recvmmsg), without waiting: an event socket's backlog.
 
         Raises OSError(ENOBUFS) when the kernel dropped events for us."""
-        if self._slots is None:
+        if self._slots is None or self._slots.count != most:
             self._slots = _Slots(most, 32 << 10)  # a route or link event is far smaller
         out = []
         for buf in self._slots.read(self.sock.fileno()):
