@@ -376,7 +376,8 @@ def route_add(prefix, peers, front, accept):
     net = config.parse_prefix(prefix, "PREFIX")
     wanted = peer_names(peers)
     front, m = open_maps(front)
-    with m:
+    # as a writer: the daemon's event writes wait, and then read the maps back
+    with m, daemon.writer_lock(front, lambda: click.echo(f"waiting for another writer of {front}", err=True)):
         m.set_route(net, inspect.resolve_peers(m, wanted), abi.Origin.STATIC, trie=map_table(accept))
         if net.version == 4 and not accept:
             m.compile_dir24()
@@ -392,7 +393,7 @@ def route_del(prefix, front, accept):
     """Remove the entry for exactly PREFIX."""
     net = config.parse_prefix(prefix, "PREFIX")
     front, m = open_maps(front)
-    with m:
+    with m, daemon.writer_lock(front, lambda: click.echo(f"waiting for another writer of {front}", err=True)):
         if m.get_route(net, map_table(accept)) is None:
             fail(f"no entry for {net}" + (" in the accept table" if accept else ""))
         m.del_route(net, map_table(accept))

@@ -135,10 +135,16 @@ def writer_lock_path(front, netns=None):
 
 
 @contextlib.contextmanager
-def writer_lock(front, waiting=lambda: None):
-    """One writer per instance: attach, detach and the daemon's full syncs
-    take turns (flock, released when the process dies). `waiting()` is
-    called once if someone else holds it."""
+def writer_lock(front, waiting=lambda: None, wait=True, bump=True):
+    """One writer per instance: attach, detach, `wgbpf route` and the
+    daemon take turns (flock, released when the process dies). `waiting()`
+    is called once if someone else holds it. Yields the lock's fd, or None
+    when `wait` is False and it is held elsewhere.
+
+    On release a writer bumps the file's generation (`bump`): the daemon
+    follows route events without reading back each prefix, as long as
+    the generation it holds says nobody else wrote the maps since it
+    last read them."""
     path, waited = writer_lock_path(front), False
     while True:
         os.makedirs(run_dir(), mode=0o755, exist_ok=True)
@@ -147,6 +153,10 @@ def writer_lock(front, waiting=lambda: None):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if not wait:
+                    os.close(fd)
+                    yield None
+                    return
                 if not waited:
                     waiting()
                     waited = True
@@ -162,9 +172,20 @@ def writer_lock(front, waiting=lambda: None):
             break
         os.close(fd)  # a detach removed the file we waited on: take the one there now
     try:
-        yield
+        yield fd
     finally:
-        os.close(fd)
+        try:
+            if bump:
+                os.pwrite(fd, b"%020d\n" % (generation(fd)[1] + 1), 0)
+        finally:
+            os.close(fd)
+
+
+def generation(fd):
+    """(inode, count) of a held writer lock: moves whenever another writer
+    held it (a file removed and made anew counts as moved)."""
+    head = os.pread(fd, 32, 0)
+    return os.fstat(fd).st_ino, int(head) if head.strip().isdigit() else 0
 
 
 def remove_run_files(front):
@@ -363,7 +384,7 @@ class Daemon:
         self.rcvbuf = rcvbuf
         self.progress = progress
         self.stats = {"events": 0, "map_writes": 0, "resyncs": 0, "overruns": 0,
-                      "rehooks": 0, "members_gone": 0, "backlogged": 0, "peer_deaths": 0, "peer_revivals": 0,
+                      "rehooks": 0, "members_gone": 0, "backlogged": 0, "read_back": 0, "peer_deaths": 0, "peer_revivals": 0,
                       "last_sync": None,
                       "last_sync_seconds": None, "started": time.time()}
         self.lag = Lag()  # event-to-map lag of each batch applied
@@ -372,13 +393,18 @@ class Daemon:
         self.cfg = None
         self.maps = None
         self.table = None   # the routes Table (LPM mode), for status
-        self.tables = {}    # trie -> (Table, the maps' entries as we wrote them)
+        self.tables = {}    # trie -> Table: what the maps' kernel entries hold
+        # trie -> prefixes of the maps' own entries (static, tag), which
+        # route events leave alone; good while the writer lock's generation
+        # is `known` (nobody else wrote the maps since we read them)
+        self.operator = {}
+        self.known = None
         self.dir24 = None     # DIR-24-8 mode: the compiled IPv4 arrays
         self.lock_fd = None
         self.maps_changed = False  # SIGUSR1: `wgbpf route` wrote the maps
         self.reattached = False    # SIGUSR2: `wgbpf attach` reconciled the instance
         self.detached = False      # our maps are no longer pinned: write nothing
-        self.writing = False       # we hold the instance's writer lock
+        self.writing = None        # the instance's writer lock's fd, while we hold it
         self.front_gone = False
         self.foreign_hooks = set()  # hooks another instance took: logged once each
         self.write_errors = {}  # file -> the last failure to write it, logged once
@@ -404,15 +430,16 @@ class Daemon:
     def _writing(self):
         """The instance's writer lock around our own attach and full syncs,
         so an operator's attach or detach never interleaves with them."""
-        if self.writing:  # nested: held once
+        if self.writing is not None:  # nested: held once
             yield
             return
-        with writer_lock(self.cfg.front, lambda: self.log("waiting for an attach or detach to finish")):
-            self.writing = True
+        with writer_lock(self.cfg.front, lambda: self.log("waiting for an attach or detach to finish"),
+                         bump=False) as fd:
+            self.writing = fd
             try:
                 yield
             finally:
-                self.writing = False
+                self.writing = None
 
     def _attach(self):
         with self._writing():
@@ -529,9 +556,10 @@ class Daemon:
                 pinned[trie].add(k)
         return pinned
 
-    def _reconcile(self, trie, table):
+    def _reconcile(self, trie, table, operator):
         """What to write so one pair of maps equals the table, from the maps
-        read in batches (no copy of them is kept)."""
+        read in batches (no copy of them is kept); the prefixes of the
+        operator's entries are added to `operator`."""
         d = sync.Diff()
         kern = abi.Origin.KERNEL
         covered = 0
@@ -548,13 +576,18 @@ class Daemon:
                 if not sid:
                     if v[1] == kern:
                         d.delete.append(k)
+                    else:
+                        operator.add(k)
                     continue
                 covered += 1
                 want = value.get((sid << 8) | keys[at])
                 if want is None:
                     want = value[(sid << 8) | keys[at]] = maps.route_value(sets[sid], keys[at])
-                if v != want and v[1] == kern:  # the operator's entry wins
-                    d.put[k] = sets[sid]
+                if v != want:
+                    if v[1] == kern:
+                        d.put[k] = sets[sid]
+                    else:  # the operator's entry wins
+                        operator.add(k)
         if covered < len(table):
             # prefixes with no entry at all (routes added while we were
             # away): found by exact lookups, rather than a set of every key
@@ -592,6 +625,7 @@ class Daemon:
             nl.close()
         t_dump = time.monotonic() - t0
         writes = puts = deletes = 0
+        operator = pinned
         if writer is not None:
             for trie, keys in recheck.items():
                 for k in keys:
@@ -601,12 +635,14 @@ class Daemon:
             writes = writer.close()
             puts = writes - deletes
         else:
+            operator = {trie: set() for trie in tables}
             for trie, table in tables.items():
-                d = self._reconcile(trie, table)
+                d = self._reconcile(trie, table, operator[trie])
                 writes += self.maps.apply(d, trie, progress=(lambda k, total=len(d): self.progress("write", k, total))
                                           if self.progress else None)
                 puts, deletes = puts + len(d.put), deletes + len(d.delete)
         self.tables = tables
+        self._know(operator)
         self.dir24 = None
         if self.cfg.lookup == abi.Lookup.DIR24 and "routes" in self.tables:
             # the IPv4 arrays from all of routes4 (ours, static and tags);
@@ -635,13 +671,22 @@ class Daemon:
         view `wgbpf route` cannot update) are recompiled."""
         if self.maps is None or not self.tables:
             return
-        writes = 0
-        for trie, table in self.tables.items():
-            writes += self.maps.apply(self._reconcile(trie, table), trie)
-        if self.dir24 is not None:
-            self.dir24 = self.maps.compile_dir24_apart()
+        with self._writing():
+            writes = 0
+            operator = {trie: set() for trie in self.tables}
+            for trie, table in self.tables.items():
+                writes += self.maps.apply(self._reconcile(trie, table, operator[trie]), trie)
+            self._know(operator)
+            if self.dir24 is not None:
+                self.dir24 = self.maps.compile_dir24_apart()
         self.stats["map_writes"] += writes
         self.log(f"maps re-read ({why}): {writes} map writes")
+
+    def _know(self, operator):
+        """The maps were just read and written whole, under the writer
+        lock: their kernel entries are the tables', the rest `operator`'s."""
+        self.operator = operator or {}
+        self.known = generation(self.writing)
 
     def follow_links(self, check_hooks=False):
         """Make the maps match the devices as they are now, by name: a member
@@ -775,18 +820,33 @@ class Daemon:
                     resync = True  # a peer's tag moved: re-resolve everything
         if links and self.follow_links(hooks):
             resync = True  # routes by member device name the new ifindex
-        for trie, keys in changed.items():
-            if keys:
-                table = self.tables[trie]
-                # what `wgbpf route` wrote meanwhile wins: the diff is against
-                # the maps as they are now, re-read (one lookup a prefix)
-                d = sync.diff(table, self.maps.read(keys, trie), keys=keys)
-                self.stats["map_writes"] += self.maps.apply(d, trie)
-                if self.verbose and d:
-                    self.log_applied(trie, d)
-                if trie == "routes" and self.dir24 is not None:
-                    self.patch_dir24(d)
+        if any(changed.values()):
+            # under the writer lock, so no `wgbpf route` lands between our
+            # look at the maps and our write (it waits, or we read back)
+            with writer_lock(self.cfg.front, wait=False, bump=False) as fd:
+                known = fd is not None and generation(fd) == self.known
+                for trie, keys in changed.items():
+                    if keys:
+                        self._apply_changed(trie, keys, known)
         return resync
+
+    def _apply_changed(self, trie, keys, known):
+        """Write the prefixes whose best peer set changed. `known`: nobody
+        else wrote the maps since we last read them, so each kernel entry
+        holds the table's previous best and the operator's entries are
+        the known ones. Else each prefix is read back (one lookup each):
+        what `wgbpf route` wrote meanwhile wins."""
+        table = self.tables[trie]
+        if known:
+            d = sync.changes(table, keys, self.operator.get(trie, ()))
+        else:
+            self.stats["read_back"] += len(keys)
+            d = sync.diff(table, self.maps.read(keys, trie), keys=keys)
+        self.stats["map_writes"] += self.maps.apply(d, trie)
+        if self.verbose and d:
+            self.log_applied(trie, d)
+        if trie == "routes" and self.dir24 is not None:
+            self.patch_dir24(d)
 
     def patch_dir24(self, d):
         """The IPv4 prefixes of a diff written to routes4, patched into the
@@ -967,6 +1027,8 @@ class Daemon:
         metric("resyncs_total", "full resyncs (start, overrun, reload, tag change)", st["resyncs"])
         metric("overruns_total", "netlink overruns (ENOBUFS)", st["overruns"])
         metric("backlogged_total", "event batches cut short with events still queued", st["backlogged"])
+        metric("read_back_total", "prefixes read back before an event's write (another writer had "
+               "held the maps meanwhile)", st.get("read_back", 0))
         metric("event_lag_ms_max", "worst event-to-map lag since start", st["lag_ms_max"], "gauge")
         metric("event_lag_ms_p50", "median event-to-map lag of the recent batches", st["lag_ms_p50"] or 0, "gauge")
         metric("event_lag_ms_p99", "p99 event-to-map lag of the recent batches", st["lag_ms_p99"] or 0, "gauge")

@@ -325,6 +325,23 @@ class Diff:
         return len(self.put) + len(self.delete)
 
 
+def changes(table, keys, operator):
+    """What to write for `keys`, prefixes whose best peer set changed, when
+    the maps are known to hold each one's previous best set, but for the
+    `operator` prefixes (static, tag entries: left alone). No read of the
+    maps: a prefix with no best set left is deleted, the rest put."""
+    d = Diff()
+    best = table.best
+    for k in keys:
+        if k not in operator:
+            peers = best(k)
+            if peers is None:
+                d.delete.append(k)
+            else:
+                d.put[k] = peers
+    return d
+
+
 def diff(table, entries, keys=None):
     """What to write so the maps' kernel-origin entries equal the table.
 

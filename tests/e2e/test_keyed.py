@@ -8,6 +8,9 @@ operator's `wgbpf route` entries alone.
   hands the prefix back to the kernel route.
 """
 import json
+import os
+import tempfile
+import threading
 import time
 
 import pytest
@@ -127,3 +130,49 @@ def test_route_add_entry_wins_over_kernel_routes(lab, daemon):
     finally:
         lab.wgbpf("route", "del", prefix, check=False)
         lab.ip("route", "del", prefix, "metric", "5", check=False)
+
+
+def test_route_add_during_a_storm_on_its_prefix_stays(lab, daemon):
+    """`wgbpf route add` lands while the daemon follows a storm of replaces
+    of the same prefix: the route command and the daemon's event writes
+    take turns on the writer lock, so no event batch computed before the
+    add overwrites it, and `route del` hands the prefix back."""
+    prefixes = [f"10.240.{i}.0/24" for i in range(100)]
+    target, host = prefixes[7], "10.240.7.1"
+    rounds = [[f"route replace {p} {' '.join(via(lab, peer))}\n" for p in prefixes]
+              for peer in ("alice", "bob")]
+    stop = threading.Event()
+
+    def storm():
+        with tempfile.TemporaryDirectory() as d:
+            paths = []
+            for i, lines in enumerate(rounds):
+                paths.append(os.path.join(d, f"{i}.batch"))
+                with open(paths[-1], "w") as f:
+                    f.writelines(lines * 5)
+            while not stop.is_set():
+                for path in paths:
+                    lab.ip("-batch", path)
+
+    t = threading.Thread(target=storm)
+    t.start()
+    try:
+        time.sleep(0.3)
+        lab.wgbpf("route", "add", target, "carol")
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        t.join()
+    try:
+        settled(lab, daemon)
+        assert lookup(lab, host) == (["carol"], "static route"), daemon.text()
+        assert lookup(lab, "10.240.8.1") == (["bob"], "kernel route")  # the storm's last word
+        lab.wgbpf("route", "del", target)
+        deadline = time.monotonic() + 2 * TIME_SCALE
+        while lookup(lab, host) != (["bob"], "kernel route"):
+            assert time.monotonic() < deadline, f"no kernel route after route del:\n{daemon.text()}"
+            time.sleep(0.02)
+    finally:
+        lab.wgbpf("route", "del", target, check=False)
+        for p in prefixes:
+            lab.ip("route", "del", p, check=False)

@@ -117,12 +117,14 @@ def test_a_restart_writes_only_the_difference(maps):
     w.put("routes", stale, (1,))                 # its route deleted while we were away
     w.close()
     maps.set_route(ipaddress.ip_network("10.6.0.0/16"), [7], STATIC)  # the operator's
-    d = Daemon._reconcile(types.SimpleNamespace(maps=maps), "routes", t)
+    operator = set()
+    d = Daemon._reconcile(types.SimpleNamespace(maps=maps), "routes", t, operator)
     keys = [sync.pkey(2, dst, 16) for dst in nets]
+    assert operator == {keys[5]}  # route events leave it alone from now on
     assert d.delete == [stale]
     assert d.put == {keys[4]: t.best(keys[4]), keys[6]: t.best(keys[6]), keys[7]: t.best(keys[7])}
     maps.apply(d)
-    assert len(Daemon._reconcile(types.SimpleNamespace(maps=maps), "routes", t)) == 0
+    assert len(Daemon._reconcile(types.SimpleNamespace(maps=maps), "routes", t, set())) == 0
 
 
 def test_array_bytes_reads_and_writes_any_slice_of_an_array_map():

@@ -202,7 +202,7 @@ def apply(entries, d):
     for k, peers in d.put.items():
         entries[k] = (abi.Origin.KERNEL, peers)
     for k in d.delete:
-        del entries[k]
+        del entries[k]  # a delete of an entry not there would be a bug (KeyError)
 
 
 def expected(kernel, flt):
@@ -242,6 +242,7 @@ def test_any_event_sequence_leaves_maps_equal_to_the_model(seq, filtered):
     # the operator's own entries, which the daemon must never touch
     static = {sync.pkey(AF4, bytes([10, 1, 0, 0]), 16): (abi.Origin.STATIC, (CAROL,))}
     entries = dict(static)
+    unread = dict(static)  # the same, followed without reading the maps back (sync.changes)
     for op, prefix, hops, table, prio, proto, tos, src in seq:
         v6 = ":" in prefix  # TOS is IPv4's, source prefixes IPv6's
         r = route(prefix, *hops, table=table, priority=prio, protocol=proto,
@@ -255,6 +256,8 @@ def test_any_event_sequence_leaves_maps_equal_to_the_model(seq, filtered):
             # a delete notification describes the route as it was
             changed = t.update(kernel.pop(r.key), deleted=True)
         apply(entries, sync.diff(t, entries, keys={changed} if changed else set()))
+        apply(unread, sync.changes(t, {changed} if changed else set(), static.keys()))
+        assert unread == entries
         want = expected(kernel, flt)
         kern = {k: v[1] for k, v in entries.items() if v[0] == abi.Origin.KERNEL}
         assert kern == {k: p for k, p in want.items() if k not in static}
