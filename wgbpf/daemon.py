@@ -16,6 +16,7 @@ a dump is lost: those events are applied after it, in order.
 """
 import collections
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import fcntl
@@ -556,10 +557,10 @@ class Daemon:
                 pinned[trie].add(k)
         return pinned
 
-    def _reconcile(self, trie, table, operator):
+    def _reconcile(self, trie, table, operator, batches=None):
         """What to write so one pair of maps equals the table, from the maps
-        read in batches (no copy of them is kept); the prefixes of the
-        operator's entries are added to `operator`."""
+        read in batches (Maps.batches: read now, or already); the prefixes
+        of the operator's entries are added to `operator`."""
         d = sync.Diff()
         kern = abi.Origin.KERNEL
         covered = 0
@@ -567,7 +568,9 @@ class Daemon:
         value = {}  # (set id << 8) | prefixlen -> the bytes of its kernel entry
         # one pass over the raw batches, a million times: an entry equal to
         # what the table wants costs a lookup and a bytes compare
-        for head, ks, keys, values, count in self.maps.batches(trie, ahead=True):
+        if batches is None:
+            batches = self.maps.batches(trie, ahead=True)
+        for head, ks, keys, values, count in batches:
             for i in range(count):
                 at = i * ks
                 k = head[keys[at]] + keys[at + 4:at + ks]
@@ -610,6 +613,10 @@ class Daemon:
             if pinned is not None:
                 writer = maps.Writer(self.maps, progress=(lambda k: self.progress("write", k))
                                          if self.progress else None)
+            elif tables:
+                # a restart: the kernel walks the maps' tries (a second a
+                # million entries, in syscalls) while we parse the dump
+                read = maps.in_background(lambda: {trie: list(self.maps.batches(trie)) for trie in tables})
             # no cyclic GC while a million short-lived tuples come and go: it
             # would walk the young ones again and again for nothing
             gc.disable()
@@ -636,11 +643,13 @@ class Daemon:
             puts = writes - deletes
         else:
             operator = {trie: set() for trie in tables}
+            batches = read() if tables else {}
             for trie, table in tables.items():
-                d = self._reconcile(trie, table, operator[trie])
+                d = self._reconcile(trie, table, operator[trie], batches.pop(trie))
                 writes += self.maps.apply(d, trie, progress=(lambda k, total=len(d): self.progress("write", k, total))
                                           if self.progress else None)
                 puts, deletes = puts + len(d.put), deletes + len(d.delete)
+        trim_heap()  # what the batches read or written took (36 MiB at a full table) is free
         self.tables = tables
         self._know(operator)
         self.dir24 = None
@@ -1233,6 +1242,20 @@ def liveness_metrics(st):
         lines.append(f'wgbpf_peer_alive{{front="{front}",peer="{name}",cause="{lv["cause"] or ""}"}} '
                      f'{int(lv["state"] == "alive")}')
     return lines
+
+
+def trim_heap():
+    """Give the heap's free pages back to the kernel (glibc's malloc_trim):
+    Python hands big freed buffers to malloc, which keeps them, so what
+    the daemon allocates next (the DIR-24-8 depth bytes, the child it
+    spawns, which starts as big as we are) would add to them."""
+    try:
+        _libc.malloc_trim(0)
+    except AttributeError:  # not glibc
+        pass
+
+
+_libc = ctypes.CDLL(None)
 
 
 def stderr_log(msg):

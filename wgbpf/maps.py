@@ -725,6 +725,29 @@ def _check_layout(path, fd, spec):
             f"run `wgbpf detach` to remove the old instance first")
 
 
+def in_background(fn):
+    """Run fn() in a thread of its own, for work that is syscalls (they
+    release the GIL); returns a function that waits for its result (or
+    raises what it raised)."""
+    out = {}
+
+    def run():
+        try:
+            out["result"] = fn()
+        except BaseException as e:
+            out["error"] = e
+
+    t = threading.Thread(target=run, name="wgbpf-background", daemon=True)
+    t.start()
+
+    def result():
+        t.join()
+        if "error" in out:
+            raise out["error"]
+        return out.pop("result")
+    return result
+
+
 def read_ahead(items, depth=4):
     """Yield what `items` yields, taken from it by a thread of its own up to
     `depth` ahead: for iterators whose work is syscalls, which release the
