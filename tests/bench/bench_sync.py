@@ -643,7 +643,16 @@ class Bench:
                      f"arrays compiled by a child process, its peak RSS {r.get('child_peak_mib', '?')} MiB")
         self.res["dir24"] = out
 
-    def second_start(self):
+    def second_start(self, first=False):
+        """The daemon the storm runs against: a restart over the maps the
+        initial sync filled, or (`first`: --only storm) a first start."""
+        if first:
+            log("daemon start into empty maps, for the storm")
+            d, r = self.daemon_start("first start", 1800)
+            f = r["sync"]
+            self.row("daemon start for the storm, empty maps", f["read"], f["secs"], f["read"], r["vmhwm_mib"],
+                     f"{f['writes']} map writes; start->sync line {r['wall_to_sync_seconds']:.1f}s")
+            return d
         log("second daemon start against the filled maps (must write nothing)")
         d, r = self.daemon_start("second start", 1800)
         f = r["sync"]
@@ -882,7 +891,7 @@ class Bench:
             self.pyroute2()
             self.initial_sync()
         if only & {"sync", "storm"}:
-            d = self.second_start()
+            d = self.second_start(first="sync" not in only)
         if "storm" in only:
             self.res["steady"], self.changed = self.steady()
             self.singles()
@@ -899,7 +908,48 @@ class Bench:
         self.res["total_seconds"] = round(time.perf_counter() - t_all, 1)
         self.res["loadavg_end"] = os.getloadavg()
 
+    def targets(self):
+        """Each figure the full-table targets name, beside its target and
+        whether it is met: (figure, measured, target, met) rows."""
+        res, out = self.res, []
+        show = res.get("ip_show", {})
+        base = sum(v["seconds"] for v in show.values()) if len(show) == 2 else None
+
+        def ratio(figure, run, most):
+            if run and base:
+                x = run["sync"]["secs"] / base
+                out.append((figure, f"{run['sync']['secs']:.2f}s = {x:.2f}x ip route show ({base:.2f}s)",
+                            f"<= {most}x", x <= most))
+        ratio("initial sync, lpm", res.get("daemon_initial"), 3)
+        ratio("initial sync, dir24", res.get("dir24", {}).get("initial"), 3)
+        ratio("restart, lpm", res.get("daemon_restart"), 1.5)
+        ratio("restart, dir24", res.get("dir24", {}).get("restart"), 1.5)
+        for figure, run in (("restart, lpm", res.get("daemon_restart")),
+                            ("restart, dir24", res.get("dir24", {}).get("restart"))):
+            if run:
+                out.append((figure + ": map writes", str(run["sync"]["writes"]), "0", run["sync"]["writes"] == 0))
+        peaks = [r["vmhwm_mib"] for r in (res.get("daemon_initial"), res.get("daemon_restart"),
+                                          *res.get("dir24", {}).values()) if r and r.get("vmhwm_mib")]
+        if peaks:
+            out.append(("daemon peak RSS (every start measured)", f"{max(peaks):.0f} MiB", "<= 200 MiB",
+                        max(peaks) <= 200))
+        for phase in ("replace", "delete"):
+            e = res.get("steady", {}).get(phase)
+            if e is None:
+                continue
+            lag = e["probe_lag"]
+            out.append((f"{phase} storm: maps keep up", f"{e['maps_vs_ip']:.2f}x, last change "
+                        f"{e['tail_after_ip_ms']:.0f} ms after ip", ">= 1.0x (trail <= 250 ms)",
+                        e["tail_after_ip_ms"] <= 250))
+            if lag.get("probes"):
+                out.append((f"{phase} storm: lag p99 / max", f"{lag['p99_ms']} / {lag['max_ms']} ms",
+                            "<= 50 / 250 ms", lag["p99_ms"] <= 50 and lag["max_ms"] <= 250))
+            out.append((f"{phase} storm: overruns", str(e["overruns"]), "0", e["overruns"] == 0))
+        return out
+
     def report(self):
+        targets = self.targets()
+        self.res["targets"] = [dict(zip(("figure", "measured", "target", "met"), t)) for t in targets]
         headers = ("work", "routes", "seconds", "routes/s", "peak RSS MiB", "note")
         rows = [headers] + self.rows
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
@@ -912,6 +962,12 @@ class Bench:
         print(f"wgbpf control-plane benchmark: {self.args.v4:,} IPv4 + {self.args.v6:,} IPv6 routes, "
               f"kernel {os.uname().release}, {os.cpu_count()} CPUs, total {self.res.get('total_seconds', '?')}s")
         print("\n".join(lines))
+        if targets:
+            w = [max(len(t[i]) for t in targets) for i in range(3)]
+            print(f"\n{'target'.ljust(w[0])}  {'measured'.ljust(w[1])}  {'wanted'.ljust(w[2])}  met"
+                  + ("  (the targets are a full table's: --quick is a smoke run)" if self.args.quick else ""))
+            for figure, measured, target, met in targets:
+                print(f"{figure.ljust(w[0])}  {measured.ljust(w[1])}  {target.ljust(w[2])}  {'yes' if met else 'NO'}")
         la = self.res.get("loadavg_start")
         if la and la[0] > 0.5 * (os.cpu_count() or 1):
             print(f"NOTE: load average {la[0]:.1f} at the start (end {self.res.get('loadavg_end', [0])[0]:.1f}) on "
