@@ -177,14 +177,16 @@ def writer_lock(front, waiting=lambda: None, wait=True, bump=True):
     finally:
         try:
             if bump:
-                os.pwrite(fd, b"%020d\n" % (generation(fd)[1] + 1), 0)
+                # a clock, not a count from 0: a file removed and made anew
+                # (often with the same inode) never repeats a generation
+                os.pwrite(fd, b"%020d\n" % max(generation(fd)[1] + 1, time.time_ns()), 0)
         finally:
             os.close(fd)
 
 
 def generation(fd):
     """(inode, count) of a held writer lock: moves whenever another writer
-    held it (a file removed and made anew counts as moved)."""
+    held it."""
     head = os.pread(fd, 32, 0)
     return os.fstat(fd).st_ino, int(head) if head.strip().isdigit() else 0
 

@@ -260,6 +260,32 @@ def test_writer_lock_follows_a_removed_file(etc):
         assert os.path.exists(daemon.writer_lock_path("wg0"))
 
 
+def test_writer_lock_generation_moves_with_every_other_writer(etc):
+    """The daemon follows route events without reading the maps back while
+    the generation it read is the lock's: any other writer (route, attach,
+    detach) moves it, the daemon's own turns do not, and a writer busy
+    elsewhere is seen (None) rather than waited for."""
+    with daemon.writer_lock("wg0", bump=False) as fd:
+        seen = daemon.generation(fd)
+    with daemon.writer_lock("wg0", bump=False) as fd:
+        assert daemon.generation(fd) == seen  # our own turn: unchanged
+    with daemon.writer_lock("wg0"):  # `wgbpf route add`
+        pid = os.fork()
+        if pid == 0:  # another process, while it is held: not waited for
+            with daemon.writer_lock("wg0", wait=False, bump=False) as busy:
+                os._exit(0 if busy is None else 1)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    with daemon.writer_lock("wg0", bump=False) as fd:
+        moved = daemon.generation(fd)
+        assert moved != seen
+    with daemon.writer_lock("wg0"):  # a detach: the file removed, then an attach
+        os.unlink(daemon.writer_lock_path("wg0"))
+    with daemon.writer_lock("wg0"):
+        pass
+    with daemon.writer_lock("wg0", bump=False) as fd:
+        assert daemon.generation(fd) not in (seen, moved)  # even on the same inode
+
+
 # -- the daemon: -v, the front gone for good ----------------------------------------------------
 
 def make_daemon(front="wg0"):
