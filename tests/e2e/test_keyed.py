@@ -65,6 +65,15 @@ def settled(lab, daemon):
     lab.ip("route", "del", prefix)
 
 
+def route_del_hands_back(lab, daemon, prefix, host, peer):
+    """`wgbpf route del`: the kernel route naming `peer` takes its place."""
+    lab.wgbpf("route", "del", prefix)
+    deadline = time.monotonic() + 2 * TIME_SCALE
+    while lookup(lab, host) != ([peer], "kernel route"):
+        assert time.monotonic() < deadline, f"no kernel route after route del:\n{daemon.text()}"
+        time.sleep(0.02)
+
+
 def test_deleting_one_of_two_routes_keeps_the_prefix(lab, daemon):
     bob = lab.peers["bob"]
     prefix, host = bob["prefix4"], bob["host4"]
@@ -122,11 +131,7 @@ def test_route_add_entry_wins_over_kernel_routes(lab, daemon):
         lab.ip("route", "add", prefix, *via(lab, "bob"), "metric", "5")
         settled(lab, daemon)
         assert lookup(lab, host) == (["carol"], "static route")
-        lab.wgbpf("route", "del", prefix)
-        deadline = time.monotonic() + 2 * TIME_SCALE
-        while lookup(lab, host) != (["bob"], "kernel route"):
-            assert time.monotonic() < deadline, f"no kernel route after route del:\n{daemon.text()}"
-            time.sleep(0.02)
+        route_del_hands_back(lab, daemon, prefix, host, "bob")
     finally:
         lab.wgbpf("route", "del", prefix, check=False)
         lab.ip("route", "del", prefix, "metric", "5", check=False)
@@ -167,11 +172,7 @@ def test_route_add_during_a_storm_on_its_prefix_stays(lab, daemon):
         settled(lab, daemon)
         assert lookup(lab, host) == (["carol"], "static route"), daemon.text()
         assert lookup(lab, "10.240.8.1") == (["bob"], "kernel route")  # the storm's last word
-        lab.wgbpf("route", "del", target)
-        deadline = time.monotonic() + 2 * TIME_SCALE
-        while lookup(lab, host) != (["bob"], "kernel route"):
-            assert time.monotonic() < deadline, f"no kernel route after route del:\n{daemon.text()}"
-            time.sleep(0.02)
+        route_del_hands_back(lab, daemon, target, host, "bob")
     finally:
         lab.wgbpf("route", "del", target, check=False)
         for p in prefixes:
