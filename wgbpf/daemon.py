@@ -608,7 +608,8 @@ class Daemon:
         t0 = time.monotonic()
         self.follow_links()
         nl = routes.Netlink(rcvbuf=self.rcvbuf)
-        writer = None
+        writer = compiling = None
+        dir24 = self.cfg.lookup == abi.Lookup.DIR24
         try:
             tables = self._new_tables(self._tags(nl))
             pinned = self._fresh(tables) if tables else None
@@ -619,6 +620,10 @@ class Daemon:
                 # a restart: the kernel walks the maps' tries (a second a
                 # million entries, in syscalls) while we parse the dump
                 read = maps.in_background(lambda: {trie: list(self.maps.batches(trie)) for trie in tables})
+                if dir24 and "routes" in tables:
+                    # and a child compiles the arrays from routes4 as it is
+                    # (another CPU): what the diff changes is patched in
+                    compiling = self.maps.start_dir24_apart()
             # no cyclic GC while a million short-lived tuples come and go: it
             # would walk the young ones again and again for nothing
             gc.disable()
@@ -629,6 +634,8 @@ class Daemon:
         except BaseException:
             if writer is not None:
                 writer.close()
+            if compiling is not None:
+                compiling.cancel()
             raise
         finally:
             nl.close()
@@ -646,8 +653,9 @@ class Daemon:
         else:
             operator = {trie: set() for trie in tables}
             batches = read() if tables else {}
+            diffs = {}
             for trie, table in tables.items():
-                d = self._reconcile(trie, table, operator[trie], batches.pop(trie))
+                d = diffs[trie] = self._reconcile(trie, table, operator[trie], batches.pop(trie))
                 writes += self.maps.apply(d, trie, progress=(lambda k, total=len(d): self.progress("write", k, total))
                                           if self.progress else None)
                 puts, deletes = puts + len(d.put), deletes + len(d.delete)
@@ -655,7 +663,10 @@ class Daemon:
         self.tables = tables
         self._know(operator)
         self.dir24 = None
-        if self.cfg.lookup == abi.Lookup.DIR24 and "routes" in self.tables:
+        if compiling is not None:
+            self.dir24 = compiling.result()
+            self.patch_dir24(diffs["routes"])
+        elif dir24 and "routes" in self.tables:
             # the IPv4 arrays from all of routes4 (ours, static and tags);
             # only the /24s that differ are rewritten
             self.dir24 = self.maps.compile_dir24_apart()

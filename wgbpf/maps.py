@@ -498,29 +498,12 @@ class Maps:
         with the map, the prefixes by length) are the child's and gone with
         it. The daemon gets back what change() needs: the depth bytes (16
         MiB, read straight into place) and the few groups and sets."""
-        d = self.dir24()
-        p = subprocess.Popen([sys.executable, "-m", "wgbpf.maps", "--compile-dir24", self.directory],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
-        got = 0
-        try:
-            state = pickle.load(p.stdout)
-            view = memoryview(d.depth)
-            while got < len(d.depth):
-                n = p.stdout.readinto(view[got:])
-                if not n:
-                    break
-                got += n
-        except (EOFError, pickle.UnpicklingError):
-            state = None
-        err = p.stderr.read().decode(errors="replace").strip()
-        _pid, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        d.child_peak_mib = usage.ru_maxrss / 1024  # the memory the compile took, for the log and bench
-        if p.returncode != 0 or state is None or got != len(d.depth):
-            raise MapError(f"DIR-24-8 compile failed (exit {p.returncode}): "
-                           f"{err.splitlines()[-1] if err else 'no output'}")
-        d.restore(state)
-        return d
+        return self.start_dir24_apart().result()
+
+    def start_dir24_apart(self):
+        """compile_dir24_apart started, not waited for: the child compiles
+        routes4 as it is now while the caller goes on (on another CPU)."""
+        return _Dir24Child(self.dir24(), self.directory)
 
     def compile_dir24(self):
         """Recompile the DIR-24-8 arrays from routes4 (when in that mode)."""
@@ -723,6 +706,43 @@ def _check_layout(path, fd, spec):
         raise MapError(
             f"{path}: pinned map has type/key/value sizes {have}, this wgbpf expects {want}; "
             f"run `wgbpf detach` to remove the old instance first")
+
+
+class _Dir24Child:
+    """A DIR-24-8 compile running in a child process (Maps.start_dir24_apart)."""
+
+    def __init__(self, d, directory):
+        self.d = d
+        self.p = subprocess.Popen([sys.executable, "-m", "wgbpf.maps", "--compile-dir24", directory],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
+
+    def result(self):
+        """Wait for the compile; the Dir24 the child's arrays describe."""
+        d, p, got = self.d, self.p, 0
+        try:
+            state = pickle.load(p.stdout)
+            view = memoryview(d.depth)
+            while got < len(d.depth):
+                n = p.stdout.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        except (EOFError, pickle.UnpicklingError):
+            state = None
+        err = p.stderr.read().decode(errors="replace").strip()
+        _pid, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        d.child_peak_mib = usage.ru_maxrss / 1024  # the memory the compile took, for the log and bench
+        if p.returncode != 0 or state is None or got != len(d.depth):
+            raise MapError(f"DIR-24-8 compile failed (exit {p.returncode}): "
+                           f"{err.splitlines()[-1] if err else 'no output'}")
+        d.restore(state)
+        return d
+
+    def cancel(self):
+        """Not wanted after all (the sync failed): the child is stopped."""
+        self.p.kill()
+        self.p.communicate()
 
 
 def in_background(fn):
