@@ -503,7 +503,7 @@ class Maps:
     def start_dir24_apart(self):
         """compile_dir24_apart started, not waited for: the child compiles
         routes4 as it is now while the caller goes on (on another CPU)."""
-        return _Dir24Child(self.dir24(), self.directory)
+        return _Dir24Child(self)
 
     def compile_dir24(self):
         """Recompile the DIR-24-8 arrays from routes4 (when in that mode)."""
@@ -711,14 +711,16 @@ def _check_layout(path, fd, spec):
 class _Dir24Child:
     """A DIR-24-8 compile running in a child process (Maps.start_dir24_apart)."""
 
-    def __init__(self, d, directory):
-        self.d = d
-        self.p = subprocess.Popen([sys.executable, "-m", "wgbpf.maps", "--compile-dir24", directory],
+    def __init__(self, maps):
+        self.maps = maps
+        self.p = subprocess.Popen([sys.executable, "-m", "wgbpf.maps", "--compile-dir24", maps.directory],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
 
     def result(self):
-        """Wait for the compile; the Dir24 the child's arrays describe."""
-        d, p, got = self.d, self.p, 0
+        """Wait for the compile; the Dir24 the child's arrays describe (its
+        16 MiB of depth bytes taken only now: the caller may have freed
+        more meanwhile)."""
+        d, p, got = self.maps.dir24(), self.p, 0
         try:
             state = pickle.load(p.stdout)
             view = memoryview(d.depth)
