@@ -156,6 +156,15 @@ def pick_front(front):
     return have[0]
 
 
+# How long a command waits for another writer of the instance (a daemon's
+# full sync of a million routes takes seconds; a stopped process, for ever)
+WRITER_WAIT = 60.0
+
+
+def waiting_for(front, log=lambda msg: click.echo(msg, err=True)):
+    return lambda holder: log(f"waiting for {holder}, writing {front}")
+
+
 def open_maps(front, readonly=False):
     need_root()
     front = pick_front(front)
@@ -286,7 +295,7 @@ def attach(front, peers, config_path, members_only, no_route, lookup, fib_table,
     need_root()
     log = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
     # one writer at a time: another attach, a detach, the daemon's sync
-    with daemon.writer_lock(cfg.front, lambda: log(f"waiting for another writer of {cfg.front}")):
+    with daemon.writer_lock(cfg.front, waiting_for(cfg.front, log), timeout=WRITER_WAIT):
         res = dataplane.attach(cfg, log=log, debug=debug, force=force)
     res["daemon_told"] = daemon.notify_attached(cfg.front)  # it reopens the maps and resyncs
 
@@ -326,7 +335,7 @@ def detach(front, as_json):
     """Remove the filters and pins of FRONT; traffic falls back to the kernel."""
     need_root()
     front = pick_front(front)
-    with daemon.writer_lock(front):
+    with daemon.writer_lock(front, waiting_for(front), timeout=WRITER_WAIT):
         res = dataplane.detach(front)
         res["run_files_removed"] = daemon.remove_run_files(front)
     emit(res, as_json, lambda r: click.echo(f"{r['front']}: detached from {r['devices']} devices, pins removed"))
@@ -377,7 +386,7 @@ def route_add(prefix, peers, front, accept):
     wanted = peer_names(peers)
     front, m = open_maps(front)
     # as a writer: the daemon's event writes wait, and then read the maps back
-    with m, daemon.writer_lock(front, lambda: click.echo(f"waiting for another writer of {front}", err=True)):
+    with m, daemon.writer_lock(front, waiting_for(front), timeout=WRITER_WAIT):
         m.set_route(net, inspect.resolve_peers(m, wanted), abi.Origin.STATIC, trie=map_table(accept))
         if net.version == 4 and not accept:
             m.compile_dir24()
@@ -393,7 +402,7 @@ def route_del(prefix, front, accept):
     """Remove the entry for exactly PREFIX."""
     net = config.parse_prefix(prefix, "PREFIX")
     front, m = open_maps(front)
-    with m, daemon.writer_lock(front, lambda: click.echo(f"waiting for another writer of {front}", err=True)):
+    with m, daemon.writer_lock(front, waiting_for(front), timeout=WRITER_WAIT):
         if m.get_route(net, map_table(accept)) is None:
             fail(f"no entry for {net}" + (" in the accept table" if accept else ""))
         m.del_route(net, map_table(accept))

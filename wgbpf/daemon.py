@@ -136,16 +136,18 @@ def writer_lock_path(front, netns=None):
 
 
 @contextlib.contextmanager
-def writer_lock(front, waiting=lambda: None, wait=True, bump=True):
+def writer_lock(front, waiting=lambda holder: None, wait=True, bump=True, timeout=None):
     """One writer per instance: attach, detach, `wgbpf route` and the
-    daemon take turns (flock, released when the process dies). `waiting()`
-    is called once if someone else holds it. Yields the lock's fd, or None
-    when `wait` is False and it is held elsewhere.
+    daemon take turns (flock, released when the process dies).
+    `waiting(holder)` is called once if someone else holds it (holder: who,
+    as lock_holder says). Yields the lock's fd, or None when `wait` is
+    False and it is held elsewhere. With a `timeout` (seconds), a holder
+    that keeps it longer (a stopped process) is a DaemonError.
 
-    On release a writer bumps the file's generation (`bump`): the daemon
-    follows route events without reading back each prefix, as long as
-    the generation it holds says nobody else wrote the maps since it
-    last read them."""
+    A writer bumps the file's generation as it takes the lock (`bump`):
+    the daemon follows route events without reading back each prefix as
+    long as the generation it holds says nobody else wrote the maps since
+    it last read them."""
     path, waited = writer_lock_path(front), False
     while True:
         os.makedirs(run_dir(), mode=0o755, exist_ok=True)
@@ -159,9 +161,9 @@ def writer_lock(front, waiting=lambda: None, wait=True, bump=True):
                     yield None
                     return
                 if not waited:
-                    waiting()
+                    waiting(lock_holder(path))
                     waited = True
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                _wait_flock(fd, path, front, timeout)
             try:
                 same = os.stat(path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -173,15 +175,52 @@ def writer_lock(front, waiting=lambda: None, wait=True, bump=True):
             break
         os.close(fd)  # a detach removed the file we waited on: take the one there now
     try:
+        if bump:
+            # before any write: a writer killed halfway has moved it too.
+            # A clock, not a count from 0: a file removed and made anew
+            # (often with the same inode) never repeats a generation
+            os.pwrite(fd, b"%020d\n" % max(generation(fd)[1] + 1, time.time_ns()), 0)
         yield fd
     finally:
+        os.close(fd)
+
+
+def _wait_flock(fd, path, front, timeout):
+    if timeout is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            if bump:
-                # a clock, not a count from 0: a file removed and made anew
-                # (often with the same inode) never repeats a generation
-                os.pwrite(fd, b"%020d\n" % max(generation(fd)[1] + 1, time.time_ns()), 0)
-        finally:
-            os.close(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise DaemonError(f"{lock_holder(path)} has held the writer lock of {front} for "
+                                  f"{timeout:g}s: stopped or stuck? Nothing was written") from None
+            time.sleep(0.02)
+
+
+def lock_holder(path):
+    """Who holds the flock on `path`, from /proc/locks: "pid N (command)",
+    or "another writer" when it cannot tell."""
+    try:
+        st = os.stat(path)
+        dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()  # "1: FLOCK ADVISORY WRITE 1234 00:1a:5678 0 EOF"
+                if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == dev:
+                    pid = int(parts[4])
+                    try:
+                        with open(f"/proc/{pid}/cmdline", "rb") as c:
+                            cmd = c.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                    except OSError:
+                        cmd = ""
+                    return f"pid {pid}" + (f" ({cmd[:80]})" if cmd else "")
+    except (OSError, ValueError):
+        pass
+    return "another writer"
 
 
 def generation(fd):
@@ -402,6 +441,10 @@ class Daemon:
         # is `known` (nobody else wrote the maps since we read them)
         self.operator = {}
         self.known = None
+        # trie -> prefixes whose best set changed, not yet written (the
+        # writer lock was busy), and when the oldest of them was read
+        self.pending = {}
+        self.pending_since = None
         self.dir24 = None     # DIR-24-8 mode: the compiled IPv4 arrays
         self.lock_fd = None
         self.maps_changed = False  # SIGUSR1: `wgbpf route` wrote the maps
@@ -436,7 +479,7 @@ class Daemon:
         if self.writing is not None:  # nested: held once
             yield
             return
-        with writer_lock(self.cfg.front, lambda: self.log("waiting for an attach or detach to finish"),
+        with writer_lock(self.cfg.front, lambda holder: self.log(f"waiting for {holder} to finish writing"),
                          bump=False) as fd:
             self.writing = fd
             try:
@@ -694,6 +737,8 @@ class Daemon:
         if self.maps is None or not self.tables:
             return
         with self._writing():
+            if generation(self.writing) == self.known:
+                return  # read since the last writer: nothing new
             writes = 0
             operator = {trie: set() for trie in self.tables}
             for trie, table in self.tables.items():
@@ -706,9 +751,11 @@ class Daemon:
 
     def _know(self, operator):
         """The maps were just read and written whole, under the writer
-        lock: their kernel entries are the tables', the rest `operator`'s."""
+        lock: their kernel entries are the tables', the rest `operator`'s
+        (and no change is left to write)."""
         self.operator = operator or {}
         self.known = generation(self.writing)
+        self.pending, self.pending_since = {}, None
 
     def follow_links(self, check_hooks=False):
         """Make the maps match the devices as they are now, by name: a member
@@ -815,9 +862,13 @@ class Daemon:
                      f"not taken back")
         self.foreign_hooks = found
 
-    def handle(self, events):
+    def handle(self, events, t_read=None):
         """Apply one read's worth of messages; returns True if a resync is due."""
-        changed = {trie: set() for trie in self.tables}
+        changed = self.pending
+        for trie in self.tables:
+            changed.setdefault(trie, set())
+        if self.pending_since is None:
+            self.pending_since = t_read if t_read is not None else time.monotonic()
         resync = links = hooks = False
         members = None
         for mtype, buf, off, end in events:
@@ -842,15 +893,34 @@ class Daemon:
                     resync = True  # a peer's tag moved: re-resolve everything
         if links and self.follow_links(hooks):
             resync = True  # routes by member device name the new ifindex
-        if any(changed.values()):
-            # under the writer lock, so no `wgbpf route` lands between our
-            # look at the maps and our write (it waits, or we read back)
-            with writer_lock(self.cfg.front, wait=False, bump=False) as fd:
-                known = fd is not None and generation(fd) == self.known
-                for trie, keys in changed.items():
-                    if keys:
-                        self._apply_changed(trie, keys, known)
+        self.write_pending()
         return resync
+
+    def write_pending(self):
+        """Write the prefixes whose best set changed, under the writer lock,
+        so no `wgbpf route` lands between our look at the maps and our
+        write. Busy (another writer): kept for the next try, a few ms on.
+        The generation moved (another writer was here): read back, and the
+        maps re-read whole soon. Returns whether nothing is left."""
+        if not any(self.pending.values()):
+            if self.pending_since is not None:
+                self.lag.append((time.monotonic() - self.pending_since) * 1000)
+                self.pending_since = None
+            return True
+        with writer_lock(self.cfg.front, wait=False, bump=False) as fd:
+            if fd is None:
+                return False
+            known = generation(fd) == self.known
+            if not known:
+                self.maps_changed = True
+            for trie, keys in self.pending.items():
+                if keys and trie in self.tables:
+                    self._apply_changed(trie, keys, known)
+        self.pending = {}
+        if self.pending_since is not None:
+            self.lag.append((time.monotonic() - self.pending_since) * 1000)
+            self.pending_since = None
+        return True
 
     def _apply_changed(self, trie, keys, known):
         """Write the prefixes whose best peer set changed. `known`: nobody
@@ -869,6 +939,15 @@ class Daemon:
             self.log_applied(trie, d)
         if trie == "routes" and self.dir24 is not None:
             self.patch_dir24(d)
+
+    def check_generation(self):
+        """Every second: another writer since we read the maps (a `wgbpf
+        route` killed before it could tell us, say): re-read them."""
+        if self.maps is None or not self.tables or self.detached:
+            return
+        with writer_lock(self.cfg.front, wait=False, bump=False) as fd:
+            if fd is not None and generation(fd) != self.known:
+                self.maps_changed = True
 
     def patch_dir24(self, d):
         """The IPv4 prefixes of a diff written to routes4, patched into the
@@ -1104,14 +1183,19 @@ class Daemon:
                     else:
                         self.stats["resyncs"] += 1
                         self.full_sync("config reload")
-                if self.maps_changed:
-                    self.maps_changed = False
-                    self.maps_sync("written by wgbpf route")
                 self.check_maps()  # after an attach, or a detach, under us
+                if self.maps_changed:  # SIGUSR1, or the writer lock's generation moved
+                    self.maps_changed = False
+                    self.maps_sync("written by another writer")
+                waiting = any(self.pending.values()) and not self.detached
                 try:
-                    ready, _, _ = select.select([events], [], [], self.liveness.timeout())
+                    ready, _, _ = select.select([events], [], [],
+                                                min(self.liveness.timeout(), 0.005) if waiting
+                                                else self.liveness.timeout())
                 except InterruptedError:
                     continue
+                if waiting and not ready:
+                    self.write_pending()  # the writer lock was busy: again
                 if ready:
                     resync = False
                     t_recv = time.monotonic()
@@ -1134,7 +1218,7 @@ class Daemon:
                             batch.extend(got)  # each read's bytes are its own: kept as they are
                         self.check_maps()  # a detach meanwhile: nothing to re-hook from
                         if not self.detached:  # nothing to write to: an attach resyncs
-                            resync = self.handle(batch)
+                            resync = self.handle(batch, t_event)
                     except OSError as e:
                         if e.errno != errno.ENOBUFS:  # the kernel dropped events for us
                             raise
@@ -1147,10 +1231,10 @@ class Daemon:
                         self.full_sync("overrun or tag change")
                     if not drained and not resync:
                         self.stats["backlogged"] += 1
-                    self.lag.append((time.monotonic() - t_event) * 1000)
                 self.check_liveness()
                 if time.monotonic() - last_status >= 1.0:
                     self.check_gone()
+                    self.check_generation()
                     self.write_status("detached" if self.detached else "running")
                     last_status = time.monotonic()
             self.revive_all()

@@ -9,6 +9,8 @@ operator's `wgbpf route` entries alone.
 """
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -16,7 +18,7 @@ import time
 import pytest
 
 from wgbtest import RUN_ID
-from labutil import LOOKUPS, TIME_SCALE, DaemonProc, lab_session
+from labutil import LOOKUPS, ROOT, TIME_SCALE, DaemonProc, lab_session
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -177,3 +179,38 @@ def test_route_add_during_a_storm_on_its_prefix_stays(lab, daemon):
         lab.wgbpf("route", "del", target, check=False)
         for p in prefixes:
             lab.ip("route", "del", p, check=False)
+
+
+def test_a_writer_killed_before_telling_the_daemon_still_wins(lab, daemon):
+    """A `wgbpf route add` killed after its map write, before it could
+    signal the daemon: the writer lock's generation moved as it was taken,
+    so the daemon re-reads the maps within a second, and the entry wins
+    over a kernel route for its prefix as any other does."""
+    prefix, host = "10.241.0.0/16", "10.241.0.1"
+    code = f"""if True:
+        import ipaddress, os
+        from wgbpf import abi, daemon
+        from wgbpf.maps import Maps, pin_dir
+        with daemon.writer_lock({lab.front!r}):
+            with Maps.open(pin_dir({lab.front!r})) as m:
+                carol = [i for i, p in m.peers().items() if p.name == b"carol"]
+                m.set_route(ipaddress.ip_network({prefix!r}), carol, abi.Origin.STATIC)
+                os.kill(os.getpid(), 9)
+    """
+    reread = "maps re-read (written by another writer)"
+    before = daemon.text().count(reread)
+    r = subprocess.run(["nsenter", f"--net=/run/netns/{lab.hub}", sys.executable, "-c", code],
+                       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+    assert r.returncode == -9, r.stderr
+    try:
+        deadline = time.monotonic() + 3 * TIME_SCALE
+        while daemon.text().count(reread) == before:  # no event needed: its every-second look
+            assert time.monotonic() < deadline, f"the daemon did not re-read the maps:\n{daemon.text()}"
+            time.sleep(0.05)
+        lab.ip("route", "add", prefix, *via(lab, "alice"))
+        settled(lab, daemon)
+        assert lookup(lab, host) == (["carol"], "static route"), daemon.text()
+        route_del_hands_back(lab, daemon, prefix, host, "alice")
+    finally:
+        lab.wgbpf("route", "del", prefix, check=False)
+        lab.ip("route", "del", prefix, check=False)

@@ -6,6 +6,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -278,12 +279,40 @@ def test_writer_lock_generation_moves_with_every_other_writer(etc):
     with daemon.writer_lock("wg0", bump=False) as fd:
         moved = daemon.generation(fd)
         assert moved != seen
+    pid = os.fork()
+    if pid == 0:  # a writer killed halfway, before it could release the lock
+        with daemon.writer_lock("wg0"):
+            os.kill(os.getpid(), 9)
+    os.waitpid(pid, 0)
+    with daemon.writer_lock("wg0", bump=False) as fd:
+        assert daemon.generation(fd) != moved  # moved as it was taken
+        moved = daemon.generation(fd)
     with daemon.writer_lock("wg0"):  # a detach: the file removed, then an attach
         os.unlink(daemon.writer_lock_path("wg0"))
     with daemon.writer_lock("wg0"):
         pass
     with daemon.writer_lock("wg0", bump=False) as fd:
         assert daemon.generation(fd) not in (seen, moved)  # even on the same inode
+
+
+def test_a_writer_lock_held_too_long_is_an_error_naming_the_holder(etc):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a writer that stopped while holding it
+        with daemon.writer_lock("wg0"):
+            os.write(w, b"x")
+            time.sleep(30)
+        os._exit(0)
+    try:
+        os.read(r, 1)
+        heard = []
+        with pytest.raises(daemon.DaemonError, match=rf"pid {pid} .* has held the writer lock of wg0 for 0.3s"):
+            with daemon.writer_lock("wg0", heard.append, timeout=0.3):
+                pass
+        assert heard and heard[0].startswith(f"pid {pid}")
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
 
 
 # -- the daemon: -v, the front gone for good ----------------------------------------------------
