@@ -278,7 +278,10 @@ def explain_source(m, addr, peer):
             return done(f"feasible: {accept_why} leads to {peer}", abi.Reason.PASSED_FEASIBLE)
     if mode == abi.Source.LOOSE and owners:
         return done(f"loose: {why} leads to a peer", abi.Reason.PASSED_LOOSE)
-    return done(f"{mode.name.lower()}: {why} does not lead to {peer}", abi.Reason.SPOOFED)
+    if owners:
+        return done(f"{mode.name.lower()}: {why} leads to {', '.join(out['best']['peers'])}, not {peer}",
+                    abi.Reason.SPOOFED)
+    return done(f"{mode.name.lower()}: {why}, so not {peer}'s", abi.Reason.SPOOFED)
 
 
 # -- status -------------------------------------------------------------------

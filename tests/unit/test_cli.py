@@ -477,7 +477,8 @@ def test_lookup(instance, addr, want):
 
 @pytest.mark.parametrize("src, peer, verdict, step", [
     ("10.1.2.3", "alice", "passed", "leads to alice"),
-    ("10.3.0.1", "alice", "spoofed", "does not lead to alice"),
+    ("10.3.0.1", "alice", "spoofed", "leads to carol, not alice"),
+    ("172.16.0.1", "alice", "spoofed", "no best route, so not alice's"),
     ("fe80::1", "alice", "passed", "link-local"),
     ("fe80::1", "bob", "spoofed", "link-local"),
     # martians, as the data plane drops them: before any lookup, each its reason
