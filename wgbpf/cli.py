@@ -425,6 +425,10 @@ def dump(front, as_json):
         table([(x["prefix"], ",".join(x["peers"]), x["origin"]) for x in r["routes"]],
               ["PREFIX", "PEERS", "ORIGIN"])
         click.echo()
+        if "accept" in r:
+            table([(x["prefix"], ",".join(x["peers"]), x["origin"]) for x in r["accept"]],
+                  ["ACCEPT PREFIX", "PEERS", "ORIGIN"])
+            click.echo()
         table([(p["name"], marked(p["member"], p["member_problem"]), "up" if p["up"] else "down",
                 ",".join(p["tags"]) or "-",
                 p["tx_packets"], p["tx_bytes"], p["rx_packets"], p["rx_bytes"], p["spoofed"])

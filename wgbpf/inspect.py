@@ -96,11 +96,11 @@ def peer_rows(m, links=None):
     return out
 
 
-def route_rows(m, names):
+def route_rows(m, names, trie="routes"):
     """Every prefix -> peers entry, IPv4 first; `names`: {peer id: name}."""
     rows = []
     for version in (4, 6):
-        for net, r in sorted(m.routes(version), key=lambda nr: nr[0]):
+        for net, r in sorted(m.routes(version, trie), key=lambda nr: nr[0]):
             rows.append({"prefix": str(net), "peers": [names.get(p, f"#{p}") for p in route_peers(r)],
                          "origin": origin_name(r.origin)})
     return rows
@@ -109,7 +109,10 @@ def route_rows(m, names):
 def dump(m, front):
     peers = peer_rows(m)
     names = {p["id"]: p["name"] for p in peers}
-    return {"front": front, "routes": route_rows(m, names), "peers": peers}
+    out = {"front": front, "routes": route_rows(m, names), "peers": peers}
+    if m.config().accept_table:  # the feasible source check's table
+        out["accept"] = route_rows(m, names, "accept")
+    return out
 
 
 # -- what the programs decide -------------------------------------------------

@@ -347,6 +347,7 @@ class FakeMaps:
             net = ipaddress.ip_network(prefix)
             self.route_map[net] = maps.make_route(net, ids, origin)
         self.tag_map = {ipaddress.ip_address(a): i for a, i in tags}
+        self.accept_map = {}
         self.cfg = abi.Config(front_ifindex=5, no_route=no_route)
         self.directory = "/fake"
         self.closed = False
@@ -372,8 +373,9 @@ class FakeMaps:
     def config(self):
         return self.cfg
 
-    def routes(self, version):
-        return [(n, r) for n, r in self.route_map.items() if n.version == version]
+    def routes(self, version, trie="routes"):
+        return [(n, r) for n, r in (self.accept_map if trie == "accept" else self.route_map).items()
+                if n.version == version]
 
     def lookup(self, addr, trie="routes"):
         hits = [n for n in self.route_map if addr in n]
@@ -536,6 +538,18 @@ def test_dump(instance, monkeypatch):
     assert any(ln.split()[:4] == ["bob", "wg-bob", "(re-created)", "up"] for ln in lines)
     # never the name of the device that holds carol's old ifindex now
     assert any(ln.split()[:4] == ["carol", "wg-carol", "(gone)", "down"] for ln in lines)
+    assert "accept" not in res and "ACCEPT" not in r.stdout  # no accept table attached
+
+
+def test_dump_shows_the_accept_table_when_there_is_one(instance):
+    instance.cfg.accept_table = 100
+    net = ipaddress.ip_network("10.9.0.0/16")
+    instance.accept_map[net] = maps.make_route(net, [2, 3], abi.Origin.KERNEL)
+    res = json.loads(run("dump", "--json").stdout)
+    assert res["accept"] == [{"prefix": "10.9.0.0/16", "peers": ["bob", "carol"], "origin": "kernel"}]
+    lines = run("dump").stdout.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.split()[:2] == ["ACCEPT", "PREFIX"])
+    assert lines[at + 1].split() == ["10.9.0.0/16", "bob,carol", "kernel"]
 
 
 def test_resolve_peers_direct():
