@@ -47,7 +47,7 @@ class FakeMaps:
     def config(self):
         return abi.Config(front_ifindex=5, front=b"wg0")
 
-    def routes(self, version):
+    def routes(self, version, trie="routes"):
         return []
 
     def fill(self):
