@@ -697,6 +697,9 @@ def status(front=None, all_ns=False, check=False, as_json=False):
                            f"given to one peer, {dmn['resyncs']} resyncs")
                 if dmn.get("missing_peers"):
                     click.echo(f"peers not on the device: {', '.join(dmn['missing_peers'])}")
+                if dmn.get("pending"):
+                    click.echo(f"waiting: {dmn['pending']} route changes not yet written "
+                               f"(another writer holds the writer lock)")
                 if dmn.get("routes_per_peer"):
                     click.echo("routes per peer: " + ", ".join(f"{k} {v}" for k, v in sorted(dmn["routes_per_peer"].items())))
                 if dmn.get("liveness"):
@@ -741,6 +744,9 @@ def status(front=None, all_ns=False, check=False, as_json=False):
                            f"{dmn.get('rehooks', 0)} re-hooks, "
                            f"event lag p50/p99/max {dmn.get('lag_ms_p50')}/{dmn.get('lag_ms_p99')}/{dmn['lag_ms_max']} ms"
                            + (f", last sync {ago:.0f}s ago ({dmn['last_sync_seconds']}s)" if ago is not None else ""))
+                if dmn.get("pending"):
+                    click.echo(f"waiting: {dmn['pending']} route changes not yet written "
+                               f"(another writer holds the writer lock)")
                 if dmn.get("routes_per_peer"):
                     click.echo("routes per peer: " + ", ".join(f"{k} {v}" for k, v in sorted(dmn["routes_per_peer"].items())))
                 if dmn.get("liveness"):

@@ -217,7 +217,9 @@ def lock_holder(path):
                             cmd = c.read().replace(b"\0", b" ").decode(errors="replace").strip()
                     except OSError:
                         cmd = ""
-                    return f"pid {pid}" + (f" ({cmd[:80]})" if cmd else "")
+                    if len(cmd) > 120:
+                        cmd = cmd[:117] + "..."
+                    return f"pid {pid}" + (f" ({cmd})" if cmd else "")
     except (OSError, ValueError):
         pass
     return "another writer"
@@ -426,7 +428,7 @@ class Daemon:
         self.rcvbuf = rcvbuf
         self.progress = progress
         self.stats = {"events": 0, "map_writes": 0, "resyncs": 0, "overruns": 0,
-                      "rehooks": 0, "members_gone": 0, "backlogged": 0, "read_back": 0, "peer_deaths": 0, "peer_revivals": 0,
+                      "rehooks": 0, "members_gone": 0, "backlogged": 0, "read_back": 0, "pending": 0, "peer_deaths": 0, "peer_revivals": 0,
                       "last_sync": None,
                       "last_sync_seconds": None, "started": time.time()}
         self.lag = Lag()  # event-to-map lag of each batch applied
@@ -445,6 +447,7 @@ class Daemon:
         # writer lock was busy), and when the oldest of them was read
         self.pending = {}
         self.pending_since = None
+        self.pending_told = False  # logged that they wait (once a wait)
         self.dir24 = None     # DIR-24-8 mode: the compiled IPv4 arrays
         self.lock_fd = None
         self.maps_changed = False  # SIGUSR1: `wgbpf route` wrote the maps
@@ -909,6 +912,12 @@ class Daemon:
             return True
         with writer_lock(self.cfg.front, wait=False, bump=False) as fd:
             if fd is None:
+                n = self.stats["pending"] = sum(map(len, self.pending.values()))
+                waited = time.monotonic() - self.pending_since
+                if waited >= 1.0 and not self.pending_told:
+                    self.pending_told = True
+                    self.log(f"{n} route changes waiting {waited:.0f}s for "
+                             f"{lock_holder(writer_lock_path(self.cfg.front))} to release the writer lock")
                 return False
             known = generation(fd) == self.known
             if not known:
@@ -917,6 +926,10 @@ class Daemon:
                 if keys and trie in self.tables:
                     self._apply_changed(trie, keys, known)
         self.pending = {}
+        self.stats["pending"] = 0
+        if self.pending_told:
+            self.pending_told = False
+            self.log(f"route changes written after {time.monotonic() - self.pending_since:.1f}s waiting")
         if self.pending_since is not None:
             self.lag.append((time.monotonic() - self.pending_since) * 1000)
             self.pending_since = None
@@ -1128,6 +1141,8 @@ class Daemon:
         metric("resyncs_total", "full resyncs (start, overrun, reload, tag change)", st["resyncs"])
         metric("overruns_total", "netlink overruns (ENOBUFS)", st["overruns"])
         metric("backlogged_total", "event batches cut short with events still queued", st["backlogged"])
+        metric("pending_prefixes", "route changes waiting for another writer to release the writer lock",
+               st.get("pending", 0), "gauge")
         metric("read_back_total", "prefixes read back before an event's write (another writer had "
                "held the maps meanwhile)", st.get("read_back", 0))
         metric("event_lag_ms_max", "worst event-to-map lag since start", st["lag_ms_max"], "gauge")

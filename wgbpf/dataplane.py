@@ -54,11 +54,25 @@ def ensure_bpffs():
             parts = line.split()
             if len(parts) > 2 and parts[1] == "/sys/fs/bpf" and parts[2] == "bpf":
                 return
+    if own_mount_namespace():
+        raise AttachError("bpffs is not mounted at /sys/fs/bpf in this mount namespace, which is this "
+                          "command's own (`ip netns exec`?): pins made here would vanish when it "
+                          "exits; run `wgbpf --netns NAME ...` instead")
     os.makedirs("/sys/fs/bpf", exist_ok=True)
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mount(b"bpf", b"/sys/fs/bpf", b"bpf", 0, None) != 0:
         err = ctypes.get_errno()
         raise AttachError(f"mounting bpffs at /sys/fs/bpf: {os.strerror(err)}")
+
+
+def own_mount_namespace():
+    """Whether we run in a mount namespace our parent is not in: made for
+    this command alone (`ip netns exec`, `unshare -m`), gone when it ends."""
+    try:
+        here, parent = os.stat("/proc/self/ns/mnt"), os.stat(f"/proc/{os.getppid()}/ns/mnt")
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) != (parent.st_dev, parent.st_ino)
 
 
 def check_pin_root(root=None):

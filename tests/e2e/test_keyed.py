@@ -214,3 +214,29 @@ def test_a_writer_killed_before_telling_the_daemon_still_wins(lab, daemon):
     finally:
         lab.wgbpf("route", "del", prefix, check=False)
         lab.ip("route", "del", prefix, check=False)
+
+
+def test_route_changes_wait_for_a_writer_and_say_so(lab, daemon):
+    """Another writer holding the writer lock (a stopped `wgbpf route`,
+    say): the daemon keeps the route changes, says so in its log and
+    status, and writes them once the lock is free."""
+    prefix, host = "10.242.0.0/16", "10.242.0.1"
+    hold = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{lab.hub}", sys.executable, "-c",
+         f"import time\nfrom wgbpf import daemon\nwith daemon.writer_lock({lab.front!r}):\n"
+         f"    print('held', flush=True)\n    time.sleep(2.5 * {TIME_SCALE})"],
+        env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, text=True)
+    try:
+        assert hold.stdout.readline().strip() == "held"
+        lab.ip("route", "add", prefix, *via(lab, "alice"))
+        time.sleep(1.5 * TIME_SCALE)
+        assert lookup(lab, host) == ([], "no route")  # not written beside another writer
+        status = json.loads(lab.wgbpf("status", "--json").stdout)  # of the lab's front
+        assert (status["daemon"] or {}).get("pending") == 1, status
+        daemon.wait_for(f"to release the writer lock", timeout=2)
+        assert hold.wait(10 * TIME_SCALE) == 0
+        daemon.wait_for("route changes written after", timeout=2)
+        assert lookup(lab, host) == (["alice"], "kernel route")
+    finally:
+        hold.kill()
+        lab.ip("route", "del", prefix, check=False)

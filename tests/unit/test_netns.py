@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from wgbpf import abi, cli, daemon, dataplane, inspect, maps
+from wgbtest import netns  # noqa: F401 (a fixture)
 
 HERE = maps.netns_id()
 
@@ -207,3 +208,18 @@ def test_run_namespaces_are_those_with_a_status(world):
     assert daemon.run_namespaces() == set()
     open(daemon.status_path("wg0", 77), "w").close()
     assert daemon.run_namespaces() == {77}
+
+
+def test_attach_under_ip_netns_exec_is_refused_not_pinned_into_thin_air(netns):
+    """`ip netns exec` gives the command a mount namespace of its own with a
+    fresh /sys: a bpffs mounted there, and the pins in it, would vanish
+    when the command exits. Refused, pointing at --netns."""
+    import subprocess
+    import sys
+    code = "from wgbpf import dataplane; dataplane.ensure_bpffs()"
+    r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code],
+                       capture_output=True, text=True, env=maps.child_env())
+    assert r.returncode != 0 and "`ip netns exec`?" in r.stderr and "--netns" in r.stderr, r.stderr
+    # where the command shares its parent's mount namespace, bpffs is found (or mounted)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=maps.child_env())
+    assert r.returncode == 0, r.stderr
