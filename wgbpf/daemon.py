@@ -1199,7 +1199,7 @@ class Daemon:
                         self.stats["resyncs"] += 1
                         self.full_sync("config reload")
                 self.check_maps()  # after an attach, or a detach, under us
-                if self.maps_changed:  # SIGUSR1, or the writer lock's generation moved
+                if self.maps_changed and not self.detached:  # SIGUSR1, or the generation moved
                     self.maps_changed = False
                     self.maps_sync("written by another writer")
                 waiting = any(self.pending.values()) and not self.detached
