@@ -304,7 +304,7 @@ class AllowedIPsDaemon(daemon.Daemon):
         self.stats["last_sync_dump_seconds"] = round(t_dump, 3)
         self.write_status("running")
 
-    def handle(self, events):
+    def handle(self, events, t_read=None):
         table = self.table
         changed = set()
         for mtype, buf, off, end in events:
@@ -324,6 +324,8 @@ class AllowedIPsDaemon(daemon.Daemon):
             managed = {p.public_key for p in self.cfg.peers} & self.plan.present
             self._write(changes(want, self.dev, managed, self._single(), keys=changed))
             self._note_ecmp()
+        if t_read is not None:
+            self.lag.append((time.monotonic() - t_read) * 1000)
         return False
 
     def _dead_keys(self):
