@@ -697,9 +697,6 @@ def status(front=None, all_ns=False, check=False, as_json=False):
                            f"given to one peer, {dmn['resyncs']} resyncs")
                 if dmn.get("missing_peers"):
                     click.echo(f"peers not on the device: {', '.join(dmn['missing_peers'])}")
-                if dmn.get("pending"):
-                    click.echo(f"waiting: {dmn['pending']} route changes not yet written "
-                               f"(another writer holds the writer lock)")
                 if dmn.get("routes_per_peer"):
                     click.echo("routes per peer: " + ", ".join(f"{k} {v}" for k, v in sorted(dmn["routes_per_peer"].items())))
                 if dmn.get("liveness"):

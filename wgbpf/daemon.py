@@ -904,36 +904,31 @@ class Daemon:
         so no `wgbpf route` lands between our look at the maps and our
         write. Busy (another writer): kept for the next try, a few ms on.
         The generation moved (another writer was here): read back, and the
-        maps re-read whole soon. Returns whether nothing is left."""
-        if not any(self.pending.values()):
-            if self.pending_since is not None:
-                self.lag.append((time.monotonic() - self.pending_since) * 1000)
-                self.pending_since = None
-            return True
-        with writer_lock(self.cfg.front, wait=False, bump=False) as fd:
-            if fd is None:
-                n = self.stats["pending"] = sum(map(len, self.pending.values()))
-                waited = time.monotonic() - self.pending_since
-                if waited >= 1.0 and not self.pending_told:
-                    self.pending_told = True
-                    self.log(f"{n} route changes waiting {waited:.0f}s for "
-                             f"{lock_holder(writer_lock_path(self.cfg.front))} to release the writer lock")
-                return False
-            known = generation(fd) == self.known
-            if not known:
-                self.maps_changed = True
-            for trie, keys in self.pending.items():
-                if keys and trie in self.tables:
-                    self._apply_changed(trie, keys, known)
-        self.pending = {}
-        self.stats["pending"] = 0
-        if self.pending_told:
-            self.pending_told = False
-            self.log(f"route changes written after {time.monotonic() - self.pending_since:.1f}s waiting")
+        maps re-read whole soon."""
+        if any(self.pending.values()):
+            with writer_lock(self.cfg.front, wait=False, bump=False) as fd:
+                if fd is None:
+                    n = self.stats["pending"] = sum(map(len, self.pending.values()))
+                    waited = time.monotonic() - self.pending_since
+                    if waited >= 1.0 and not self.pending_told:
+                        self.pending_told = True
+                        self.log(f"{n} route changes waiting {waited:.0f}s for "
+                                 f"{lock_holder(writer_lock_path(self.cfg.front))} to release the writer lock")
+                    return
+                known = generation(fd) == self.known
+                if not known:
+                    self.maps_changed = True
+                for trie, keys in self.pending.items():
+                    if keys:
+                        self._apply_changed(trie, keys, known)
+            self.pending = {}
+            self.stats["pending"] = 0
+            if self.pending_told:
+                self.pending_told = False
+                self.log(f"route changes written after {time.monotonic() - self.pending_since:.1f}s waiting")
         if self.pending_since is not None:
             self.lag.append((time.monotonic() - self.pending_since) * 1000)
             self.pending_since = None
-        return True
 
     def _apply_changed(self, trie, keys, known):
         """Write the prefixes whose best peer set changed. `known`: nobody
