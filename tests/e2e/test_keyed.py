@@ -181,6 +181,13 @@ def test_route_add_during_a_storm_on_its_prefix_stays(lab, daemon):
             lab.ip("route", "del", p, check=False)
 
 
+def hub_python(lab, code):
+    """argv and environment running Python `code`, this checkout's wgbpf
+    importable, in the hub's namespace (nsenter: the pins stay visible)."""
+    return (["nsenter", f"--net=/run/netns/{lab.hub}", sys.executable, "-c", code],
+            dict(os.environ, PYTHONPATH=ROOT))
+
+
 def test_a_writer_killed_before_telling_the_daemon_still_wins(lab, daemon):
     """A `wgbpf route add` killed after its map write, before it could
     signal the daemon: the writer lock's generation moved as it was taken,
@@ -199,8 +206,8 @@ def test_a_writer_killed_before_telling_the_daemon_still_wins(lab, daemon):
     """
     reread = "maps re-read (written by another writer)"
     before = daemon.text().count(reread)
-    r = subprocess.run(["nsenter", f"--net=/run/netns/{lab.hub}", sys.executable, "-c", code],
-                       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+    argv, env = hub_python(lab, code)
+    r = subprocess.run(argv, env=env, capture_output=True, text=True)
     assert r.returncode == -9, r.stderr
     try:
         deadline = time.monotonic() + 3 * TIME_SCALE
@@ -221,11 +228,9 @@ def test_route_changes_wait_for_a_writer_and_say_so(lab, daemon):
     say): the daemon keeps the route changes, says so in its log and
     status, and writes them once the lock is free."""
     prefix, host = "10.242.0.0/16", "10.242.0.1"
-    hold = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{lab.hub}", sys.executable, "-c",
-         f"import time\nfrom wgbpf import daemon\nwith daemon.writer_lock({lab.front!r}):\n"
-         f"    print('held', flush=True)\n    time.sleep(2.5 * {TIME_SCALE})"],
-        env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, text=True)
+    argv, env = hub_python(lab, f"import time\nfrom wgbpf import daemon\nwith daemon.writer_lock({lab.front!r}):\n"
+                                f"    print('held', flush=True)\n    time.sleep(2.5 * {TIME_SCALE})")
+    hold = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert hold.stdout.readline().strip() == "held"
         lab.ip("route", "add", prefix, *via(lab, "alice"))
@@ -233,7 +238,7 @@ def test_route_changes_wait_for_a_writer_and_say_so(lab, daemon):
         assert lookup(lab, host) == ([], "no route")  # not written beside another writer
         status = json.loads(lab.wgbpf("status", "--json").stdout)  # of the lab's front
         assert (status["daemon"] or {}).get("pending") == 1, status
-        daemon.wait_for(f"to release the writer lock", timeout=2)
+        daemon.wait_for("to release the writer lock", timeout=2)
         assert hold.wait(10 * TIME_SCALE) == 0
         daemon.wait_for("route changes written after", timeout=2)
         assert lookup(lab, host) == (["alice"], "kernel route")
