@@ -24,11 +24,11 @@ import time
 
 import click
 
-from . import abi, allowedips, config, daemon, dataplane, inspect, maps, monitor, routes, sync, top, wireguard
+from . import abi, allowedips, config, daemon, dataplane, inspect, instance, maps, monitor, routes, sync, top, wireguard
 from .version import VERSION
 
 # what a command may refuse with: each message names the bad input or state
-DOMAIN_ERRORS = (config.ConfigError, maps.MapError, dataplane.AttachError, daemon.DaemonError,
+DOMAIN_ERRORS = (config.ConfigError, maps.MapError, dataplane.AttachError, instance.InstanceError,
                  wireguard.WireGuardError, inspect.InspectError)
 
 
@@ -283,7 +283,7 @@ def attach(front, peers, config_path, members_only, no_route, lookup, fib_table,
         # no peers given, no config file: attach again what is attached
         # (after an upgrade: its new programs), with what the line changes
         need_root()
-        cfg = daemon.adopt(front, members_only, policy, settings)
+        cfg = config.adopt(front, members_only, policy, settings)
     elif path is None and not peers and front:
         fail(f"no peers: give --peer NAME=MEMBER_DEV[,TAG...] or --config FILE, "
              f"or write {config.default_path(front)}")
@@ -295,9 +295,9 @@ def attach(front, peers, config_path, members_only, no_route, lookup, fib_table,
     need_root()
     log = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
     # one writer at a time: another attach, a detach, the daemon's sync
-    with daemon.writer_lock(cfg.front, waiting_for(cfg.front, log), timeout=WRITER_WAIT):
+    with instance.writer_lock(cfg.front, waiting_for(cfg.front, log), timeout=WRITER_WAIT):
         res = dataplane.attach(cfg, log=log, debug=debug, force=force)
-    res["daemon_told"] = daemon.notify_attached(cfg.front)  # it reopens the maps and resyncs
+    res["daemon_told"] = instance.notify_attached(cfg.front)  # it reopens the maps and resyncs
 
     def human(r):
         what = "created" if r["created"] else ("updated" if r["changes"] else "unchanged")
@@ -335,9 +335,9 @@ def detach(front, as_json):
     """Remove the filters and pins of FRONT; traffic falls back to the kernel."""
     need_root()
     front = pick_front(front)
-    with daemon.writer_lock(front, waiting_for(front), timeout=WRITER_WAIT):
+    with instance.writer_lock(front, waiting_for(front), timeout=WRITER_WAIT):
         res = dataplane.detach(front)
-        res["run_files_removed"] = daemon.remove_run_files(front)
+        res["run_files_removed"] = instance.remove_run_files(front)
     emit(res, as_json, lambda r: click.echo(f"{r['front']}: detached from {r['devices']} devices, pins removed"))
 
 
@@ -386,11 +386,11 @@ def route_add(prefix, peers, front, accept):
     wanted = peer_names(peers)
     front, m = open_maps(front)
     # as a writer: the daemon's event writes wait, and then read the maps back
-    with m, daemon.writer_lock(front, waiting_for(front), timeout=WRITER_WAIT):
+    with m, instance.writer_lock(front, waiting_for(front), timeout=WRITER_WAIT):
         m.set_route(net, inspect.resolve_peers(m, wanted), abi.Origin.STATIC, trie=map_table(accept))
         if net.version == 4 and not accept:
             m.compile_dir24()
-    daemon.notify_maps_written(front)  # its view of the maps, and dir24's, is stale now
+    instance.notify_maps_written(front)  # its view of the maps, and dir24's, is stale now
     click.echo(f"{net} -> {peers}" + (" (accept)" if accept else ""))
 
 
@@ -402,13 +402,13 @@ def route_del(prefix, front, accept):
     """Remove the entry for exactly PREFIX."""
     net = config.parse_prefix(prefix, "PREFIX")
     front, m = open_maps(front)
-    with m, daemon.writer_lock(front, waiting_for(front), timeout=WRITER_WAIT):
+    with m, instance.writer_lock(front, waiting_for(front), timeout=WRITER_WAIT):
         if m.get_route(net, map_table(accept)) is None:
             fail(f"no entry for {net}" + (" in the accept table" if accept else ""))
         m.del_route(net, map_table(accept))
         if net.version == 4 and not accept:
             m.compile_dir24()
-    daemon.notify_maps_written(front)  # a kernel route for the prefix takes its place
+    instance.notify_maps_written(front)  # a kernel route for the prefix takes its place
     click.echo(f"{net} removed")
 
 
@@ -609,7 +609,7 @@ def daemon_command(front, peers, config_path, members_only, no_route, lookup, fi
         settings["backend"] = backend
     if dead_after is not None:
         settings["dead_after"] = config.parse_dead_after(dead_after, "--dead-after")
-    build = daemon.config_builder(front, peers, config_path, members_only, policy, settings, log=daemon.stderr_log)
+    build = config.config_builder(front, peers, config_path, members_only, policy, settings, log=daemon.stderr_log)
     cfg = build(quiet=True)  # validate before touching anything
     if metrics_file:
         check_metrics_file(metrics_file)
@@ -665,7 +665,7 @@ def status(front=None, all_ns=False, check=False, as_json=False):
         fail("--all lists every instance; FRONT picks one of this namespace: give one of them")
     if front is not None:
         config.check_ifname(front, "front")
-        if front not in daemon.allowedips_daemons():  # those have no pins
+        if front not in instance.allowedips_daemons():  # those have no pins
             pick_front(front)
     res = inspect.all_status() if all_ns else inspect.namespace_status(front)
     found = [line for s in res for line in inspect.problems(s)]

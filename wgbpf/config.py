@@ -44,7 +44,8 @@ import os
 import re
 import tomllib
 
-from . import abi, files
+from . import abi, files, maps
+from .maps import MapError
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (abi.NAME_LEN - 2))
 # What Linux accepts as a device name (dev_valid_name), less ',' which
@@ -478,3 +479,71 @@ def validate(cfg):
                 f" bring the instance to {len(tags)}" if mine != len(tags) else "")
                 + f"; the tags map holds at most {abi.MAX_TAGS} for all peers together")
     return cfg
+
+
+# -- the config a daemon or an attach resolves to ---------------------------
+def attached_config(front):
+    """The Config the instance `front` of this namespace runs with, read
+    back from its pinned maps (peers, tags, settings), or None when none is
+    attached: what `wgbpf daemon FRONT` adopts without --peer or a config."""
+    directory = maps.pin_dir(front)
+    if not os.path.isdir(directory):
+        return None
+    with maps.Maps.open(directory, readonly=True) as m:
+        return from_attached(front, m.config(), m.peers(), m.tags())
+
+
+def config_builder(front, peer_args, config_path, members_only, no_route, settings=None, log=None):
+    """() -> Config, called at start and on SIGHUP. The peers come from
+    --peer and/or --config, else from <config dir>/<front>.toml, else (no
+    such file) from the instance as attached: `wgbpf daemon wg0` adopts
+    what `wgbpf attach` was given. Where a file is read, what the attached
+    instance says otherwise is logged: the daemon's attach makes it the
+    file's. `builder.config` names where the config came from (status)."""
+    settings = settings or {}
+
+    def builder(quiet=False):
+        path = resolve_path(front, peer_args, config_path)
+        if path is None and not peer_args and settings.get("backend") != "allowedips" and front:
+            builder.config = "attached"
+            return adopt(front, members_only, no_route, settings)
+        cfg = build(front, peer_args, path, members_only, no_route, **settings)
+        builder.config = path or "command line"
+        if log and not quiet and path and cfg.backend == "maps":
+            diffs = attached_differences(cfg)
+            if diffs:
+                log(f"the attached instance differs from {path}: {'; '.join(diffs)}; "
+                    f"attaching the config")
+        return cfg
+    builder.config = None
+    return builder
+
+
+def adopt(front, members_only=None, no_route=None, settings=None):
+    """The attached instance's Config, with what the command line sets."""
+    try:
+        cfg = attached_config(front)
+    except MapError as e:
+        raise ConfigError(f"adopting the attached instance {front}: {e}") from None
+    if cfg is None:
+        raise ConfigError(
+            f"no peers: give --peer NAME=MEMBER_DEV[,TAG...] or --config FILE, write "
+            f"{default_path(front)}, or attach {front} first (the daemon adopts it)")
+    if members_only is not None:
+        cfg.members_only = members_only
+    if no_route is not None:
+        cfg.no_route = no_route
+    for key, value in (settings or {}).items():
+        if value is not None:
+            setattr(cfg, key, value)
+    return validate(cfg)
+
+
+def attached_differences(cfg):
+    """How the instance attached as cfg.front differs from cfg ([] when
+    none is attached, or it cannot be read: attach reports that)."""
+    try:
+        attached = attached_config(cfg.front)
+    except MapError:
+        return []
+    return differences(attached, cfg) if attached is not None else []

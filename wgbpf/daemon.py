@@ -31,323 +31,17 @@ import subprocess
 import sys
 import time
 
-from . import abi, config, dataplane, files, liveness, maps, routes, sync
+from . import abi, config, dataplane, files, instance, liveness, maps, routes, sync
+from .instance import InstanceError
 from .dir24 import Dir24Error
 from .maps import Maps, MapError, pin_dir
 from .version import VERSION
 
-# WGBPF_RUN_DIR moves the locks and status files (tests use a temp dir)
-RUN_DIR = os.environ.get("WGBPF_RUN_DIR") or "/run/wgbpf"
 BATCH_EVENTS = 1024
 BATCH_SECONDS = 0.005
 EVENT_GROUPS = (routes.RTMGRP_IPV4_ROUTE | routes.RTMGRP_IPV6_ROUTE | routes.RTMGRP_LINK
                 | routes.RTMGRP_IPV4_IFADDR | routes.RTMGRP_IPV6_IFADDR | routes.RTMGRP_TC)
 
-
-class DaemonError(Exception):
-    pass
-
-
-def run_dir(netns=None):
-    """/run/wgbpf/<netns cookie>: locks and status files of one namespace's
-    instances (the same front name in two namespaces is two instances)."""
-    from .maps import netns_id
-    return os.path.join(RUN_DIR, str(netns if isinstance(netns, int) else netns_id(netns)))
-
-
-def run_namespaces():
-    """Cookies of the namespaces with a daemon's status file."""
-    try:
-        names = [n for n in os.listdir(RUN_DIR) if n.isdigit()]
-    except OSError:
-        return set()
-    out = set()
-    for n in names:
-        try:
-            if any(f.endswith(".json") for f in os.listdir(os.path.join(RUN_DIR, n))):
-                out.add(int(n))
-        except OSError:
-            continue  # removed meanwhile
-    return out
-
-
-def status_path(front, netns=None):
-    return os.path.join(run_dir(netns), f"{front}.json")
-
-
-def lock_path(front, netns=None):
-    return os.path.join(run_dir(netns), f"{front}.lock")
-
-
-def read_status(front, netns=None):
-    """The running daemon's last status for `front`, or None."""
-    try:
-        with open(status_path(front, netns)) as f:
-            st = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if st.get("state") in ("running", "detached") and not daemon_alive(front, netns, st.get("pid")):
-        st["state"] = "not running"  # died without a word (SIGKILL): "failed" and "stopped" stay
-    return st
-
-
-def daemon_alive(front, netns=None, pid=None):
-    """Whether a daemon holds `front`'s lock: a pid alone may have been
-    reused since, the lock dies with its holder."""
-    if pid is not None and not _alive(pid):
-        return False
-    try:
-        fd = os.open(lock_path(front, netns), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False  # nobody holds it
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
-def notify_maps_written(front):
-    """Tell the daemon running for `front` that `wgbpf route` wrote its maps
-    (SIGUSR1: it re-reads them). Only a process that catches SIGUSR1 is
-    signalled: to any other (a pid reused, an older daemon) its default
-    action is death. Returns whether one was told."""
-    st = read_status(front)
-    if not st or st.get("state") != "running" or st.get("backend") == "allowedips":
-        return False
-    try:
-        pid = int(st["pid"])
-        with open(f"/proc/{pid}/status") as f:
-            caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
-        if not caught & (1 << (signal.SIGUSR1 - 1)):
-            return False
-        os.kill(pid, signal.SIGUSR1)
-    except (OSError, KeyError, TypeError, ValueError, StopIteration):
-        return False
-    return True
-
-
-def writer_lock_path(front, netns=None):
-    """Beside the daemon's lock: held by whoever writes the instance as a
-    whole (attach, detach, the daemon's attach and full syncs)."""
-    return lock_path(front, netns)[:-len(".lock")] + ".writer"
-
-
-@contextlib.contextmanager
-def writer_lock(front, waiting=lambda holder: None, wait=True, bump=True, timeout=None):
-    """One writer per instance: attach, detach, `wgbpf route` and the
-    daemon take turns (flock, released when the process dies).
-    `waiting(holder)` is called once if someone else holds it (holder: who,
-    as lock_holder says). Yields the lock's fd, or None when `wait` is
-    False and it is held elsewhere. With a `timeout` (seconds), a holder
-    that keeps it longer (a stopped process) is a DaemonError.
-
-    A writer bumps the file's generation as it takes the lock (`bump`):
-    the daemon follows route events without reading back each prefix as
-    long as the generation it holds says nobody else wrote the maps since
-    it last read them."""
-    path, waited = writer_lock_path(front), False
-    while True:
-        os.makedirs(run_dir(), mode=0o755, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not wait:
-                    os.close(fd)
-                    yield None
-                    return
-                if not waited:
-                    waiting(lock_holder(path))
-                    waited = True
-                _wait_flock(fd, path, front, timeout)
-            try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-        except BaseException:
-            os.close(fd)
-            raise
-        if same:
-            break
-        os.close(fd)  # a detach removed the file we waited on: take the one there now
-    try:
-        if bump:
-            # before any write: a writer killed halfway has moved it too.
-            # A clock, not a count from 0: a file removed and made anew
-            # (often with the same inode) never repeats a generation
-            os.pwrite(fd, b"%020d\n" % max(generation(fd)[1] + 1, time.time_ns()), 0)
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _wait_flock(fd, path, front, timeout):
-    if timeout is None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise DaemonError(f"{lock_holder(path)} has held the writer lock of {front} for "
-                                  f"{timeout:g}s: stopped or stuck? Nothing was written") from None
-            time.sleep(0.02)
-
-
-def lock_holder(path):
-    """Who holds the flock on `path`, from /proc/locks: "pid N (command)",
-    or "another writer" when it cannot tell."""
-    try:
-        st = os.stat(path)
-        dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-        with open("/proc/locks") as f:
-            for line in f:
-                parts = line.split()  # "1: FLOCK ADVISORY WRITE 1234 00:1a:5678 0 EOF"
-                if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == dev:
-                    pid = int(parts[4])
-                    try:
-                        with open(f"/proc/{pid}/cmdline", "rb") as c:
-                            cmd = c.read().replace(b"\0", b" ").decode(errors="replace").strip()
-                    except OSError:
-                        cmd = ""
-                    if len(cmd) > 120:
-                        cmd = cmd[:117] + "..."
-                    return f"pid {pid}" + (f" ({cmd})" if cmd else "")
-    except (OSError, ValueError):
-        pass
-    return "another writer"
-
-
-def generation(fd):
-    """(inode, count) of a held writer lock: moves whenever another writer
-    held it."""
-    head = os.pread(fd, 32, 0)
-    return os.fstat(fd).st_ino, int(head) if head.strip().isdigit() else 0
-
-
-def remove_run_files(front):
-    """After a detach: the instance's files under the run directory go
-    (status, daemon lock, build record, writer lock), unless a daemon still
-    holds its lock: then only the build record (it says "detached" and
-    follows the next attach). Returns the paths removed."""
-    paths = [dataplane.build_path(front)]
-    try:
-        fd = os.open(lock_path(front), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        fd = None
-    try:
-        try:
-            if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            paths += [status_path(front), lock_path(front), writer_lock_path(front)]
-        except BlockingIOError:
-            pass  # a daemon runs
-        removed = []
-        for p in paths:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
-                removed.append(p)
-    finally:
-        if fd is not None:
-            os.close(fd)
-    with contextlib.suppress(OSError):
-        os.rmdir(run_dir())  # the namespace's last instance
-    return removed
-
-
-def notify_attached(front):
-    """After an attach: the daemon holding `front`'s lock (its pid is in
-    the lock file, and it has the file open) gets SIGUSR2, and reopens the
-    maps (they may be new ones) and resyncs at once. Only a process that
-    catches SIGUSR2 is signalled. Returns whether one was told."""
-    path = lock_path(front)
-    try:
-        with open(path) as f:
-            pid = int(f.read(32).strip())
-        if not _holds_open(pid, path):
-            return False  # the pid of a daemon gone, maybe reused since
-        with open(f"/proc/{pid}/status") as f:
-            caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
-        if not caught & (1 << (signal.SIGUSR2 - 1)):
-            return False
-        os.kill(pid, signal.SIGUSR2)
-    except (OSError, ValueError, StopIteration):
-        return False
-    return True
-
-
-def _holds_open(pid, path):
-    fd_dir = f"/proc/{pid}/fd"
-    for n in os.listdir(fd_dir):
-        try:
-            if os.readlink(os.path.join(fd_dir, n)) == path:
-                return True
-        except OSError:
-            continue  # closed meanwhile
-    return False
-
-
-def _statuses(netns=None):
-    """(front, status) of every daemon of one namespace that left a status
-    and whose device is there or which runs (daemon and device both gone:
-    nothing left to list)."""
-    try:
-        names = os.listdir(run_dir(netns))
-    except OSError:
-        return
-    for name in sorted(names):
-        if name.endswith(".json"):
-            st = read_status(name[:-5], netns)
-            if st and (st["state"] == "running" or _device_exists(name[:-5], netns)):
-                yield name[:-5], st
-
-
-def allowedips_daemons(netns=None):
-    """{device: status} of one namespace's allowedips-backend daemons."""
-    return {f: st for f, st in _statuses(netns) if st.get("backend") == "allowedips"}
-
-
-def failed_daemons(netns=None):
-    """{front: status} of one namespace's daemons that failed, at start too
-    (an attach refused: then no instance may be there to list)."""
-    return {f: st for f, st in _statuses(netns) if st["state"] == "failed"}
-
-
-def _device_exists(name, netns=None):
-    from .maps import netns_id
-    if netns is not None and netns != netns_id():
-        return True  # another namespace's device: not checked from here
-    try:
-        socket.if_nametoindex(name)
-        return True
-    except OSError:
-        return False
-
-
-def _alive(pid):
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (OSError, TypeError, ValueError):
-        return False
-
-
-def sd_notify(msg):
-    """systemd Type=notify readiness, without libsystemd."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(msg.encode(), addr)
 
 
 class Lag:
@@ -462,15 +156,15 @@ class Daemon:
 
     # -- setup -----------------------------------------------------------
     def _lock(self, front):
-        os.makedirs(run_dir(), mode=0o755, exist_ok=True)
-        path = lock_path(front)
+        os.makedirs(instance.run_dir(), mode=0o755, exist_ok=True)
+        path = instance.lock_path(front)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             other = os.read(fd, 32).decode().strip() or "?"
             os.close(fd)
-            raise DaemonError(f"another wgbpf daemon (pid {other}) is already running for {front!r}")
+            raise InstanceError(f"another wgbpf daemon (pid {other}) is already running for {front!r}")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.lock_fd = fd
@@ -482,7 +176,7 @@ class Daemon:
         if self.writing is not None:  # nested: held once
             yield
             return
-        with writer_lock(self.cfg.front, lambda holder: self.log(f"waiting for {holder} to finish writing"),
+        with instance.writer_lock(self.cfg.front, lambda holder: self.log(f"waiting for {holder} to finish writing"),
                          bump=False) as fd:
             self.writing = fd
             try:
@@ -740,7 +434,7 @@ class Daemon:
         if self.maps is None or not self.tables:
             return
         with self._writing():
-            if generation(self.writing) == self.known:
+            if instance.generation(self.writing) == self.known:
                 return  # read since the last writer: nothing new
             writes = 0
             operator = {trie: set() for trie in self.tables}
@@ -757,7 +451,7 @@ class Daemon:
         lock: their kernel entries are the tables', the rest `operator`'s
         (and no change is left to write)."""
         self.operator = operator or {}
-        self.known = generation(self.writing)
+        self.known = instance.generation(self.writing)
         self.pending, self.pending_since = {}, None
 
     def follow_links(self, check_hooks=False):
@@ -906,16 +600,16 @@ class Daemon:
         The generation moved (another writer was here): read back, and the
         maps re-read whole soon."""
         if any(self.pending.values()):
-            with writer_lock(self.cfg.front, wait=False, bump=False) as fd:
+            with instance.writer_lock(self.cfg.front, wait=False, bump=False) as fd:
                 if fd is None:
                     n = self.stats["pending"] = sum(map(len, self.pending.values()))
                     waited = time.monotonic() - self.pending_since
                     if waited >= 1.0 and not self.pending_told:
                         self.pending_told = True
                         self.log(f"{n} route changes waiting {waited:.0f}s for "
-                                 f"{lock_holder(writer_lock_path(self.cfg.front))} to release the writer lock")
+                                 f"{instance.lock_holder(instance.writer_lock_path(self.cfg.front))} to release the writer lock")
                     return
-                known = generation(fd) == self.known
+                known = instance.generation(fd) == self.known
                 if not known:
                     self.maps_changed = True
                 for trie, keys in self.pending.items():
@@ -953,8 +647,8 @@ class Daemon:
         route` killed before it could tell us, say): re-read them."""
         if self.maps is None or not self.tables or self.detached:
             return
-        with writer_lock(self.cfg.front, wait=False, bump=False) as fd:
-            if fd is not None and generation(fd) != self.known:
+        with instance.writer_lock(self.cfg.front, wait=False, bump=False) as fd:
+            if fd is not None and instance.generation(fd) != self.known:
                 self.maps_changed = True
 
     def patch_dir24(self, d):
@@ -973,7 +667,7 @@ class Daemon:
             self.dir24 = self.maps.compile_dir24_apart()
 
     def check_gone(self):
-        """Exit (DaemonError: exit 1, and systemd restarts us) when what we
+        """Exit (InstanceError: exit 1, and systemd restarts us) when what we
         serve is gone for good: the front device, or the namespace named by
         --netns (the name removed, or naming another namespace now), absent
         for gone_after seconds on end. A front re-created (wg-quick
@@ -1002,7 +696,7 @@ class Daemon:
             self.gone_since = now
             self.log(f"{why}: exiting unless it is back within {self.gone_after:g}s")
         elif now - self.gone_since >= self.gone_after:
-            raise DaemonError(f"{why} for {self.gone_after:g}s: gone for good, exiting (the pins stay; "
+            raise InstanceError(f"{why} for {self.gone_after:g}s: gone for good, exiting (the pins stay; "
                               f"started again, the daemon attaches once the front is back)")
 
     def log_applied(self, trie, d):
@@ -1095,8 +789,8 @@ class Daemon:
                   config=getattr(self.build_config, "config", None))
         # A file we cannot write is logged, not fatal: the maps matter more
         try:
-            os.makedirs(run_dir(), exist_ok=True)
-            files.write_atomic(status_path(self.cfg.front), json.dumps(st, indent=2))
+            os.makedirs(instance.run_dir(), exist_ok=True)
+            files.write_atomic(instance.status_path(self.cfg.front), json.dumps(st, indent=2))
             self._written("status file")
         except OSError as e:
             self._written("status file", e)
@@ -1173,7 +867,7 @@ class Daemon:
             self._attach()
             self.stats["resyncs"] += 1
             self.full_sync("start")
-            sd_notify("READY=1")
+            instance.sd_notify("READY=1")
             last_status = time.monotonic()
             while not self.stop:
                 if self.reload:
@@ -1276,62 +970,6 @@ class Daemon:
 
     def _on_usr2(self, *_):
         self.reattached = True
-
-
-def config_builder(front, peer_args, config_path, members_only, no_route, settings=None, log=None):
-    """() -> Config, called at start and on SIGHUP. The peers come from
-    --peer and/or --config, else from <config dir>/<front>.toml, else (no
-    such file) from the instance as attached: `wgbpf daemon wg0` adopts
-    what `wgbpf attach` was given. Where a file is read, what the attached
-    instance says otherwise is logged: the daemon's attach makes it the
-    file's. `build.config` names where the config came from (status)."""
-    settings = settings or {}
-
-    def build(quiet=False):
-        path = config.resolve_path(front, peer_args, config_path)
-        if path is None and not peer_args and settings.get("backend") != "allowedips" and front:
-            build.config = "attached"
-            return adopt(front, members_only, no_route, settings)
-        cfg = config.build(front, peer_args, path, members_only, no_route, **settings)
-        build.config = path or "command line"
-        if log and not quiet and path and cfg.backend == "maps":
-            diffs = attached_differences(cfg)
-            if diffs:
-                log(f"the attached instance differs from {path}: {'; '.join(diffs)}; "
-                    f"attaching the config")
-        return cfg
-    build.config = None
-    return build
-
-
-def adopt(front, members_only=None, no_route=None, settings=None):
-    """The attached instance's Config, with what the command line sets."""
-    try:
-        cfg = dataplane.attached_config(front)
-    except MapError as e:
-        raise config.ConfigError(f"adopting the attached instance {front}: {e}") from None
-    if cfg is None:
-        raise config.ConfigError(
-            f"no peers: give --peer NAME=MEMBER_DEV[,TAG...] or --config FILE, write "
-            f"{config.default_path(front)}, or attach {front} first (the daemon adopts it)")
-    if members_only is not None:
-        cfg.members_only = members_only
-    if no_route is not None:
-        cfg.no_route = no_route
-    for key, value in (settings or {}).items():
-        if value is not None:
-            setattr(cfg, key, value)
-    return config.validate(cfg)
-
-
-def attached_differences(cfg):
-    """How the instance attached as cfg.front differs from cfg ([] when
-    none is attached, or it cannot be read: attach reports that)."""
-    try:
-        attached = dataplane.attached_config(cfg.front)
-    except MapError:
-        return []
-    return config.differences(attached, cfg) if attached is not None else []
 
 
 def liveness_metrics(st):

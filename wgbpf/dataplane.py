@@ -15,7 +15,7 @@ import os
 import struct
 import time
 
-from . import abi, bpfsys, maps, netlink, nsenter
+from . import abi, bpfsys, instance, maps, netlink, nsenter
 from .maps import Maps, MapError, network, pin_dir, route_peers
 
 # The data plane's C: bpf/ beside the package in a checkout, else where the
@@ -282,14 +282,6 @@ def build_key(directory):
     return h.hexdigest()
 
 
-def build_path(front):
-    """Beside the daemon's lock and status: the build key of the pinned
-    programs (their ids too, so programs pinned by anyone else since, an
-    older wgbpf say, are never taken for ours)."""
-    from .daemon import run_dir
-    return os.path.join(run_dir(), f"{front}.build")
-
-
 def _pinned_ids(directory):
     fds = pinned_programs(directory)
     try:
@@ -302,8 +294,8 @@ def _pinned_ids(directory):
 def record_build(front, directory, key):
     from . import files
     try:
-        os.makedirs(os.path.dirname(build_path(front)), mode=0o755, exist_ok=True)
-        files.write_atomic(build_path(front), json.dumps({"key": key, "programs": _pinned_ids(directory)}),
+        os.makedirs(os.path.dirname(instance.build_path(front)), mode=0o755, exist_ok=True)
+        files.write_atomic(instance.build_path(front), json.dumps({"key": key, "programs": _pinned_ids(directory)}),
                            mode=0o600)
     except OSError:
         pass  # only costs a compile at the next attach
@@ -313,7 +305,7 @@ def reusable_programs(front, directory, key):
     """{program name: fd} of the pinned programs when they were built from
     exactly this source and flags (no compile needed), else None."""
     try:
-        with open(build_path(front)) as f:
+        with open(instance.build_path(front)) as f:
             rec = json.load(f)
         if rec.get("key") != key or not os.path.exists(os.path.join(directory, "tail")):
             return None
@@ -1120,18 +1112,6 @@ def attach(cfg, log=lambda msg: None, debug=False, force=False):
             "lookup": cfg.lookup.name.lower(), "fib": run.fib, "source": cfg.source.name.lower(),
             "compiled": compiled, "compile_seconds": round(run.t_compile, 3),
             "seconds": round(time.monotonic() - run.t0, 3)}
-
-
-def attached_config(front):
-    """The Config the instance `front` of this namespace runs with, read
-    back from its pinned maps (peers, tags, settings), or None when none is
-    attached: what `wgbpf daemon FRONT` adopts without --peer or a config."""
-    directory = pin_dir(front)
-    if not os.path.isdir(directory):
-        return None
-    with Maps.open(directory, readonly=True) as m:
-        from .config import from_attached
-        return from_attached(front, m.config(), m.peers(), m.tags())
 
 
 def _peer_name(ids, peer_id):

@@ -12,7 +12,7 @@ import ipaddress
 import os
 import socket
 
-from . import abi, config, daemon, dataplane, maps, monitor, netlink, nsenter, routes
+from . import abi, config, dataplane, instance, maps, monitor, netlink, nsenter, routes
 from .maps import route_peers
 from .version import VERSION
 
@@ -348,7 +348,7 @@ def instance_status(front):
            "maps": {k: {"entries": v[0], "max": v[1]} for k, v in fill.items()},
            "counters": counters,
            "monitor": listener}
-    out["daemon"] = daemon.read_status(front)
+    out["daemon"] = instance.read_status(front)
     out["forwarding_off"] = dataplane.forwarding_off([front_dev] if cfg.front_ifindex
                                                      else [p["member"] for p in peers])
     out["config"] = config_report(front, out["daemon"])
@@ -373,7 +373,7 @@ def config_report(front, dmn):
         return {"path": path, "error": str(e)}
     if want.backend != "maps":
         return {"path": path, "error": f"backend {want.backend}: not this instance's (maps)"}
-    return {"path": path, "differences": daemon.attached_differences(want)}
+    return {"path": path, "differences": config.attached_differences(want)}
 
 
 def problems(s):
@@ -406,7 +406,7 @@ def namespace_status(front=None):
     """Status entries of this network namespace's instances (and of its
     allowedips daemons, which have no pins). One broken instance hides no
     other; the one named (`front`) raises its MapError."""
-    single = daemon.allowedips_daemons()  # --backend allowedips: a daemon, no pins
+    single = instance.allowedips_daemons()  # --backend allowedips: a daemon, no pins
     fronts = [front] if front else maps.instances()
     res = []
     for f in fronts:
@@ -425,7 +425,7 @@ def namespace_status(front=None):
         # a daemon that failed with no instance to show it under (its
         # attach refused): still a problem for `status --check`
         res += [{"front": f, "error": f"daemon failed: {st.get('error', 'see its log')} (no instance attached)"}
-                for f, st in sorted(daemon.failed_daemons().items()) if f not in fronts and f not in single]
+                for f, st in sorted(instance.failed_daemons().items()) if f not in fronts and f not in single]
     return res
 
 
@@ -462,7 +462,7 @@ def all_status():
     one's read here, another's from a thread that joins it, one no name or
     process leads to listed from its pins alone."""
     here = maps.netns_id()
-    cookies = {ns for ns, _ in maps.all_instances()} | daemon.run_namespaces() | {here}
+    cookies = {ns for ns, _ in maps.all_instances()} | instance.run_namespaces() | {here}
     where = find_namespaces(cookies)
     res = []
     for ns in sorted(cookies, key=lambda c: (c != here, c)):

@@ -80,7 +80,7 @@ class Sampler:
                 "counters": self.m.counters()}
 
     def sample(self):
-        from .daemon import read_status
+        from .instance import read_status
         cur = self._read()
         prev, self.prev = self.prev, cur
         if prev is None:

@@ -122,7 +122,7 @@ class Bench:
         if self.wggo:
             self.wggo.terminate()
             self.wggo.wait()
-        from wgbpf.daemon import run_dir
+        from wgbpf.instance import run_dir
         try:
             run = run_dir(self.ns)  # per namespace: found before it goes
         except OSError:

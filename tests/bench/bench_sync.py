@@ -322,7 +322,7 @@ class DaemonRun:
 
 
 def read_status(front, ns):
-    from wgbpf.daemon import status_path
+    from wgbpf.instance import status_path
     try:
         with open(status_path(front, ns)) as f:
             return json.load(f)
@@ -457,7 +457,7 @@ class Bench:
         for d in self.daemons:
             with contextlib.suppress(Exception):
                 d.stop(timeout=10)
-        from wgbpf.daemon import run_dir
+        from wgbpf.instance import run_dir
         from wgbpf.maps import pin_dir
         pins = run = None
         with contextlib.suppress(OSError):  # per namespace: found before it goes

@@ -75,7 +75,7 @@ class Lab:
 
     def run_files(self):
         """The hub daemon's status file and lock (per namespace)."""
-        from wgbpf.daemon import RUN_DIR, lock_path, status_path
+        from wgbpf.instance import RUN_DIR, lock_path, status_path
         ns = self.netns_id()
         if ns is None:  # never up: nothing of it to remove
             return [os.path.join(RUN_DIR, "none", f"{self.front}{x}") for x in (".json", ".lock")]

@@ -16,7 +16,7 @@ import pytest
 from wgbtest import RUN_ID
 from labutil import TIME_SCALE, WGBPF, DaemonProc, lab_session, run
 from wgbpf import abi
-from wgbpf.daemon import RUN_DIR
+from wgbpf.instance import RUN_DIR
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 

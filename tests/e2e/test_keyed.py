@@ -196,9 +196,9 @@ def test_a_writer_killed_before_telling_the_daemon_still_wins(lab, daemon):
     prefix, host = "10.241.0.0/16", "10.241.0.1"
     code = f"""if True:
         import ipaddress, os
-        from wgbpf import abi, daemon
+        from wgbpf import abi, instance
         from wgbpf.maps import Maps, pin_dir
-        with daemon.writer_lock({lab.front!r}):
+        with instance.writer_lock({lab.front!r}):
             with Maps.open(pin_dir({lab.front!r})) as m:
                 carol = [i for i, p in m.peers().items() if p.name == b"carol"]
                 m.set_route(ipaddress.ip_network({prefix!r}), carol, abi.Origin.STATIC)
@@ -228,7 +228,7 @@ def test_route_changes_wait_for_a_writer_and_say_so(lab, daemon):
     say): the daemon keeps the route changes, says so in its log and
     status, and writes them once the lock is free."""
     prefix, host = "10.242.0.0/16", "10.242.0.1"
-    argv, env = hub_python(lab, f"import time\nfrom wgbpf import daemon\nwith daemon.writer_lock({lab.front!r}):\n"
+    argv, env = hub_python(lab, f"import time\nfrom wgbpf import instance\nwith instance.writer_lock({lab.front!r}):\n"
                                 f"    print('held', flush=True)\n    time.sleep(2.5 * {TIME_SCALE})")
     hold = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
     try:

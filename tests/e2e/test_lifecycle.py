@@ -19,7 +19,7 @@ import pytest
 from wgbtest import RUN_ID
 from labutil import TIME_SCALE, WGBPF, DaemonProc, lab_session, run
 from wgbpf.config import default_path
-from wgbpf.daemon import run_dir
+from wgbpf.instance import run_dir
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 

@@ -21,7 +21,7 @@ import pytest
 from wgbtest import RUN_ID
 from labutil import TIME_SCALE, WGBPF, DaemonProc, lab_session, run
 from wgbpf import abi, bpfsys
-from wgbpf.daemon import read_status
+from wgbpf.instance import read_status
 from wgbpf.maps import pin_dir
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]

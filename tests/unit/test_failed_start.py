@@ -6,12 +6,12 @@ import os
 
 from click.testing import CliRunner
 
-from wgbpf import cli, daemon
+from wgbpf import cli, instance
 
 
 def write_status(front, **st):
-    os.makedirs(daemon.run_dir(), exist_ok=True)
-    with open(daemon.status_path(front), "w") as f:
+    os.makedirs(instance.run_dir(), exist_ok=True)
+    with open(instance.status_path(front), "w") as f:
         json.dump(dict(st, front=front, pid=1, backend="bpf"), f)
 
 
@@ -27,4 +27,4 @@ def test_a_daemon_that_failed_to_start_fails_the_check():
                                     "(no instance attached)")
     finally:
         for f in ("lo", "wggone0", "wgstop0"):
-            os.unlink(daemon.status_path(f))
+            os.unlink(instance.status_path(f))

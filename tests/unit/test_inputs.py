@@ -12,7 +12,7 @@ import textwrap
 import pytest
 from click.testing import CliRunner
 
-from wgbpf import abi, cli, config, daemon, dataplane, files, maps, sync
+from wgbpf import abi, cli, config, daemon, dataplane, files, instance, maps, sync
 from wgbpf.config import ConfigError, PeerConfig
 
 ERR = "wgbpf: error:"
@@ -330,7 +330,7 @@ class FakeDaemon(daemon.Daemon):
 @pytest.fixture
 def rundir(tmp_path, monkeypatch):
     d = tmp_path / "run"
-    monkeypatch.setattr(daemon, "RUN_DIR", str(d))
+    monkeypatch.setattr(instance, "RUN_DIR", str(d))
     monkeypatch.setattr(daemon.routes, "Netlink", FakeNetlink)
     monkeypatch.setattr(daemon.signal, "signal", lambda *a: None)
     monkeypatch.setattr(daemon.Daemon, "_lock", lambda self, *a, **kw: None)

@@ -4,7 +4,7 @@ names the real ones."""
 import glob
 import os
 
-from wgbpf import cli, daemon, maps
+from wgbpf import cli, instance, maps
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -12,7 +12,7 @@ TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_session_paths_are_not_the_machines():
     assert maps.PIN_ROOT == os.environ["WGBPF_PIN_ROOT"] != "/sys/fs/bpf/wgbpf"
     assert maps.PIN_ROOT.startswith("/sys/fs/bpf/")  # pins need bpffs
-    assert daemon.RUN_DIR == os.environ["WGBPF_RUN_DIR"] != "/run/wgbpf"
+    assert instance.RUN_DIR == os.environ["WGBPF_RUN_DIR"] != "/run/wgbpf"
     assert cli.config.config_dir() == os.environ["WGBPF_CONFIG_DIR"] != "/etc/wgbpf"
 
 

@@ -8,7 +8,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from wgbpf import abi, cli, daemon, dataplane, inspect, maps
+from wgbpf import abi, cli, dataplane, inspect, instance, maps
 from wgbtest import netns  # noqa: F401 (a fixture)
 
 HERE = maps.netns_id()
@@ -64,7 +64,7 @@ def world(tmp_path, monkeypatch):
     sets them in world["links"] and world["filters"]."""
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(maps, "PIN_ROOT", str(tmp_path / "pins"))
-    monkeypatch.setattr(daemon, "RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr(instance, "RUN_DIR", str(tmp_path / "run"))
     os.makedirs(maps.pin_dir("wg0"))
     w = {"links": {"wg0": 5, "wg-alice": 11, "wg-bob": 12, "lo": 1},
          "filters": {(5, "egress"), (11, "ingress"), (11, "egress"), (12, "ingress"), (12, "egress")}}
@@ -78,11 +78,11 @@ def world(tmp_path, monkeypatch):
 
 def test_paths_are_keyed_by_namespace(tmp_path, monkeypatch):
     monkeypatch.setattr(maps, "PIN_ROOT", "/p")
-    monkeypatch.setattr(daemon, "RUN_DIR", "/r")
+    monkeypatch.setattr(instance, "RUN_DIR", "/r")
     assert maps.pin_dir("wg0") == f"/p/{HERE}/wg0"
     assert maps.pin_dir("wg0", 99) == "/p/99/wg0"
-    assert daemon.status_path("wg0") == f"/r/{HERE}/wg0.json"
-    assert daemon.lock_path("wg0", 99) == "/r/99/wg0.lock"
+    assert instance.status_path("wg0") == f"/r/{HERE}/wg0.json"
+    assert instance.lock_path("wg0", 99) == "/r/99/wg0.lock"
     assert maps.netns_id("/proc/self/ns/net") == HERE  # a path, read from a thread
 
 
@@ -173,8 +173,8 @@ def test_check_member_egress_missing(world):
 
 
 def test_check_failed_daemon(world):
-    os.makedirs(daemon.run_dir())
-    with open(daemon.status_path("wg0"), "w") as f:
+    os.makedirs(instance.run_dir())
+    with open(instance.status_path("wg0"), "w") as f:
         json.dump({"state": "failed", "pid": 2 ** 22 + 1, "error": "KeyError: 'alice'"}, f)
     r = run("status", "--check")
     assert r.exit_code == 2
@@ -182,12 +182,12 @@ def test_check_failed_daemon(world):
 
 
 def test_check_daemon_killed(world):
-    os.makedirs(daemon.run_dir())
-    with open(daemon.status_path("wg0"), "w") as f:
+    os.makedirs(instance.run_dir())
+    with open(instance.status_path("wg0"), "w") as f:
         json.dump({"state": "running", "pid": 2 ** 22 + 1}, f)  # no such pid
     r = run("status", "--check")
     assert r.exit_code == 2 and "daemon not running" in r.stdout
-    with open(daemon.status_path("wg0"), "w") as f:
+    with open(instance.status_path("wg0"), "w") as f:
         json.dump({"state": "stopped", "pid": 2 ** 22 + 1}, f)  # SIGTERM: stopped on purpose
     assert run("status", "--check").exit_code == 0
 
@@ -204,10 +204,10 @@ def test_status_all_lists_an_older_wgbpfs_pins(world):
 
 
 def test_run_namespaces_are_those_with_a_status(world):
-    os.makedirs(daemon.run_dir(77))
-    assert daemon.run_namespaces() == set()
-    open(daemon.status_path("wg0", 77), "w").close()
-    assert daemon.run_namespaces() == {77}
+    os.makedirs(instance.run_dir(77))
+    assert instance.run_namespaces() == set()
+    open(instance.status_path("wg0", 77), "w").close()
+    assert instance.run_namespaces() == {77}
 
 
 def test_attach_under_ip_netns_exec_is_refused_not_pinned_into_thin_air(netns):

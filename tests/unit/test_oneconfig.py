@@ -11,7 +11,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from wgbpf import abi, cli, config, daemon, dataplane, inspect, maps, sync
+from wgbpf import abi, cli, config, daemon, dataplane, inspect, instance, maps, sync
 from wgbpf.config import Config, ConfigError, PeerConfig
 
 TOML = """\
@@ -38,7 +38,7 @@ def etc(tmp_path, monkeypatch):
     d.mkdir()
     monkeypatch.setenv("WGBPF_CONFIG_DIR", str(d))
     monkeypatch.setattr(maps, "PIN_ROOT", str(tmp_path / "pins"))
-    monkeypatch.setattr(daemon, "RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr(instance, "RUN_DIR", str(tmp_path / "run"))
     return d
 
 
@@ -76,7 +76,7 @@ def test_attach_reads_the_default_file(etc, monkeypatch):
         return {"front": cfg.front, "created": True, "changes": [], "peers": len(cfg.peers),
                 "members_only": False, "pin_dir": "/x", "seconds": 0.1, "warnings": []}
     monkeypatch.setattr(dataplane, "attach", attach)
-    monkeypatch.setattr(daemon, "notify_attached", lambda front: False)
+    monkeypatch.setattr(instance, "notify_attached", lambda front: False)
     r = run("attach", "wg0")
     assert r.exit_code == 0, r.output
     assert [p.name for p in got["cfg"].peers] == ["alice", "bob"]
@@ -122,30 +122,30 @@ def test_from_attached_reads_peers_tags_and_settings():
 
 
 def test_daemon_adopts_the_attached_instance(etc, monkeypatch):
-    monkeypatch.setattr(dataplane, "attached_config", lambda front: attached())
-    build = daemon.config_builder("wg0", (), None, None, None, {"lookup": None})
+    monkeypatch.setattr(config, "attached_config", lambda front: attached())
+    build = config.config_builder("wg0", (), None, None, None, {"lookup": None})
     cfg = build()
     assert build.config == "attached"
     assert [p.name for p in cfg.peers] == ["alice", "bob"]
     # what the command line sets wins over what is attached
-    build = daemon.config_builder("wg0", (), None, None, abi.Policy.DROP, {"lookup": abi.Lookup.FIB})
+    build = config.config_builder("wg0", (), None, None, abi.Policy.DROP, {"lookup": abi.Lookup.FIB})
     cfg = build()
     assert (cfg.lookup, cfg.no_route) == (abi.Lookup.FIB, abi.Policy.DROP)
 
 
 def test_daemon_with_nothing_attached_and_no_file(etc, monkeypatch):
-    monkeypatch.setattr(dataplane, "attached_config", lambda front: None)
+    monkeypatch.setattr(config, "attached_config", lambda front: None)
     with pytest.raises(ConfigError, match="no peers.*wg0.toml.*attach wg0 first"):
-        daemon.config_builder("wg0", (), None, None, None)()
+        config.config_builder("wg0", (), None, None, None)()
 
 
 def test_daemon_prefers_the_file_and_logs_how_the_attached_differs(etc, monkeypatch):
     (etc / "wg0.toml").write_text(TOML)
     carol = PeerConfig("carol", "wg-carol", [ipaddress.ip_address("fe80::3")])
-    monkeypatch.setattr(dataplane, "attached_config",
+    monkeypatch.setattr(config, "attached_config",
                         lambda front: attached(attached().peers[:1] + [carol], lookup=abi.Lookup.DIR24))
     logged = []
-    build = daemon.config_builder("wg0", (), None, None, None, {}, log=logged.append)
+    build = config.config_builder("wg0", (), None, None, None, {}, log=logged.append)
     build(quiet=True)  # the command line's check: not logged
     assert logged == []
     cfg = build()
@@ -177,7 +177,7 @@ def test_differences():
 
 def test_status_reports_the_mismatch(etc, monkeypatch):
     (etc / "wg0.toml").write_text(TOML)
-    monkeypatch.setattr(dataplane, "attached_config", lambda front: attached(attached().peers[:1]))
+    monkeypatch.setattr(config, "attached_config", lambda front: attached(attached().peers[:1]))
     rep = inspect.config_report("wg0", None)
     assert rep == {"path": str(etc / "wg0.toml"), "differences": ["peer bob: in the config, not attached"]}
     lines = inspect.problems({"front": "wg0", "config": rep, "forwarding_off": ["net.ipv4.conf.wg0.forwarding"]})
@@ -210,21 +210,21 @@ def test_forwarding_off_in_every_mode(monkeypatch):
 # -- lifecycle: run files, a dead daemon --------------------------------------------------
 
 def status_file(front, **st):
-    os.makedirs(daemon.run_dir(), exist_ok=True)
-    with open(daemon.status_path(front), "w") as f:
+    os.makedirs(instance.run_dir(), exist_ok=True)
+    with open(instance.status_path(front), "w") as f:
         json.dump(st, f)
 
 
 def test_a_dead_daemon_is_known_by_its_free_lock(etc):
     # its pid is alive (ours, as a reused pid would be), but nobody holds the lock
     status_file("wg0", state="running", pid=os.getpid())
-    assert daemon.read_status("wg0")["state"] == "not running"
-    fd = os.open(daemon.lock_path("wg0"), os.O_RDWR | os.O_CREAT)
+    assert instance.read_status("wg0")["state"] == "not running"
+    fd = os.open(instance.lock_path("wg0"), os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        assert daemon.read_status("wg0")["state"] == "running"
+        assert instance.read_status("wg0")["state"] == "running"
         status_file("wg0", state="stopped", pid=os.getpid())
-        assert daemon.read_status("wg0")["state"] == "stopped"
+        assert instance.read_status("wg0")["state"] == "stopped"
     finally:
         os.close(fd)
 
@@ -232,33 +232,33 @@ def test_a_dead_daemon_is_known_by_its_free_lock(etc):
 def test_a_gone_allowedips_daemon_is_not_listed(etc):
     status_file("nosuchdev0", state="stopped", pid=1, backend="allowedips")
     status_file("lo", state="stopped", pid=1, backend="allowedips")  # its device is here
-    assert list(daemon.allowedips_daemons()) == ["lo"]
+    assert list(instance.allowedips_daemons()) == ["lo"]
 
 
 def test_detach_removes_the_run_files(etc, monkeypatch):
-    monkeypatch.setattr(dataplane, "build_path", lambda front: os.path.join(daemon.run_dir(), f"{front}.build"))
+    monkeypatch.setattr(instance, "build_path", lambda front, netns=None: os.path.join(instance.run_dir(), f"{front}.build"))
     status_file("wg0", state="stopped", pid=1)
-    paths = [daemon.lock_path("wg0"), daemon.writer_lock_path("wg0"), dataplane.build_path("wg0")]
+    paths = [instance.lock_path("wg0"), instance.writer_lock_path("wg0"), instance.build_path("wg0")]
     for p in paths:
         open(p, "w").close()
     # a daemon still holds its lock: its files stay, the build record goes
-    fd = os.open(daemon.lock_path("wg0"), os.O_RDWR)
+    fd = os.open(instance.lock_path("wg0"), os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        assert daemon.remove_run_files("wg0") == [dataplane.build_path("wg0")]
+        assert instance.remove_run_files("wg0") == [instance.build_path("wg0")]
     finally:
         os.close(fd)
-    assert os.path.exists(daemon.status_path("wg0"))
-    removed = daemon.remove_run_files("wg0")
-    assert sorted(removed) == sorted([daemon.status_path("wg0")] + paths[:2])
-    assert not os.path.exists(daemon.run_dir())  # the namespace's last instance
+    assert os.path.exists(instance.status_path("wg0"))
+    removed = instance.remove_run_files("wg0")
+    assert sorted(removed) == sorted([instance.status_path("wg0")] + paths[:2])
+    assert not os.path.exists(instance.run_dir())  # the namespace's last instance
 
 
 def test_writer_lock_follows_a_removed_file(etc):
-    with daemon.writer_lock("wg0"):
-        os.unlink(daemon.writer_lock_path("wg0"))
-    with daemon.writer_lock("wg0"):  # taken anew, on a file that exists
-        assert os.path.exists(daemon.writer_lock_path("wg0"))
+    with instance.writer_lock("wg0"):
+        os.unlink(instance.writer_lock_path("wg0"))
+    with instance.writer_lock("wg0"):  # taken anew, on a file that exists
+        assert os.path.exists(instance.writer_lock_path("wg0"))
 
 
 def test_writer_lock_generation_moves_with_every_other_writer(etc):
@@ -266,48 +266,48 @@ def test_writer_lock_generation_moves_with_every_other_writer(etc):
     the generation it read is the lock's: any other writer (route, attach,
     detach) moves it, the daemon's own turns do not, and a writer busy
     elsewhere is seen (None) rather than waited for."""
-    with daemon.writer_lock("wg0", bump=False) as fd:
-        seen = daemon.generation(fd)
-    with daemon.writer_lock("wg0", bump=False) as fd:
-        assert daemon.generation(fd) == seen  # our own turn: unchanged
-    with daemon.writer_lock("wg0"):  # `wgbpf route add`
+    with instance.writer_lock("wg0", bump=False) as fd:
+        seen = instance.generation(fd)
+    with instance.writer_lock("wg0", bump=False) as fd:
+        assert instance.generation(fd) == seen  # our own turn: unchanged
+    with instance.writer_lock("wg0"):  # `wgbpf route add`
         pid = os.fork()
         if pid == 0:  # another process, while it is held: not waited for
-            with daemon.writer_lock("wg0", wait=False, bump=False) as busy:
+            with instance.writer_lock("wg0", wait=False, bump=False) as busy:
                 os._exit(0 if busy is None else 1)
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
-    with daemon.writer_lock("wg0", bump=False) as fd:
-        moved = daemon.generation(fd)
+    with instance.writer_lock("wg0", bump=False) as fd:
+        moved = instance.generation(fd)
         assert moved != seen
     pid = os.fork()
     if pid == 0:  # a writer killed halfway, before it could release the lock
-        with daemon.writer_lock("wg0"):
+        with instance.writer_lock("wg0"):
             os.kill(os.getpid(), 9)
     os.waitpid(pid, 0)
-    with daemon.writer_lock("wg0", bump=False) as fd:
-        assert daemon.generation(fd) != moved  # moved as it was taken
-        moved = daemon.generation(fd)
-    with daemon.writer_lock("wg0"):  # a detach: the file removed, then an attach
-        os.unlink(daemon.writer_lock_path("wg0"))
-    with daemon.writer_lock("wg0"):
+    with instance.writer_lock("wg0", bump=False) as fd:
+        assert instance.generation(fd) != moved  # moved as it was taken
+        moved = instance.generation(fd)
+    with instance.writer_lock("wg0"):  # a detach: the file removed, then an attach
+        os.unlink(instance.writer_lock_path("wg0"))
+    with instance.writer_lock("wg0"):
         pass
-    with daemon.writer_lock("wg0", bump=False) as fd:
-        assert daemon.generation(fd) not in (seen, moved)  # even on the same inode
+    with instance.writer_lock("wg0", bump=False) as fd:
+        assert instance.generation(fd) not in (seen, moved)  # even on the same inode
 
 
 def test_a_writer_lock_held_too_long_is_an_error_naming_the_holder(etc):
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # a writer that stopped while holding it
-        with daemon.writer_lock("wg0"):
+        with instance.writer_lock("wg0"):
             os.write(w, b"x")
             time.sleep(30)
         os._exit(0)
     try:
         os.read(r, 1)
         heard = []
-        with pytest.raises(daemon.DaemonError, match=rf"pid {pid} .* has held the writer lock of wg0 for 0.3s"):
-            with daemon.writer_lock("wg0", heard.append, timeout=0.3):
+        with pytest.raises(instance.InstanceError, match=rf"pid {pid} .* has held the writer lock of wg0 for 0.3s"):
+            with instance.writer_lock("wg0", heard.append, timeout=0.3):
                 pass
         assert heard and heard[0].startswith(f"pid {pid}")
     finally:
@@ -346,7 +346,7 @@ def test_exits_when_the_front_is_gone_for_good(monkeypatch):
     now[0] += 4.9
     d.check_gone()  # not yet
     now[0] += 0.2
-    with pytest.raises(daemon.DaemonError, match="nosuchfront0 does not exist for 5s: gone for good"):
+    with pytest.raises(instance.InstanceError, match="nosuchfront0 does not exist for 5s: gone for good"):
         d.check_gone()
 
 
