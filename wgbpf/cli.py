@@ -579,7 +579,7 @@ def route_filter(tables, protos, realms):
 @click.option("--dead-after", metavar="SECONDS",
               help="a peer we send to and hear nothing from (not even a keepalive) for SECONDS is "
                    "dead: down in the peers map (ECMP falls back) until it is heard again; off by "
-                   "default (README: Dead peers)")
+                   "default (docs/liveness.md)")
 @click.option("--verbose", "-v", is_flag=True,
               help="log each map change a route event makes, with the time to the millisecond")
 @click.option("--gone-after", type=click.FloatRange(min=0), default=30.0, show_default=True,

@@ -11,7 +11,7 @@ the bad field and quote the bad value.
     accept_table = 200       # feasible: the table of accepted paths (lpm: the
                              # daemon copies it to the accept maps; fib: read live)
     dead_after = 15          # daemon: a peer we send to and hear nothing from for
-                             # this many seconds is dead (README: Dead peers); off
+                             # this many seconds is dead (docs/liveness.md); off
                              # unless set
 
     [[peer]]
