@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from labutil import LAB, WGBPF, DaemonProc, run
+from labutil import LAB, WGBPF, DaemonProc, Tail, run
 
 ANYCAST, PREFIX, PORT = "10.9.0.1", "10.9.0.0/16", 9999
 GAP = 0.3  # a flow silent this long at a sink, then back: it (re)appeared
@@ -77,7 +77,7 @@ class Failover:
 
     def __init__(self, lab, flows=16, interval=0.02, dead_after="2", echo=True, daemon_args=()):
         self.lab, self.flows, self.interval = lab, flows, interval
-        self.procs, self.logs = [], {}
+        self.procs = []
         for name in ("alice", "bob"):
             lab.spoke(name, "ip", "addr", "add", f"{ANYCAST}/32", "dev", "lan0")
         for name, p in lab.peers.items():  # sources by tag: the daemon writes them
@@ -86,10 +86,10 @@ class Failover:
         lab.attach()
         self.daemon = DaemonProc(lab.hub, "daemon", lab.front, *lab.peer_args(), "--lookup", lab.lookup,
                                  "--dead-after", dead_after, *daemon_args)
-        for name in ("alice", "bob"):
-            self.logs[name] = self._start(name, SINK, "echo" if echo else "sink")
+        self.logs = [self._start(name, SINK, "echo" if echo else "sink") for name in ("alice", "bob")]
+        self.sinks = {name: Tail(log.name) for name, log in zip(("alice", "bob"), self.logs)}
         self._start("carol", SENDER, str(flows), str(interval))
-        self.seen = {}  # (sink, line number) read so far
+        self.seen = []  # (time, sink, flow port) of the sinks' lines read so far
 
     def _start(self, peer, script, *args):
         out = tempfile.NamedTemporaryFile("w+", prefix=f"wgbpf-failover-{peer}-")
@@ -107,16 +107,12 @@ class Failover:
 
     def appearances(self, since=0.0):
         """[(time, sink, flow port)] of every (re)appearance after `since`, in time order."""
-        out = []
-        for sink, f in self.logs.items():
-            with open(f.name) as fh:
-                for line in fh:
-                    port, _, t = line.partition(" ")
-                    if not port.isdigit():
-                        continue  # not a sink's line (a warning, say)
-                    if float(t) > since:
-                        out.append((float(t), sink, int(port)))
-        return sorted(out)
+        for sink, tail in self.sinks.items():
+            for line in tail.read():  # complete lines: the sink may be writing the next one
+                port, _, t = line.partition(" ")
+                if port.isdigit():  # not a warning, say
+                    self.seen.append((float(t), sink, int(port)))
+        return sorted(a for a in self.seen if a[0] > since)
 
     def where(self):
         """{flow port: the sink it last appeared at}."""

@@ -205,12 +205,44 @@ def lab_session(lab_id, *tools, lookup="lpm", bpf=True, env=None):
         run("rm", "-rf", os.path.dirname(lab.pin_dir()), os.path.dirname(lab.run_files()[0]))
 
 
+class Tail:
+    """The lines a running process has written to a file, complete ones
+    only: a line still being written (no "\n" yet) waits for the next read,
+    so a reader never parses half of one (a sink's `float('')`). Each read
+    goes on from where the last stopped. Every reader of a file another
+    process is still writing reads it through this."""
+
+    def __init__(self, path):
+        self.path = path
+        self.lines = []  # every complete line so far, without its "\n"
+        self._pos, self._partial = 0, b""
+
+    def read(self):
+        """The lines completed since the last read."""
+        with open(self.path, "rb") as f:
+            f.seek(self._pos)
+            data = f.read()
+        self._pos += len(data)
+        *done, self._partial = (self._partial + data).split(b"\n")
+        new = [line.decode(errors="replace") for line in done]
+        self.lines += new
+        return new
+
+    def text(self, final=False):
+        """Every complete line so far; final (the writer has exited): the
+        unfinished last one too."""
+        self.read()
+        rest = self._partial.decode(errors="replace") if final else ""
+        return "".join(line + "\n" for line in self.lines) + rest
+
+
 class DaemonProc:
     """A `wgbpf daemon` in the background in netns `ns`, its output in a
     log; started means its first sync is done."""
 
     def __init__(self, ns, *args, ready="sync (start)"):
         self.log = tempfile.NamedTemporaryFile("w+", prefix="wgbpf-daemon-", suffix=".log")
+        self.tail = Tail(self.log.name)
         self.proc = subprocess.Popen([*WGBPF, "--netns", ns, *args],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         try:
@@ -220,8 +252,8 @@ class DaemonProc:
             raise
 
     def text(self):
-        with open(self.log.name) as f:
-            return f.read()
+        """The log's complete lines (and, once the daemon has exited, all of it)."""
+        return self.tail.text(final=self.proc.poll() is not None)
 
     def wait_for(self, needle, timeout=30):
         deadline = time.monotonic() + timeout * TIME_SCALE
