@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 # The two commands a new user runs, as root, on Debian 12 or 13:
 #   make demo    builds the lab, attaches wgbpf, shows traffic steered
 #   make test    unit, BPF verdict and end-to-end tests

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
 /* lookup.h: which peer owns an address, by the instance's lookup mode: LPM
  * tries (routes4/routes6), DIR-24-8 arrays (IPv4), the kernel's FIB with the
  * route's nexthop named by a tag; and the choice of one peer of an ECMP set.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
 /* maps.h: the maps of wgbpf.h as the programs declare them, one line each.
  *
  * Every map but the tail-call table is pinned under WGBPF_PIN_DIR (set by

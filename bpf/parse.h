@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
 /* parse.h: what the programs need of a packet, read from its IP header.
  *
  * Packets on WireGuard/TUN devices start at the IP header, while

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
 /* verdict.h: the one exit of every program. finish(reason) decides what a
  * reason does with the packet (the verdict), counts it (per reason, and per
  * peer where the reason names one) and tells `wgbpf monitor`; no branch of a

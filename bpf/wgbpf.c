@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
 /* wgbpf.c: the data plane, tc programs sharing the maps of wgbpf.h.
  *
  *   front_egress   (tc egress on the front, e.g. wg0): longest-prefix match on

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
 /* wgbpf.h: the one definition of wgbpf's maps, their keys and values, the
  * reasons a packet is counted under, and the tunables.
  *

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 #
 # The wgbpf demo: build the lab (lab/lab.sh: a hub and spokes alice, bob,
 # carol joined by WireGuard), attach wgbpf to the hub, give each spoke its

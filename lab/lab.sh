@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 #
 # wgbpf lab: one hub and three spokes (alice=1, bob=2, carol=3) in network
 # namespaces, joined by userspace WireGuard (wireguard-go; no kernel module),

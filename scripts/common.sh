@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Sourced by the setup and build scripts (scripts/setup.sh, scripts/deb.sh,
 # scripts/deb-test.sh, vm/setup.sh): progress lines and the Debian package
 # install they all do. Not run on its own.

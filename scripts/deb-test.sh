@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # make deb-test: the .deb in a fresh Debian root, as an operator installs it.
 #   1. a root made with debootstrap from Debian's archive (the mirror of this
 #      machine's apt sources), kept in $CACHE and used through an overlay,

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # make deb: wgbpf_<version>_all.deb in the repository's top directory, built
 # with Debian's own tooling (debhelper, dh-python/pybuild) from a copy of
 # the working tree in build/deb, so the tree itself gets no build debris.

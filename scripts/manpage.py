@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Writes wgbpf(8) in roff to stdout from the CLI's own click help, so the
 man page says what `wgbpf COMMAND --help` says (make deb runs it at build
 time). Usage: python3 scripts/manpage.py > wgbpf.8

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Installs what wgbpf needs on Debian 12/13, as root; safe to run again.
 # - Debian packages: BCC (python3-bpfcc), bpftool, kernel headers for BCC,
 #   wireguard-go + wireguard-tools for the lab, iperf3 for traffic, tmux to

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Fixtures for every tier; the helpers live in wgbtest.py.
 
 Tests never read or write the machine's own instances: before any wgbpf

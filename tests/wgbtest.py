@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Shared test helpers: root/tool requirements, throwaway network namespaces.
 
 Imported as `wgbtest` (a conftest.py per tier would make `import conftest`

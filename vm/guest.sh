@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Runs inside the qemu guest that vm/run.sh boots (virtme-ng: the host's root
 # file system, read-only, with tmpfs overlays; OUT is shared read-write).
 # Prepares the guest (bpffs, the wireguard module, BCC's headers if

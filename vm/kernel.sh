@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Prints the version of the guest kernel that `make vm-test` boots, chosen by
 # VM_KERNEL (exit 1 if there is none; vm/setup.sh installs both):
 #   old (default)  the newest installed 6.12 rt kernel that has its image

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # `make vm-test`: the e2e suite (tests/e2e) in a qemu guest whose kernel has
 # the WireGuard module, so the lab runs on kernel WireGuard instead of
 # wireguard-go. virtme-ng boots one of two Debian kernels (vm/kernel.sh) on a

@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: GPL-2.0-or-later
 # Installs what `make vm-test` needs on top of scripts/setup.sh, as root; safe
 # to run again. Runs the e2e suite in a qemu guest whose kernel has the
 # WireGuard module (kernel WireGuard instead of wireguard-go):

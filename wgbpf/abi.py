@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Python mirror of bpf/wgbpf.h: map names, key/value layouts, reasons.
 
 tests/unit/test_abi.py compiles the header and compares every size, offset

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """The bpf(2) system call through ctypes: pinned objects, map elements, test runs.
 
 Reading and writing pinned maps needs no compiler, so `wgbpf dump`, `lookup`,

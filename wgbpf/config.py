@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Peers from the command line and from TOML, validated with errors that name
 the bad field and quote the bad value.
 

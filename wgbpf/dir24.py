@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """DIR-24-8 (as DPDK's rte_lpm): the IPv4 prefixes of routes4 compiled into
 the arrays the data plane reads in DIR-24-8 mode (see bpf/wgbpf.h).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Files wgbpf reads and writes as root, done safely.
 
 Writes (the status file, --metrics-file) are atomic and never follow a link

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Typed access to one wgbpf instance's pinned maps.
 
 An instance is a directory /sys/fs/bpf/wgbpf/<netns cookie>/<front>/

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """`wgbpf monitor`: the data plane's events, read from its pinned ring buffer.
 
 The programs report a packet (bpf/verdict.h, watch()) only while the monitor

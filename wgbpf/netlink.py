@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Netlink, the part every family shares: the socket, the message header,
 the attribute walker, dumps and acks. routes.py speaks rtnetlink over it
 (routes, addresses, links), wireguard.py generic netlink (WireGuard's

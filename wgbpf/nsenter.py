@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Entering a network namespace, as nsenter(1) does: setns(2) on a name in
 /run/netns or a path.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Kernel routes -> peer sets, per prefix: the sync engine's model.
 
 Tags decides which peers a route names; Filter which routes are followed;

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """`wgbpf top`: per-peer rates from the pinned counters, refreshed live.
 
 Two samples of peer_stats and counters (per-CPU, summed) a second apart

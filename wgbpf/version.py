@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """wgbpf's version, whose one source is pyproject.toml.
 
 In a checkout (the package beside pyproject.toml) that file is read, so an

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """A WireGuard device's peers and AllowedIPs, read and written directly.
 
 Two ways in, chosen as `wg` chooses: a userspace implementation

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Data-plane benchmark: what steering and the source check cost per packet,
 against one bpf_fib_lookup, at internet table sizes; kernel memory per
 prefix; and real throughput through the lab.

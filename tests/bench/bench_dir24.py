@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
 """DIR-24-8 compile time at full-table size, no root, no maps: Dir24 over
 bytearrays, from N internet-like IPv4 prefixes (benchutil's length mix,
 mostly /24, /22, /23, /20, /16, 2% longer than /24) on a few peer sets.

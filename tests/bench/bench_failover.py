@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Failover time: a spoke's WireGuard killed, its ECMP flows on the sibling.
 
 Run as root. The lab (lab/lab.sh, wireguard-go here, kernel WireGuard in

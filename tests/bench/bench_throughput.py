@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Throughput through wgbpf against plain per-peer routing, settled the way
 a noisy shared machine needs: interleaved A/B pairs, the median of the
 per-pair ratios, and a bootstrap confidence interval on it.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """What the benchmarks share: progress lines, commands that must work,
 internet-like prefix tables."""
 import socket

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """The BPF verdict tier's lab: a network namespace of TUN devices with
 wgbpf attached for real (dataplane.attach), and helpers to run its two tc
 programs through BPF_PROG_TEST_RUN and read what they counted.

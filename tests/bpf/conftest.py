@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Fixtures of the BPF verdict tier; the machinery is in bpflab.py (a
 module of its own, so test modules can import it: `import conftest` would
 be ambiguous with tests/conftest.py)."""

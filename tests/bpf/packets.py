@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Packet builders for the BPF tier: plain struct, no scapy.
 
 Layer-3 builders (ipv4, ipv6, ...) return the IP packet as it sits on a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """`wgbpf lookup` (inspect.explain, explain_source) re-traces the programs'
 rules in Python. These tests hold the Python to the same case tables the
 verdict tests hold the C to (test_verdicts.py, test_guard.py; FIB mode in

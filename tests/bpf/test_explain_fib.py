@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """`wgbpf lookup` in FIB lookup mode against test_fib_verdicts.py's case
 tables and the programs run on the same packets, as test_explain.py does
 for the prefix maps: the Python reads the kernel's table (routes dump,

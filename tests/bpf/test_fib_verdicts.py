@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Verdicts of the two tc programs in FIB lookup mode (config.lookup =
 abi.Lookup.FIB), as fixture tables in the style of test_verdicts.py: (id,
 packet, expected return value, expected counter deltas).

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Fail closed, in the programs: martian sources and the guard against
 devices wgbpf has not vetted.
 

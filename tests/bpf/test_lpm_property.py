@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Property tests: the kernel's longest-prefix match, as the data plane uses
 it, against a pure-Python reference.
 

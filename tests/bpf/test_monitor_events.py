@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """`wgbpf monitor`'s events, as the data plane writes them.
 
 The programs write an event to the events ring buffer only while the

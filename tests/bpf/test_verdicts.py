@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Verdicts of the two tc programs, packet by packet, as fixture tables in
 the style of katran's KatranTestFixtures: (id, packet, expected return
 value, expected counter deltas).

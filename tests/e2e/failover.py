@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Failover in the lab, shared by tests/e2e/test_liveness.py and
 tests/bench/bench_failover.py:
 

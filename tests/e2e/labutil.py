@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """The lab (lab/lab.sh) as seen from tests: names from `lab.sh info`, the
 wgbpf CLI run in the hub's namespace, pings and counters; lab_session, the
 up-and-always-down every module's lab fixture wraps."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """End to end: `wgbpf daemon --backend allowedips` on one multi-peer device.
 
 The lab (lab/lab.sh) is reshaped: its front device in the hub becomes an

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """End to end: the allowedips backend removes one allowed IP without
 touching the rest of its peer's list, on every kernel. Without
 WGALLOWEDIP_F_REMOVE_ME (Linux < 6.16, the wireguard-go of Debian 12) the

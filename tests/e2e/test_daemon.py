@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """End to end: `wgbpf daemon` follows the hub's routing table.
 
         alice ----\\                 /---- bob     (10.99.0.1 on bob and carol:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """End to end: the source filter fails closed through a router's life.
 
 - A member re-created like `wg-quick down/up` (new ifindex, no filter) under

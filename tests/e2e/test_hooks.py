@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """End to end: a second instance of the same front under another pin root
 (a container sharing the hub's network namespace, with a bpffs of its own)
 cannot take the hooks unnoticed.

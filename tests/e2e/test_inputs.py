@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """End to end, refused input must do no damage: a refused
 reload leaves the daemon running on its old config (it used to keep the
 rejected one and die at the next full resync), a tag list too long for the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """End to end: wgbpf as an operator runs it from a package, one config file
 for attach and the daemon, and the version it reports everywhere.
 

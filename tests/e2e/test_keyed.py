@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """End to end: the daemon keys routes as the kernel does, and leaves the
 operator's `wgbpf route` entries alone.
 

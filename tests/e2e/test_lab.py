@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """End to end: the demo topology (lab/lab.sh) with wireguard-go, real traffic.
 
         alice ----\\                 /---- bob

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """End to end: one configuration, forwarding, and an instance's lifecycle.
 
 A repeated attach does not compile again; forwarding off is warned about

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """End to end: a spoke whose WireGuard dies leaves ECMP within seconds
 (`wgbpf daemon --dead-after 2`, persistent-keepalive 1 s on the spokes),
 and comes back when it is restarted. The scenario and its drawing:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """End to end: `wgbpf top` and `wgbpf monitor` on the demo lab, as a user
 sees them, for traffic this test sends.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """End to end: wgbpf instances are scoped to their network namespace.
 
 The lab's hub (namespace A) holds front F with members for alice, bob and

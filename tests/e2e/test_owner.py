@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """End to end: wgbpf owns only what it created, and one writer at a time.
 
         alice ----\\                 /---- bob

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """End to end: the recipes in docs/recipes/, run as the pages show them.
 
         alice ----\\                 /---- bob       BIRD (BGP) or babeld on

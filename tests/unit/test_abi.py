@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """wgbpf/abi.py must agree with bpf/wgbpf.h, and abi.MAPS with bpf/maps.h.
 
 The header is parsed for its structs, #defines and enums, then a small C

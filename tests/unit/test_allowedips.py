@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """The allowedips backend without a device: the netlink encoding against
 its own parser, the change planner against a model of WireGuard's table,
 the ECMP pick, the text protocol, and the backend's configuration."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Found by breaking the daemon as an operator would: a pin root that is not
 on bpffs is refused by name, not with a bare EPERM or a traceback."""
 import os

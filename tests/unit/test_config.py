@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """wgbpf/config.py: --peer and TOML parsing, build() and validate().
 
 Every error must name the bad field and quote the bad value, so each bad

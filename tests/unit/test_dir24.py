@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """DIR-24-8 compile and patch, on bytearrays (no root): every input form (a
 dict, the sync engine's prefix keys, routes4's raw batch reads) compiles to
 the same bytes, and those bytes, compiled or patched prefix by prefix,

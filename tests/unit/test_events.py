@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """The daemon's event read: Netlink.queued() takes every datagram queued in
 one recvmmsg(2), and gives the same messages one read per datagram gives
 (in a network namespace of its own: `unshare -n`, gone with the process)."""

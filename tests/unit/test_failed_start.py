@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """A daemon that fails at its start (its attach refused) leaves no instance
 to list, but its status file says failed, and `status --check` reports it
 while its front is there."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Which hooks run this instance's programs: program_problem compares the
 program id a tc filter of our name runs with the id pinned under our root."""
 from wgbpf.dataplane import program_problem

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Tests never touch the machine's own instances: conftest.py points the pin
 root, run and config directories at this session's own paths, and no test
 names the real ones."""

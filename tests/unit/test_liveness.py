@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Liveness rules on fake counter samples and a fake clock."""
 import math
 

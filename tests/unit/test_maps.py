@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """wgbpf/maps.py without a kernel: prefixes, route values, keys, and the
 Maps methods whose logic sits around bpf(2) (bpfsys is faked)."""
 import ctypes

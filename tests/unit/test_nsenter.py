@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """wgbpf.nsenter: into a network namespace and back, on this thread only.
 Needs root for the namespace (the netns fixture skips without it)."""
 import pytest

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Peer ids: a full instance (1,023 peers) can still replace one of them."""
 import pytest
 

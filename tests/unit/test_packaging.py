@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """What make deb installs, checked without building it: the version from
 pyproject.toml, the man page and completion generated from the CLI, the
 example config, the unit, and debian/control agreeing with pyproject."""

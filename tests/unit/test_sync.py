@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Route -> peer-set resolution, the table model, diffs, and the raw netlink
 parser, without root: routes are built by hand or as netlink bytes."""
 import ipaddress

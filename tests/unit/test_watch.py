@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """`wgbpf top` and `wgbpf monitor` output, from samples and events made up
 here (the BPF tier and tests/e2e/test_monitor.py check them on real ones)."""
 import ipaddress
