@@ -24,7 +24,7 @@ import time
 
 import click
 
-from . import abi, allowedips, config, daemon, dataplane, inspect, instance, maps, monitor, routes, sync, top, wireguard
+from . import abi, config, daemon, dataplane, inspect, instance, maps, monitor, routes, sync, top, wireguard
 from .version import VERSION
 
 # what a command may refuse with: each message names the bad input or state
@@ -626,8 +626,7 @@ def daemon_command(front, peers, config_path, members_only, no_route, lookup, fi
         tail = f"/{total}" if total else ""
         click.echo(f"\r{stage}: {n}{tail} ", nl=False, err=True)
 
-    backend_class = allowedips.AllowedIPsDaemon if cfg.backend == "allowedips" else daemon.Daemon
-    runner = backend_class(build, follow, daemon.stderr_log, metrics_file=metrics_file, rcvbuf=rcvbuf,
+    runner = daemon.Daemon(build, follow, daemon.stderr_log, metrics_file=metrics_file, rcvbuf=rcvbuf,
                            progress=progress if sys.stderr.isatty() else None)
     runner.verbose, runner.gone_after = verbose, gone_after
     netns = click.get_current_context().find_root().params.get("netns")

@@ -61,6 +61,23 @@ def lock_path(front, netns=None):
     return os.path.join(run_dir(netns), f"{front}.lock")
 
 
+def daemon_lock(front):
+    """Take the one-daemon lock of `front` in this namespace (flock, held
+    for the daemon's life, released when it dies) and write our pid in
+    it; returns its fd. Another daemon holding it is an InstanceError."""
+    os.makedirs(run_dir(), mode=0o755, exist_ok=True)
+    fd = os.open(lock_path(front), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.read(fd, 32).decode().strip() or "?"
+        os.close(fd)
+        raise InstanceError(f"another wgbpf daemon (pid {other}) is already running for {front!r}")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 def read_status(front, netns=None):
     """The running daemon's last status for `front`, or None."""
     try:

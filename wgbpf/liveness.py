@@ -189,3 +189,50 @@ class Liveness:
                 "deaths": p.deaths,
             }
         return out
+
+
+def sample(live, cfg, counters, log, stats):
+    """One look at the watched peers, when live.due(): `counters(names)`
+    gives {peer: (rx, tx, last handshake)} (the backend reads them);
+    deaths and revivals are logged and counted in `stats`. Returns
+    whether any peer changed (the backend then writes what that means)."""
+    from .config import dead_after
+    live.configure({p.name: dead_after(cfg, p) for p in cfg.peers if p.member or p.public_key})
+    if not live.peers or not live.due():
+        return False
+    changed = False
+    for name, (rx, tx, handshake) in counters(list(live.peers)).items():
+        got = live.observe(name, rx, tx, handshake)
+        if got:
+            changed = True
+            stats["peer_deaths" if got == "dead" else "peer_revivals"] += 1
+            log(f"peer {name}: {got} ({live.peers[name].reason})")
+    return changed
+
+
+class MemberCounters:
+    """{peer name: (rx bytes, tx bytes, last handshake)} from each peer's
+    member WireGuard device (one device a peer), the devices kept open
+    between samples; a member that cannot be read is left out (gone or
+    re-created: link following says so)."""
+
+    def __init__(self):
+        self.devices = {}  # member name -> its WireGuard device
+
+    def __call__(self, members, names):
+        from . import wireguard  # only with --dead-after
+        out = {}
+        for name in names:
+            member = members.get(name)
+            if member is None:
+                continue
+            try:
+                dev = self.devices.get(member) or wireguard.open_device(member)
+                c = list(dev.counters().values())
+            except (wireguard.WireGuardError, OSError):
+                self.devices.pop(member, None)
+                continue
+            self.devices[member] = dev
+            if c:
+                out[name] = (sum(x[0] for x in c), sum(x[1] for x in c), max(x[2] for x in c))
+        return out

@@ -12,6 +12,7 @@ kernel keys it by (IPv4 TOS, IPv6 source prefix). Which peers it names is
 decided by Tags.resolve().
 """
 import collections
+import dataclasses
 import os
 import socket
 import struct
@@ -266,6 +267,43 @@ def parse_link(buf, off, end):
     # administrative state, as attach reads it: `ip link set down` takes a
     # peer out; a TUN without carrier is the WireGuard process's business
     return index, name, bool(flags & IFF_UP)
+
+
+@dataclasses.dataclass
+class Changes:
+    """One read's worth of rtnetlink messages, classified once for every
+    backend: route changes in arrival order, and what else moved.
+
+    routes     [(KernelRoute, deleted)], in the kernel's order
+    events     route messages seen (parsed or not: the status counts them)
+    links      a link or address changed: devices are looked at again
+    hooks      a tc qdisc or filter went, or a filter came: hooks too
+    addresses  [(ifindex, local, peer)] of the address messages
+    """
+    routes: list = dataclasses.field(default_factory=list)
+    events: int = 0
+    links: bool = False
+    hooks: bool = False
+    addresses: list = dataclasses.field(default_factory=list)
+
+
+def classify(messages):
+    """[(type, buf, off, end)] -> Changes."""
+    c = Changes()
+    for mtype, buf, off, end in messages:
+        if mtype in (RTM_NEWROUTE, RTM_DELROUTE):
+            c.events += 1
+            r = parse_route(buf, off, end)
+            if r is not None:
+                c.routes.append((r, mtype == RTM_DELROUTE))
+        elif mtype in (RTM_NEWLINK, RTM_DELLINK):
+            c.links = True
+        elif mtype in (RTM_DELQDISC, RTM_NEWTFILTER, RTM_DELTFILTER):
+            c.links = c.hooks = True  # a new filter: maybe another instance's in our place
+        elif mtype in (RTM_NEWADDR, RTM_DELADDR):
+            c.links = True  # host addresses are martian sources
+            c.addresses.append(parse_addr(buf, off, end))
+    return c
 
 
 def dump_routes(nl, family):

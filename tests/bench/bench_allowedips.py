@@ -52,7 +52,8 @@ if REPO not in sys.path:  # wgbpf of this tree
     sys.path.insert(0, REPO)
 from benchutil import log, sh  # noqa: E402
 
-from wgbpf import allowedips as aip, config as configmod, nsenter, routes as rt, sync, wireguard as wg  # noqa: E402
+from wgbpf import config as configmod, liveness, nsenter, routes as rt, sync, wireguard as wg  # noqa: E402
+from wgbpf.backends.allowedips import AllowedIPsBackend  # noqa: E402
 
 RESULTS_DIR = os.environ.get("WGBPF_BENCH_OUT") or os.path.join(REPO, "bench-results")
 TAG, OTHER_TAG = "10.255.0.1", "10.255.0.2"
@@ -146,10 +147,8 @@ class Bench:
 
     def daemon(self):
         peers = [f"peer={self.peer},{TAG}", f"other={self.other},{OTHER_TAG}"]
-        d = aip.AllowedIPsDaemon(lambda: configmod.build(self.dev, peers, backend="allowedips"),
-                                 sync.Filter(), lambda m: log(f"daemon: {m}"))
-        d.cfg = d.build_config()
-        d._attach()
+        d = AllowedIPsBackend(sync.Filter(), lambda m: log(f"daemon: {m}"), liveness.Liveness())
+        d.attach(configmod.build(self.dev, peers, backend="allowedips"))
         return d
 
     def allowed_count(self):
@@ -198,11 +197,11 @@ class Bench:
                     extra = prefix(n + i)
                     msgs = self.event(events, "add", extra)
                     t0 = time.perf_counter()
-                    d.handle(msgs)
+                    d.apply(rt.classify(msgs), None)
                     adds.append(time.perf_counter() - t0)
                     msgs = self.event(events, "del", extra)
                     t0 = time.perf_counter()
-                    d.handle(msgs)
+                    d.apply(rt.classify(msgs), None)
                     dels.append(time.perf_counter() - t0)
             finally:
                 events.close()
@@ -225,10 +224,10 @@ class Bench:
                     dels = []
                     for i in range(rep):
                         extra = prefix(n + i)
-                        d.handle(self.event(events, "add", extra))
+                        d.apply(rt.classify(self.event(events, "add", extra)), None)
                         msgs = self.event(events, "del", extra)
                         t0 = time.perf_counter()
-                        d.handle(msgs)
+                        d.apply(rt.classify(msgs), None)
                         dels.append(time.perf_counter() - t0)
                     self.row(f"{label} one route deleted, by {path}", statistics.median(dels), f"median of {rep}")
                     d.bury()

@@ -205,11 +205,13 @@ def child_main(argv):
 
 
 def child_profile(ns, front, out_path, *peer_args):
-    """Clear the kernel-origin map entries, then cProfile Daemon.full_sync."""
+    """Clear the kernel-origin map entries, then cProfile the maps backend's full_sync."""
     import cProfile
     import io
     import pstats
-    from wgbpf import abi, config as configmod, daemon as dmod, sync
+    from wgbpf import abi, config as configmod, liveness, sync
+    from wgbpf.backends.maps import MapsBackend
+    from wgbpf.links import Links
     from wgbpf.maps import Maps, pin_dir
     with nsenter.entered(ns):
         m = Maps.open(pin_dir(front))
@@ -220,10 +222,10 @@ def child_profile(ns, front, out_path, *peer_args):
         m.apply(d)
         t_clear = time.perf_counter() - t0
         lines = []
-        dm = dmod.Daemon(lambda: configmod.build(front, peer_args), sync.Filter(),
-                         lambda msg: lines.append(msg))
-        dm.cfg = dm.build_config()
+        dm = MapsBackend(sync.Filter(), lambda msg: lines.append(msg), liveness.Liveness())
+        dm.cfg = configmod.build(front, peer_args)
         dm.maps = m
+        dm.links = Links(front, dm.log, dm.liveness, dm.stats)
         prof = cProfile.Profile()
         t0 = time.perf_counter()
         prof.runcall(dm.full_sync, "profile")

@@ -96,11 +96,11 @@ def test_missing_names_the_keys_without_an_entry_of_their_own(maps):
 
 
 def test_a_restart_writes_only_the_difference(maps):
-    """Daemon._reconcile, as a restart runs it against filled maps: entries
+    """backends.maps.reconcile, as a restart runs it against filled maps: entries
     of routes gone are deleted, changed ones rewritten, missing ones
     written, the operator's left alone, the rest untouched."""
     import types
-    from wgbpf.daemon import Daemon
+    from wgbpf.backends.maps import reconcile
     from wgbpf.routes import KernelRoute
     tags = sync.Tags({bytes([10, 255, 0, p]): p for p in (1, 2, 3)}, {})
     t = sync.Table(tags, sync.Filter())
@@ -118,13 +118,13 @@ def test_a_restart_writes_only_the_difference(maps):
     w.close()
     maps.set_route(ipaddress.ip_network("10.6.0.0/16"), [7], STATIC)  # the operator's
     operator = set()
-    d = Daemon._reconcile(types.SimpleNamespace(maps=maps), "routes", t, operator)
+    d = reconcile(maps, "routes", t, operator)
     keys = [sync.pkey(2, dst, 16) for dst in nets]
     assert operator == {keys[5]}  # route events leave it alone from now on
     assert d.delete == [stale]
     assert d.put == {keys[4]: t.best(keys[4]), keys[6]: t.best(keys[6]), keys[7]: t.best(keys[7])}
     maps.apply(d)
-    assert len(Daemon._reconcile(types.SimpleNamespace(maps=maps), "routes", t, set())) == 0
+    assert len(reconcile(maps, "routes", t, set())) == 0
 
 
 def test_array_bytes_reads_and_writes_any_slice_of_an_array_map():

@@ -2,17 +2,14 @@
 one-line error naming it, and a refused one changes nothing, on disk, in the
 kernel or in the daemon's memory. No root needed, no kernel state touched.
 """
-import glob
-import json
 import os
 import signal
-import socket
 import textwrap
 
 import pytest
 from click.testing import CliRunner
 
-from wgbpf import abi, cli, config, daemon, dataplane, files, instance, maps, sync
+from wgbpf import abi, cli, config, dataplane, files, maps
 from wgbpf.config import ConfigError, PeerConfig
 
 ERR = "wgbpf: error:"
@@ -271,156 +268,3 @@ def test_metrics_file_in_a_missing_directory(tmp_path):
     bad = str(tmp_path / "nope" / "wgbpf.prom")
     failed(run("daemon", "wg0", "--peer", "alice=wg-alice", "--metrics-file", bad),
            "--metrics-file", str(tmp_path / "nope"), "does not exist")
-
-
-# -- the daemon: a refused reload is untouched, a dead daemon is not "running" -------------
-
-class FakeNetlink:
-    """An event socket that never has events (select() needs a fileno)."""
-
-    def __init__(self, *a, **kw):
-        self.a, self.b = socket.socketpair()
-
-    def fileno(self):
-        return self.a.fileno()
-
-    def messages(self, block=True):
-        return iter(())
-
-    def close(self):
-        self.a.close()
-        self.b.close()
-
-
-class FakeMaps:
-    fds = {}  # no pinned maps to check (dataplane.unpinned)
-
-    def peers(self):
-        return {}
-
-    def counters(self):
-        return {abi.Reason(1): 7}
-
-    def close(self):
-        pass
-
-
-class FakeDaemon(daemon.Daemon):
-    """The real run() loop, with attach and sync replaced by a script."""
-    gone_after = 0  # its front is no real device: never "gone for good"
-
-    def __init__(self, configs, script, **kw):
-        self.configs = list(configs)
-        self.script = script
-        self.logged = []
-        self.attached = []
-        super().__init__(lambda: self.configs.pop(0), sync.Filter(), self.logged.append, **kw)
-        self.maps = FakeMaps()
-
-    def _attach(self):
-        self.attached.append(self.cfg)
-        if not self.cfg.peers[0].member.startswith("wg-"):
-            raise dataplane.AttachError(f"member {self.cfg.peers[0].member!r} does not exist")
-
-    def full_sync(self, why):
-        self.write_status("running")
-        self.script(self, why)
-
-
-@pytest.fixture
-def rundir(tmp_path, monkeypatch):
-    d = tmp_path / "run"
-    monkeypatch.setattr(instance, "RUN_DIR", str(d))
-    monkeypatch.setattr(daemon.routes, "Netlink", FakeNetlink)
-    monkeypatch.setattr(daemon.signal, "signal", lambda *a: None)
-    monkeypatch.setattr(daemon.Daemon, "_lock", lambda self, *a, **kw: None)
-    return d
-
-
-def status(d):
-    (path,) = glob.glob(str(d / "**" / "*.json"), recursive=True)  # per namespace or not
-    with open(path) as f:
-        return json.load(f)
-
-
-def cfg(member="wg-alice", front="wg0"):
-    return config.Config(front, [PeerConfig("alice", member)])
-
-
-def test_refused_reload_keeps_the_old_config_in_memory(rundir):
-    good, bad = cfg(), cfg(member="gone")
-
-    def script(d, why):
-        if why == "start":
-            d.reload = True
-        else:
-            raise AssertionError(f"a full sync after a refused reload ({why})")
-    d = FakeDaemon([good, bad], script)
-    d.log = lambda m: (d.logged.append(m), setattr(d, "stop", "refused" in m))
-    d.run()
-    assert d.cfg is good
-    assert any("reload refused, keeping the running config" in m and "'gone' does not exist" in m
-               for m in d.logged), d.logged
-    assert status(rundir)["state"] == "stopped"
-
-
-def test_reload_may_not_change_the_front(rundir):
-    def script(d, why):
-        d.reload = why == "start"
-    d = FakeDaemon([cfg(), cfg(front="wg1")], script)
-    d.log = lambda m: (d.logged.append(m), setattr(d, "stop", "refused" in m))
-    d.run()
-    assert d.cfg.front == "wg0" and d.attached == [d.cfg]
-    assert any("restart the daemon" in m and "wg1" in m for m in d.logged), d.logged
-
-
-def test_good_reload_is_taken(rundir):
-    new = cfg(member="wg-alice2")
-
-    def script(d, why):
-        d.reload = why == "start"
-        d.stop = why == "config reload"
-    d = FakeDaemon([cfg(), new], script)
-    d.run()
-    assert d.cfg is new
-
-
-def test_a_dead_daemon_does_not_say_running(rundir):
-    def script(d, why):
-        raise KeyError("alice")
-    d = FakeDaemon([cfg()], script)
-    with pytest.raises(KeyError):
-        d.run()
-    st = status(rundir)
-    assert st["state"] == "failed" and "alice" in st["error"]
-
-
-def test_a_daemon_that_fails_at_start_leaves_status_failed(rundir):
-    """Its attach refused: the status says failed with the error, so that
-    `status --check` reports it (no instance may be there to list)."""
-    d = FakeDaemon([cfg(member="gone")], lambda d, why: None)
-    with pytest.raises(dataplane.AttachError) as e:
-        d.run()
-    st = status(rundir)
-    assert st["state"] == "failed" and st["error"] == str(e.value)
-
-
-def test_unwritable_metrics_are_logged_not_fatal(rundir, tmp_path):
-    mdir = tmp_path / "metrics"
-    mdir.mkdir()
-    prom = mdir / "wgbpf.prom"
-    rounds = []
-
-    def script(d, why):
-        rounds.append(why)
-        d.stop = True
-    d = FakeDaemon([cfg()], script, metrics_file=str(prom))
-    d.run()
-    assert "wgbpf_route_events_total" in prom.read_text()
-    os.unlink(prom)
-    mdir.rmdir()
-    d.write_status("running")
-    d.write_status("running")
-    warned = [m for m in d.logged if "cannot write the metrics file" in m]
-    assert len(warned) == 1 and str(mdir) in warned[0], d.logged
-    assert status(rundir)["state"] == "running"

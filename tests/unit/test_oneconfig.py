@@ -11,7 +11,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from wgbpf import abi, cli, config, daemon, dataplane, inspect, instance, maps, sync
+from wgbpf import abi, cli, config, dataplane, inspect, instance, maps
 from wgbpf.config import Config, ConfigError, PeerConfig
 
 TOML = """\
@@ -198,7 +198,7 @@ def test_no_file_nothing_to_compare(etc):
 
 def test_forwarding_off_in_every_mode(monkeypatch):
     values = {"ipv4/conf/wg0/forwarding": "0", "ipv6/conf/all/forwarding": "1"}
-    monkeypatch.setattr(dataplane, "_sysctl", lambda k: values.get(k))
+    monkeypatch.setattr(dataplane.preflight, "_sysctl", lambda k: values.get(k))
     assert dataplane.forwarding_off(["wg0"]) == ["net.ipv4.conf.wg0.forwarding"]
     assert "sysctl -w net.ipv4.conf.wg0.forwarding=1" in dataplane.forwarding_warning(["net.ipv4.conf.wg0.forwarding"])
     values["ipv6/conf/all/forwarding"] = "0"
@@ -313,60 +313,3 @@ def test_a_writer_lock_held_too_long_is_an_error_naming_the_holder(etc):
     finally:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
-
-
-# -- the daemon: -v, the front gone for good ----------------------------------------------------
-
-def make_daemon(front="wg0"):
-    logged = []
-    d = daemon.Daemon(lambda: None, sync.Filter((254,), (), ()), logged.append)
-    d.cfg = Config(front, [PeerConfig("alice", "wg-alice")])
-    return d, logged
-
-
-def test_verbose_logs_each_change(monkeypatch):
-    d, logged = make_daemon()
-    monkeypatch.setattr(d, "_peer_names", lambda: {1: "alice", 2: "bob"})
-    diff = sync.Diff()
-    diff.put[sync.network_pkey(ipaddress.ip_network("10.1.0.0/16"))] = (1, 2)
-    diff.delete.append(sync.network_pkey(ipaddress.ip_network("2001:db8::/32")))
-    d.log_applied("routes", diff)
-    assert [line.split(" ", 1)[1] for line in logged] == ["route 10.1.0.0/16 -> alice,bob",
-                                                          "route 2001:db8::/32 withdrawn"]
-    assert all(len(line.split(" ", 1)[0]) == len("12:34:56.789") for line in logged)
-
-
-def test_exits_when_the_front_is_gone_for_good(monkeypatch):
-    d, logged = make_daemon("nosuchfront0")
-    d.gone_after = 5
-    now = [100.0]
-    monkeypatch.setattr(daemon.time, "monotonic", lambda: now[0])
-    d.check_gone()
-    assert logged == ["front nosuchfront0 does not exist: exiting unless it is back within 5s"]
-    now[0] += 4.9
-    d.check_gone()  # not yet
-    now[0] += 0.2
-    with pytest.raises(instance.InstanceError, match="nosuchfront0 does not exist for 5s: gone for good"):
-        d.check_gone()
-
-
-def test_a_front_that_comes_back_resets_the_clock(monkeypatch):
-    d, logged = make_daemon("lo")
-    d.gone_since = 1.0  # was gone
-    d.check_gone()
-    assert d.gone_since is None and logged == ["back: staying"]
-    d.gone_after = 0  # never
-    d.cfg.front = "nosuchfront0"
-    d.check_gone()
-    assert d.gone_since is None
-
-
-def test_exits_when_its_netns_name_is_gone(tmp_path):
-    d, logged = make_daemon("lo")
-    d.gone_after = 1
-    d.netns_path = str(tmp_path / "gone")
-    d.check_gone()
-    assert "network namespace" in logged[0] and "is gone" in logged[0]
-    d.netns_path = "/proc/self/ns/net"  # ours: fine
-    d.check_gone()
-    assert d.gone_since is None

@@ -1,0 +1,40 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The BPF maps backend's logic that needs no kernel: -v logging, the
+resync reasons of tick(), the changes it takes from the loop."""
+import ipaddress
+
+from wgbpf import liveness, routes, sync
+from wgbpf.backends.maps import MapsBackend
+
+
+def backend():
+    logged = []
+    return MapsBackend(sync.Filter((254,), (), ()), logged.append, liveness.Liveness()), logged
+
+
+def test_verbose_logs_each_change(monkeypatch):
+    b, logged = backend()
+    monkeypatch.setattr(b, "peer_names", lambda: {1: "alice", 2: "bob"})
+    diff = sync.Diff()
+    diff.put[sync.network_pkey(ipaddress.ip_network("10.1.0.0/16"))] = (1, 2)
+    diff.delete.append(sync.network_pkey(ipaddress.ip_network("2001:db8::/32")))
+    b.log_applied("routes", diff)
+    assert [line.split(" ", 1)[1] for line in logged] == ["route 10.1.0.0/16 -> alice,bob",
+                                                          "route 2001:db8::/32 withdrawn"]
+    assert all(len(line.split(" ", 1)[0]) == len("12:34:56.789") for line in logged)
+
+
+def test_detached_takes_no_changes_and_asks_no_resync(monkeypatch):
+    b, logged = backend()
+    b.detached = True
+    monkeypatch.setattr(b, "check_maps", lambda: None)
+    c = routes.Changes(routes=[("not a route: never looked at", False)], events=1, links=True)
+    assert b.apply(c, 0.0) is False and b.pending == {}
+    assert b.tick(10.0) is None and b.wait() is None
+
+
+def test_wake_marks_what_the_signal_said():
+    b, _ = backend()
+    b.wake("maps written")
+    b.wake("attached")
+    assert b.maps_changed and b.reattached

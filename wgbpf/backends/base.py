@@ -1,0 +1,104 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""What the daemon's loop knows of a backend, and nothing more.
+
+As wireguard-tools' ipc.c dispatches to ipc-linux.h or ipc-uapi.h, the
+loop (wgbpf/daemon.py) drives one backend through these calls, and holds
+none of its state:
+
+    attach(cfg)          make the data plane match the config (start, reload);
+                         returns the config as the backend runs it
+    full_sync(why)       dump the kernel's routes, write the difference
+    apply(changes, t)    one read's routes.Changes, read at monotonic time t;
+                         returns True when a full resync is due
+    tick(now)            every pass of the loop (each backend keeps its own
+                         clocks); returns why a full resync is due, or None
+    wait()               the longest the loop may sleep before the next
+                         tick, in seconds (None: as long as it likes)
+    wake(reason)         another process told us: "maps written" (SIGUSR1),
+                         "attached" (SIGUSR2)
+    counters(names)      {peer: (rx, tx, last handshake)} for liveness
+    liveness_changed()   a peer died or came back: write what that changes
+    status()             the backend's fields of the status file
+    metrics(metric, series, st)   its Prometheus families
+    close()              release what it holds; the data plane keeps running
+
+`state()` says whether the backend can be written now ("running") or is
+waiting for its data plane ("detached").
+"""
+import socket
+
+
+class Backend:
+    name = None
+
+    def __init__(self, flt, log, liveness, rcvbuf=32 << 20, progress=None):
+        self.filter = flt          # which routes count (sync.Filter)
+        self.log = log
+        self.liveness = liveness   # liveness.Liveness, shared with the loop
+        self.rcvbuf = rcvbuf
+        self.progress = progress   # (stage, n, total=None) -> None, or None
+        self.verbose = False       # -v: log every change a route event makes
+        self.cfg = None
+        self.lag = None            # status.Lag: the loop's, each batch's event-to-write lag
+
+    def attach(self, cfg):
+        raise NotImplementedError
+
+    def full_sync(self, why):
+        raise NotImplementedError
+
+    def apply(self, changes, t_read):
+        raise NotImplementedError
+
+    def tick(self, now):
+        return None
+
+    def wait(self):
+        return None
+
+    def wake(self, reason):
+        pass
+
+    def counters(self, names):
+        return {}
+
+    def liveness_changed(self):
+        return False
+
+    def state(self):
+        return "running"
+
+    def status(self):
+        return {}
+
+    def metrics(self, metric, series, st):
+        pass
+
+    def close(self):
+        pass
+
+
+def dump_tables(nl, tables, progress=None, writer=None, pinned=None):
+    """Every route of the kernel into each sync.Table; returns the count.
+    With a writer (maps holding no kernel entry yet), each prefix's best
+    peer set is written as the dump goes, overlapping the map writes with
+    the parsing; returns also the prefixes to check once the dump is done
+    (their best set went away: delete)."""
+    from ..routes import dump_routes
+    n = 0
+    recheck = {trie: set() for trie in tables}
+    items = list(tables.items())
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        for r in dump_routes(nl, fam):
+            for trie, t in items:
+                k = t.update(r)
+                if k is not None and writer is not None and k not in pinned[trie]:
+                    peers = t.best(k)
+                    if peers is None:
+                        recheck[trie].add(k)
+                    else:
+                        writer.put(trie, k, peers)
+            n += 1
+            if progress and n % 65536 == 0:
+                progress("dump", n)
+    return n, recheck

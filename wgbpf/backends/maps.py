@@ -1,0 +1,586 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The BPF maps backend: the kernel routes that name peers, kept in the
+pinned LPM tries (and the DIR-24-8 arrays) that the tc programs read.
+
+    attach      in a child process (no BCC in the daemon), then the pinned
+                maps opened; the lookup settings follow the instance
+    full sync   dump -> Table -> diff against the maps -> write; into
+                maps holding no kernel entry yet, written as the dump goes
+    events      each changed prefix's best set written, under the writer
+                lock, without reading it back while the lock's generation
+                says nobody else wrote the maps since we read them
+    tick        the pins still ours (detach, repair), another writer's
+                entries re-read, waiting changes tried again every 5 ms
+"""
+import contextlib
+import ctypes
+import dataclasses
+import gc
+import pickle
+import socket
+import subprocess
+import sys
+import time
+
+from .. import abi, config, dataplane, instance, maps, routes, sync
+from ..dir24 import Dir24Error
+from ..links import Links
+from ..liveness import MemberCounters
+from ..maps import Maps, MapError, pin_dir
+from .base import Backend, dump_tables
+
+ATTACH_REFUSED = 3  # the attach child's exit: refused, its message on stderr
+RETRY_SECONDS = 0.005  # route changes waiting for the writer lock: tried again after
+
+
+class MapsBackend(Backend):
+    name = "maps"
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.maps = None
+        self.links = None
+        self.table = None   # the routes Table (LPM mode), for status
+        self.tables = {}    # trie -> Table: what the maps' kernel entries hold
+        # trie -> prefixes of the maps' own entries (static, tag), which
+        # route events leave alone; good while the writer lock's generation
+        # is `known` (nobody else wrote the maps since we read them)
+        self.operator = {}
+        self.known = None
+        # trie -> prefixes whose best set changed, not yet written (the
+        # writer lock was busy), and when the oldest of them was read
+        self.pending = {}
+        self.pending_since = None
+        self.pending_told = False  # logged that they wait (once a wait)
+        self.dir24 = None          # DIR-24-8 mode: the compiled IPv4 arrays
+        self.maps_changed = False  # `wgbpf route` wrote the maps, or the generation moved
+        self.reattached = False    # `wgbpf attach` reconciled the instance
+        self.detached = False      # our maps are no longer pinned: write nothing
+        self.writing = None        # the instance's writer lock's fd, while we hold it
+        self.looked = 0.0          # when the generation was last looked at
+        self.stats = {"map_writes": 0, "rehooks": 0, "members_gone": 0, "read_back": 0,
+                      "pending": 0, "last_sync": None, "last_sync_seconds": None}
+        self.member_counters = MemberCounters()
+
+    # -- the data plane ----------------------------------------------------
+    @contextlib.contextmanager
+    def _writing(self):
+        """The instance's writer lock around our own attach and full syncs,
+        so an operator's attach or detach never interleaves with them."""
+        if self.writing is not None:  # nested: held once
+            yield
+            return
+        with instance.writer_lock(self.cfg.front, lambda holder: self.log(f"waiting for {holder} to finish writing"),
+                                  bump=False) as fd:
+            self.writing = fd
+            try:
+                yield
+            finally:
+                self.writing = None
+
+    def attach(self, cfg):
+        self.cfg = cfg
+        if self.links is None:
+            self.links = Links(cfg.front, self.log, self.liveness, self.stats)
+        with self._writing():
+            res = attach_in_child(cfg)
+            for c in res["changes"]:
+                self.log(f"attach: {c}")
+            for w in res["warnings"]:
+                self.log(f"warning: {w}")
+            if self.maps is None or dataplane.unpinned(self.maps):
+                self._open_maps()
+        return self.cfg
+
+    def _open_maps(self):
+        """(Re)open the pinned maps; the lookup settings follow the
+        instance as attached (an attach under us may have changed them)."""
+        m = Maps.open(pin_dir(self.cfg.front))
+        if self.maps is not None:
+            self.maps.close()
+        self.maps = m
+        self.detached = False
+        c = m.config()
+        self.cfg = dataclasses.replace(self.cfg, lookup=abi.Lookup(c.lookup), fib_table=c.fib_table,
+                                       accept_table=c.accept_table)
+
+    def check_maps(self):
+        """The maps we write must be the maps that are pinned (the ones the
+        programs read). Checked every pass and at once after an attach:
+        pins gone (detach) -> "detached", nothing written; pins replaced
+        (detach + attach, a pin repaired) -> reopened. Returns why a full
+        resync is due (after an attach its peers and tags may differ)."""
+        attached, self.reattached = self.reattached, False
+        if not attached and not self.detached and not dataplane.unpinned(self.maps):
+            return None
+        with self._writing():  # an attach in progress finishes first
+            moved = dataplane.unpinned(self.maps)
+            if moved:
+                try:
+                    self._open_maps()
+                except MapError:
+                    if not self.detached:
+                        self.detached = True
+                        self.log(f"maps no longer pinned ({', '.join(moved)}): instance detached; "
+                                 f"nothing is written until it is attached again")
+                    return None
+                self.log(f"maps replaced under the daemon ({', '.join(moved)}): reopened")
+            elif self.detached:  # pinned again: the very maps we hold (attach repaired the pins)
+                self.detached = False
+                self.log("maps pinned again: instance attached")
+        return "attach" if attached else "maps replaced"
+
+    def follow_links(self, check_hooks=False):
+        """The maps matched to the devices as they are now (links.Links),
+        under the writer lock: an operator's attach may be hooking too.
+        Returns True when a device was re-hooked."""
+        with self._writing():
+            if self.detached or dataplane.unpinned(self.maps):
+                return False  # a detach under way, or done: check_maps follows it
+            return self.links.follow(self.maps, check_hooks)
+
+    def _tags(self, nl):
+        peers = self.maps.peers()
+        # the tags as attached (an attach under us may have changed them)
+        by_addr = {t.packed: peer_id for t, peer_id in self.maps.tags().items() if peer_id in peers}
+        by_oif = {p.ifindex: i for i, p in peers.items()}
+        # the far end of a point-to-point address on a member is that peer's
+        for ifindex, _local, peer in routes.dump_addrs(nl):
+            if peer is not None and ifindex in by_oif:
+                by_addr.setdefault(peer, by_oif[ifindex])
+        return sync.Tags(by_addr, by_oif, front=self.maps.config().front_ifindex or None)
+
+    # -- full sync ---------------------------------------------------------
+    def _new_tables(self, tags):
+        """What to sync, as {trie: Table}. LPM mode: the best route per
+        prefix into routes4/6, and with an accept table every feasible
+        route into accept4/6. FIB mode: nothing, the data plane asks the
+        kernel; the daemon then follows links and tags only."""
+        if self.cfg.lookup == abi.Lookup.FIB:
+            return {}
+        out = {"routes": sync.Table(tags, self.filter)}
+        if self.cfg.accept_table:
+            f = sync.Filter((self.cfg.accept_table,), self.filter.protocols, self.filter.realms)
+            out["accept"] = sync.Table(tags, f, union=True)
+        return out
+
+    def _fresh(self, tables):
+        """The prefixes of the maps' own entries (static, tags) per trie,
+        when the maps hold no kernel entry (a first start: the sync can
+        write as it dumps); None when they do (a restart: diff first)."""
+        pinned = {}
+        for trie in tables:
+            pinned[trie] = set()
+            for k, origin, _v in self.maps.scan(trie):
+                if origin == abi.Origin.KERNEL:
+                    return None
+                pinned[trie].add(k)
+        return pinned
+
+    def full_sync(self, why):
+        with self._writing():
+            t0 = time.monotonic()
+            self.follow_links()
+            run = _Sync(self)
+            n, tables = run.dump()
+            t_dump = time.monotonic() - t0
+            writes, puts, deletes = run.write()
+            self.tables = tables
+            self._know(run.operator)
+            self.dir24 = run.compiled()
+            self.table = tables.get("routes")
+        dt = time.monotonic() - t0
+        self.stats["map_writes"] += writes
+        self.stats["last_sync"] = time.time()
+        self.stats["last_sync_seconds"] = round(dt, 3)
+        if self.table is None:
+            self.log(f"sync ({why}): lookup fib, no prefixes to copy; following links and tags")
+        else:
+            self.log(f"sync ({why}): {n} routes read, {len(self.table)} prefixes name peers, "
+                     f"{self.table.ignored} ignored ({len(self.table.specific)} TOS/source-specific), {writes} map writes "
+                     f"({puts} put, {deletes} deleted) in {dt:.2f}s (dump {t_dump:.2f}s)"
+                     + (f"; DIR-24-8 compiled apart, child peak RSS {self.dir24.child_peak_mib:.0f} MiB"
+                        if self.dir24 is not None else ""))
+        return writes
+
+    def maps_sync(self, why):
+        """Re-read the maps, not the kernel: after `wgbpf route` wrote them
+        (it sends SIGUSR1), its entries are left alone, a kernel route
+        takes the place of one it removed, and the DIR-24-8 arrays (whose
+        view `wgbpf route` cannot update) are recompiled."""
+        if not self.tables:
+            return
+        with self._writing():
+            if instance.generation(self.writing) == self.known:
+                return  # read since the last writer: nothing new
+            writes = 0
+            operator = {trie: set() for trie in self.tables}
+            for trie, table in self.tables.items():
+                writes += self.maps.apply(reconcile(self.maps, trie, table, operator[trie]), trie)
+            self._know(operator)
+            if self.dir24 is not None:
+                self.dir24 = self.maps.compile_dir24_apart()
+        self.stats["map_writes"] += writes
+        self.log(f"maps re-read ({why}): {writes} map writes")
+
+    def _know(self, operator):
+        """The maps were just read and written whole, under the writer
+        lock: their kernel entries are the tables', the rest `operator`'s
+        (and no change is left to write)."""
+        self.operator = operator or {}
+        self.known = instance.generation(self.writing)
+        self.pending, self.pending_since = {}, None
+
+    # -- events ------------------------------------------------------------
+    def apply(self, changes, t_read):
+        """One read's changes; returns True if a resync is due."""
+        why = self.check_maps()  # a detach meanwhile: nothing to re-hook from
+        if why or self.detached:
+            return bool(why)  # detached: nothing to write to; an attach resyncs
+        changed = self.pending
+        for trie in self.tables:
+            changed.setdefault(trie, set())
+        if self.pending_since is None:
+            self.pending_since = t_read if t_read is not None else time.monotonic()
+        for r, deleted in changes.routes:
+            for trie, table in self.tables.items():
+                k = table.update(r, deleted=deleted)
+                if k is not None:
+                    changed[trie].add(k)
+        resync = False
+        if changes.addresses:
+            members = self.maps.members()
+            # a peer's tag moved: re-resolve everything
+            resync = any(peer is not None and index in members for index, _l, peer in changes.addresses)
+        if changes.links and self.follow_links(changes.hooks):
+            resync = True  # routes by member device name the new ifindex
+        self.write_pending()
+        return resync
+
+    def write_pending(self):
+        """Write the prefixes whose best set changed, under the writer lock,
+        so no `wgbpf route` lands between our look at the maps and our
+        write. Busy (another writer): kept for the next try, a few ms on.
+        The generation moved (another writer was here): read back, and the
+        maps re-read whole soon."""
+        if any(self.pending.values()):
+            with instance.writer_lock(self.cfg.front, wait=False, bump=False) as fd:
+                if fd is None:
+                    n = self.stats["pending"] = sum(map(len, self.pending.values()))
+                    waited = time.monotonic() - self.pending_since
+                    if waited >= 1.0 and not self.pending_told:
+                        self.pending_told = True
+                        self.log(f"{n} route changes waiting {waited:.0f}s for "
+                                 f"{instance.lock_holder(instance.writer_lock_path(self.cfg.front))} "
+                                 f"to release the writer lock")
+                    return
+                known = instance.generation(fd) == self.known
+                if not known:
+                    self.maps_changed = True
+                for trie, keys in self.pending.items():
+                    if keys:
+                        self._apply_changed(trie, keys, known)
+            self.pending = {}
+            self.stats["pending"] = 0
+            if self.pending_told:
+                self.pending_told = False
+                self.log(f"route changes written after {time.monotonic() - self.pending_since:.1f}s waiting")
+        if self.pending_since is not None:
+            if self.lag is not None:
+                self.lag.append((time.monotonic() - self.pending_since) * 1000)
+            self.pending_since = None
+
+    def _apply_changed(self, trie, keys, known):
+        """Write the prefixes whose best peer set changed. `known`: nobody
+        else wrote the maps since we last read them, so each kernel entry
+        holds the table's previous best and the operator's entries are
+        the known ones. Else each prefix is read back (one lookup each):
+        what `wgbpf route` wrote meanwhile wins."""
+        table = self.tables[trie]
+        if known:
+            d = sync.changes(table, keys, self.operator.get(trie, ()))
+        else:
+            self.stats["read_back"] += len(keys)
+            d = sync.diff(table, self.maps.read(keys, trie), keys=keys)
+        self.stats["map_writes"] += self.maps.apply(d, trie)
+        if self.verbose and d:
+            self.log_applied(trie, d)
+        if trie == "routes" and self.dir24 is not None:
+            self.dir24 = patch_dir24(self.maps, self.dir24, d, self.log)
+
+    def log_applied(self, trie, d):
+        """-v: each map change a route event made, as it is written (with
+        the time to the millisecond: when a withdrawal took effect)."""
+        names = self.peer_names()
+        now = time.time()
+        at = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+        what = "route" if trie == "routes" else trie
+        for k, peers in d.put.items():
+            self.log(f"{at} {what} {sync.pkey_network(k)} -> "
+                     f"{','.join(names.get(p, f'#{p}') for p in peers)}")
+        for k in d.delete:
+            self.log(f"{at} {what} {sync.pkey_network(k)} withdrawn")
+
+    # -- the loop's other calls ----------------------------------------------
+    def tick(self, now):
+        why = self.check_maps()  # after an attach, or a detach, under us
+        if why:
+            return why
+        if self.detached:
+            return None
+        if now - self.looked >= 1.0:
+            # another writer since we read the maps (a `wgbpf route`
+            # killed before it could tell us, say): re-read them
+            self.looked = now
+            if self.tables:
+                with instance.writer_lock(self.cfg.front, wait=False, bump=False) as fd:
+                    if fd is not None and instance.generation(fd) != self.known:
+                        self.maps_changed = True
+        if self.maps_changed:
+            self.maps_changed = False
+            self.maps_sync("written by another writer")
+        if any(self.pending.values()):
+            self.write_pending()  # the writer lock was busy: again
+        return None
+
+    def wait(self):
+        return RETRY_SECONDS if any(self.pending.values()) and not self.detached else None
+
+    def wake(self, reason):
+        if reason == "maps written":
+            self.maps_changed = True
+        elif reason == "attached":
+            self.reattached = True
+
+    def counters(self, names):
+        """{peer name: (rx bytes, tx bytes, last handshake)} from each
+        member's WireGuard device (liveness.member_counters)."""
+        return self.member_counters({p.name: p.member for p in self.cfg.peers}, names)
+
+    def liveness_changed(self):
+        """A peer died or came back: follow_links writes each peer up when
+        its member is up and it is alive. Returns whether it wrote."""
+        if self.maps is None or self.detached:
+            return False
+        self.follow_links()
+        return True
+
+    def state(self):
+        return "detached" if self.detached else "running"
+
+    def peer_names(self):
+        return {i: p.name.decode() for i, p in self.maps.peers().items()} if self.maps else {}
+
+    def status(self):
+        names = self.peer_names()
+        per_peer = {}
+        if self.table is not None:
+            per_peer = {names.get(i, f"#{i}"): n for i, n in self.table.per_peer.items() if n}
+        return dict(self.stats, prefixes=len(self.table) if self.table is not None else 0,
+                    ignored=self.table.ignored if self.table is not None else 0,
+                    routes_per_peer=per_peer)
+
+    def metrics(self, metric, series, st):
+        metric("map_writes_total", "LPM map entries written or deleted", st["map_writes"])
+        metric("rehooks_total", "front or members re-created under their name and hooked again",
+               st["rehooks"])
+        metric("members_gone_total", "member devices that disappeared (peer taken down)",
+               st["members_gone"])
+        metric("ignored_routes", "routes that name no peer (last full sync)", st["ignored"], "gauge")
+        series("packets_total", "packets by data-plane reason", "counter",
+               [(f',reason="{r.name.lower()}"', v) for r, v in self.maps.counters().items()]
+               if self.maps is not None else [])
+
+    def close(self):
+        if self.maps is not None:
+            self.maps.close()
+
+
+class _Sync:
+    """One full sync's phases: the dump (written as it goes into maps
+    with no kernel entry, else read beside it), then the writes, then the
+    DIR-24-8 arrays."""
+
+    def __init__(self, backend):
+        self.b = backend
+        self.writer = self.compiling = self.read = None
+        self.pinned = self.operator = None
+        self.tables = {}
+        self.recheck = {}
+        self.diffs = {}
+
+    def dump(self):
+        b = self.b
+        nl = routes.Netlink(rcvbuf=b.rcvbuf)
+        dir24 = b.cfg.lookup == abi.Lookup.DIR24
+        try:
+            tables = self.tables = b._new_tables(b._tags(nl))
+            self.pinned = b._fresh(tables) if tables else None
+            if self.pinned is not None:
+                self.writer = maps.Writer(b.maps, progress=(lambda k: b.progress("write", k))
+                                          if b.progress else None)
+            elif tables:
+                # a restart: the kernel walks the maps' tries (a second a
+                # million entries, in syscalls) while we parse the dump
+                self.read = maps.in_background(lambda: {trie: list(b.maps.batches(trie)) for trie in tables})
+                if dir24 and "routes" in tables:
+                    # and a child compiles the arrays from routes4 as it is
+                    # (another CPU): what the diff changes is patched in
+                    self.compiling = b.maps.start_dir24_apart()
+            # no cyclic GC while a million short-lived tuples come and go: it
+            # would walk the young ones again and again for nothing
+            gc.disable()
+            try:
+                n, self.recheck = (dump_tables(nl, tables, b.progress, self.writer, self.pinned)
+                                   if tables else (0, {}))
+            finally:
+                gc.enable()
+        except BaseException:
+            if self.writer is not None:
+                self.writer.close()
+            if self.compiling is not None:
+                self.compiling.cancel()
+            raise
+        finally:
+            nl.close()
+        return n, tables
+
+    def write(self):
+        """Returns (writes, puts, deletes)."""
+        b, tables = self.b, self.tables
+        writes = puts = deletes = 0
+        if self.writer is not None:
+            self.operator = self.pinned
+            for trie, keys in self.recheck.items():
+                for k in keys:
+                    if tables[trie].best(k) is None and k not in self.pinned[trie]:
+                        self.writer.delete(trie, k)
+                        deletes += 1
+            writes = self.writer.close()
+            puts = writes - deletes
+        else:
+            self.operator = {trie: set() for trie in tables}
+            batches = self.read() if tables else {}
+            for trie, table in tables.items():
+                d = self.diffs[trie] = reconcile(b.maps, trie, table, self.operator[trie], batches.pop(trie))
+                writes += b.maps.apply(d, trie, progress=(lambda k, total=len(d): b.progress("write", k, total))
+                                       if b.progress else None)
+                puts, deletes = puts + len(d.put), deletes + len(d.delete)
+        trim_heap()  # what the batches read or written took (36 MiB at a full table) is free
+        return writes, puts, deletes
+
+    def compiled(self):
+        """The DIR-24-8 arrays as the maps now are, or None (not that mode)."""
+        b = self.b
+        if self.compiling is not None:
+            return patch_dir24(b.maps, self.compiling.result(), self.diffs["routes"], b.log)
+        if b.cfg.lookup == abi.Lookup.DIR24 and "routes" in self.tables:
+            # the IPv4 arrays from all of routes4 (ours, static and tags);
+            # only the /24s that differ are rewritten
+            return b.maps.compile_dir24_apart()
+        return None
+
+
+def reconcile(m, trie, table, operator, batches=None):
+    """What to write so one pair of maps equals the table, from the maps
+    read in batches (Maps.batches: read now, or already); the prefixes of
+    the operator's entries are added to `operator`."""
+    d = sync.Diff()
+    kern = abi.Origin.KERNEL
+    covered = 0
+    best_id, sets, rs = table.best_id, table.tags.sets, maps.ROUTE_SIZE
+    value = {}  # (set id << 8) | prefixlen -> the bytes of its kernel entry
+    # one pass over the raw batches, a million times: an entry equal to
+    # what the table wants costs a lookup and a bytes compare
+    if batches is None:
+        batches = m.batches(trie, ahead=True)
+    for head, ks, keys, values, count in batches:
+        for i in range(count):
+            at = i * ks
+            k = head[keys[at]] + keys[at + 4:at + ks]
+            v = values[i * rs:(i + 1) * rs]
+            sid = best_id(k)
+            if not sid:
+                if v[1] == kern:
+                    d.delete.append(k)
+                else:
+                    operator.add(k)
+                continue
+            covered += 1
+            want = value.get((sid << 8) | keys[at])
+            if want is None:
+                want = value[(sid << 8) | keys[at]] = maps.route_value(sets[sid], keys[at])
+            if v != want:
+                if v[1] == kern:
+                    d.put[k] = sets[sid]
+                else:  # the operator's entry wins
+                    operator.add(k)
+    if covered < len(table):
+        # prefixes with no entry at all (routes added while we were
+        # away): found by exact lookups, rather than a set of every key
+        for k in m.missing((k for k, _peers in table.items()), trie):
+            d.put[k] = table.best(k)
+    return d
+
+
+def patch_dir24(m, arrays, d, log):
+    """The IPv4 prefixes of a diff written to routes4, patched into the
+    DIR-24-8 arrays; out of set ids or groups, compiled afresh from
+    routes4 (which already holds the diff). Returns the arrays."""
+    try:
+        for k, peers in d.put.items():
+            if k[0] == socket.AF_INET:
+                arrays.change(int.from_bytes(k[2:], "big"), k[1], peers)
+        for k in d.delete:
+            if k[0] == socket.AF_INET:
+                arrays.change(int.from_bytes(k[2:], "big"), k[1], None)
+    except Dir24Error as e:
+        log(f"DIR-24-8: {e}: compiling the arrays afresh")
+        return m.compile_dir24_apart()
+    return arrays
+
+
+def attach_in_child(cfg):
+    """dataplane.attach in a child process, so the daemon never loads BCC:
+    the compile brings LLVM (~170 MiB) that would stay in the daemon for
+    its whole life, and all the daemon needs afterwards is bpf(2) on the
+    pinned maps. The child inherits the namespace, the environment and
+    the writer lock we hold (it takes no lock itself). Returns attach's
+    summary; raises AttachError with the child's message."""
+    r = subprocess.run([sys.executable, "-m", "wgbpf.backends.maps", "--attach-child"], input=pickle.dumps(cfg),
+                       capture_output=True, env=maps.child_env())
+    if r.returncode == 0:
+        return pickle.loads(r.stdout)
+    err = r.stderr.decode(errors="replace").strip()
+    if r.returncode == ATTACH_REFUSED:
+        raise dataplane.AttachError(err)
+    raise dataplane.AttachError(f"attach failed (exit {r.returncode}): {err.splitlines()[-1] if err else ''}")
+
+
+def _attach_child():
+    from ..wireguard import WireGuardError
+    cfg = pickle.loads(sys.stdin.buffer.read())
+    try:
+        res = dataplane.attach(cfg, log=lambda m: None)
+    except (dataplane.AttachError, MapError, config.ConfigError, WireGuardError, OSError) as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(ATTACH_REFUSED)
+    sys.stdout.buffer.write(pickle.dumps(res))
+
+
+def trim_heap():
+    """Give the heap's free pages back to the kernel (glibc's malloc_trim):
+    Python hands big freed buffers to malloc, which keeps them, so what
+    the daemon allocates next (the DIR-24-8 depth bytes, the child it
+    spawns, which starts as big as we are) would add to them."""
+    try:
+        _libc.malloc_trim(0)
+    except AttributeError:  # not glibc
+        pass
+
+
+_libc = ctypes.CDLL(None)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--attach-child"]:
+    _attach_child()
