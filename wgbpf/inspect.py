@@ -12,7 +12,7 @@ import ipaddress
 import os
 import socket
 
-from . import abi, config, dataplane, instance, maps, monitor, netlink, nsenter, routes
+from . import abi, config, dataplane, instance, maps, monitor, netlink, nsenter, routes, sync
 from .maps import route_peers
 from .version import VERSION
 
@@ -192,15 +192,16 @@ def kernel_peers(m, addr, table):
     links = current_links()  # a member counts only while it is the device recorded
     by_oif = {p.ifindex: i for i, p in m.peers().items()
               if device_check(p.member.decode(), p.ifindex, links) is None}
+    resolver = sync.Tags({t.packed: i for t, i in tags.items()}, by_oif)
     owners, hops = [], []
     for gw, oif in r.nexthops:
-        gateway = ipaddress.ip_address(gw) if gw else None
-        if gateway in tags:
-            owner, hop = tags[gateway], f"via {gateway}"
-        elif oif in by_oif:
-            owner, hop = by_oif[oif], f"dev {ifname(oif)}"
+        owner, how = resolver.hop_peer(gw, oif)
+        if how == "tag":
+            hop = f"via {ipaddress.ip_address(gw)}"
+        elif how == "member":
+            hop = f"dev {ifname(oif)}"
         else:
-            owner, hop = None, f"via {gateway or '-'} dev {ifname(oif) if oif else '-'} names no peer"
+            hop = f"via {ipaddress.ip_address(gw) if gw else '-'} dev {ifname(oif) if oif else '-'} names no peer"
         hops.append(hop)
         if owner and owner not in owners:
             owners.append(owner)
@@ -289,17 +290,21 @@ def explain_source(m, addr, peer):
 
 # -- status -------------------------------------------------------------------
 
-def hook_problem(name, ifindex, role, links, hooked, filter_name, pinned):
+def hook_problem(name, ifindex, role, links, hooked, filter_name, pinned, errors=None):
     """Why the device recorded as (name, ifindex) is not hooked, or None:
     gone, re-created under its name (a new ifindex that nothing hooked),
-    our filter missing from one of its hooks, or running another instance's
+    its filters not listed (`errors`: {(ifindex, hook): message}), our
+    filter missing from one of its hooks, or running another instance's
     program (`hooked`: {(ifindex, hook): {filter name: program id}};
     `pinned`: {program name: id} of this instance's pins)."""
     problem = device_check(name, ifindex, links)
     if problem is None:
         hooks = dataplane.HOOK_PROGRAMS[role]
+        failed = [errors[(ifindex, h)] for h in hooks if (ifindex, h) in (errors or {})]
         missing = [h for h in hooks if filter_name not in hooked.get((ifindex, h), ())]
-        if missing:
+        if failed:  # cannot tell: said as a problem, never taken for hooked
+            problem = f"cannot tell: {'; '.join(failed)}"
+        elif missing:
             problem = f"no {filter_name} filter on its {' or '.join(missing)}"
         else:
             problem = dataplane.program_problem(
@@ -323,13 +328,14 @@ def instance_status(front):
     asked = [(p["ifindex"], h) for p in peers for h in ("ingress", "egress")]
     if cfg.front_ifindex:
         asked.append((cfg.front_ifindex, "egress"))
-    hooked = dataplane.bpf_filters(asked)
+    errors = {}  # a hook whose filters cannot be listed: that device's problem, not the listing's end
+    hooked = dataplane.bpf_filters(asked, errors)
     pinned, _ = dataplane.pinned_ids(maps.pin_dir(front))
-    front_problem = (hook_problem(front_dev, cfg.front_ifindex, "front", links, hooked, name, pinned)
+    front_problem = (hook_problem(front_dev, cfg.front_ifindex, "front", links, hooked, name, pinned, errors)
                      if cfg.front_ifindex else None)
     members = []
     for p in peers:
-        problem = hook_problem(p["member"], p["ifindex"], "member", links, hooked, name, pinned)
+        problem = hook_problem(p["member"], p["ifindex"], "member", links, hooked, name, pinned, errors)
         members.append({"peer": p["name"], "device": p["member"], "ifindex": p["ifindex"],
                         "up": p["up"], "source": p["source"],
                         "hooked": problem is None, "problem": problem})

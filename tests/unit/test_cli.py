@@ -29,7 +29,8 @@ def isolated(tmp_path, monkeypatch):
     def refuse(*a, **kw):
         raise AssertionError("a unit test reached the real data plane")
     monkeypatch.setattr(dataplane, "attach", refuse)
-    monkeypatch.setattr(dataplane, "iproute", refuse)
+    monkeypatch.setattr(dataplane, "iproute", refuse)            # the daemon's
+    monkeypatch.setattr(dataplane.lifecycle, "iproute", refuse)  # attach's and detach's
     monkeypatch.setattr(dataplane, "enter_netns", refuse)
     monkeypatch.setattr(maps.Maps, "open", classmethod(refuse))
     monkeypatch.setattr(maps.Maps, "create", classmethod(refuse))
@@ -307,7 +308,7 @@ def test_detach_dot_dot_is_refused(front, monkeypatch, tmp_path, isolated, as_ro
     (isolated / "wg0").mkdir()
     victim = isolated.parent / "someone-elses-pin"
     victim.write_text("")
-    monkeypatch.setattr(dataplane, "iproute", contextlib.nullcontext)
+    monkeypatch.setattr(dataplane.lifecycle, "iproute", contextlib.nullcontext)
 
     def open_(cls, directory, readonly=False):
         raise maps.MapError("not a bpffs pin")
@@ -321,7 +322,7 @@ def test_detach_removes_the_instance(monkeypatch, isolated, as_root):
     d = isolated / "wg0"
     d.mkdir(parents=True)
     (d / "routes4").write_text("")
-    monkeypatch.setattr(dataplane, "iproute", contextlib.nullcontext)
+    monkeypatch.setattr(dataplane.lifecycle, "iproute", contextlib.nullcontext)
 
     def open_(cls, directory, readonly=False):
         raise maps.MapError("not a bpffs pin")

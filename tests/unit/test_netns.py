@@ -70,7 +70,7 @@ def world(tmp_path, monkeypatch):
          "filters": {(5, "egress"), (11, "ingress"), (11, "egress"), (12, "ingress"), (12, "egress")}}
     monkeypatch.setattr(maps.Maps, "open", classmethod(lambda cls, d, readonly=False: FakeMaps()))
     monkeypatch.setattr(dataplane, "iproute", contextlib.nullcontext)
-    monkeypatch.setattr(dataplane, "filter_programs", lambda i, hook, nl=None: {"wgbpf-wg0": 7} if (i, hook) in w["filters"] else {})
+    monkeypatch.setattr(dataplane.tc, "filter_programs", lambda i, hook, nl=None: {"wgbpf-wg0": 7} if (i, hook) in w["filters"] else {})
     monkeypatch.setattr(inspect, "current_links", lambda: dict(w["links"]))
     monkeypatch.setattr(dataplane, "forwarding_off", lambda devices: [])  # not this host's sysctls
     return w
