@@ -1,8 +1,9 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """wgbpf: steer WireGuard peers from routes with eBPF.
 
 The command line only: it parses, calls and prints. What an instance is
 and does (dump, lookup, status) comes from inspect.py, changes from
-dataplane.py, maps.py and daemon.py.
+dataplane/, maps.py and daemon.py.
 
 One shape for every command, as `wg` and `ip` have it: FRONT (the instance,
 named by its front device) is the positional argument after the command's

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """What an attached instance is and does, as plain data: the answers of
 `wgbpf dump`, `lookup` and `status`, without their printing (cli.py prints).
 

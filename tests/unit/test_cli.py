@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """wgbpf/cli.py through click's CliRunner, with no kernel state touched.
 
 maps.PIN_ROOT points at an empty tmp dir, os.geteuid is faked (so the tests

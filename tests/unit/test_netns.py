@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Instances scoped to their network namespace, and `status --check`,
 through click's CliRunner with no kernel state touched: the pin and run
 roots are tmp dirs, the maps and tc filters are faked."""

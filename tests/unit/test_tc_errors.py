@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """A tc listing that fails is not an empty hook: unhook() must never take
 "the kernel did not answer" for "nothing else is on the device" and delete
 the clsact qdisc it added, with an operator's filters on it (own only what

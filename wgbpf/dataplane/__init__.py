@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """The data plane: compile and load it with BCC, pin it, hook it into tc.
 
 A package by concern, each module importing only those below it (and

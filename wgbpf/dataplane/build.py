@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """The programs' build: BCC's compile of bpf/wgbpf.c against an instance's
 pinned maps, program tags, and the build record (<front>.build, written
 through wgbpf.instance) that lets the next attach reuse the pinned

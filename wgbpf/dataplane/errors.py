@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """The data plane's errors: the lowest module of the package, so every
 other one may raise them."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """An instance's life: attach (a reconcile, phase by phase: Attach),
 detach, and the re-hook of a device re-created under its name (the
 daemon's). The top of the package: it imports the others, none of them

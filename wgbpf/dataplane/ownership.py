@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Who holds a device: our filter by name, another instance's by its
 name or by its peers and front, another instance's programs in our slot
 (the same front under another pin root); the checks attach refuses with;

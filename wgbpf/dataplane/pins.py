@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """An instance's pins (/sys/fs/bpf/wgbpf/<netns>/<front>/): its pinned
 programs and their ids, which maps a program reads, and repairs: a map pin
 removed by hand pinned again from the running programs, pins that are no

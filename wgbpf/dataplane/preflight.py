@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """What attach checks before it changes anything (refused means untouched):
 bpffs and the pin root, the devices (layer 3, MTUs), what FIB mode needs
 from the kernel; and the host's sysctls it warns about or sets (forwarding,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """tc primitives: the clsact qdisc and our bpf filter on a device's hooks,
 listing what filters a hook holds (pyroute2's dump, and rtnetlink's read
 raw for the program ids), and removing only what is ours.
