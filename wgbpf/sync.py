@@ -78,9 +78,7 @@ class Tags:
             return i
         peers = set()
         for gw, oif in nexthops:
-            peer_id = self.by_addr.get(gw) if gw is not None else None
-            if peer_id is None:
-                peer_id = self.by_oif.get(oif)
+            peer_id, _how = self.hop_peer(gw, oif)
             if peer_id is not None:
                 peers.add(peer_id)
         i = self.set_id(tuple(sorted(peers))[:abi.MAX_ECMP])
@@ -90,6 +88,17 @@ class Tags:
             self._hops.clear()  # in place: Tables hold it
         self._hops[nexthops] = i
         return i
+
+    def hop_peer(self, gw, oif):
+        """(peer id, how) of the peer one nexthop names: by its gateway
+        being a tag ("tag"), else by its device being a member ("member");
+        (None, None) for none. The one resolver of nexthops to peers: the
+        daemon's tables and `wgbpf lookup` both ask it."""
+        peer_id = self.by_addr.get(gw) if gw is not None else None
+        if peer_id is not None:
+            return peer_id, "tag"
+        peer_id = self.by_oif.get(oif)
+        return (peer_id, "member") if peer_id is not None else (None, None)
 
     def resolve(self, route):
         """Sorted tuple of the peer ids a KernelRoute names; () for none."""
