@@ -1,4 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
+# rooms: the one command table (every command, option and help text, the man page's source) is
+# kept in one file, as wg.c's is; the domain work lives in the modules it calls
 """wgbpf: steer WireGuard peers from routes with eBPF.
 
 The command line only: it parses, calls and prints. What an instance is
@@ -25,7 +27,7 @@ import time
 
 import click
 
-from . import abi, config, daemon, dataplane, inspect, instance, maps, monitor, routes, sync, top, wireguard
+from . import abi, config, daemon, dataplane, inspect, instance, maps, monitor, report, routes, sync, top, wireguard
 from .version import VERSION
 
 # what a command may refuse with: each message names the bad input or state
@@ -121,13 +123,8 @@ def emit(obj, as_json, human):
 
 def table(rows, headers):
     """Plain aligned columns, like `ip -br`."""
-    rows = [[str(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    click.echo(fmt.format(*headers).rstrip())
-    for r in rows:
-        click.echo(fmt.format(*r).rstrip())
+    for line in report.table_lines(rows, headers):
+        click.echo(line)
 
 
 def need_root():
@@ -636,17 +633,6 @@ def daemon_command(front, peers, config_path, members_only, no_route, lookup, fi
     runner.run()
 
 
-def liveness_text(name, lv):
-    """One peer's liveness for `wgbpf status`: alice alive (rx 0.4s ago),
-    bob DEAD 12s (nothing received for 2.1s while sending)."""
-    ago = f" {time.time() - lv['since']:.0f}s" if lv.get("since") else ""
-    if lv["state"] == "dead":
-        return f"{name} DEAD{ago} ({lv['reason']})"
-    hold = f", hold-down {lv['hold_down']:.0f}s" if lv.get("hold_down") else ""
-    rx = f"rx {lv['rx_age']:.1f}s ago" if lv.get("rx_age") is not None else "not sampled yet"
-    return f"{name} alive ({rx}{hold}; dead after {lv['dead_after']:g}s, {lv['deaths']} deaths)"
-
-
 @main.command()
 @front_argument
 @click.option("--all", "all_ns", is_flag=True,
@@ -671,83 +657,8 @@ def status(front=None, all_ns=False, check=False, as_json=False):
     found = [line for s in res for line in inspect.problems(s)]
 
     def human(all_):
-        if not all_:
-            click.echo("no wgbpf instance attached (wgbpf attach FRONT --peer NAME=DEV ...)")
-        shown_ns = None
-        for s in all_:
-            if all_ns and s["netns"] != shown_ns:
-                shown_ns = s["netns"]
-                if s["netns"] is None:
-                    click.echo("== an older wgbpf's pins (no namespace)")
-                else:
-                    click.echo(f"== netns {s['netns']}" + (f" ({s['netns_name']})" if s["netns_name"] else "")
-                               + (", this one" if s["current"] else ""))
-            if "error" in s:
-                click.echo(f"{s['front']}: {s['error']}")
-                continue
-            if s.get("backend") == "allowedips":
-                dmn = s["daemon"]
-                removal = {"flag": "single removals", "throwaway": "single removals through a throwaway peer",
-                           "rewrite": "removal rewrites the peer's list"}.get(dmn.get("removal"),
-                                                                             "removal not probed yet")
-                click.echo(f"{s['front']}: allowedips backend ({dmn.get('device_kind')} WireGuard, {removal}); "
-                           f"daemon {dmn['state']} (pid {dmn['pid']}), tables {dmn['tables']}, "
-                           f"{dmn['prefixes']} prefixes, {dmn['allowedips_changes']} allowed-IP changes, "
-                           f"{dmn['peer_rewrites']} list rewrites, {dmn['ecmp_prefixes']} ECMP prefixes "
-                           f"given to one peer, {dmn['resyncs']} resyncs")
-                if dmn.get("missing_peers"):
-                    click.echo(f"peers not on the device: {', '.join(dmn['missing_peers'])}")
-                if dmn.get("routes_per_peer"):
-                    click.echo("routes per peer: " + ", ".join(f"{k} {v}" for k, v in sorted(dmn["routes_per_peer"].items())))
-                if dmn.get("liveness"):
-                    click.echo("liveness: " + "; ".join(liveness_text(k, v) for k, v in dmn["liveness"].items()))
-                continue
-            if s["members_only"]:
-                where = "members only (no front)"
-            else:
-                where = (f"front {s['front_device']} egress "
-                         + ("hooked" if s["front_hooked"] else f"UNHOOKED ({s['front_problem']})"))
-            click.echo(f"{s['front']}: {where}; lookup {s['lookup']}"
-                       + (f" (table {s['fib_table']})" if s["fib_table"] else "")
-                       + f"; source check {s['source']}; no-route policy {s['no_route']}; pins {s['pin_dir']}")
-            table([(x["peer"], x["device"], "up" if x["up"] else "down",
-                    "hooked" if x["hooked"] else f"UNHOOKED ({x['problem']})") for x in s["members"]],
-                  ["PEER", "MEMBER", "STATE", "HOOK"])
-            click.echo("maps: " + ", ".join(f"{k} {v['entries']}/{v['max']}" for k, v in s["maps"].items()))
-            click.echo("counters: " + ", ".join(f"{k} {v}" for k, v in s["counters"].items()))
-            if s.get("forwarding_off"):
-                click.echo(f"forwarding: OFF ({', '.join(k + '=0' for k in s['forwarding_off'])}): the kernel "
-                           f"drops every packet between peers")
-            c = s.get("config")
-            if c and c.get("source") == "attached":
-                click.echo("config: the daemon adopted the attached instance")
-            elif c and c.get("source"):
-                click.echo("config: the daemon's command line")
-            elif c and c.get("error"):
-                click.echo(f"config {c['path']}: {c['error']}")
-            elif c and c["differences"]:
-                click.echo(f"config {c['path']}: DIFFERS from the attached instance (the daemon attaches "
-                           f"it at start and on reload): " + "; ".join(c["differences"]))
-            elif c:
-                click.echo(f"config {c['path']}: as attached")
-            dmn = s.get("daemon")
-            if not dmn:
-                click.echo("daemon: never ran (wgbpf daemon)")
-            else:
-                ago = time.time() - dmn["last_sync"] if dmn.get("last_sync") else None
-                click.echo(f"daemon: {dmn['state']} (pid {dmn['pid']}), tables {dmn['tables']}, "
-                           f"{dmn['prefixes']} prefixes, {dmn['ignored']} ignored routes, "
-                           f"{dmn['events']} events, {dmn['resyncs']} resyncs, {dmn['overruns']} overruns, "
-                           f"{dmn.get('rehooks', 0)} re-hooks, "
-                           f"event lag p50/p99/max {dmn.get('lag_ms_p50')}/{dmn.get('lag_ms_p99')}/{dmn['lag_ms_max']} ms"
-                           + (f", last sync {ago:.0f}s ago ({dmn['last_sync_seconds']}s)" if ago is not None else ""))
-                if dmn.get("pending"):
-                    click.echo(f"waiting: {dmn['pending']} route changes not yet written "
-                               f"(another writer holds the writer lock)")
-                if dmn.get("routes_per_peer"):
-                    click.echo("routes per peer: " + ", ".join(f"{k} {v}" for k, v in sorted(dmn["routes_per_peer"].items())))
-                if dmn.get("liveness"):
-                    click.echo("liveness: " + "; ".join(liveness_text(k, v) for k, v in dmn["liveness"].items()))
+        for line in report.status_lines(all_, all_ns):
+            click.echo(line)
 
     def human_check(_):
         for line in found:

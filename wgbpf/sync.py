@@ -211,6 +211,7 @@ class Table:
                 out[p] = out.get(p, 0) + n
         return out
 
+    # rooms: the per-route hot path of a million-route dump, inlined on purpose (bench_sync.py)
     def update(self, route, deleted=False):
         """Apply one route (from a dump or an event); returns its pkey if
         the prefix's best peer set may have changed, else None.

@@ -4,7 +4,7 @@ resync reasons of tick(), the changes it takes from the loop."""
 import ipaddress
 
 from wgbpf import liveness, routes, sync
-from wgbpf.backends.maps import MapsBackend
+from wgbpf.backends.maps import MapsBackend, log_applied
 
 
 def backend():
@@ -12,13 +12,12 @@ def backend():
     return MapsBackend(sync.Filter((254,), (), ()), logged.append, liveness.Liveness()), logged
 
 
-def test_verbose_logs_each_change(monkeypatch):
-    b, logged = backend()
-    monkeypatch.setattr(b, "peer_names", lambda: {1: "alice", 2: "bob"})
+def test_verbose_logs_each_change():
+    logged = []
     diff = sync.Diff()
     diff.put[sync.network_pkey(ipaddress.ip_network("10.1.0.0/16"))] = (1, 2)
     diff.delete.append(sync.network_pkey(ipaddress.ip_network("2001:db8::/32")))
-    b.log_applied("routes", diff)
+    log_applied(logged.append, {1: "alice", 2: "bob"}, "routes", diff)
     assert [line.split(" ", 1)[1] for line in logged] == ["route 10.1.0.0/16 -> alice,bob",
                                                           "route 2001:db8::/32 withdrawn"]
     assert all(len(line.split(" ", 1)[0]) == len("12:34:56.789") for line in logged)

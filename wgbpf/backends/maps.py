@@ -304,22 +304,9 @@ class MapsBackend(Backend):
             d = sync.diff(table, self.maps.read(keys, trie), keys=keys)
         self.stats["map_writes"] += self.maps.apply(d, trie)
         if self.verbose and d:
-            self.log_applied(trie, d)
+            log_applied(self.log, self.peer_names(), trie, d)
         if trie == "routes" and self.dir24 is not None:
             self.dir24 = patch_dir24(self.maps, self.dir24, d, self.log)
-
-    def log_applied(self, trie, d):
-        """-v: each map change a route event made, as it is written (with
-        the time to the millisecond: when a withdrawal took effect)."""
-        names = self.peer_names()
-        now = time.time()
-        at = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
-        what = "route" if trie == "routes" else trie
-        for k, peers in d.put.items():
-            self.log(f"{at} {what} {sync.pkey_network(k)} -> "
-                     f"{','.join(names.get(p, f'#{p}') for p in peers)}")
-        for k in d.delete:
-            self.log(f"{at} {what} {sync.pkey_network(k)} withdrawn")
 
     # -- the loop's other calls ----------------------------------------------
     def tick(self, now):
@@ -479,6 +466,18 @@ class _Sync:
             # only the /24s that differ are rewritten
             return b.maps.compile_dir24_apart()
         return None
+
+
+def log_applied(log, names, trie, d):
+    """-v: each map change a route event made, as it is written (with the
+    time to the millisecond: when a withdrawal took effect)."""
+    now = time.time()
+    at = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+    what = "route" if trie == "routes" else trie
+    for k, peers in d.put.items():
+        log(f"{at} {what} {sync.pkey_network(k)} -> {','.join(names.get(p, f'#{p}') for p in peers)}")
+    for k in d.delete:
+        log(f"{at} {what} {sync.pkey_network(k)} withdrawn")
 
 
 def reconcile(m, trie, table, operator, batches=None):

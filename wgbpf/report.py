@@ -1,0 +1,124 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""`wgbpf status` as a person reads it: the status dicts inspect.py builds
+(the same that --json prints), turned into lines of text. No I/O here:
+the CLI prints what these return.
+"""
+import time
+
+
+def table_lines(rows, headers):
+    """Plain aligned columns, like `ip -br`."""
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*headers).rstrip()] + [fmt.format(*r).rstrip() for r in rows]
+
+
+def liveness_text(name, lv):
+    """One peer's liveness for `wgbpf status`: alice alive (rx 0.4s ago),
+    bob DEAD 12s (nothing received for 2.1s while sending)."""
+    ago = f" {time.time() - lv['since']:.0f}s" if lv.get("since") else ""
+    if lv["state"] == "dead":
+        return f"{name} DEAD{ago} ({lv['reason']})"
+    hold = f", hold-down {lv['hold_down']:.0f}s" if lv.get("hold_down") else ""
+    rx = f"rx {lv['rx_age']:.1f}s ago" if lv.get("rx_age") is not None else "not sampled yet"
+    return f"{name} alive ({rx}{hold}; dead after {lv['dead_after']:g}s, {lv['deaths']} deaths)"
+
+
+def status_lines(instances, all_ns=False):
+    """Every instance's status; with `all_ns`, under a header per namespace."""
+    if not instances:
+        return ["no wgbpf instance attached (wgbpf attach FRONT --peer NAME=DEV ...)"]
+    out = []
+    shown_ns = None
+    for s in instances:
+        if all_ns and s["netns"] != shown_ns:
+            shown_ns = s["netns"]
+            if s["netns"] is None:
+                out.append("== an older wgbpf's pins (no namespace)")
+            else:
+                out.append(f"== netns {s['netns']}" + (f" ({s['netns_name']})" if s["netns_name"] else "")
+                           + (", this one" if s["current"] else ""))
+        if "error" in s:
+            out.append(f"{s['front']}: {s['error']}")
+        elif s.get("backend") == "allowedips":
+            out += allowedips_lines(s)
+        else:
+            out += instance_lines(s)
+    return out
+
+
+def _peer_lines(dmn):
+    out = []
+    if dmn.get("routes_per_peer"):
+        out.append("routes per peer: " + ", ".join(f"{k} {v}" for k, v in sorted(dmn["routes_per_peer"].items())))
+    if dmn.get("liveness"):
+        out.append("liveness: " + "; ".join(liveness_text(k, v) for k, v in dmn["liveness"].items()))
+    return out
+
+
+def allowedips_lines(s):
+    dmn = s["daemon"]
+    removal = {"flag": "single removals", "throwaway": "single removals through a throwaway peer",
+               "rewrite": "removal rewrites the peer's list"}.get(dmn.get("removal"), "removal not probed yet")
+    out = [f"{s['front']}: allowedips backend ({dmn.get('device_kind')} WireGuard, {removal}); "
+           f"daemon {dmn['state']} (pid {dmn['pid']}), tables {dmn['tables']}, "
+           f"{dmn['prefixes']} prefixes, {dmn['allowedips_changes']} allowed-IP changes, "
+           f"{dmn['peer_rewrites']} list rewrites, {dmn['ecmp_prefixes']} ECMP prefixes "
+           f"given to one peer, {dmn['resyncs']} resyncs"]
+    if dmn.get("missing_peers"):
+        out.append(f"peers not on the device: {', '.join(dmn['missing_peers'])}")
+    return out + _peer_lines(dmn)
+
+
+def instance_lines(s):
+    if s["members_only"]:
+        where = "members only (no front)"
+    else:
+        where = (f"front {s['front_device']} egress "
+                 + ("hooked" if s["front_hooked"] else f"UNHOOKED ({s['front_problem']})"))
+    out = [f"{s['front']}: {where}; lookup {s['lookup']}"
+           + (f" (table {s['fib_table']})" if s["fib_table"] else "")
+           + f"; source check {s['source']}; no-route policy {s['no_route']}; pins {s['pin_dir']}"]
+    out += table_lines([(x["peer"], x["device"], "up" if x["up"] else "down",
+                         "hooked" if x["hooked"] else f"UNHOOKED ({x['problem']})") for x in s["members"]],
+                       ["PEER", "MEMBER", "STATE", "HOOK"])
+    out.append("maps: " + ", ".join(f"{k} {v['entries']}/{v['max']}" for k, v in s["maps"].items()))
+    out.append("counters: " + ", ".join(f"{k} {v}" for k, v in s["counters"].items()))
+    if s.get("forwarding_off"):
+        out.append(f"forwarding: OFF ({', '.join(k + '=0' for k in s['forwarding_off'])}): the kernel "
+                   f"drops every packet between peers")
+    out += config_lines(s.get("config"))
+    return out + daemon_lines(s.get("daemon"))
+
+
+def config_lines(c):
+    if not c:
+        return []
+    if c.get("source") == "attached":
+        return ["config: the daemon adopted the attached instance"]
+    if c.get("source"):
+        return ["config: the daemon's command line"]
+    if c.get("error"):
+        return [f"config {c['path']}: {c['error']}"]
+    if c["differences"]:
+        return [f"config {c['path']}: DIFFERS from the attached instance (the daemon attaches "
+                f"it at start and on reload): " + "; ".join(c["differences"])]
+    return [f"config {c['path']}: as attached"]
+
+
+def daemon_lines(dmn):
+    if not dmn:
+        return ["daemon: never ran (wgbpf daemon)"]
+    ago = time.time() - dmn["last_sync"] if dmn.get("last_sync") else None
+    out = [f"daemon: {dmn['state']} (pid {dmn['pid']}), tables {dmn['tables']}, "
+           f"{dmn['prefixes']} prefixes, {dmn['ignored']} ignored routes, "
+           f"{dmn['events']} events, {dmn['resyncs']} resyncs, {dmn['overruns']} overruns, "
+           f"{dmn.get('rehooks', 0)} re-hooks, "
+           f"event lag p50/p99/max {dmn.get('lag_ms_p50')}/{dmn.get('lag_ms_p99')}/{dmn['lag_ms_max']} ms"
+           + (f", last sync {ago:.0f}s ago ({dmn['last_sync_seconds']}s)" if ago is not None else "")]
+    if dmn.get("pending"):
+        out.append(f"waiting: {dmn['pending']} route changes not yet written "
+                   f"(another writer holds the writer lock)")
+    return out + _peer_lines(dmn)
