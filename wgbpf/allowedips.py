@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """The single-device backend: routes drive one WireGuard device's AllowedIPs.
 
     wgbpf daemon --backend allowedips wg0 --peer alice=PUBLIC_KEY,10.255.0.1

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Dead peers, judged from WireGuard's own counters (no packets of ours).
 
 WireGuard tells nobody when a peer dies, but every packet it receives from

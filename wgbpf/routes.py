@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Kernel routes over raw rtnetlink, parsed with struct.
 
 At full-table scale the cost of syncing is parsing netlink: pyroute2's

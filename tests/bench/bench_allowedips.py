@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
 """The allowedips backend against WireGuard's own tool, side by side.
 
 Run as root. In a throwaway network namespace, one WireGuard device (the

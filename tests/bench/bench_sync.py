@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Control-plane benchmark: how fast wgbpf follows a full routing table.
 
 Run as root (make bench). In a throwaway network namespace holding a TUN

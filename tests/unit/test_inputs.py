@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Refused input must do no damage: every bad input gets a
 one-line error naming it, and a refused one changes nothing, on disk, in the
 kernel or in the daemon's memory. No root needed, no kernel state touched.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """One configuration: <config dir>/<front>.toml as the default, the daemon
 adopting the attached instance, the mismatch report; and the lifecycle
 pieces that need no kernel (run files, a dead daemon's status, -v, the

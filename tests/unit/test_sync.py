@@ -364,16 +364,46 @@ ATTRS4 = {"table": (rt.RTA_TABLE, st.integers(0, 2**32 - 1).map(lambda v: struct
 
 
 @st.composite
+def nexthops(draw, size):
+    """RTA_MULTIPATH's payload: rtnexthop {len, flags, hops (weight - 1),
+    ifindex} each followed by its own gateway (or via) attribute."""
+    out = b""
+    for _ in range(draw(st.integers(1, 3))):
+        gw = draw(st.sampled_from(["none", "gw", "via"]))
+        a = b""
+        if gw == "gw":
+            a = rta(rt.RTA_GATEWAY, draw(st.binary(min_size=size, max_size=size)))
+        elif gw == "via":
+            a = rta(rt.RTA_VIA, struct.pack("=H", AF6) + draw(st.binary(min_size=16, max_size=16)))
+        out += struct.pack("=HBBi", 8 + len(a), 0, draw(st.integers(0, 255)), draw(st.integers(1, 2**31 - 1))) + a
+    return out
+
+
+ATTRS4["multipath"] = (rt.RTA_MULTIPATH, nexthops(4))
+ATTRS6 = {"table": ATTRS4["table"], "oif": ATTRS4["oif"], "prio": ATTRS4["prio"], "pref": ATTRS4["pref"],
+          "cacheinfo": ATTRS4["cacheinfo"],
+          "dst": (rt.RTA_DST, st.binary(min_size=16, max_size=16)),
+          "src": (rt.RTA_SRC, st.binary(min_size=16, max_size=16)),
+          "gw": (rt.RTA_GATEWAY, st.binary(min_size=16, max_size=16)),
+          "multipath": (rt.RTA_MULTIPATH, nexthops(16))}
+
+
+@st.composite
 def route_message(draw):
-    names = draw(st.lists(st.sampled_from(sorted(ATTRS4)), max_size=7))
-    body = b"".join(rta(ATTRS4[n][0], draw(ATTRS4[n][1])) for n in names)
-    head = struct.pack("=BBBBBBBBI", AF4, draw(st.integers(0, 32)), draw(st.sampled_from([0, 0, 8])),
+    """Any mix of the attributes a route carries, in either family (every
+    attribute type the parser reads, and some it skips)."""
+    family = draw(st.sampled_from([AF4, AF6]))
+    attrs = ATTRS4 if family == AF4 else ATTRS6
+    names = draw(st.lists(st.sampled_from(sorted(attrs)), max_size=7))
+    body = b"".join(rta(attrs[n][0], draw(attrs[n][1])) for n in names)
+    head = struct.pack("=BBBBBBBBI", family, draw(st.integers(0, 32 if family == AF4 else 128)),
+                       draw(st.sampled_from([0, 0, 8, 64] if family == AF6 else [0, 0, 8])),
                        draw(st.sampled_from([0, 0x10])), draw(st.sampled_from([254, 100])),
                        draw(st.sampled_from([3, 4, 186])), 0, draw(st.sampled_from([1, 1, 1, 2, 6])), 0)
     return head + body
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(st.lists(route_message(), min_size=1, max_size=6))
 def test_layouts_read_every_message_as_the_walk_does(msgs):
     for m in msgs + msgs:  # the second time, through the layouts learnt
