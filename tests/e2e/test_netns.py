@@ -16,7 +16,8 @@ import subprocess
 
 import pytest
 
-from wgbtest import RUN_ID
+from wgbpf import instance, maps
+from wgbtest import RUN_ID, require_root
 from labutil import LAB, WGBPF, WG_MODE, lab_session, run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
@@ -172,3 +173,33 @@ def test_check_a_recreated_member_without_a_daemon(two):
     r = run(*WGBPF, "--netns", lab.hub, "status", "--check")
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"{lab.front}: peer carol: member {member} unhooked: {member} was re-created" in r.stdout, r.stdout
+
+
+# -- without the lab: what needs root but no WireGuard (from tests/unit/test_netns.py) --
+
+HERE = maps.netns_id()
+
+
+def test_paths_are_keyed_by_namespace(tmp_path, monkeypatch):
+    require_root()  # the path's namespace is joined from a thread: setns(2)
+    monkeypatch.setattr(maps, "PIN_ROOT", "/p")
+    monkeypatch.setattr(instance, "RUN_DIR", "/r")
+    assert maps.pin_dir("wg0") == f"/p/{HERE}/wg0"
+    assert maps.pin_dir("wg0", 99) == "/p/99/wg0"
+    assert instance.status_path("wg0") == f"/r/{HERE}/wg0.json"
+    assert instance.lock_path("wg0", 99) == "/r/99/wg0.lock"
+    assert maps.netns_id("/proc/self/ns/net") == HERE  # a path, read from a thread
+
+
+def test_attach_under_ip_netns_exec_is_refused_not_pinned_into_thin_air(netns):
+    """`ip netns exec` gives the command a mount namespace of its own with a
+    fresh /sys: a bpffs mounted there, and the pins in it, would vanish
+    when the command exits. Refused, pointing at --netns."""
+    import sys
+    code = "from wgbpf import dataplane; dataplane.ensure_bpffs()"
+    r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code],
+                       capture_output=True, text=True, env=maps.child_env())
+    assert r.returncode != 0 and "`ip netns exec`?" in r.stderr and "--netns" in r.stderr, r.stderr
+    # where the command shares its parent's mount namespace, bpffs is found (or mounted)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=maps.child_env())
+    assert r.returncode == 0, r.stderr

@@ -245,3 +245,28 @@ def test_instances(tmp_path, monkeypatch):
     assert maps.all_instances() == sorted([(maps.netns_id(), "wg0"), (maps.netns_id(), "wg1"), (7, "wg0")])
     assert maps.pin_dir("wg0") == str(here / "wg0")
     assert maps.pin_dir("wg0", 7) == str(tmp_path / "wgbpf" / "7" / "wg0")
+
+
+def test_route_value_is_the_route_struct():
+    v = maps.route_value((3, 9), 24)
+    r = abi.Route.from_buffer_copy(v)
+    assert (r.count, r.origin, r.prefixlen, list(r.peers[:2])) == (2, abi.Origin.KERNEL, 24, [3, 9])
+    assert maps.value_peers(v) == (3, 9)
+
+
+def test_read_ahead_yields_in_order_passes_errors_and_stops_with_its_caller():
+    import itertools
+    import threading
+
+    from wgbpf.maps import read_ahead
+    assert list(read_ahead(iter(range(100)), depth=3)) == list(range(100))
+
+    def failing():
+        yield 1
+        raise OSError(5, "the read failed")
+    with pytest.raises(OSError, match="the read failed"):
+        list(read_ahead(failing()))
+    g = read_ahead(itertools.count(), depth=2)
+    assert [next(g), next(g)] == [0, 1]
+    g.close()  # a caller that leaves early: the thread ends with it
+    assert not [t for t in threading.enumerate() if t.name == "wgbpf-read-ahead"]

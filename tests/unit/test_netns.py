@@ -10,7 +10,6 @@ import pytest
 from click.testing import CliRunner
 
 from wgbpf import abi, cli, dataplane, inspect, instance, maps
-from wgbtest import netns  # noqa: F401 (a fixture)
 
 HERE = maps.netns_id()
 
@@ -75,16 +74,6 @@ def world(tmp_path, monkeypatch):
     monkeypatch.setattr(inspect, "current_links", lambda: dict(w["links"]))
     monkeypatch.setattr(dataplane, "forwarding_off", lambda devices: [])  # not this host's sysctls
     return w
-
-
-def test_paths_are_keyed_by_namespace(tmp_path, monkeypatch):
-    monkeypatch.setattr(maps, "PIN_ROOT", "/p")
-    monkeypatch.setattr(instance, "RUN_DIR", "/r")
-    assert maps.pin_dir("wg0") == f"/p/{HERE}/wg0"
-    assert maps.pin_dir("wg0", 99) == "/p/99/wg0"
-    assert instance.status_path("wg0") == f"/r/{HERE}/wg0.json"
-    assert instance.lock_path("wg0", 99) == "/r/99/wg0.lock"
-    assert maps.netns_id("/proc/self/ns/net") == HERE  # a path, read from a thread
 
 
 def test_a_namespace_that_does_not_exist(tmp_path):
@@ -209,18 +198,3 @@ def test_run_namespaces_are_those_with_a_status(world):
     assert instance.run_namespaces() == set()
     open(instance.status_path("wg0", 77), "w").close()
     assert instance.run_namespaces() == {77}
-
-
-def test_attach_under_ip_netns_exec_is_refused_not_pinned_into_thin_air(netns):
-    """`ip netns exec` gives the command a mount namespace of its own with a
-    fresh /sys: a bpffs mounted there, and the pins in it, would vanish
-    when the command exits. Refused, pointing at --netns."""
-    import subprocess
-    import sys
-    code = "from wgbpf import dataplane; dataplane.ensure_bpffs()"
-    r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code],
-                       capture_output=True, text=True, env=maps.child_env())
-    assert r.returncode != 0 and "`ip netns exec`?" in r.stderr and "--netns" in r.stderr, r.stderr
-    # where the command shares its parent's mount namespace, bpffs is found (or mounted)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=maps.child_env())
-    assert r.returncode == 0, r.stderr

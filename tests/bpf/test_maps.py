@@ -1,5 +1,7 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
 """Maps.scan / read / apply and the threaded Writer against real LPM maps
-(bpf(2), no BCC): what the full sync writes is what lookups find."""
+(bpf(2), no BCC; root, as creating a map needs): what the full sync writes
+is what lookups find. What needs no kernel is in tests/unit/test_maps.py."""
 import ctypes
 import ipaddress
 import os
@@ -8,11 +10,17 @@ import random
 import pytest
 
 from wgbpf import abi, bpfsys, sync
-from wgbpf.maps import Maps, Writer, route_value, value_peers
+from wgbpf.maps import Maps, Writer, value_peers
+from wgbtest import require_root
 
 KERNEL, STATIC = abi.Origin.KERNEL, abi.Origin.STATIC
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creating BPF maps needs root")
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(autouse=True)
+def _root():
+    require_root()  # creating BPF maps needs it (under CI a failure, not a skip)
 
 
 @pytest.fixture
@@ -77,13 +85,6 @@ def test_apply_a_diff_leaves_static_entries(maps):
     assert len(sync.diff(t, maps.entries())) == 0
 
 
-def test_route_value_is_the_route_struct():
-    v = route_value((3, 9), 24)
-    r = abi.Route.from_buffer_copy(v)
-    assert (r.count, r.origin, r.prefixlen, list(r.peers[:2])) == (2, KERNEL, 24, [3, 9])
-    assert value_peers(v) == (3, 9)
-
-
 def test_missing_names_the_keys_without_an_entry_of_their_own(maps):
     want = prefixes(2000, 2)
     w = Writer(maps, threaded=False)
@@ -99,7 +100,6 @@ def test_a_restart_writes_only_the_difference(maps):
     """backends.maps.reconcile, as a restart runs it against filled maps: entries
     of routes gone are deleted, changed ones rewritten, missing ones
     written, the operator's left alone, the rest untouched."""
-    import types
     from wgbpf.backends.maps import reconcile
     from wgbpf.routes import KernelRoute
     tags = sync.Tags({bytes([10, 255, 0, p]): p for p in (1, 2, 3)}, {})
@@ -213,21 +213,3 @@ def test_dir24_compiled_apart_is_what_the_daemon_patches():
     finally:
         m.close()
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def test_read_ahead_yields_in_order_passes_errors_and_stops_with_its_caller():
-    import itertools
-    import threading
-
-    from wgbpf.maps import read_ahead
-    assert list(read_ahead(iter(range(100)), depth=3)) == list(range(100))
-
-    def failing():
-        yield 1
-        raise OSError(5, "the read failed")
-    with pytest.raises(OSError, match="the read failed"):
-        list(read_ahead(failing()))
-    g = read_ahead(itertools.count(), depth=2)
-    assert [next(g), next(g)] == [0, 1]
-    g.close()  # a caller that leaves early: the thread ends with it
-    assert not [t for t in threading.enumerate() if t.name == "wgbpf-read-ahead"]

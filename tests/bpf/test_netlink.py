@@ -1,16 +1,23 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """The daemon's event read: Netlink.queued() takes every datagram queued in
 one recvmmsg(2), and gives the same messages one read per datagram gives
-(in a network namespace of its own: `unshare -n`, gone with the process)."""
+(in a network namespace of its own: `unshare -n`, gone with the process;
+root)."""
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
-                                reason="needs root and unshare(1) for a network namespace")
+from wgbtest import require_root, require_tools
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(autouse=True)
+def _root():
+    require_root()  # a network namespace of its own
+    require_tools("unshare")
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
