@@ -73,6 +73,7 @@ class Daemon:
         self.backend = None
         self.lock_fd = None
         self.gone_since = None
+        self.written = None  # the state the status file says
 
     def _backend(self, cfg):
         if self.make_backend is not None:
@@ -198,6 +199,7 @@ class Daemon:
                            sorted(self.filter.tables, key=self.filter.tables.get),
                            self.liveness.status(), getattr(self.build_config, "config", None),
                            b.status() if b else {})
+        self.written = st["state"]
         if self.cfg is not None:
             self.reporter.write(self.cfg.front, st, b.metrics if b else None)
 
@@ -242,6 +244,8 @@ class Daemon:
             why = self.backend.tick(time.monotonic())
             if why:
                 self.resync(why)
+            elif self.backend.state() != self.written:
+                self.write_status()  # detached, or attached again: said at once
             timeout = self.liveness.timeout()
             wish = self.backend.wait()
             try:

@@ -191,6 +191,33 @@ def writer_lock(front, waiting=lambda holder: None, wait=True, bump=True, timeou
         os.close(fd)
 
 
+class Instance:
+    """What a command does to an instance, in one place: take the writer
+    lock (waiting at most WAIT seconds for another writer, saying who it
+    waits for), write, then tell the daemon what was written."""
+    # a daemon's full sync of a million routes takes seconds; a stopped
+    # process holds the lock for ever
+    WAIT = 60.0
+
+    def __init__(self, front, log=lambda msg: None):
+        self.front = front
+        self.log = log
+        self.told = False  # whether a daemon was told, after writing()
+
+    @contextlib.contextmanager
+    def writing(self, tell=None):
+        """lock -> the body writes -> notify. `tell`: "maps written"
+        (the daemon re-reads the maps), "attached" (it reopens them and
+        resyncs) or None. A body that raises tells nobody."""
+        with writer_lock(self.front, lambda holder: self.log(f"waiting for {holder}, writing {self.front}"),
+                         timeout=self.WAIT) as fd:
+            yield fd
+        if tell == "maps written":
+            self.told = notify_maps_written(self.front)
+        elif tell == "attached":
+            self.told = notify_attached(self.front)
+
+
 def _wait_flock(fd, path, front, timeout):
     if timeout is None:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -68,9 +68,7 @@ class Links:
             self.log(f"peer {name}: member {dev} re-created (ifindex {old} -> "
                      f"{index}), hooked again{'' if up else ', down'}")
             return True
-        fname = dataplane.filter_name(self.front)
-        if check_hooks and not all(fname in dataplane.filters(ipr, index, hook)
-                                   for hook in ("ingress", "egress")):
+        if check_hooks and not self._hooked(ipr, index, dev, ("ingress", "egress")):
             dataplane.rehook_member(ipr, maps, self.front, peer_id, index, up)
             self.stats["rehooks"] += 1
             self.log(f"peer {name}: member {dev} lost wgbpf's filter "
@@ -96,11 +94,23 @@ class Links:
             self.stats["rehooks"] += 1
             self.log(f"front {front} re-created (ifindex {old} -> {link[0]}), hooked again")
             return True
-        if check_hooks and dataplane.filter_name(front) not in dataplane.filters(ipr, link[0], "egress"):
+        if check_hooks and not self._hooked(ipr, link[0], front, ("egress",)):
             dataplane.rehook_front(ipr, maps, front, link[0])
             self.stats["rehooks"] += 1
             self.log(f"front {front} lost wgbpf's filter (tc qdisc or filter deleted), hooked again")
         return False
+
+    def _hooked(self, ipr, index, dev, hooks):
+        """Whether our filter is on each hook of a device. A listing the
+        kernel refuses (dataplane.TcError) tells nothing: taken as not
+        hooked, so the device is hooked again (our own filter, by handle
+        and priority: nothing else on it is touched)."""
+        fname = dataplane.filter_name(self.front)
+        try:
+            return all(fname in dataplane.filters(ipr, index, hook) for hook in hooks)
+        except dataplane.TcError as e:
+            self.log(f"{dev}: cannot list its filters ({e}): hooking it again")
+            return False
 
     def _report_foreign_hooks(self, peers, now, c):
         """Hooks whose filter of our name runs another instance's programs
