@@ -224,7 +224,7 @@ def test_a_restart_writes_what_changed_while_it_was_down(lab):
     """Bob's prefix steered to carol, the daemon stopped, the route fixed:
     the restart writes the difference and traffic reaches bob (in dir24
     mode through the arrays: compiled by a child while the dump is parsed,
-    the difference patched in; test_bulk checks patches over a compile)."""
+    the difference patched in; tests/bpf/test_maps.py checks patches over a compile)."""
     bob = lab.peers["bob"]
     lab.ip("route", "replace", bob["prefix4"], *via(lab, "carol"))
     lab.ip("route", "replace", lab.peers["alice"]["prefix4"], *via(lab, "alice"))
