@@ -10,8 +10,9 @@ its longest function, and which break a limit:
                     (decorators not counted); methods and nested ones too
 
 A limit may be broken only with the reason written beside it: a comment
-`# rooms: <reason>` on the `def`/`class` line or the line above it, and for
-a module in its first 5 lines. Exits 1 when a room breaks a limit without
+`# rooms: <reason>` on the `def`/`class` line or the line above it (a
+reason may go on over the comment lines after it), and for a module in its
+first 5 lines. Exits 1 when a room breaks a limit without
 one.
 
 Usage: python3 scripts/rooms.py [--json] [PATH ...]   (default: wgbpf/)
@@ -45,13 +46,40 @@ class Room:
     excused: list = dataclasses.field(default_factory=list)      # [str]: broken, with a reason
 
 
+def _comment(line):
+    return line.strip().startswith("#")
+
+
+def _reason_from(lines, n):
+    """The reason a `# rooms:` comment on line n starts, with the comment
+    lines that go on from it (a reason may take several)."""
+    parts = [REASON.search(lines[n - 1]).group(1)]
+    for line in lines[n:]:
+        if not _comment(line) or REASON.search(line):
+            break
+        parts.append(line.strip().lstrip("#").strip())
+    return " ".join(p for p in parts if p)
+
+
 def reason(lines, lineno):
-    """The `# rooms:` reason on line `lineno` (1-based) or the one above, or None."""
-    for n in (lineno, lineno - 1):
-        if 1 <= n <= len(lines):
-            m = REASON.search(lines[n - 1])
-            if m:
-                return m.group(1)
+    """The `# rooms:` reason on line `lineno` (1-based) or in the comment
+    just above it (its lines may go on to the one above `lineno`), or None."""
+    m = REASON.search(lines[lineno - 1]) if 1 <= lineno <= len(lines) else None
+    if m:
+        return m.group(1)
+    n = lineno - 1
+    while 1 <= n <= len(lines) and _comment(lines[n - 1]):
+        if REASON.search(lines[n - 1]):
+            return _reason_from(lines, n)
+        n -= 1
+    return None
+
+
+def module_reason(lines):
+    """The `# rooms:` reason a module gives in its first lines, or None."""
+    for n in range(1, min(MODULE_REASON_LINES, len(lines)) + 1):
+        if REASON.search(lines[n - 1]):
+            return _reason_from(lines, n)
     return None
 
 
@@ -78,12 +106,11 @@ def measure(text, path="<source>"):
             (room.excused if why else room.violations).append(
                 f"{path}: {what}: {size} > {limit}" + (f" (rooms: {why})" if why else ""))
 
-    head = [reason(lines, n) for n in range(1, min(MODULE_REASON_LINES, len(lines)) + 1)]
-    judge("module lines", room.lines, MODULE_LINES, next((r for r in head if r), None))
+    judge("module lines", room.lines, MODULE_LINES, module_reason(lines))
     for name, node in _named(ast.parse(text, path)):
         why = reason(lines, node.lineno)
-        if node.decorator_list and not why:  # the line above the decorators
-            why = reason(lines, node.decorator_list[0].lineno - 1)
+        if node.decorator_list and not why:  # above the decorators
+            why = reason(lines, node.decorator_list[0].lineno)
         if isinstance(node, ast.ClassDef):
             methods = sum(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in node.body)
             if methods > room.methods or room.biggest_class is None:

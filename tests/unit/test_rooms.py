@@ -49,6 +49,16 @@ def test_a_reason_must_say_something_and_stand_beside_it():
     assert rooms.measure(cls(26, above="# rooms: far away\n\n")).violations
 
 
+def test_a_reason_may_take_several_comment_lines():
+    above = "# rooms: one table of commands,\n#   as wg.c's is\n"
+    room = rooms.measure(cls(26, above=above), "m.py")
+    assert room.excused == ["m.py: class Big methods: 26 > 25 (rooms: one table of commands, as wg.c's is)"]
+    assert rooms.measure(func(81, above=above, decorators=2)).violations == []
+    head = "# SPDX\n# rooms: the CLI's one table\n# of commands\n" + "x = 1\n" * 600
+    assert rooms.measure(head, "m.py").excused == [
+        "m.py: module lines: 603 > 600 (rooms: the CLI's one table of commands)"]
+
+
 def test_nested_classes_count_apart():
     text = "class Outer:\n    def a(self):\n        pass\n" + "\n".join("    " + line for line in cls(26).splitlines())
     room = rooms.measure(text, "m.py")
