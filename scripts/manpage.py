@@ -64,8 +64,8 @@ EXIT_STATUS = [
      "extra argument: click's usage errors); \\fBstatus \\-\\-check\\fR found a problem "
      "(one line each)"),
     ("3", "internal, never the \\fBwgbpf\\fR command's: the daemon's attach child "
-     "(\\fBpython3 \\-m wgbpf.daemon \\-\\-attach\\-child\\fR) when the attach is refused, "
-     "and the DIR\\-24\\-8 compile child (\\fBpython3 \\-m wgbpf.maps \\-\\-compile\\-dir24\\fR) "
+     "(\\fBpython3 \\-m wgbpf.backends.maps \\-\\-attach\\-child\\fR) when the attach is refused, "
+     "and the DIR\\-24\\-8 compile child (\\fBpython3 \\-m wgbpf.dir24maps \\-\\-compile\\-dir24\\fR) "
      "when it fails; the daemon reports the child's message (a refused attach ends its start: "
      "exit 1)"),
 ]

@@ -385,9 +385,9 @@ def route_add(prefix, peers, front, accept):
     front, m = open_maps(front)
     # as a writer: the daemon's event writes wait, and then read the maps back
     with m, instance.writer_lock(front, waiting_for(front), timeout=WRITER_WAIT):
-        m.set_route(net, inspect.resolve_peers(m, wanted), abi.Origin.STATIC, trie=map_table(accept))
+        m.tries.set_route(net, inspect.resolve_peers(m, wanted), abi.Origin.STATIC, trie=map_table(accept))
         if net.version == 4 and not accept:
-            m.compile_dir24()
+            m.dir24.compile()
     instance.notify_maps_written(front)  # its view of the maps, and dir24's, is stale now
     click.echo(f"{net} -> {peers}" + (" (accept)" if accept else ""))
 
@@ -401,11 +401,11 @@ def route_del(prefix, front, accept):
     net = config.parse_prefix(prefix, "PREFIX")
     front, m = open_maps(front)
     with m, instance.writer_lock(front, waiting_for(front), timeout=WRITER_WAIT):
-        if m.get_route(net, map_table(accept)) is None:
+        if m.tries.get_route(net, map_table(accept)) is None:
             fail(f"no entry for {net}" + (" in the accept table" if accept else ""))
-        m.del_route(net, map_table(accept))
+        m.tries.del_route(net, map_table(accept))
         if net.version == 4 and not accept:
-            m.compile_dir24()
+            m.dir24.compile()
     instance.notify_maps_written(front)  # a kernel route for the prefix takes its place
     click.echo(f"{net} removed")
 

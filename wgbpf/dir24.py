@@ -25,7 +25,7 @@ whose depth is not longer than its own; a prefix removed hands the /24s it
 painted to the route that covers it, one LPM lookup in routes4 (`route`),
 which already holds the change. 16 MiB, where an array of every prefix's set
 per length took 64 MiB; and the arrays are read and written through the maps
-(`maps.ArrayBytes`), so their 48 MiB are the kernel's, not the daemon's.
+(`dir24maps.ArrayBytes`), so their 48 MiB are the kernel's, not the daemon's.
 Set ids are never taken back one by one (a prefix's set is not kept): the
 sets a table uses are few, and a compile numbers them afresh.
 """
@@ -85,7 +85,7 @@ def _fill(buf, starts, value, n):
 
 class Dir24:
     """The compiled tables over two writable byte buffers (the maps, through
-    maps.ArrayBytes, or bytearrays in tests), a callback that stores a peer
+    dir24maps.ArrayBytes, or bytearrays in tests), a callback that stores a peer
     set by id, and `route(addr, bound)`: the longest route of routes4 no
     longer than `bound` covering addr, as (prefix length, peers), or None
     (an LPM lookup; only removals need it)."""
@@ -266,7 +266,7 @@ class Dir24:
 
     def state(self):
         """What change() needs besides `depth`, for restore() in another
-        process (Maps.compile_dir24_apart)."""
+        process (Dir24Maps.compile_apart)."""
         return {k: getattr(self, k) for k in self._STATE}
 
     def restore(self, state):

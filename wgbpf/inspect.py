@@ -14,7 +14,7 @@ import os
 import socket
 
 from . import abi, config, dataplane, instance, maps, monitor, netlink, nsenter, routes, sync
-from .maps import route_peers
+from .routemaps import route_peers
 from .version import VERSION
 
 LINK_LOCAL_MULTICAST = (ipaddress.ip_network("224.0.0.0/24"), ipaddress.ip_network("ff02::/16"))
@@ -101,7 +101,7 @@ def route_rows(m, names, trie="routes"):
     """Every prefix -> peers entry, IPv4 first; `names`: {peer id: name}."""
     rows = []
     for version in (4, 6):
-        for net, r in sorted(m.routes(version, trie), key=lambda nr: nr[0]):
+        for net, r in sorted(m.tries.routes(version, trie), key=lambda nr: nr[0]):
             rows.append({"prefix": str(net), "peers": [names.get(p, f"#{p}") for p in route_peers(r)],
                          "origin": origin_name(r.origin)})
     return rows
@@ -133,7 +133,7 @@ def explain(m, addr):
         owners, why = kernel_peers(m, addr, cfg.fib_table)
         prefix, rule = None, why
     else:
-        hit = m.lookup(addr)
+        hit = m.tries.lookup(addr)
         if hit is None:
             owners, prefix, rule = [], None, "no route"
         else:
@@ -229,7 +229,7 @@ def martian(m, addr):
         return R.MARTIAN_MAPPED, "IPv4-mapped or IPv4-compatible IPv6"
     elif addr.is_multicast:
         return R.MARTIAN_MULTICAST, "multicast"
-    if addr in m.locals():
+    if addr in m.guard.locals():
         return R.MARTIAN_LOCAL, "one of this host's own addresses"
     return None
 
@@ -242,7 +242,7 @@ def source_owners(m, cfg, addr, accept=False):
         if accept and not table:
             return [], "no accept table"
         return kernel_peers(m, addr, table)
-    hit = m.lookup(addr, trie="accept" if accept else "routes")
+    hit = m.tries.lookup(addr, trie="accept" if accept else "routes")
     what = "accept route" if accept else "best route"
     return (route_peers(hit[1]), f"{what} {hit[0]}") if hit else ([], f"no {what.split()[0]} route")
 

@@ -4,8 +4,8 @@
 Tags decides which peers a route names; Filter which routes are followed;
 Table holds, per prefix, the accepted routes that name peers and yields the
 one the kernel would prefer; diff() says what to write so a view of the
-maps equals the table. Nothing here touches the maps (maps.Maps.apply and
-maps.Writer do): the model is tested without a kernel.
+maps equals the table. Nothing here touches the maps (routemaps.Tries.apply and
+routemaps.Writer do): the model is tested without a kernel.
 
 A full table is a million prefixes, so no object lives per route: a prefix
 is a compact bytes key, `bytes([family, length]) + addr`, and its routes
@@ -357,7 +357,7 @@ def diff(table, entries, keys=None):
     """What to write so the maps' kernel-origin entries equal the table.
 
     `entries` is a view of the maps, {pkey: (origin, peers)}, fresh for the
-    keys compared (Maps.entries, Maps.read). Entries written by `wgbpf
+    keys compared (Tries.entries, Tries.read). Entries written by `wgbpf
     route` (static) and tag host routes are left alone, never replaced nor
     deleted: they are the operator's, and win over routes. `keys` limits
     the work to some prefixes (incremental); None compares everything."""

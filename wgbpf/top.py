@@ -16,7 +16,7 @@ be), and works over a plain ssh terminal.
 import time
 
 from . import abi
-from .maps import route_peers
+from .routemaps import route_peers
 
 PREFIX_EVERY = 10.0  # seconds between recounts of prefixes (a full table is 1M routes)
 DROPS = [r for r in abi.Reason if r not in (abi.Reason.STEERED, abi.Reason.FLOODED, abi.Reason.PASSED,
@@ -31,7 +31,7 @@ def prefix_counts(m):
         return None
     out = {}
     for version in (4, 6):
-        for _, r in m.routes(version):
+        for _, r in m.tries.routes(version):
             if r.origin == abi.Origin.TAG:
                 continue  # a peer's own tag addresses: not routes anyone wrote
             for peer_id in route_peers(r):

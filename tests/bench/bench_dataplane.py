@@ -423,7 +423,7 @@ def kernel_insert(net, prefixes, start, v6, tmp):
 
 
 def maps_insert(net, prefixes, start, v6):
-    """The same prefixes into routes4/routes6 with Maps.apply (batches)."""
+    """The same prefixes into routes4/routes6 with Tries.apply (batches)."""
     from wgbpf import sync
     fam = socket.AF_INET6 if v6 else socket.AF_INET
     size = 16 if v6 else 4
@@ -431,7 +431,7 @@ def maps_insert(net, prefixes, start, v6):
     for j, (a, plen) in enumerate(prefixes, start):
         d.put[sync.pkey(fam, a.to_bytes(size, "big"), plen)] = (net.peer_ids[j % NPEERS],)
     t0 = time.perf_counter()
-    net.maps.apply(d)
+    net.maps.tries.apply(d)
     return time.perf_counter() - t0
 
 
@@ -873,7 +873,7 @@ def bench_family(net, rng, prefixes, fam, sizes, args, out, tmp):
         if not v6:
             # DIR-24-8 mode's arrays, compiled from routes4 as attach does
             t0 = time.perf_counter()
-            d24 = net.maps.rebuild_dir24()
+            d24 = net.maps.dir24.rebuild()
             dz = {"prefixes": n, "compile_seconds": round(time.perf_counter() - t0, 3),
                   "groups": len(d24.groups), "sets": len(d24.set_ids),
                   "memlock_total": sum(memlock(net.maps.fds[x]) or 0 for x in ("dir24", "dir8", "dir_sets"))}

@@ -216,11 +216,11 @@ def child_profile(ns, front, out_path, *peer_args):
     from wgbpf.maps import Maps, pin_dir
     with nsenter.entered(ns):
         m = Maps.open(pin_dir(front))
-        entries = m.entries()
+        entries = m.tries.entries()
         d = sync.Diff()
         d.delete = [k for k, (o, _) in entries.items() if o == abi.Origin.KERNEL]
         t0 = time.perf_counter()
-        m.apply(d)
+        m.tries.apply(d)
         t_clear = time.perf_counter() - t0
         lines = []
         dm = MapsBackend(sync.Filter(), lambda msg: lines.append(msg), liveness.Liveness())
@@ -383,7 +383,7 @@ class StormProbe:
         self.thread.join()
 
     def _run(self):
-        from wgbpf.maps import route_peers
+        from wgbpf.routemaps import route_peers
         b = self.bench
         try:
             with nsenter.entered(b.ns):  # this thread only: setns() moves the caller
@@ -397,7 +397,7 @@ class StormProbe:
                     t0 = time.perf_counter()
                     nl_route_add4(sock, i + 1, net, ipaddress.ip_address(tag4(i % NPEERS)), b.front_ifindex)
                     while True:
-                        r = self.maps.get_route(net)
+                        r = self.maps.tries.get_route(net)
                         if r is not None and route_peers(r) == [pid]:
                             break
                         if time.perf_counter() - t0 > 30:
@@ -631,8 +631,8 @@ class Bench:
         from wgbpf.maps import Maps, pin_dir
         with Maps.open(pin_dir(self.front, self.ns)) as m:
             d = sync.Diff()
-            d.delete = [k for k, origin, _v in m.scan() if origin == abi.Origin.KERNEL]
-            m.apply(d)
+            d.delete = [k for k, origin, _v in m.tries.scan() if origin == abi.Origin.KERNEL]
+            m.tries.apply(d)
         out = {}
         for label, key in (("initial sync", "initial"), ("restart", "restart")):
             log(f"dir24 mode: daemon {label}")
@@ -671,7 +671,8 @@ class Bench:
         """K replaces moving prefixes to the next peer, then K deletes, while
         a daemon runs; returns {"replace": ..., "delete": ...}."""
         from wgbpf import abi, sync
-        from wgbpf.maps import Maps, pin_dir, route_peers
+        from wgbpf.maps import Maps, pin_dir
+        from wgbpf.routemaps import route_peers
         a = self.args
         pool = [j for j in range(len(self.v4)) if j not in exclude] if exclude else range(len(self.v4))
         k = min(a.changes, len(pool) // 2)
@@ -687,8 +688,8 @@ class Bench:
         out = {"changes": k}
         with Maps.open(pin_dir(self.front, self.ns), readonly=True) as m:
             for phase, files, done in (
-                    ("replace", rep_files, lambda: (lambda r: r is not None and route_peers(r) == [last_pid])(m.get_route(last))),
-                    ("delete", del_files, lambda: m.get_route(last) is None)):
+                    ("replace", rep_files, lambda: (lambda r: r is not None and route_peers(r) == [last_pid])(m.tries.get_route(last))),
+                    ("delete", del_files, lambda: m.tries.get_route(last) is None)):
                 st0 = wait_status_after(self.front, self.ns, 0) or {}
                 ev0 = st0.get("events", 0)
                 log(f"{label}: {phase} {k:,} routes via ip -batch while the daemon runs")
@@ -730,7 +731,7 @@ class Bench:
                          "maps_vs_ip": round(t_ip / t_map, 2),
                          "overruns": st.get("overruns"), "resyncs": st.get("resyncs")}
                 # every changed prefix, not only the last one
-                entries = m.entries()
+                entries = m.tries.entries()
                 bad = 0
                 for j in idx:
                     net = ipaddress.ip_network(self.v4[j])
@@ -762,7 +763,8 @@ class Bench:
 
     def singles(self):
         """Single route additions: send -> visible in the LPM map."""
-        from wgbpf.maps import Maps, pin_dir, route_peers
+        from wgbpf.maps import Maps, pin_dir
+        from wgbpf.routemaps import route_peers
         a = self.args
         rng = random.Random(a.seed + 2)
         have = set(self.v4)
@@ -784,7 +786,7 @@ class Bench:
                     t0 = time.perf_counter()
                     nl_route_add4(sock, i + 1, net, ipaddress.ip_address(tag4(pi)), self.front_ifindex)
                     while True:
-                        r = m.get_route(net)
+                        r = m.tries.get_route(net)
                         if r is not None and route_peers(r) == [pid]:
                             break
                         if time.perf_counter() - t0 > 10:
@@ -833,7 +835,7 @@ class Bench:
                         want[sync.pkey(fam, r.dst, r.dst_len)] = tuple(sorted(peers))
             nl.close()
         with Maps.open(pin_dir(self.front, self.ns), readonly=True) as m:
-            have = {k: p for k, (o, p) in m.entries().items() if o == abi.Origin.KERNEL}
+            have = {k: p for k, (o, p) in m.tries.entries().items() if o == abi.Origin.KERNEL}
         missing = [k for k in want if k not in have]
         extra = [k for k in have if k not in want]
         wrong = [k for k in want if k in have and have[k] != want[k]]

@@ -29,7 +29,7 @@ import socket
 import struct
 import warnings
 
-from wgbpf import abi, bpfsys, config, dataplane, maps, nsenter
+from wgbpf import abi, bpfsys, config, dataplane, maps, nsenter, routemaps
 
 import packets as P
 from wgbtest import require_bcc, sh, unique  # noqa: F401 (re-exported)
@@ -170,10 +170,10 @@ class Instance:
         return self.settings(no_route=no_route)
 
     def set_route(self, net, names, origin=abi.Origin.STATIC, trie="routes"):
-        self.maps.set_route(maps.network(net), [self.ids[n] for n in names], origin, trie=trie)
+        self.maps.tries.set_route(routemaps.network(net), [self.ids[n] for n in names], origin, trie=trie)
 
     def del_route(self, net, trie="routes"):
-        return self.maps.del_route(maps.network(net), trie=trie)
+        return self.maps.tries.del_route(routemaps.network(net), trie=trie)
 
 
 class Lab:

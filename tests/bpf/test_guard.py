@@ -81,7 +81,7 @@ def test_ordinary_source_under_the_default_route_still_passes(inst):
 
 
 def test_local_addresses_are_kept_by_vet(inst):
-    assert str(next(a for a in inst.maps.locals() if str(a) == LOCAL)) == LOCAL
+    assert str(next(a for a in inst.maps.guard.locals() if str(a) == LOCAL)) == LOCAL
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from wgbpf import abi, maps
+from wgbpf import abi, routemaps
 
 import packets as P
 from bpflab import PeerSpec
@@ -147,8 +147,8 @@ def inst(bpf_lab):
 
 
 def base_routes(inst, version, trie="routes"):
-    return {net: tuple(inst.names[i] for i in maps.route_peers(r))
-            for net, r in inst.maps.routes(version, trie)}
+    return {net: tuple(inst.names[i] for i in routemaps.route_peers(r))
+            for net, r in inst.maps.tries.routes(version, trie)}
 
 
 def tag_map(version):
@@ -211,7 +211,7 @@ class Written:
         self.inst, self.version, self.trie = inst, version, trie
         self.base = base_routes(inst, version, trie)
         self.table = {k: v for k, v in table.items() if k not in self.base}
-        self.ref = ReferenceLPM({**self.base, **self.table}, tag_map(version), inst.maps.locals())
+        self.ref = ReferenceLPM({**self.base, **self.table}, tag_map(version), inst.maps.guard.locals())
 
     def __enter__(self):
         for net, peers in self.table.items():
@@ -220,7 +220,7 @@ class Written:
 
     def __exit__(self, *exc):
         for net in self.table:
-            self.inst.maps.del_route(net, trie=self.trie)
+            self.inst.maps.tries.del_route(net, trie=self.trie)
         assert base_routes(self.inst, self.version, self.trie) == self.base
 
 
@@ -290,13 +290,13 @@ def test_map_lookup_matches_reference(inst, version, data):
     with Written(inst, version, table) as w:
         for _ in range(PROBES):
             addr = probe(data.draw, version, w.table)
-            got = inst.maps.lookup(addr)
+            got = inst.maps.tries.lookup(addr)
             want = w.ref.lookup(addr)
             if want is None:
                 assert got is None, addr
             else:
                 net, route = got
-                assert (net, tuple(inst.names[i] for i in maps.route_peers(route))) == want, addr
+                assert (net, tuple(inst.names[i] for i in routemaps.route_peers(route))) == want, addr
                 assert route.prefixlen == want[0].prefixlen
                 assert route.origin in (abi.Origin.STATIC, abi.Origin.TAG)
 
@@ -336,8 +336,8 @@ def inst_dir24(bpf_lab):
     kept in sync the way the daemon keeps it: one rebuild, then changes."""
     inst = bpf_lab.attach([PeerSpec(p, TAGS.get(p, ()), carrier=False) for p in PEERS],
                           lookup=abi.Lookup.DIR24)
-    inst.dir24 = inst.maps.dir24()
-    inst.dir24.rebuild(inst.maps.ipv4_prefixes())
+    inst.dir24 = inst.maps.dir24.view()
+    inst.dir24.rebuild(inst.maps.dir24.ipv4_prefixes())
     return inst
 
 
@@ -359,7 +359,7 @@ class WrittenDir24(Written):
             for net, peers in self.table.items():
                 self.inst.dir24.change(int(net.network_address), net.prefixlen, self._ids(peers))
         else:
-            self.inst.dir24.rebuild(self.inst.maps.ipv4_prefixes())
+            self.inst.dir24.rebuild(self.inst.maps.dir24.ipv4_prefixes())
         return self
 
     def __exit__(self, *exc):
@@ -368,7 +368,7 @@ class WrittenDir24(Written):
             for net in self.table:
                 self.inst.dir24.change(int(net.network_address), net.prefixlen, None)
         else:
-            self.inst.dir24.rebuild(self.inst.maps.ipv4_prefixes())
+            self.inst.dir24.rebuild(self.inst.maps.dir24.ipv4_prefixes())
 
 
 def dir24_steer_check(inst, ref, dst, i):

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""Maps.scan / read / apply and the threaded Writer against real LPM maps
+"""Tries.scan / read / apply and the threaded Writer against real LPM maps
 (bpf(2), no BCC; root, as creating a map needs): what the full sync writes
 is what lookups find. What needs no kernel is in tests/unit/test_maps.py."""
 import ctypes
@@ -10,7 +10,8 @@ import random
 import pytest
 
 from wgbpf import abi, bpfsys, sync
-from wgbpf.maps import Maps, Writer, value_peers
+from wgbpf.maps import Maps
+from wgbpf.routemaps import Writer, value_peers
 from wgbtest import require_root
 
 KERNEL, STATIC = abi.Origin.KERNEL, abi.Origin.STATIC
@@ -58,31 +59,31 @@ def test_threaded_writer_then_scan_read_and_lookup(maps):
         del want[k]
     w.delete("routes", sync.pkey(4, bytes(4), 0))  # never there: skipped, not an error
     assert w.close() == 40000 + 501
-    got = {k: (origin, value_peers(v)) for k, origin, v in maps.scan("routes")}
+    got = {k: (origin, value_peers(v)) for k, origin, v in maps.tries.scan("routes")}
     assert got == {k: (KERNEL, p) for k, p in want.items()}
-    assert maps.entries("accept") == {}
+    assert maps.tries.entries("accept") == {}
     some = list(want)[:100] + gone[:10]
-    assert maps.read(some) == {k: (KERNEL, want[k]) for k in some[:100]}
+    assert maps.tries.read(some) == {k: (KERNEL, want[k]) for k in some[:100]}
     # what the data plane's lookup finds
     k = next(k for k in want if k[0] == 2 and k[1] == 24)
     net = sync.pkey_network(k)
-    hit = maps.lookup(str(net.network_address + 1))
+    hit = maps.tries.lookup(str(net.network_address + 1))
     assert hit is not None and hit[0] == net and tuple(hit[1].peers[:hit[1].count]) == want[k]
 
 
 def test_apply_a_diff_leaves_static_entries(maps):
     p1 = sync.pkey(2, bytes([10, 1, 0, 0]), 16)
     p2 = sync.pkey(2, bytes([10, 2, 0, 0]), 16)
-    maps.set_route(ipaddress.ip_network("10.2.0.0/16"), [7], STATIC)
+    maps.tries.set_route(ipaddress.ip_network("10.2.0.0/16"), [7], STATIC)
     t = sync.Table(sync.Tags({bytes([10, 255, 0, 1]): 1}, {}), sync.Filter())
     from wgbpf.routes import KernelRoute
     for dst in (bytes([10, 1, 0, 0]), bytes([10, 2, 0, 0])):
         t.update(KernelRoute(2, dst, 16, 254, 0, 4, 0, ((bytes([10, 255, 0, 1]), 5),)))
-    d = sync.diff(t, maps.entries())
+    d = sync.diff(t, maps.tries.entries())
     assert d.put == {p1: (1,)} and not d.delete
-    assert maps.apply(d) == 1
-    assert maps.entries() == {p1: (KERNEL, (1,)), p2: (STATIC, (7,))}
-    assert len(sync.diff(t, maps.entries())) == 0
+    assert maps.tries.apply(d) == 1
+    assert maps.tries.entries() == {p1: (KERNEL, (1,)), p2: (STATIC, (7,))}
+    assert len(sync.diff(t, maps.tries.entries())) == 0
 
 
 def test_missing_names_the_keys_without_an_entry_of_their_own(maps):
@@ -93,7 +94,7 @@ def test_missing_names_the_keys_without_an_entry_of_their_own(maps):
         w.put("routes", k, want[k])
     w.close()
     # an entry that only covers a key (a shorter prefix) is not its own
-    assert sorted(maps.missing(keys)) == sorted(keys[1500:])
+    assert sorted(maps.tries.missing(keys)) == sorted(keys[1500:])
 
 
 def test_a_restart_writes_only_the_difference(maps):
@@ -116,19 +117,19 @@ def test_a_restart_writes_only_the_difference(maps):
     stale = sync.pkey(2, bytes([10, 99, 0, 0]), 16)
     w.put("routes", stale, (1,))                 # its route deleted while we were away
     w.close()
-    maps.set_route(ipaddress.ip_network("10.6.0.0/16"), [7], STATIC)  # the operator's
+    maps.tries.set_route(ipaddress.ip_network("10.6.0.0/16"), [7], STATIC)  # the operator's
     operator = set()
     d = reconcile(maps, "routes", t, operator)
     keys = [sync.pkey(2, dst, 16) for dst in nets]
     assert operator == {keys[5]}  # route events leave it alone from now on
     assert d.delete == [stale]
     assert d.put == {keys[4]: t.best(keys[4]), keys[6]: t.best(keys[6]), keys[7]: t.best(keys[7])}
-    maps.apply(d)
+    maps.tries.apply(d)
     assert len(reconcile(maps, "routes", t, set())) == 0
 
 
 def test_array_bytes_reads_and_writes_any_slice_of_an_array_map():
-    from wgbpf.maps import ArrayBytes
+    from wgbpf.dir24maps import ArrayBytes
     fd = bpfsys.map_create(abi.ARRAY, 4, 64, 300, 0, "bytes_test")
     try:
         a, mirror = ArrayBytes(fd, 64, 300), bytearray(64 * 300)
@@ -160,8 +161,8 @@ def test_dir24_over_the_maps_patches_as_the_lpm_trie_answers():
                  net("10.1.2.128/25"): (4, 5), net("10.2.0.0/15"): (6,)}
         d = sync.Diff()
         d.put = {sync.network_pkey(n): p for n, p in table.items()}
-        m.apply(d)
-        dirs = m.rebuild_dir24()
+        m.tries.apply(d)
+        dirs = m.dir24.rebuild()
 
         def peers_at(addr):
             sid = dirs.lookup(int(ipaddress.ip_address(addr)))
@@ -171,15 +172,15 @@ def test_dir24_over_the_maps_patches_as_the_lpm_trie_answers():
         # the /16 goes: its /24s show the /8 again, the /24 inside it stays
         d = sync.Diff()
         d.delete = [sync.network_pkey(net("10.1.0.0/16"))]
-        m.apply(d)
+        m.tries.apply(d)
         dirs.change(0x0A010000, 16, None)
         assert [peers_at(a) for a in ("10.1.9.9", "10.1.2.1", "10.1.2.200")] == [(1,), (3,), (4, 5)]
         # what a fresh compile of routes4 gives (the sets numbered afresh)
         before = [peers_at(f"10.{i}.{j}.{k}") for i in range(4) for j in range(4) for k in (1, 200)]
-        dirs = m.rebuild_dir24()
+        dirs = m.dir24.rebuild()
         assert [peers_at(f"10.{i}.{j}.{k}") for i in range(4) for j in range(4) for k in (1, 200)] == before
         dirs.writes = 0
-        m.rebuild_dir24(dirs)
+        m.dir24.rebuild(dirs)
         assert dirs.writes == 0  # an unchanged table: nothing written
     finally:
         m.close()
@@ -199,14 +200,14 @@ def test_dir24_compiled_apart_is_what_the_daemon_patches():
         d = sync.Diff()
         d.put = {sync.network_pkey(net(n)): p for n, p in
                  (("10.0.0.0/8", (1,)), ("10.1.0.0/16", (2, 3)), ("10.1.2.128/25", (4,)))}
-        m.apply(d)
-        apart = m.compile_dir24_apart()
-        here = m.rebuild_dir24()
+        m.tries.apply(d)
+        apart = m.dir24.compile_apart()
+        here = m.dir24.rebuild()
         assert here.writes == 0  # the child wrote the same bytes
         assert apart.depth == here.depth and apart.state() == dict(here.state(), writes=apart.writes)
         d = sync.Diff()
         d.delete = [sync.network_pkey(net("10.1.0.0/16"))]
-        m.apply(d)
+        m.tries.apply(d)
         apart.change(0x0A010000, 16, None)
         sid = apart.lookup(0x0A010909)
         assert apart.sets[sid] == (1,) and apart.sets[apart.lookup(0x0A0102F0)] == (4,)

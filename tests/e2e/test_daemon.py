@@ -22,7 +22,8 @@ import pytest
 from wgbtest import RUN_ID
 from labutil import LOOKUPS, TIME_SCALE, DaemonProc, lab_session
 from wgbpf import abi, routes as rt, sync
-from wgbpf.maps import Maps, route_peers
+from wgbpf.maps import Maps
+from wgbpf.routemaps import route_peers
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -60,7 +61,7 @@ def map_peers(lab, prefix):
     net = ipaddress.ip_network(prefix)
     with Maps.open(lab.pin_dir(), readonly=True) as m:
         names = {i: p.name.decode() for i, p in m.peers().items()}
-        r = m.get_route(net)
+        r = m.tries.get_route(net)
         return None if r is None else sorted(names[i] for i in route_peers(r))
 
 
@@ -145,7 +146,7 @@ def kernel_view(lab):
         by_oif = {p.ifindex: i for i, p in peers.items()}
         by_addr = {ipaddress.ip_address(t).packed: i for t, i in
                    ((str(a), i) for a, i in m.tags().items())}
-        entries = {k: v for k, v in m.entries().items() if v[0] == abi.Origin.KERNEL}
+        entries = {k: v for k, v in m.tries.entries().items() if v[0] == abi.Origin.KERNEL}
         front = m.config().front_ifindex
     table = sync.Table(sync.Tags(by_addr, by_oif, front=front), sync.Filter())
     from wgbpf import nsenter

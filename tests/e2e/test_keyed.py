@@ -202,7 +202,7 @@ def test_a_writer_killed_before_telling_the_daemon_still_wins(lab, daemon):
         with instance.writer_lock({lab.front!r}):
             with Maps.open(pin_dir({lab.front!r})) as m:
                 carol = [i for i, p in m.peers().items() if p.name == b"carol"]
-                m.set_route(ipaddress.ip_network({prefix!r}), carol, abi.Origin.STATIC)
+                m.tries.set_route(ipaddress.ip_network({prefix!r}), carol, abi.Origin.STATIC)
                 os.kill(os.getpid(), 9)
     """
     reread = "maps re-read (written by another writer)"

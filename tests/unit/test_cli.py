@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from wgbpf import abi, cli, dataplane, inspect, maps
-from wgbpf.maps import route_peers
+from wgbpf.routemaps import make_route, route_peers
 
 ERR = "wgbpf: error:"
 
@@ -338,7 +338,8 @@ def test_detach_removes_the_instance(monkeypatch, isolated, as_root):
 # -- route/lookup/dump against a fake instance ----------------------------------------
 
 class FakeMaps:
-    """The Maps methods cli.py calls, over plain dicts."""
+    """The Maps methods cli.py calls, over plain dicts (its tries, guard
+    and DIR-24-8 arrays: FakeTries, FakeGuard, FakeDir24)."""
 
     def __init__(self, peers, routes=(), tags=(), no_route=abi.Policy.PASS):
         self.peer_map = {i: abi.Peer(ifindex=900000 + i, flags=abi.PEER_UP if up else 0, name=n.encode(),
@@ -347,12 +348,13 @@ class FakeMaps:
         self.route_map = {}
         for prefix, ids, origin in routes:
             net = ipaddress.ip_network(prefix)
-            self.route_map[net] = maps.make_route(net, ids, origin)
+            self.route_map[net] = make_route(net, ids, origin)
         self.tag_map = {ipaddress.ip_address(a): i for a, i in tags}
         self.accept_map = {}
         self.cfg = abi.Config(front_ifindex=5, no_route=no_route)
         self.directory = "/fake"
         self.closed = False
+        self.tries, self.guard, self.dir24 = FakeTries(self), FakeGuard(), FakeDir24()
 
     def __enter__(self):
         return self
@@ -366,14 +368,28 @@ class FakeMaps:
     def tags(self):
         return dict(self.tag_map)
 
-    def locals(self):
-        return {ipaddress.ip_address("192.0.2.1"): 5}
-
     def peer_stats(self, pid):
         return abi.PeerStats(tx_packets=pid, tx_bytes=100 * pid)
 
     def config(self):
         return self.cfg
+
+
+class FakeGuard:
+    def locals(self):
+        return {ipaddress.ip_address("192.0.2.1"): 5}
+
+
+class FakeDir24:
+    def compile(self):
+        self.compiled = getattr(self, "compiled", 0) + 1  # LPM mode: nothing to compile
+
+
+class FakeTries:
+    """FakeMaps' route_map and accept_map as m.tries reads and writes them."""
+
+    def __init__(self, m):
+        self.route_map, self.accept_map = m.route_map, m.accept_map
 
     def routes(self, version, trie="routes"):
         return [(n, r) for n, r in (self.accept_map if trie == "accept" else self.route_map).items()
@@ -392,13 +408,10 @@ class FakeMaps:
     def set_route(self, net, ids, origin, trie="routes"):
         if not 1 <= len(ids) <= abi.MAX_ECMP:
             raise ValueError("bounds")
-        self.route_map[net] = maps.make_route(net, ids, origin)
+        self.route_map[net] = make_route(net, ids, origin)
 
     def del_route(self, net, trie="routes"):
         return self.route_map.pop(net, None) is not None
-
-    def compile_dir24(self):
-        self.compiled = getattr(self, "compiled", 0) + 1  # LPM mode: nothing to compile
 
 
 @pytest.fixture
@@ -546,7 +559,7 @@ def test_dump(instance, monkeypatch):
 def test_dump_shows_the_accept_table_when_there_is_one(instance):
     instance.cfg.accept_table = 100
     net = ipaddress.ip_network("10.9.0.0/16")
-    instance.accept_map[net] = maps.make_route(net, [2, 3], abi.Origin.KERNEL)
+    instance.accept_map[net] = make_route(net, [2, 3], abi.Origin.KERNEL)
     res = json.loads(run("dump", "--json").stdout)
     assert res["accept"] == [{"prefix": "10.9.0.0/16", "peers": ["bob", "carol"], "origin": "kernel"}]
     lines = run("dump").stdout.splitlines()

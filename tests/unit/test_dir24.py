@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from wgbpf import abi
 from wgbpf.dir24 import GROUP_ENTRIES, Dir24, Dir24Error
-from wgbpf.maps import value_peers
+from wgbpf.routemaps import value_peers
 
 GROUPS = 64  # small tables keep the test fast; the maps hold abi.DIR8_GROUPS
 

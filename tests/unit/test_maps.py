@@ -1,14 +1,16 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""wgbpf/maps.py without a kernel: prefixes, route values, keys, and the
-Maps methods whose logic sits around bpf(2) (bpfsys is faked)."""
+"""wgbpf/maps.py and wgbpf/routemaps.py without a kernel: prefixes, route
+values, keys, and the Maps and Tries methods whose logic sits around bpf(2)
+(bpfsys is faked)."""
 import ctypes
 import ipaddress
 
 import pytest
 from hypothesis import given, strategies as st
 
-from wgbpf import abi, maps
-from wgbpf.maps import Maps, make_route, network, route_peers
+from wgbpf import abi, maps, routemaps
+from wgbpf.maps import Maps
+from wgbpf.routemaps import make_route, network, route_peers
 
 N = ipaddress.ip_network
 
@@ -78,17 +80,17 @@ def test_make_route_too_many_peers_is_not_silent():
                                     "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"])
 def test_key_round_trip(prefix):
     net = N(prefix)
-    k = maps._key(net)
+    k = routemaps._key(net)
     assert isinstance(k, abi.Key4 if net.version == 4 else abi.Key6)
     assert k.prefixlen == net.prefixlen
     assert bytes(k.addr) == net.network_address.packed
-    assert maps._net(k, net.version) == net
+    assert routemaps._net(k, net.version) == net
 
 
 def test_tag_key():
-    t = Maps._tag_key(ipaddress.ip_address("10.255.0.1"))
+    t = maps._tag_key(ipaddress.ip_address("10.255.0.1"))
     assert t.family == abi.AF_INET and bytes(t.addr) == bytes([10, 255, 0, 1]) + bytes(12)
-    t = Maps._tag_key(ipaddress.ip_address("fe80::1"))
+    t = maps._tag_key(ipaddress.ip_address("fe80::1"))
     assert t.family == abi.AF_INET6 and bytes(t.addr) == ipaddress.ip_address("fe80::1").packed
 
 
@@ -150,7 +152,7 @@ def fake(monkeypatch):
 def test_set_route_bounds(fake, n):
     f, m = fake
     with pytest.raises(ValueError) as e:
-        m.set_route(N("10.0.0.0/8"), list(range(1, n + 1)), abi.Origin.STATIC)
+        m.tries.set_route(N("10.0.0.0/8"), list(range(1, n + 1)), abi.Origin.STATIC)
     assert "10.0.0.0/8" in str(e.value) and str(n) in str(e.value)
     assert f.maps == {}
 
@@ -160,29 +162,29 @@ def test_set_route_writes_the_family_map(fake, n):
     f, m = fake
     for prefix in ("10.1.0.0/16", "2001:db8::/32"):
         net = N(prefix)
-        m.set_route(net, list(range(1, n + 1)), abi.Origin.STATIC)
+        m.tries.set_route(net, list(range(1, n + 1)), abi.Origin.STATIC)
         fd = m.fds[f"routes{net.version}"]
         (k, v), = f.maps[fd].items()
-        assert k == bytes(maps._key(net))
+        assert k == bytes(routemaps._key(net))
         r = abi.Route.from_buffer_copy(v)
         assert route_peers(r) == list(range(1, n + 1)) and r.prefixlen == net.prefixlen
 
 
 def test_lookup_and_get_route(fake):
     f, m = fake
-    m.set_route(N("10.0.0.0/8"), [1], abi.Origin.STATIC)
-    m.set_route(N("10.1.0.0/16"), [2, 3], abi.Origin.KERNEL)
-    net, r = m.lookup(ipaddress.ip_address("10.1.2.3"))
+    m.tries.set_route(N("10.0.0.0/8"), [1], abi.Origin.STATIC)
+    m.tries.set_route(N("10.1.0.0/16"), [2, 3], abi.Origin.KERNEL)
+    net, r = m.tries.lookup(ipaddress.ip_address("10.1.2.3"))
     assert net == N("10.1.0.0/16") and route_peers(r) == [2, 3]
-    net, r = m.lookup(ipaddress.ip_address("10.9.9.9"))
+    net, r = m.tries.lookup(ipaddress.ip_address("10.9.9.9"))
     assert net == N("10.0.0.0/8") and route_peers(r) == [1]
-    assert m.lookup(ipaddress.ip_address("192.0.2.1")) is None
-    assert m.lookup(ipaddress.ip_address("2001:db8::1")) is None
+    assert m.tries.lookup(ipaddress.ip_address("192.0.2.1")) is None
+    assert m.tries.lookup(ipaddress.ip_address("2001:db8::1")) is None
     # exact prefix only: 10.2.0.0/16 falls in 10.0.0.0/8 but has no entry of its own
-    assert m.get_route(N("10.2.0.0/16")) is None
-    assert route_peers(m.get_route(N("10.1.0.0/16"))) == [2, 3]
-    assert m.del_route(N("10.1.0.0/16")) is True
-    assert m.del_route(N("10.1.0.0/16")) is False
+    assert m.tries.get_route(N("10.2.0.0/16")) is None
+    assert route_peers(m.tries.get_route(N("10.1.0.0/16"))) == [2, 3]
+    assert m.tries.del_route(N("10.1.0.0/16")) is True
+    assert m.tries.del_route(N("10.1.0.0/16")) is False
 
 
 def test_counters_sum_over_cpus(fake):
@@ -248,17 +250,17 @@ def test_instances(tmp_path, monkeypatch):
 
 
 def test_route_value_is_the_route_struct():
-    v = maps.route_value((3, 9), 24)
+    v = routemaps.route_value((3, 9), 24)
     r = abi.Route.from_buffer_copy(v)
     assert (r.count, r.origin, r.prefixlen, list(r.peers[:2])) == (2, abi.Origin.KERNEL, 24, [3, 9])
-    assert maps.value_peers(v) == (3, 9)
+    assert routemaps.value_peers(v) == (3, 9)
 
 
 def test_read_ahead_yields_in_order_passes_errors_and_stops_with_its_caller():
     import itertools
     import threading
 
-    from wgbpf.maps import read_ahead
+    from wgbpf.routemaps import read_ahead
     assert list(read_ahead(iter(range(100)), depth=3)) == list(range(100))
 
     def failing():

@@ -26,6 +26,7 @@ class FakeMaps:
     def __init__(self):
         self.peer_map = {1: abi.Peer(ifindex=11, flags=abi.PEER_UP, name=b"alice", member=b"wg-alice"),
                          2: abi.Peer(ifindex=12, flags=abi.PEER_UP, name=b"bob", member=b"wg-bob")}
+        self.tries = FakeTries()
 
     def __enter__(self):
         return self
@@ -48,14 +49,16 @@ class FakeMaps:
     def config(self):
         return abi.Config(front_ifindex=5, front=b"wg0")
 
-    def routes(self, version, trie="routes"):
-        return []
-
     def fill(self):
         return {"routes4": (0, 10)}
 
     def counters(self):
         return {r: 0 for r in abi.Reason}
+
+
+class FakeTries:
+    def routes(self, version, trie="routes"):
+        return []
 
 
 @pytest.fixture

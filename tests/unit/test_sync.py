@@ -161,7 +161,7 @@ def test_diff_never_touches_static_or_tag_entries():
 
 class FakeMaps:
     """routes4/routes6 as one dict {pkey: (origin, peers)}, read as
-    Maps.read reads: only the keys asked for, as they are now."""
+    Tries.read reads: only the keys asked for, as they are now."""
 
     def __init__(self):
         self.entries = {}

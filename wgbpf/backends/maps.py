@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from .. import abi, config, dataplane, instance, maps, routes, sync
+from .. import abi, config, dataplane, instance, maps, routemaps, routes, sync
 from ..dir24 import Dir24Error
 from ..links import Links
 from ..liveness import MemberCounters
@@ -171,7 +171,7 @@ class MapsBackend(Backend):
         pinned = {}
         for trie in tables:
             pinned[trie] = set()
-            for k, origin, _v in self.maps.scan(trie):
+            for k, origin, _v in self.maps.tries.scan(trie):
                 if origin == abi.Origin.KERNEL:
                     return None
                 pinned[trie].add(k)
@@ -216,10 +216,10 @@ class MapsBackend(Backend):
             writes = 0
             operator = {trie: set() for trie in self.tables}
             for trie, table in self.tables.items():
-                writes += self.maps.apply(reconcile(self.maps, trie, table, operator[trie]), trie)
+                writes += self.maps.tries.apply(reconcile(self.maps, trie, table, operator[trie]), trie)
             self._know(operator)
             if self.dir24 is not None:
-                self.dir24 = self.maps.compile_dir24_apart()
+                self.dir24 = self.maps.dir24.compile_apart()
         self.stats["map_writes"] += writes
         self.log(f"maps re-read ({why}): {writes} map writes")
 
@@ -301,8 +301,8 @@ class MapsBackend(Backend):
             d = sync.changes(table, keys, self.operator.get(trie, ()))
         else:
             self.stats["read_back"] += len(keys)
-            d = sync.diff(table, self.maps.read(keys, trie), keys=keys)
-        self.stats["map_writes"] += self.maps.apply(d, trie)
+            d = sync.diff(table, self.maps.tries.read(keys, trie), keys=keys)
+        self.stats["map_writes"] += self.maps.tries.apply(d, trie)
         if self.verbose and d:
             log_applied(self.log, self.peer_names(), trie, d)
         if trie == "routes" and self.dir24 is not None:
@@ -404,16 +404,17 @@ class _Sync:
             tables = self.tables = b._new_tables(b._tags(nl))
             self.pinned = b._fresh(tables) if tables else None
             if self.pinned is not None:
-                self.writer = maps.Writer(b.maps, progress=(lambda k: b.progress("write", k))
-                                          if b.progress else None)
+                self.writer = routemaps.Writer(b.maps, progress=(lambda k: b.progress("write", k))
+                                               if b.progress else None)
             elif tables:
                 # a restart: the kernel walks the maps' tries (a second a
                 # million entries, in syscalls) while we parse the dump
-                self.read = maps.in_background(lambda: {trie: list(b.maps.batches(trie)) for trie in tables})
+                self.read = routemaps.in_background(
+                    lambda: {trie: list(b.maps.tries.batches(trie)) for trie in tables})
                 if dir24 and "routes" in tables:
                     # and a child compiles the arrays from routes4 as it is
                     # (another CPU): what the diff changes is patched in
-                    self.compiling = b.maps.start_dir24_apart()
+                    self.compiling = b.maps.dir24.start_apart()
             # no cyclic GC while a million short-lived tuples come and go: it
             # would walk the young ones again and again for nothing
             gc.disable()
@@ -450,8 +451,8 @@ class _Sync:
             batches = self.read() if tables else {}
             for trie, table in tables.items():
                 d = self.diffs[trie] = reconcile(b.maps, trie, table, self.operator[trie], batches.pop(trie))
-                writes += b.maps.apply(d, trie, progress=(lambda k, total=len(d): b.progress("write", k, total))
-                                       if b.progress else None)
+                writes += b.maps.tries.apply(d, trie, progress=(lambda k, total=len(d): b.progress("write", k, total))
+                                             if b.progress else None)
                 puts, deletes = puts + len(d.put), deletes + len(d.delete)
         trim_heap()  # what the batches read or written took (36 MiB at a full table) is free
         return writes, puts, deletes
@@ -464,7 +465,7 @@ class _Sync:
         if b.cfg.lookup == abi.Lookup.DIR24 and "routes" in self.tables:
             # the IPv4 arrays from all of routes4 (ours, static and tags);
             # only the /24s that differ are rewritten
-            return b.maps.compile_dir24_apart()
+            return b.maps.dir24.compile_apart()
         return None
 
 
@@ -482,17 +483,17 @@ def log_applied(log, names, trie, d):
 
 def reconcile(m, trie, table, operator, batches=None):
     """What to write so one pair of maps equals the table, from the maps
-    read in batches (Maps.batches: read now, or already); the prefixes of
+    read in batches (Tries.batches: read now, or already); the prefixes of
     the operator's entries are added to `operator`."""
     d = sync.Diff()
     kern = abi.Origin.KERNEL
     covered = 0
-    best_id, sets, rs = table.best_id, table.tags.sets, maps.ROUTE_SIZE
+    best_id, sets, rs = table.best_id, table.tags.sets, routemaps.ROUTE_SIZE
     value = {}  # (set id << 8) | prefixlen -> the bytes of its kernel entry
     # one pass over the raw batches, a million times: an entry equal to
     # what the table wants costs a lookup and a bytes compare
     if batches is None:
-        batches = m.batches(trie, ahead=True)
+        batches = m.tries.batches(trie, ahead=True)
     for head, ks, keys, values, count in batches:
         for i in range(count):
             at = i * ks
@@ -508,7 +509,7 @@ def reconcile(m, trie, table, operator, batches=None):
             covered += 1
             want = value.get((sid << 8) | keys[at])
             if want is None:
-                want = value[(sid << 8) | keys[at]] = maps.route_value(sets[sid], keys[at])
+                want = value[(sid << 8) | keys[at]] = routemaps.route_value(sets[sid], keys[at])
             if v != want:
                 if v[1] == kern:
                     d.put[k] = sets[sid]
@@ -517,7 +518,7 @@ def reconcile(m, trie, table, operator, batches=None):
     if covered < len(table):
         # prefixes with no entry at all (routes added while we were
         # away): found by exact lookups, rather than a set of every key
-        for k in m.missing((k for k, _peers in table.items()), trie):
+        for k in m.tries.missing((k for k, _peers in table.items()), trie):
             d.put[k] = table.best(k)
     return d
 
@@ -535,7 +536,7 @@ def patch_dir24(m, arrays, d, log):
                 arrays.change(int.from_bytes(k[2:], "big"), k[1], None)
     except Dir24Error as e:
         log(f"DIR-24-8: {e}: compiling the arrays afresh")
-        return m.compile_dir24_apart()
+        return m.dir24.compile_apart()
     return arrays
 
 

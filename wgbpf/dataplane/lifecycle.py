@@ -16,7 +16,8 @@ import time
 
 from .. import abi, maps
 from ..config import ConfigError, check_ifname
-from ..maps import Maps, MapError, network, pin_dir, route_peers
+from ..maps import Maps, MapError, pin_dir
+from ..routemaps import network, route_peers
 from .build import SOURCE, build_key, compile_programs, pinned_prog_tag, prog_tag, record_build, reusable_programs
 from .errors import AttachError
 from .ownership import check_hooks_ours, check_owners, vet
@@ -152,16 +153,16 @@ class Attach:
                 m.set_tag(t, peer_id)
                 changes.append(f"tag {t} -> {next(p.name for p in cfg.peers if ids[p.name] == peer_id)}")
             net = network(f"{t}/{t.max_prefixlen}")
-            r = m.get_route(net)
+            r = m.tries.get_route(net)
             if r is None or (r.origin == abi.Origin.TAG and route_peers(r) != [peer_id]):
-                m.set_route(net, [peer_id], abi.Origin.TAG)
+                m.tries.set_route(net, [peer_id], abi.Origin.TAG)
         for t in have_tags:
             if t not in want_tags:
                 m.del_tag(t)
                 net = network(f"{t}/{t.max_prefixlen}")
-                r = m.get_route(net)
+                r = m.tries.get_route(net)
                 if r is not None and r.origin == abi.Origin.TAG:
-                    m.del_route(net)
+                    m.tries.del_route(net)
                 changes.append(f"tag {t} removed")
         return changes
 
@@ -183,7 +184,7 @@ class Attach:
         if self.new_settings and self.fresh:
             m.set_config(self.want)
         if self.dir24:
-            m.rebuild_dir24()
+            m.dir24.rebuild()
         m.rebuild_flood()
         return vet(self.ipr, m, {pc.member for pc in cfg.peers})
 
@@ -252,7 +253,7 @@ class Attach:
             forget_peer(ipr, m, peer_id, peer, name)
             changes.append(f"peer {peer.name.decode()} removed")
             if self.dir24:
-                m.rebuild_dir24()
+                m.dir24.rebuild()
         for ifindex, peer_id in m.members().items():
             if peer_id not in keep or self.links.get(_peer_name(ids, peer_id), (None,))[0] != ifindex:
                 m.del_member(ifindex)
@@ -348,15 +349,15 @@ def forget_peer(ipr, m, peer_id, peer, name):
         if owner == peer_id:
             m.del_tag(t)
     for version in (4, 6):
-        for net, r in list(m.routes(version)):
+        for net, r in list(m.tries.routes(version)):
             peers = route_peers(r)
             if peer_id not in peers:
                 continue
             rest = [p for p in peers if p != peer_id]
             if rest:
-                m.set_route(net, rest, r.origin)
+                m.tries.set_route(net, rest, r.origin)
             else:
-                m.del_route(net)
+                m.tries.del_route(net)
     m.clear_peer(peer_id)
 
 
@@ -428,7 +429,7 @@ def rehook_member(ipr, m, front, peer_id, ifindex, up):
     m.set_peer(peer_id, peer)
     if old != ifindex:
         m.del_member(old)
-        m.del_forwarder(ifindex)
+        m.guard.del_forwarder(ifindex)
     m.rebuild_flood()
     return old
 

@@ -37,20 +37,20 @@ def vet(ipr, m, member_names, devices=None):
     changes = []
     devices = tc.links(ipr) if devices is None else devices
     want = {i for i, n in devices.items() if n not in member_names}
-    have = m.forwarders()
+    have = m.guard.forwarders()
     for i in want - have:
-        m.set_forwarder(i)
+        m.guard.set_forwarder(i)
     for i in have - want:
-        m.del_forwarder(i)
+        m.guard.del_forwarder(i)
     if want != have:
         changes.append(f"forwarders: {len(want)} devices vetted")
     want_local = host_addresses(ipr)
-    have_local = m.locals()
+    have_local = m.guard.locals()
     for a, i in want_local.items():
         if have_local.get(a) != i:
-            m.set_local(a, i)
+            m.guard.set_local(a, i)
     for a in set(have_local) - set(want_local):
-        m.del_local(a)
+        m.guard.del_local(a)
     return changes
 
 
