@@ -154,13 +154,8 @@ def pick_front(front):
     return have[0]
 
 
-# How long a command waits for another writer of the instance (a daemon's
-# full sync of a million routes takes seconds; a stopped process, for ever)
-WRITER_WAIT = 60.0
-
-
-def waiting_for(front, log=lambda msg: click.echo(msg, err=True)):
-    return lambda holder: log(f"waiting for {holder}, writing {front}")
+def stderr(msg):
+    click.echo(msg, err=True)
 
 
 def open_maps(front, readonly=False):
@@ -293,9 +288,10 @@ def attach(front, peers, config_path, members_only, no_route, lookup, fib_table,
     need_root()
     log = (lambda msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
     # one writer at a time: another attach, a detach, the daemon's sync
-    with instance.writer_lock(cfg.front, waiting_for(cfg.front, log), timeout=WRITER_WAIT):
+    inst = instance.Instance(cfg.front, log)
+    with inst.writing("attached"):  # the daemon reopens the maps and resyncs
         res = dataplane.attach(cfg, log=log, debug=debug, force=force)
-    res["daemon_told"] = instance.notify_attached(cfg.front)  # it reopens the maps and resyncs
+    res["daemon_told"] = inst.told
 
     def human(r):
         what = "created" if r["created"] else ("updated" if r["changes"] else "unchanged")
@@ -333,7 +329,7 @@ def detach(front, as_json):
     """Remove the filters and pins of FRONT; traffic falls back to the kernel."""
     need_root()
     front = pick_front(front)
-    with instance.writer_lock(front, waiting_for(front), timeout=WRITER_WAIT):
+    with instance.Instance(front, stderr).writing():
         res = dataplane.detach(front)
         res["run_files_removed"] = instance.remove_run_files(front)
     emit(res, as_json, lambda r: click.echo(f"{r['front']}: detached from {r['devices']} devices, pins removed"))
@@ -384,11 +380,11 @@ def route_add(prefix, peers, front, accept):
     wanted = peer_names(peers)
     front, m = open_maps(front)
     # as a writer: the daemon's event writes wait, and then read the maps back
-    with m, instance.writer_lock(front, waiting_for(front), timeout=WRITER_WAIT):
+    # its view of the maps, and dir24's, is stale after this
+    with m, instance.Instance(front, stderr).writing("maps written"):
         m.tries.set_route(net, inspect.resolve_peers(m, wanted), abi.Origin.STATIC, trie=map_table(accept))
         if net.version == 4 and not accept:
             m.dir24.compile()
-    instance.notify_maps_written(front)  # its view of the maps, and dir24's, is stale now
     click.echo(f"{net} -> {peers}" + (" (accept)" if accept else ""))
 
 
@@ -400,13 +396,13 @@ def route_del(prefix, front, accept):
     """Remove the entry for exactly PREFIX."""
     net = config.parse_prefix(prefix, "PREFIX")
     front, m = open_maps(front)
-    with m, instance.writer_lock(front, waiting_for(front), timeout=WRITER_WAIT):
+    # told, the daemon puts a kernel route for the prefix in its place
+    with m, instance.Instance(front, stderr).writing("maps written"):
         if m.tries.get_route(net, map_table(accept)) is None:
             fail(f"no entry for {net}" + (" in the accept table" if accept else ""))
         m.tries.del_route(net, map_table(accept))
         if net.version == 4 and not accept:
             m.dir24.compile()
-    instance.notify_maps_written(front)  # a kernel route for the prefix takes its place
     click.echo(f"{net} removed")
 
 

@@ -214,6 +214,10 @@ class Daemon:
             signal.signal(sig, handler)
         events = routes.Netlink(groups=EVENT_GROUPS, rcvbuf=self.rcvbuf)
         try:
+            events.join(routes.RTNLGRP_NEXTHOP)  # nexthop objects (FRR): routes name them
+        except OSError as e:  # a kernel before nexthop objects (5.3): none to follow
+            self.log(f"nexthop objects not followed: {e.strerror}")
+        try:
             self.attach()
             self.resync("start")
             instance.sd_notify("READY=1")

@@ -105,6 +105,10 @@ def walk(buf):
         off += align(length)
 
 
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+
+
 class Netlink:
     """A raw netlink socket (NETLINK_ROUTE unless told): dumps, and events
     when `groups` is set."""
@@ -123,6 +127,12 @@ class Netlink:
         # a fresh 1 MiB allocation per event costs more than parsing it
         self._buf = bytearray(1 << 20)
         self._slots = None  # queued()'s recvmmsg buffers, made on first use
+
+    def join(self, group):
+        """Listen to a multicast group by number (NETLINK_ADD_MEMBERSHIP):
+        the bind mask reaches groups 1-32 only as bits, and RTNLGRP_NEXTHOP
+        (32) is beyond it."""
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
 
     def close(self):
         self.sock.close()

@@ -14,6 +14,7 @@ decided by Tags.resolve().
 """
 import collections
 import dataclasses
+import errno
 import os
 import socket
 import struct
@@ -25,6 +26,7 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_DELQDISC, RTM_NEWTFILTER, RTM_DELTFILTER = 37, 44, 45
+RTM_NEWNEXTHOP, RTM_DELNEXTHOP, RTM_GETNEXTHOP = 104, 105, 106
 
 RTN_UNICAST = 1
 # types that live in the same tables under the same keys as unicast routes:
@@ -33,6 +35,16 @@ RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_PROHIBIT, RTN_THROW = 6, 7, 8, 9
 _NO_NEXTHOP = frozenset((RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_PROHIBIT, RTN_THROW))
 RTA_DST, RTA_SRC, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY = 1, 2, 4, 5, 6
 RTA_MULTIPATH, RTA_FLOW, RTA_TABLE, RTA_VIA = 9, 11, 15, 18
+RTA_NH_ID = 30
+# struct nhmsg's attributes (include/uapi/linux/nexthop.h)
+NHA_ID, NHA_GROUP, NHA_GROUP_TYPE, NHA_BLACKHOLE, NHA_OIF, NHA_GATEWAY = 1, 2, 3, 4, 5, 6
+NHA_FDB, NHA_RES_GROUP = 11, 12
+NEXTHOP_GRP_TYPE_MPATH, NEXTHOP_GRP_TYPE_RES = 0, 1
+# A route through a kernel nexthop object (RTA_NH_ID: FRR's zebra since 7.3,
+# `ip route add P nhid N`) names it by a first hop (NH, id); what follows
+# are the hops the kernel expanded beside it (nexthop_compat_mode=1), or
+# nothing (0). sync.Nexthops resolves the id: the object is the truth.
+NH = b"nh"
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 IFLA_IFNAME = 3
 IFF_UP = 0x1
@@ -44,6 +56,7 @@ RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_IFADDR = 0x100
 RTMGRP_IPV6_ROUTE = 0x400
+RTNLGRP_NEXTHOP = 32  # above 31: joined with NETLINK_ADD_MEMBERSHIP, not the bind mask
 
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _RTNH = struct.Struct("=HBBi")
@@ -51,6 +64,8 @@ _HEAD = struct.Struct("=IH")  # a message's length and type
 _RTATTR = struct.Struct("=HH")
 _IFADDRMSG = struct.Struct("=BBBBi")
 _IFINFOMSG = struct.Struct("=BxHiII")
+_NHMSG = struct.Struct("=BBBBI")
+_NHGRP = struct.Struct("=IBBH")  # id, weight - 1, weight_high (Linux 6.12: 16-bit weights), reserved
 
 
 
@@ -118,7 +133,7 @@ def parse_route(buf, off, end):
         if r is not None:
             return r
     r = _parse_route(buf, off, end)
-    if r is not None and r.nexthops and len(r.nexthops) == 1 and r.src is None:
+    if r is not None and r.nexthops and len(r.nexthops) == 1 and r.src is None and r.nexthops[0][0] != NH:
         _Layout.learn(buf, off, end)
     return r
 
@@ -131,7 +146,7 @@ def _parse_route(buf, off, end):
     if rtype != RTN_UNICAST and rtype not in _NO_NEXTHOP:
         return None
     dst = _ZERO[family]
-    gateway = multipath = src = None
+    gateway = multipath = src = nhid = None
     oif = priority = realm = 0
     unpack_attr = _RTATTR.unpack_from
     u32 = _U32.unpack_from
@@ -161,10 +176,15 @@ def _parse_route(buf, off, end):
         elif kind == RTA_MULTIPATH:
             multipath, nh_realm = _nexthops(buf, a, p + length)
             realm = realm or nh_realm
+        elif kind == RTA_NH_ID:
+            nhid = u32(buf, a)[0]
         p += (length + 3) & ~3
     if src_len and src is None:
         src = (src_len, _ZERO[family])
     # tuple.__new__: a namedtuple's own __new__ is Python, three times slower
+    if nhid is not None:  # the object decides, even for a blackhole one
+        hops = ((NH, nhid),) + (multipath or (((gateway, oif),) if gateway is not None or oif else ()))
+        return _new(KernelRoute, (family, dst, dst_len, table, priority, protocol, realm, hops, tos, src))
     if rtype != RTN_UNICAST:
         return _new(KernelRoute, (family, dst, dst_len, table, priority, protocol, realm, (), tos, src))
     return _new(KernelRoute, (family, dst, dst_len, table, priority, protocol, realm,
@@ -244,6 +264,54 @@ class _Layout:
         return _new(KernelRoute, self.route(v) + ((self.hop(v),), v[3], None))
 
 
+class Nexthop(collections.namedtuple("Nexthop", "id family gateway oif blackhole group resilient fdb",
+                                      defaults=(None, 0, False, (), False, False))):
+    """A kernel nexthop object (RTM_NEWNEXTHOP): a single nexthop (gateway
+    bytes or None, oif), a blackhole, or a group of ((member id, weight), ...)
+    with weights 1..65536; `resilient`: a resilient group (its members as
+    for any group)."""
+    __slots__ = ()
+
+
+def parse_nexthop(buf, off, end):
+    """One RTM_NEWNEXTHOP/DELNEXTHOP body -> Nexthop (None without an id)."""
+    family, _scope, _protocol, _resvd, _flags = _NHMSG.unpack_from(buf, off)
+    nhid, gateway, oif, blackhole, group, resilient, fdb = None, None, 0, False, (), False, False
+    for kind, a, b in attrs(buf, off + _NHMSG.size, end):
+        if kind == NHA_ID:
+            nhid = _U32.unpack_from(buf, a)[0]
+        elif kind == NHA_GATEWAY:
+            gateway = bytes(buf[a:b])
+        elif kind == NHA_OIF:
+            oif = _U32.unpack_from(buf, a)[0]
+        elif kind == NHA_BLACKHOLE:
+            blackhole = True
+        elif kind == NHA_GROUP:
+            group = tuple((gid, (high << 8 | low) + 1)
+                          for gid, low, high, _r in _NHGRP.iter_unpack(bytes(buf[a:a + (b - a) // 8 * 8])))
+        elif kind == NHA_GROUP_TYPE:
+            resilient = struct.unpack_from("=H", buf, a)[0] == NEXTHOP_GRP_TYPE_RES
+        elif kind == NHA_FDB:
+            fdb = True
+    if nhid is None:
+        return None
+    return Nexthop(nhid, family, gateway, oif, blackhole, group, resilient, fdb)
+
+
+def dump_nexthops(nl):
+    """Every nexthop object of the namespace (RTM_GETNEXTHOP); none on a
+    kernel without them (before 5.3)."""
+    try:
+        for mtype, buf, off, end in nl.dump(RTM_GETNEXTHOP, 0, _NHMSG.pack(0, 0, 0, 0, 0)):
+            if mtype == RTM_NEWNEXTHOP:
+                nh = parse_nexthop(buf, off, end)
+                if nh is not None:
+                    yield nh
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOENT):
+            raise
+
+
 def parse_addr(buf, off, end):
     """RTM_NEWADDR/DELADDR -> (ifindex, local bytes, peer bytes or None)."""
     family, _plen, _flags, _scope, index = _IFADDRMSG.unpack_from(buf, off)
@@ -280,12 +348,18 @@ class Changes:
     links      a link or address changed: devices are looked at again
     hooks      a tc qdisc or filter went, or a filter came: hooks too
     addresses  [(ifindex, local, peer)] of the address messages
+    nexthops   [(Nexthop, deleted)] of the nexthop object messages
+    silent     ifindexes of devices that went down or away, or lost an
+               address: the kernel may have removed routes and nexthop
+               objects through them without a word (see sync.SILENT)
     """
     routes: list = dataclasses.field(default_factory=list)
     events: int = 0
     links: bool = False
     hooks: bool = False
     addresses: list = dataclasses.field(default_factory=list)
+    nexthops: list = dataclasses.field(default_factory=list)
+    silent: set = dataclasses.field(default_factory=set)
 
 
 def classify(messages):
@@ -299,11 +373,21 @@ def classify(messages):
                 c.routes.append((r, mtype == RTM_DELROUTE))
         elif mtype in (RTM_NEWLINK, RTM_DELLINK):
             c.links = True
+            index, _name, up = parse_link(buf, off, end)
+            if mtype == RTM_DELLINK or not up:
+                c.silent.add(index)
         elif mtype in (RTM_DELQDISC, RTM_NEWTFILTER, RTM_DELTFILTER):
             c.links = c.hooks = True  # a new filter: maybe another instance's in our place
         elif mtype in (RTM_NEWADDR, RTM_DELADDR):
             c.links = True  # host addresses are martian sources
-            c.addresses.append(parse_addr(buf, off, end))
+            a = parse_addr(buf, off, end)
+            c.addresses.append(a)
+            if mtype == RTM_DELADDR:
+                c.silent.add(a[0])
+        elif mtype in (RTM_NEWNEXTHOP, RTM_DELNEXTHOP):
+            nh = parse_nexthop(buf, off, end)
+            if nh is not None:
+                c.nexthops.append((nh, mtype == RTM_DELNEXTHOP))
     return c
 
 

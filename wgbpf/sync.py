@@ -19,6 +19,7 @@ prefix, against ~330 for the tuples and dicts of views this replaced.
 import socket
 
 from . import abi
+from .routes import NH
 
 AF4, AF6 = socket.AF_INET, socket.AF_INET6
 _SET_BITS = 24
@@ -38,6 +39,94 @@ def pkey_network(k):
 
 def network_pkey(net):
     return pkey(AF4 if net.version == 4 else AF6, net.network_address.packed, net.prefixlen)
+
+
+# What the kernel removes without a word (no RTM_DELROUTE, no
+# RTM_DELNEXTHOP), read in Linux 6.18:
+#  - deleting a nexthop object (RTM_DELNEXTHOP for it, none for its routes):
+#    every route using it, directly or as an emptied group
+#    (net/ipv4/nexthop.c, remove_nexthop -> __remove_nexthop_fib);
+#  - a device going down or away: its nexthop objects and their routes
+#    (nexthop.c nexthop_flush_dev, no notification), and the IPv4 routes
+#    through it (net/ipv4/fib_semantics.c fib_sync_down_dev, from
+#    fib_netdev_event/fib_disable_ip);
+#  - an IPv4 address removed: the routes whose gateways or preferred
+#    source it made valid (fib_frontend.c fib_del_ifaddr -> fib_sync_down_addr).
+# So after a nexthop deletion the routes using it leave the tables here
+# too, and after the other two the objects and routes are read again and
+# the difference applied (routes.Changes.silent).
+SILENT = "nexthop deleted, device down or deleted, address removed"
+
+
+class Nexthops:
+    """The kernel's nexthop objects by id, as dumped at the last full sync
+    and followed since (RTNLGRP_NEXTHOP). A group's members are resolved
+    through this registry; an id not known (yet: events can race) or a
+    blackhole resolves to no nexthop, so it names no peer and hides the
+    worse routes, as the kernel uses it."""
+
+    def __init__(self, objects=()):
+        self.objects = {}
+        self.groups_of = {}  # member id -> ids of the groups holding it
+        for nh in objects:
+            self.set(nh)
+
+    def hops(self, nhid):
+        """((gateway bytes or None, oif, weight), ...) of one object; ()
+        for a blackhole, an unknown id or an empty group."""
+        nh = self.objects.get(nhid)
+        if nh is None or nh.blackhole or nh.fdb:
+            return ()
+        if not nh.group:
+            return ((nh.gateway, nh.oif, 1),)
+        out = []
+        for member, weight in nh.group:
+            m = self.objects.get(member)
+            if m is not None and not (m.blackhole or m.group or m.fdb):
+                out.append((m.gateway, m.oif, weight))
+        return tuple(out)
+
+    def set(self, nh):
+        """A new or replaced object; returns the ids whose hops may have
+        changed (it, and the groups holding it)."""
+        old = self.objects.get(nh.id)
+        if old is not None:
+            for member, _w in old.group:
+                self.groups_of.get(member, set()).discard(nh.id)
+        self.objects[nh.id] = nh
+        for member, _w in nh.group:
+            self.groups_of.setdefault(member, set()).add(nh.id)
+        return {nh.id} | self.groups_of.get(nh.id, set())
+
+    def remove(self, nhid):
+        """An object deleted: (ids gone, ids changed). As the kernel does,
+        it leaves every group holding it, and a group left empty goes too."""
+        old = self.objects.pop(nhid, None)
+        if old is None:
+            return set(), set()
+        gone, changed = {nhid}, set()
+        for member, _w in old.group:
+            self.groups_of.get(member, set()).discard(nhid)
+        for gid in self.groups_of.pop(nhid, set()):
+            g = self.objects.get(gid)
+            if g is None:
+                continue
+            rest = tuple((m, w) for m, w in g.group if m != nhid)
+            if rest:
+                self.objects[gid] = g._replace(group=rest)
+                changed.add(gid)
+            else:
+                more, _ = self.remove(gid)
+                gone |= more
+        return gone, changed - gone
+
+    def replace_all(self, objects):
+        """The objects as dumped now: (ids gone, ids changed)."""
+        new = {nh.id: nh for nh in objects}
+        gone = set(self.objects) - set(new)
+        changed = {i for i, nh in new.items() if self.objects.get(i) != nh}
+        self.__init__(new.values())
+        return gone, changed | {g for i in changed for g in self.groups_of.get(i, ())}
 
 
 class Tags:
@@ -61,6 +150,9 @@ class Tags:
         self.sets = [()]
         self._ids = {(): 0}
         self._hops = {}  # nexthops tuple -> set id
+        self.nexthops = Nexthops()  # the kernel's nexthop objects (routes by RTA_NH_ID)
+        self._by_nhid = {}  # nexthop id -> the cached nexthops tuples naming it
+        self.disagreements = 0  # compat mode: expanded hops that were not the object's
 
     def set_id(self, peers):
         i = self._ids.get(peers)
@@ -76,18 +168,33 @@ class Tags:
         i = self._hops.get(nexthops)
         if i is not None:
             return i
+        hops = nexthops
+        if nexthops and nexthops[0][0] is NH:  # a nexthop object: it decides
+            nhid = nexthops[0][1]
+            hops = tuple((gw, oif) for gw, oif, _w in self.nexthops.hops(nhid))
+            if len(nexthops) > 1 and set(nexthops[1:]) != set(hops):
+                self.disagreements += 1  # the expanded hops say otherwise: counted, not used
+            self._by_nhid.setdefault(nhid, set()).add(nexthops)
         peers = set()
-        for gw, oif in nexthops:
+        for gw, oif in hops:
             peer_id, _how = self.hop_peer(gw, oif)
             if peer_id is not None:
                 peers.add(peer_id)
         i = self.set_id(tuple(sorted(peers))[:abi.MAX_ECMP])
-        if not i and nexthops and all(oif == self.front for _gw, oif in nexthops):
+        if not i and hops and all(oif == self.front for _gw, oif in hops):
             i = self.VIA_FRONT
         if len(self._hops) >= self.CACHE:
             self._hops.clear()  # in place: Tables hold it
+            self._by_nhid.clear()
         self._hops[nexthops] = i
         return i
+
+    def forget(self, nhids):
+        """Nexthop objects changed: what was resolved through them is
+        resolved again on next use."""
+        for nhid in nhids:
+            for hops in self._by_nhid.pop(nhid, ()):
+                self._hops.pop(hops, None)
 
     def hop_peer(self, gw, oif):
         """(peer id, how) of the peer one nexthop names: by its gateway
@@ -160,6 +267,11 @@ class Table:
         self.specific = {}  # (pkey, rank, tos, src) -> peers: TOS/source-specific routes naming peers
         self._best = []     # set id -> prefixes whose best set it is
         self._hops = tags._hops  # the nexthops -> set id cache, read inline
+        # routes through nexthop objects, kept whole: a change to an object
+        # re-resolves exactly its routes (never a rescan of the table), and
+        # a deleted object takes them away, as the kernel does
+        self.nh_routes = {}  # route key -> KernelRoute
+        self.nh_users = {}   # nexthop id -> route keys
 
     def __len__(self):
         """Prefixes whose best route names peers."""
@@ -228,6 +340,8 @@ class Table:
         accepted = ((not flt.protocols or protocol in flt.protocols)
                     and (not flt.realms or realm in flt.realms or (realm & 0xFFFF) in flt.realms))
         k = _HEAD[family][dst_len] + dst
+        if self.nh_routes or (nexthops and nexthops[0][0] is NH):
+            self._index(route, deleted)
         sid = 0
         if not deleted:
             sid = self._hops.get(nexthops)
@@ -266,7 +380,8 @@ class Table:
             if not deleted and sid >= 0:
                 prefixes[k] = (v & ~_SET_MASK) | sid
                 after = sid
-            elif deleted and family == AF6 and len(nexthops) == 1 and len(self.tags.sets[before]) > 1:
+            elif (deleted and family == AF6 and len(nexthops) == 1 and len(self.tags.sets[before]) > 1
+                  and nexthops[0][0] is not NH):
                 after = None
             else:
                 del prefixes[k]
@@ -282,7 +397,8 @@ class Table:
             v[rank] = sid
         elif sid < 0:
             v.pop(rank, None)  # via the front, naming no peer: hides nothing
-        elif family == AF6 and len(nexthops) == 1 and v.get(rank) and len(self.tags.sets[v[rank]]) > 1:
+        elif (family == AF6 and len(nexthops) == 1 and v.get(rank) and len(self.tags.sets[v[rank]]) > 1
+              and nexthops[0][0] is not NH):
             # one nexthop of an IPv6 multipath route removed: just its peer goes
             rest = self.tags.without(self.tags.sets[v[rank]], route)
             if rest:
@@ -304,6 +420,39 @@ class Table:
         self._count(before, after)
         return k
 
+    def _index(self, route, deleted):
+        key = route.key
+        old = self.nh_routes.pop(key, None)
+        if old is not None:
+            self.nh_users.get(old.nexthops[0][1], set()).discard(key)
+        if not deleted and route.nexthops and route.nexthops[0][0] is NH:
+            self.nh_routes[key] = route
+            self.nh_users.setdefault(route.nexthops[0][1], set()).add(key)
+
+    def renexthop(self, nhids):
+        """Nexthop objects changed (Tags.forget done): their routes resolved
+        again; returns the prefixes whose best set may have changed."""
+        out = set()
+        for nhid in nhids:
+            for key in list(self.nh_users.get(nhid, ())):
+                k = self.update(self.nh_routes[key])
+                if k is not None:
+                    out.add(k)
+        return out
+
+    def drop_nexthops(self, nhids):
+        """Nexthop objects deleted: the kernel removed their routes without
+        a word, and so do we; returns the prefixes changed."""
+        out = set()
+        for nhid in nhids:
+            for key in list(self.nh_users.pop(nhid, ())):
+                route = self.nh_routes.get(key)
+                if route is not None:
+                    k = self.update(route, deleted=True)
+                    if k is not None:
+                        out.add(k)
+        return out
+
     def _count(self, before, after):
         best = self._best
         if before:
@@ -321,7 +470,8 @@ class Table:
             self.specific[key] = self.tags.sets[sid]
             return
         have = self.specific.pop(key, None)
-        if have and deleted and route.family == AF6 and len(route.nexthops) == 1 and len(have) > 1:
+        if (have and deleted and route.family == AF6 and len(route.nexthops) == 1 and len(have) > 1
+                and route.nexthops[0][0] is not NH):
             rest = self.tags.without(have, route)  # one nexthop removed (see update)
             if rest:
                 self.specific[key] = rest

@@ -9,7 +9,7 @@ import time
 from .. import routes, sync, wireguard
 from ..allowedips import Device, Plan, absent_prefix
 from ..allowedips import changes as changes_for
-from .base import Backend, dump_tables
+from .base import Backend, dump_tables, follow_nexthops, reread_nexthops, with_nexthops
 
 
 class AllowedIPsBackend(Backend):
@@ -43,7 +43,7 @@ class AllowedIPsBackend(Backend):
             device = socket.if_nametoindex(self.cfg.front)
         except OSError:
             device = None
-        return sync.Tags(by_addr, {}, front=device)
+        return with_nexthops(nl, sync.Tags(by_addr, {}, front=device))
 
     def _probe(self):
         managed = [p.public_key for p in self.cfg.peers if p.public_key in self.dev.peers]
@@ -169,6 +169,16 @@ class AllowedIPsBackend(Backend):
             k = table.update(r, deleted=deleted)
             if k is not None:
                 changed.add(k)
+        if changes.nexthops or changes.silent:
+            changed |= follow_nexthops(table.tags, {"routes": table}, changes.nexthops)["routes"]
+            if changes.silent or any(deleted for _nh, deleted in changes.nexthops):
+                nl = routes.Netlink(rcvbuf=self.rcvbuf)
+                try:  # what the kernel may have removed without a word (sync.SILENT)
+                    changed |= reread_nexthops(nl, table.tags, {"routes": table})["routes"]
+                finally:
+                    nl.close()
+            if changes.silent & {table.tags.front}:
+                return True  # routes through the device may be gone: read them all again
         if changed:
             want = {}
             for k in changed:

@@ -102,3 +102,41 @@ def dump_tables(nl, tables, progress=None, writer=None, pinned=None):
             if progress and n % 65536 == 0:
                 progress("dump", n)
     return n, recheck
+
+
+def with_nexthops(nl, tags):
+    """The kernel's nexthop objects into the Tags, dumped before the routes
+    that name them (a full sync); returns the Tags."""
+    from ..routes import dump_nexthops
+    from ..sync import Nexthops
+    tags.nexthops = Nexthops(dump_nexthops(nl))
+    return tags
+
+
+def follow_nexthops(tags, tables, messages):
+    """Nexthop object events [(Nexthop, deleted)] applied to the registry
+    and to the tables (both backends' Tables share one Tags); returns
+    {trie: prefixes whose best set may have changed}. A deleted object
+    takes its routes with it, as the kernel does (sync.SILENT)."""
+    gone, changed = set(), set()
+    for nh, deleted in messages:
+        if deleted:
+            g, c = tags.nexthops.remove(nh.id)
+            gone |= g
+            changed |= c
+        else:
+            changed |= tags.nexthops.set(nh)
+    return _renexthop(tags, tables, gone, changed - gone)
+
+
+def reread_nexthops(nl, tags, tables):
+    """The nexthop objects dumped again (after what can remove them without
+    a word: sync.SILENT) and the difference applied; as follow_nexthops."""
+    from ..routes import dump_nexthops
+    gone, changed = tags.nexthops.replace_all(dump_nexthops(nl))
+    return _renexthop(tags, tables, gone, changed - gone)
+
+
+def _renexthop(tags, tables, gone, changed):
+    tags.forget(gone | changed)
+    return {trie: t.drop_nexthops(gone) | t.renexthop(changed) for trie, t in tables.items()}

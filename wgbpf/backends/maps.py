@@ -13,21 +13,18 @@ pinned LPM tries (and the DIR-24-8 arrays) that the tc programs read.
                 entries re-read, waiting changes tried again every 5 ms
 """
 import contextlib
-import ctypes
 import dataclasses
-import gc
 import pickle
-import socket
 import subprocess
 import sys
 import time
 
 from .. import abi, config, dataplane, instance, maps, routemaps, routes, sync
-from ..dir24 import Dir24Error
 from ..links import Links
 from ..liveness import MemberCounters
 from ..maps import Maps, MapError, pin_dir
-from .base import Backend, dump_tables
+from .base import Backend, dump_tables, follow_nexthops, reread_nexthops, with_nexthops
+from .fullsync import Sync, new_tables, patch_dir24, reconcile
 
 ATTACH_REFUSED = 3  # the attach child's exit: refused, its message on stderr
 RETRY_SECONDS = 0.005  # route changes waiting for the writer lock: tried again after
@@ -59,7 +56,7 @@ class MapsBackend(Backend):
         self.writing = None        # the instance's writer lock's fd, while we hold it
         self.looked = 0.0          # when the generation was last looked at
         self.stats = {"map_writes": 0, "rehooks": 0, "members_gone": 0, "read_back": 0,
-                      "pending": 0, "last_sync": None, "last_sync_seconds": None}
+                      "pending": 0, "rereads": 0, "last_sync": None, "last_sync_seconds": None}
         self.member_counters = MemberCounters()
 
     # -- the data plane ----------------------------------------------------
@@ -148,40 +145,14 @@ class MapsBackend(Backend):
         for ifindex, _local, peer in routes.dump_addrs(nl):
             if peer is not None and ifindex in by_oif:
                 by_addr.setdefault(peer, by_oif[ifindex])
-        return sync.Tags(by_addr, by_oif, front=self.maps.config().front_ifindex or None)
+        return with_nexthops(nl, sync.Tags(by_addr, by_oif, front=self.maps.config().front_ifindex or None))
 
     # -- full sync ---------------------------------------------------------
-    def _new_tables(self, tags):
-        """What to sync, as {trie: Table}. LPM mode: the best route per
-        prefix into routes4/6, and with an accept table every feasible
-        route into accept4/6. FIB mode: nothing, the data plane asks the
-        kernel; the daemon then follows links and tags only."""
-        if self.cfg.lookup == abi.Lookup.FIB:
-            return {}
-        out = {"routes": sync.Table(tags, self.filter)}
-        if self.cfg.accept_table:
-            f = sync.Filter((self.cfg.accept_table,), self.filter.protocols, self.filter.realms)
-            out["accept"] = sync.Table(tags, f, union=True)
-        return out
-
-    def _fresh(self, tables):
-        """The prefixes of the maps' own entries (static, tags) per trie,
-        when the maps hold no kernel entry (a first start: the sync can
-        write as it dumps); None when they do (a restart: diff first)."""
-        pinned = {}
-        for trie in tables:
-            pinned[trie] = set()
-            for k, origin, _v in self.maps.tries.scan(trie):
-                if origin == abi.Origin.KERNEL:
-                    return None
-                pinned[trie].add(k)
-        return pinned
-
     def full_sync(self, why):
         with self._writing():
             t0 = time.monotonic()
             self.follow_links()
-            run = _Sync(self)
+            run = Sync(self)
             n, tables = run.dump()
             t_dump = time.monotonic() - t0
             writes, puts, deletes = run.write()
@@ -247,6 +218,8 @@ class MapsBackend(Backend):
                 k = table.update(r, deleted=deleted)
                 if k is not None:
                     changed[trie].add(k)
+        if self.tables and (changes.nexthops or changes.silent):
+            self._nexthops_changed(changes, changed)
         resync = False
         if changes.addresses:
             members = self.maps.members()
@@ -256,6 +229,46 @@ class MapsBackend(Backend):
             resync = True  # routes by member device name the new ifindex
         self.write_pending()
         return resync
+
+    def _nexthops_changed(self, changes, changed):
+        """Nexthop objects added, replaced or deleted; and what the kernel
+        removes without a word (sync.SILENT): after a device of ours went
+        down or away, or lost an address, the routes are read again (not
+        the maps) and the difference written; after any such event, or a
+        deleted object, the objects are read again."""
+        tags = next(iter(self.tables.values())).tags
+        for trie, keys in follow_nexthops(tags, self.tables, changes.nexthops).items():
+            changed[trie] |= keys
+        if not changes.silent and not any(deleted for _nh, deleted in changes.nexthops):
+            return
+        nl = routes.Netlink(rcvbuf=self.rcvbuf)
+        try:
+            for trie, keys in reread_nexthops(nl, tags, self.tables).items():
+                changed[trie] |= keys
+            ours = {p.ifindex for p in self.maps.peers().values()} | {self.maps.config().front_ifindex}
+            if changes.silent & ours:
+                self._reread_routes(nl, changed)
+        finally:
+            nl.close()
+
+    def _reread_routes(self, nl, changed):
+        """The kernel's routes read into fresh tables, and every prefix
+        whose best set differs from the tables' marked changed (the maps'
+        kernel entries hold the old tables' sets: no read of the maps)."""
+        t0 = time.monotonic()
+        tables = new_tables(self.cfg, self.filter, self._tags(nl))
+        n, _ = dump_tables(nl, tables)
+        moved = 0
+        for trie, new in tables.items():
+            old = self.tables[trie]
+            keys = {k for k in old.prefixes.keys() | new.prefixes.keys() if old.best(k) != new.best(k)}
+            changed[trie] = (changed.get(trie, set()) | keys)
+            moved += len(keys)
+        self.tables = tables
+        self.table = tables.get("routes")
+        self.stats["rereads"] += 1
+        self.log(f"routes read again ({sync.SILENT}): {n} routes, {moved} prefixes changed, "
+                 f"in {time.monotonic() - t0:.2f}s")
 
     def write_pending(self):
         """Write the prefixes whose best set changed, under the writer lock,
@@ -363,7 +376,10 @@ class MapsBackend(Backend):
         per_peer = {}
         if self.table is not None:
             per_peer = {names.get(i, f"#{i}"): n for i, n in self.table.per_peer.items() if n}
+        tags = self.table.tags if self.table is not None else None
         return dict(self.stats, prefixes=len(self.table) if self.table is not None else 0,
+                    nexthops=len(tags.nexthops.objects) if tags else 0,
+                    nexthop_disagreements=tags.disagreements if tags else 0,
                     ignored=self.table.ignored if self.table is not None else 0,
                     routes_per_peer=per_peer)
 
@@ -383,92 +399,6 @@ class MapsBackend(Backend):
             self.maps.close()
 
 
-class _Sync:
-    """One full sync's phases: the dump (written as it goes into maps
-    with no kernel entry, else read beside it), then the writes, then the
-    DIR-24-8 arrays."""
-
-    def __init__(self, backend):
-        self.b = backend
-        self.writer = self.compiling = self.read = None
-        self.pinned = self.operator = None
-        self.tables = {}
-        self.recheck = {}
-        self.diffs = {}
-
-    def dump(self):
-        b = self.b
-        nl = routes.Netlink(rcvbuf=b.rcvbuf)
-        dir24 = b.cfg.lookup == abi.Lookup.DIR24
-        try:
-            tables = self.tables = b._new_tables(b._tags(nl))
-            self.pinned = b._fresh(tables) if tables else None
-            if self.pinned is not None:
-                self.writer = routemaps.Writer(b.maps, progress=(lambda k: b.progress("write", k))
-                                               if b.progress else None)
-            elif tables:
-                # a restart: the kernel walks the maps' tries (a second a
-                # million entries, in syscalls) while we parse the dump
-                self.read = routemaps.in_background(
-                    lambda: {trie: list(b.maps.tries.batches(trie)) for trie in tables})
-                if dir24 and "routes" in tables:
-                    # and a child compiles the arrays from routes4 as it is
-                    # (another CPU): what the diff changes is patched in
-                    self.compiling = b.maps.dir24.start_apart()
-            # no cyclic GC while a million short-lived tuples come and go: it
-            # would walk the young ones again and again for nothing
-            gc.disable()
-            try:
-                n, self.recheck = (dump_tables(nl, tables, b.progress, self.writer, self.pinned)
-                                   if tables else (0, {}))
-            finally:
-                gc.enable()
-        except BaseException:
-            if self.writer is not None:
-                self.writer.close()
-            if self.compiling is not None:
-                self.compiling.cancel()
-            raise
-        finally:
-            nl.close()
-        return n, tables
-
-    def write(self):
-        """Returns (writes, puts, deletes)."""
-        b, tables = self.b, self.tables
-        writes = puts = deletes = 0
-        if self.writer is not None:
-            self.operator = self.pinned
-            for trie, keys in self.recheck.items():
-                for k in keys:
-                    if tables[trie].best(k) is None and k not in self.pinned[trie]:
-                        self.writer.delete(trie, k)
-                        deletes += 1
-            writes = self.writer.close()
-            puts = writes - deletes
-        else:
-            self.operator = {trie: set() for trie in tables}
-            batches = self.read() if tables else {}
-            for trie, table in tables.items():
-                d = self.diffs[trie] = reconcile(b.maps, trie, table, self.operator[trie], batches.pop(trie))
-                writes += b.maps.tries.apply(d, trie, progress=(lambda k, total=len(d): b.progress("write", k, total))
-                                             if b.progress else None)
-                puts, deletes = puts + len(d.put), deletes + len(d.delete)
-        trim_heap()  # what the batches read or written took (36 MiB at a full table) is free
-        return writes, puts, deletes
-
-    def compiled(self):
-        """The DIR-24-8 arrays as the maps now are, or None (not that mode)."""
-        b = self.b
-        if self.compiling is not None:
-            return patch_dir24(b.maps, self.compiling.result(), self.diffs["routes"], b.log)
-        if b.cfg.lookup == abi.Lookup.DIR24 and "routes" in self.tables:
-            # the IPv4 arrays from all of routes4 (ours, static and tags);
-            # only the /24s that differ are rewritten
-            return b.maps.dir24.compile_apart()
-        return None
-
-
 def log_applied(log, names, trie, d):
     """-v: each map change a route event made, as it is written (with the
     time to the millisecond: when a withdrawal took effect)."""
@@ -479,65 +409,6 @@ def log_applied(log, names, trie, d):
         log(f"{at} {what} {sync.pkey_network(k)} -> {','.join(names.get(p, f'#{p}') for p in peers)}")
     for k in d.delete:
         log(f"{at} {what} {sync.pkey_network(k)} withdrawn")
-
-
-def reconcile(m, trie, table, operator, batches=None):
-    """What to write so one pair of maps equals the table, from the maps
-    read in batches (Tries.batches: read now, or already); the prefixes of
-    the operator's entries are added to `operator`."""
-    d = sync.Diff()
-    kern = abi.Origin.KERNEL
-    covered = 0
-    best_id, sets, rs = table.best_id, table.tags.sets, routemaps.ROUTE_SIZE
-    value = {}  # (set id << 8) | prefixlen -> the bytes of its kernel entry
-    # one pass over the raw batches, a million times: an entry equal to
-    # what the table wants costs a lookup and a bytes compare
-    if batches is None:
-        batches = m.tries.batches(trie, ahead=True)
-    for head, ks, keys, values, count in batches:
-        for i in range(count):
-            at = i * ks
-            k = head[keys[at]] + keys[at + 4:at + ks]
-            v = values[i * rs:(i + 1) * rs]
-            sid = best_id(k)
-            if not sid:
-                if v[1] == kern:
-                    d.delete.append(k)
-                else:
-                    operator.add(k)
-                continue
-            covered += 1
-            want = value.get((sid << 8) | keys[at])
-            if want is None:
-                want = value[(sid << 8) | keys[at]] = routemaps.route_value(sets[sid], keys[at])
-            if v != want:
-                if v[1] == kern:
-                    d.put[k] = sets[sid]
-                else:  # the operator's entry wins
-                    operator.add(k)
-    if covered < len(table):
-        # prefixes with no entry at all (routes added while we were
-        # away): found by exact lookups, rather than a set of every key
-        for k in m.tries.missing((k for k, _peers in table.items()), trie):
-            d.put[k] = table.best(k)
-    return d
-
-
-def patch_dir24(m, arrays, d, log):
-    """The IPv4 prefixes of a diff written to routes4, patched into the
-    DIR-24-8 arrays; out of set ids or groups, compiled afresh from
-    routes4 (which already holds the diff). Returns the arrays."""
-    try:
-        for k, peers in d.put.items():
-            if k[0] == socket.AF_INET:
-                arrays.change(int.from_bytes(k[2:], "big"), k[1], peers)
-        for k in d.delete:
-            if k[0] == socket.AF_INET:
-                arrays.change(int.from_bytes(k[2:], "big"), k[1], None)
-    except Dir24Error as e:
-        log(f"DIR-24-8: {e}: compiling the arrays afresh")
-        return m.dir24.compile_apart()
-    return arrays
 
 
 def attach_in_child(cfg):
@@ -566,20 +437,6 @@ def _attach_child():
         print(str(e), file=sys.stderr)
         sys.exit(ATTACH_REFUSED)
     sys.stdout.buffer.write(pickle.dumps(res))
-
-
-def trim_heap():
-    """Give the heap's free pages back to the kernel (glibc's malloc_trim):
-    Python hands big freed buffers to malloc, which keeps them, so what
-    the daemon allocates next (the DIR-24-8 depth bytes, the child it
-    spawns, which starts as big as we are) would add to them."""
-    try:
-        _libc.malloc_trim(0)
-    except AttributeError:  # not glibc
-        pass
-
-
-_libc = ctypes.CDLL(None)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--attach-child"]:

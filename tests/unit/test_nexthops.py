@@ -1,0 +1,260 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Routes through kernel nexthop objects (FRR's zebra, `ip route add P nhid
+N`): the messages parsed, the registry of objects, and the tables held
+equal to a model of what the kernel does, through any sequence of object
+and route changes, in both nexthop_compat_modes. No root, no kernel."""
+import ipaddress
+import socket
+import struct
+
+from hypothesis import given, settings, strategies as st
+
+from wgbpf import routes as rt, sync
+from wgbpf.backends.base import follow_nexthops, _renexthop
+
+AF4, AF6 = socket.AF_INET, socket.AF_INET6
+ALICE, BOB, CAROL = 1, 2, 3
+TAG = {ALICE: "10.255.0.1", BOB: "10.255.0.2", CAROL: "10.255.0.3"}
+FRONT, LAN = 10, 20
+
+
+def rta(kind, payload):
+    n = 4 + len(payload)
+    return struct.pack("=HH", n, kind) + payload + bytes((-n) % 4)
+
+
+def nhmsg(nhid, *attrs, family=AF4):
+    return struct.pack("=BBBBI", family, 0, 4, 0, 0) + rta(rt.NHA_ID, struct.pack("=I", nhid)) + b"".join(attrs)
+
+
+def group(*members):
+    """NHA_GROUP of (id, weight): weight - 1 in the low byte, the high byte
+    in weight_high (16-bit weights, Linux 6.12)."""
+    return rta(rt.NHA_GROUP, b"".join(struct.pack("=IBBH", i, (w - 1) & 0xFF, (w - 1) >> 8, 0)
+                                      for i, w in members))
+
+
+def parse_nh(body):
+    return rt.parse_nexthop(body, 0, len(body))
+
+
+def test_nexthop_messages():
+    gw = socket.inet_aton("10.255.0.1")
+    single = parse_nh(nhmsg(7, rta(rt.NHA_GATEWAY, gw), rta(rt.NHA_OIF, struct.pack("=I", FRONT))))
+    assert (single.id, single.gateway, single.oif, single.group, single.blackhole) == (7, gw, FRONT, (), False)
+    g = parse_nh(nhmsg(9, group((7, 3), (8, 1), (5, 65536)), family=0))
+    assert g.group == ((7, 3), (8, 1), (5, 65536)) and not g.resilient
+    res = parse_nh(nhmsg(10, group((7, 1)), rta(rt.NHA_GROUP_TYPE, struct.pack("=H", rt.NEXTHOP_GRP_TYPE_RES))))
+    assert res.resilient and res.group == ((7, 1),)
+    hole = parse_nh(nhmsg(11, rta(rt.NHA_BLACKHOLE, b"")))
+    assert hole.blackhole
+    assert parse_nh(struct.pack("=BBBBI", AF4, 0, 4, 0, 0)) is None  # no id: not an object
+
+
+def route_msg(prefix, nhid=None, gateway=None, oif=None, multipath=None, rtype=rt.RTN_UNICAST):
+    net = ipaddress.ip_network(prefix)
+    fam = AF4 if net.version == 4 else AF6
+    body = struct.pack("=BBBBBBBBI", fam, net.prefixlen, 0, 0, 254, 4, 0, rtype, 0)
+    body += rta(rt.RTA_DST, net.network_address.packed)
+    if nhid is not None:
+        body += rta(rt.RTA_NH_ID, struct.pack("=I", nhid))
+    if gateway is not None:
+        body += rta(rt.RTA_GATEWAY, ipaddress.ip_address(gateway).packed)
+    if oif is not None:
+        body += rta(rt.RTA_OIF, struct.pack("=i", oif))
+    if multipath:
+        hops = b"".join(struct.pack("=HBBi", 8 + 8, 0, 0, o) + rta(rt.RTA_GATEWAY, socket.inet_aton(g))
+                        for g, o in multipath)
+        body += rta(rt.RTA_MULTIPATH, hops)
+    return body
+
+
+def test_routes_name_their_object_in_both_compat_modes():
+    gw = socket.inet_aton("10.255.0.1")
+    m0 = route_msg("10.1.0.0/16", nhid=7)  # nexthop_compat_mode=0: the id alone
+    m1 = route_msg("10.1.0.0/16", nhid=7, gateway="10.255.0.1", oif=FRONT)  # 1: the hops beside it
+    mp = route_msg("10.1.0.0/16", nhid=9, multipath=[("10.255.0.1", FRONT), ("10.255.0.2", FRONT)])
+    for _ in range(2):  # the second time, through any layout learnt
+        assert rt.parse_route(m0, 0, len(m0)).nexthops == ((rt.NH, 7),)
+        assert rt.parse_route(m1, 0, len(m1)).nexthops == ((rt.NH, 7), (gw, FRONT))
+        assert rt.parse_route(mp, 0, len(mp)).nexthops == (
+            (rt.NH, 9), (gw, FRONT), (socket.inet_aton("10.255.0.2"), FRONT))
+
+
+def tags():
+    return sync.Tags({socket.inet_aton(a): p for p, a in TAG.items()}, {}, front=FRONT)
+
+
+def single(nhid, peer=None, blackhole=False):
+    """An object via a peer's tag on the front; peer None: via a LAN gateway."""
+    gw = socket.inet_aton(TAG[peer] if peer else "192.0.2.9")
+    return rt.Nexthop(nhid, AF4, None if blackhole else gw, 0 if blackhole else (FRONT if peer else LAN),
+                      blackhole)
+
+
+def kroute(prefix, nhid, priority=0, compat=()):
+    net = ipaddress.ip_network(prefix)
+    return rt.KernelRoute(AF4, net.network_address.packed, net.prefixlen, 254, priority, 4, 0,
+                          ((rt.NH, nhid),) + tuple(compat))
+
+
+def test_a_group_resolves_to_its_members_and_follows_them():
+    t = sync.Table(tags(), sync.Filter())
+    reg = t.tags.nexthops
+    for nh in (single(1, ALICE), single(2, BOB), rt.Nexthop(9, 0, group=((1, 3), (2, 1)))):
+        reg.set(nh)
+    assert reg.hops(9) == ((socket.inet_aton(TAG[ALICE]), FRONT, 3), (socket.inet_aton(TAG[BOB]), FRONT, 1))
+    k = t.update(kroute("10.1.0.0/16", 9))
+    assert t.best(k) == (ALICE, BOB)
+    # bob's object now leads to carol: one object, every route through it follows
+    changed = follow_nexthops(t.tags, {"routes": t}, [(single(2, CAROL), False)])
+    assert changed == {"routes": {k}} and t.best(k) == (ALICE, CAROL)
+    # alice's object deleted: the kernel takes it out of the group, the route stays
+    follow_nexthops(t.tags, {"routes": t}, [(single(1, ALICE), True)])
+    assert t.best(k) == (CAROL,) and reg.objects[9].group == ((2, 1),)
+    # the group's last member deleted: the group goes, and its routes with it
+    follow_nexthops(t.tags, {"routes": t}, [(single(2, CAROL), True)])
+    assert t.best(k) is None and 9 not in reg.objects and not t.prefixes
+
+
+def test_an_unknown_object_names_no_peer_until_it_comes():
+    """Events race: a route may name an object not heard of yet. It names
+    no peer (never an old one) until the object arrives."""
+    t = sync.Table(tags(), sync.Filter())
+    k = t.update(kroute("10.1.0.0/16", 5))
+    assert k is None and t.best(sync.network_pkey(ipaddress.ip_network("10.1.0.0/16"))) is None
+    changed = follow_nexthops(t.tags, {"routes": t}, [(single(5, BOB), False)])
+    k = sync.network_pkey(ipaddress.ip_network("10.1.0.0/16"))
+    assert changed["routes"] == {k} and t.best(k) == (BOB,)
+
+
+def test_a_blackhole_object_hides_worse_routes():
+    t = sync.Table(tags(), sync.Filter())
+    t.tags.nexthops.set(single(1, ALICE))
+    t.tags.nexthops.set(single(2, blackhole=True))
+    k = t.update(kroute("10.1.0.0/16", 1, priority=10))
+    assert t.best(k) == (ALICE,)
+    assert t.update(kroute("10.1.0.0/16", 2, priority=1)) == k and t.best(k) is None
+
+
+def test_compat_hops_that_disagree_are_counted_and_the_object_wins():
+    t = sync.Table(tags(), sync.Filter())
+    t.tags.nexthops.set(single(1, ALICE))
+    k = t.update(kroute("10.1.0.0/16", 1, compat=[(socket.inet_aton(TAG[BOB]), FRONT)]))
+    assert t.best(k) == (ALICE,) and t.tags.disagreements == 1
+
+
+def test_a_route_no_longer_through_an_object_is_not_brought_back_by_it():
+    t = sync.Table(tags(), sync.Filter())
+    t.tags.nexthops.set(single(1, ALICE))
+    k = t.update(kroute("10.1.0.0/16", 1))
+    plain = kroute("10.1.0.0/16", 1)._replace(nexthops=((socket.inet_aton(TAG[BOB]), FRONT),))
+    t.update(plain)  # `ip route replace P via bob's tag`
+    assert t.best(k) == (BOB,)
+    follow_nexthops(t.tags, {"routes": t}, [(single(1, CAROL), False)])
+    assert t.best(k) == (BOB,)
+    assert t.drop_nexthops({1}) == set() and t.best(k) == (BOB,)
+
+
+# -- the model: any sequence of object and route changes -------------------
+
+class Kernel:
+    """What the kernel keeps, as its nexthop code does: a group holds
+    existing single objects; deleting an object takes it out of its groups,
+    deletes a group left empty, and deletes every route using what went."""
+
+    def __init__(self):
+        self.objects = {}
+        self.routes = {}  # (prefix, metric) -> nhid
+
+    def add(self, nh):
+        old = self.objects.get(nh.id)
+        if nh.group and (not all(m in self.objects and not self.objects[m].group for m, _w in nh.group)
+                         or (old is not None and not old.group)):
+            return False  # refused: a member missing or a group, or a single replaced by a group
+        if not nh.group and old is not None and old.group:
+            return False
+        if not nh.group and any(nh.id in (m for m, _ in g.group) for g in self.objects.values()) and nh.blackhole:
+            return False  # a group member cannot become a blackhole
+        self.objects[nh.id] = nh
+        return True
+
+    def delete(self, nhid):
+        gone = {nhid}
+        self.objects.pop(nhid)
+        for gid, g in list(self.objects.items()):
+            rest = tuple((m, w) for m, w in g.group if m != nhid)
+            if g.group and not rest:
+                self.objects.pop(gid)
+                gone.add(gid)
+            elif rest != g.group:
+                self.objects[gid] = g._replace(group=rest)
+        self.routes = {k: v for k, v in self.routes.items() if v not in gone}
+
+    def best(self, prefix):
+        mine = sorted((metric, nhid) for (p, metric), nhid in self.routes.items() if p == prefix)
+        if not mine:
+            return None
+        nh = self.objects[mine[0][1]]
+        members = [self.objects[m] for m, _w in nh.group] if nh.group else [nh]
+        peers = {p for m in members if not m.blackhole for p, a in TAG.items()
+                 if m.gateway == socket.inet_aton(a) and m.oif == FRONT}
+        return tuple(sorted(peers)) or None
+
+
+PREFIXES = ["10.1.0.0/16", "10.2.0.0/16", "10.2.0.0/24"]
+op = st.one_of(
+    st.tuples(st.just("single"), st.integers(1, 4), st.sampled_from([ALICE, BOB, CAROL, None, "hole"])),
+    st.tuples(st.just("group"), st.integers(5, 6),
+              st.lists(st.tuples(st.integers(1, 4), st.integers(1, 65536)), min_size=1, max_size=3,
+                       unique_by=lambda x: x[0])),
+    st.tuples(st.just("delete"), st.integers(1, 6), st.none()),
+    st.tuples(st.just("route"), st.sampled_from(PREFIXES), st.tuples(st.integers(0, 2), st.integers(1, 6))),
+    st.tuples(st.just("unroute"), st.sampled_from(PREFIXES), st.integers(0, 2)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(op, max_size=25), st.booleans(), st.booleans())
+def test_the_tables_follow_the_kernel_through_any_sequence(ops, compat, redump):
+    """Every op as the daemon hears it: an object event (RTM_NEWNEXTHOP,
+    RTM_DELNEXTHOP for the object alone), a route event (in compat mode 1
+    with the expanded hops beside the id). With `redump`, each deletion is
+    also followed by a dump of the objects (the daemon reads them again
+    after a deletion). After every op the table equals the model."""
+    kernel = Kernel()
+    t = sync.Table(tags(), sync.Filter())
+    tables = {"routes": t}
+    for kind, a, b in ops:
+        if kind == "single":
+            nh = single(a, blackhole=True) if b == "hole" else single(a, b)
+            if kernel.add(nh):
+                follow_nexthops(t.tags, tables, [(nh, False)])
+        elif kind == "group":
+            nh = rt.Nexthop(a, 0, group=tuple(b))
+            if kernel.add(nh):
+                follow_nexthops(t.tags, tables, [(nh, False)])
+        elif kind == "delete":
+            if a in kernel.objects:
+                kernel.delete(a)
+                follow_nexthops(t.tags, tables, [(rt.Nexthop(a, AF4), True)])
+                if redump:
+                    gone, changed = t.tags.nexthops.replace_all(kernel.objects.values())
+                    _renexthop(t.tags, tables, gone, changed - gone)
+        elif kind == "route":
+            metric, nhid = b
+            if nhid in kernel.objects:
+                kernel.routes[(a, metric)] = nhid
+                net = ipaddress.ip_network(a)
+                hops = ()
+                if compat:
+                    hops = tuple((gw, oif) for gw, oif, _w in t.tags.nexthops.hops(nhid))
+                t.update(kroute(a, nhid, priority=metric, compat=hops))
+        elif kind == "unroute":
+            nhid = kernel.routes.pop((a, b), None)
+            if nhid is not None:
+                t.update(kroute(a, nhid, priority=b), deleted=True)
+        for p in PREFIXES:
+            k = sync.network_pkey(ipaddress.ip_network(p))
+            assert t.best(k) == kernel.best(p), (p, ops)
+        assert t.tags.nexthops.objects == kernel.objects
