@@ -136,11 +136,19 @@ class FakeBpf:
         for k, v in sorted(self.maps.get(fd, {}).items()):
             yield key_type.from_buffer_copy(k), value_type.from_buffer_copy(v)
 
+    def next_key(self, fd, key, out):
+        keys = sorted(self.maps.get(fd, {}))
+        after = [k for k in keys if key is None or k > bytes(key)]
+        if not after:
+            return False
+        ctypes.memmove(ctypes.addressof(out), after[0], len(after[0]))
+        return True
+
 
 @pytest.fixture
 def fake(monkeypatch):
     f = FakeBpf()
-    for name in ("update", "delete", "lookup", "lookup_batch"):
+    for name in ("update", "delete", "lookup", "lookup_batch", "next_key"):
         monkeypatch.setattr(maps.bpfsys, name, getattr(f, name))
     monkeypatch.setattr(maps.bpfsys, "possible_cpus", lambda: 2)
     fds = {name: 100 + i for i, name in enumerate(abi.MAPS)}
@@ -222,6 +230,25 @@ def test_peers_lists_used_slots(fake):
     assert m.config().flood_count == 2
     flood = abi.Flood()
     assert maps.bpfsys.lookup(m.fds["flood"], ctypes.c_uint32(1), flood) and (flood.ifindex, flood.peer) == (15, 5)
+
+
+def test_tags_members_and_the_guard_by_key_walk(fake):
+    """The hash maps, read by next_key: tags on Maps, locals and
+    forwarders on its guard (m.guard), each in its own map."""
+    f, m = fake
+    a4, a6 = ipaddress.ip_address("10.255.0.1"), ipaddress.ip_address("fe80::1")
+    m.set_tag(a4, 1)
+    m.set_tag(a6, 2)
+    m.set_member(11, 1)
+    m.guard.set_local(ipaddress.ip_address("192.0.2.1"), 5)
+    m.guard.set_forwarder(7)
+    m.guard.set_forwarder(8)
+    assert m.tags() == {a4: 1, a6: 2} and m.members() == {11: 1}
+    assert m.guard.locals() == {ipaddress.ip_address("192.0.2.1"): 5}
+    assert m.guard.forwarders() == {7, 8}
+    assert m.del_tag(a6) is True and m.del_tag(a6) is False and m.tags() == {a4: 1}
+    assert m.guard.del_forwarder(7) is True and m.guard.forwarders() == {8}
+    assert m.guard.del_local(ipaddress.ip_address("192.0.2.1")) is True and m.guard.locals() == {}
 
 
 def test_check_layout(monkeypatch):
