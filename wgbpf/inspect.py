@@ -194,8 +194,22 @@ def kernel_peers(m, addr, table):
     by_oif = {p.ifindex: i for i, p in m.peers().items()
               if device_check(p.member.decode(), p.ifindex, links) is None}
     resolver = sync.Tags({t.packed: i for t, i in tags.items()}, by_oif)
+    nexthops, via_object = r.nexthops, ""
+    if nexthops[0][0] is routes.NH:  # through a nexthop object: it decides, as for the daemon
+        nhid = nexthops[0][1]
+        nl = netlink.Netlink(rcvbuf=1 << 20)
+        try:
+            resolver.nexthops = sync.Nexthops(routes.dump_nexthops(nl))
+        finally:
+            nl.close()
+        nexthops = tuple((gw, oif) for gw, oif, _w in resolver.nexthops.hops(nhid))
+        via_object = f"nhid {nhid} " + (describe_object(resolver.nexthops, nhid) if nexthops else
+                                         "(blackhole, or no such object): names no peer")
+        if not nexthops:
+            return [], "kernel route " + via_object
+        via_object += ": "
     owners, hops = [], []
-    for gw, oif in r.nexthops:
+    for gw, oif in nexthops:
         owner, how = resolver.hop_peer(gw, oif)
         if how == "tag":
             hop = f"via {ipaddress.ip_address(gw)}"
@@ -206,7 +220,17 @@ def kernel_peers(m, addr, table):
         hops.append(hop)
         if owner and owner not in owners:
             owners.append(owner)
-    return owners, "kernel route " + ", ".join(hops)
+    return owners, "kernel route " + via_object + ", ".join(hops)
+
+
+def describe_object(registry, nhid):
+    """A nexthop object as `ip nexthop` would name it: "group 101/102,3"
+    (member ids, weights other than 1) or "object"."""
+    nh = registry.objects[nhid]
+    if not nh.group:
+        return "(object)"
+    members = "/".join(f"{m}" + (f",{w}" if w != 1 else "") for m, w in nh.group)
+    return f"({'resilient ' if nh.resilient else ''}group {members})"
 
 
 def martian(m, addr):

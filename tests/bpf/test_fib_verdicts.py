@@ -60,6 +60,15 @@ MAIN = [
     "blackhole 10.10.0.0/16",
     "unreachable 10.11.0.0/16",
     "prohibit 10.14.0.0/16",
+    "10.30.0.0/16 nhid 301",                              # through nexthop objects (FRR's way):
+    "10.31.0.0/16 nhid 310",                              #   alice; a group of alice and bob;
+    "10.32.0.0/16 nhid 303",                              #   a blackhole object
+]
+NEXTHOPS = [  # added before MAIN (its routes name them)
+    "id 301 via 100.64.0.1 dev FRONT onlink",
+    "id 302 via 100.64.0.2 dev FRONT onlink",
+    "id 303 blackhole",
+    "id 310 group 301/302",
 ]
 TABLE100 = [
     "10.1.0.0/16 via 100.64.0.2 dev FRONT onlink",        # main: alice
@@ -97,6 +106,8 @@ def lab(bpf_lab):
             words.append(w)
         sh("ip", "-n", ns, "route", "add", *words, *(["table", str(table)] if table else []))
 
+    for nh in NEXTHOPS:
+        sh("ip", "-n", ns, "nexthop", "add", *[inst.front if w == "FRONT" else w for w in nh.split()])
     for r in MAIN:
         add(None, r)
     for r in TABLE100:
@@ -151,6 +162,8 @@ FRONT_CASES = [
     Case("route-out-of-front-names-nobody", u(SRC, "10.9.0.1"), OK, NO_ROUTE),
     Case("untagged-gateway-out-of-front", u(SRC, "10.12.0.1"), OK, NO_ROUTE),
     Case("blackhole", u(SRC, "10.10.0.1"), OK, NO_ROUTE),
+    Case("nexthop-object-alice", u(SRC, "10.30.0.1"), REDIRECT, steered("alice")),
+    Case("nexthop-blackhole-object", u(SRC, "10.32.0.1"), OK, NO_ROUTE),
     Case("unreachable", u(SRC, "10.11.0.1"), OK, NO_ROUTE),
     Case("prohibit", u(SRC, "10.14.0.1"), OK, NO_ROUTE),
     Case("no-kernel-route-at-all", u(SRC, "198.18.0.1"), OK, NO_ROUTE),
@@ -232,6 +245,9 @@ def arriving(src, via, dst=DST):
 STRICT_CASES = [
     Case("output-device-own", **arriving("10.2.0.7", "bob"), verdict=REDIRECT, deltas=passed("bob")),
     Case("gateway-tag-own", **arriving("10.1.0.7", "alice"), verdict=REDIRECT, deltas=passed("alice")),
+    Case("nexthop-object-own", **arriving("10.30.0.7", "alice"), verdict=REDIRECT, deltas=passed("alice")),
+    Case("nexthop-object-other-peers", **arriving("10.30.0.7", "bob"), verdict=SHOT, deltas=spoofed("bob")),
+    Case("nexthop-blackhole-object", **arriving("10.32.0.7", "bob"), verdict=SHOT, deltas=spoofed("bob")),
     Case("longest-match-own", **arriving("10.1.7.7", "carol"), verdict=REDIRECT, deltas=passed("carol")),
     Case("untagged-gateway-member-own", **arriving("10.13.0.7", "carol"), verdict=REDIRECT,
          deltas=passed("carol")),
