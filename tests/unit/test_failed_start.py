@@ -16,7 +16,8 @@ def write_status(front, **st):
         json.dump(dict(st, front=front, pid=1, backend="bpf"), f)
 
 
-def test_a_daemon_that_failed_to_start_fails_the_check():
+def test_a_daemon_that_failed_to_start_fails_the_check(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)  # `status` needs root; nothing here does
     # its front: a device that exists here (lo), the other one's does not
     write_status("lo", state="failed", error="peer 'a': member device 'x' does not exist")
     write_status("wggone0", state="failed", error="whatever")  # its front is gone: not listed
