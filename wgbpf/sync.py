@@ -151,7 +151,13 @@ class Tags:
         self._ids = {(): 0}
         self._hops = {}  # nexthops tuple -> set id
         self.nexthops = Nexthops()  # the kernel's nexthop objects (routes by RTA_NH_ID)
-        self._by_nhid = {}  # nexthop id -> the cached nexthops tuples naming it
+        # A route through a nexthop object stores the object's own set slot,
+        # not an interned set: sets[slot] is the peers the object names now,
+        # rewritten in place when it changes, so a million routes through
+        # one object follow it without being touched (Table.nexthop_keys
+        # says which prefixes to write). Slots are never interned nor freed
+        # (a full sync starts anew).
+        self.slots = {}  # nexthop id -> its set slot
         self.disagreements = 0  # compat mode: expanded hops that were not the object's
 
     def set_id(self, peers):
@@ -168,33 +174,52 @@ class Tags:
         i = self._hops.get(nexthops)
         if i is not None:
             return i
-        hops = nexthops
         if nexthops and nexthops[0][0] is NH:  # a nexthop object: it decides
-            nhid = nexthops[0][1]
-            hops = tuple((gw, oif) for gw, oif, _w in self.nexthops.hops(nhid))
-            if len(nexthops) > 1 and set(nexthops[1:]) != set(hops):
-                self.disagreements += 1  # the expanded hops say otherwise: counted, not used
-            self._by_nhid.setdefault(nhid, set()).add(nexthops)
-        peers = set()
-        for gw, oif in hops:
-            peer_id, _how = self.hop_peer(gw, oif)
-            if peer_id is not None:
-                peers.add(peer_id)
-        i = self.set_id(tuple(sorted(peers))[:abi.MAX_ECMP])
-        if not i and hops and all(oif == self.front for _gw, oif in hops):
-            i = self.VIA_FRONT
+            i = self.slot(nexthops[0][1])
+            if len(nexthops) > 1:
+                hops = {(gw, oif) for gw, oif, _w in self.nexthops.hops(nexthops[0][1])}
+                if set(nexthops[1:]) != hops:
+                    self.disagreements += 1  # the expanded hops say otherwise: counted, not used
+        else:
+            i = self.set_id(self._peers(nexthops))
+            if not i and nexthops and all(oif == self.front for _gw, oif in nexthops):
+                i = self.VIA_FRONT
         if len(self._hops) >= self.CACHE:
             self._hops.clear()  # in place: Tables hold it
-            self._by_nhid.clear()
         self._hops[nexthops] = i
         return i
 
-    def forget(self, nhids):
-        """Nexthop objects changed: what was resolved through them is
-        resolved again on next use."""
+    def _peers(self, hops):
+        peers = set()
+        for hop in hops:
+            peer_id, _how = self.hop_peer(hop[0], hop[1])
+            if peer_id is not None:
+                peers.add(peer_id)
+        return tuple(sorted(peers))[:abi.MAX_ECMP]
+
+    def slot(self, nhid):
+        """The set slot of a nexthop object (made on first use: an object
+        not heard of yet names no peer until it comes)."""
+        i = self.slots.get(nhid)
+        if i is None:
+            i = self.slots[nhid] = len(self.sets)
+            if i > _SET_MASK:
+                raise OverflowError(f"more than {_SET_MASK} distinct peer sets")
+            self.sets.append(self._peers(self.nexthops.hops(nhid)))
+        return i
+
+    def refresh(self, nhids):
+        """Nexthop objects changed in the registry: their slots rewritten;
+        returns the slots whose peers changed."""
+        out = set()
         for nhid in nhids:
-            for hops in self._by_nhid.pop(nhid, ()):
-                self._hops.pop(hops, None)
+            i = self.slots.get(nhid)
+            if i is not None:
+                peers = self._peers(self.nexthops.hops(nhid))
+                if peers != self.sets[i]:
+                    self.sets[i] = peers
+                    out.add(i)
+        return out
 
     def hop_peer(self, gw, oif):
         """(peer id, how) of the peer one nexthop names: by its gateway
@@ -267,15 +292,18 @@ class Table:
         self.specific = {}  # (pkey, rank, tos, src) -> peers: TOS/source-specific routes naming peers
         self._best = []     # set id -> prefixes whose best set it is
         self._hops = tags._hops  # the nexthops -> set id cache, read inline
-        # routes through nexthop objects, kept whole: a change to an object
-        # re-resolves exactly its routes (never a rescan of the table), and
-        # a deleted object takes them away, as the kernel does
-        self.nh_routes = {}  # route key -> KernelRoute
-        self.nh_users = {}   # nexthop id -> route keys
+        # set slot of a nexthop object -> the prefixes that took a route
+        # through it (appended as they come; entries whose route has gone
+        # since are skipped on use, and dropped when the list doubles): a
+        # changed object names exactly the prefixes to write, never a
+        # rescan of the table, and a deleted one the routes to remove
+        self.nexthop_keys = {}
+        self._kept = {}  # slot -> its list's length when last compacted
 
     def __len__(self):
         """Prefixes whose best route names peers."""
-        return sum(self._best)
+        sets = self.tags.sets
+        return sum(n for i, n in enumerate(self._best) if n and sets[i])
 
     def _rank_id(self, rank):
         i = self._rank_ids.get(rank)
@@ -292,6 +320,10 @@ class Table:
 
     def best_id(self, k):
         """The set id of best(k); 0 when the prefix names no peer."""
+        i = self._best_raw(k)
+        return i if self.tags.sets[i] else 0  # a nexthop object's slot may name none now
+
+    def _best_raw(self, k):
         v = self.prefixes.get(k)
         if v is None:
             return 0
@@ -340,8 +372,6 @@ class Table:
         accepted = ((not flt.protocols or protocol in flt.protocols)
                     and (not flt.realms or realm in flt.realms or (realm & 0xFFFF) in flt.realms))
         k = _HEAD[family][dst_len] + dst
-        if self.nh_routes or (nexthops and nexthops[0][0] is NH):
-            self._index(route, deleted)
         sid = 0
         if not deleted:
             sid = self._hops.get(nexthops)
@@ -351,6 +381,8 @@ class Table:
                 sid = sid if sid == Tags.VIA_FRONT else 0
             elif sid <= 0:
                 self.ignored += 1
+            elif nexthops[0][0] is NH:
+                self._note(sid, k)
         rank = (trank << 32) | priority
         if tos or src is not None:
             self._specific((k, rank, tos, src), route, max(0, sid), deleted)
@@ -391,7 +423,7 @@ class Table:
                     return None
                 self._count(before, after)
                 return k
-        before = self.best_id(k)
+        before = self._best_raw(k)
         v = dict(self._routes(v))
         if not deleted and sid >= 0:
             v[rank] = sid
@@ -407,37 +439,48 @@ class Table:
                 del v[rank]
         else:
             v.pop(rank, None)
-        if not v:
-            del prefixes[k]
-        elif len(v) == 1:
-            (r, i), = v.items()
-            prefixes[k] = (self._rank_id(r) << _SET_BITS) | i
-        else:
-            prefixes[k] = v
-        after = self.best_id(k)
+        self._store(k, v)
+        after = self._best_raw(k)
         if after == before:
             return None
         self._count(before, after)
         return k
 
-    def _index(self, route, deleted):
-        key = route.key
-        old = self.nh_routes.pop(key, None)
-        if old is not None:
-            self.nh_users.get(old.nexthops[0][1], set()).discard(key)
-        if not deleted and route.nexthops and route.nexthops[0][0] is NH:
-            self.nh_routes[key] = route
-            self.nh_users.setdefault(route.nexthops[0][1], set()).add(key)
+    def _store(self, k, v):
+        """A prefix's routes {rank: set id} back in their compact form."""
+        if not v:
+            del self.prefixes[k]
+        elif len(v) == 1:
+            (r, i), = v.items()
+            self.prefixes[k] = (self._rank_id(r) << _SET_BITS) | i
+        else:
+            self.prefixes[k] = v
 
-    def renexthop(self, nhids):
-        """Nexthop objects changed (Tags.forget done): their routes resolved
-        again; returns the prefixes whose best set may have changed."""
+    def _note(self, slot, k):
+        keys = self.nexthop_keys.get(slot)
+        if keys is None:
+            keys = self.nexthop_keys[slot] = []
+        if len(keys) >= 2 * self._kept.get(slot, 0) + 64:
+            # k's route is not stored yet: it joins after the others' check
+            keys[:] = [x for x in dict.fromkeys(keys) if self._uses(x, slot)]
+            self._kept[slot] = len(keys) + 1
+        keys.append(k)
+
+    def _uses(self, k, slot):
+        """Whether a route of prefix k is through the object of `slot`."""
+        v = self.prefixes.get(k)
+        if v is None:
+            return False
+        if isinstance(v, dict):
+            return slot in v.values()
+        return v & _SET_MASK == slot
+
+    def nexthop_keys_of(self, slots):
+        """The prefixes with a route through the objects of `slots` (whose
+        peers changed: Tags.refresh): their best set may have changed."""
         out = set()
-        for nhid in nhids:
-            for key in list(self.nh_users.get(nhid, ())):
-                k = self.update(self.nh_routes[key])
-                if k is not None:
-                    out.add(k)
+        for slot in slots:
+            out.update(k for k in dict.fromkeys(self.nexthop_keys.get(slot, ())) if self._uses(k, slot))
         return out
 
     def drop_nexthops(self, nhids):
@@ -445,12 +488,18 @@ class Table:
         a word, and so do we; returns the prefixes changed."""
         out = set()
         for nhid in nhids:
-            for key in list(self.nh_users.pop(nhid, ())):
-                route = self.nh_routes.get(key)
-                if route is not None:
-                    k = self.update(route, deleted=True)
-                    if k is not None:
-                        out.add(k)
+            slot = self.tags.slots.get(nhid)
+            for k in dict.fromkeys(self.nexthop_keys.pop(slot, ())):
+                v = self.prefixes.get(k)
+                if v is None or not self._uses(k, slot):
+                    continue
+                before = self._best_raw(k)
+                self._store(k, {r: i for r, i in self._routes(v).items() if i != slot})
+                after = self._best_raw(k)
+                if after != before:
+                    self._count(before, after)
+                out.add(k)
+            self._kept.pop(slot, None)
         return out
 
     def _count(self, before, after):

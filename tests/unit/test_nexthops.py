@@ -121,8 +121,8 @@ def test_an_unknown_object_names_no_peer_until_it_comes():
     """Events race: a route may name an object not heard of yet. It names
     no peer (never an old one) until the object arrives."""
     t = sync.Table(tags(), sync.Filter())
-    k = t.update(kroute("10.1.0.0/16", 5))
-    assert k is None and t.best(sync.network_pkey(ipaddress.ip_network("10.1.0.0/16"))) is None
+    t.update(kroute("10.1.0.0/16", 5))
+    assert t.best(sync.network_pkey(ipaddress.ip_network("10.1.0.0/16"))) is None and len(t) == 0
     changed = follow_nexthops(t.tags, {"routes": t}, [(single(5, BOB), False)])
     k = sync.network_pkey(ipaddress.ip_network("10.1.0.0/16"))
     assert changed["routes"] == {k} and t.best(k) == (BOB,)
@@ -135,6 +135,32 @@ def test_a_blackhole_object_hides_worse_routes():
     k = t.update(kroute("10.1.0.0/16", 1, priority=10))
     assert t.best(k) == (ALICE,)
     assert t.update(kroute("10.1.0.0/16", 2, priority=1)) == k and t.best(k) is None
+
+
+def test_many_routes_through_one_object_all_follow_it():
+    """Past the point where the object's list of prefixes is compacted
+    (routes replaced and deleted meanwhile), every route still there
+    follows the object, and none that went comes back."""
+    t = sync.Table(tags(), sync.Filter())
+    t.tags.nexthops.set(single(1, ALICE))
+    nets = [f"10.{i >> 8}.{i & 255}.0/24" for i in range(1000)]
+    for n in nets:
+        t.update(kroute(n, 1))
+    keys = {sync.network_pkey(ipaddress.ip_network(n)): n for n in nets}
+    changed = follow_nexthops(t.tags, {"routes": t}, [(single(1, BOB), False)])["routes"]
+    assert {keys[k] for k in changed} == set(nets) and all(t.best(k) == (BOB,) for k in keys)
+    for n in nets[::3]:  # a third deleted, a third moved to a plain route
+        t.update(kroute(n, 1), deleted=True)
+    bob = ((socket.inet_aton(TAG[BOB]), FRONT),)
+    for n in nets[1::3]:
+        t.update(kroute(n, 1)._replace(nexthops=bob))
+    for n in nets[::3]:  # and the deleted ones back, twice over
+        t.update(kroute(n, 1))
+        t.update(kroute(n, 1))
+    changed = follow_nexthops(t.tags, {"routes": t}, [(single(1, CAROL), False)])["routes"]
+    assert {keys[k] for k in changed} == set(nets[::3]) | set(nets[2::3])
+    assert all(t.best(k) == ((BOB,) if n in nets[1::3] else (CAROL,)) for k, n in keys.items())
+    assert len(t.nexthop_keys[t.tags.slots[1]]) < 3 * 1000  # compacted as it grew
 
 
 def test_compat_hops_that_disagree_are_counted_and_the_object_wins():
@@ -153,7 +179,7 @@ def test_a_route_no_longer_through_an_object_is_not_brought_back_by_it():
     assert t.best(k) == (BOB,)
     follow_nexthops(t.tags, {"routes": t}, [(single(1, CAROL), False)])
     assert t.best(k) == (BOB,)
-    assert t.drop_nexthops({1}) == set() and t.best(k) == (BOB,)
+    assert t.drop_nexthops({1}) == set() and t.best(k) == (BOB,) and len(t) == 1
 
 
 # -- the model: any sequence of object and route changes -------------------
@@ -258,3 +284,6 @@ def test_the_tables_follow_the_kernel_through_any_sequence(ops, compat, redump):
             k = sync.network_pkey(ipaddress.ip_network(p))
             assert t.best(k) == kernel.best(p), (p, ops)
         assert t.tags.nexthops.objects == kernel.objects
+        assert len(t) == sum(1 for p in PREFIXES if kernel.best(p))
+        assert dict(t.items()) == {sync.network_pkey(ipaddress.ip_network(p)): kernel.best(p)
+                                   for p in PREFIXES if kernel.best(p)}

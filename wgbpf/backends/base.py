@@ -138,5 +138,5 @@ def reread_nexthops(nl, tags, tables):
 
 
 def _renexthop(tags, tables, gone, changed):
-    tags.forget(gone | changed)
-    return {trie: t.drop_nexthops(gone) | t.renexthop(changed) for trie, t in tables.items()}
+    slots = tags.refresh(gone | changed)  # one slot per object: its routes follow it untouched
+    return {trie: t.drop_nexthops(gone) | t.nexthop_keys_of(slots) for trie, t in tables.items()}
