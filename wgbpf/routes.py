@@ -133,7 +133,8 @@ def parse_route(buf, off, end):
         if r is not None:
             return r
     r = _parse_route(buf, off, end)
-    if r is not None and r.nexthops and len(r.nexthops) == 1 and r.src is None and r.nexthops[0][0] != NH:
+    if r is not None and r.src is None and (len(r.nexthops) == 1 or (r.nexthops and r.nexthops[0][0] is NH
+                                                                     and len(r.nexthops) == 2)):
         _Layout.learn(buf, off, end)
     return r
 
@@ -206,9 +207,10 @@ class _Layout:
     FIELDS = {RTA_TABLE: "I", RTA_PRIORITY: "I", RTA_FLOW: "I", RTA_OIF: "i"}
     MAX = 8  # layouts of one length (and 64 in all): a bound, whatever is sent
 
-    def __init__(self, st, check, expect, route, hop, defaults):
+    def __init__(self, st, check, expect, route, hop, defaults, nh=None):
         self.st, self.check, self.expect = st, check, expect
         self.route, self.hop, self.defaults = route, hop, defaults
+        self.nh = nh  # RTA_NH_ID's place in the unpacked values, if the layout has one
 
     @classmethod
     def learn(cls, buf, off, end):
@@ -229,6 +231,8 @@ class _Layout:
             i += 2
             if kind in cls.FIELDS and size == 4:
                 fmt.append(cls.FIELDS[kind])
+            elif kind == RTA_NH_ID and size == 4:
+                fmt.append("I")
             elif kind in (RTA_DST, RTA_GATEWAY) and size == len(_ZERO[family]):
                 fmt.append(f"{size}s")
             elif kind == RTA_VIA and size in (6, 18):  # struct rtvia: family, then the address
@@ -248,11 +252,11 @@ class _Layout:
             return
         # after the unpacked values come the defaults of what is absent:
         # i: no destination (::/0), i+1: zero, i+2: None (no gateway)
-        pick = {k: at.get(k) for k in (RTA_DST, RTA_TABLE, RTA_PRIORITY, RTA_FLOW, RTA_GATEWAY, RTA_OIF)}
+        pick = {k: at.get(k) for k in (RTA_DST, RTA_TABLE, RTA_PRIORITY, RTA_FLOW, RTA_GATEWAY, RTA_OIF, RTA_NH_ID)}
         route = itemgetter(0, pick[RTA_DST] or i, 1, pick[RTA_TABLE] or 4, pick[RTA_PRIORITY] or i + 1,
                            5, pick[RTA_FLOW] or i + 1)
         hop = itemgetter(pick[RTA_GATEWAY] or i + 2, pick[RTA_OIF] or i + 1)
-        layout = cls(st, itemgetter(*heads), tuple(expect), route, hop, (_ZERO[family], 0, None))
+        layout = cls(st, itemgetter(*heads), tuple(expect), route, hop, (_ZERO[family], 0, None), pick[RTA_NH_ID])
         if layout.parse(buf, off) == _parse_route(buf, off, end):  # the walk agrees, or it is not used
             _LAYOUTS.setdefault(end - off, []).append(layout)
 
@@ -261,7 +265,11 @@ class _Layout:
         if self.check(v) != self.expect:
             return None
         v += self.defaults
-        return _new(KernelRoute, self.route(v) + ((self.hop(v),), v[3], None))
+        if self.nh is None:
+            return _new(KernelRoute, self.route(v) + ((self.hop(v),), v[3], None))
+        hop = self.hop(v)  # beside the id as the walk reads it: a gateway or a device, if any
+        hops = ((NH, v[self.nh]), hop) if hop[0] is not None or hop[1] else ((NH, v[self.nh]),)
+        return _new(KernelRoute, self.route(v) + (hops, v[3], None))
 
 
 class Nexthop(collections.namedtuple("Nexthop", "id family gateway oif blackhole group resilient fdb",

@@ -380,12 +380,13 @@ def nexthops(draw, size):
 
 
 ATTRS4["multipath"] = (rt.RTA_MULTIPATH, nexthops(4))
+ATTRS4["nhid"] = (rt.RTA_NH_ID, st.integers(0, 2**32 - 1).map(lambda v: struct.pack("=I", v)))
 ATTRS6 = {"table": ATTRS4["table"], "oif": ATTRS4["oif"], "prio": ATTRS4["prio"], "pref": ATTRS4["pref"],
           "cacheinfo": ATTRS4["cacheinfo"],
           "dst": (rt.RTA_DST, st.binary(min_size=16, max_size=16)),
           "src": (rt.RTA_SRC, st.binary(min_size=16, max_size=16)),
           "gw": (rt.RTA_GATEWAY, st.binary(min_size=16, max_size=16)),
-          "multipath": (rt.RTA_MULTIPATH, nexthops(16))}
+          "multipath": (rt.RTA_MULTIPATH, nexthops(16)), "nhid": ATTRS4["nhid"]}
 
 
 @st.composite
