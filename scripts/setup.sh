@@ -3,8 +3,8 @@
 # Installs what wgbpf needs on Debian 12/13, as root; safe to run again.
 # - Debian packages: BCC (python3-bpfcc), bpftool, kernel headers for BCC,
 #   wireguard-go + wireguard-tools for the lab, iperf3 for traffic, tmux to
-#   test `wgbpf top` as a terminal shows it, bird2 and babeld for the
-#   recipes' tests (docs/recipes/).
+#   test `wgbpf top` as a terminal shows it, bird2, babeld and frr for the
+#   recipes' tests (docs/recipes/); FRR's own service kept off (below).
 # - the kernel-headers links BCC looks for, only when missing.
 # - bpffs at /sys/fs/bpf, only when missing.
 # - .venv built on /usr/bin/python3 (where Debian's BCC imports) with
@@ -18,8 +18,29 @@ cd "$(dirname "$0")/.."
 
 PKGS="python3-bpfcc bpftool linux-headers-amd64 wireguard-tools wireguard-go
       iperf3 iproute2 python3-venv python3-pip kmod procps iputils-ping util-linux tmux
-      bird2 babeld"
+      bird2 babeld frr"
 apt_install $PKGS
+
+# FRR: the recipes' tests run zebra, staticd and bgpd inside the lab's
+# namespaces, each with its own pathspace (-N). Debian's frr.service, which
+# the package enables and starts where systemd runs, would start watchfrr,
+# zebra and staticd in the root namespace, where a zebra takes part in this
+# machine's own routing (at start it sweeps the proto zebra, static and bgp
+# routes it finds) and nothing here asks for one. Stop and disable it, on
+# every run (an upgrade of frr may enable it again); both are no-ops when
+# already done.
+if [ -d /run/systemd/system ]; then
+    systemctl disable --now frr.service >/dev/null 2>&1 || true
+else
+    # no systemd (a container; policy-rc.d may have refused the start): stop
+    # what the init script started in the default pathspace (its pid files
+    # are /run/frr/*.pid; the tests' pathspaces are /run/frr/NAME/), and keep
+    # it from starting at boot under sysvinit
+    if ls /run/frr/*.pid >/dev/null 2>&1; then
+        /usr/lib/frr/frrinit.sh stop >/dev/null 2>&1 || true
+    fi
+    command -v update-rc.d >/dev/null && update-rc.d frr disable >/dev/null 2>&1 || true
+fi
 
 # BCC compiles against /lib/modules/$(uname -r)/build; the running kernel has
 # no headers package, so point at Debian's generic ones.

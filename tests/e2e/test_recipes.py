@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """End to end: the recipes in docs/recipes/, run as the pages show them.
 
-        alice ----\\                 /---- bob       BIRD (BGP) or babeld on
-                   wg-alice  wg0  wg-bob           the hub and each spoke
+        alice ----\\                 /---- bob       BIRD (BGP), babeld or FRR on
+                   wg-alice  wg0  wg-bob           the hub, BIRD or babeld on each spoke
                           \\_ hub _/
                           wg-carol ---- carol
 
@@ -12,10 +12,13 @@ commands. The lab (lab/lab.sh) builds the WireGuard devices the pages
 assume; the test replaces only device names and file paths (the lab's
 names are unique per run) and then checks what the page says an operator
 should see: routes learned, `wgbpf dump`, traffic between spokes, a forged
-source dropped and counted. Every BIRD/babeld gets its own control socket
-and is killed at teardown, even on failure.
+source dropped and counted. Every BIRD/babeld gets its own control socket,
+every FRR its own pathspace (-N), and each is killed at teardown (FRR's
+/var/run/frr/<pathspace> removed), even on failure.
 """
 import contextlib
+import ipaddress
+import json
 import os
 import re
 import shlex
@@ -33,7 +36,7 @@ from labutil import ROOT, TIME_SCALE, DaemonProc, lab_session, run, wg_pubkey
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 RECIPES = os.path.join(ROOT, "docs", "recipes")
-# The module takes ~2 minutes on the host. Under emulation (the vm tier sets
+# The module takes ~3 minutes on the host. Under emulation (the vm tier sets
 # WGBPF_TIME_SCALE above 1) its first three recipes took 16 minutes (each
 # lab and attach ~3), so there only the babel recipe runs, the one that
 # tells most about kernel WireGuard (Hellos cloned to every member,
@@ -98,6 +101,7 @@ class Routing:
     workdir/name.log; killed by stop()."""
 
     def __init__(self, ns, argv, workdir, name):
+        self.name = name
         self.log = open(os.path.join(workdir, f"{name}.log"), "w+")
         self.proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", *argv],
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -160,6 +164,36 @@ class Bird(Routing):
         return int(m.group(3))
 
 
+FRR_SBIN = "/usr/lib/frr"
+FRR_RUN = "/var/run/frr"
+
+
+class FrrDaemon(Routing):
+    """An FRR daemon (zebra, staticd, bgpd) from a page's start line, in the
+    foreground (its -d dropped) with its log on stdout; started means its
+    vty socket is there (a stale one from a killed predecessor removed
+    first)."""
+
+    def __init__(self, ns, args, workdir, pathspace):
+        daemon = os.path.basename(args[0])
+        self.vty = os.path.join(FRR_RUN, pathspace, f"{daemon}.vty")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.vty)
+        super().__init__(ns, [a for a in args if a != "-d"] + ["--log", "stdout"], workdir, f"frr-{daemon}")
+        try:
+            wait_until(lambda: os.path.exists(self.vty) or self.proc.poll() is not None,
+                       f"{daemon}'s vty socket {self.vty}")
+            assert self.proc.poll() is None, f"{daemon} exited {self.proc.returncode}: {self.text()}"
+        except BaseException:
+            self.stop()
+            raise
+
+    def text(self):
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()
+
+
 def wait_until(check, what, timeout=30):
     deadline = time.monotonic() + timeout * TIME_SCALE
     while True:
@@ -215,6 +249,8 @@ class Recipe:
             p = Babeld(ns, args, self.dir, name)
         elif args[:2] == ["wgbpf", "daemon"]:
             p = DaemonProc(ns, *args[1:])
+        elif os.path.dirname(args[0]) == FRR_SBIN:  # zebra, staticd, bgpd -N PATHSPACE
+            p = FrrDaemon(ns, args, self.dir, args[args.index("-N") + 1])
         else:
             raise AssertionError(f"unknown start command: {line}")
         self.procs.append(p)
@@ -546,3 +582,258 @@ def test_two_hubs_exchange_routes_and_carry_traffic(two_hubs):
     assert two.ping("alice", "10.3.0.1", count=2)  # dave -> carol, by hub2
     assert one.ping("alice", "10.3.0.1", count=2)
     assert [lab.status()["counters"]["spoofed"] for lab in (one, two)] == spoofed
+
+
+# ------------------------------------------------------ (5) FRR, BGP ----
+
+def kernel_routes(lab, proto="bgp"):
+    """{prefix: [peer, ...]} of the hub's kernel routes of `proto`, each
+    route's next hops resolved as the kernel does: through its nexthop
+    object (and a group's members) when it has one, else its own gateways;
+    a gateway names the peer it is a tag of."""
+    tags = {}
+    for name, p in lab.peers.items():
+        tags[p["tag4"]] = tags[p["tag6"]] = name
+    objs = {o["id"]: o for o in json.loads(lab.ip("-j", "nexthop", "show").stdout or "[]")}
+
+    def gateways(o):
+        if "group" in o:
+            return [g for m in o["group"] for g in gateways(objs[m["id"]])]
+        return [o["gateway"]] if "gateway" in o else []
+
+    out = {}
+    for fam in ("-4", "-6"):
+        for r in json.loads(lab.ip("-j", fam, "route", "show", "proto", proto).stdout or "[]"):
+            if "nhid" in r:
+                gws = gateways(objs[r["nhid"]]) if r["nhid"] in objs else []
+            else:
+                gws = [h["gateway"] for h in r.get("nexthops", [r]) if "gateway" in h]
+            dst = str(ipaddress.ip_network(r["dst"]))  # a host route prints without its /32
+            out[dst] = sorted({tags[g] for g in gws if g in tags})
+    return out
+
+
+def kernel_map_routes(lab):
+    """dump_routes without the tags' host routes: what the daemon wrote."""
+    return {r["prefix"]: sorted(r["peers"]) for r in lab.dump()["routes"] if r["origin"] == "kernel"}
+
+
+FRR_WANT = {"10.1.0.0/16": ["alice"], "10.2.0.0/16": ["bob"], "10.3.0.0/16": ["carol"],
+            "10.99.0.0/24": ["bob", "carol"],
+            "fd00:1::/48": ["alice"], "fd00:2::/48": ["bob"], "fd00:3::/48": ["carol"]}
+
+
+class Frr:
+    """The page's FRR on the hub: its start lines (zebra, staticd, bgpd,
+    vtysh -f), restartable one by one, vtysh in its pathspace."""
+
+    def __init__(self, lab, recipe, paths, pathspace):
+        self.lab, self.recipe, self.pathspace = lab, recipe, pathspace
+        self.lines = {}
+        self.procs = {}
+        for line in recipe.text("start.sh", paths).strip().splitlines():
+            args = shlex.split(line.split("#", 1)[0])
+            name = os.path.basename(args[0]) if args[0] != "wgbpf" else "wgbpf"
+            self.lines[name] = line
+            if name != "vtysh":
+                self.start(name)
+            else:
+                nsrun(lab.hub, *args)
+
+    def start(self, name):
+        self.procs[name] = self.recipe.start(self.lab.hub, self.lines[name], "hub")
+        return self.procs[name]
+
+    def configure(self):
+        nsrun(self.lab.hub, *shlex.split(self.lines["vtysh"]))
+
+    def vtysh(self, *cmds):
+        args = [a for c in cmds for a in ("-c", c)]
+        return nsrun(self.lab.hub, "vtysh", "-N", self.pathspace, *args).stdout
+
+    def sessions(self):
+        """{neighbor: state} of every address family's BGP neighbours."""
+        summary = json.loads(self.vtysh("show bgp summary json"))
+        return {n: p["state"] for af in summary.values() if isinstance(af, dict)
+                for n, p in af.get("peers", {}).items()}
+
+
+def frr_logs(lab):
+    return "\n".join(f"--- {n}:\n{p.text()[-3000:]}" for n, p in lab.frr.procs.items()
+                     if isinstance(p, (FrrDaemon, DaemonProc)))
+
+
+def wait_frr_complete(lab, timeout=60):
+    """Every session up, the routes of the page in the maps and the maps as
+    the kernel's routes."""
+    def complete():
+        maps = kernel_map_routes(lab)
+        return all(s == "Established" for s in lab.frr.sessions().values()) and \
+            all(maps.get(p) == v for p, v in FRR_WANT.items()) and maps == kernel_routes(lab)
+    try:
+        wait_until(complete, "every FRR session up and the maps as the kernel's routes", timeout=timeout)
+    except AssertionError:
+        raise AssertionError(f"sessions {lab.frr.sessions()}\nmaps {kernel_map_routes(lab)}\n"
+                             f"kernel {kernel_routes(lab)}\n{lab.ip('route').stdout}"
+                             f"{lab.ip('-6', 'route').stdout}{lab.ip('nexthop').stdout}\n{frr_logs(lab)}")
+
+
+@pytest.fixture(scope="module", params=[1, 0], ids=["compat1", "compat0"])
+def frr(request):
+    """The FRR page on a lab, its hub's net.ipv4.nexthop_compat_mode set
+    before zebra starts; the spokes run bgp-bird.md's BIRD."""
+    require_tools("vtysh", f"{FRR_SBIN}/zebra", f"{FRR_SBIN}/staticd", f"{FRR_SBIN}/bgpd", "bird", "birdc")
+    mode = request.param
+    # p, q: lab ids no other module uses (lab.sh takes 5 characters)
+    with recipe_lab(f"{'p' if mode else 'q'}{RUN_ID}", "bgp-frr.md", "bgp-bird.md") as (lab, recipe):
+        pathspace = lab.hub  # unique to this lab; the page's `-N hub`
+        recipe.names["hub"] = pathspace
+        try:
+            spokes_on_a_24(lab)
+            recipe.write("wg0.toml")
+            recipe.write("frr.conf")
+            paths = {"/etc/wgbpf/wg0.toml": "wg0.toml", "/etc/frr/frr.conf": "frr.conf"}
+            recipe.script(lab.hub, "hub.sh", paths)
+            nsrun(lab.hub, "sysctl", "-qw", f"net.ipv4.nexthop_compat_mode={mode}")
+            lab.frr = Frr(lab, recipe, paths, pathspace)
+            recipe.bird_spokes()
+            for name in ("bob", "carol"):  # the anycast prefix, as the page says
+                spoke(lab, name, "ip", "addr", "add", "10.99.0.1/24", "dev", "lan0")
+            lab.recipe, lab.compat = recipe, mode
+            yield lab
+        finally:
+            recipe.close()  # before the lab goes: FRR's daemons, then its pathspace
+            subprocess.run(["rm", "-rf", os.path.join(FRR_RUN, pathspace)])
+
+
+@SLOW
+def test_frr_routes_learned_through_nexthop_objects_and_in_the_maps(frr):
+    wait_frr_complete(frr)
+    assert len(frr.frr.sessions()) == 6, frr.frr.sessions()
+    kernel = frr.ip("route", "show", "10.99.0.0/24").stdout
+    assert "nhid" in kernel, kernel
+    if frr.compat:
+        assert kernel.count("nexthop via") == 2, kernel
+    nhid = int(re.search(r"nhid (\d+)", kernel).group(1))
+    group = frr.ip("nexthop", "show", "id", str(nhid)).stdout
+    assert re.search(r"group \d+/\d+", group), group  # ECMP through a group object
+    lookup = frr.wgbpf("lookup", "10.99.0.1").stdout
+    assert "bob" in lookup and "carol" in lookup, lookup
+    wait_until(lambda: "routes per peer: alice 2, bob 3, carol 3" in frr.wgbpf("status").stdout,
+               "wgbpf status to count the routes per peer")
+    assert "daemon: running" in frr.wgbpf("status").stdout
+    # what the page shows (pytest -s prints it)
+    print(frr.frr.vtysh("show bgp summary"), frr.ip("route", "show", "proto", "bgp").stdout,
+          frr.ip("-6", "route", "show", "proto", "bgp").stdout, frr.ip("nexthop").stdout,
+          frr.wgbpf("dump").stdout, lookup, frr.wgbpf("lookup", "10.2.0.9", "--from", "alice").stdout, sep="\n")
+
+
+@SLOW
+def test_frr_traffic_between_spokes_and_anycast(frr):
+    wait_frr_complete(frr)
+    assert frr.ping("alice", "10.2.0.1", count=2)
+    assert frr.ping("alice", "fd00:3::1", count=2)
+    assert frr.ping("alice", "10.99.0.1", count=2)
+
+
+def spoofed(lab, peer):
+    return lab.status()["counters"]["spoofed"], lab.peer(peer)["spoofed"]
+
+
+def assert_spoofed(lab, src, dst, peer, **kw):
+    """A ping from spoke `src` to `dst` gets no answer, each request counted
+    as spoofed, in all and on `peer`."""
+    before = spoofed(lab, peer)
+    assert not lab.ping(src, dst, count=2, **kw)
+    after = spoofed(lab, peer)
+    assert after[0] - before[0] >= 2 and after[1] - before[1] >= 2, (before, after)
+
+
+@SLOW
+def test_frr_session_shut_withdraws_its_prefixes(frr):
+    """Bob's two sessions shut at the hub: within 2 s his prefixes leave the
+    maps and the anycast prefix stays on carol alone; what he sends from
+    his own address is then spoofed."""
+    wait_frr_complete(frr)
+    bob = ("10.255.0.2", "fe80::2")
+    frr.frr.vtysh("conf t", "router bgp 65000", *(f"neighbor {n} shutdown" for n in bob))
+    try:
+        t0 = time.monotonic()
+        want = {p: v for p, v in FRR_WANT.items() if v != ["bob"]}
+        want["10.99.0.0/24"] = ["carol"]
+        wait_until(lambda: kernel_map_routes(frr) == want, f"the maps to hold {want} alone", timeout=2)
+        took = time.monotonic() - t0
+        assert kernel_routes(frr) == want
+        print(f"bob's prefixes out of the maps {took:.2f} s after the shutdown")
+        assert frr.ping("alice", "10.99.0.1", count=2)  # by carol
+        assert_spoofed(frr, "bob", "10.1.0.1", "bob")
+    finally:
+        frr.frr.vtysh("conf t", "router bgp 65000", *(f"no neighbor {n} shutdown" for n in bob))
+        # bob's BIRD waits after the hub's Cease before it connects again: a new one connects at once
+        for p in frr.recipe.procs:
+            if isinstance(p, Bird) and p.name == "bob":
+                p.stop()
+        frr.recipe.bird_spokes(("bob",))
+    wait_frr_complete(frr)
+
+
+@SLOW
+def test_frr_zebra_killed_and_restarted_the_maps_follow(frr):
+    """zebra killed with -9 (its routes and objects stay in the kernel),
+    then FRR started again as the page starts it, as watchfrr does when
+    zebra dies (every daemon restarted: with bgpd left running, 8.4's new
+    zebra put back only some of bgpd's routes); it sweeps the old routes
+    and objects and installs new ones. The maps end as the kernel's routes
+    and traffic flows."""
+    wait_frr_complete(frr)
+    old = frr.ip("nexthop").stdout
+    frr.frr.procs["zebra"].proc.kill()
+    frr.frr.procs["zebra"].proc.wait()
+    time.sleep(1)
+    assert kernel_map_routes(frr) == kernel_routes(frr)  # nothing changed without zebra
+    assert all(kernel_map_routes(frr).get(p) == v for p, v in FRR_WANT.items())
+    for name in ("bgpd", "staticd"):
+        frr.frr.procs[name].stop()
+    t0 = time.monotonic()
+    for name in ("zebra", "staticd", "bgpd"):
+        frr.frr.start(name)
+    frr.frr.configure()
+    wait_frr_complete(frr, timeout=90)
+    print(f"complete {time.monotonic() - t0:.1f} s after the restart; objects before:\n{old}"
+          f"after:\n{frr.ip('nexthop').stdout}")
+    assert frr.ping("alice", "10.2.0.1", count=2)
+    assert frr.ping("alice", "fd00:3::1", count=2)
+    assert frr.ping("alice", "10.99.0.1", count=2)
+
+
+@SLOW
+def test_frr_nexthop_flush_under_the_daemon(frr):
+    """`ip nexthop flush` in the hub: the kernel drops every FRR route with
+    its object, the IPv4 ones without a route message. zebra (8.4) puts the
+    objects back at once, and the IPv6 routes (the kernel announced their
+    deletion), not the IPv4 ones. Within 2 s the maps are the kernel's
+    routes again, without every prefix the kernel lost, and a source those
+    routes gave a peer is dropped as spoofed. A reset of the sessions
+    (`clear bgp *`) brings the routes back."""
+    wait_frr_complete(frr)
+    before = kernel_routes(frr)
+    assert set(before) >= set(FRR_WANT), before
+    frr.ip("nexthop", "flush")
+    t0 = time.monotonic()
+
+    def followed():
+        kernel = kernel_routes(frr)
+        return kernel_map_routes(frr) == kernel and set(before) - set(kernel)
+    try:
+        removed = wait_until(followed, "the maps to follow the flush", timeout=2)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nmaps {kernel_map_routes(frr)}\nkernel {kernel_routes(frr)}\n"
+                             f"{frr.ip('route').stdout}{frr.ip('-6', 'route').stdout}{frr.ip('nexthop').stdout}\n"
+                             f"{frr_logs(frr)}") from None
+    print(f"maps as the kernel {time.monotonic() - t0:.2f} s after the flush; removed {sorted(removed)}, "
+          f"kernel now {kernel_routes(frr)}")
+    assert "10.2.0.0/16" in removed, removed  # zebra does not know the kernel dropped it
+    assert_spoofed(frr, "bob", "10.1.0.1", "bob")
+    frr.frr.vtysh("clear bgp *")
+    wait_frr_complete(frr)
+    assert frr.ping("alice", "10.2.0.1", count=2)
