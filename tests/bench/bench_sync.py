@@ -17,6 +17,14 @@ side by side, in the same run:
      no `ip` process start is in the figure; the map is polled in a loop)
   h  the maps equal the kernel table afterwards
 
+With --nexthops N the table is installed FRR's way: N kernel nexthop
+objects (single nexthops via the peers' tags, and a group for every tenth
+of them) and every route `nhid X`, with net.ipv4.nexthop_compat_mode set
+by --compat (1: the kernel's default, route messages carry the expanded
+gateways too; 0: the id alone). Its part `nhreplace` replaces one object
+and times until every route through it is in the maps with the new peer,
+beside the kernel's own replace.
+
 Progress goes to stderr, a table to stdout, everything to
 bench-results/sync.json; --profile adds cProfile reports of the sync and of
 the daemon's event path (bench-results/sync-profile*.txt). Peak RSS is
@@ -78,6 +86,32 @@ def tag4(i):
 
 def tag6(i):
     return f"fe80::{i + 1}"
+
+
+def nexthop_ids(n, v6):
+    """(single ids, group ids) of --nexthops n objects of one family."""
+    base = 1_000_000 if v6 else 1
+    singles = [base + i for i in range(n - n // 10)]
+    return singles, [base + 500_000 + g for g in range(n // 10)]
+
+
+def nexthop_lines(n, front, v6):
+    """ip -batch lines making the objects: singles via the peers' tags in
+    turn, then groups of two consecutive singles."""
+    singles, groups = nexthop_ids(n, v6)
+    for k, i in enumerate(singles):
+        via = f"via {tag6(k % NPEERS)} dev {front}" if v6 else f"via {tag4(k % NPEERS)} dev {front} onlink"
+        yield f"nexthop add id {i} {via}\n"
+    for k, g in enumerate(groups):
+        yield f"nexthop add id {g} group {singles[(2 * k) % len(singles)]}/{singles[(2 * k + 1) % len(singles)]}\n"
+
+
+def nexthop_route_lines(prefixes, n, v6):
+    """Prefix j through object j % (the objects): a group or a single."""
+    singles, groups = nexthop_ids(n, v6)
+    ids = singles + groups
+    for j, p in enumerate(prefixes):
+        yield f"route add {p} nhid {ids[j % len(ids)]}\n"
 
 
 def route_lines(verb, prefixes, front, v6, start=0, shift=0):
@@ -455,6 +489,13 @@ class Bench:
         for dev in [front] + members:
             sh("ip", "-n", ns, "tuntap", "add", "dev", dev, "mode", "tun")
             sh("ip", "-n", ns, "link", "set", dev, "up")
+        if self.args.nexthops:
+            # a nexthop object needs its device's carrier: the front's TUN held open
+            import fcntl
+            with nsenter.entered(ns):
+                fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+                fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", front.encode(), 0x0001 | 0x1000))  # TUNSETIFF
+            self.tun_fds = getattr(self, "tun_fds", []) + [fd]
 
     def cleanup(self):
         for d in self.daemons:
@@ -539,8 +580,17 @@ class Bench:
             lens[L] = lens.get(L, 0) + 1
         self.res["v4_length_histogram"] = {str(k): v for k, v in sorted(lens.items())}
         log(f"generated in {time.perf_counter() - t0:.1f}s; /24 share {lens.get(24, 0) / max(1, a.v4):.0%}")
-        f4 = write_batches(self.tmp, "add4", route_lines("add", self.v4, self.front, False), a.chunk)
-        f6 = write_batches(self.tmp, "add6", route_lines("add", self.v6, self.front, True), a.chunk)
+        if a.nexthops:
+            sh("ip", "netns", "exec", self.ns, "sysctl", "-qw", f"net.ipv4.nexthop_compat_mode={a.compat}")
+            objs = write_batches(self.tmp, "nh", [*nexthop_lines(a.nexthops, self.front, False),
+                                                  *nexthop_lines(a.nexthops, self.front, True)], a.chunk)
+            t = ip_batch(self.ns, objs)
+            log(f"{2 * a.nexthops:,} nexthop objects in {t:.2f}s (compat mode {a.compat})")
+            f4 = write_batches(self.tmp, "add4", nexthop_route_lines(self.v4, a.nexthops, False), a.chunk)
+            f6 = write_batches(self.tmp, "add6", nexthop_route_lines(self.v6, a.nexthops, True), a.chunk)
+        else:
+            f4 = write_batches(self.tmp, "add4", route_lines("add", self.v4, self.front, False), a.chunk)
+            f6 = write_batches(self.tmp, "add6", route_lines("add", self.v6, self.front, True), a.chunk)
         log(f"ip -batch insert of {a.v4:,} IPv4 routes ({len(f4)} files)")
         t4 = ip_batch(self.ns, f4)
         log(f"  {t4:.2f}s ({fmt_rate(a.v4, t4)}/s)")
@@ -645,6 +695,48 @@ class Bench:
                      r["vmhwm_mib"], f"{f['writes']:,} map writes; start->sync line {r['wall_to_sync_seconds']:.1f}s; "
                      f"arrays compiled by a child process, its peak RSS {r.get('child_peak_mib', '?')} MiB")
         self.res["dir24"] = out
+
+    def nhreplace(self):
+        """One nexthop object replaced (its peer moved) under the daemon:
+        seconds until every route through it is in the maps with the new
+        peer (the maps polled on a sample, then checked whole), beside
+        `ip nexthop replace` itself. The maps carry the peers in each
+        prefix's entry, so the daemon rewrites each of them."""
+        a = self.args
+        singles, _groups = nexthop_ids(a.nexthops, False)
+        ids = singles + _groups
+        mine = [p for j, p in enumerate(self.v4) if ids[j % len(ids)] == singles[0]]
+        if not mine:
+            return
+        d, _r = self.daemon_start("daemon for the replace", 1800)
+        from wgbpf.maps import Maps, pin_dir
+        from wgbpf.routemaps import route_peers
+        want = [self.peer_ids["p2"]]  # tag4(1) is p2's
+
+        def peers(net):
+            r = m.tries.get_route(net)
+            return None if r is None else list(route_peers(r))
+        rng = random.Random(a.seed)
+        sample = [ipaddress.ip_network(p) for p in rng.sample(mine, min(200, len(mine)))]
+        with Maps.open(pin_dir(self.front, self.ns), readonly=True) as m:
+            t0 = time.perf_counter()
+            sh("ip", "-n", self.ns, "nexthop", "replace", "id", str(singles[0]), "via", tag4(1),
+               "dev", self.front, "onlink")
+            t_ip = time.perf_counter() - t0
+            while any(peers(n) != want for n in sample):
+                if time.perf_counter() - t0 > 120:
+                    raise RuntimeError("the replaced object's routes did not reach the maps in 120 s")
+                time.sleep(0.001)
+            t_maps = time.perf_counter() - t0
+            late = sum(1 for p in mine if peers(ipaddress.ip_network(p)) != want)
+        d.stop()
+        self.daemons.remove(d)
+        self.res["nhreplace"] = {"routes": len(mine), "ip_seconds": round(t_ip, 4),
+                                 "maps_seconds": round(t_maps, 4), "late_after_sample": late}
+        self.row("one nexthop object replaced: ip nexthop replace", len(mine), t_ip, None, None,
+                 "the kernel's own, O(1)")
+        self.row("  ... every route through it steered to the new peer", len(mine), t_maps, len(mine), None,
+                 f"{late} not yet when the sample was; each prefix rewritten")
 
     def second_start(self, first=False):
         """The daemon the storm runs against: a restart over the maps the
@@ -907,6 +999,8 @@ class Bench:
             self.daemons.remove(d)
         if "dir24" in only:
             self.dir24()
+        if "nhreplace" in only:
+            self.nhreplace()
         if self.args.profile:
             self.profile()
             self.profile_events()
@@ -1007,11 +1101,20 @@ def parse_args(argv):
                          "deletes, single adds, maps == kernel) and dir24 (both starts in DIR-24-8 mode); "
                          "default all")
     ap.add_argument("--json-name", default="sync.json", help="file name under bench-results/")
+    ap.add_argument("--nexthops", type=int, default=0, metavar="N",
+                    help="install the table FRR's way: N nexthop objects a family (a tenth of them groups), "
+                         "every route through one (nhid); parts sync, nhreplace")
+    ap.add_argument("--compat", type=int, choices=(0, 1), default=1,
+                    help="net.ipv4.nexthop_compat_mode with --nexthops (default 1, the kernel's)")
     a = ap.parse_args(argv)
     if a.quick:
         a.v4, a.v6, a.changes = 20_000, 5_000, 5_000
-    if not set(a.only.split(",")) <= {"sync", "storm", "dir24"}:
-        ap.error(f"--only: {a.only!r}: parts are sync, storm and dir24")
+    if not set(a.only.split(",")) <= {"sync", "storm", "dir24", "nhreplace"}:
+        ap.error(f"--only: {a.only!r}: parts are sync, storm, dir24 and nhreplace")
+    if a.nexthops and not set(a.only.split(",")) <= {"sync", "nhreplace"}:
+        ap.error("--nexthops: parts sync and nhreplace only (the storms replace routes by gateway)")
+    if a.nexthops and a.nexthops < 10:
+        ap.error("--nexthops: at least 10 (a tenth of them are groups)")
     if a.v4 < 1 or a.v6 < 0:
         ap.error("--v4 must be at least 1 and --v6 at least 0")
     return a
