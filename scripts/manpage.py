@@ -65,7 +65,7 @@ EXIT_STATUS = [
      "(one line each)"),
     ("3", "internal, never the \\fBwgbpf\\fR command's: the daemon's attach child "
      "(\\fBpython3 \\-m wgbpf.backends.maps \\-\\-attach\\-child\\fR) when the attach is refused, "
-     "and the DIR\\-24\\-8 compile child (\\fBpython3 \\-m wgbpf.dir24maps \\-\\-compile\\-dir24\\fR) "
+     "and the DIR\\-24\\-8 compile child (\\fBpython3 \\-m wgbpf.maps \\-\\-compile\\-dir24\\fR) "
      "when it fails; the daemon reports the child's message (a refused attach ends its start: "
      "exit 1)"),
 ]

@@ -12,6 +12,11 @@ import os
 import struct
 import sys
 
+
+class MapError(Exception):
+    """A pinned map is missing, or not the layout this wgbpf expects."""
+
+
 from .abi import u32, u64
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -6,9 +6,9 @@ dir_sets map, and routes4, the source of truth it is compiled from.
 
 Its own room, beside dir24.py, because it is the one part of the map
 access that spawns a process: the daemon compiles in a child
-(`python -m wgbpf.dir24maps --compile-dir24 DIR`) whose transient arrays
-go with it. A Maps reaches this as `m.dir24`; it builds on maps.py (the
-fds, MapError) and routemaps.py (routes4, the Route value bytes).
+(`python -m wgbpf.maps --compile-dir24 DIR`) whose transient arrays
+go with it. A Maps reaches this as `m.dir24`; it is handed a Maps (the
+fds) and never imports maps.py and routemaps.py (routes4, the Route value bytes).
 """
 import ctypes
 import os
@@ -18,7 +18,8 @@ import subprocess
 import sys
 
 from . import abi, bpfsys
-from .maps import MapError, Maps, child_env
+from .bpfsys import MapError
+from .files import child_env
 from .routemaps import PLEN, ROUTE_SIZE, value_peers
 
 
@@ -74,7 +75,7 @@ class Dir24Maps:
         return d
 
     def compile_apart(self):
-        """rebuild in a child process (`python -m wgbpf.dir24maps
+        """rebuild in a child process (`python -m wgbpf.maps
         --compile-dir24 DIR`), for the daemon: the compile's transient
         arrays (about 100 MiB at a full table: a private tbl24 to compare
         with the map, the prefixes by length) are the child's and gone with
@@ -138,7 +139,7 @@ class _Dir24Child:
 
     def __init__(self, maps):
         self.maps = maps
-        self.p = subprocess.Popen([sys.executable, "-m", "wgbpf.dir24maps", "--compile-dir24", maps.directory],
+        self.p = subprocess.Popen([sys.executable, "-m", "wgbpf.maps", "--compile-dir24", maps.directory],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
 
     def result(self):
@@ -170,19 +171,3 @@ class _Dir24Child:
         """Not wanted after all (the sync failed): the child is stopped."""
         self.p.kill()
         self.p.communicate()
-
-
-def _compile_dir24_child(directory):
-    from .dir24 import Dir24Error
-    try:
-        with Maps.open(directory) as m:
-            d = m.dir24.rebuild()
-    except (MapError, Dir24Error, OSError) as e:
-        print(str(e), file=sys.stderr)
-        sys.exit(3)
-    sys.stdout.buffer.write(pickle.dumps(d.state()))
-    sys.stdout.buffer.write(d.depth)
-
-
-if __name__ == "__main__" and sys.argv[1:2] == ["--compile-dir24"] and len(sys.argv) == 3:
-    _compile_dir24_child(sys.argv[2])

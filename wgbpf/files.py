@@ -72,3 +72,10 @@ def read_bounded(path, limit=MAX_READ):
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def child_env():
+    """The environment of a `python -m wgbpf...` child: this package first
+    on its path, wherever it was imported from (a checkout, the venv)."""
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (pkg, os.environ.get("PYTHONPATH")))))

@@ -16,11 +16,15 @@ each its own concern, reached by composition.
 import ctypes
 import ipaddress
 import os
+import pickle
 import socket
 import stat
 import struct
+import sys
 
 from . import abi, bpfsys, nsenter
+from .bpfsys import MapError  # noqa: F401 (callers name it maps.MapError)
+
 from .routemaps import Tries, hash_items
 
 # WGBPF_PIN_ROOT moves every instance's pins (tests point it at a directory
@@ -28,10 +32,6 @@ from .routemaps import Tries, hash_items
 PIN_ROOT = os.environ.get("WGBPF_PIN_ROOT") or "/sys/fs/bpf/wgbpf"
 SO_NETNS_COOKIE = 71
 DIR_MAPS = ("dir24", "dir8", "dir_sets")
-
-
-class MapError(Exception):
-    """A pinned map is missing, or not the layout this wgbpf expects."""
 
 
 def _cookie():
@@ -112,7 +112,7 @@ class Maps:
     (Guard: the fail-closed guard's state)."""
 
     def __init__(self, directory, fds):
-        from .dir24maps import Dir24Maps  # it builds on this module (MapError, Maps.open)
+        from .dir24maps import Dir24Maps  # above this module: it is handed the Maps
         self.directory = directory
         self.fds = fds
         self.replaced = []
@@ -349,8 +349,17 @@ def _check_layout(path, fd, spec):
             f"run `wgbpf detach` to remove the old instance first")
 
 
-def child_env():
-    """The environment of a `python -m wgbpf...` child: this package first
-    on its path, wherever it was imported from (a checkout, the venv)."""
-    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (pkg, os.environ.get("PYTHONPATH")))))
+def _compile_dir24_child(directory):
+    from .dir24 import Dir24Error
+    try:
+        with Maps.open(directory) as m:
+            d = m.dir24.rebuild()
+    except (MapError, Dir24Error, OSError) as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(3)
+    sys.stdout.buffer.write(pickle.dumps(d.state()))
+    sys.stdout.buffer.write(d.depth)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--compile-dir24"] and len(sys.argv) == 3:
+    _compile_dir24_child(sys.argv[2])
