@@ -24,7 +24,7 @@ import sys
 
 from . import abi, bpfsys, nsenter
 from .bpfsys import MapError  # noqa: F401 (callers name it maps.MapError)
-
+from .files import child_env  # noqa: F401 (callers name it maps.child_env)
 from .routemaps import Tries, hash_items
 
 # WGBPF_PIN_ROOT moves every instance's pins (tests point it at a directory
