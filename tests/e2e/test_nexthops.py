@@ -34,15 +34,23 @@ def lab():
         yield lab
 
 
+@pytest.fixture(scope="module")
+def running(lab):
+    """One daemon for the module (a start is dear under emulation, in the
+    vm tier): the compat mode changes under it, as an operator may."""
+    d = DaemonProc(lab.hub, "daemon", lab.front, *lab.peer_args())
+    yield d
+    d.stop()
+
+
 @pytest.fixture(params=[1, 0], ids=["compat1", "compat0"])
-def daemon(lab, request):
+def daemon(lab, running, request):
     lab.ip("nexthop", "flush", check=False)
     # per namespace: the hub's own routes carry the expanded hops, or not
     r = run("ip", "netns", "exec", lab.hub, "sysctl", "-qw", f"net.ipv4.nexthop_compat_mode={request.param}")
     assert r.returncode == 0, r.stderr
-    d = DaemonProc(lab.hub, "daemon", lab.front, *lab.peer_args())
-    yield d
-    d.stop()
+    assert running.proc.poll() is None, running.text()
+    yield running
     lab.ip("nexthop", "flush", check=False)
 
 
