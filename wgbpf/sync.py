@@ -299,6 +299,7 @@ class Table:
         # rescan of the table, and a deleted one the routes to remove
         self.nexthop_keys = {}
         self._kept = {}  # slot -> its list's length when last compacted
+        self.filling = False  # a dump into a fresh table: every prefix new, nothing to compact
 
     def __len__(self):
         """Prefixes whose best route names peers."""
@@ -460,11 +461,17 @@ class Table:
         keys = self.nexthop_keys.get(slot)
         if keys is None:
             keys = self.nexthop_keys[slot] = []
-        if len(keys) >= 2 * self._kept.get(slot, 0) + 64:
+        if not self.filling and len(keys) >= 2 * self._kept.get(slot, 0) + 64:
             # k's route is not stored yet: it joins after the others' check
             keys[:] = [x for x in dict.fromkeys(keys) if self._uses(x, slot)]
             self._kept[slot] = len(keys) + 1
         keys.append(k)
+
+    def filled(self):
+        """The dump is in: its lists are as long as their routes (each
+        prefix seen once), and compaction starts from there."""
+        self.filling = False
+        self._kept = {slot: len(keys) for slot, keys in self.nexthop_keys.items()}
 
     def _uses(self, k, slot):
         """Whether a route of prefix k is through the object of `slot`."""

@@ -88,19 +88,26 @@ def dump_tables(nl, tables, progress=None, writer=None, pinned=None):
     n = 0
     recheck = {trie: set() for trie in tables}
     items = list(tables.items())
-    for fam in (socket.AF_INET, socket.AF_INET6):
-        for r in dump_routes(nl, fam):
-            for trie, t in items:
-                k = t.update(r)
-                if k is not None and writer is not None and k not in pinned[trie]:
-                    peers = t.best(k)
-                    if peers is None:
-                        recheck[trie].add(k)
-                    else:
-                        writer.put(trie, k, peers)
-            n += 1
-            if progress and n % 65536 == 0:
-                progress("dump", n)
+    fresh = [t for t in tables.values() if not t.prefixes]
+    for t in fresh:
+        t.filling = True
+    try:
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            for r in dump_routes(nl, fam):
+                for trie, t in items:
+                    k = t.update(r)
+                    if k is not None and writer is not None and k not in pinned[trie]:
+                        peers = t.best(k)
+                        if peers is None:
+                            recheck[trie].add(k)
+                        else:
+                            writer.put(trie, k, peers)
+                n += 1
+                if progress and n % 65536 == 0:
+                    progress("dump", n)
+    finally:
+        for t in fresh:
+            t.filled()
     return n, recheck
 
 
