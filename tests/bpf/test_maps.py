@@ -98,10 +98,10 @@ def test_missing_names_the_keys_without_an_entry_of_their_own(maps):
 
 
 def test_a_restart_writes_only_the_difference(maps):
-    """backends.maps.reconcile, as a restart runs it against filled maps: entries
+    """backends.fullsync.reconcile, as a restart runs it against filled maps: entries
     of routes gone are deleted, changed ones rewritten, missing ones
     written, the operator's left alone, the rest untouched."""
-    from wgbpf.backends.maps import reconcile
+    from wgbpf.backends.fullsync import reconcile
     from wgbpf.routes import KernelRoute
     tags = sync.Tags({bytes([10, 255, 0, p]): p for p in (1, 2, 3)}, {})
     t = sync.Table(tags, sync.Filter())

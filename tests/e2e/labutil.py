@@ -3,6 +3,7 @@
 wgbpf CLI run in the hub's namespace, pings and counters; lab_session, the
 up-and-always-down every module's lab fixture wraps."""
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -179,6 +180,17 @@ class Lab:
         return next(p for p in self.dump()["peers"] if p["name"] == name)
 
 
+
+
+def map_peers(lab, prefix):
+    """The peers the hub's routes map holds for `prefix` (sorted names), or
+    None without an entry."""
+    from wgbpf.maps import Maps
+    from wgbpf.routemaps import route_peers
+    with Maps.open(lab.pin_dir(), readonly=True) as m:
+        names = {i: p.name.decode() for i, p in m.peers().items()}
+        r = m.tries.get_route(ipaddress.ip_network(prefix))
+        return None if r is None else sorted(names[i] for i in route_peers(r))
 
 
 @contextlib.contextmanager

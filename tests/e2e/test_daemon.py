@@ -20,10 +20,9 @@ import time
 import pytest
 
 from wgbtest import RUN_ID
-from labutil import LOOKUPS, TIME_SCALE, DaemonProc, lab_session
+from labutil import LOOKUPS, TIME_SCALE, DaemonProc, lab_session, map_peers
 from wgbpf import abi, routes as rt, sync
 from wgbpf.maps import Maps
-from wgbpf.routemaps import route_peers
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -55,14 +54,6 @@ def via(lab, peer, family=4):
     if family == 4:
         return ["via", p["tag4"], "dev", lab.front, "onlink"]
     return ["via", p["tag6"], "dev", lab.front]
-
-
-def map_peers(lab, prefix):
-    net = ipaddress.ip_network(prefix)
-    with Maps.open(lab.pin_dir(), readonly=True) as m:
-        names = {i: p.name.decode() for i, p in m.peers().items()}
-        r = m.tries.get_route(net)
-        return None if r is None else sorted(names[i] for i in route_peers(r))
 
 
 def wait_map(lab, prefix, want, timeout=1.0):

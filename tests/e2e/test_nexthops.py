@@ -13,16 +13,13 @@
   routes, and a group it empties), `ip nexthop flush`, the front set down
   and up (the IPv4 routes through it flushed).
 """
-import ipaddress
 import json
 import time
 
 import pytest
 
 from wgbtest import RUN_ID
-from labutil import TIME_SCALE, DaemonProc, lab_session, run
-from wgbpf.maps import Maps
-from wgbpf.routemaps import route_peers
+from labutil import TIME_SCALE, DaemonProc, lab_session, map_peers, run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -58,19 +55,22 @@ def nexthop(lab, nhid, peer):
     lab.ip("nexthop", "replace", "id", str(nhid), "via", lab.peers[peer]["tag4"], "dev", lab.front, "onlink")
 
 
-def map_peers(lab, prefix):
-    net = ipaddress.ip_network(prefix)
-    with Maps.open(lab.pin_dir(), readonly=True) as m:
-        names = {i: p.name.decode() for i, p in m.peers().items()}
-        r = m.tries.get_route(net)
-        return None if r is None else sorted(names[i] for i in route_peers(r))
-
-
 def wait_map(lab, daemon, prefix, want, timeout=2.0):
     deadline = time.monotonic() + timeout * TIME_SCALE
     while (got := map_peers(lab, prefix)) != want:
         assert time.monotonic() < deadline, f"{prefix}: maps hold {got}, want {want}:\n{daemon.text()}"
         time.sleep(0.01)
+
+
+def objects_and_group(lab):
+    """alice's and bob's prefixes through objects 101 and 102, and
+    10.94.0.0/16 through group 110 of both, as zebra installs them."""
+    nexthop(lab, 101, "alice")
+    nexthop(lab, 102, "bob")
+    lab.ip("route", "replace", lab.peers["alice"]["prefix4"], "nhid", "101")
+    lab.ip("route", "replace", lab.peers["bob"]["prefix4"], "nhid", "102")
+    lab.ip("nexthop", "replace", "id", "110", "group", "101/102")
+    lab.ip("route", "replace", "10.94.0.0/16", "nhid", "110")
 
 
 def spoofed(lab):
@@ -79,12 +79,7 @@ def spoofed(lab):
 
 def test_routes_through_objects_and_groups_steer_and_follow_them(lab, daemon):
     alice, bob = lab.peers["alice"], lab.peers["bob"]
-    nexthop(lab, 101, "alice")
-    nexthop(lab, 102, "bob")
-    lab.ip("route", "replace", alice["prefix4"], "nhid", "101")
-    lab.ip("route", "replace", bob["prefix4"], "nhid", "102")
-    lab.ip("nexthop", "replace", "id", "110", "group", "101/102")
-    lab.ip("route", "replace", "10.94.0.0/16", "nhid", "110")
+    objects_and_group(lab)
     wait_map(lab, daemon, alice["prefix4"], ["alice"])
     wait_map(lab, daemon, bob["prefix4"], ["bob"])
     wait_map(lab, daemon, "10.94.0.0/16", ["alice", "bob"])
@@ -101,12 +96,7 @@ def test_routes_through_objects_and_groups_steer_and_follow_them(lab, daemon):
 
 def test_a_deleted_object_takes_its_routes_and_an_emptied_group_with_it(lab, daemon):
     alice, bob = lab.peers["alice"], lab.peers["bob"]
-    nexthop(lab, 101, "alice")
-    nexthop(lab, 102, "bob")
-    lab.ip("route", "replace", alice["prefix4"], "nhid", "101")
-    lab.ip("route", "replace", bob["prefix4"], "nhid", "102")
-    lab.ip("nexthop", "replace", "id", "110", "group", "101/102")
-    lab.ip("route", "replace", "10.94.0.0/16", "nhid", "110")
+    objects_and_group(lab)
     wait_map(lab, daemon, "10.94.0.0/16", ["alice", "bob"])
     assert lab.ping("alice", bob["host4"])
     lab.ip("nexthop", "del", "id", "101")  # the kernel drops alice's route without RTM_DELROUTE
