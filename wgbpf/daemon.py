@@ -34,7 +34,6 @@ BATCH_EVENTS = 1024
 BATCH_SECONDS = 0.005
 EVENT_GROUPS = (routes.RTMGRP_IPV4_ROUTE | routes.RTMGRP_IPV6_ROUTE | routes.RTMGRP_LINK
                 | routes.RTMGRP_IPV4_IFADDR | routes.RTMGRP_IPV6_IFADDR | routes.RTMGRP_TC)
-DaemonError = InstanceError  # what the loop raises to exit 1: the cli catches it
 
 
 def backend_for(cfg):

@@ -519,6 +519,8 @@ class Bench:
                     os.unlink(os.path.join(pins, e))
             with contextlib.suppress(OSError):
                 os.rmdir(pins)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(pins))  # the namespace's pin directory, once empty
         for suffix in (".json", ".json.tmp", ".lock", ".writer", ".build"):
             with contextlib.suppress(OSError, TypeError):
                 os.unlink(os.path.join(run, f"{self.front}{suffix}"))

@@ -9,7 +9,7 @@ import time
 from .. import routes, sync, wireguard
 from ..allowedips import Device, Plan, absent_prefix
 from ..allowedips import changes as changes_for
-from .base import Backend, dump_tables, follow_nexthops, reread_nexthops, with_nexthops
+from .base import Backend, dump_tables, nexthop_changes, with_nexthops
 
 
 class AllowedIPsBackend(Backend):
@@ -170,13 +170,11 @@ class AllowedIPsBackend(Backend):
             if k is not None:
                 changed.add(k)
         if changes.nexthops or changes.silent:
-            changed |= follow_nexthops(table.tags, {"routes": table}, changes.nexthops)["routes"]
-            if changes.silent or any(deleted for _nh, deleted in changes.nexthops):
-                nl = routes.Netlink(rcvbuf=self.rcvbuf)
-                try:  # what the kernel may have removed without a word (sync.SILENT)
-                    changed |= reread_nexthops(nl, table.tags, {"routes": table})["routes"]
-                finally:
-                    nl.close()
+            nl = routes.Netlink(rcvbuf=self.rcvbuf)
+            try:  # and what the kernel may have removed without a word (sync.SILENT)
+                changed |= nexthop_changes(table.tags, {"routes": table}, changes, nl)["routes"]
+            finally:
+                nl.close()
             if changes.silent & {table.tags.front}:
                 return True  # routes through the device may be gone: read them all again
         if changed:

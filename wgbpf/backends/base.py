@@ -136,6 +136,18 @@ def follow_nexthops(tags, tables, messages):
     return _renexthop(tags, tables, gone, changed - gone)
 
 
+def nexthop_changes(tags, tables, changes, nl):
+    """One batch's nexthop events applied (follow_nexthops), and the
+    objects read again through `nl` after what can remove them without a
+    word (a device event of changes.silent, or a deleted object); returns
+    {trie: prefixes whose best set may have changed}."""
+    out = follow_nexthops(tags, tables, changes.nexthops)
+    if changes.silent or any(deleted for _nh, deleted in changes.nexthops):
+        for trie, keys in reread_nexthops(nl, tags, tables).items():
+            out[trie] |= keys
+    return out
+
+
 def reread_nexthops(nl, tags, tables):
     """The nexthop objects dumped again (after what can remove them without
     a word: sync.SILENT) and the difference applied; as follow_nexthops."""

@@ -19,11 +19,11 @@ import subprocess
 import sys
 import time
 
-from .. import abi, config, dataplane, instance, maps, routemaps, routes, sync
+from .. import abi, config, dataplane, instance, maps, routes, sync
 from ..links import Links
 from ..liveness import MemberCounters
 from ..maps import Maps, MapError, pin_dir
-from .base import Backend, dump_tables, follow_nexthops, reread_nexthops, with_nexthops
+from .base import Backend, dump_tables, nexthop_changes, with_nexthops
 from .fullsync import Sync, new_tables, patch_dir24, reconcile
 
 ATTACH_REFUSED = 3  # the attach child's exit: refused, its message on stderr
@@ -237,13 +237,9 @@ class MapsBackend(Backend):
         the maps) and the difference written; after any such event, or a
         deleted object, the objects are read again."""
         tags = next(iter(self.tables.values())).tags
-        for trie, keys in follow_nexthops(tags, self.tables, changes.nexthops).items():
-            changed[trie] |= keys
-        if not changes.silent and not any(deleted for _nh, deleted in changes.nexthops):
-            return
         nl = routes.Netlink(rcvbuf=self.rcvbuf)
         try:
-            for trie, keys in reread_nexthops(nl, tags, self.tables).items():
+            for trie, keys in nexthop_changes(tags, self.tables, changes, nl).items():
                 changed[trie] |= keys
             ours = {p.ifindex for p in self.maps.peers().values()} | {self.maps.config().front_ifindex}
             if changes.silent & ours:
