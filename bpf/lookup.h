@@ -72,11 +72,14 @@ static __always_inline __u32 tag_owner(__u32 family, __u8 *addr)
 
 /* FIB mode: the kernel's route to `addr` (the destination, or for the
  * source check the source) in `table`, as if the packet came in on
- * `ifindex`; the route's nexthop names a peer by tag, else its output device
- * by member. Returns the peer id, 0 if the route names none, -1 if the
- * kernel refused the lookup (forwarding off on `ifindex`, a bad flag). */
+ * `ifindex`; the route's output device names a peer if it is a member, its
+ * nexthop if it is a tag and the device is the front (`front`, 0 for
+ * none): the packet leaves where the kernel sends it, so a tag as gateway
+ * out of another device (a member, a LAN) does not name the tag's peer.
+ * Returns the peer id, 0 if the route names none, -1 if the kernel refused
+ * the lookup (forwarding off on `ifindex`, a bad flag). */
 static __always_inline int fib_peer(struct __sk_buff *skb, struct packet *p, int reverse,
-				    __u32 ifindex, __u32 table)
+				    __u32 ifindex, __u32 table, __u32 front)
 {
 	struct bpf_fib_lookup fib = {};
 	__u32 flags = WGBPF_FIB_LOOKUP_DIRECT | WGBPF_FIB_LOOKUP_SKIP_NEIGH;
@@ -121,12 +124,11 @@ static __always_inline int fib_peer(struct __sk_buff *skb, struct packet *p, int
 		__builtin_memcpy(nexthop, &fib.ipv4_dst, 4);
 	else
 		__builtin_memcpy(nexthop, fib.ipv6_dst, 16);
-	__u32 id = tag_owner(fib.family, nexthop);
-	if (id)
-		return id;
 	__u32 oif = fib.ifindex;
 	u32 *member = members.lookup(&oif);
-	return member ? *member : 0;
+	if (member)
+		return *member;
+	return front && oif == front ? tag_owner(fib.family, nexthop) : 0;
 }
 
 static __always_inline __u32 peer_if_up(struct wgbpf_route *r, __u32 slot, __u32 *ifindex)

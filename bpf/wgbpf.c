@@ -127,7 +127,7 @@ static __always_inline __u32 check_source(struct __sk_buff *skb, struct packet *
 		return WGBPF_PASSED_UNCHECKED;
 
 	if (fib) {
-		owner = fib_peer(skb, p, 1, via, cfg->fib_table);
+		owner = fib_peer(skb, p, 1, via, cfg->fib_table, cfg->front_ifindex);
 		if (owner == id)
 			return WGBPF_PASSED;
 		if (owner < 0) /* the kernel refused: a misconfiguration, not spoofing */
@@ -140,7 +140,7 @@ static __always_inline __u32 check_source(struct __sk_buff *skb, struct packet *
 	}
 	if (mode == WGBPF_SOURCE_FEASIBLE) {
 		if (fib) {
-			if (cfg->accept_table && fib_peer(skb, p, 1, via, cfg->accept_table) == id)
+			if (cfg->accept_table && fib_peer(skb, p, 1, via, cfg->accept_table, cfg->front_ifindex) == id)
 				return WGBPF_PASSED_FEASIBLE;
 		} else {
 			struct wgbpf_route *a = accept_lookup(p);
@@ -199,7 +199,7 @@ int front_egress(struct __sk_buff *skb)
 		goto out;
 	}
 	if (cfg && cfg->lookup == WGBPF_LOOKUP_FIB) {
-		int got = fib_peer(skb, &p, 0, skb->ifindex, cfg->fib_table);
+		int got = fib_peer(skb, &p, 0, skb->ifindex, cfg->fib_table, cfg->front_ifindex);
 		if (got <= 0) {
 			reason = got < 0 ? WGBPF_FIB_FAILED : WGBPF_NO_ROUTE;
 			goto out;
@@ -215,7 +215,9 @@ int front_egress(struct __sk_buff *skb)
 		ifindex = peer->ifindex;
 	} else {
 		r = route_lookup(&p, p.dst);
-		if (!r) {
+		/* count 0: the kernel's best route names no peer (a blackhole,
+		 * a LAN device): no route, not the covering route's peer */
+		if (!r || !r->count) {
 			reason = WGBPF_NO_ROUTE;
 			goto out;
 		}

@@ -76,7 +76,11 @@ enum wgbpf_origin {
 /* Value of routes4/routes6 (and accept4/accept6, the feasible-path table
  * of the source check): the set of peers that own the prefix. */
 struct wgbpf_route {
-	__u8 count;     /* peers[0 .. count) are valid, 1 .. WGBPF_MAX_ECMP */
+	__u8 count;     /* peers[0 .. count) are valid, 0 .. WGBPF_MAX_ECMP; 0: a
+			 * "no peer" entry (the best route is a blackhole or
+			 * leaves by no peer): no route for steering and no
+			 * owner for the source check, never the covering
+			 * route's peers */
 	__u8 origin;    /* enum wgbpf_origin */
 	__u8 prefixlen; /* the key's, so an LPM lookup can tell what matched */
 	__u8 pad;

@@ -11,8 +11,10 @@ a failure: the end-to-end tier must never hide behind a skip there.
 import contextlib
 import itertools
 import os
+import pwd
 import shutil
 import subprocess
+import sys
 import uuid
 
 import click.testing
@@ -96,3 +98,23 @@ def netns():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), 9)
         sh("ip", "netns", "del", name, check=False)
+
+
+def as_nobody(fn):
+    """Run fn() in a child process as the `nobody` user (the attacker of
+    the run-file and pin tests); returns nobody's uid."""
+    require_root()
+    nobody = pwd.getpwnam("nobody")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            fn()
+            os._exit(0)
+        except BaseException as e:  # said, then the parent fails
+            print(f"as nobody: {e!r}", file=sys.stderr)
+            os._exit(1)
+    assert os.waitpid(pid, 0)[1] == 0, "the attacker's setup failed"
+    return nobody.pw_uid

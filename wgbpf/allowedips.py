@@ -33,6 +33,13 @@ ECMP: AllowedIPs gives a prefix to one peer. Of a multipath route's peers
 the one with the highest hash of (prefix, peer name) wins (rendezvous
 hashing: deterministic, spread over the peers, and removing one peer moves
 only its own prefixes). Logged once, counted in the status.
+
+"No peer": a prefix whose best route names no peer (a blackhole, a LAN
+device) inside one that names a peer cannot be honoured. AllowedIPs has no
+entry that hides a shorter one, so the covering peer keeps the addresses,
+for steering and as sources, where the kernel (and the maps backend) would
+use the better route. Such prefixes are counted (`no_peer_unhonoured` in
+the status) and warned about once; see docs/allowedips.md.
 """
 import hashlib
 import ipaddress
@@ -44,6 +51,31 @@ from .sync import AF4, AF6, network_pkey
 def pick(pkey, peers, names):
     """One peer of an ECMP set for a prefix: rendezvous hashing."""
     return max(peers, key=lambda p: hashlib.blake2b(pkey + names[p].encode(), digest_size=8).digest())
+
+
+def covered_by_peer(table, k):
+    """Whether a prefix shorter than k, and holding it, names peers: the
+    AllowedIP that would keep k's addresses. One probe per length."""
+    fam, plen = k[0], k[1]
+    bits = 32 if fam == AF4 else 128
+    addr = int.from_bytes(k[2:], "big")
+    for n in range(plen - 1, -1, -1):
+        net = (addr >> (bits - n) << (bits - n)) if n else 0
+        if table.best(bytes((fam, n)) + net.to_bytes(bits // 8, "big")):
+            return True
+    return False
+
+
+def unhonoured(table, keys=None, have=None):
+    """The "no peer" prefixes (best route names none) that a covering
+    peer's AllowedIP keeps. `keys`: recheck only those, updating `have`
+    (a covering route that comes or goes is seen at the next full sync)."""
+    out = set() if keys is None else set(have or ())
+    for k in (table.prefixes if keys is None else keys):
+        out.discard(k)
+        if k in table.prefixes and not table.best_id(k) and covered_by_peer(table, k):
+            out.add(k)
+    return out
 
 
 def absent_prefix(peers):

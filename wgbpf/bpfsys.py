@@ -347,7 +347,11 @@ class _ProgLoad(ctypes.Structure):
 
 
 def insn(code, dst=0, src=0, off=0, imm=0):
-    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+    """One eBPF instruction. imm is 32 bits either way: -1 or 0xffffffff
+    (a routing table number up to 4294967295 is stored as its bit pattern)."""
+    if not -2 ** 31 <= imm < 2 ** 32:
+        raise ValueError(f"eBPF immediate {imm} does not fit in 32 bits")
+    return struct.pack("<BBhI", code, (src << 4) | dst, off, imm & 0xffffffff)
 
 
 def prog_load(prog_type, code, license=b"GPL", name="wgbpf_probe"):

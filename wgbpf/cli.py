@@ -28,6 +28,7 @@ import time
 import click
 
 from . import abi, config, daemon, dataplane, inspect, instance, maps, monitor, report, routes, sync, top, wireguard
+from .status import mark_died_starting
 from .version import VERSION
 
 # what a command may refuse with: each message names the bad input or state
@@ -132,13 +133,23 @@ def need_root():
         fail("needs root: the pinned maps are root's alone (0600 under /sys/fs/bpf/wgbpf)")
 
 
-def pick_front(front):
+def orphaned(front):
+    """Filters of `front` run on with its pins gone (and it recorded a
+    build, so they can be known for its own)."""
+    if not os.path.exists(instance.build_path(front)):
+        return False
+    with dataplane.iproute() as ipr:
+        return front in dataplane.orphaned_filters(ipr, front)
+
+
+def pick_front(front, orphans=False):
     """The instance to act on: the one named, or the only one there is.
     An empty name is an error, not "the only one": an unset shell variable
-    must not detach the instance that happens to be there."""
+    must not detach the instance that happens to be there. `orphans`: one
+    whose pins are gone while its filters run on counts (detach)."""
     if front is not None:
         config.check_ifname(front, "front")  # also keeps paths inside the pin root
-        if not os.path.isdir(maps.pin_dir(front)):
+        if not os.path.isdir(maps.pin_dir(front)) and not (orphans and orphaned(front)):
             have = ", ".join(maps.instances()) or "none"
             elsewhere = any(f == front for _, f in maps.all_instances())
             fail(f"no wgbpf instance {front!r} in this network namespace (attached: {have}); "
@@ -220,6 +231,17 @@ def front_argument(f):
     f = click.option("--front", "-f", "front_alias", metavar="FRONT", hidden=True, expose_value=False,
                      callback=keep)(f)
     return click.argument("front", required=False)(f)
+
+
+class Seconds(click.FloatRange):
+    """A FloatRange that refuses nan (it compares false with both bounds)."""
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if v != v:
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return v
 
 
 JSON_OPT = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -316,9 +338,9 @@ def settings_args(lookup, fib_table, source, accept_table):
     """CLI spellings -> Config fields (None: not given, the file decides)."""
     return {
         "lookup": config.parse_lookup(lookup, "--lookup") if lookup else None,
-        "fib_table": config.parse_table(fib_table, "--fib-table") if fib_table else None,
+        "fib_table": config.parse_table(fib_table, "--fib-table") if fib_table is not None else None,
         "source": config.parse_source(source, "--source") if source else None,
-        "accept_table": config.parse_table(accept_table, "--accept-table") if accept_table else None,
+        "accept_table": config.parse_table(accept_table, "--accept-table") if accept_table is not None else None,
     }
 
 
@@ -328,7 +350,7 @@ def settings_args(lookup, fib_table, source, accept_table):
 def detach(front, as_json):
     """Remove the filters and pins of FRONT; traffic falls back to the kernel."""
     need_root()
-    front = pick_front(front)
+    front = pick_front(front, orphans=True)
     with instance.Instance(front, stderr).writing():
         res = dataplane.detach(front)
         res["run_files_removed"] = instance.remove_run_files(front)
@@ -342,9 +364,11 @@ def route():
 
 def peer_names(text):
     """PEER[,PEER...] checked before any map is opened."""
-    given = [n.strip() for n in text.split(",") if n.strip()]
-    if not given:
+    given = [n.strip() for n in text.split(",")]
+    if not any(given):
         fail(f"{text!r}: name at least one peer")
+    if not all(given):
+        fail(f"{text!r}: an empty peer name (a comma too many)")
     if len(given) > abi.MAX_ECMP:
         fail(f"{text!r}: a route names at most {abi.MAX_ECMP} peers (ECMP), not {len(given)}")
     if len(set(given)) != len(given):
@@ -354,6 +378,8 @@ def peer_names(text):
 
 def check_metrics_file(path):
     """--metrics-file: refused now, not after attach and the first sync."""
+    if not path or not path.isprintable():
+        fail(f"--metrics-file {path!r}: not a file name")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         fail(f"--metrics-file {path!r}: directory {directory!r} does not exist")
@@ -416,11 +442,11 @@ def dump(front, as_json):
         res = inspect.dump(m, front)
 
     def human(r):
-        table([(x["prefix"], ",".join(x["peers"]), x["origin"]) for x in r["routes"]],
+        table([(x["prefix"], ",".join(x["peers"]) or "(no peer)", x["origin"]) for x in r["routes"]],
               ["PREFIX", "PEERS", "ORIGIN"])
         click.echo()
         if "accept" in r:
-            table([(x["prefix"], ",".join(x["peers"]), x["origin"]) for x in r["accept"]],
+            table([(x["prefix"], ",".join(x["peers"]) or "(no peer)", x["origin"]) for x in r["accept"]],
                   ["ACCEPT PREFIX", "PEERS", "ORIGIN"])
             click.echo()
         table([(p["name"], marked(p["member"], p["member_problem"]), "up" if p["up"] else "down",
@@ -461,10 +487,12 @@ def lookup(address, front, from_peer, source_alias, peer_alias, as_json):
         fail("give an ADDRESS (and --from PEER for the source check)")
     if source_alias is not None and from_peer is None:
         fail("the source check takes a peer: ADDRESS --from PEER")
+    if from_peer is not None and not from_peer.strip():
+        fail("--from: name a peer")
     addr = config.parse_address(address, where)
     front, m = open_maps(front, readonly=True)
     with m:
-        res = inspect.explain_source(m, addr, from_peer) if from_peer else inspect.explain(m, addr)
+        res = inspect.explain_source(m, addr, from_peer) if from_peer is not None else inspect.explain(m, addr)
 
     def human_source(r):
         click.echo(f"from {r['source']} via {r['peer']}: {r['verdict']} "
@@ -481,7 +509,7 @@ def lookup(address, front, from_peer, source_alias, peer_alias, as_json):
 
 @main.command("top")
 @front_argument
-@click.option("--interval", "-d", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+@click.option("--interval", "-d", type=Seconds(min=0.1), default=1.0, show_default=True,
               help="seconds between samples")
 @click.option("--once", is_flag=True, help="print one sample (rates over --interval) and exit")
 @JSON_OPT
@@ -560,11 +588,11 @@ def route_filter(tables, protos, realms):
                    "repeat for several (the first wins a tie); default main")
 @click.option("--proto", "protos", multiple=True, metavar="PROTO",
               help="only routes of this protocol (bird, babel, static, a number); repeat")
-@click.option("--realm", "realms", multiple=True, type=int, metavar="N",
-              help="only routes of this realm; repeat")
+@click.option("--realm", "realms", multiple=True, type=click.IntRange(0, 0xFFFF), metavar="N",
+              help="only routes of this realm (0-65535, `ip route ... realm N`); repeat")
 @click.option("--metrics-file", type=click.Path(dir_okay=False),
               help="write Prometheus text metrics here (node_exporter textfile); off by default")
-@click.option("--rcvbuf", type=int, default=32 << 20, show_default=True, hidden=True,
+@click.option("--rcvbuf", type=click.IntRange(min=1), default=32 << 20, show_default=True, hidden=True,
               help="netlink receive buffer in bytes")
 @click.option("--backend", type=click.Choice(config.BACKENDS), default=None,
               help="maps (default): the BPF maps of FRONT's instance; allowedips: no BPF, FRONT is "
@@ -576,7 +604,7 @@ def route_filter(tables, protos, realms):
                    "default (docs/liveness.md)")
 @click.option("--verbose", "-v", is_flag=True,
               help="log each map change a route event makes, with the time to the millisecond")
-@click.option("--gone-after", type=click.FloatRange(min=0), default=30.0, show_default=True,
+@click.option("--gone-after", type=Seconds(min=0), default=30.0, show_default=True,
               metavar="SECONDS",
               help="exit (status 1: systemd restarts it) once the front, or the --netns namespace, "
                    "has been gone for SECONDS on end; 0: never")
@@ -597,6 +625,8 @@ def daemon_command(front, peers, config_path, members_only, no_route, lookup, fi
     prefix goes to one of its peers (AllowedIPs cannot split it).
     """
     follow = route_filter(tables, protos, realms)
+    if metrics_file is not None:
+        check_metrics_file(metrics_file)
     policy = config.parse_policy(no_route, "--no-route") if no_route else None
     settings = settings_args(lookup, fib_table, source, accept_table)
     if backend:
@@ -605,8 +635,6 @@ def daemon_command(front, peers, config_path, members_only, no_route, lookup, fi
         settings["dead_after"] = config.parse_dead_after(dead_after, "--dead-after")
     build = config.config_builder(front, peers, config_path, members_only, policy, settings, log=daemon.stderr_log)
     cfg = build(quiet=True)  # validate before touching anything
-    if metrics_file:
-        check_metrics_file(metrics_file)
     if cfg.backend == "allowedips":
         given = [opt for opt, v in (("--members-only", members_only), ("--no-route", no_route),
                                     ("--lookup", lookup), ("--fib-table", fib_table),
@@ -649,8 +677,8 @@ def status(front=None, all_ns=False, check=False, as_json=False):
         config.check_ifname(front, "front")
         if front not in instance.allowedips_daemons():  # those have no pins
             pick_front(front)
-    res = inspect.all_status() if all_ns else inspect.namespace_status(front)
-    found = [line for s in res for line in inspect.problems(s)]
+    res = mark_died_starting(inspect.all_status() if all_ns else inspect.namespace_status(front))
+    found = [line for s in res for line in inspect.problems(s) + report.start_problems(s)]
 
     def human(all_):
         for line in report.status_lines(all_, all_ns):

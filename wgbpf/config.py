@@ -271,11 +271,13 @@ def parse_peer_arg(text):
     else:
         peer = PeerConfig(check_name(name.strip(), where), check_ifname(first, where))
     for f in (f.strip() for f in fields[1:]):
+        if not f:  # `alice=wg-a,` or `,,`: a tag left out by mistake, most likely
+            raise ConfigError(f"{where}: an empty field (a comma too many, or a tag missing)")
         if f.startswith("source="):
             peer.source = parse_source(f[len("source="):], where)
         elif f.startswith("dead_after="):
             peer.dead_after = parse_dead_after(f[len("dead_after="):], where, off=True)
-        elif f:
+        else:
             peer.tags.append(parse_tag(f, where))
     return peer
 
@@ -348,47 +350,54 @@ def parse_policy(value, where):
         raise ConfigError(f"{where}: {value!r} is not a policy (pass or drop)") from None
 
 
+def printable(path):
+    """A path as errors print it: quoted when it holds a newline or another
+    control character, so that the error stays one line."""
+    return path if path.isprintable() else repr(path)
+
+
 def load_toml(path):
     """The TOML file as (front, members_only, no_route, peers); None for unset."""
+    name = printable(path)  # in errors
     try:
         text = files.read_bounded(path).decode()
         data = tomllib.loads(text)
     except OSError as e:
-        raise ConfigError(f"{path}: {e.strerror}") from None
+        raise ConfigError(f"{name}: {e.strerror}") from None
     except files.FileError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{name}: {e}") from None
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: not UTF-8 ({e.reason} at byte {e.start})") from None
+        raise ConfigError(f"{name}: not valid TOML: not UTF-8 ({e.reason} at byte {e.start})") from None
     except RecursionError:
-        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
+        raise ConfigError(f"{name}: not valid TOML: nested too deeply") from None
     except ValueError as e:  # TOMLDecodeError, and int() refusing a 5000-digit number
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        raise ConfigError(f"{name}: not valid TOML: {e}") from None
     known = {"front", "members_only", "no_route", "lookup", "fib_table", "source", "accept_table",
              "backend", "dead_after", "peer"}
     for key in data:
         if key not in known:
-            raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"{name}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
     front = data.get("front")
     if front is not None:
-        check_ifname(front, f"{path}: front")
+        check_ifname(front, f"{name}: front")
     members_only = data.get("members_only")
     if members_only is not None and not isinstance(members_only, bool):
-        raise ConfigError(f"{path}: members_only: {members_only!r} is not true or false")
+        raise ConfigError(f"{name}: members_only: {members_only!r} is not true or false")
     no_route = data.get("no_route")
     if no_route is not None:
-        no_route = parse_policy(no_route, f"{path}: no_route")
+        no_route = parse_policy(no_route, f"{name}: no_route")
     settings = {}
     for key, parse in (("lookup", parse_lookup), ("fib_table", parse_table),
                        ("source", parse_source), ("accept_table", parse_table),
                        ("backend", parse_backend), ("dead_after", parse_dead_after)):
         if key in data:
-            settings[key] = parse(data[key], f"{path}: {key}")
+            settings[key] = parse(data[key], f"{name}: {key}")
     peers = []
     raw = data.get("peer", [])
     if not isinstance(raw, list):
-        raise ConfigError(f"{path}: peer: write peers as [[peer]] tables")
+        raise ConfigError(f"{name}: peer: write peers as [[peer]] tables")
     for i, p in enumerate(raw):
-        where = f"{path}: peer[{i}]"
+        where = f"{name}: peer[{i}]"
         if not isinstance(p, dict):
             raise ConfigError(f"{where}: write peers as [[peer]] tables")
         for key in p:
@@ -470,7 +479,9 @@ def validate(cfg):
             _claim(members, p.member, p.name, f"member device {p.member!r}", ": one device per peer")
         if not cfg.members_only and p.member == cfg.front:
             raise ConfigError(f"peer {p.name!r}: member {p.member!r} is the front device itself")
-        for t in p.tags:
+        for i, t in enumerate(p.tags):
+            if t in p.tags[:i]:
+                raise ConfigError(f"peer {p.name!r}: tag {t} is given twice")
             _claim(tags, t, p.name, f"tag {t}")
         # the maps backend holds every peer's tags in one map of MAX_TAGS
         # entries: refuse here, before attach writes the first of them

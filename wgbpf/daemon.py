@@ -25,11 +25,15 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 
 from . import config, instance, liveness, routes, status
 from .instance import InstanceError
 
+# the status file while the start sync runs: at most this often (a full
+# table's sync takes seconds; each write is a JSON file renamed into place)
+START_STATUS_EVERY = 0.25
 BATCH_EVENTS = 1024
 BATCH_SECONDS = 0.005
 EVENT_GROUPS = (routes.RTMGRP_IPV4_ROUTE | routes.RTMGRP_IPV6_ROUTE | routes.RTMGRP_LINK
@@ -73,15 +77,44 @@ class Daemon:
         self.lock_fd = None
         self.gone_since = None
         self.written = None  # the state the status file says
+        # while the start sync runs: its phase and progress, in the status
+        # file as "start" (a daemon killed then leaves "starting" and its pid)
+        self.start = None
+        self.start_written = 0.0
+        self.start_lock = threading.Lock()  # the writer's thread reports progress too
 
     def _backend(self, cfg):
         if self.make_backend is not None:
             b = self.make_backend(cfg)
         else:
             b = backend_for(cfg)(self.filter, self.log, self.liveness, rcvbuf=self.rcvbuf,
-                                 progress=self.progress)
+                                 progress=self.on_progress)
         b.verbose, b.lag = self.verbose, self.lag
         return b
+
+    def on_progress(self, stage, n, total=None):
+        """The backend's progress ("dump": routes read, "write": entries
+        written): shown on a terminal (--progress), and during the start
+        sync kept in the status file, at most every START_STATUS_EVERY s."""
+        if self.progress is not None:
+            self.progress(stage, n, total)
+        if self.start is not None:
+            self.start.update({"phase": stage, "routes_read" if stage == "dump" else "entries_written": n})
+            self.start_status()
+
+    def start_status(self, phase=None, force=False):
+        """The status file says "starting", with the start's phase and progress."""
+        if not self.start_lock.acquire(blocking=force):
+            return  # the other thread is writing it right now
+        try:
+            if phase is not None:
+                self.start["phase"] = phase
+            now = time.monotonic()
+            if force or now - self.start_written >= START_STATUS_EVERY:
+                self.start_written = now
+                self.write_status("starting")
+        finally:
+            self.start_lock.release()
 
     # -- what the loop does --------------------------------------------------
     def attach(self):
@@ -90,6 +123,8 @@ class Daemon:
     def resync(self, why):
         self.stats["resyncs"] += 1
         self.backend.full_sync(why)
+        with self.start_lock:  # no progress report of the start after this
+            self.start = None
         self.write_status()
 
     def reload_config(self):
@@ -197,7 +232,7 @@ class Daemon:
                            self.cfg.front if self.cfg else None,
                            sorted(self.filter.tables, key=self.filter.tables.get),
                            self.liveness.status(), getattr(self.build_config, "config", None),
-                           b.status() if b else {})
+                           b.status() if b else {}, start=dict(self.start) if self.start else None)
         self.written = st["state"]
         if self.cfg is not None:
             self.reporter.write(self.cfg.front, st, b.metrics if b else None)
@@ -217,8 +252,15 @@ class Daemon:
         except OSError as e:  # a kernel before nexthop objects (5.3): none to follow
             self.log(f"nexthop objects not followed: {e.strerror}")
         try:
+            # said before a route is read: a daemon killed during its start
+            # sync (the longest phase at a full table, and the likeliest to
+            # meet the OOM killer) leaves "starting" and a dead pid, which
+            # `wgbpf status` shows as died starting, the maps partial
+            self.start = {"phase": "attach", "since": time.time(), "routes_read": 0, "entries_written": 0}
+            self.start_status(force=True)
             self.attach()
-            self.resync("start")
+            self.start_status("sync", force=True)
+            self.resync("start")  # its status write says running
             instance.sd_notify("READY=1")
             self.loop(events)
             self.revive_all()
@@ -229,10 +271,12 @@ class Daemon:
             # nor an older daemon's "stopped" when we failed to start (an
             # attach refused): `status --check` reports a failed daemon
             self.stats["error"] = str(e) or type(e).__name__
-            try:
-                self.write_status("failed")
-            except Exception:
-                pass  # the original error is the one to report
+            with self.start_lock:  # failed at start: the status keeps where, and says no more
+                try:
+                    self.write_status("failed")
+                except Exception:
+                    pass  # the original error is the one to report
+                self.start = None
             raise
         finally:
             events.close()

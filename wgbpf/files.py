@@ -9,6 +9,11 @@ itself, it never writes through it. Both steps are relative to one open
 directory fd, so a directory swapped in the path meanwhile cannot redirect
 the rename.
 
+Directories that hold root's run files (the run dir, the pin root) are
+checked as sshd's StrictModes checks a home: owned by root (or the user
+running us) and writable by nobody else, or someone else could plant a
+symlink or hold a lock file in them.
+
 Reads of config files are bounded: regular files only (opened O_NONBLOCK so
 a FIFO cannot hang us before the check), at most MAX_READ bytes.
 """
@@ -47,6 +52,27 @@ def write_atomic(path, text, mode=0o644):
             raise
     finally:
         os.close(dfd)
+
+
+def unsafe_dir(path):
+    """Why the directory `path` may not hold our files (one line, with the
+    fix), or None: it is fine or not there yet (we make it)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    who = "root" if os.geteuid() == 0 else str(os.geteuid())
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symlink, not followed for root's files: remove it (wgbpf makes the directory)"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory: remove it (wgbpf makes the directory)"
+    if st.st_uid not in (0, os.geteuid()):
+        return (f"{path} is owned by uid {st.st_uid}, not {who}: another user could plant files in it "
+                f"(chown {who}: {path}; chmod go-w {path})")
+    if st.st_mode & 0o022:
+        return (f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): another user "
+                f"could plant files in it (chown {who}: {path}; chmod go-w {path})")
+    return None
 
 
 def read_bounded(path, limit=MAX_READ):

@@ -118,6 +118,11 @@ def dump(m, front):
 
 # -- what the programs decide -------------------------------------------------
 
+# a "no peer" entry (count 0), in words: the daemon wrote it for a prefix
+# whose best kernel route names no peer
+NO_PEER = "no peer (its best route is a blackhole, unreachable, or leaves by no peer)"
+
+
 def explain(m, addr):
     """What front_egress does with a packet to `addr`, in words and fields."""
     peers = m.peers()
@@ -139,8 +144,8 @@ def explain(m, addr):
         else:
             owners, prefix, rule = route_peers(hit[1]), str(hit[0]), f"{origin_name(hit[1].origin)} route"
     if not owners:
-        return {"address": str(addr), "rule": rule, "prefix": None, "peers": [],
-                "verdict": f"no_route policy: {policy}"}
+        return {"address": str(addr), "rule": rule, "prefix": prefix, "peers": [],
+                "verdict": (f"{NO_PEER}: " if prefix else "") + f"no_route policy: {policy}"}
     live = [name.get(i, f"#{i}") for i in owners if up.get(i)]
     if not live:
         verdict = f"{'every peer' if len(owners) > 1 or prefix else 'peer'} down: no_route policy: {policy}"
@@ -193,7 +198,7 @@ def kernel_peers(m, addr, table):
     links = current_links()  # a member counts only while it is the device recorded
     by_oif = {p.ifindex: i for i, p in m.peers().items()
               if device_check(p.member.decode(), p.ifindex, links) is None}
-    resolver = sync.Tags({t.packed: i for t, i in tags.items()}, by_oif)
+    resolver = sync.Tags({t.packed: i for t, i in tags.items()}, by_oif, front=m.config().front_ifindex or None)
     nexthops, via_object = r.nexthops, ""
     if nexthops[0][0] is routes.NH:  # through a nexthop object: it decides, as for the daemon
         nhid = nexthops[0][1]
@@ -268,7 +273,10 @@ def source_owners(m, cfg, addr, accept=False):
         return kernel_peers(m, addr, table)
     hit = m.tries.lookup(addr, trie="accept" if accept else "routes")
     what = "accept route" if accept else "best route"
-    return (route_peers(hit[1]), f"{what} {hit[0]}") if hit else ([], f"no {what.split()[0]} route")
+    if not hit:
+        return [], f"no {what.split()[0]} route"
+    owners = route_peers(hit[1])
+    return owners, f"{what} {hit[0]}" + ("" if owners else f": {NO_PEER}")
 
 
 def explain_source(m, addr, peer):
@@ -433,14 +441,43 @@ def problems(s):
     return out
 
 
+def orphan_candidates(front=None):
+    """Fronts that recorded a build here (instance.build_path) and have no
+    pins: where filters may run on with their pins removed. Only those
+    are looked for: a scan of every device's filters is not for free."""
+    try:
+        names = os.listdir(instance.run_dir())
+    except OSError:
+        return set()
+    fronts = {n[:-len(".build")] for n in names if n.endswith(".build")}
+    return {f for f in fronts if (front is None or f == front) and not os.path.isdir(maps.pin_dir(f))}
+
+
+def orphan_entry(front, found):
+    """The status entry of an instance whose pins were removed under it
+    while its filters run on (dataplane.orphaned_filters)."""
+    devices = sorted({device for _i, device, _h in found})
+    return {"front": front, "pin_dir": maps.pin_dir(front), "orphaned": devices,
+            "error": f"pins gone ({maps.pin_dir(front)}), but its filters still run on {', '.join(devices)}, "
+                     f"steering on maps nothing can write: `wgbpf detach {front}` removes them, "
+                     f"`wgbpf attach` makes the instance anew"}
+
+
 def namespace_status(front=None):
     """Status entries of this network namespace's instances (and of its
     allowedips daemons, which have no pins). One broken instance hides no
     other; the one named (`front`) raises its MapError."""
     single = instance.allowedips_daemons()  # --backend allowedips: a daemon, no pins
     fronts = [front] if front else maps.instances()
-    res = []
+    orphans = {}
+    if orphan_candidates(front):
+        with dataplane.iproute() as ipr:
+            orphans = {f: found for f, found in dataplane.orphaned_filters(ipr, front).items()
+                       if f in orphan_candidates(front)}
+    res = [orphan_entry(f, devices) for f, devices in sorted(orphans.items())]
     for f in fronts:
+        if f in orphans:
+            continue
         if f in single and not os.path.isdir(maps.pin_dir(f)):
             res.append({"front": f, "backend": "allowedips", "daemon": single[f]})
             continue

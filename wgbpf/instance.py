@@ -11,21 +11,34 @@ each other.
     <front>.build    the build key of the pinned programs (dataplane)
     notify      SIGUSR1 (maps written) and SIGUSR2 (attached) to the daemon
 
+The run dir and each namespace's directory in it are root's alone (0755,
+checked as sshd's StrictModes does: see ensure_run_dir), and every file in
+them is opened O_NOFOLLOW, made O_EXCL: with WGBPF_RUN_DIR under /tmp,
+another user must not be able to plant a symlink root writes through, or
+hold or remove a lock.
+
 cli, inspect, top and dataplane read and write an instance through this
 module; none of them imports the daemon.
 """
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import signal
 import socket
+import stat
 import time
 
+from .files import unsafe_dir
 from .maps import netns_id
 
 # WGBPF_RUN_DIR moves the locks and status files (tests use a temp dir)
 RUN_DIR = os.environ.get("WGBPF_RUN_DIR") or "/run/wgbpf"
+# the run files are opened, never followed: a symlink there is refused.
+# O_NONBLOCK: a FIFO planted there cannot hang a reader (regular files
+# ignore it)
+NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 class InstanceError(Exception):
     pass
@@ -65,23 +78,88 @@ def daemon_lock(front):
     """Take the one-daemon lock of `front` in this namespace (flock, held
     for the daemon's life, released when it dies) and write our pid in
     it; returns its fd. Another daemon holding it is an InstanceError."""
-    os.makedirs(run_dir(), mode=0o755, exist_ok=True)
-    fd = os.open(lock_path(front), os.O_RDWR | os.O_CREAT, 0o600)
+    ensure_run_dir()
+    path = lock_path(front)
+    fd = open_run_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         other = os.read(fd, 32).decode().strip() or "?"
         os.close(fd)
-        raise InstanceError(f"another wgbpf daemon (pid {other}) is already running for {front!r}")
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+        raise InstanceError(f"another wgbpf daemon (pid {other}) is already running for {front!r}") from None
+    # written over the old pid, then cut: a full filesystem then fails the
+    # write, not the truncate, and the file goes rather than stay empty
+    try:
+        _write_or_drop(fd, path, f"{os.getpid()}\n".encode(), truncate=True)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
+
+
+def ensure_run_dir():
+    """Make the run dir and this namespace's directory in it (0755, ours)
+    if missing, and refuse either when another user could plant files in
+    it (owned by another, writable by group or others, a symlink)."""
+    for d in (RUN_DIR, run_dir()):
+        try:
+            os.makedirs(d, mode=0o755, exist_ok=True)
+        except OSError as e:
+            if unsafe_dir(d) is None:  # else the check below says why
+                raise InstanceError(f"cannot make the run directory {d}: {e.strerror}") from None
+        why = unsafe_dir(d)
+        if why:
+            raise InstanceError(f"refused: run directory {why}")
+
+
+def open_run_file(path):
+    """An fd (O_RDWR) on the regular file `path` in a checked run dir:
+    opened without following a symlink, created O_EXCL when new."""
+    while True:
+        try:
+            try:
+                fd = os.open(path, os.O_RDWR | NOFOLLOW)
+            except FileNotFoundError:
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600)
+                except FileExistsError:
+                    continue  # made meanwhile: open that one
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise InstanceError(f"refused: {path} is a symlink, never followed: remove it") from None
+            raise InstanceError(f"cannot open {path}: {e.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise InstanceError(f"refused: {path} is not a regular file: remove it")
+        return fd
+
+
+def open_run_read(path):
+    """A run file open for reading (text), never through a symlink or
+    hung on a FIFO: OSError (ELOOP) instead."""
+    return os.fdopen(os.open(path, os.O_RDONLY | NOFOLLOW))
+
+
+def _write_or_drop(fd, path, data, truncate=False):
+    """pwrite `data` at 0 in a lock file we hold; on failure (ENOSPC: the
+    run dir's filesystem full) the file is removed, not left empty or
+    half written, and the error is one line. The caller closes `fd`."""
+    try:
+        os.pwrite(fd, data, 0)
+        if truncate:
+            os.ftruncate(fd, len(data))
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                os.unlink(path)  # ours: we hold its lock
+        full = " (the run directory's filesystem is full: free space there)" if e.errno == errno.ENOSPC else ""
+        raise InstanceError(f"cannot write {path}: {e.strerror}{full}; nothing was written") from None
 
 
 def read_status(front, netns=None):
     """The running daemon's last status for `front`, or None."""
     try:
-        with open(status_path(front, netns)) as f:
+        with open_run_read(status_path(front, netns)) as f:
             st = json.load(f)
     except (OSError, ValueError):
         return None
@@ -96,7 +174,7 @@ def daemon_alive(front, netns=None, pid=None):
     if pid is not None and not _alive(pid):
         return False
     try:
-        fd = os.open(lock_path(front, netns), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(lock_path(front, netns), os.O_RDONLY | NOFOLLOW)
     except OSError:
         return False
     try:
@@ -156,8 +234,8 @@ def writer_lock(front, waiting=lambda holder: None, wait=True, bump=True, timeou
     it last read them."""
     path, waited = writer_lock_path(front), False
     while True:
-        os.makedirs(run_dir(), mode=0o755, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        ensure_run_dir()
+        fd = open_run_file(path)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -185,7 +263,7 @@ def writer_lock(front, waiting=lambda holder: None, wait=True, bump=True, timeou
             # before any write: a writer killed halfway has moved it too.
             # A clock, not a count from 0: a file removed and made anew
             # (often with the same inode) never repeats a generation
-            os.pwrite(fd, b"%020d\n" % max(generation(fd)[1] + 1, time.time_ns()), 0)
+            _write_or_drop(fd, path, b"%020d\n" % max(generation(fd)[1] + 1, time.time_ns()))
         yield fd
     finally:
         os.close(fd)
@@ -272,8 +350,8 @@ def remove_run_files(front):
     follows the next attach). Returns the paths removed."""
     paths = [build_path(front)]
     try:
-        fd = os.open(lock_path(front), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = os.open(lock_path(front), os.O_RDONLY | NOFOLLOW)
+    except OSError:  # gone, or a symlink planted there (unlinked below, never followed)
         fd = None
     try:
         try:
@@ -302,7 +380,7 @@ def notify_attached(front):
     catches SIGUSR2 is signalled. Returns whether one was told."""
     path = lock_path(front)
     try:
-        with open(path) as f:
+        with open_run_read(path) as f:
             pid = int(f.read(32).strip())
         if not _holds_open(pid, path):
             return False  # the pid of a daemon gone, maybe reused since

@@ -60,6 +60,8 @@ def _peer_lines(dmn):
 
 def allowedips_lines(s):
     dmn = s["daemon"]
+    if dmn.get("state") in ("starting", "died starting"):
+        return [f"{s['front']}: allowedips backend; " + start_lines(dmn)[0]]
     removal = {"flag": "single removals", "throwaway": "single removals through a throwaway peer",
                "rewrite": "removal rewrites the peer's list"}.get(dmn.get("removal"), "removal not probed yet")
     out = [f"{s['front']}: allowedips backend ({dmn.get('device_kind')} WireGuard, {removal}); "
@@ -108,15 +110,59 @@ def config_lines(c):
     return [f"config {c['path']}: as attached"]
 
 
+def lag_text(dmn):
+    """p50/p99/max of the event lag; "-" for a figure not known (no batch
+    of events applied yet: --json keeps null)."""
+    if dmn.get("lag_ms_p50") is None:
+        return "-/-/-"
+    return "/".join("-" if dmn.get(k) is None else str(dmn[k]) for k in ("lag_ms_p50", "lag_ms_p99", "lag_ms_max"))
+
+
+def start_progress(start):
+    """Where a start got to: "reading routes: 65536 routes read, 0 map
+    entries written"."""
+    start = start or {}
+    phase = {"attach": "attaching", "sync": "syncing", "dump": "reading routes",
+             "write": "writing"}.get(start.get("phase"), start.get("phase") or "?")
+    return (f"{phase}: {start.get('routes_read', 0)} routes read, "
+            f"{start.get('entries_written', 0)} entries written")
+
+
+def start_problems(s):
+    """The `status --check` line of a daemon that died starting."""
+    dmn = s.get("daemon") or {}
+    if dmn.get("state") != "died starting":
+        return []
+    what = "its AllowedIPs" if dmn.get("backend") == "allowedips" else "the maps"
+    return [f"{s['front']}: daemon died starting (pid {dmn.get('pid')}, {start_progress(dmn.get('start'))}): "
+            f"{what} are partial until a daemon starts again and syncs"]
+
+
+def start_lines(dmn):
+    """A daemon in its start sync, or dead in it (status.mark_died_starting)."""
+    start = dmn.get("start") or {}
+    where = start_progress(start)
+    if dmn["state"] == "starting":
+        since = f" for {time.time() - start['since']:.0f}s" if start.get("since") else ""
+        return [f"daemon: starting (pid {dmn['pid']}){since}, {where}"]
+    heard = (f", last heard {dmn['written'] - start['since']:.1f}s into its start"
+             if start.get("since") and dmn.get("written") else "")
+    what = "its AllowedIPs are" if dmn.get("backend") == "allowedips" else "the maps are"
+    return [f"daemon: DIED STARTING (pid {dmn['pid']}, {where}{heard}): {what} partial until a "
+            f"daemon starts again and syncs"]
+
+
 def daemon_lines(dmn):
     if not dmn:
         return ["daemon: never ran (wgbpf daemon)"]
+    if dmn.get("state") in ("starting", "died starting"):
+        return start_lines(dmn)
     ago = time.time() - dmn["last_sync"] if dmn.get("last_sync") else None
     out = [f"daemon: {dmn['state']} (pid {dmn['pid']}), tables {dmn['tables']}, "
            f"{dmn['prefixes']} prefixes, {dmn['ignored']} ignored routes, "
            f"{dmn['events']} events, {dmn['resyncs']} resyncs, {dmn['overruns']} overruns, "
            f"{dmn.get('rehooks', 0)} re-hooks, "
-           f"event lag p50/p99/max {dmn.get('lag_ms_p50')}/{dmn.get('lag_ms_p99')}/{dmn['lag_ms_max']} ms"
+           f"event lag p50/p99/max {lag_text(dmn)} ms"
            + (f", last sync {ago:.0f}s ago ({dmn['last_sync_seconds']}s)" if ago is not None else "")]
     if dmn.get("pending"):
         out.append(f"waiting: {dmn['pending']} route changes not yet written "

@@ -103,7 +103,9 @@ class Tries:
         return None
 
     def set_route(self, net, peer_ids, origin, trie="routes"):
-        if not 1 <= len(peer_ids) <= abi.MAX_ECMP:
+        # no peer at all is the daemon's (a kernel route naming none), never the operator's
+        least = 0 if origin == abi.Origin.KERNEL else 1
+        if not least <= len(peer_ids) <= abi.MAX_ECMP:
             raise ValueError(f"{net}: a route names 1 to {abi.MAX_ECMP} peers, not {len(peer_ids)}")
         bpfsys.update(self.fd(net.version, trie), _key(net), make_route(net, peer_ids, origin))
 

@@ -30,9 +30,13 @@ RTM_NEWNEXTHOP, RTM_DELNEXTHOP, RTM_GETNEXTHOP = 104, 105, 106
 
 RTN_UNICAST = 1
 # types that live in the same tables under the same keys as unicast routes:
-# `ip route replace blackhole P` takes the place of a unicast route to P
+# `ip route replace blackhole P` takes the place of a unicast route to P.
+# A local route (`ip route add local P dev lo`, in a followed table) too:
+# its packets never leave, and the kernel's source check finds it no
+# unicast route (martian). All name no peer: "no peer" entries.
+RTN_LOCAL = 2
 RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_PROHIBIT, RTN_THROW = 6, 7, 8, 9
-_NO_NEXTHOP = frozenset((RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_PROHIBIT, RTN_THROW))
+_NO_NEXTHOP = frozenset((RTN_LOCAL, RTN_BLACKHOLE, RTN_UNREACHABLE, RTN_PROHIBIT, RTN_THROW))
 RTA_DST, RTA_SRC, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY = 1, 2, 4, 5, 6
 RTA_MULTIPATH, RTA_FLOW, RTA_TABLE, RTA_VIA = 9, 11, 15, 18
 RTA_NH_ID = 30

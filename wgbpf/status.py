@@ -71,11 +71,15 @@ class Reporter:
         self.errors[what] = msg
 
 
-def status(loop_stats, lag, state, front, tables, liveness, config_source, backend_status):
-    """The status file's fields: the loop's, then the backend's."""
-    return dict(loop_stats, **lag.stats(), **backend_status, state=state, pid=os.getpid(),
-                version=VERSION, front=front, tables=tables, written=time.time(),
-                liveness=liveness, config=config_source)
+def status(loop_stats, lag, state, front, tables, liveness, config_source, backend_status, start=None):
+    """The status file's fields: the loop's, then the backend's; `start`:
+    while the start sync runs, its phase and progress."""
+    st = dict(loop_stats, **lag.stats(), **backend_status, state=state, pid=os.getpid(),
+              version=VERSION, front=front, tables=tables, written=time.time(),
+              liveness=liveness, config=config_source)
+    if start is not None:
+        st["start"] = start
+    return st
 
 
 def metrics_text(st, backend_metrics=None):
@@ -125,3 +129,19 @@ def liveness_metrics(st):
         lines.append(f'wgbpf_peer_alive{{front="{front}",peer="{name}",cause="{lv["cause"] or ""}"}} '
                      f'{int(lv["state"] == "alive")}')
     return lines
+
+
+# -- read back: `wgbpf status` -------------------------------------------
+
+def mark_died_starting(entries):
+    """A daemon whose status still says "starting" while it holds its lock
+    no more (killed -9, the OOM killer, during its start sync) died
+    starting: its state says so, in --json too. instance.read_status does
+    the same for "running" ("not running"); a start is told apart because
+    the maps it left are partial."""
+    for s in entries:
+        dmn = s.get("daemon")
+        if dmn and dmn.get("state") == "starting" and not instance.daemon_alive(
+                s["front"], s.get("netns"), dmn.get("pid")):
+            dmn["state"] = "died starting"
+    return entries

@@ -2,8 +2,8 @@
 """Kernel routes -> peer sets, per prefix: the sync engine's model.
 
 Tags decides which peers a route names; Filter which routes are followed;
-Table holds, per prefix, the accepted routes that name peers and yields the
-one the kernel would prefer; diff() says what to write so a view of the
+Table holds, per prefix, the routes of the followed tables and yields the
+peers of the one the kernel would prefer ("no peer" when it names none); diff() says what to write so a view of the
 maps equals the table. Nothing here touches the maps (routemaps.Tries.apply and
 routemaps.Writer do): the model is tested without a kernel.
 
@@ -19,6 +19,7 @@ prefix, against ~330 for the tuples and dicts of views this replaced.
 import socket
 
 from . import abi
+from .nexthops import SILENT, Nexthops  # noqa: F401 (re-exported: sync.SILENT, sync.Nexthops)
 from .routes import NH
 
 AF4, AF6 = socket.AF_INET, socket.AF_INET6
@@ -41,98 +42,11 @@ def network_pkey(net):
     return pkey(AF4 if net.version == 4 else AF6, net.network_address.packed, net.prefixlen)
 
 
-# What the kernel removes without a word (no RTM_DELROUTE, no
-# RTM_DELNEXTHOP), read in Linux 6.18:
-#  - deleting a nexthop object (RTM_DELNEXTHOP for it, none for its routes):
-#    every route using it, directly or as an emptied group
-#    (net/ipv4/nexthop.c, remove_nexthop -> __remove_nexthop_fib);
-#  - a device going down or away: its nexthop objects and their routes
-#    (nexthop.c nexthop_flush_dev, no notification), and the IPv4 routes
-#    through it (net/ipv4/fib_semantics.c fib_sync_down_dev, from
-#    fib_netdev_event/fib_disable_ip);
-#  - an IPv4 address removed: the routes whose gateways or preferred
-#    source it made valid (fib_frontend.c fib_del_ifaddr -> fib_sync_down_addr).
-# So after a nexthop deletion the routes using it leave the tables here
-# too, and after the other two the objects and routes are read again and
-# the difference applied (routes.Changes.silent).
-SILENT = "nexthop deleted, device down or deleted, address removed"
-
-
-class Nexthops:
-    """The kernel's nexthop objects by id, as dumped at the last full sync
-    and followed since (RTNLGRP_NEXTHOP). A group's members are resolved
-    through this registry; an id not known (yet: events can race) or a
-    blackhole resolves to no nexthop, so it names no peer and hides the
-    worse routes, as the kernel uses it."""
-
-    def __init__(self, objects=()):
-        self.objects = {}
-        self.groups_of = {}  # member id -> ids of the groups holding it
-        for nh in objects:
-            self.set(nh)
-
-    def hops(self, nhid):
-        """((gateway bytes or None, oif, weight), ...) of one object; ()
-        for a blackhole, an unknown id or an empty group."""
-        nh = self.objects.get(nhid)
-        if nh is None or nh.blackhole or nh.fdb:
-            return ()
-        if not nh.group:
-            return ((nh.gateway, nh.oif, 1),)
-        out = []
-        for member, weight in nh.group:
-            m = self.objects.get(member)
-            if m is not None and not (m.blackhole or m.group or m.fdb):
-                out.append((m.gateway, m.oif, weight))
-        return tuple(out)
-
-    def set(self, nh):
-        """A new or replaced object; returns the ids whose hops may have
-        changed (it, and the groups holding it)."""
-        old = self.objects.get(nh.id)
-        if old is not None:
-            for member, _w in old.group:
-                self.groups_of.get(member, set()).discard(nh.id)
-        self.objects[nh.id] = nh
-        for member, _w in nh.group:
-            self.groups_of.setdefault(member, set()).add(nh.id)
-        return {nh.id} | self.groups_of.get(nh.id, set())
-
-    def remove(self, nhid):
-        """An object deleted: (ids gone, ids changed). As the kernel does,
-        it leaves every group holding it, and a group left empty goes too."""
-        old = self.objects.pop(nhid, None)
-        if old is None:
-            return set(), set()
-        gone, changed = {nhid}, set()
-        for member, _w in old.group:
-            self.groups_of.get(member, set()).discard(nhid)
-        for gid in self.groups_of.pop(nhid, set()):
-            g = self.objects.get(gid)
-            if g is None:
-                continue
-            rest = tuple((m, w) for m, w in g.group if m != nhid)
-            if rest:
-                self.objects[gid] = g._replace(group=rest)
-                changed.add(gid)
-            else:
-                more, _ = self.remove(gid)
-                gone |= more
-        return gone, changed - gone
-
-    def replace_all(self, objects):
-        """The objects as dumped now: (ids gone, ids changed)."""
-        new = {nh.id: nh for nh in objects}
-        gone = set(self.objects) - set(new)
-        changed = {i for i, nh in new.items() if self.objects.get(i) != nh}
-        self.__init__(new.values())
-        return gone, changed | {g for i in changed for g in self.groups_of.get(i, ())}
-
-
 class Tags:
-    """How routes name peers: a nexthop gateway equal to a peer's tag address
-    (RTA_GATEWAY, or RTA_VIA for IPv4 via an IPv6 link-local), else the
-    nexthop's output device being the peer's member device.
+    """How routes name peers: the nexthop's output device being the peer's
+    member device, else, out of the front, a nexthop gateway equal to a
+    peer's tag address (RTA_GATEWAY, or RTA_VIA for IPv4 via an IPv6
+    link-local).
 
     Peer sets are interned: sets[id] is a sorted tuple of peer ids, id 0 the
     empty set (a route that names no peer)."""
@@ -222,15 +136,21 @@ class Tags:
         return out
 
     def hop_peer(self, gw, oif):
-        """(peer id, how) of the peer one nexthop names: by its gateway
-        being a tag ("tag"), else by its device being a member ("member");
-        (None, None) for none. The one resolver of nexthops to peers: the
-        daemon's tables and `wgbpf lookup` both ask it."""
-        peer_id = self.by_addr.get(gw) if gw is not None else None
-        if peer_id is not None:
-            return peer_id, "tag"
+        """(peer id, how) of the peer one nexthop names: by its device
+        being a member ("member"), else by its gateway being a tag on the
+        front ("tag"); (None, None) for none. The packet leaves by the
+        device, whatever the gateway: a tag via another peer's member is
+        that member's peer, a tag via a LAN device names none (as
+        fib_peer() in bpf/lookup.h). The one resolver of nexthops to
+        peers: the daemon's tables and `wgbpf lookup` both ask it."""
         peer_id = self.by_oif.get(oif)
-        return (peer_id, "member") if peer_id is not None else (None, None)
+        if peer_id is not None:
+            return peer_id, "member"
+        if gw is not None and oif == self.front and self.front is not None:
+            peer_id = self.by_addr.get(gw)
+            if peer_id is not None:
+                return peer_id, "tag"
+        return None, None
 
     def resolve(self, route):
         """Sorted tuple of the peer ids a KernelRoute names; () for none."""
@@ -266,10 +186,15 @@ class Filter:
 
 
 class Table:
-    """Per prefix, the accepted routes that name peers.
+    """Per prefix, the routes the kernel keeps for it in the followed tables.
 
     best() is what the kernel would use (lowest rank); with union=True, as
     for the feasible-path accept table, it is every peer of every route.
+    entry() is what the maps hold for a prefix: its best peer set, () when
+    the best route names no peer (a "no peer" entry: a blackhole or a route
+    through a LAN device must hide the covering route's peer, for steering
+    and for the source check, as the kernel's rp_filter does), None when
+    the table has no route for it.
 
     Routes are keyed as the kernel keys them: table and metric (the rank),
     IPv4 TOS and IPv6 source prefix. A TOS or source-specific route applies
@@ -339,6 +264,19 @@ class Table:
         """The peer set the kernel's preferred route for prefix k names, or None."""
         return self.tags.sets[self.best_id(k)] or None
 
+    def entry(self, k):
+        """The maps' entry for prefix k: its best peer set, () for "no
+        peer", None for none at all."""
+        if k not in self.prefixes:
+            return None
+        return self.tags.sets[self.best_id(k)]
+
+    def entries(self):
+        """(pkey, entry) of every prefix with a route, "no peer" ones too."""
+        entry = self.entry
+        for k in self.prefixes:
+            yield k, entry(k)
+
     def items(self):
         """(pkey, best peer set) of every prefix whose best route names peers."""
         sets = self.tags.sets
@@ -359,7 +297,8 @@ class Table:
     # rooms: the per-route hot path of a million-route dump, inlined on purpose (bench_sync.py)
     def update(self, route, deleted=False):
         """Apply one route (from a dump or an event); returns its pkey if
-        the prefix's best peer set may have changed, else None.
+        the prefix's entry (its best peer set, or "no peer") may have
+        changed, else None.
 
         The first lines are the whole of a full dump's common case (a new
         prefix, one route): they run a million times."""
@@ -401,10 +340,9 @@ class Table:
             if rid is None:
                 rid = self._rank_id(rank)
             prefixes[k] = (rid << _SET_BITS) | sid
-            if not sid:
-                return None
-            self._count(0, sid)
-            return k
+            if sid:
+                self._count(0, sid)
+            return k  # a peer set, or a "no peer" entry
         if not isinstance(v, dict) and v >> _SET_BITS == self._rank_ids.get(rank):
             # the common case of a route event: the prefix's one route
             # replaced or deleted (an IPv6 multipath route losing one
@@ -418,6 +356,8 @@ class Table:
                 after = None
             else:
                 del prefixes[k]
+                if not before:
+                    return k  # its "no peer" entry goes
                 after = 0
             if after is not None:
                 if after == before:
@@ -443,7 +383,7 @@ class Table:
         self._store(k, v)
         after = self._best_raw(k)
         if after == before:
-            return None
+            return k if k not in prefixes else None  # gone: even a "no peer" entry
         self._count(before, after)
         return k
 
@@ -546,12 +486,13 @@ def changes(table, keys, operator):
     """What to write for `keys`, prefixes whose best peer set changed, when
     the maps are known to hold each one's previous best set, but for the
     `operator` prefixes (static, tag entries: left alone). No read of the
-    maps: a prefix with no best set left is deleted, the rest put."""
+    maps: a prefix with no route left is deleted, the rest put ("no peer"
+    entries too)."""
     d = Diff()
-    best = table.best
+    entry = table.entry
     for k in keys:
         if k not in operator:
-            peers = best(k)
+            peers = entry(k)
             if peers is None:
                 d.delete.append(k)
             else:
@@ -571,11 +512,11 @@ def diff(table, entries, keys=None):
     kern = abi.Origin.KERNEL
     if keys is None:
         for k, (origin, peers) in entries.items():
-            if origin == kern and not table.best_id(k):
+            if origin == kern and k not in table.prefixes:
                 d.delete.append(k)
         keys = table.prefixes.keys()
     for k in keys:
-        want = table.best(k)
+        want = table.entry(k)
         have = entries.get(k)
         if want is None:
             if have is not None and have[0] == kern:

@@ -237,6 +237,16 @@ def test_fib_table_probe(lab):
     assert rc >= 0, rc
 
 
+@pytest.mark.parametrize("table", [1, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1])
+def test_fib_table_probe_range_edges(lab, table):
+    """Every table `--fib-table` accepts (1 to 4294967295) can be probed: a
+    tbid above 2**31 once packed as a signed immediate died in struct.error."""
+    with nsenter.entered(lab.ns):
+        rc = bpfsys.fib_probe(lab.net.ifindex[lab.inst.front], table,
+                              abi.FIB_LOOKUP_DIRECT | abi.FIB_LOOKUP_SKIP_NEIGH | abi.FIB_LOOKUP_TBID)
+    assert rc >= 0, rc
+
+
 # -- member_ingress ----------------------------------------------------------
 def arriving(src, via, dst=DST):
     return dict(packet=u(src, dst), via=via)

@@ -75,7 +75,7 @@ def test_apply_a_diff_leaves_static_entries(maps):
     p1 = sync.pkey(2, bytes([10, 1, 0, 0]), 16)
     p2 = sync.pkey(2, bytes([10, 2, 0, 0]), 16)
     maps.tries.set_route(ipaddress.ip_network("10.2.0.0/16"), [7], STATIC)
-    t = sync.Table(sync.Tags({bytes([10, 255, 0, 1]): 1}, {}), sync.Filter())
+    t = sync.Table(sync.Tags({bytes([10, 255, 0, 1]): 1}, {}, front=5), sync.Filter())
     from wgbpf.routes import KernelRoute
     for dst in (bytes([10, 1, 0, 0]), bytes([10, 2, 0, 0])):
         t.update(KernelRoute(2, dst, 16, 254, 0, 4, 0, ((bytes([10, 255, 0, 1]), 5),)))
@@ -103,7 +103,7 @@ def test_a_restart_writes_only_the_difference(maps):
     written, the operator's left alone, the rest untouched."""
     from wgbpf.backends.fullsync import reconcile
     from wgbpf.routes import KernelRoute
-    tags = sync.Tags({bytes([10, 255, 0, p]): p for p in (1, 2, 3)}, {})
+    tags = sync.Tags({bytes([10, 255, 0, p]): p for p in (1, 2, 3)}, {}, front=5)
     t = sync.Table(tags, sync.Filter())
     nets = [bytes([10, n, 0, 0]) for n in range(1, 9)]
     for i, dst in enumerate(nets):

@@ -283,3 +283,26 @@ class DaemonProc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def kernel_view(lab):
+    """(what the maps' kernel-origin entries must be, from the kernel's
+    routes, "no peer" entries included; what they are)."""
+    from wgbpf import abi, nsenter, routes as rt, sync  # the daemon's own reading
+    from wgbpf.maps import Maps
+    with Maps.open(lab.pin_dir(), readonly=True) as m:
+        peers = m.peers()
+        by_oif = {p.ifindex: i for i, p in peers.items()}
+        by_addr = {ipaddress.ip_address(str(a)).packed: i for a, i in m.tags().items()}
+        have = {k: v[1] for k, v in m.tries.entries().items() if v[0] == abi.Origin.KERNEL}
+        front = m.config().front_ifindex
+    table = sync.Table(sync.Tags(by_addr, by_oif, front=front), sync.Filter())
+    with nsenter.entered(lab.hub):
+        nl = rt.Netlink()
+        try:
+            for fam in (2, 10):
+                for r in rt.dump_routes(nl, fam):
+                    table.update(r)
+        finally:
+            nl.close()
+    return dict(table.entries()), have

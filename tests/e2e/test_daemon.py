@@ -9,20 +9,18 @@
 Routes in the hub name peers by their tags (`via 10.255.0.2`, `via inet6
 fe80::2`): the daemon turns them into map entries, and traffic follows.
 """
-import ipaddress
 import json
 import os
 import re
 import signal
+import subprocess
 import tempfile
 import time
 
 import pytest
 
 from wgbtest import RUN_ID
-from labutil import LOOKUPS, TIME_SCALE, DaemonProc, lab_session, map_peers
-from wgbpf import abi, routes as rt, sync
-from wgbpf.maps import Maps
+from labutil import LOOKUPS, TIME_SCALE, WGBPF, DaemonProc, kernel_view, lab_session, map_peers
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -130,29 +128,6 @@ def test_member_down_moves_traffic_to_the_ecmp_sibling(lab, daemon):
         time.sleep(0.05)
 
 
-def kernel_view(lab):
-    """What the maps' kernel-origin entries must be, from the kernel itself."""
-    with Maps.open(lab.pin_dir(), readonly=True) as m:
-        peers = m.peers()
-        by_oif = {p.ifindex: i for i, p in peers.items()}
-        by_addr = {ipaddress.ip_address(t).packed: i for t, i in
-                   ((str(a), i) for a, i in m.tags().items())}
-        entries = {k: v for k, v in m.tries.entries().items() if v[0] == abi.Origin.KERNEL}
-        front = m.config().front_ifindex
-    table = sync.Table(sync.Tags(by_addr, by_oif, front=front), sync.Filter())
-    from wgbpf import nsenter
-    with nsenter.entered(lab.hub):
-        nl = rt.Netlink()
-        try:
-            for fam in (2, 10):
-                for r in rt.dump_routes(nl, fam):
-                    table.update(r)
-        finally:
-            nl.close()
-    want = dict(table.items())
-    return want, {k: v[1] for k, v in entries.items()}
-
-
 def test_overrun_ends_in_a_resync_with_maps_equal_to_the_kernel(lab):
     d = Daemon(lab, "--rcvbuf", "4096")  # a tiny socket buffer: a burst overruns it
     try:
@@ -247,6 +222,13 @@ def test_second_daemon_bad_table_bad_config_refused_data_plane_untouched(lab, da
         f.flush()
         r = lab.wgbpf("daemon", "--config", f.name, check=False)
     assert r.returncode != 0 and "not-an-ip" in r.stderr
+    # another run dir, the same pins: the daemon lock is the run dir's, the pins' lock is not
+    with tempfile.TemporaryDirectory(prefix="wgbpf-run-") as other:
+        r = subprocess.run([*WGBPF, "--netns", lab.hub, "daemon", lab.front, *lab.peer_args()],
+                           env=dict(os.environ, WGBPF_RUN_DIR=other), capture_output=True, text=True,
+                           timeout=60 * TIME_SCALE)
+    assert r.returncode != 0 and "another wgbpf daemon follows" in r.stderr, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
     assert lab.dump()["routes"] == before
     st = lab.status()["daemon"]
     assert st["state"] == "running" and st["pid"] == daemon.proc.pid

@@ -126,6 +126,48 @@ def test_the_config_file_wins_and_the_difference_is_shown(lab):
     assert f"peer carol ({carol['member']}" in r.stdout
 
 
+# a re-attach after the pins went compiles again: dear under emulation, and
+# nothing here depends on the WireGuard implementation
+HOST_ONLY = pytest.mark.skipif(TIME_SCALE > 1 and os.environ.get("WGBPF_E2E_SLOW") != "1",
+                               reason="compiles twice: host tier only (WGBPF_E2E_SLOW=1 runs it here)")
+
+
+@HOST_ONLY
+def test_pins_removed_under_the_filters_are_flagged_and_repaired(lab):
+    """The pin directory removed while attached: the filters run on, on
+    maps nothing can write. status --check says so (exit 1), a plain
+    attach takes its own orphaned filters back (no --force), and detach
+    removes them when the pins are gone again."""
+    bob = lab.peers["bob"]
+    pins = lab.pin_dir()
+
+    def remove_pins():
+        for f in os.listdir(pins):
+            os.unlink(os.path.join(pins, f))
+        os.rmdir(pins)
+
+    def check():
+        return run(*WGBPF, "--netns", lab.hub, "status", "--check")
+
+    remove_pins()
+    r = check()
+    assert r.returncode != 0 and "pins gone" in r.stdout + r.stderr, (r.returncode, r.stdout, r.stderr)
+    assert lab.front in r.stdout + r.stderr
+    r = lab.attach(None, "--json")  # no --force: the orphaned filters run programs it recorded
+    assert check().returncode == 0
+    lab.route_every_peer(("alice", "bob"), families=(4,))
+    assert lab.ping("alice", bob["host4"]), "steering after the re-attach"
+    remove_pins()
+    r = lab.wgbpf("detach", lab.front)
+    assert "detached" in r.stdout, r.stdout
+    r = check()
+    assert "pins gone" not in r.stdout + r.stderr, r.stdout
+    assert not lab.ping("alice", bob["host4"], count=2), "a filter was left running"
+    lab.attach()  # as the tests after this one expect it
+    lab.route_every_peer(("alice", "bob"), families=(4,))
+    assert lab.ping("alice", bob["host4"])
+
+
 def test_gone_for_good_then_detach(lab):
     d = DaemonProc(lab.hub, "daemon", lab.front, "--gone-after", "1")
     try:

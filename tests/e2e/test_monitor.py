@@ -87,13 +87,17 @@ def ping_flood(lab, secs):
 
 def test_top_once_json_shows_rates_and_spoofed_drops(lab):
     assert lab.ping("alice", lab.peers["bob"]["host4"], count=1)  # handshakes done before we measure
-    ping, forged = ping_flood(lab, 4), forge(lab, 50, 200)
+    # the traffic outlasts top's start (seconds of imports under emulation)
+    # and its 2 s sample; stopped once top has printed
+    secs = round(4 + 8 * TIME_SCALE)
+    ping, forged = ping_flood(lab, secs), forge(lab, 50, 50 * secs)
     try:
         time.sleep(1)
         r = lab.wgbpf("top", "--front", lab.front, "--once", "--json", "--interval", "2")
     finally:
-        forged.wait(10)
-        ping.wait(10)
+        for p in (forged, ping):
+            p.terminate()
+            p.wait(10)
     s = json.loads(r.stdout)
     peers = {p["name"]: p for p in s["peers"]}
     assert [p["name"] for p in s["peers"]][-1] == "carol", "sorted by rate: carol is idle"

@@ -14,6 +14,8 @@
   and up (the IPv4 routes through it flushed).
 """
 import json
+import os
+import subprocess
 import time
 
 import pytest
@@ -132,3 +134,152 @@ def test_the_front_down_and_up_flushes_the_maps_as_the_kernel(lab, daemon):
     # the routing daemon puts them back: followed as ever
     lab.ip("route", "replace", alice["prefix4"], "via", alice["tag4"], "dev", lab.front, "onlink")
     wait_map(lab, daemon, alice["prefix4"], ["alice"])
+
+
+# -- routes that name no peer, inside routes that do (issue 23) ----------------
+
+def kernel_peer(lab, addr):
+    """The peer the hub's kernel sends `addr` to (`ip route get`: a member
+    as device, or a tag as gateway out of the front), or None: a
+    blackhole, unreachable, a LAN device."""
+    r = run("ip", "-n", lab.hub, "-j", "route", "get", addr)
+    if r.returncode != 0:
+        return None  # blackhole, unreachable, prohibit: the kernel refuses
+    got = json.loads(r.stdout)[0]
+    for name, p in lab.peers.items():  # the device it leaves by decides
+        if got.get("dev") == p["member"] or (got.get("dev") == lab.front and got.get("gateway") == p["tag4"]):
+            return name
+    return None
+
+
+def maps_peers(lab, addr):
+    """The peers the maps' longest match for `addr` names ([] for none)."""
+    import ipaddress
+    from wgbpf.maps import Maps
+    from wgbpf.routemaps import route_peers
+    with Maps.open(lab.pin_dir(), readonly=True) as m:
+        names = {i: p.name.decode() for i, p in m.peers().items()}
+        hit = m.tries.lookup(ipaddress.ip_address(addr))
+        return [] if hit is None else sorted(names[i] for i in route_peers(hit[1]))
+
+
+def forged(lab, spoke, src, dst):
+    """Pings from `spoke` with a source it does not own; returns (spoofed
+    counted, packets sent to dst's peer) meanwhile."""
+    owner = next(n for n, p in lab.peers.items() if p["host4"] == dst)
+    lab.spoke(spoke, "ip", "addr", "replace", f"{src}/32", "dev", "lo")
+    try:
+        before, tx = spoofed(lab), lab.peer(owner)["tx_packets"]
+        lab.ping(spoke, dst, count=3, interval="0.1", extra=("-I", src))
+        return spoofed(lab) - before, lab.peer(owner)["tx_packets"] - tx
+    finally:
+        lab.spoke(spoke, "ip", "addr", "del", f"{src}/32", "dev", "lo")
+
+
+def test_a_route_naming_no_peer_hides_the_covering_peer(lab, running):
+    """bob is the upstream (default via bob); 10.50.0.0/16 is alice's, then
+    blackholed, and 10.63.0.0/16 goes out a LAN device: neither is bob's,
+    for steering or as a source (the kernel's rp_filter would drop them).
+    The maps hold a "no peer" entry, and answer as `ip route get` does."""
+    alice, bob, carol = (lab.peers[n] for n in ("alice", "bob", "carol"))
+    front = ("dev", lab.front, "onlink")
+    lab.ip("route", "replace", "default", "via", bob["tag4"], *front)
+    lab.ip("route", "replace", "10.50.0.0/16", "via", alice["tag4"], *front)
+    for p in (alice, carol):
+        lab.ip("route", "replace", p["prefix4"], "via", p["tag4"], *front)
+    try:
+        wait_map(lab, running, "10.50.0.0/16", ["alice"])
+        lab.ip("route", "replace", "blackhole", "10.50.0.0/16")
+        lab.ip("route", "replace", "10.63.0.0/16", "dev", "vh-bob", "metric", "5")
+        wait_map(lab, running, "10.50.0.0/16", [])  # "no peer", not gone
+        wait_map(lab, running, "10.63.0.0/16", [])
+        for addr in ("8.8.8.8", "10.50.0.5", "10.50.255.1", "10.63.0.5", alice["host4"], carol["host4"],
+                     "10.94.1.1"):
+            want = kernel_peer(lab, addr)
+            assert maps_peers(lab, addr) == ([want] if want else []), addr
+        r = lab.wgbpf("lookup", "10.50.0.5", "--from", "bob")
+        assert "spoofed" in r.stdout and "no peer" in r.stdout, r.stdout
+        r = lab.wgbpf("lookup", "10.63.0.5")
+        assert "no peer" in r.stdout and "bob" not in r.stdout, r.stdout
+        assert "(no peer)" in lab.wgbpf("dump").stdout
+        for src in ("10.50.0.5", "10.63.0.5"):
+            dropped, delivered = forged(lab, "bob", src, carol["host4"])
+            assert dropped >= 3 and delivered == 0, (src, dropped, delivered)
+        # the blackhole goes: bob's default owns 10.50.0.5 again
+        lab.ip("route", "del", "blackhole", "10.50.0.0/16")
+        wait_map(lab, running, "10.50.0.0/16", None)
+        assert maps_peers(lab, "10.50.0.5") == ["bob"] == [kernel_peer(lab, "10.50.0.5")]
+        dropped, delivered = forged(lab, "bob", "10.50.0.5", carol["host4"])
+        assert dropped == 0 and delivered >= 3
+    finally:
+        for spec in (("default",), ("10.50.0.0/16",), ("10.63.0.0/16", "dev", "vh-bob", "metric", "5")):
+            lab.ip("route", "del", *spec, check=False)
+
+
+POOL = ["10.81.0.0/16", "10.81.4.0/24", "10.82.0.0/16", "10.83.0.0/16", "10.83.3.0/24", "10.80.0.0/12"]
+
+
+def route_kinds(lab):
+    """The ways a route to a prefix may be written, as `ip route` words
+    after the prefix: by tag, ECMP, objects, no peer of every kind."""
+    a, b, c = (lab.peers[n] for n in ("alice", "bob", "carol"))
+    on = ("dev", lab.front, "onlink")
+    return [
+        ("via", a["tag4"], *on), ("via", b["tag4"], *on),
+        ("nexthop", "via", a["tag4"], *on, "nexthop", "via", b["tag4"], *on),
+        ("dev", c["member"]), ("via", a["tag4"], "dev", "vh-bob", "onlink"),
+        ("dev", "vh-carol"), ("nhid", "201"), ("nhid", "210"),
+        ("TYPE", "blackhole"), ("TYPE", "unreachable"), ("TYPE", "prohibit"),
+    ]
+
+
+# netlink to the maps only (no packet crosses WireGuard), 12 rounds of polls
+# that each spawn `ip route get` nine times: dear under emulation
+@pytest.mark.skipif(TIME_SCALE > 1 and os.environ.get("WGBPF_E2E_SLOW") != "1",
+                    reason="host tier only: nothing here depends on the WireGuard implementation "
+                           "(WGBPF_E2E_SLOW=1 runs it here)")
+def test_random_route_sequences_leave_the_maps_answering_as_the_kernel(lab, daemon):
+    """Seeded random adds, replaces and deletes over nested prefixes (a
+    covering /12, routes of two metrics, every kind of route naming no
+    peer, nexthop objects): after each round, for an address of every
+    prefix, the maps' longest match names the peer `ip route get` sends
+    it to, or no peer where the kernel uses none."""
+    import random
+    rnd = random.Random(23)
+    a, b = lab.peers["alice"], lab.peers["bob"]
+    on = ("dev", lab.front, "onlink")
+    kinds = route_kinds(lab)
+    lab.ip("nexthop", "replace", "id", "201", "via", a["tag4"], *on)
+    lab.ip("nexthop", "replace", "id", "202", "via", b["tag4"], *on)
+    lab.ip("nexthop", "replace", "id", "210", "group", "201/202")
+    samples = [p.replace(".0/", ".9/").split("/")[0] for p in POOL] + ["10.80.200.1", "10.81.4.200", "10.83.3.3"]
+    try:
+        for rnd_no in range(6):
+            lines = []
+            for _ in range(12):
+                prefix, metric = rnd.choice(POOL), rnd.choice(("0", "10"))
+                kind = rnd.choice(kinds)
+                if rnd.random() < 0.25:
+                    lines.append(f"route del {prefix} metric {metric}")
+                elif kind[0] == "TYPE":
+                    lines.append(f"route replace {kind[1]} {prefix} metric {metric}")
+                else:
+                    lines.append(f"route replace {prefix} {' '.join(kind)} metric {metric}")
+            r = subprocess.run(["ip", "-n", lab.hub, "-force", "-batch", "-"], input="\n".join(lines) + "\n",
+                               capture_output=True, text=True)
+            deadline = time.monotonic() + 2.0 * TIME_SCALE
+            while True:
+                wrong = []
+                for addr in samples:
+                    want, got = kernel_peer(lab, addr), maps_peers(lab, addr)
+                    if (want is None and got) or (want is not None and want not in got):
+                        wrong.append((addr, want, got))
+                if not wrong:
+                    break
+                assert time.monotonic() < deadline, (f"round {rnd_no}: maps differ from ip route get: {wrong}\n"
+                                                     f"{lines}\n{lab.ip('route', 'show').stdout}\n{r.stderr}")
+                time.sleep(0.05)
+    finally:
+        for prefix in POOL:
+            for metric in ("0", "10"):
+                lab.ip("route", "del", prefix, "metric", metric, check=False)

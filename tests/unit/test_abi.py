@@ -435,3 +435,14 @@ def test_flood_program_is_in_source():
     assert re.search(r"\bint\s+%s\s*\(\s*struct\s+__sk_buff\s*\*" % abi.FLOOD_PROG, read(SOURCE))
     assert abi.FLOOD_PROG not in abi.PROGRAMS, "the flood is tail-called, never attached"
     assert "tail.call(skb, WGBPF_TAIL_FLOOD)" in all_sources()
+
+
+def test_insn_immediate_is_32_bits_either_sign():
+    """A routing table up to 4294967295 is an immediate's bit pattern; one
+    past either end is refused by name, not a struct.error."""
+    from wgbpf import bpfsys
+    assert bpfsys.insn(0x62, imm=2 ** 32 - 1)[4:] == bpfsys.insn(0x62, imm=-1)[4:] == b"\xff" * 4
+    assert bpfsys.insn(0x62, imm=2 ** 31)[4:] == b"\x00\x00\x00\x80"
+    for imm in (2 ** 32, -2 ** 31 - 1):
+        with pytest.raises(ValueError, match="32 bits"):
+            bpfsys.insn(0x62, imm=imm)

@@ -221,3 +221,34 @@ def test_attach_refuses_an_allowedips_config(tmp_path):
     r = CliRunner().invoke(main, ["attach", "--config", str(path)])
     assert r.exit_code == 1
     assert "no BPF data plane" in r.output and "wgbpf daemon" in r.output
+
+
+def test_no_peer_prefixes_inside_a_peers_prefix_are_counted_as_unhonoured():
+    """A blackhole (or a LAN route) inside a peer's prefix: AllowedIPs
+    cannot hide the covering entry, so it is counted; one outside every
+    peer's prefix is no loss (nothing covers it)."""
+    from wgbpf import sync
+    from wgbpf.routes import KernelRoute
+    tags = sync.Tags({ipaddress.ip_address("10.255.0.1").packed: 0}, {}, front=9)
+
+    def route(prefix, gw=None, oif=9):
+        net = ipaddress.ip_network(prefix)
+        fam = 2 if net.version == 4 else 10
+        hops = ((ipaddress.ip_address(gw).packed, oif),) if gw else ()
+        return KernelRoute(fam, net.network_address.packed, net.prefixlen, 254, 0, 4, 0, hops, 0, None)
+
+    t = sync.Table(tags, sync.Filter())
+    t.update(route("10.0.0.0/8", "10.255.0.1"))
+    t.update(route("10.50.0.0/16"))                  # blackhole inside alice's /8
+    t.update(route("10.63.0.0/16", "192.0.2.1", 77))  # a LAN device inside it
+    t.update(route("192.168.0.0/16"))                # a blackhole nobody's prefix covers
+    t.update(route("2001:db8::/32"))
+    got = aip.unhonoured(t)
+    assert got == {network_pkey(ipaddress.ip_network(p)) for p in ("10.50.0.0/16", "10.63.0.0/16")}
+    # incremental: the blackhole goes, a new one comes
+    k = t.update(route("10.50.0.0/16"), deleted=True)
+    k2 = t.update(route("10.7.7.0/24"))
+    got = aip.unhonoured(t, {k, k2}, got)
+    assert got == {network_pkey(ipaddress.ip_network(p)) for p in ("10.63.0.0/16", "10.7.7.0/24")}
+    t.update(route("2000::/3", "10.255.0.1"))  # a covering route comes: seen at the next full sync
+    assert network_pkey(ipaddress.ip_network("2001:db8::/32")) in aip.unhonoured(t)

@@ -570,7 +570,9 @@ def test_dump_shows_the_accept_table_when_there_is_one(instance):
 def test_resolve_peers_direct():
     m = FakeMaps({1: ("alice", True), 7: ("bob", False)})
     assert inspect.resolve_peers(m, cli.peer_names("bob, alice")) == [7, 1]
-    assert inspect.resolve_peers(m, cli.peer_names("alice,")) == [1]
+    for bad in ("alice,", ",alice", "alice,,bob"):
+        with pytest.raises(cli.UsageError, match="an empty peer name"):
+            cli.peer_names(bad)
 
 
 # -- table() ---------------------------------------------------------------------

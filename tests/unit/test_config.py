@@ -85,8 +85,6 @@ def test_parse_tag_bad(text, fragments):
     ("alice=wg-alice,fe80::1", PeerConfig("alice", "wg-alice", [ip("fe80::1")])),
     ("alice=wg-alice,fe80::1,10.255.0.1", PeerConfig("alice", "wg-alice", [ip("fe80::1"), ip("10.255.0.1")])),
     ("alice=wg-alice,10.255.0.1/32,fe80::1/128", PeerConfig("alice", "wg-alice", [ip("10.255.0.1"), ip("fe80::1")])),
-    ("alice=wg-alice,", PeerConfig("alice", "wg-alice", [])),  # trailing comma: no tag
-    ("alice=wg-alice,,fe80::1", PeerConfig("alice", "wg-alice", [ip("fe80::1")])),
     (" alice = wg-alice , fe80::1 ", PeerConfig("alice", "wg-alice", [ip("fe80::1")])),
     ("a=b", PeerConfig("a", "b", [])),
     ("peer_1.x-y=wg0.100", PeerConfig("peer_1.x-y", "wg0.100", [])),
@@ -125,6 +123,9 @@ def test_parse_peer_arg_good(text, want):
     ("alice=wg-alice,0.0.0.0", ["'0.0.0.0'", "unicast"]),
     ("alice=wg-alice,fe80::1%wg-alice", ["'fe80::1%wg-alice'", "%zone"]),
     ("alice=wg-alice,bob", ["'bob'", "not an IP address"]),
+    # an empty field: a comma too many, or a tag left out by mistake
+    ("alice=wg-alice,", ["--peer 'alice=wg-alice,'", "an empty field"]),
+    ("alice=wg-alice,,fe80::1", ["--peer 'alice=wg-alice,,fe80::1'", "an empty field"]),
 ])
 def test_parse_peer_arg_bad(text, fragments):
     msg = raises(config.parse_peer_arg, text)
@@ -363,9 +364,17 @@ def test_build_member_may_be_front_with_members_only():
     assert cfg.peers[0].member == "wg0"
 
 
-def test_build_same_tag_twice_in_one_peer_is_fine():
-    cfg = config.build("wg0", ["alice=wg-a,fe80::1,fe80::1/128"])
-    assert cfg.peers[0].tags == [ip("fe80::1"), ip("fe80::1")]
+@pytest.mark.parametrize("peer", ["alice=wg-a,10.255.0.1,10.255.0.1", "alice=wg-a,fe80::1,FE80:0::1/128"])
+def test_build_same_tag_twice_in_one_peer_is_refused(peer):
+    # as the same tag in two peers is, and `route add P alice,alice`
+    msg = raises(config.build, "wg0", [peer])
+    assert_names(msg, "peer 'alice'", "given twice")
+
+
+def test_build_same_tag_twice_in_a_toml_peer_is_refused(tmp_path):
+    path = write(tmp_path, '[[peer]]\nname = "alice"\nmember = "wg-a"\ntags = ["10.9.9.9", "10.9.9.9/32"]\n')
+    msg = raises(config.build, "wg0", path=path)
+    assert_names(msg, "peer 'alice'", "tag 10.9.9.9", "given twice")
 
 
 def test_build_max_peers():
@@ -469,9 +478,12 @@ def test_build_accepts_distinct_peers(peer_list):
     # distinct names, members and tags always validate
     seen, plist = set(), []
     for p, _ in peer_list:
-        p = PeerConfig(p.name, p.member, [t for t in p.tags if t not in seen])
-        seen.update(p.tags)
-        plist.append(p)
+        kept = []
+        for t in p.tags:  # a tag once, in one peer: a repeat is refused
+            if t not in seen:
+                seen.add(t)
+                kept.append(t)
+        plist.append(PeerConfig(p.name, p.member, kept))
     args = [f"{p.name}={p.member}" + "".join("," + str(t) for t in p.tags) for p in plist]
     cfg = config.build("front-dev-x", args, members_only=True)
     assert cfg.peers == plist

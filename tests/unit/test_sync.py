@@ -15,8 +15,10 @@ TAGS = sync.Tags(
     by_addr={ipaddress.ip_address(a).packed: p for a, p in [
         ("fe80::1", ALICE), ("10.255.0.1", ALICE), ("fe80::2", BOB), ("10.255.0.2", BOB),
         ("fe80::3", CAROL)]},
-    by_oif={11: ALICE, 12: BOB, 13: CAROL})
+    by_oif={11: ALICE, 12: BOB, 13: CAROL}, front=10)
 FRONT = 10
+# members only (no front): tags name no peer, a member device does
+TAGS_MEMBERS = sync.Tags(TAGS.by_addr, TAGS.by_oif)
 
 
 def route(prefix, *nexthops, table=254, priority=0, protocol=4, realm=0, tos=0, src=None):
@@ -36,7 +38,8 @@ def test_resolution_by_every_tag_kind():
         (route("2001:db8::/32", ("fe80::3", FRONT)), (CAROL,)),         # IPv6 link-local tag
         (route("10.1.0.0/16", (None, 12)), (BOB,)),                     # dev <member>
         (route("10.1.0.0/16", ("192.0.2.1", 13)), (CAROL,)),            # unknown gateway, member oif
-        (route("10.1.0.0/16", ("fe80::1", 12)), (ALICE,)),              # the gateway tag wins over oif
+        (route("10.1.0.0/16", ("fe80::1", 12)), (BOB,)),                # out bob's member: bob's, whatever the gateway
+        (route("10.1.0.0/16", ("10.255.0.1", 77)), ()),                # a tag out of a LAN device: nobody's
         (route("10.1.0.0/16", ("10.255.0.2", FRONT), ("fe80::1", FRONT)), (ALICE, BOB)),  # ECMP
         (route("10.1.0.0/16", ("10.255.0.2", FRONT), ("192.0.2.9", FRONT)), (BOB,)),     # one hop names none
         (route("10.1.0.0/16", (None, FRONT)), ()),                      # dev front: names no peer
@@ -206,20 +209,26 @@ def apply(entries, d):
         del entries[k]  # a delete of an entry not there would be a bug (KeyError)
 
 
-def expected(kernel, flt):
+def expected(kernel, flt, tags=TAGS):
     """The pure model: per prefix, the route the kernel prefers among those
-    of the tables followed (lowest rank); in the maps if the daemon follows
-    it (protocol, realm) and it names peers. A better route naming none (a
-    blackhole, another device's) hides worse ones that do."""
+    of the tables followed (lowest rank): its peers if the daemon follows
+    it (protocol, realm) and it names some, else a "no peer" entry (): a
+    blackhole, another device's route, one the daemon does not follow,
+    hides the covering routes' peers as it hides worse ones. But a route
+    naming no peer through the front hides nothing (the front's packets
+    come to the maps)."""
     best = {}
     for r in kernel.values():
         if r.table not in flt.tables or r.tos or r.src is not None:
             continue  # other tables; TOS/source-specific: never in the maps
         k = sync.pkey(r.family, r.dst, r.dst_len)
-        peers = TAGS.resolve(r) if flt.accepts(r) else ()
+        named = tags.resolve(r)
+        if not named and r.nexthops and all(oif == tags.front for _gw, oif in r.nexthops):
+            continue
+        peers = named if flt.accepts(r) else ()
         if k not in best or flt.rank(r) < best[k][0]:
             best[k] = (flt.rank(r), peers)
-    return {k: v[1] for k, v in best.items() if v[1]}
+    return {k: v[1] for k, v in best.items()}
 
 
 GATEWAYS = [None, "10.255.0.1", "10.255.0.2", "fe80::1", "fe80::2", "fe80::3", "192.0.2.1"]
@@ -235,10 +244,11 @@ events = st.lists(st.tuples(st.sampled_from(["set", "del"]), prefixes, nexthops,
 
 
 @settings(max_examples=300, deadline=None)
-@given(events, st.booleans())
-def test_any_event_sequence_leaves_maps_equal_to_the_model(seq, filtered):
+@given(events, st.booleans(), st.booleans())
+def test_any_event_sequence_leaves_maps_equal_to_the_model(seq, filtered, front):
     flt = sync.Filter(tables=(254, 100), protocols=(12,) if filtered else ())
-    t = sync.Table(TAGS, flt)
+    tags = TAGS if front else TAGS_MEMBERS
+    t = sync.Table(tags, flt)
     kernel = {}
     # the operator's own entries, which the daemon must never touch
     static = {sync.pkey(AF4, bytes([10, 1, 0, 0]), 16): (abi.Origin.STATIC, (CAROL,))}
@@ -259,16 +269,17 @@ def test_any_event_sequence_leaves_maps_equal_to_the_model(seq, filtered):
         apply(entries, sync.diff(t, entries, keys={changed} if changed else set()))
         apply(unread, sync.changes(t, {changed} if changed else set(), static.keys()))
         assert unread == entries
-        want = expected(kernel, flt)
+        want = expected(kernel, flt, tags)
         kern = {k: v[1] for k, v in entries.items() if v[0] == abi.Origin.KERNEL}
         assert kern == {k: p for k, p in want.items() if k not in static}
-        assert {k: t.best(k) for k in t.prefixes if t.best(k)} == want and len(t) == len(want)
+        assert {k: t.entry(k) for k in t.prefixes} == want
+        assert len(t) == sum(1 for p in want.values() if p)
         for k, v in static.items():
             assert entries[k] == v
     # a full resync of an unchanged table writes nothing
     assert len(sync.diff(t, entries)) == 0
     counts = {}
-    for peers in expected(kernel, flt).values():
+    for peers in expected(kernel, flt, tags).values():
         for p in peers:
             counts[p] = counts.get(p, 0) + 1
     assert {p: n for p, n in t.per_peer.items() if n} == counts
@@ -333,7 +344,11 @@ def test_parse_tos_and_source_prefix_into_the_key():
 
 
 def test_parse_skips_non_unicast_and_default_route_has_zero_dst():
-    assert parse(rtmsg(AF4, 32, 255, rtype=2)) is None  # RTN_LOCAL
+    assert parse(rtmsg(AF4, 32, 255, rtype=3)) is None  # RTN_BROADCAST
+    assert parse(rtmsg(AF4, 32, 255, rtype=5)) is None  # RTN_MULTICAST
+    # a local route names no peer: a "no peer" entry where the daemon follows its table
+    local = parse(rtmsg(AF4, 32, 254, rtype=rt.RTN_LOCAL, attrs=rta(rt.RTA_OIF, struct.pack("=i", 1))))
+    assert local.nexthops == () and TAGS.resolve(local) == ()
     r = parse(rtmsg(AF6, 0, 254, attrs=rta(rt.RTA_OIF, struct.pack("=i", 12))))
     assert r.dst == bytes(16) and r.nexthops == ((None, 12),)
 
@@ -425,9 +440,11 @@ def test_a_better_route_naming_no_peer_hides_a_worse_one_that_does():
         assert t.update(better) == k and t.best(k) is None and len(t) == 0
         assert t.update(better, deleted=True) == k and t.best(k) == (BOB,)
         t = sync.Table(TAGS, sync.Filter())
-        assert t.update(better) is None
+        assert t.update(better) == k and t.entry(k) == ()  # a "no peer" entry
         assert t.update(peer) is None and t.best(k) is None  # the better one was there first
-        assert {k2: p for k2, p in t.items()} == {}
+        assert {k2: p for k2, p in t.items()} == {} and dict(t.entries()) == {k: ()}
+        assert t.update(better, deleted=True) == k and t.entry(k) == (BOB,)
+        assert t.update(peer, deleted=True) == k and t.entry(k) is None
 
 
 def test_a_route_into_the_front_naming_no_peer_hides_nothing():

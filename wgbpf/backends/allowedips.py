@@ -7,7 +7,7 @@ import socket
 import time
 
 from .. import routes, sync, wireguard
-from ..allowedips import Device, Plan, absent_prefix
+from ..allowedips import Device, Plan, absent_prefix, unhonoured
 from ..allowedips import changes as changes_for
 from .base import Backend, dump_tables, nexthop_changes, with_nexthops
 
@@ -27,7 +27,9 @@ class AllowedIPsBackend(Backend):
         self.sink = None         # public key of the live throwaway peer
         self.bury_at_once = False  # remove it after each batch, not with the status (the bench)
         self.ecmp_warned = False
-        self.stats = {"allowedips_changes": 0, "peer_rewrites": 0, "ecmp_prefixes": 0, "missing_peers": [],
+        self.no_peer = set()  # "no peer" prefixes a covering AllowedIP keeps (allowedips.unhonoured)
+        self.no_peer_warned = False
+        self.stats = {"allowedips_changes": 0, "peer_rewrites": 0, "ecmp_prefixes": 0, "no_peer_unhonoured": 0, "missing_peers": [],
                       "map_writes": 0, "last_sync": None, "last_sync_seconds": None}
 
     def attach(self, cfg):
@@ -117,6 +119,16 @@ class AllowedIPsBackend(Backend):
                 del peers[k]
         return peers
 
+    def _note_no_peer(self, keys=None):
+        self.no_peer = unhonoured(self.table, keys, self.no_peer)
+        n = self.stats["no_peer_unhonoured"] = len(self.no_peer)
+        if n and not self.no_peer_warned:
+            self.no_peer_warned = True
+            self.log(f"warning: {n} prefixes whose best route names no peer (a blackhole, a LAN device) lie "
+                     f"inside a peer's prefix; AllowedIPs cannot hide it, so that peer keeps them, for "
+                     f"steering and as sources; counted as no_peer_unhonoured in the status "
+                     f"(the maps backend honours them)")
+
     def _note_ecmp(self):
         n = len(self.plan.ecmp)
         self.stats["ecmp_prefixes"] = n
@@ -152,6 +164,7 @@ class AllowedIPsBackend(Backend):
         self._write(todo)
         self.table = table
         self._note_ecmp()
+        self._note_no_peer()
         dt = time.monotonic() - t0
         self.stats["last_sync"] = time.time()
         self.stats["last_sync_seconds"] = round(dt, 3)
@@ -186,6 +199,7 @@ class AllowedIPsBackend(Backend):
             managed = {p.public_key for p in self.cfg.peers} & self.plan.present
             self._write(changes_for(want, self.dev, managed, self._single(), keys=changed))
             self._note_ecmp()
+            self._note_no_peer(changed)
         if t_read is not None and self.lag is not None:
             self.lag.append((time.monotonic() - t_read) * 1000)
         return False
@@ -234,3 +248,5 @@ class AllowedIPsBackend(Backend):
         metric("allowedips_changes_total", "allowed IPs added or removed", st["allowedips_changes"])
         metric("peer_rewrites_total", "whole AllowedIPs lists rewritten", st["peer_rewrites"])
         metric("ecmp_prefixes", "multipath prefixes given to one of their peers", st["ecmp_prefixes"], "gauge")
+        metric("no_peer_unhonoured", "prefixes routed to no peer that a covering peer's AllowedIP keeps",
+               st.get("no_peer_unhonoured", 0), "gauge")

@@ -97,7 +97,7 @@ def dump_tables(nl, tables, progress=None, writer=None, pinned=None):
                 for trie, t in items:
                     k = t.update(r)
                     if k is not None and writer is not None and k not in pinned[trie]:
-                        peers = t.best(k)
+                        peers = t.entry(k)
                         if peers is None:
                             recheck[trie].add(k)
                         else:

@@ -71,7 +71,7 @@ class Sync:
             self.operator = self.pinned
             for trie, keys in self.recheck.items():
                 for k in keys:
-                    if tables[trie].best(k) is None and k not in self.pinned[trie]:
+                    if tables[trie].entry(k) is None and k not in self.pinned[trie]:
                         self.writer.delete(trie, k)
                         deletes += 1
             writes = self.writer.close()
@@ -135,6 +135,7 @@ def reconcile(m, trie, table, operator, batches=None):
     kern = abi.Origin.KERNEL
     covered = 0
     best_id, sets, rs = table.best_id, table.tags.sets, routemaps.ROUTE_SIZE
+    prefixes = table.prefixes
     value = {}  # (set id << 8) | prefixlen -> the bytes of its kernel entry
     # one pass over the raw batches, a million times: an entry equal to
     # what the table wants costs a lookup and a bytes compare
@@ -146,7 +147,7 @@ def reconcile(m, trie, table, operator, batches=None):
             k = head[keys[at]] + keys[at + 4:at + ks]
             v = values[i * rs:(i + 1) * rs]
             sid = best_id(k)
-            if not sid:
+            if not sid and k not in prefixes:
                 if v[1] == kern:
                     d.delete.append(k)
                 else:
@@ -161,11 +162,11 @@ def reconcile(m, trie, table, operator, batches=None):
                     d.put[k] = sets[sid]
                 else:  # the operator's entry wins
                     operator.add(k)
-    if covered < len(table):
+    if covered < len(prefixes):
         # prefixes with no entry at all (routes added while we were
         # away): found by exact lookups, rather than a set of every key
-        for k in m.tries.missing((k for k, _peers in table.items()), trie):
-            d.put[k] = table.best(k)
+        for k in m.tries.missing(prefixes, trie):
+            d.put[k] = table.entry(k)
     return d
 
 

@@ -14,6 +14,8 @@ pinned LPM tries (and the DIR-24-8 arrays) that the tc programs read.
 """
 import contextlib
 import dataclasses
+import fcntl
+import os
 import pickle
 import subprocess
 import sys
@@ -58,6 +60,7 @@ class MapsBackend(Backend):
         self.stats = {"map_writes": 0, "rehooks": 0, "members_gone": 0, "read_back": 0,
                       "pending": 0, "rereads": 0, "last_sync": None, "last_sync_seconds": None}
         self.member_counters = MemberCounters()
+        self.pin_lock = None       # an fd of the pin directory, flock'ed: one daemon an instance
 
     # -- the data plane ----------------------------------------------------
     @contextlib.contextmanager
@@ -79,6 +82,7 @@ class MapsBackend(Backend):
         self.cfg = cfg
         if self.links is None:
             self.links = Links(cfg.front, self.log, self.liveness, self.stats)
+        self.pin_lock = lock_pins(pin_dir(cfg.front), self.pin_lock)  # before our attach changes anything
         with self._writing():
             res = attach_in_child(cfg)
             for c in res["changes"]:
@@ -92,6 +96,7 @@ class MapsBackend(Backend):
     def _open_maps(self):
         """(Re)open the pinned maps; the lookup settings follow the
         instance as attached (an attach under us may have changed them)."""
+        self.pin_lock = lock_pins(pin_dir(self.cfg.front), self.pin_lock)
         m = Maps.open(pin_dir(self.cfg.front))
         if self.maps is not None:
             self.maps.close()
@@ -257,7 +262,7 @@ class MapsBackend(Backend):
         moved = 0
         for trie, new in tables.items():
             old = self.tables[trie]
-            keys = {k for k in old.prefixes.keys() | new.prefixes.keys() if old.best(k) != new.best(k)}
+            keys = {k for k in old.prefixes.keys() | new.prefixes.keys() if old.entry(k) != new.entry(k)}
             changed[trie] = (changed.get(trie, set()) | keys)
             moved += len(keys)
         self.tables = tables
@@ -393,6 +398,34 @@ class MapsBackend(Backend):
     def close(self):
         if self.maps is not None:
             self.maps.close()
+        if self.pin_lock is not None:
+            os.close(self.pin_lock)
+            self.pin_lock = None
+
+
+def lock_pins(directory, held):
+    """One daemon an instance, whatever its run dir: the daemon's lock
+    lives in the run dir (WGBPF_RUN_DIR), so two daemons given two run
+    dirs would both follow the same pins, each deleting what the other
+    wrote. An flock on the pin directory itself ties them to the maps.
+    `held`: the fd we lock now, or None; returns the fd to hold (locked
+    again when the pins are made anew, by detach + attach)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return held  # not attached yet: locked once the attach made it
+    if held is not None and os.fstat(fd)[1:3] == os.fstat(held)[1:3]:
+        os.close(fd)  # the very directory we hold
+        return held
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise MapError(f"another wgbpf daemon follows the instance pinned at {directory} (it holds the pin "
+                       f"directory's lock; started with another WGBPF_RUN_DIR?): stop it first") from None
+    if held is not None:
+        os.close(held)
+    return fd
 
 
 def log_applied(log, names, trie, d):

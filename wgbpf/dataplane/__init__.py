@@ -22,7 +22,7 @@ from ..maps import MapError
 from .build import BPF_DIR, SOURCE, compile_programs
 from .errors import AttachError, TcError
 from .lifecycle import assign_ids, attach, detach, rehook_front, rehook_member
-from .ownership import HOOK_PROGRAMS, foreign_hooks, other_members, program_problem, vet
+from .ownership import HOOK_PROGRAMS, foreign_hooks, orphaned_filters, other_members, program_problem, vet
 from .pins import pinned_ids, unpinned
 from .preflight import (ARPHRD_NONE, IFF_UP, check_fib, check_pin_root, ensure_bpffs, enter_netns,
                         forwarding_off, forwarding_warning)
@@ -31,5 +31,5 @@ from .tc import bpf_filters, filter_name, filters, iproute
 __all__ = ["ARPHRD_NONE", "AttachError", "BPF_DIR", "HOOK_PROGRAMS", "IFF_UP", "MapError", "SOURCE",
            "TcError", "assign_ids", "attach", "bpf_filters", "check_fib", "check_pin_root",
            "compile_programs", "detach", "ensure_bpffs", "enter_netns", "filter_name", "filters",
-           "foreign_hooks", "forwarding_off", "forwarding_warning", "iproute", "other_members",
+           "foreign_hooks", "forwarding_off", "forwarding_warning", "iproute", "orphaned_filters", "other_members",
            "pinned_ids", "program_problem", "rehook_front", "rehook_member", "unpinned", "vet"]

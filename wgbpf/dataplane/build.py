@@ -110,11 +110,22 @@ def record_build(front, directory, key):
         pass  # only costs a compile at the next attach
 
 
+def recorded_programs(front):
+    """The ids of the programs the last attach of `front` compiled and
+    pinned (its build record), or an empty set: how a filter of ours left
+    running after its pins were removed is known to be ours."""
+    try:
+        with instance.open_run_read(instance.build_path(front)) as f:
+            return set(json.load(f).get("programs", {}).values())
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
 def reusable_programs(front, directory, key):
     """{program name: fd} of the pinned programs when they were built from
     exactly this source and flags (no compile needed), else None."""
     try:
-        with open(instance.build_path(front)) as f:
+        with instance.open_run_read(instance.build_path(front)) as f:
             rec = json.load(f)
         if rec.get("key") != key or not os.path.exists(os.path.join(directory, "tail")):
             return None

@@ -18,13 +18,14 @@ from .. import abi, maps
 from ..config import ConfigError, check_ifname
 from ..maps import Maps, MapError, pin_dir
 from ..routemaps import network, route_peers
-from .build import SOURCE, build_key, compile_programs, pinned_prog_tag, prog_tag, record_build, reusable_programs
+from .build import (SOURCE, build_key, compile_programs, pinned_prog_tag, prog_tag, record_build, recorded_programs,
+                    reusable_programs)
 from .errors import AttachError
-from .ownership import check_hooks_ours, check_owners, vet
-from .pins import pin_prog, pinned_ids, pinned_programs, reads_maps, restore_pins, stale_pins
+from .ownership import check_hooks_ours, check_owners, orphaned_filters, vet
+from .pins import check_pin_dirs, pin_prog, pinned_ids, pinned_programs, reads_maps, restore_pins, stale_pins
 from .preflight import (check_fib, check_links, check_pin_root, ensure_bpffs, forwarding_off,
                         forwarding_warning, quiet_redirects)
-from .tc import ensure_filter, filter_name, filters, hook_member, iproute, unhook
+from .tc import ensure_filter, filter_name, filters, hook_member, iproute, remove_filter, unhook
 
 
 class Attach:
@@ -65,6 +66,7 @@ class Attach:
         (BCC opens them by pin path): reloading the programs never loses a
         route. A map pin removed by hand is pinned again first."""
         changes = []
+        check_pin_dirs(self.directory)
         restored = [] if self.fresh else restore_pins(self.directory)
         if restored:
             changes.append(f"pins repaired: {', '.join(restored)} pinned again from the running programs "
@@ -371,7 +373,7 @@ def detach(front):
         raise AttachError(str(e)) from None
     directory = pin_dir(front)
     if not os.path.isdir(directory):
-        raise AttachError(f"no wgbpf instance {front!r} ({directory} does not exist)")
+        return detach_orphans(front, directory)
     removed = []
     progs, maps_pinned = pinned_ids(directory)
 
@@ -407,6 +409,30 @@ def detach(front):
     os.rmdir(directory)
     maps.prune(directory)
     return {"front": front, "pin_dir": directory, "devices": len(removed)}
+
+
+def detach_orphans(front, directory):
+    """Detach an instance whose pins were removed under it: its filters
+    (by name) still run on frozen maps. Removed where they run one of the
+    programs its last attach recorded (the build record); a filter of
+    that name running another program may be an instance of the same
+    front under another pin root: named, not touched."""
+    ours = recorded_programs(front)
+    removed, foreign = set(), []
+    with iproute() as ipr:
+        for ifindex, device, hook in orphaned_filters(ipr, front).get(front, ()):
+            if remove_filter(ipr, ifindex, hook, filter_name(front), lambda prog_id: prog_id in ours):
+                removed.add(device)
+            else:
+                foreign.append(f"{device} {hook}")
+    if not removed and not foreign:
+        raise AttachError(f"no wgbpf instance {front!r} ({directory} does not exist)")
+    if foreign:
+        raise AttachError(f"{directory} does not exist, and the {filter_name(front)} filters on "
+                          f"{', '.join(foreign)} run programs this instance did not record"
+                          + (f" (removed those on {', '.join(sorted(removed))})" if removed else "")
+                          + ": another pin root's instance? detach it there, or attach --force")
+    return {"front": front, "pin_dir": directory, "devices": len(removed), "orphaned": sorted(removed)}
 
 
 def rehook_member(ipr, m, front, peer_id, ifindex, up):

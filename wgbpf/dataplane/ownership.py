@@ -5,13 +5,16 @@ name or by its peers and front, another instance's programs in our slot
 and the guard's view of the namespace (vet: every other device may forward
 to peers, every host address is a martian source)."""
 import ipaddress
+import os
 
 from .. import maps
 from ..maps import Maps, MapError, pin_dir
 from .errors import AttachError
+from .build import recorded_programs
+from .errors import TcError
 from .pins import pinned_ids, reads_maps
 from . import tc
-from .tc import HOOK_PARENT, TC_HANDLE, TC_PRIO, filter_name, filter_programs, hook_filters
+from .tc import HOOK_PARENT, TC_HANDLE, TC_PRIO, filter_name, filter_programs, hook_filters, links
 
 # The program each hook of a device runs, by the device's role.
 HOOK_PROGRAMS = {"front": {"egress": "front_egress"},
@@ -120,16 +123,37 @@ def check_hooks_ours(ipr, cfg, front_idx, links):
     devices = [(pc.member, links[pc.name][0], "member") for pc in cfg.peers]
     if front_idx:
         devices.append((cfg.front, front_idx, "front"))
+    orphans = recorded_programs(cfg.front)  # ours, left running when our pins were removed
     for device, ifindex, role in devices:
         for hook, prog in HOOK_PROGRAMS[role].items():
             prog_id = filter_programs(ifindex, hook).get(name)
-            if prog_id is None or prog_id in progs.values() or reads_maps(prog_id, map_ids.values()):
+            if prog_id is None or prog_id in progs.values() or reads_maps(prog_id, map_ids.values()) \
+                    or prog_id in orphans:
                 continue
             raise AttachError(
                 f"tc {hook} hook on {device} runs program id {prog_id}, not this instance's "
                 f"({progs[prog] if prog in progs else 'none'} pinned under {directory}): another wgbpf "
                 f"instance {cfg.front!r} with another pin root (a container sharing this network "
                 f"namespace?) holds it; detach it there, or attach --force to take the hooks over")
+
+
+def orphaned_filters(ipr, front=None):
+    """{front: [(ifindex, device, hook)]} of the wgbpf-<front> filters on
+    this namespace's devices whose instance has no pins (its pin
+    directory removed under it): they go on steering on maps nobody can
+    write any more. Only `front`'s, if given."""
+    out = {}
+    for ifindex, device in links(ipr).items():
+        for hook in HOOK_PARENT:
+            try:
+                found = hook_filters(ipr, ifindex, hook)
+            except TcError:
+                continue  # gone meanwhile, or not listable: its status says so
+            for tc_kind, name, _prio, _handle in found:
+                f = name[len("wgbpf-"):] if tc_kind == "bpf" and name and name.startswith("wgbpf-") else None
+                if f and (front is None or f == front) and not os.path.isdir(pin_dir(f)):
+                    out.setdefault(f, []).append((ifindex, device, hook))
+    return out
 
 
 def hook_owner(ipr, ifindex):

@@ -5,8 +5,22 @@ removed by hand pinned again from the running programs, pins that are no
 longer the maps the programs read."""
 import os
 
-from .. import abi, bpfsys
+from .. import abi, bpfsys, maps
+from ..files import unsafe_dir
+from .errors import AttachError
 from .tc import HOOK_PARENT, filter_programs
+
+
+def check_pin_dirs(directory):
+    """Refuse an instance's pin directory, its namespace's or the pin root
+    when another user could plant or swap pins in them (owned by another,
+    writable by group or others, a symlink: sshd's StrictModes): whoever
+    swaps a pin swaps the maps the programs read. Missing ones are made
+    0700 by Maps.create."""
+    for d in (maps.PIN_ROOT, os.path.dirname(directory), directory):
+        why = unsafe_dir(d)
+        if why:
+            raise AttachError(f"refused: pin directory {why}")
 
 
 def pinned_programs(directory):
