@@ -37,14 +37,16 @@ test-e2e: setup
 rooms:
 	$(PYTHON) scripts/rooms.py
 
-# The e2e suite again in a qemu guest whose kernel has the WireGuard module
+# The e2e tests marked kernel_wg (those whose outcome depends on WireGuard's
+# implementation) in a qemu guest whose kernel has the WireGuard module
 # (kernel WireGuard instead of wireguard-go); vm/setup.sh installs qemu, the
 # two guest kernels and virtme-ng (idempotent). Variables (environment or
 # make's command line; vm/run.sh lists them all):
 #   VM_KERNEL=old|new  old (default): Debian 12's 6.12 rt kernel, BPF tests too;
 #                      new: Linux >= 6.16 (WGALLOWEDIP_F_REMOVE_ME), no headers,
 #                      so no BPF tests
-#   VM_TESTS=tests/e2e what pytest runs;  VM_PYTEST_ARGS  more pytest words
+#   VM_TESTS=tests/e2e what pytest runs, whole (default: tests/e2e -m kernel_wg)
+#   VM_PYTEST_ARGS     more pytest words
 # e.g. make vm-test VM_KERNEL=new VM_TESTS=tests/e2e/test_allowedips.py
 vm-test: setup
 	@bash vm/setup.sh

@@ -50,9 +50,11 @@ tests=${VM_TESTS:-tests/e2e}
 export WGBPF_LAB_WG=kernel
 export PYTHONDONTWRITEBYTECODE=1    # the checkout is read-only here
 t0=$(date +%s.%N)
-say "pytest $tests (WGBPF_LAB_WG=kernel CI=${CI:-} WGBPF_TIME_SCALE=${WGBPF_TIME_SCALE:-1})"
+mark=()
+if [ -n "${VM_MARK:-}" ]; then mark=(-m "$VM_MARK"); fi
+say "pytest $tests ${mark[*]} (WGBPF_LAB_WG=kernel CI=${CI:-} WGBPF_TIME_SCALE=${WGBPF_TIME_SCALE:-1})"
 # shellcheck disable=SC2086   # VM_TESTS, VM_PYTEST_ARGS: words for pytest, e.g. -k NAME
-.venv/bin/python -m pytest -ra -p no:cacheprovider --durations=10 $tests ${VM_PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log"
+.venv/bin/python -m pytest -ra -p no:cacheprovider --durations=10 "${mark[@]}" $tests ${VM_PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.log"
 rc=${PIPESTATUS[0]}
 if [ "$rc" = 0 ] && [ "${VM_BENCH:-0}" = 1 ]; then
     # results land in OUT (the checkout is read-only here); the host copies them

@@ -1,8 +1,9 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0-or-later
-# `make vm-test`: the e2e suite (tests/e2e) in a qemu guest whose kernel has
-# the WireGuard module, so the lab runs on kernel WireGuard instead of
-# wireguard-go. virtme-ng boots one of two Debian kernels (vm/kernel.sh) on a
+# `make vm-test`: the e2e tests whose outcome depends on WireGuard's
+# implementation (marked kernel_wg; VM_TESTS=tests/e2e for the whole suite)
+# in a qemu guest whose kernel has the WireGuard module, so the lab runs on
+# kernel WireGuard instead of wireguard-go. virtme-ng boots one of two Debian kernels (vm/kernel.sh) on a
 # read-only view of this machine's root file system: the checkout, .venv,
 # BCC, wg and the kernel's modules and headers are the host's own.
 # Exits with pytest's exit code as the guest reported it in a shared
@@ -13,7 +14,12 @@
 #                         (BCC); new: Linux >= 6.16 from trixie-backports
 #                         (WGALLOWEDIP_F_REMOVE_ME), no headers: BPF tests can't
 #                         run there. Or an installed kernel's version.
-#   VM_TESTS=tests/e2e    what pytest runs (paths or node ids, space-separated)
+#   VM_TESTS              what pytest runs (paths or node ids, space-separated);
+#                         unset: tests/e2e -m kernel_wg, the tests whose outcome
+#                         depends on WireGuard's implementation (each file says
+#                         why in a comment); set, it runs whole, unmarked ones too
+#   VM_MARK               a pytest -m expression (default: kernel_wg when
+#                         VM_TESTS is unset, none when it is set)
 #   VM_NEED_BPF=auto|0|1  check for the kernel's headers (BCC) before pytest;
 #                         auto: when a test file in VM_TESTS says require_bcc
 #                         or opens a wgbpf lab (lab_session without bpf=False)
@@ -50,6 +56,7 @@ kver=$(VM_KERNEL=$sel bash vm/kernel.sh) || die "no '$sel' guest kernel (VM_KERN
 kimg=$(bash vm/kernel.sh --image "$kver") || die "kernel $kver has no image in /boot or /lib/modules/$kver"
 
 vm_tests=${VM_TESTS:-tests/e2e}
+if [ -z "${VM_TESTS:-}" ]; then vm_mark=${VM_MARK-kernel_wg}; else vm_mark=${VM_MARK:-}; fi
 need_bpf=${VM_NEED_BPF:-auto}
 if [ "$need_bpf" = auto ]; then
     need_bpf=0
@@ -82,7 +89,7 @@ OUT=$(mktemp -d /tmp/wgbpf-vm.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 {
     printf 'export WGBPF_TIME_SCALE=%q\n' "$scale"
-    printf 'VM_TESTS=%q\nVM_NEED_BPF=%q\n' "$vm_tests" "$need_bpf"
+    printf 'VM_TESTS=%q\nVM_MARK=%q\nVM_NEED_BPF=%q\n' "$vm_tests" "$vm_mark" "$need_bpf"
     if [ -n "${CI:-}" ]; then printf 'export CI=%q\n' "$CI"; fi
     if [ -n "${VM_PYTEST_ARGS:-}" ]; then printf 'VM_PYTEST_ARGS=%q\n' "$VM_PYTEST_ARGS"; fi
     if [ -n "${WGBPF_E2E_LOOKUPS:-}" ]; then printf 'export WGBPF_E2E_LOOKUPS=%q\n' "$WGBPF_E2E_LOOKUPS"; fi
@@ -93,7 +100,7 @@ trap 'rm -rf "$OUT"' EXIT
     printf 'VM_BENCH=%q\nVM_BENCH_ARGS=%q\n' "${VM_BENCH:-0}" "${VM_BENCH_ARGS:-}"
 } >"$OUT/env.sh"
 
-say "VM_KERNEL=$sel: booting $kver ($kimg) for pytest $vm_tests (BPF: $([ "$need_bpf" = 1 ] && echo yes || echo no)) in qemu ($([ "$kvm" = 1 ] && echo KVM || echo 'software emulation, no KVM'))"
+say "VM_KERNEL=$sel: booting $kver ($kimg) for pytest $vm_tests${vm_mark:+ -m $vm_mark} (BPF: $([ "$need_bpf" = 1 ] && echo yes || echo no)) in qemu ($([ "$kvm" = 1 ] && echo KVM || echo 'software emulation, no KVM'))"
 t0=$(date +%s)
 tries=$((1 + ${VM_RETRY:-1}))
 for ((try = 1; try <= tries; try++)); do

@@ -25,6 +25,11 @@ from wgbtest import RUN_ID
 from labutil import TIME_SCALE, WGBPF, DaemonProc, lab_session, run, wg_pubkey
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
+# kernel_wg (the vm tier, on both guest kernels): the whole file. The
+# backend writes AllowedIPs through WireGuard's own netlink API, whose
+# flags (WGALLOWEDIP_F_REMOVE_ME, 6.16+), list semantics and the traffic it
+# then lets through are WireGuard's implementation.
+pytestmark.append(pytest.mark.kernel_wg)
 PORT = 51800
 CONFIGURED = ("alice", "bob")  # carol stays the operator's
 

@@ -23,6 +23,8 @@ from wgbtest import RUN_ID
 from labutil import LOOKUPS, TIME_SCALE, WGBPF, DaemonProc, kernel_view, lab_session, map_peers
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
+# kernel_wg (one test, marked): ECMP over kernel members, and a member set
+# down, whose link events kernel WireGuard sends as a netdevice does.
 
 
 def Daemon(lab, *extra):
@@ -97,6 +99,7 @@ def test_replace_and_delete_follow_the_kernel(lab, daemon):
     lab.ip("route", "del", prefix)
 
 
+@pytest.mark.kernel_wg
 def test_member_down_moves_traffic_to_the_ecmp_sibling(lab, daemon):
     anycast = "10.99.0.1"
     for peer in ("bob", "carol"):

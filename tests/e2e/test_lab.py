@@ -23,6 +23,10 @@ from wgbtest import RUN_ID
 from labutil import LOOKUPS, TIME_SCALE, lab_session, run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
+# kernel_wg (some tests, marked): the data plane through kernel members:
+# steering, GSO/GRO super-packets (iperf3), the source check on what a
+# member hands up, link-local multicast. One lookup mode there (the vm tier
+# sets WGBPF_E2E_LOOKUPS=lpm): the modes do not depend on WireGuard.
 
 
 @pytest.fixture(scope="module", params=LOOKUPS)
@@ -35,6 +39,7 @@ def lab(request):
         yield lab
 
 
+@pytest.mark.kernel_wg
 def test_ping_between_every_pair_of_spokes_both_families(lab):
     before = {n: lab.peer(n)["tx_packets"] for n in lab.peers}
     for src in lab.peers:
@@ -63,6 +68,7 @@ def test_lookup_and_dump_name_the_right_peer(lab):
     assert routes[f"{lab.peers['alice']['tag4']}/32"] == ["alice"]
 
 
+@pytest.mark.kernel_wg
 def test_iperf3_through_the_front(lab):
     bob = lab.peers["bob"]
     server = subprocess.Popen(["ip", "netns", "exec", bob["ns"], "iperf3", "-s", "-1"],
@@ -82,6 +88,7 @@ def test_iperf3_through_the_front(lab):
     assert lab.peer("bob")["tx_bytes"] - before >= sent
 
 
+@pytest.mark.kernel_wg
 def test_spoofed_source_is_dropped_and_counted(lab):
     alice, bob, carol = (lab.peers[n] for n in ("alice", "bob", "carol"))
     forged = bob["host4"].rsplit(".", 1)[0] + ".99"  # inside bob's prefix
@@ -98,6 +105,7 @@ def test_spoofed_source_is_dropped_and_counted(lab):
         lab.spoke("alice", "ip", "addr", "del", f"{forged}/32", "dev", alice["spoke_dev"])
 
 
+@pytest.mark.kernel_wg
 def test_tag_address_reaches_its_peer_and_multicast_reaches_all(lab):
     # unicast to a neighbour's link-local tag: the tag's implicit host route
     r = run("ip", "netns", "exec", lab.hub, "ping", "-c", "2", "-i", "0.2", "-W", "2",
