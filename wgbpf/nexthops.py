@@ -17,7 +17,11 @@ without a word. sync.Tags resolves routes through this registry."""
 #    source it made valid (fib_frontend.c fib_del_ifaddr -> fib_sync_down_addr).
 # So after a nexthop deletion the routes using it leave the tables here
 # too, and after the other two the objects and routes are read again and
-# the difference applied (routes.Changes.silent).
+# the difference applied (routes.Changes.silent). What a deletion does to
+# other objects is told: each group holding the object gets an
+# RTM_NEWNEXTHOP without it, and a group it empties an RTM_DELNEXTHOP
+# (net/ipv4/nexthop.c remove_nh_grp_entry; seen with `ip monitor
+# nexthop`), so a deletion needs no re-read (backends.base.apply_events).
 SILENT = "nexthop deleted, device down or deleted, address removed"
 
 
@@ -31,6 +35,9 @@ class Nexthops:
     def __init__(self, objects=()):
         self.objects = {}
         self.groups_of = {}  # member id -> ids of the groups holding it
+        # ids a re-read found gone, until an RTM_NEWNEXTHOP makes them
+        # again: a queued route through one was removed with it
+        self.vanished = set()
         for nh in objects:
             self.set(nh)
 
@@ -52,6 +59,7 @@ class Nexthops:
     def set(self, nh):
         """A new or replaced object; returns the ids whose hops may have
         changed (it, and the groups holding it)."""
+        self.vanished.discard(nh.id)
         old = self.objects.get(nh.id)
         if old is not None:
             for member, _w in old.group:
@@ -63,10 +71,12 @@ class Nexthops:
 
     def remove(self, nhid):
         """An object deleted: (ids gone, ids changed). As the kernel does,
-        it leaves every group holding it, and a group left empty goes too."""
+        it leaves every group holding it, and a group left empty goes too.
+        An id not known is gone all the same: routes recorded through it
+        (an id not heard of yet names no peer) go with it."""
         old = self.objects.pop(nhid, None)
         if old is None:
-            return set(), set()
+            return {nhid}, set()
         gone, changed = {nhid}, set()
         for member, _w in old.group:
             self.groups_of.get(member, set()).discard(nhid)
@@ -83,10 +93,14 @@ class Nexthops:
                 gone |= more
         return gone, changed - gone
 
-    def replace_all(self, objects):
-        """The objects as dumped now: (ids gone, ids changed)."""
+    def replace_all(self, objects, vanish=False):
+        """The objects as dumped now: (ids gone, ids changed). vanish: a
+        re-read while events may still be queued; the ids gone are
+        remembered in `vanished` (see backends.base.apply_events)."""
         new = {nh.id: nh for nh in objects}
         gone = set(self.objects) - set(new)
         changed = {i for i, nh in new.items() if self.objects.get(i) != nh}
+        vanished = (self.vanished | gone) - set(new) if vanish else set()
         self.__init__(new.values())
+        self.vanished = vanished
         return gone, changed | {g for i in changed for g in self.groups_of.get(i, ())}

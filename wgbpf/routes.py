@@ -18,6 +18,7 @@ import errno
 import os
 import socket
 import struct
+import sys
 
 from .netlink import (HEADER, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, RT_TABLE_MAIN,  # noqa: F401
                       Netlink, align, attrs, check)
@@ -355,12 +356,20 @@ class Changes:
     """One read's worth of rtnetlink messages, classified once for every
     backend: route changes in arrival order, and what else moved.
 
-    routes     [(KernelRoute, deleted)], in the kernel's order
+    routes     [(KernelRoute, deleted, flags)], in the kernel's order;
+               flags: the message's nlmsg_flags (NLM_F_REPLACE, _APPEND,
+               _CREATE: where a route of equal key goes, sync.Table.update)
     events     route messages seen (parsed or not: the status counts them)
     links      a link or address changed: devices are looked at again
     hooks      a tc qdisc or filter went, or a filter came: hooks too
     addresses  [(ifindex, local, peer)] of the address messages
     nexthops   [(Nexthop, deleted)] of the nexthop object messages
+    steps      the route and nexthop events together, in the kernel's
+               order: [(ROUTE, (KernelRoute, deleted, flags)) or
+               (NEXTHOP, (Nexthop, deleted))]. A route names an object that
+               exists when it is sent, and a deleted object takes its
+               routes: applied out of order, a route would be recorded
+               against an id the batch deletes and re-creates.
     silent     ifindexes of devices that went down or away, or lost an
                address: the kernel may have removed routes and nexthop
                objects through them without a word (see sync.SILENT)
@@ -372,6 +381,10 @@ class Changes:
     addresses: list = dataclasses.field(default_factory=list)
     nexthops: list = dataclasses.field(default_factory=list)
     silent: set = dataclasses.field(default_factory=set)
+    steps: list = dataclasses.field(default_factory=list)
+
+
+ROUTE, NEXTHOP = "route", "nexthop"  # kinds of Changes.steps
 
 
 def classify(messages):
@@ -382,7 +395,12 @@ def classify(messages):
             c.events += 1
             r = parse_route(buf, off, end)
             if r is not None:
-                c.routes.append((r, mtype == RTM_DELROUTE))
+                # nlmsg_flags: the header's bytes 6-8, before the body (a
+                # body with no header before it replaces, as an event would)
+                flags = int.from_bytes(buf[off - 10:off - 8], sys.byteorder) if off >= 16 else 0x100
+                step = (r, mtype == RTM_DELROUTE, flags)
+                c.routes.append(step)
+                c.steps.append((ROUTE, step))
         elif mtype in (RTM_NEWLINK, RTM_DELLINK):
             c.links = True
             index, _name, up = parse_link(buf, off, end)
@@ -399,7 +417,9 @@ def classify(messages):
         elif mtype in (RTM_NEWNEXTHOP, RTM_DELNEXTHOP):
             nh = parse_nexthop(buf, off, end)
             if nh is not None:
-                c.nexthops.append((nh, mtype == RTM_DELNEXTHOP))
+                step = (nh, mtype == RTM_DELNEXTHOP)
+                c.nexthops.append(step)
+                c.steps.append((NEXTHOP, step))
     return c
 
 

@@ -18,7 +18,7 @@ prefix, against ~330 for the tuples and dicts of views this replaced.
 """
 import socket
 
-from . import abi
+from . import abi, ties
 from .nexthops import SILENT, Nexthops  # noqa: F401 (re-exported: sync.SILENT, sync.Nexthops)
 from .routes import NH
 
@@ -225,6 +225,10 @@ class Table:
         self.nexthop_keys = {}
         self._kept = {}  # slot -> its list's length when last compacted
         self.filling = False  # a dump into a fresh table: every prefix new, nothing to compact
+        # pkey -> {rank: [(key, set id)]}: the rare keys with two routes or
+        # more, in the kernel's order (wgbpf/ties.py); the prefix's value
+        # holds the set the kernel uses of them
+        self.ties = {}
 
     def __len__(self):
         """Prefixes whose best route names peers."""
@@ -295,10 +299,12 @@ class Table:
         return out
 
     # rooms: the per-route hot path of a million-route dump, inlined on purpose (bench_sync.py)
-    def update(self, route, deleted=False):
+    def update(self, route, deleted=False, flags=ties.NLM_F_REPLACE):
         """Apply one route (from a dump or an event); returns its pkey if
         the prefix's entry (its best peer set, or "no peer") may have
-        changed, else None.
+        changed, else None. flags: the message's nlmsg_flags, which say
+        where a route of a key that has one goes (ties.placement; a dump
+        passes ties.DUMP); by default it replaces it.
 
         The first lines are the whole of a full dump's common case (a new
         prefix, one route): they run a million times."""
@@ -307,6 +313,14 @@ class Table:
         trank = flt.tables.get(table)
         if trank is None:
             return None
+        if family == AF6 and dst[0] == 0xFE and dst[1] & 0xC0 == 0x80 and dst_len >= 10:
+            # fe80::/10: link-local, never forwarded; the kernel's fe80::/64
+            # on every device would name whichever member came up last.
+            # Link-local tags are the operator's entries, not routes.
+            return None
+        vanished = self.tags.nexthops.vanished
+        if vanished and not deleted and nexthops and nexthops[0][0] is NH and nexthops[0][1] in vanished:
+            deleted = True  # queued before its object went: the kernel removed it with it
         # A route that fails the protocol/realm filter still replaces the one
         # of the same key that passed: the kernel keeps one per key.
         accepted = ((not flt.protocols or protocol in flt.protocols)
@@ -329,6 +343,10 @@ class Table:
             return None
         prefixes = self.prefixes
         v = prefixes.get(k)
+        if (self.ties and rank in self.ties.get(k, ())) or (
+                flags != ties.NLM_F_REPLACE and not deleted and v is not None and self._has_rank(v, rank)
+                and ties.placement(family, flags, nexthops) in (ties.APPEND, ties.PREPEND)):
+            return ties.route(self, k, rank, route, sid, deleted, flags)
         if v is None:
             if deleted or sid < 0:
                 return None
@@ -387,6 +405,15 @@ class Table:
         self._count(before, after)
         return k
 
+    def _has_rank(self, v, rank):
+        if isinstance(v, dict):
+            return rank in v
+        return v >> _SET_BITS == self._rank_ids.get(rank)
+
+    def ambiguous(self):
+        """IPv6 prefixes whose routes of one key name different peers."""
+        return ties.ambiguous_count(self)
+
     def _store(self, k, v):
         """A prefix's routes {rank: set id} back in their compact form."""
         if not v:
@@ -437,6 +464,8 @@ class Table:
         for nhid in nhids:
             slot = self.tags.slots.get(nhid)
             for k in dict.fromkeys(self.nexthop_keys.pop(slot, ())):
+                if self.ties and k in self.ties and ties.untie(self, k, slot):
+                    out.add(k)
                 v = self.prefixes.get(k)
                 if v is None or not self._uses(k, slot):
                     continue

@@ -22,11 +22,13 @@ def rta(kind, payload):
     return struct.pack("=HH", n, kind) + payload + bytes((-n) % 4)
 
 
-def route_event(mtype, prefix, plen, gateway):
+def route_event(mtype, prefix, plen, gateway, flags=0x600):
+    """As the event socket reads it: the header (nlmsg_flags) before the body."""
     body = (struct.pack("=BBBBBBBBI", socket.AF_INET, plen, 0, 0, 254, 4, 0, routes.RTN_UNICAST, 0)
             + rta(routes.RTA_DST, socket.inet_aton(prefix)) + rta(routes.RTA_GATEWAY, socket.inet_aton(gateway))
             + rta(routes.RTA_OIF, struct.pack("=i", 7)))
-    return (mtype, body, 0, len(body))
+    msg = struct.pack("=IHHII", 16 + len(body), mtype, flags, 0, 0) + body
+    return (mtype, msg, 16, len(msg))
 
 
 class FakeNetlink:
@@ -162,8 +164,8 @@ def test_start_attaches_syncs_and_writes_the_backends_status(rundir):
 
 
 def test_events_reach_the_backend_classified_in_order(rundir, monkeypatch):
-    new = route_event(routes.RTM_NEWROUTE, "10.1.0.0", 16, "10.255.0.1")
-    gone = route_event(routes.RTM_DELROUTE, "10.2.0.0", 16, "10.255.0.2")
+    new = route_event(routes.RTM_NEWROUTE, "10.1.0.0", 16, "10.255.0.1", flags=0xC00)  # append
+    gone = route_event(routes.RTM_DELROUTE, "10.2.0.0", 16, "10.255.0.2", flags=0)
     up = struct.pack("=BxHiII", 0, 0, 7, routes.IFF_UP, 0)  # ifinfomsg: ifindex 7, up
     link = (routes.RTM_NEWLINK, up, 0, len(up))
     monkeypatch.setattr(FakeNetlink, "script", [[new, link], [gone]])
@@ -174,8 +176,9 @@ def test_events_reach_the_backend_classified_in_order(rundir, monkeypatch):
     d = make([cfg()], script)
     d.run()
     (changes,) = [c[1] for c in d.backend.calls if c[0] == "apply"]  # one batch: both reads
-    assert [(socket.inet_ntoa(r.dst), r.dst_len, deleted) for r, deleted in changes.routes] == [
-        ("10.1.0.0", 16, False), ("10.2.0.0", 16, True)]
+    assert [(socket.inet_ntoa(r.dst), r.dst_len, deleted, flags) for r, deleted, flags in changes.routes] == [
+        ("10.1.0.0", 16, False, 0xC00), ("10.2.0.0", 16, True, 0)]
+    assert [kind for kind, _step in changes.steps] == [routes.ROUTE, routes.ROUTE]
     assert changes.events == 2 and changes.links and not changes.hooks and not changes.silent
     assert d.stats["events"] == 2
 

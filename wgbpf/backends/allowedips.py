@@ -9,7 +9,7 @@ import time
 from .. import routes, sync, wireguard
 from ..allowedips import Device, Plan, absent_prefix, unhonoured
 from ..allowedips import changes as changes_for
-from .base import Backend, dump_tables, nexthop_changes, with_nexthops
+from .base import Backend, LazyNetlink, apply_events, dump_tables, with_nexthops
 
 
 class AllowedIPsBackend(Backend):
@@ -177,19 +177,10 @@ class AllowedIPsBackend(Backend):
         """Route changes only: the device is no BPF data plane with hooks
         or martians to follow, and tags are the config's."""
         table = self.table
-        changed = set()
-        for r, deleted in changes.routes:
-            k = table.update(r, deleted=deleted)
-            if k is not None:
-                changed.add(k)
-        if changes.nexthops or changes.silent:
-            nl = routes.Netlink(rcvbuf=self.rcvbuf)
-            try:  # and what the kernel may have removed without a word (sync.SILENT)
-                changed |= nexthop_changes(table.tags, {"routes": table}, changes, nl)["routes"]
-            finally:
-                nl.close()
-            if changes.silent & {table.tags.front}:
-                return True  # routes through the device may be gone: read them all again
+        with LazyNetlink(self.rcvbuf) as netlink:  # in the kernel's order, and what it removed without a word
+            changed = apply_events(table.tags, {"routes": table}, changes, netlink)["routes"]
+        if changes.silent & {table.tags.front}:
+            return True  # routes through the device may be gone: read them all again
         if changed:
             want = {}
             for k in changed:

@@ -27,6 +27,9 @@ waiting for its data plane ("detached").
 """
 import socket
 
+from ..routes import NEXTHOP
+from ..ties import DUMP
+
 
 class Backend:
     name = None
@@ -95,7 +98,7 @@ def dump_tables(nl, tables, progress=None, writer=None, pinned=None):
         for fam in (socket.AF_INET, socket.AF_INET6):
             for r in dump_routes(nl, fam):
                 for trie, t in items:
-                    k = t.update(r)
+                    k = t.update(r, False, DUMP)
                     if k is not None and writer is not None and k not in pinned[trie]:
                         peers = t.entry(k)
                         if peers is None:
@@ -136,13 +139,69 @@ def follow_nexthops(tags, tables, messages):
     return _renexthop(tags, tables, gone, changed - gone)
 
 
-def nexthop_changes(tags, tables, changes, nl):
-    """One batch's nexthop events applied (follow_nexthops), and the
-    objects read again through `nl` after what can remove them without a
-    word (a device event of changes.silent, or a deleted object); returns
-    {trie: prefixes whose best set may have changed}."""
-    out = follow_nexthops(tags, tables, changes.nexthops)
-    if changes.silent or any(deleted for _nh, deleted in changes.nexthops):
+class LazyNetlink:
+    """A netlink socket opened on first call (most batches need none) and
+    closed with the `with` block: the re-reads after a batch share it."""
+
+    def __init__(self, rcvbuf):
+        self.rcvbuf, self.nl = rcvbuf, None
+
+    def __call__(self):
+        if self.nl is None:
+            from ..routes import Netlink
+            self.nl = Netlink(rcvbuf=self.rcvbuf)
+        return self.nl
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.nl is not None:
+            self.nl.close()
+
+
+def apply_events(tags, tables, changes, netlink):
+    """One batch's route and nexthop events applied to the tables in the
+    kernel's order (routes.Changes.steps), then, after a device event of
+    changes.silent, the objects read again through netlink() (called only
+    then); returns {trie: prefixes whose entry may have changed}.
+
+    Why this order and no other re-read: the kernel tells every change of
+    an object but those a device makes (an RTM_DELNEXTHOP shrinks the
+    groups holding it with an RTM_NEWNEXTHOP each, and deletes an emptied
+    group with its own RTM_DELNEXTHOP), so a deleted object needs no
+    re-read: its routes, which go without a word, leave the tables
+    whether or not the registry knew the id. A re-read there would put
+    the registry ahead of the events still queued, and a queued deletion
+    of an id it no longer had would leave that id's routes behind, to
+    come back to life when the id is made again. A device going down or
+    away flushes its objects without a word (nexthop_flush_dev), so only
+    then are they read again; the ids that vanished are remembered
+    (Nexthops.vanished) until an RTM_NEWNEXTHOP makes them again, and a
+    queued route through one of them, which the kernel removed with it,
+    is applied as a deletion. Queued object events carry whole objects:
+    applied in order, they end where the kernel is."""
+    out = {trie: set() for trie in tables}
+    run = []  # consecutive nexthop events, applied together
+
+    def flush():
+        if run:
+            for trie, keys in follow_nexthops(tags, tables, run).items():
+                out[trie] |= keys
+            run.clear()
+    for kind, step in changes.steps:
+        if kind is NEXTHOP:
+            run.append(step)
+            continue
+        flush()
+        r, deleted, flags = step
+        for trie, t in tables.items():
+            k = t.update(r, deleted, flags)
+            if k is not None:
+                out[trie].add(k)
+    flush()
+    if changes.silent:
+        nl = netlink()
         for trie, keys in reread_nexthops(nl, tags, tables).items():
             out[trie] |= keys
     return out
@@ -152,7 +211,7 @@ def reread_nexthops(nl, tags, tables):
     """The nexthop objects dumped again (after what can remove them without
     a word: sync.SILENT) and the difference applied; as follow_nexthops."""
     from ..routes import dump_nexthops
-    gone, changed = tags.nexthops.replace_all(dump_nexthops(nl))
+    gone, changed = tags.nexthops.replace_all(dump_nexthops(nl), vanish=True)
     return _renexthop(tags, tables, gone, changed - gone)
 
 

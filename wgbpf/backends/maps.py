@@ -25,7 +25,7 @@ from .. import abi, config, dataplane, instance, maps, routes, sync
 from ..links import Links
 from ..liveness import MemberCounters
 from ..maps import Maps, MapError, pin_dir
-from .base import Backend, dump_tables, nexthop_changes, with_nexthops
+from .base import Backend, LazyNetlink, apply_events, dump_tables, with_nexthops
 from .fullsync import Sync, new_tables, patch_dir24, reconcile
 
 ATTACH_REFUSED = 3  # the attach child's exit: refused, its message on stderr
@@ -218,13 +218,8 @@ class MapsBackend(Backend):
             changed.setdefault(trie, set())
         if self.pending_since is None:
             self.pending_since = t_read if t_read is not None else time.monotonic()
-        for r, deleted in changes.routes:
-            for trie, table in self.tables.items():
-                k = table.update(r, deleted=deleted)
-                if k is not None:
-                    changed[trie].add(k)
-        if self.tables and (changes.nexthops or changes.silent):
-            self._nexthops_changed(changes, changed)
+        if self.tables:
+            self._apply_events(changes, changed)
         resync = False
         if changes.addresses:
             members = self.maps.members()
@@ -235,22 +230,21 @@ class MapsBackend(Backend):
         self.write_pending()
         return resync
 
-    def _nexthops_changed(self, changes, changed):
-        """Nexthop objects added, replaced or deleted; and what the kernel
-        removes without a word (sync.SILENT): after a device of ours went
-        down or away, or lost an address, the routes are read again (not
-        the maps) and the difference written; after any such event, or a
-        deleted object, the objects are read again."""
+    def _apply_events(self, changes, changed):
+        """Routes and nexthop objects in the kernel's order
+        (base.apply_events); and what the kernel removes without a word
+        (sync.SILENT): after a device of ours went down or away, or lost
+        an address, the routes are read again (not the maps) and the
+        difference written; after any such event the objects are read
+        again."""
         tags = next(iter(self.tables.values())).tags
-        nl = routes.Netlink(rcvbuf=self.rcvbuf)
-        try:
-            for trie, keys in nexthop_changes(tags, self.tables, changes, nl).items():
+        with LazyNetlink(self.rcvbuf) as netlink:
+            for trie, keys in apply_events(tags, self.tables, changes, netlink).items():
                 changed[trie] |= keys
-            ours = {p.ifindex for p in self.maps.peers().values()} | {self.maps.config().front_ifindex}
-            if changes.silent & ours:
-                self._reread_routes(nl, changed)
-        finally:
-            nl.close()
+            if changes.silent:
+                ours = {p.ifindex for p in self.maps.peers().values()} | {self.maps.config().front_ifindex}
+                if changes.silent & ours:
+                    self._reread_routes(netlink(), changed)
 
     def _reread_routes(self, nl, changed):
         """The kernel's routes read into fresh tables, and every prefix
