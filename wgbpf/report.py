@@ -164,6 +164,9 @@ def daemon_lines(dmn):
            f"{dmn.get('rehooks', 0)} re-hooks, "
            f"event lag p50/p99/max {lag_text(dmn)} ms"
            + (f", last sync {ago:.0f}s ago ({dmn['last_sync_seconds']}s)" if ago is not None else "")]
+    if dmn.get("ambiguous"):
+        out.append(f"ambiguous: {dmn['ambiguous']} IPv6 prefixes whose equal-metric routes name different "
+                   f"peers: the kernel picks per lookup, the maps name no peer (docs/daemon.md)")
     if dmn.get("pending"):
         out.append(f"waiting: {dmn['pending']} route changes not yet written "
                    f"(another writer holds the writer lock)")

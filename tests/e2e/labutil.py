@@ -289,6 +289,7 @@ def kernel_view(lab):
     """(what the maps' kernel-origin entries must be, from the kernel's
     routes, "no peer" entries included; what they are)."""
     from wgbpf import abi, nsenter, routes as rt, sync  # the daemon's own reading
+    from wgbpf.ties import DUMP
     from wgbpf.maps import Maps
     with Maps.open(lab.pin_dir(), readonly=True) as m:
         peers = m.peers()
@@ -300,9 +301,10 @@ def kernel_view(lab):
     with nsenter.entered(lab.hub):
         nl = rt.Netlink()
         try:
+            table.tags.nexthops = sync.Nexthops(rt.dump_nexthops(nl))  # the objects first, as a full sync
             for fam in (2, 10):
                 for r in rt.dump_routes(nl, fam):
-                    table.update(r)
+                    table.update(r, False, DUMP)  # in the kernel's order: ties as it keeps them
         finally:
             nl.close()
     return dict(table.entries()), have
