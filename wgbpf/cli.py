@@ -490,6 +490,8 @@ def lookup(address, front, from_peer, source_alias, peer_alias, as_json):
     if from_peer is not None and not from_peer.strip():
         fail("--from: name a peer")
     addr = config.parse_address(address, where)
+    if from_peer is None:  # a destination, as `route add` says it (as a source: a martian, explained)
+        config.check_not_v4_in_v6(addr, address, where)
     front, m = open_maps(front, readonly=True)
     with m:
         res = inspect.explain_source(m, addr, from_peer) if from_peer is not None else inspect.explain(m, addr)

@@ -306,3 +306,34 @@ def test_upstream_peer_cannot_source_martians(lab, daemon):
     finally:
         run("ip", "-n", lab.hub, "route", "del", "default")
         run("ip", "-n", lab.hub, "-6", "route", "del", "default")
+
+
+def test_a_peer_removed_stays_hooked_and_dropping_until_it_comes_back(lab, daemon):
+    """Issue 32: carol removed from the instance (an attach or a reload with
+    fewer peers). Her member stays hooked: what she sends reaches nobody
+    and is counted as from an unknown member, until she is added back.
+    Detach then removes that filter too."""
+    carol, alice = lab.peers["carol"], lab.peers["alice"]
+    assert wait_ping(lab, "carol", alice["host4"], 5)
+    out = lab.attach(["alice", "bob"])
+    assert "peer carol removed" in out.stdout
+    try:
+        tc = run("tc", "-n", lab.hub, "filter", "show", "dev", carol["member"], "ingress").stdout
+        assert f"wgbpf-{lab.front}" in tc, "the departed peer's member was unhooked"
+        before, tx = lab.status()["counters"]["unknown_member"], lab.peer("alice")["tx_packets"]
+        sniff = Sniffer(lab, "alice", [carol["host4"]])
+        assert not lab.ping("carol", alice["host4"], count=3, interval="0.2")
+        assert lab.status()["counters"]["unknown_member"] - before >= 3
+        assert sniff.count() == 0 and lab.peer("alice")["tx_packets"] == tx
+    finally:
+        lab.attach()
+    assert wait_ping(lab, "carol", alice["host4"], 5)  # back: hooked as a member again
+    lab.attach(["alice", "bob"])
+    lab.wgbpf("detach", lab.front)
+    try:
+        for p in lab.peers.values():
+            for hook in ("ingress", "egress"):
+                tc = run("tc", "-n", lab.hub, "filter", "show", "dev", p["member"], hook).stdout
+                assert "wgbpf" not in tc, f"detach left a filter on {p['member']} {hook}"
+    finally:
+        lab.attach()

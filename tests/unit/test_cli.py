@@ -324,6 +324,7 @@ def test_detach_removes_the_instance(monkeypatch, isolated, as_root):
     d.mkdir(parents=True)
     (d / "routes4").write_text("")
     monkeypatch.setattr(dataplane.lifecycle, "iproute", contextlib.nullcontext)
+    monkeypatch.setattr(dataplane.lifecycle, "named_filters", lambda ipr, front=None: {})  # no departed peer hooked
 
     def open_(cls, directory, readonly=False):
         raise maps.MapError("not a bpffs pin")
@@ -520,6 +521,12 @@ def test_lookup_source(instance, src, peer, verdict, step):
 def test_lookup_source_with_a_zone_is_refused(instance):
     failed(run("lookup", "--source", "fe80::1%wg-alice", "--peer", "alice"),
            "--source", "'fe80::1%wg-alice'", "scoped addresses")
+
+
+def test_lookup_of_a_v4_in_v6_destination_says_it_as_route_add_does(instance):
+    # issue 32: it said "no route"; `route add` refuses the same words
+    failed(run("lookup", "::ffff:10.1.0.1"), "ADDRESS", "'::ffff:10.1.0.1'", "IPv4-mapped", "10.1.0.1")
+    failed(run("route", "add", "::ffff:10.1.0.1/128", "alice"), "IPv4-mapped", "10.1.0.1")
 
 
 def test_lookup_human(instance):

@@ -21,7 +21,7 @@ from ..routemaps import network, route_peers
 from .build import (SOURCE, build_key, compile_programs, pinned_prog_tag, prog_tag, record_build, recorded_programs,
                     reusable_programs)
 from .errors import AttachError
-from .ownership import check_hooks_ours, check_owners, orphaned_filters, vet
+from .ownership import check_hooks_ours, check_owners, named_filters, orphaned_filters, vet
 from .pins import check_pin_dirs, pin_prog, pinned_ids, pinned_programs, reads_maps, restore_pins, stale_pins
 from .preflight import (check_fib, check_links, check_pin_root, ensure_bpffs, forwarding_off,
                         forwarding_warning, quiet_redirects)
@@ -340,12 +340,15 @@ def assign_ids(existing, names):
 
 
 def forget_peer(ipr, m, peer_id, peer, name):
-    """Remove one peer: its filters (and the clsact we added), its routes'
-    references, tags, slot."""
+    """Remove one peer: its routes' references, tags, slot, and its member
+    entry. Its device stays hooked: with no member entry, what it hands up
+    is dropped (unknown member) and nothing is forwarded out of it, until
+    the device goes or the peer comes back (fail closed, as for a
+    re-created member). Unhooked, a peer the operator removed would go on
+    sending into the router unchecked. detach removes those filters too
+    (by name: named_filters)."""
     for ifindex, owner in m.members().items():
         if owner == peer_id:
-            unhook(ipr, ifindex, ("ingress", "egress"), name,
-                   peer.owned if peer.ifindex == ifindex else 0, peer.member.decode() or None)
             m.del_member(ifindex)
     for t, owner in m.tags().items():
         if owner == peer_id:
@@ -383,6 +386,7 @@ def detach(front):
         # with attach --force) is that instance's to remove
         return not (progs or maps_pinned) or prog_id in progs.values() \
             or reads_maps(prog_id, maps_pinned.values())
+    name = filter_name(front)
     with iproute() as ipr:
         try:
             m = Maps.open(directory)
@@ -392,7 +396,6 @@ def detach(front):
             with m:
                 # ours only: filters in our slot with our name, and the
                 # clsact qdisc where we added it and nothing else is left
-                name = filter_name(front)
                 cfg = m.config()
                 peers = m.peers()
                 for p in peers.values():
@@ -404,6 +407,10 @@ def detach(front):
                 if cfg.front_ifindex and unhook(ipr, cfg.front_ifindex, ("egress",), name,
                                                 cfg.front_owned, cfg.front.decode(), ours):
                     removed.append(cfg.front_ifindex)
+        # the devices of peers that left, hooked to drop (forget_peer)
+        for ifindex, _device, hook in named_filters(ipr, front).get(front, ()):
+            if remove_filter(ipr, ifindex, hook, name, ours) and ifindex not in removed:
+                removed.append(ifindex)
     for entry in os.listdir(directory):
         os.unlink(os.path.join(directory, entry))
     os.rmdir(directory)

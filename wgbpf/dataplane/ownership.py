@@ -137,11 +137,10 @@ def check_hooks_ours(ipr, cfg, front_idx, links):
                 f"namespace?) holds it; detach it there, or attach --force to take the hooks over")
 
 
-def orphaned_filters(ipr, front=None):
+def named_filters(ipr, front=None):
     """{front: [(ifindex, device, hook)]} of the wgbpf-<front> filters on
-    this namespace's devices whose instance has no pins (its pin
-    directory removed under it): they go on steering on maps nobody can
-    write any more. Only `front`'s, if given."""
+    this namespace's devices (only `front`'s, if given), wherever they are:
+    on a member, the front, or the device of a peer that left."""
     out = {}
     for ifindex, device in links(ipr).items():
         for hook in HOOK_PARENT:
@@ -151,9 +150,16 @@ def orphaned_filters(ipr, front=None):
                 continue  # gone meanwhile, or not listable: its status says so
             for tc_kind, name, _prio, _handle in found:
                 f = name[len("wgbpf-"):] if tc_kind == "bpf" and name and name.startswith("wgbpf-") else None
-                if f and (front is None or f == front) and not os.path.isdir(pin_dir(f)):
+                if f and (front is None or f == front):
                     out.setdefault(f, []).append((ifindex, device, hook))
     return out
+
+
+def orphaned_filters(ipr, front=None):
+    """named_filters of the instances that have no pins (the pin directory
+    removed under them): they go on steering on maps nobody can write any
+    more."""
+    return {f: found for f, found in named_filters(ipr, front).items() if not os.path.isdir(pin_dir(f))}
 
 
 def hook_owner(ipr, ifindex):
