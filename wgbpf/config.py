@@ -359,8 +359,13 @@ def printable(path):
 def load_toml(path):
     """The TOML file as (front, members_only, no_route, peers); None for unset."""
     name = printable(path)  # in errors
+    # the config dir (/etc/wgbpf) is read implicitly, as root: checked as
+    # the run dir is, and its files not followed through a symlink
+    inside = os.path.dirname(os.path.abspath(path)) == os.path.abspath(config_dir())
+    if inside and (why := files.unsafe_dir(config_dir())):
+        raise ConfigError(f"{name}: {why}")
     try:
-        text = files.read_bounded(path).decode()
+        text = files.read_bounded(path, nofollow=inside).decode()
         data = tomllib.loads(text)
     except OSError as e:
         raise ConfigError(f"{name}: {e.strerror}") from None

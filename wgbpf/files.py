@@ -18,6 +18,7 @@ Reads of config files are bounded: regular files only (opened O_NONBLOCK so
 a FIFO cannot hang us before the check), at most MAX_READ bytes.
 """
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -75,11 +76,16 @@ def unsafe_dir(path):
     return None
 
 
-def read_bounded(path, limit=MAX_READ):
-    """The bytes of the regular file `path` (a symlink to one is fine).
-    FileError for anything else or for more than `limit` bytes; OSError
-    as open(2) reports it."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+def read_bounded(path, limit=MAX_READ, nofollow=False):
+    """The bytes of the regular file `path` (a symlink to one is fine,
+    unless nofollow). FileError for anything else or for more than `limit`
+    bytes; OSError as open(2) reports it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if nofollow else 0))
+    except OSError as e:
+        if nofollow and e.errno == errno.ELOOP:
+            raise FileError("is a symlink, not followed in the config dir: put the file itself there") from None
+        raise
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):

@@ -71,6 +71,10 @@ def allowedips_lines(s):
            f"given to one peer, {dmn['resyncs']} resyncs"]
     if dmn.get("missing_peers"):
         out.append(f"peers not on the device: {', '.join(dmn['missing_peers'])}")
+    if dmn.get("no_peer_unhonoured"):
+        out.append(f"warning: {dmn['no_peer_unhonoured']} prefixes route to no peer inside a peer's allowed IP: "
+                   f"WireGuard cannot shadow it, that peer may still send from and receive for them "
+                   f"(docs/allowedips.md)")
     return out + _peer_lines(dmn)
 
 

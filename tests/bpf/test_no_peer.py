@@ -7,7 +7,7 @@ steering and as no owner for the source check, never fall through to the
 covering route's peer.
 
 One namespace, three instances: lpm and dir24 read the maps (the daemon
-writes the "no peer" entries, tests/e2e/test_no_peer.py; here they are
+writes the "no peer" entries, tests/e2e/test_nexthops.py (test_a_route_naming_no_peer_hides_the_covering_peer); here they are
 written directly), fib reads the kernel's own routes, which the same
 layout is installed as. The answers must be the same in all three.
 

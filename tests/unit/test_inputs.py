@@ -269,3 +269,22 @@ def test_metrics_file_in_a_missing_directory(tmp_path):
     bad = str(tmp_path / "nope" / "wgbpf.prom")
     failed(run("daemon", "wg0", "--peer", "alice=wg-alice", "--metrics-file", bad),
            "--metrics-file", str(tmp_path / "nope"), "does not exist")
+
+
+def test_the_config_dir_is_checked_and_its_files_not_followed(tmp_path, monkeypatch):
+    """Issue 23, item 3: /etc/wgbpf is read implicitly, as root. A file
+    there that is a symlink is refused, and so is a directory another user
+    could write to; an explicit --config elsewhere may still be a link."""
+    d = tmp_path / "etc"
+    d.mkdir(mode=0o755)
+    monkeypatch.setenv("WGBPF_CONFIG_DIR", str(d))
+    real = toml(tmp_path, GOOD)
+    (d / "wg0.toml").symlink_to(real)
+    msg = raises(config.build, path=str(d / "wg0.toml"))
+    assert "symlink" in msg and "wg0.toml" in msg
+    (d / "wg0.toml").unlink()
+    (d / "wg0.toml").write_text(open(real).read())
+    assert config.build(path=str(d / "wg0.toml")).peers[0].name == "alice"
+    os.chmod(d, 0o777)
+    msg = raises(config.build, path=str(d / "wg0.toml"))
+    assert str(d) in msg and "writable by group or others" in msg

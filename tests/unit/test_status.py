@@ -53,3 +53,16 @@ def test_the_allowedips_backend():
 def test_the_lag_of_no_batch_is_none_not_zero():
     assert status.Lag().stats() == {"lag_ms_last": None, "lag_ms_p50": None, "lag_ms_p99": None,
                                     "lag_ms_max": 0.0}
+
+
+def test_the_allowedips_text_status_counts_what_it_cannot_honour():
+    """Issue 23, item 1: a prefix routed to no peer inside a peer's allowed
+    IP is counted in `wgbpf status`, not only in --json and the log."""
+    from wgbpf import report
+    dmn = {"state": "running", "pid": 7, "tables": [254], "prefixes": 3, "allowedips_changes": 1,
+           "peer_rewrites": 0, "ecmp_prefixes": 0, "resyncs": 1, "device_kind": "kernel", "removal": "flag",
+           "no_peer_unhonoured": 2, "peers": {}}
+    text = "\n".join(report.allowedips_lines({"front": "wg0", "daemon": dmn}))
+    assert "warning: 2 prefixes route to no peer inside a peer's allowed IP" in text
+    dmn["no_peer_unhonoured"] = 0
+    assert "warning" not in "\n".join(report.allowedips_lines({"front": "wg0", "daemon": dmn}))
