@@ -285,6 +285,32 @@ class DaemonProc:
                 self.proc.wait()
 
 
+def kernel_peer(lab, addr):
+    """The peer the hub's kernel sends `addr` to (`ip route get`: a member
+    as device, or a tag as gateway out of the front), or None: no route, a
+    blackhole, unreachable, a LAN device."""
+    r = run("ip", "-n", lab.hub, "-j", "route", "get", addr)
+    if r.returncode != 0:
+        return None  # blackhole, unreachable, prohibit: the kernel refuses
+    got = json.loads(r.stdout)[0]
+    for name, p in lab.peers.items():  # the device it leaves by decides
+        if got.get("dev") == p["member"] or (got.get("dev") == lab.front
+                                             and got.get("gateway") in (p["tag4"], p["tag6"])):
+            return name
+    return None
+
+
+def maps_peers(lab, addr):
+    """The peers the maps' longest match for `addr` names ([] for none, or
+    a "no peer" entry)."""
+    from wgbpf.maps import Maps
+    from wgbpf.routemaps import route_peers
+    with Maps.open(lab.pin_dir(), readonly=True) as m:
+        names = {i: p.name.decode() for i, p in m.peers().items()}
+        hit = m.tries.lookup(ipaddress.ip_address(addr))
+        return [] if hit is None else sorted(names[i] for i in route_peers(hit[1]))
+
+
 def kernel_view(lab):
     """(what the maps' kernel-origin entries must be, from the kernel's
     routes, "no peer" entries included; what they are)."""

@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from wgbtest import RUN_ID
-from labutil import TIME_SCALE, DaemonProc, kernel_view, lab_session, run
+from labutil import TIME_SCALE, DaemonProc, kernel_peer, kernel_view, lab_session, maps_peers, run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e,
               pytest.mark.skipif(TIME_SCALE > 1 and os.environ.get("WGBPF_E2E_SLOW") != "1",
@@ -84,30 +84,6 @@ def in_one_batch(lab, daemon, lines):
     finally:
         os.kill(daemon.proc.pid, signal.SIGCONT)
     return err
-
-
-def kernel_peer(lab, addr):
-    """The peer the kernel sends `addr` to, or None (no route, a blackhole,
-    a LAN device)."""
-    r = run("ip", "-n", lab.hub, "-j", "route", "get", addr)
-    if r.returncode != 0:
-        return None
-    got = json.loads(r.stdout)[0]
-    for name in NAMES:
-        p = lab.peers[name]
-        if got.get("dev") == p["member"] or (got.get("dev") == lab.front
-                                             and got.get("gateway") in (p["tag4"], p["tag6"])):
-            return name
-    return None
-
-
-def maps_peers(lab, addr):
-    from wgbpf.maps import Maps
-    from wgbpf.routemaps import route_peers
-    with Maps.open(lab.pin_dir(), readonly=True) as m:
-        names = {i: p.name.decode() for i, p in m.peers().items()}
-        hit = m.tries.lookup(ipaddress.ip_address(addr))
-        return [] if hit is None or not route_peers(hit[1]) else sorted(names[i] for i in route_peers(hit[1]))
 
 
 def v6_equal_metric_peers(lab, prefix):

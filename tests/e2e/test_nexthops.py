@@ -21,7 +21,7 @@ import time
 import pytest
 
 from wgbtest import RUN_ID
-from labutil import TIME_SCALE, DaemonProc, lab_session, map_peers, run
+from labutil import TIME_SCALE, DaemonProc, kernel_peer, lab_session, map_peers, maps_peers, run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -137,31 +137,6 @@ def test_the_front_down_and_up_flushes_the_maps_as_the_kernel(lab, daemon):
 
 
 # -- routes that name no peer, inside routes that do (issue 23) ----------------
-
-def kernel_peer(lab, addr):
-    """The peer the hub's kernel sends `addr` to (`ip route get`: a member
-    as device, or a tag as gateway out of the front), or None: a
-    blackhole, unreachable, a LAN device."""
-    r = run("ip", "-n", lab.hub, "-j", "route", "get", addr)
-    if r.returncode != 0:
-        return None  # blackhole, unreachable, prohibit: the kernel refuses
-    got = json.loads(r.stdout)[0]
-    for name, p in lab.peers.items():  # the device it leaves by decides
-        if got.get("dev") == p["member"] or (got.get("dev") == lab.front and got.get("gateway") == p["tag4"]):
-            return name
-    return None
-
-
-def maps_peers(lab, addr):
-    """The peers the maps' longest match for `addr` names ([] for none)."""
-    import ipaddress
-    from wgbpf.maps import Maps
-    from wgbpf.routemaps import route_peers
-    with Maps.open(lab.pin_dir(), readonly=True) as m:
-        names = {i: p.name.decode() for i, p in m.peers().items()}
-        hit = m.tries.lookup(ipaddress.ip_address(addr))
-        return [] if hit is None else sorted(names[i] for i in route_peers(hit[1]))
-
 
 def forged(lab, spoke, src, dst):
     """Pings from `spoke` with a source it does not own; returns (spoofed

@@ -287,3 +287,74 @@ def test_the_tables_follow_the_kernel_through_any_sequence(ops, compat, redump):
         assert len(t) == sum(1 for p in PREFIXES if kernel.best(p))
         assert dict(t.items()) == {sync.network_pkey(ipaddress.ip_network(p)): kernel.best(p)
                                    for p in PREFIXES if kernel.best(p)}
+
+
+def kernel_events(kernel, kind, a, b):
+    """One op on the kernel model and the messages the kernel sends for it
+    (routes.Changes.steps): an object deleted sends its RTM_DELNEXTHOP, then
+    an RTM_NEWNEXTHOP for each group it shrank and an RTM_DELNEXTHOP for
+    each group it emptied (seen with `ip monitor nexthop`), and nothing
+    for the routes it took."""
+    if kind in ("single", "group"):
+        nh = (single(a, blackhole=True) if b == "hole" else single(a, b)) if kind == "single" \
+            else rt.Nexthop(a, 0, group=tuple(b))
+        return [(rt.NEXTHOP, (nh, False))] if kernel.add(nh) else []
+    if kind == "delete":
+        if a not in kernel.objects:
+            return []
+        before = dict(kernel.objects)
+        kernel.delete(a)
+        out = [(rt.NEXTHOP, (rt.Nexthop(a, AF4), True))]
+        for gid, g in before.items():
+            if gid != a and g.group:
+                if gid not in kernel.objects:
+                    out.append((rt.NEXTHOP, (rt.Nexthop(gid, 0), True)))
+                elif kernel.objects[gid] != g:
+                    out.append((rt.NEXTHOP, (kernel.objects[gid], False)))
+        return out
+    if kind == "route":
+        metric, nhid = b
+        if nhid not in kernel.objects:
+            return []
+        kernel.routes[(a, metric)] = nhid
+        return [(rt.ROUTE, (kroute(a, nhid, priority=metric), False, 0x500))]  # replace: CREATE|REPLACE
+    nhid = kernel.routes.pop((a, b), None)
+    return [] if nhid is None else [(rt.ROUTE, (kroute(a, nhid, priority=b), True, 0))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(op, max_size=12), min_size=1, max_size=4))
+def test_batches_of_events_in_the_kernels_order_end_where_the_kernel_is(batches):
+    """Issue 32: every op's messages, several ops to a batch (a busy daemon
+    reads them together), applied by backends.base.apply_events with ids
+    deleted and made again, routes moved onto them and taken with them,
+    inside one batch. After each batch the table equals the kernel."""
+    from wgbpf.backends.base import apply_events
+    kernel = Kernel()
+    t = sync.Table(tags(), sync.Filter())
+    for ops in batches:
+        steps = [s for kind, a, b in ops for s in kernel_events(kernel, kind, a, b)]
+        apply_events(t.tags, {"routes": t}, rt.Changes(steps=steps), netlink=None)
+        for p in PREFIXES:
+            k = sync.network_pkey(ipaddress.ip_network(p))
+            assert t.best(k) == kernel.best(p), (p, batches)
+        assert t.tags.nexthops.objects == kernel.objects
+
+
+def test_a_deleted_id_takes_its_routes_though_a_reread_already_forgot_it():
+    """Issue 32, 1: a re-read (after a device event) finds object 5 gone
+    before its queued deletion is applied; the route through it that was
+    queued before that deletion must not come back when 5 is made again."""
+    from wgbpf.backends.base import apply_events
+    t = sync.Table(tags(), sync.Filter())
+    for nh in (single(5, BOB), single(9, CAROL)):
+        follow_nexthops(t.tags, {"routes": t}, [(nh, False)])
+    t.tags.nexthops.replace_all([single(9, CAROL)], vanish=True)  # the re-read: 5 is gone already
+    k = sync.network_pkey(ipaddress.ip_network("10.2.0.0/24"))
+    apply_events(t.tags, {"routes": t}, rt.Changes(steps=[
+        (rt.ROUTE, (kroute("10.2.0.0/24", 5), False, 0x500)),
+        (rt.NEXTHOP, (rt.Nexthop(5, AF4), True)),
+    ]), netlink=None)
+    assert t.entry(k) is None
+    apply_events(t.tags, {"routes": t}, rt.Changes(steps=[(rt.NEXTHOP, (single(5, ALICE), False))]), netlink=None)
+    assert t.entry(k) is None  # not alice's: the kernel has no such route
