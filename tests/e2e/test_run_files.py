@@ -221,3 +221,29 @@ def test_run_dir_full_daemon_lock_there(tmp_path):
     assert "rc=0" in r.stdout and "Traceback" not in r.stderr, r.stdout + r.stderr
     after = r.stdout.split("rc=0", 1)[1].split()
     assert after[0] == "wg0.lock" and after[1].isdigit() and after[1] != "12345", after
+
+
+def test_nobody_cannot_hold_the_writer_lock_nor_delete_the_daemons(tmp1777):
+    """Issue 23, item 3: in a run dir wgbpf made (root's, 0755; lock files
+    0600), the `nobody` user can neither open `<front>.writer` to hold
+    its flock (which would block every write) nor delete `<front>.lock`
+    (after which a second daemon would start)."""
+    run = os.path.join(tmp1777, "run")
+    for kind in ("writer", "daemon"):
+        assert take_lock(kind, run).returncode == 0
+    ns_dir = os.path.join(run, cookie())
+    writer, lock = os.path.join(ns_dir, "wg0.writer"), os.path.join(ns_dir, "wg0.lock")
+    assert os.path.exists(writer) and os.path.exists(lock)
+
+    def attack():
+        import fcntl
+        for how, fn in (("open the writer lock", lambda: fcntl.flock(os.open(writer, os.O_RDONLY), fcntl.LOCK_EX)),
+                        ("delete the daemon lock", lambda: os.unlink(lock))):
+            try:
+                fn()
+            except PermissionError:
+                continue
+            raise AssertionError(f"nobody could {how}")
+    as_nobody(attack)
+    assert os.path.exists(lock)
+    assert take_lock("writer", run).returncode == 0  # nothing holds it
