@@ -93,6 +93,18 @@ class Nexthops:
                 gone |= more
         return gone, changed - gone
 
+    def flush_dev(self, ifindex):
+        """A device went down or away: the kernel deletes its objects
+        without a word (nexthop_flush_dev), which leave their groups as a
+        deletion does; (ids gone, ids changed)."""
+        gone, changed = set(), set()
+        for nhid in [i for i, nh in self.objects.items() if nh.oif == ifindex and not nh.group]:
+            if nhid in self.objects:
+                g, c = self.remove(nhid)
+                gone |= g
+                changed |= c
+        return gone, changed - gone
+
     def replace_all(self, objects, vanish=False):
         """The objects as dumped now: (ids gone, ids changed). vanish: a
         re-read while events may still be queued; the ids gone are

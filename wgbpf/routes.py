@@ -366,7 +366,8 @@ class Changes:
     nexthops   [(Nexthop, deleted)] of the nexthop object messages
     steps      the route and nexthop events together, in the kernel's
                order: [(ROUTE, (KernelRoute, deleted, flags)) or
-               (NEXTHOP, (Nexthop, deleted))]. A route names an object that
+               (NEXTHOP, (Nexthop, deleted)) or (LINK, ifindex): a device
+               down or gone, which flushes its nexthop objects there]. A route names an object that
                exists when it is sent, and a deleted object takes its
                routes: applied out of order, a route would be recorded
                against an id the batch deletes and re-creates.
@@ -384,7 +385,7 @@ class Changes:
     steps: list = dataclasses.field(default_factory=list)
 
 
-ROUTE, NEXTHOP = "route", "nexthop"  # kinds of Changes.steps
+ROUTE, NEXTHOP, LINK = "route", "nexthop", "link"  # kinds of Changes.steps
 
 
 def classify(messages):
@@ -406,6 +407,7 @@ def classify(messages):
             index, _name, up = parse_link(buf, off, end)
             if mtype == RTM_DELLINK or not up:
                 c.silent.add(index)
+                c.steps.append((LINK, index))
         elif mtype in (RTM_DELQDISC, RTM_NEWTFILTER, RTM_DELTFILTER):
             c.links = c.hooks = True  # a new filter: maybe another instance's in our place
         elif mtype in (RTM_NEWADDR, RTM_DELADDR):

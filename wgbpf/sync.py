@@ -229,6 +229,8 @@ class Table:
         # more, in the kernel's order (wgbpf/ties.py); the prefix's value
         # holds the set the kernel uses of them
         self.ties = {}
+        self.prev = None     # a dump: the route before this one (ties.route)
+        self.unsure = False  # a tie holds a route whose nexthops are not known: read again
 
     def __len__(self):
         """Prefixes whose best route names peers."""

@@ -27,9 +27,13 @@ prepend 0x400, replace 0x100 in nlmsg_flags; an appended IPv6 gateway
 route arrives as the whole multipath with 0xc00.
 
 A tie is a list [(key, set id)] in the kernel's order, kept only for keys
-with two routes or more (sync.Table.ties); key is (nexthops, protocol), or
-None for the route that was alone before the tie began (the table keeps a
-route's set, not its nexthops)."""
+with two routes or more (sync.Table.ties); key is (nexthops, protocol,
+realm), or None for the route that was alone before an event began the
+tie (the table keeps a route's set, not its nexthops; a dump gives the
+key's routes one after the other, so there the first one is known). A
+tie begun with an unknown route marks the table `unsure`: the backend
+reads the routes again soon (rate-limited), and every route of the tie
+is then known."""
 import socket
 
 from . import abi
@@ -95,12 +99,20 @@ def add(tie, key, sid, place, family):
     return tie
 
 
-def remove(tie, route, key, resolve, without):
-    """The tie less the deleted route; None if it holds no such route.
-    IPv6 reports one hop removed from a multipath route as a deletion
-    naming that hop: the multipath route shrinks. resolve(nexthops) -> set
-    id; without(sid, route) -> the set id less the route's peers."""
-    i = _first(tie, lambda k: k == key)
+def remove(tie, route, key, sid, resolve, without):
+    """The tie less the deleted route (its set id `sid`); None if it holds
+    no such route. The kernel deletes the first route that matches what
+    was asked, and says which: the first entry of that key, or the
+    unknown one before it if it names the same peers (its own key may be
+    that one). IPv6 reports one hop removed from a multipath route as a
+    deletion naming that hop: the multipath route shrinks.
+    resolve(nexthops) -> set id; without(sid, route) -> the set id less
+    the route's peers."""
+    i = None
+    for j, (k, s) in enumerate(tie):
+        if k == key or (k is None and s == sid):
+            i = j
+            break
     tie = list(tie)
     if i is not None:
         del tie[i]
@@ -110,7 +122,7 @@ def remove(tie, route, key, resolve, without):
         i = _first(tie, lambda k: k is not None and hops[0] in k[0] and len(k[0]) > 1)
         if i is not None:
             rest = tuple(h for h in tie[i][0][0] if h != hops[0])
-            tie[i] = ((rest, tie[i][0][1]), resolve(rest))
+            tie[i] = ((rest,) + tie[i][0][1:], resolve(rest))
             return tie
     i = _first(tie, lambda k: k is None)
     if i is None:
@@ -151,15 +163,29 @@ def route(table, k, rank, r, sid, deleted, flags):
     rank set to the route the kernel uses of them; returns k if the
     prefix's entry may have changed."""
     v = table.prefixes.get(k)
-    tie = table.ties.get(k, {}).get(rank) or [(None, table._routes(v)[rank])]
-    key = (r.nexthops, r.protocol)
+    tie = table.ties.get(k, {}).get(rank)
+    if tie is None:  # the key's one route, whose nexthops the table did not keep
+        prev = table.prev  # a dump gives a key's routes one after the other
+        if flags == DUMP and prev is not None and prev[:5] == r[:5] and prev[8:] == r[8:]:
+            tie = [(route_key(prev), table._routes(v)[rank])]
+        else:
+            tie = [(None, table._routes(v)[rank])]
+            table.unsure = True  # read the routes again to know it (the backends do, soon)
+    key = route_key(r)
     if deleted:
-        new = remove(tie, r, key, table.tags.resolve_id, lambda s, x: _without(table.tags, s, x))
+        s = table.tags.resolve_id(r.nexthops) if r.nexthops else 0
+        s = s if table.filter.accepts(r) or s == VIA_FRONT else 0
+        new = remove(tie, r, key, s, table.tags.resolve_id, lambda s, x: _without(table.tags, s, x))
     else:
         new = add(tie, key, sid, placement(r.family, flags, r.nexthops), r.family)
     if new is None:
         return None
     return retie(table, k, rank, new)
+
+
+def route_key(r):
+    """What tells two routes of one key apart, as far as the maps care."""
+    return (r.nexthops, r.protocol, r.realm)
 
 
 def retie(table, k, rank, new):

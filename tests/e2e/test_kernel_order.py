@@ -43,6 +43,11 @@ def lab():
     with lab_session(f"q{RUN_ID}", "ping") as lab:
         lab.drop_front_routes()
         lab.route_by_tag()  # the spokes' own prefixes: the forged pings' way there and back
+        # a LAN of the hub's own, to set down without cutting a spoke's underlay
+        lab.ip("link", "add", "qlan0", "type", "veth", "peer", "name", "qlan1")
+        for dev in ("qlan0", "qlan1"):
+            lab.ip("link", "set", dev, "up")
+        lab.ip("addr", "add", "192.0.2.254/24", "dev", "qlan0")
         yield lab
 
 
@@ -190,7 +195,7 @@ def test_equal_metric_routes_name_what_the_kernel_uses(lab, clean):
     """Issue 32, 3: `append` keeps the first route in IPv4; IPv6 routes of
     one metric naming different peers name none; fe80::/64 is no route."""
     alice, bob = lab.peers["alice"], lab.peers["bob"]
-    batch(lab, ["route append 10.71.0.0/16 via 192.0.2.1 dev vh-bob onlink",
+    batch(lab, ["route append 10.71.0.0/16 via 192.0.2.1 dev qlan0",
                 f"route append 10.71.0.0/16 dev {alice['member']}",
                 f"route append fd71::/48 dev {alice['member']}",
                 f"route append fd71::/48 dev {bob['member']}",
@@ -206,9 +211,43 @@ def test_equal_metric_routes_name_what_the_kernel_uses(lab, clean):
     assert not [r for r in dump["routes"] if r["prefix"].startswith("fe80::/64")], dump
     assert json.loads(lab.wgbpf("status", "--json").stdout)["daemon"]["ambiguous"] == 1
     # the underlay's route goes: alice's is the one the kernel uses now
-    batch(lab, ["route del 10.71.0.0/16 via 192.0.2.1 dev vh-bob"])
+    batch(lab, ["route del 10.71.0.0/16 via 192.0.2.1 dev qlan0"])
     converged(lab, clean, "the first route deleted")
     assert maps_peers(lab, "10.71.0.9") == ["alice"] == [kernel_peer(lab, "10.71.0.9")]
+
+
+def test_a_bare_delete_of_equal_routes_takes_the_first(lab, clean):
+    """The hostile tester's case after the first fix: the first route and a
+    later one name bob (the first with an mtu), alice's between them; a bare
+    `del` removes the first, and the kernel uses alice's."""
+    batch(lab, [f"route add 10.71.0.0/16 {via(lab, 'bob')} mtu 1300",
+                f"route append 10.71.0.0/16 {via(lab, 'alice')}",
+                f"route append 10.71.0.0/16 {via(lab, 'bob')}",
+                "route del 10.71.0.0/16"])
+    converged(lab, clean, "append, append, del")
+    assert kernel_peer(lab, "10.71.0.9") == "alice" and maps_peers(lab, "10.71.0.9") == ["alice"]
+    dropped, delivered = forged_delivered(lab, "bob", "10.71.0.9", "carol")
+    assert dropped >= 3 and delivered == 0, (dropped, delivered)
+
+
+def test_objects_of_a_device_gone_down_do_not_come_back_with_their_id(lab, clean):
+    """The hostile tester's case after the first fix: object 360 out a LAN
+    device routes 10.58/16; in one batch the device goes down (the kernel
+    flushes 360 and the route, without a word) and 360 is made again
+    through alice: no route for 10.58/16, and alice may not source it."""
+    batch(lab, ["nexthop add id 360 via 192.0.2.1 dev qlan0", "route add 10.58.0.0/16 nhid 360"])
+    converged(lab, clean, "setup")
+    try:
+        in_one_batch(lab, clean, ["link set qlan0 down", f"nexthop add id 360 {via(lab, 'alice')}"])
+        time.sleep(0.5 * TIME_SCALE)
+        # the LAN's own routes went without a word too: read again within
+        # backends.maps.UNSURE_SECONDS
+        converged(lab, clean, "LAN down, 360 made again", timeout=8.0)
+        assert kernel_peer(lab, "10.58.0.9") is None and maps_peers(lab, "10.58.0.9") == []
+        dropped, delivered = forged_delivered(lab, "alice", "10.58.0.9", "carol")
+        assert dropped >= 3 and delivered == 0, (dropped, delivered)
+    finally:
+        batch(lab, ["link set qlan0 up"])
 
 
 # -- the property test --------------------------------------------------------
@@ -228,7 +267,7 @@ def op_lines(lab, ops):
             how = ["replace", "append", "prepend"][c]
             target = f"nhid {b}" if isinstance(b, int) else {
                 "alice": via(lab, "alice"), "bob-dev": f"dev {lab.peers['bob']['member']}",
-                "lan": "via 192.0.2.1 dev vh-bob onlink", "blackhole": "BLACKHOLE"}[b]
+                "lan": "via 192.0.2.1 dev qlan0", "blackhole": "BLACKHOLE"}[b]
             metric = 10 * (a % 2)
             prefix = POOL4[a % len(POOL4)]
             if target == "BLACKHOLE":

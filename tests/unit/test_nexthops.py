@@ -358,3 +358,17 @@ def test_a_deleted_id_takes_its_routes_though_a_reread_already_forgot_it():
     assert t.entry(k) is None
     apply_events(t.tags, {"routes": t}, rt.Changes(steps=[(rt.NEXTHOP, (single(5, ALICE), False))]), netlink=None)
     assert t.entry(k) is None  # not alice's: the kernel has no such route
+
+
+def test_objects_flushed_by_a_device_early_in_a_batch_do_not_come_back_with_their_ids():
+    """A LAN device goes down (its objects and their routes flushed without
+    a word), then, in the same batch, its id is made again through alice:
+    the route the kernel flushed must not follow the new object."""
+    from wgbpf.backends.base import apply_events
+    t = sync.Table(tags(), sync.Filter())
+    follow_nexthops(t.tags, {"routes": t}, [(single(360), False)])  # via a LAN gateway
+    k = t.update(kroute("10.77.0.0/16", 360))
+    assert t.entry(k) == ()
+    steps = [(rt.LINK, LAN), (rt.NEXTHOP, (single(360, ALICE), False))]
+    apply_events(t.tags, {"routes": t}, rt.Changes(steps=steps), netlink=None)
+    assert t.entry(k) is None and t.tags.nexthops.objects[360].oif == FRONT

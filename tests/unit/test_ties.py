@@ -8,7 +8,7 @@ import socket
 
 from wgbpf import routes as rt, sync, ties
 
-from tests.unit.test_sync import ALICE, BOB, FRONT, TAGS, route
+from tests.unit.test_sync import ALICE, BOB, CAROL, FRONT, TAGS, route
 
 ADD, APPEND, PREPEND, REPLACE, DEL = 0x600, 0xC00, 0x400, 0x100, 0
 LAN = 77  # a device that is no member
@@ -139,3 +139,59 @@ def test_placement_follows_the_flags_per_family():
     assert ties.placement(socket.AF_INET6, PREPEND, one) == ties.APPEND
     assert ties.placement(socket.AF_INET6, APPEND, ((b"\xfe\x80" + bytes(14), 1), (b"\xfe\x80" + bytes(13) + b"\x02", 2))) \
         == ties.MERGE
+
+
+def dumped(t, *routes):
+    """Routes as a dump gives them (backends.base.dump_tables): each after
+    the one before it, so a tie's first route is known."""
+    prev = None
+    for r in routes:
+        t.prev = prev
+        t.update(r, False, ties.DUMP)
+        prev = r
+    t.prev = None
+    return t
+
+
+# the hostile tester's cases, after the first version of ties (each failed it)
+
+def test_a_bare_ipv4_delete_takes_the_first_route_even_when_a_later_one_looks_the_same():
+    bob = route("10.97.0.0/16", ("10.255.0.2", FRONT))
+    alice = route("10.97.0.0/16", ("10.255.0.1", FRONT))
+    # `add bob mtu 1300; append alice; append bob; del`: the kernel deletes the first
+    t = table()
+    assert events(t, (bob, ADD), (alice, APPEND), (bob, APPEND)) == (BOB,)
+    assert t.unsure  # the first route's nexthops were not kept: read again soon
+    assert events(t, (bob, DEL)) == (ALICE,)
+
+
+def test_ipv6_replace_takes_the_first_route_of_its_kind():
+    via_a = route("fd00:80::/32", ("fe80::1", FRONT), priority=1024)
+    dev_c = route("fd00:80::/32", (None, 13), priority=1024)
+    dev_a = route("fd00:80::/32", (None, 11), priority=1024)
+    t = dumped(table(), via_a, dev_c)
+    assert not t.unsure
+    k = sync.network_pkey(ipaddress.ip_network("fd00:80::/32"))
+    assert t.entry(k) == ()  # alice or carol, per lookup
+    assert events(t, (dev_a, REPLACE)) == (ALICE,)  # the kernel replaced `dev carol`, not the gateway
+    assert events(t, (dev_a, DEL)) == (ALICE,)
+    assert events(t, (via_a, DEL)) is None
+
+
+def test_ipv6_appended_gateway_merges_into_the_gateway_route_not_the_device_one():
+    p = "fd00:b3::/32"
+    dev_b = route(p, (None, 12), priority=1024)
+    via_1 = route(p, ("fe80::1", FRONT), priority=1024)
+    via_31 = route(p, ("fe80::3", FRONT), ("fe80::1", FRONT), priority=1024)
+    t = dumped(table(), dev_b, via_1)
+    assert events(t, (via_31, APPEND)) == ()    # bob, or alice+carol: no single peer
+    assert events(t, (dev_b, DEL)) == (ALICE, CAROL)  # the multipath route is left
+    assert events(t, (via_31, DEL)) is None
+
+
+def test_an_event_tie_is_unsure_and_a_dump_tie_is_not():
+    assert table().unsure is False
+    t = table()
+    events(t, (S1, ADD), (S2, APPEND))
+    assert t.unsure
+    assert not dumped(table(), S1, S2).unsure

@@ -179,8 +179,10 @@ class AllowedIPsBackend(Backend):
         table = self.table
         with LazyNetlink(self.rcvbuf) as netlink:  # in the kernel's order, and what it removed without a word
             changed = apply_events(table.tags, {"routes": table}, changes, netlink)["routes"]
-        if changes.silent & {table.tags.front}:
-            return True  # routes through the device may be gone: read them all again
+        if changes.silent & {table.tags.front} or table.unsure:
+            # routes through the device may be gone, or a tie of equal-key
+            # routes holds one not known (wgbpf/ties.py): read them all again
+            return True
         if changed:
             want = {}
             for k in changed:

@@ -27,7 +27,7 @@ waiting for its data plane ("detached").
 """
 import socket
 
-from ..routes import NEXTHOP
+from ..routes import LINK, NEXTHOP
 from ..ties import DUMP
 
 
@@ -94,10 +94,12 @@ def dump_tables(nl, tables, progress=None, writer=None, pinned=None):
     fresh = [t for t in tables.values() if not t.prefixes]
     for t in fresh:
         t.filling = True
+    prev = None
     try:
         for fam in (socket.AF_INET, socket.AF_INET6):
             for r in dump_routes(nl, fam):
                 for trie, t in items:
+                    t.prev = prev
                     k = t.update(r, False, DUMP)
                     if k is not None and writer is not None and k not in pinned[trie]:
                         peers = t.entry(k)
@@ -106,6 +108,7 @@ def dump_tables(nl, tables, progress=None, writer=None, pinned=None):
                         else:
                             writer.put(trie, k, peers)
                 n += 1
+                prev = r
                 if progress and n % 65536 == 0:
                     progress("dump", n)
     finally:
@@ -175,8 +178,10 @@ def apply_events(tags, tables, changes, netlink):
     the registry ahead of the events still queued, and a queued deletion
     of an id it no longer had would leave that id's routes behind, to
     come back to life when the id is made again. A device going down or
-    away flushes its objects without a word (nexthop_flush_dev), so only
-    then are they read again; the ids that vanished are remembered
+    away flushes its objects without a word (nexthop_flush_dev): they go
+    at that point of the batch (Nexthops.flush_dev: an id made again later
+    in the batch does not bring back their routes), and after the batch
+    the objects are read again all the same; the ids that vanished are remembered
     (Nexthops.vanished) until an RTM_NEWNEXTHOP makes them again, and a
     queued route through one of them, which the kernel removed with it,
     is applied as a deletion. Queued object events carry whole objects:
@@ -194,6 +199,12 @@ def apply_events(tags, tables, changes, netlink):
             run.append(step)
             continue
         flush()
+        if kind is LINK:  # its objects go, and their routes, before what follows
+            gone, changed = tags.nexthops.flush_dev(step)
+            if gone or changed:
+                for trie, keys in _renexthop(tags, tables, gone, changed).items():
+                    out[trie] |= keys
+            continue
         r, deleted, flags = step
         for trie, t in tables.items():
             k = t.update(r, deleted, flags)

@@ -30,6 +30,12 @@ from .fullsync import Sync, new_tables, patch_dir24, reconcile
 
 ATTACH_REFUSED = 3  # the attach child's exit: refused, its message on stderr
 RETRY_SECONDS = 0.005  # route changes waiting for the writer lock: tried again after
+# A tie of equal-key routes begun by an event holds a route the tables do
+# not know (wgbpf/ties.py), or a LAN device went down or lost an address
+# (its routes, which name no peer, flushed without a word): the routes are
+# read again, at most this often (a storm of `ip route append` or a
+# flapping LAN must not become a storm of full dumps)
+UNSURE_SECONDS = 5.0
 
 
 class MapsBackend(Backend):
@@ -57,6 +63,7 @@ class MapsBackend(Backend):
         self.detached = False      # our maps are no longer pinned: write nothing
         self.writing = None        # the instance's writer lock's fd, while we hold it
         self.looked = 0.0          # when the generation was last looked at
+        self.unsure_every = Every(UNSURE_SECONDS)  # routes read again for a tie, at most so often
         self.stats = {"map_writes": 0, "rehooks": 0, "members_gone": 0, "read_back": 0,
                       "pending": 0, "rereads": 0, "last_sync": None, "last_sync_seconds": None}
         self.member_counters = MemberCounters()
@@ -241,12 +248,18 @@ class MapsBackend(Backend):
         with LazyNetlink(self.rcvbuf) as netlink:
             for trie, keys in apply_events(tags, self.tables, changes, netlink).items():
                 changed[trie] |= keys
+            ours = set()
             if changes.silent:
                 ours = {p.ifindex for p in self.maps.peers().values()} | {self.maps.config().front_ifindex}
-                if changes.silent & ours:
-                    self._reread_routes(netlink(), changed)
+                if changes.silent - ours:
+                    # a LAN device: the routes through it (naming no peer)
+                    # went without a word; read again too, but rate-limited
+                    for t in self.tables.values():
+                        t.unsure = True
+            if changes.silent & ours or self.unsure_every(unsure(self.tables)):
+                self._reread_routes(netlink(), changed)
 
-    def _reread_routes(self, nl, changed):
+    def _reread_routes(self, nl, changed):  # changed: {trie: keys}, added to
         """The kernel's routes read into fresh tables, and every prefix
         whose best set differs from the tables' marked changed (the maps'
         kernel entries hold the old tables' sets: no read of the maps)."""
@@ -334,6 +347,9 @@ class MapsBackend(Backend):
         if self.maps_changed:
             self.maps_changed = False
             self.maps_sync("written by another writer")
+        if self.unsure_every(unsure(self.tables)):  # a tie begun by an event, not read since (rate-limited)
+            with LazyNetlink(self.rcvbuf) as netlink:
+                self._reread_routes(netlink(), self.pending)
         if any(self.pending.values()):
             self.write_pending()  # the writer lock was busy: again
         return None
@@ -396,6 +412,26 @@ class MapsBackend(Backend):
         if self.pin_lock is not None:
             os.close(self.pin_lock)
             self.pin_lock = None
+
+
+def unsure(tables):
+    """A table holds a tie with a route whose nexthops it does not know
+    (wgbpf/ties.py): its routes are to be read again."""
+    return any(t.unsure for t in tables.values())
+
+
+class Every:
+    """Yes at most once every `seconds`, when asked with a reason."""
+
+    def __init__(self, seconds):
+        self.seconds, self.last = seconds, None
+
+    def __call__(self, reason):
+        now = time.monotonic()
+        if not reason or (self.last is not None and now - self.last < self.seconds):
+            return False
+        self.last = now
+        return True
 
 
 def lock_pins(directory, held):
