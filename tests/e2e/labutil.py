@@ -300,6 +300,19 @@ def kernel_peer(lab, addr):
     return None
 
 
+def forged(lab, spoke, src, dst_peer):
+    """Pings from `spoke` to `dst_peer` with a source `src` it does not own
+    (on its lo); returns (spoofed counted, packets sent to dst_peer's
+    member) meanwhile."""
+    lab.spoke(spoke, "ip", "addr", "replace", f"{src}/32", "dev", "lo")
+    try:
+        before, tx = lab.status()["counters"]["spoofed"], lab.peer(dst_peer)["tx_packets"]
+        lab.ping(spoke, lab.peers[dst_peer]["host4"], count=3, interval="0.1", extra=("-I", src))
+        return lab.status()["counters"]["spoofed"] - before, lab.peer(dst_peer)["tx_packets"] - tx
+    finally:
+        lab.spoke(spoke, "ip", "addr", "del", f"{src}/32", "dev", "lo")
+
+
 def maps_peers(lab, addr):
     """The peers the maps' longest match for `addr` names ([] for none, or
     a "no peer" entry)."""

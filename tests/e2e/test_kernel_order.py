@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from wgbtest import RUN_ID
-from labutil import TIME_SCALE, DaemonProc, kernel_peer, kernel_view, lab_session, maps_peers, run
+from labutil import TIME_SCALE, DaemonProc, forged, kernel_peer, kernel_view, lab_session, maps_peers, run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e,
               pytest.mark.skipif(TIME_SCALE > 1 and os.environ.get("WGBPF_E2E_SLOW") != "1",
@@ -132,18 +132,6 @@ def converged(lab, daemon, context, timeout=3.0):
         time.sleep(0.05)
 
 
-def forged_delivered(lab, spoke, src, dst_peer):
-    """Pings from `spoke` with source `src` to `dst_peer`; (spoofed counted,
-    packets delivered to dst_peer's member) meanwhile."""
-    lab.spoke(spoke, "ip", "addr", "replace", f"{src}/32", "dev", "lo")
-    try:
-        before, tx = lab.status()["counters"]["spoofed"], lab.peer(dst_peer)["tx_packets"]
-        lab.ping(spoke, lab.peers[dst_peer]["host4"], count=3, interval="0.1", extra=("-I", src))
-        return lab.status()["counters"]["spoofed"] - before, lab.peer(dst_peer)["tx_packets"] - tx
-    finally:
-        lab.spoke(spoke, "ip", "addr", "del", f"{src}/32", "dev", "lo")
-
-
 def via(lab, name):
     return f"via {lab.peers[name]['tag4']} dev {lab.front} onlink"
 
@@ -168,7 +156,7 @@ def test_a_route_the_kernel_removed_does_not_come_back_with_its_id(lab, clean):
         assert kernel_peer(lab, "10.58.7.9") is None  # the kernel removed the route with object 5
         converged(lab, clean, lines[-2:])
         assert maps_peers(lab, "10.58.7.9") == []
-        dropped, delivered = forged_delivered(lab, "alice", "10.58.7.9", "carol")
+        dropped, delivered = forged(lab, "alice", "10.58.7.9", "carol")
         assert dropped >= 3 and delivered == 0, (dropped, delivered)
     finally:
         batch(lab, [f"route del 10.59.{i // 250}.{i % 250}/32" for i in range(3000)])
@@ -185,9 +173,9 @@ def test_route_and_nexthop_events_of_one_batch_in_the_kernels_order(lab, clean):
     converged(lab, clean, "the batch")
     assert maps_peers(lab, "10.57.1.9") == ["alice"] == [kernel_peer(lab, "10.57.1.9")]
     assert maps_peers(lab, "10.57.2.9") == ["alice"]
-    dropped, delivered = forged_delivered(lab, "bob", "10.57.1.9", "carol")  # bob's metric-100 route lost
+    dropped, delivered = forged(lab, "bob", "10.57.1.9", "carol")  # bob's metric-100 route lost
     assert dropped >= 3 and delivered == 0, (dropped, delivered)
-    dropped, delivered = forged_delivered(lab, "alice", "10.57.1.9", "carol")
+    dropped, delivered = forged(lab, "alice", "10.57.1.9", "carol")
     assert dropped == 0 and delivered >= 3, (dropped, delivered)
 
 
@@ -203,7 +191,7 @@ def test_equal_metric_routes_name_what_the_kernel_uses(lab, clean):
                 f"route append fd72::/48 via {bob['tag6']} dev {lab.front}"])
     converged(lab, clean, "appends")
     assert kernel_peer(lab, "10.71.0.9") is None and maps_peers(lab, "10.71.0.9") == []
-    dropped, delivered = forged_delivered(lab, "alice", "10.71.0.9", "carol")
+    dropped, delivered = forged(lab, "alice", "10.71.0.9", "carol")
     assert dropped >= 3 and delivered == 0, (dropped, delivered)
     assert maps_peers(lab, "fd71::9") == []  # the kernel picks per lookup: no single peer
     assert maps_peers(lab, "fd72::9") == ["alice", "bob"]  # merged: one multipath route
@@ -226,7 +214,7 @@ def test_a_bare_delete_of_equal_routes_takes_the_first(lab, clean):
                 "route del 10.71.0.0/16"])
     converged(lab, clean, "append, append, del")
     assert kernel_peer(lab, "10.71.0.9") == "alice" and maps_peers(lab, "10.71.0.9") == ["alice"]
-    dropped, delivered = forged_delivered(lab, "bob", "10.71.0.9", "carol")
+    dropped, delivered = forged(lab, "bob", "10.71.0.9", "carol")
     assert dropped >= 3 and delivered == 0, (dropped, delivered)
 
 
@@ -244,7 +232,7 @@ def test_objects_of_a_device_gone_down_do_not_come_back_with_their_id(lab, clean
         # backends.maps.UNSURE_SECONDS
         converged(lab, clean, "LAN down, 360 made again", timeout=8.0)
         assert kernel_peer(lab, "10.58.0.9") is None and maps_peers(lab, "10.58.0.9") == []
-        dropped, delivered = forged_delivered(lab, "alice", "10.58.0.9", "carol")
+        dropped, delivered = forged(lab, "alice", "10.58.0.9", "carol")
         assert dropped >= 3 and delivered == 0, (dropped, delivered)
     finally:
         batch(lab, ["link set qlan0 up"])

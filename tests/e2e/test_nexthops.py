@@ -21,7 +21,7 @@ import time
 import pytest
 
 from wgbtest import RUN_ID
-from labutil import TIME_SCALE, DaemonProc, kernel_peer, lab_session, map_peers, maps_peers, run
+from labutil import TIME_SCALE, DaemonProc, forged, kernel_peer, lab_session, map_peers, maps_peers, run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -138,19 +138,6 @@ def test_the_front_down_and_up_flushes_the_maps_as_the_kernel(lab, daemon):
 
 # -- routes that name no peer, inside routes that do (issue 23) ----------------
 
-def forged(lab, spoke, src, dst):
-    """Pings from `spoke` with a source it does not own; returns (spoofed
-    counted, packets sent to dst's peer) meanwhile."""
-    owner = next(n for n, p in lab.peers.items() if p["host4"] == dst)
-    lab.spoke(spoke, "ip", "addr", "replace", f"{src}/32", "dev", "lo")
-    try:
-        before, tx = spoofed(lab), lab.peer(owner)["tx_packets"]
-        lab.ping(spoke, dst, count=3, interval="0.1", extra=("-I", src))
-        return spoofed(lab) - before, lab.peer(owner)["tx_packets"] - tx
-    finally:
-        lab.spoke(spoke, "ip", "addr", "del", f"{src}/32", "dev", "lo")
-
-
 def test_a_route_naming_no_peer_hides_the_covering_peer(lab, running):
     """bob is the upstream (default via bob); 10.50.0.0/16 is alice's, then
     blackholed, and 10.63.0.0/16 goes out a LAN device: neither is bob's,
@@ -178,13 +165,13 @@ def test_a_route_naming_no_peer_hides_the_covering_peer(lab, running):
         assert "no peer" in r.stdout and "bob" not in r.stdout, r.stdout
         assert "(no peer)" in lab.wgbpf("dump").stdout
         for src in ("10.50.0.5", "10.63.0.5"):
-            dropped, delivered = forged(lab, "bob", src, carol["host4"])
+            dropped, delivered = forged(lab, "bob", src, "carol")
             assert dropped >= 3 and delivered == 0, (src, dropped, delivered)
         # the blackhole goes: bob's default owns 10.50.0.5 again
         lab.ip("route", "del", "blackhole", "10.50.0.0/16")
         wait_map(lab, running, "10.50.0.0/16", None)
         assert maps_peers(lab, "10.50.0.5") == ["bob"] == [kernel_peer(lab, "10.50.0.5")]
-        dropped, delivered = forged(lab, "bob", "10.50.0.5", carol["host4"])
+        dropped, delivered = forged(lab, "bob", "10.50.0.5", "carol")
         assert dropped == 0 and delivered >= 3
     finally:
         for spec in (("default",), ("10.50.0.0/16",), ("10.63.0.0/16", "dev", "vh-bob", "metric", "5")):
