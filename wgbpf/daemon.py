@@ -10,6 +10,12 @@ that name peers.
             status file, and whether what we serve is still there
     signals HUP: reload the config; USR1: another writer wrote the maps;
             USR2: an attach reconciled the instance; TERM/INT: stop
+    failure an exception while applying events (a backend's bug, a map
+            write refused) is logged with its traceback, counted, and costs
+            a full resync; a resync that fails too is retried, backing off
+            to once a minute: the daemon never exits on one (under systemd
+            a crash is a restart loop, each start a full sync, the maps
+            stale in between)
     exit    the data plane keeps running, and the next start reconciles
 
 The event socket is opened before the dump, so nothing that changes during
@@ -27,6 +33,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 
 from . import config, instance, liveness, routes, status
 from .instance import InstanceError
@@ -36,6 +43,10 @@ from .instance import InstanceError
 START_STATUS_EVERY = 0.25
 BATCH_EVENTS = 1024
 BATCH_SECONDS = 0.005
+# a failure's full resync waits 0 s, then 1, 2, 4 ... at most FAIL_MAX s
+# while failures follow each other; FAIL_CALM s without one start anew
+FAIL_MAX = 60.0
+FAIL_CALM = 120.0
 EVENT_GROUPS = (routes.RTMGRP_IPV4_ROUTE | routes.RTMGRP_IPV6_ROUTE | routes.RTMGRP_LINK
                 | routes.RTMGRP_IPV4_IFADDR | routes.RTMGRP_IPV6_IFADDR | routes.RTMGRP_TC)
 
@@ -68,7 +79,7 @@ class Daemon:
         self.make_backend = make_backend
         self.reporter = status.Reporter(log, metrics_file)
         self.stats = {"events": 0, "resyncs": 0, "overruns": 0, "backlogged": 0,
-                      "peer_deaths": 0, "peer_revivals": 0, "started": time.time()}
+                      "peer_deaths": 0, "peer_revivals": 0, "failures": 0, "started": time.time()}
         self.lag = status.Lag()  # event-to-write lag of each batch applied
         self.liveness = liveness.Liveness()  # dead peers (--dead-after): down while dead
         self.stop = self.reload = False
@@ -82,6 +93,13 @@ class Daemon:
         self.start = None
         self.start_written = 0.0
         self.start_lock = threading.Lock()  # the writer's thread reports progress too
+        # failures (self.failed): the streak decides the next resync's delay;
+        # retry_at, while set, is when the full resync is due (events read
+        # meanwhile are dropped: that resync reads everything anew)
+        self.streak = 0
+        self.last_failure_at = None
+        self.retry_at = None
+        self.tracebacks = set()  # failures logged with their traceback once
 
     def _backend(self, cfg):
         if self.make_backend is not None:
@@ -121,11 +139,51 @@ class Daemon:
         self.cfg = self.backend.attach(self.cfg)
 
     def resync(self, why):
+        """A full resync; the start's raises, any later one that fails is a
+        failure (self.failed) retried later."""
         self.stats["resyncs"] += 1
-        self.backend.full_sync(why)
+        try:
+            self.backend.full_sync(why)
+        except InstanceError:
+            raise
+        except Exception as e:
+            if self.start is not None:
+                raise  # the start's: nothing runs yet to keep
+            self.failed(f"full resync ({why})", e)
+            return
+        self.retry_at = None
+        self.stats.pop("retry_in", None)
         with self.start_lock:  # no progress report of the start after this
             self.start = None
         self.write_status()
+
+    def failed(self, what, e):
+        """An exception in the loop's work: logged (its traceback the first
+        time it is seen), counted, and a full resync due, at once for a
+        first failure, later (backing off) for one that follows others."""
+        now = time.monotonic()
+        if self.last_failure_at is None or now - self.last_failure_at >= FAIL_CALM:
+            self.streak = 0
+        self.last_failure_at = now
+        delay = 0.0 if self.streak == 0 else min(FAIL_MAX, 2.0 ** (self.streak - 1))
+        self.streak += 1
+        self.stats["failures"] += 1
+        self.stats["last_failure"] = f"{what}: {type(e).__name__}: {e}"
+        self.stats["last_failure_at"] = time.time()
+        self.stats["retry_in"] = delay
+        self.retry_at = now + delay
+        where = traceback.extract_tb(e.__traceback__)[-1:] if e.__traceback__ else []
+        sig = (type(e).__name__, tuple((f.filename, f.lineno) for f in where))
+        msg = (f"error in {what}: {type(e).__name__}: {e}; failure {self.stats['failures']}, "
+               f"full resync {'now' if not delay else f'in {delay:g}s'}")
+        if sig not in self.tracebacks and len(self.tracebacks) < 64:
+            self.tracebacks.add(sig)
+            msg += "\n" + "".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip()
+        self.log(msg)
+        self.write_status()
+
+    def retry_due(self, now):
+        return self.retry_at is not None and now >= self.retry_at
 
     def reload_config(self):
         """SIGHUP: the config built again and attached; a bad one keeps the
@@ -164,14 +222,20 @@ class Daemon:
                 batch.extend(got)  # each read's bytes are its own: kept as they are
             changes = routes.classify(batch)
             self.stats["events"] += changes.events
+            if self.retry_at is not None:
+                return  # a failure's resync is due: it reads them all anew
             resync = self.backend.apply(changes, t_read)
         except OSError as e:
             if e.errno != errno.ENOBUFS:  # the kernel dropped events for us
-                raise
+                return self.failed("applying route events", e)
             self.stats["overruns"] += 1
             self.log("netlink overrun (ENOBUFS): events were lost, full resync")
             events.discard()
             resync = True
+        except InstanceError:
+            raise
+        except Exception as e:
+            return self.failed("applying route events", e)
         if resync and self.backend.state() == "running":
             self.resync("overrun or tag change")
         if not drained and not resync:
@@ -181,8 +245,13 @@ class Daemon:
         """Each watched peer's counters, every liveness.interval seconds;
         on a peer judged dead, or back, the backend writes what that
         changes."""
-        if liveness.sample(self.liveness, self.cfg, self.backend.counters, self.log, self.stats):
-            self.backend.liveness_changed()
+        try:
+            if liveness.sample(self.liveness, self.cfg, self.backend.counters, self.log, self.stats):
+                self.backend.liveness_changed()
+        except InstanceError:
+            raise
+        except Exception as e:
+            self.failed("liveness", e)
 
     def revive_all(self):
         """On exit: peers judged dead go back up (as their members are), as
@@ -288,13 +357,23 @@ class Daemon:
             if self.reload:
                 self.reload = False
                 self.reload_config()
-            why = self.backend.tick(time.monotonic())
+            now = time.monotonic()
+            try:
+                why = "retry after a failure" if self.retry_due(now) else self.backend.tick(now)
+            except InstanceError:
+                raise
+            except Exception as e:
+                self.failed("the backend's tick", e)
+                why = None
             if why:
                 self.resync(why)
             elif self.backend.state() != self.written:
                 self.write_status()  # detached, or attached again: said at once
             timeout = self.liveness.timeout()
             wish = self.backend.wait()
+            if self.retry_at is not None:
+                wish = max(0.0, self.retry_at - time.monotonic()) if wish is None else min(
+                    wish, max(0.0, self.retry_at - time.monotonic()))
             try:
                 ready, _, _ = select.select([events], [], [], timeout if wish is None else min(timeout, wish))
             except InterruptedError:

@@ -430,6 +430,8 @@ def problems(s):
         out.append(f"{s['front']}: daemon failed" + (f": {dmn['error']}" if dmn.get("error") else ""))
     elif dmn.get("state") == "not running":
         out.append(f"{s['front']}: daemon not running (pid {dmn.get('pid')} died without stopping)")
+    elif dmn.get("state") == "running" and "retry_in" in dmn:
+        out.append(f"{s['front']}: daemon failing, its full resync due: {dmn.get('last_failure')}")
     if s.get("forwarding_off"):
         out.append(f"{s['front']}: forwarding off ({', '.join(s['forwarding_off'])}): "
                    f"traffic between peers is dropped")

@@ -75,7 +75,7 @@ def allowedips_lines(s):
         out.append(f"warning: {dmn['no_peer_unhonoured']} prefixes route to no peer inside a peer's allowed IP: "
                    f"WireGuard cannot shadow it, that peer may still send from and receive for them "
                    f"(docs/allowedips.md)")
-    return out + _peer_lines(dmn)
+    return out + failure_lines(dmn) + _peer_lines(dmn)
 
 
 def instance_lines(s):
@@ -174,4 +174,16 @@ def daemon_lines(dmn):
     if dmn.get("pending"):
         out.append(f"waiting: {dmn['pending']} route changes not yet written "
                    f"(another writer holds the writer lock)")
+    out += failure_lines(dmn)
     return out + _peer_lines(dmn)
+
+
+def failure_lines(dmn):
+    """A daemon's failures (daemon.Daemon.failed): how many, the last, and
+    whether its full resync is still due (then the maps may be stale)."""
+    if not dmn.get("failures"):
+        return []
+    ago = f", {time.time() - dmn['last_failure_at']:.0f}s ago" if dmn.get("last_failure_at") else ""
+    due = ("; its full resync is DUE: the maps may be stale until it succeeds" if "retry_in" in dmn
+           else "; resynced since")
+    return [f"failures: {dmn['failures']} (last{ago}: {dmn.get('last_failure')}){due}"]

@@ -99,6 +99,8 @@ def metrics_text(st, backend_metrics=None):
     metric("route_events_total", "RTM_NEWROUTE/DELROUTE events applied", st["events"])
     metric("resyncs_total", "full resyncs (start, overrun, reload, tag change)", st["resyncs"])
     metric("overruns_total", "netlink overruns (ENOBUFS)", st["overruns"])
+    metric("failures_total", "exceptions while applying events or resyncing (each logged, then a full "
+           "resync)", st.get("failures", 0))
     metric("backlogged_total", "event batches cut short with events still queued", st["backlogged"])
     metric("pending_prefixes", "route changes waiting for another writer to release the writer lock",
            st.get("pending", 0), "gauge")

@@ -351,3 +351,111 @@ def test_exits_when_its_netns_name_is_gone(tmp_path):
     d.netns_path = "/proc/self/ns/net"  # ours: fine
     d.check_gone()
     assert d.gone_since is None
+
+
+# -- a failed event never ends the daemon -----------------------------------
+
+def test_a_backend_that_raises_on_an_event_costs_a_resync_not_the_daemon(rundir, monkeypatch):
+    """The backend's apply raises (a bug, a map write refused): logged with
+    its traceback, counted in the status and the metrics, a full resync
+    follows at once, and the next event is applied as usual."""
+    ev = route_event(routes.RTM_NEWROUTE, "10.1.0.0", 16, "10.255.0.1")
+    monkeypatch.setattr(FakeNetlink, "script", [[ev], [], [ev]])
+    seen = []
+
+    def script(d, call, *args):
+        seen.append(call)
+        if call == "apply" and seen.count("apply") == 1:
+            raise IndexError("list index out of range")
+        if call == "apply" and seen.count("apply") == 2:
+            d.stop = True
+    d = make([cfg()], script, metrics_file=None)
+    d.run()
+    calls = [c[0] if c[0] != "full_sync" else c for c in d.backend.calls]
+    assert calls[:4] == ["attach", ("full_sync", "start"), "apply", ("full_sync", "retry after a failure")], calls
+    assert calls.count("apply") == 2  # the daemon lived on to apply the next one
+    st = status(rundir)
+    assert st["state"] == "stopped" and st["failures"] == 1 and "retry_in" not in st
+    assert st["last_failure"] == "applying route events: IndexError: list index out of range"
+    (err,) = [m for m in d.logged if m.startswith("error in applying route events")]
+    assert "failure 1, full resync now" in err and "Traceback (most recent call last)" in err, err
+
+
+def test_repeated_failures_back_off_and_log_their_traceback_once(monkeypatch):
+    d = make([], stop_after_start)
+    d.cfg = cfg()
+    d.backend = FakeBackend(d, stop_after_start)
+    now = [1000.0]
+    monkeypatch.setattr(daemon.time, "monotonic", lambda: now[0])
+    delays = []
+    for _ in range(9):
+        try:
+            raise RuntimeError("map write refused")
+        except RuntimeError as e:
+            d.failed("applying route events", e)
+        delays.append(d.retry_at - now[0])
+        now[0] += 5
+    assert delays == [0, 1, 2, 4, 8, 16, 32, 60, 60]
+    assert sum("Traceback" in m for m in d.logged) == 1 and len(d.logged) == 9
+    now[0] += daemon.FAIL_CALM  # calm for a while: the next failure resyncs at once
+    try:
+        raise RuntimeError("map write refused")
+    except RuntimeError as e:
+        d.failed("applying route events", e)
+    assert d.retry_at == now[0] and d.stats["failures"] == 10
+
+
+def test_a_failing_resync_is_retried_later_and_said_by_status_check(rundir, monkeypatch):
+    """After the start, a resync that raises does not end the daemon: it
+    is due again (1 s later for a second failure), `status` says so and
+    `--check` lists it until one succeeds."""
+    from wgbpf import inspect, report
+    ev = route_event(routes.RTM_NEWROUTE, "10.1.0.0", 16, "10.255.0.1")
+    monkeypatch.setattr(FakeNetlink, "script", [[ev]])
+    syncs, snap = [], {}
+
+    def script(d, call, *args):
+        if call == "apply":
+            raise ValueError("bad value")
+        if call == "full_sync":
+            syncs.append(args[0])
+            if len(syncs) == 2:
+                snap.update(status(rundir))  # the apply's failure, before its resync
+                raise OSError(errno.ENOSPC, "No space left on device")
+            d.stop = len(syncs) == 3
+    d = make([cfg()], script)
+    d.run()
+    assert syncs == ["start", "retry after a failure", "retry after a failure"]
+    assert d.stats["failures"] == 2 and d.stats["resyncs"] == 3
+    assert snap["retry_in"] == 0 and snap["state"] == "running"
+    (problem,) = inspect.problems({"front": "wg0", "daemon": snap})
+    assert problem == "wg0: daemon failing, its full resync due: applying route events: ValueError: bad value"
+    assert "its full resync is DUE" in report.failure_lines(snap)[0]
+    st = status(rundir)
+    assert "retry_in" not in st and inspect.problems({"front": "wg0", "daemon": st}) == []
+    assert report.failure_lines(st)[0].startswith("failures: 2 (last") and "resynced since" in report.failure_lines(st)[0]
+    assert "[Errno 28] No space left on device" in st["last_failure"]
+    assert any("failure 2, full resync in 1s" in m for m in d.logged), d.logged
+
+
+def test_a_failed_start_sync_still_ends_the_daemon_and_one_writer_still_exits(rundir, monkeypatch):
+    """Only what fails after the start is retried: a start that cannot sync
+    exits (systemd says so), and an InstanceError (another daemon holds the
+    pins) ends it at any time."""
+    ev = route_event(routes.RTM_NEWROUTE, "10.1.0.0", 16, "10.255.0.1")
+    monkeypatch.setattr(FakeNetlink, "script", [[ev]])
+
+    def script(d, call, *args):
+        if call == "apply":
+            raise instance.InstanceError("another wgbpf daemon follows the instance")
+    d = make([cfg()], script)
+    with pytest.raises(instance.InstanceError):
+        d.run()
+    assert status(rundir)["state"] == "failed" and d.stats["failures"] == 0
+
+
+def test_the_failures_metric_is_written(rundir, tmp_path):
+    prom = tmp_path / "wgbpf.prom"
+    d = make([cfg()], stop_after_start, metrics_file=str(prom))
+    d.run()
+    assert 'wgbpf_failures_total{front="wg0"} 0' in prom.read_text()

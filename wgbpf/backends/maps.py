@@ -452,7 +452,9 @@ def lock_pins(directory, held):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise MapError(f"another wgbpf daemon follows the instance pinned at {directory} (it holds the pin "
+        # an InstanceError: the daemon exits (one writer), where a failure
+        # while applying events would be retried
+        raise instance.InstanceError(f"another wgbpf daemon follows the instance pinned at {directory} (it holds the pin "
                        f"directory's lock; started with another WGBPF_RUN_DIR?): stop it first") from None
     if held is not None:
         os.close(held)
