@@ -66,7 +66,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; 
     rm -rf .venv
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-if ! .venv/bin/python -c 'import wgbpf, pyroute2, click, pytest, hypothesis' 2>/dev/null \
+if ! .venv/bin/python -c 'import wgbpf, pyroute2, click, pytest, hypothesis, xdist' 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
     say "installing wgbpf and test tools into .venv"
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'

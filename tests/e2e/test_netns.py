@@ -129,7 +129,7 @@ def test_listings_see_only_their_namespace(two):
 @pytest.mark.parametrize("name, error", [
     ("", "wgbpf: error: --netns '': name a network namespace"),
     (f"nope{RUN_ID}", f"wgbpf: error: --netns: network namespace 'nope{RUN_ID}': No such file or directory"),
-])
+], ids=["empty", "missing"])  # ids free of RUN_ID: xdist's workers must collect the same names
 def test_bad_netns_is_an_error(two, name, error):
     r = run(*WGBPF, "--netns", name, "status")
     assert r.returncode == 1 and r.stderr.startswith(error) and "Traceback" not in r.stderr, r.stderr
