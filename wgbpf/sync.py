@@ -69,9 +69,15 @@ class Tags:
         # not an interned set: sets[slot] is the peers the object names now,
         # rewritten in place when it changes, so a million routes through
         # one object follow it without being touched (Table.nexthop_keys
-        # says which prefixes to write). Slots are never interned nor freed
-        # (a full sync starts anew).
+        # says which prefixes to write). Two kinds in one id space, as
+        # FRR's nhg_hash_entry is found by content or by id: an interned set
+        # is immutable, found by content, and lives as long as the Tags (a
+        # table has few distinct sets); a slot is mutable, found by its
+        # object's id, never interned, and freed once its object is deleted
+        # (release): its routes went with it, and zebra's ids only grow, so
+        # slots kept would pile up until they overflow the id space.
         self.slots = {}  # nexthop id -> its set slot
+        self.free = []   # slots freed, taken again before the list grows
         self.disagreements = 0  # compat mode: expanded hops that were not the object's
 
     def set_id(self, peers):
@@ -116,11 +122,27 @@ class Tags:
         not heard of yet names no peer until it comes)."""
         i = self.slots.get(nhid)
         if i is None:
+            peers = self._peers(self.nexthops.hops(nhid))
+            if self.free:
+                i = self.slots[nhid] = self.free.pop()
+                self.sets[i] = peers
+                return i
             i = self.slots[nhid] = len(self.sets)
             if i > _SET_MASK:
                 raise OverflowError(f"more than {_SET_MASK} distinct peer sets")
-            self.sets.append(self._peers(self.nexthops.hops(nhid)))
+            self.sets.append(peers)
         return i
+
+    def release(self, nhids):
+        """Nexthop objects deleted, their routes gone from every table
+        (Table.drop_nexthops): their slots are free for the next object.
+        The nexthops cache forgets them (it may map hops to a slot)."""
+        freed = [self.slots.pop(nhid) for nhid in nhids if nhid in self.slots]
+        for i in freed:
+            self.sets[i] = ()
+            self.free.append(i)
+        if freed:
+            self._hops.clear()  # in place: Tables hold it
 
     def refresh(self, nhids):
         """Nexthop objects changed in the registry: their slots rewritten;
@@ -234,6 +256,8 @@ class Table:
 
     def __len__(self):
         """Prefixes whose best route names peers."""
+        if self.union:
+            return sum(1 for k in self.prefixes if self.best_id(k))
         sets = self.tags.sets
         return sum(n for i, n in enumerate(self._best) if n and sets[i])
 
@@ -295,6 +319,11 @@ class Table:
     def per_peer(self):
         """peer id -> prefixes whose best set holds it."""
         out = {}
+        if self.union:
+            for k in self.prefixes:
+                for p in self.tags.sets[self.best_id(k)]:
+                    out[p] = out.get(p, 0) + 1
+            return out
         for i, n in enumerate(self._best):
             for p in self.tags.sets[i]:
                 out[p] = out.get(p, 0) + n
@@ -481,6 +510,13 @@ class Table:
         return out
 
     def _count(self, before, after):
+        """Prefixes per best set id, kept as routes come and go, so that
+        len() and per_peer cost no walk of a million prefixes. Not in a
+        union table: its "best" is interned from its routes' contents,
+        which a nexthop object's change alters without a route event, so
+        a count kept under it would be taken from the wrong id later."""
+        if self.union:
+            return
         best = self._best
         if before:
             best[before] -= 1

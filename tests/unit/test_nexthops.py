@@ -221,11 +221,47 @@ class Kernel:
         mine = sorted((metric, nhid) for (p, metric), nhid in self.routes.items() if p == prefix)
         if not mine:
             return None
-        nh = self.objects[mine[0][1]]
-        members = [self.objects[m] for m, _w in nh.group] if nh.group else [nh]
-        peers = {p for m in members if not m.blackhole for p, a in TAG.items()
-                 if m.gateway == socket.inet_aton(a) and m.oif == FRONT}
+        return self.peers(mine[0][1]) or None
+
+    def union(self, prefix):
+        """The accept table's answer (the feasible-path source check):
+        every peer of every route of the prefix."""
+        peers = {p for (q, _m), nhid in self.routes.items() if q == prefix for p in self.peers(nhid)}
         return tuple(sorted(peers)) or None
+
+    def peers(self, nhid):
+        nh = self.objects[nhid]
+        members = [self.objects[m] for m, _w in nh.group] if nh.group else [nh]
+        return tuple(sorted({p for m in members if not m.blackhole for p, a in TAG.items()
+                             if m.gateway == socket.inet_aton(a) and m.oif == FRONT}))
+
+
+def model_tables():
+    """The routes table and the accept table (union), sharing one Tags, as
+    the maps backend holds them."""
+    t = sync.Table(tags(), sync.Filter())
+    return t, sync.Table(t.tags, sync.Filter(), union=True)
+
+
+def assert_tables_are_the_kernel(kernel, t, accept, why):
+    for p in PREFIXES:
+        k = sync.network_pkey(ipaddress.ip_network(p))
+        assert t.best(k) == kernel.best(p), (p, why)
+        assert accept.best(k) == kernel.union(p), (p, why)
+    assert t.tags.nexthops.objects == kernel.objects
+    assert len(t) == sum(1 for p in PREFIXES if kernel.best(p))
+    assert len(accept) == sum(1 for p in PREFIXES if kernel.union(p))
+    # the counts kept per set id are those of a recount, so a freed slot
+    # taken by another object inherits no prefix of the one before
+    recount = {}
+    for k in t.prefixes:
+        i = t._best_raw(k)
+        if i:
+            recount[i] = recount.get(i, 0) + 1
+    assert {i: n for i, n in enumerate(t._best) if n} == recount, why
+    # a slot is held by a live object's id only
+    assert set(t.tags.slots) <= set(kernel.objects)
+    assert not set(t.tags.free) & set(t.tags.slots.values())
 
 
 PREFIXES = ["10.1.0.0/16", "10.2.0.0/16", "10.2.0.0/24"]
@@ -249,8 +285,8 @@ def test_the_tables_follow_the_kernel_through_any_sequence(ops, compat, redump):
     also followed by a dump of the objects (the daemon reads them again
     after a deletion). After every op the table equals the model."""
     kernel = Kernel()
-    t = sync.Table(tags(), sync.Filter())
-    tables = {"routes": t}
+    t, accept = model_tables()
+    tables = {"routes": t, "accept": accept}
     for kind, a, b in ops:
         if kind == "single":
             nh = single(a, blackhole=True) if b == "hole" else single(a, b)
@@ -275,16 +311,14 @@ def test_the_tables_follow_the_kernel_through_any_sequence(ops, compat, redump):
                 hops = ()
                 if compat:
                     hops = tuple((gw, oif) for gw, oif, _w in t.tags.nexthops.hops(nhid))
-                t.update(kroute(a, nhid, priority=metric, compat=hops))
+                for table in (t, accept):
+                    table.update(kroute(a, nhid, priority=metric, compat=hops))
         elif kind == "unroute":
             nhid = kernel.routes.pop((a, b), None)
             if nhid is not None:
-                t.update(kroute(a, nhid, priority=b), deleted=True)
-        for p in PREFIXES:
-            k = sync.network_pkey(ipaddress.ip_network(p))
-            assert t.best(k) == kernel.best(p), (p, ops)
-        assert t.tags.nexthops.objects == kernel.objects
-        assert len(t) == sum(1 for p in PREFIXES if kernel.best(p))
+                for table in (t, accept):
+                    table.update(kroute(a, nhid, priority=b), deleted=True)
+        assert_tables_are_the_kernel(kernel, t, accept, ops)
         assert dict(t.items()) == {sync.network_pkey(ipaddress.ip_network(p)): kernel.best(p)
                                    for p in PREFIXES if kernel.best(p)}
 
@@ -331,14 +365,11 @@ def test_batches_of_events_in_the_kernels_order_end_where_the_kernel_is(batches)
     inside one batch. After each batch the table equals the kernel."""
     from wgbpf.backends.base import apply_events
     kernel = Kernel()
-    t = sync.Table(tags(), sync.Filter())
+    t, accept = model_tables()
     for ops in batches:
         steps = [s for kind, a, b in ops for s in kernel_events(kernel, kind, a, b)]
-        apply_events(t.tags, {"routes": t}, rt.Changes(steps=steps), netlink=None)
-        for p in PREFIXES:
-            k = sync.network_pkey(ipaddress.ip_network(p))
-            assert t.best(k) == kernel.best(p), (p, batches)
-        assert t.tags.nexthops.objects == kernel.objects
+        apply_events(t.tags, {"routes": t, "accept": accept}, rt.Changes(steps=steps), netlink=None)
+        assert_tables_are_the_kernel(kernel, t, accept, batches)
 
 
 def test_a_deleted_id_takes_its_routes_though_a_reread_already_forgot_it():
@@ -372,3 +403,46 @@ def test_objects_flushed_by_a_device_early_in_a_batch_do_not_come_back_with_thei
     steps = [(rt.LINK, LAN), (rt.NEXTHOP, (single(360, ALICE), False))]
     apply_events(t.tags, {"routes": t}, rt.Changes(steps=steps), netlink=None)
     assert t.entry(k) is None and t.tags.nexthops.objects[360].oif == FRONT
+
+
+# -- issue 31: slots freed, the accept table's counts ------------------------
+
+def test_a_changed_object_under_the_accept_table_is_no_traceback():
+    """Reproduced from the issue: one prefix, two routes through objects 1
+    and 2 (metrics 10 and 20); object 1 replaced; the metric-20 route
+    deleted. The accept table raised IndexError (its counts were kept
+    under ids interned from contents the replace changed), which ended
+    the daemon."""
+    t, accept = model_tables()
+    tables = {"routes": t, "accept": accept}
+    follow_nexthops(t.tags, tables, [(single(1, ALICE), False), (single(2, BOB), False)])
+    for table in (t, accept):
+        k = table.update(kroute("10.1.0.0/16", 1, priority=10))
+        table.update(kroute("10.1.0.0/16", 2, priority=20))
+    assert accept.best(k) == (ALICE, BOB) and t.best(k) == (ALICE,)
+    follow_nexthops(t.tags, tables, [(single(1, CAROL), False)])
+    assert accept.best(k) == (BOB, CAROL)
+    for table in (t, accept):
+        table.update(kroute("10.1.0.0/16", 2, priority=20), deleted=True)
+    assert accept.best(k) == (CAROL,) and t.best(k) == (CAROL,)
+    assert len(accept) == 1 and accept.per_peer == {CAROL: 1} and t.per_peer == {CAROL: 1}
+
+
+def test_slots_of_deleted_objects_are_freed_and_taken_again():
+    """zebra's object ids only grow: 10,000 objects made, routed through and
+    deleted one after another must not leave 10,000 slots behind."""
+    t, accept = model_tables()
+    tables = {"routes": t, "accept": accept}
+    k = sync.network_pkey(ipaddress.ip_network("10.1.0.0/16"))
+    start = len(t.tags.sets)
+    for nhid in range(100, 10100):
+        follow_nexthops(t.tags, tables, [(single(nhid, (ALICE, BOB, CAROL)[nhid % 3]), False)])
+        for table in (t, accept):
+            table.update(kroute("10.1.0.0/16", nhid))  # replaces the route through the last one
+        assert t.best(k) == ((ALICE, BOB, CAROL)[nhid % 3],) == accept.best(k)
+        follow_nexthops(t.tags, tables, [(single(nhid - 1, None), True)] if nhid > 100 else [])
+    assert len(t.tags.sets) - start <= 3 and len(t.tags.slots) == 1
+    # the last object deleted: its route goes, its slot is free, nothing names a peer
+    follow_nexthops(t.tags, tables, [(single(10099, None), True)])
+    assert t.entry(k) is None and accept.entry(k) is None and not t.tags.slots and len(t) == 0
+    assert t._best[t.tags.free[-1]] == 0

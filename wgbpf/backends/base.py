@@ -228,4 +228,6 @@ def reread_nexthops(nl, tags, tables):
 
 def _renexthop(tags, tables, gone, changed):
     slots = tags.refresh(gone | changed)  # one slot per object: its routes follow it untouched
-    return {trie: t.drop_nexthops(gone) | t.nexthop_keys_of(slots) for trie, t in tables.items()}
+    out = {trie: t.drop_nexthops(gone) | t.nexthop_keys_of(slots) for trie, t in tables.items()}
+    tags.release(gone)  # their routes left every table: the slots are free
+    return out
