@@ -182,14 +182,14 @@ class Lab:
 
 
 
-def map_peers(lab, prefix):
-    """The peers the hub's routes map holds for `prefix` (sorted names), or
-    None without an entry."""
+def map_peers(lab, prefix, trie="routes"):
+    """The peers the hub's routes map (or the accept map: trie="accept")
+    holds for `prefix` (sorted names), or None without an entry."""
     from wgbpf.maps import Maps
     from wgbpf.routemaps import route_peers
     with Maps.open(lab.pin_dir(), readonly=True) as m:
         names = {i: p.name.decode() for i, p in m.peers().items()}
-        r = m.tries.get_route(ipaddress.ip_network(prefix))
+        r = m.tries.get_route(ipaddress.ip_network(prefix), trie)
         return None if r is None else sorted(names[i] for i in route_peers(r))
 
 

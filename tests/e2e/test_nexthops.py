@@ -33,11 +33,18 @@ def lab():
         yield lab
 
 
+# the feasible-path source check's table: the daemon copies it into the
+# accept maps (empty but in the accept test, so the others' source checks
+# are strict ones)
+ACCEPT = "250"
+
+
 @pytest.fixture(scope="module")
 def running(lab):
     """One daemon for the module (a start is dear under emulation, in the
     vm tier): the compat mode changes under it, as an operator may."""
-    d = DaemonProc(lab.hub, "daemon", lab.front, *lab.peer_args())
+    d = DaemonProc(lab.hub, "daemon", lab.front, *lab.peer_args(), "--source", "feasible",
+                   "--accept-table", ACCEPT)
     yield d
     d.stop()
 
@@ -57,9 +64,9 @@ def nexthop(lab, nhid, peer):
     lab.ip("nexthop", "replace", "id", str(nhid), "via", lab.peers[peer]["tag4"], "dev", lab.front, "onlink")
 
 
-def wait_map(lab, daemon, prefix, want, timeout=2.0):
+def wait_map(lab, daemon, prefix, want, timeout=2.0, trie="routes"):
     deadline = time.monotonic() + timeout * TIME_SCALE
-    while (got := map_peers(lab, prefix)) != want:
+    while (got := map_peers(lab, prefix, trie)) != want:
         assert time.monotonic() < deadline, f"{prefix}: maps hold {got}, want {want}:\n{daemon.text()}"
         time.sleep(0.01)
 
@@ -111,6 +118,29 @@ def test_a_deleted_object_takes_its_routes_and_an_emptied_group_with_it(lab, dae
     lab.ip("nexthop", "flush")  # everything through an object goes
     wait_map(lab, daemon, bob["prefix4"], None)
     wait_map(lab, daemon, "10.94.0.0/16", None)
+
+
+def test_an_object_replaced_under_the_accept_table_costs_no_failure(lab, daemon):
+    """Issue 31, reproduced in the kernel: one prefix of the accept table,
+    two routes through objects 1 and 2 (metrics 10 and 20); object 1
+    replaced; the metric-20 route deleted. The accept table's counts broke
+    (IndexError) and the daemon exited; now it lives on, with no failure
+    counted, and the accept map holds what the kernel's table says."""
+    net = "10.93.0.0/16"
+    nexthop(lab, 1, "alice")
+    nexthop(lab, 2, "bob")
+    lab.ip("route", "add", net, "nhid", "1", "metric", "10", "table", ACCEPT)
+    lab.ip("route", "add", net, "nhid", "2", "metric", "20", "table", ACCEPT)
+    wait_map(lab, daemon, net, ["alice", "bob"], trie="accept")
+    nexthop(lab, 1, "carol")
+    wait_map(lab, daemon, net, ["bob", "carol"], trie="accept")
+    lab.ip("route", "del", net, "nhid", "2", "metric", "20", "table", ACCEPT)
+    wait_map(lab, daemon, net, ["carol"], trie="accept")
+    lab.ip("route", "del", net, "nhid", "1", "metric", "10", "table", ACCEPT)
+    wait_map(lab, daemon, net, None, trie="accept")
+    assert daemon.proc.poll() is None, daemon.text()
+    dmn = lab.status()["daemon"]
+    assert dmn["failures"] == 0 and "error in" not in daemon.text(), daemon.text()
 
 
 def test_the_front_down_and_up_flushes_the_maps_as_the_kernel(lab, daemon):

@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """End to end: the recipes in docs/recipes/, run as the pages show them.
 
-        alice ----\\                 /---- bob       BIRD (BGP), babeld or FRR on
-                   wg-alice  wg0  wg-bob           the hub, BIRD or babeld on each spoke
+        alice ----\\                 /---- bob       BIRD (BGP), babeld or FRR (BGP,
+                   wg-alice  wg0  wg-bob           OSPF) on the hub, BIRD or babeld on each spoke
                           \\_ hub _/
                           wg-carol ---- carol
 
@@ -841,3 +841,122 @@ def test_frr_nexthop_flush_under_the_daemon(frr):
     frr.frr.vtysh("clear bgp *")
     wait_frr_complete(frr)
     assert frr.ping("alice", "10.2.0.1", count=2)
+
+
+# ------------------------------------------------------ (6) FRR, OSPF ----
+
+OSPF_WANT = {"10.1.0.0/16": ["alice"], "10.2.0.0/16": ["bob"], "10.3.0.0/16": ["carol"],
+             "10.99.0.0/24": ["bob", "carol"]}
+
+
+def ospf_neighbors(lab):
+    """{neighbour address: state} of the hub's ospfd."""
+    got = json.loads(lab.frr.vtysh("show ip ospf neighbor json") or "{}").get("neighbors", {})
+    return {n.get("ifaceAddress") or n.get("address"): (n.get("nbrState") or n.get("state", "?")).split("/")[0]
+            for ns in got.values() for n in ns}
+
+
+def wait_ospf(lab, want, neighbors, timeout=30):
+    """The hub's ospfd Full with `neighbors` (addresses) and the maps
+    holding `want` (prefix -> peers) as the kernel's OSPF routes do."""
+    def complete():
+        full = {a for a, s in ospf_neighbors(lab).items() if s == "Full"}
+        maps = kernel_map_routes(lab)
+        return full == set(neighbors) and maps == want and maps == kernel_routes(lab, "ospf")
+    try:
+        wait_until(complete, f"ospfd Full with {sorted(neighbors)} and the maps holding {want}", timeout=timeout)
+    except AssertionError:
+        raise AssertionError(f"neighbours {ospf_neighbors(lab)}\nmaps {kernel_map_routes(lab)}\n"
+                             f"kernel {kernel_routes(lab, 'ospf')}\n{lab.ip('route').stdout}"
+                             f"{lab.ip('nexthop').stdout}\n{frr_logs(lab)}") from None
+
+
+@pytest.fixture(scope="module")
+def ospf():
+    """The OSPF page on a lab: FRR's zebra and ospfd on the hub, the page's
+    BIRD on each spoke (its address and tunnel put in), the anycast prefix
+    on bob and carol."""
+    require_tools("vtysh", f"{FRR_SBIN}/zebra", f"{FRR_SBIN}/ospfd", "bird", "birdc")
+    # ospfd 8.4 writes its graceful-restart state outside its pathspace
+    gr_state = os.path.join(FRR_RUN, "ospfd-gr.json")
+    gr_before = os.path.exists(gr_state)
+    with recipe_lab(f"s{RUN_ID}", "ospf-frr.md") as (lab, recipe):
+        pathspace = lab.hub  # unique to this lab; the page's `-N hub`
+        recipe.names["hub"] = pathspace
+        try:
+            spokes_on_a_24(lab)
+            # the lab's /32 on the front goes: the page's front has its /24 alone
+            lab.ip("addr", "del", f"{lab.info['front_addr4']}/32", "dev", lab.front)
+            recipe.write("wg0.toml")
+            recipe.write("frr.conf")
+            paths = {"/etc/wgbpf/wg0.toml": "wg0.toml", "/etc/frr/frr.conf": "frr.conf"}
+            recipe.script(lab.hub, "hub.sh", paths)
+            lab.frr = Frr(lab, recipe, paths, pathspace)
+            lab.spokes = {}
+            for name, p in lab.peers.items():
+                conf = recipe.write(f"bird-{name}.conf", recipe.text("bird-ospf-spoke.conf", extra={
+                    r"^define MY_ADDR = [^;]+;": f"define MY_ADDR = {p['tag4']};",
+                    r'"wgs-alice"': f'"wgs-{name}"'}))
+                lab.spokes[name] = recipe.start(p["ns"], f"bird -c {conf}", name)
+            for name in ("bob", "carol"):  # the anycast prefix, as the page says
+                spoke(lab, name, "ip", "addr", "add", "10.99.0.1/24", "dev", "lan0")
+            lab.neighbors = {p["tag4"] for p in lab.peers.values()}
+            lab.recipe = recipe
+            yield lab
+        finally:
+            recipe.close()  # before the lab goes: FRR's daemons, then its pathspace
+            subprocess.run(["rm", "-rf", os.path.join(FRR_RUN, pathspace)])
+            if not gr_before:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(gr_state)
+
+
+def test_ospf_routes_through_objects_ecmp_and_traffic(ospf):
+    wait_ospf(ospf, OSPF_WANT, ospf.neighbors)
+    kernel = ospf.ip("route", "show", "10.99.0.0/24").stdout
+    assert "nhid" in kernel and kernel.count("nexthop via") == 2, kernel  # one group object, two spokes
+    assert "steer by flow hash to one of bob, carol" in ospf.wgbpf("lookup", "10.99.0.1").stdout
+    assert ospf.ping("alice", "10.2.0.1", count=2)
+    assert ospf.ping("alice", "10.3.0.1", count=2)
+    assert ospf.ping("alice", "10.99.0.1", count=2)
+    print(ospf.frr.vtysh("show ip ospf neighbor"), ospf.ip("route", "show", "proto", "ospf").stdout,
+          ospf.wgbpf("dump").stdout, sep="\n")
+
+
+def test_ospf_a_spoke_announcing_anothers_prefix_is_not_installed_and_spoofed(ospf):
+    """Alice puts bob's 10.2.99.1/24 on her LAN and joins the anycast: her
+    OSPF announces both, zebra's route-map installs neither through her,
+    the maps do not change, and what she sends from 10.2.99.1 is dropped
+    and counted as spoofed."""
+    wait_ospf(ospf, OSPF_WANT, ospf.neighbors)
+    for addr in ("10.2.99.1/24", "10.99.0.1/24"):
+        spoke(ospf, "alice", "ip", "addr", "add", addr, "dev", "lan0")
+    try:
+        wait_until(lambda: "10.255.0.1" in ospf.frr.vtysh("show ip route 10.2.99.0/24"),
+                   "alice's 10.2.99.0/24 to reach the hub's ospfd")
+        wait_until(lambda: "10.255.0.1" in ospf.frr.vtysh("show ip route 10.99.0.0/24"),
+                   "alice's anycast announcement to reach the hub's ospfd")
+        time.sleep(1)  # zebra's verdict on them is in the kernel by now
+        assert "10.2.99.0/24" not in ospf.ip("route", "show", "proto", "ospf").stdout
+        wait_ospf(ospf, OSPF_WANT, ospf.neighbors)  # unchanged: the anycast set too
+        assert_spoofed(ospf, "alice", "10.3.0.1", "alice", extra=("-I", "10.2.99.1"))
+    finally:
+        for addr in ("10.2.99.1/24", "10.99.0.1/24"):
+            spoke(ospf, "alice", "ip", "addr", "del", addr, "dev", "lan0")
+
+
+def test_ospf_a_spoke_gone_leaves_the_maps_and_ecmp(ospf):
+    """Bob's OSPF stops: ospfd declares him dead (4 s without a Hello), his
+    prefix leaves the routes and the maps, the anycast prefix stays on carol
+    alone, and alice still reaches it. Bob back: all as before."""
+    wait_ospf(ospf, OSPF_WANT, ospf.neighbors)
+    bob = ospf.spokes["bob"]
+    bob.stop()
+    t0 = time.monotonic()
+    without = {"10.1.0.0/16": ["alice"], "10.3.0.0/16": ["carol"], "10.99.0.0/24": ["carol"]}
+    wait_ospf(ospf, without, ospf.neighbors - {ospf.peers["bob"]["tag4"]}, timeout=15)
+    print(f"bob's routes out of the maps {time.monotonic() - t0:.1f} s after his BIRD stopped")
+    assert ospf.ping("alice", "10.99.0.1", count=2)
+    conf = os.path.join(ospf.recipe.dir, "bird-bob.conf")
+    ospf.spokes["bob"] = ospf.recipe.start(ospf.peers["bob"]["ns"], f"bird -c {conf}", "bob")
+    wait_ospf(ospf, OSPF_WANT, ospf.neighbors)
