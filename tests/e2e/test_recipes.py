@@ -436,6 +436,117 @@ def test_babel_forged_source_dropped_and_counted(babel):
     assert after[0] - before[0] >= 2 and after[1] - before[1] >= 2, (before, after)
 
 
+# ------------------------------------------ (2b) babeld, RTT cost ----
+
+class Relay:
+    """lab/relay.py between a spoke's WireGuard and its hub member, both
+    ends pointed at it (WireGuard roams to the last source, so each must
+    see the relay alone): delay and loss set at will, bounded in rate and
+    time by the relay itself."""
+
+    def __init__(self, lab, name, workdir):
+        p = lab.peers[name]
+        i = p["index"]
+        hub_side, spoke_side = f"198.18.{i}.1", f"198.18.{i}.2"  # lab.sh's underlay
+        self.control = os.path.join(workdir, f"relay-{name}.ctl")
+        self.set(0, 0)
+        self.log = open(os.path.join(workdir, f"relay-{name}.log"), "w+")
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{lab.hub}", sys.executable, os.path.join(ROOT, "lab", "relay.py"),
+             "--listen", f"{hub_side}:{52000 + i}", "--inner", f"{hub_side}:{52100 + i}",
+             "--to", f"{hub_side}:{51800 + i}", "--back", f"{spoke_side}:51900",
+             "--control", self.control, "--lifetime", "900", "--max-pps", "5000"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        member_pub, spoke_pub = wg_pubkey(lab.hub, p["member"]), wg_pubkey(p["ns"], p["spoke_dev"])
+        nsrun(p["ns"], "wg", "set", p["spoke_dev"], "peer", member_pub, "endpoint", f"{hub_side}:{52000 + i}")
+        nsrun(lab.hub, "wg", "set", p["member"], "peer", spoke_pub, "endpoint", f"{hub_side}:{52100 + i}")
+
+    def set(self, delay_ms, loss=0.0):
+        """The path's delay (each way) and loss from now on: the control
+        file written whole and renamed into place."""
+        tmp = self.control + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{delay_ms} {loss}\n")
+        os.replace(tmp, self.control)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def babel_rtt():
+    """The babel-rtt page on a lab (babel.md's files but for the hub's
+    babeld.conf), bob's and carol's paths through relays from the start,
+    both holding the anycast 10.99.0.1/24."""
+    require_tools("babeld", "wg")
+    with recipe_lab(f"t{RUN_ID}", "babel-rtt.md", "babel.md") as (lab, recipe):
+        lab.ip("addr", "del", f"{lab.info['front_addr4']}/32", "dev", lab.front)
+        for name, p in lab.peers.items():
+            spoke(lab, name, "ip", "addr", "del", f"{p['tag4']}/32", "dev", p["spoke_dev"])
+        lab.relays = {}
+        try:
+            for name in ("bob", "carol"):
+                lab.relays[name] = Relay(lab, name, recipe.dir)
+                spoke(lab, name, "ip", "addr", "add", "10.99.0.1/24", "dev", "lan0")
+            recipe.write("wg0.toml")
+            recipe.write("babeld-hub.conf")
+            paths = {"/etc/wgbpf/wg0.toml": "wg0.toml", "/etc/babeld.conf": "babeld-hub.conf"}
+            recipe.script(lab.hub, "hub.sh", paths)
+            lab.babeld = recipe.start_hub(paths)["babeld"]
+            for name, p in lab.peers.items():
+                conf = recipe.write(f"babeld-{name}.conf",
+                                    recipe.text("babeld-spoke.conf", extra={
+                    r"wgs-alice": f"wgs-{name}", r"pref-src 10\.1\.0\.1": f"pref-src {p['host4']}"}))
+                recipe.start(p["ns"], f"babeld -c {conf}", name)
+            yield lab
+        finally:
+            for r in lab.relays.values():
+                r.stop()
+
+
+def anycast_holder(lab):
+    return dump_routes(lab).get("10.99.0.0/24")
+
+
+def neighbour_rtt(lab, name):
+    """The hub's babeld's RTT to a spoke, in ms (its `dump`), or None."""
+    tag = lab.peers[name]["tag6"]
+    m = re.search(rf"add neighbour \S+ address {re.escape(tag)} .*? rtt ([0-9.]+)", lab.babeld.dump())
+    return float(m.group(1)) if m else None
+
+
+@SLOW
+def test_babel_rtt_moves_the_anycast_prefix_to_the_faster_spoke(babel_rtt):
+    """The spoke holding the anycast prefix gets a slow path (+50 ms of
+    round trip, 25 ms each way): babeld's RTT cost moves the prefix to the other within seconds,
+    the maps follow, and traffic reaches it; healed, and the other path
+    slowed, it moves back."""
+    lab = babel_rtt
+    wait_until(lambda: anycast_holder(lab) in (["bob"], ["carol"]), "the anycast prefix in the maps")
+    first = anycast_holder(lab)[0]
+    second = "carol" if first == "bob" else "bob"
+    moves = []
+    for slow, fast in ((first, second), (second, first)):
+        lab.relays[fast].set(0)
+        lab.relays[slow].set(25)
+        t0 = time.monotonic()
+        wait_until(lambda: anycast_holder(lab) == [fast], f"10.99.0.0/24 to move to {fast}", timeout=60)
+        moves.append(time.monotonic() - t0)
+        kernel = lab.ip("route", "show", "10.99.0.0/24").stdout
+        assert f"via inet6 {lab.peers[fast]['tag6']} " in kernel, kernel
+        assert json.loads(lab.wgbpf("lookup", "10.99.0.1", "--json").stdout)["peers"] == [fast]
+        # measured through the relay (a moving average, still climbing):
+        # above rtt-min, where its cost starts, and above the other's
+        rtt = {n: neighbour_rtt(lab, n) for n in (slow, fast)}
+        assert rtt[slow] > 10 and rtt[slow] > rtt[fast], (rtt, lab.babeld.dump())
+        assert lab.ping("alice", "10.99.0.1", count=2)
+    print(f"anycast moved to the faster spoke {moves[0]:.1f} s and {moves[1]:.1f} s after its path slowed; "
+          f"RTTs now bob {neighbour_rtt(lab, 'bob')} ms, carol {neighbour_rtt(lab, 'carol')} ms")
+
+
 # ---------------------------------------- (3) --backend allowedips ----
 
 @pytest.fixture(scope="module")
