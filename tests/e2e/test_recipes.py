@@ -386,21 +386,30 @@ def test_bgp_forged_source_dropped_and_counted(bgp):
 def babel():
     require_tools("babeld")
     with recipe_lab(f"v{RUN_ID}", "babel.md") as (lab, recipe):
-        # no IPv4 address on any tunnel: babeld announces IPv4 via IPv6
-        lab.ip("addr", "del", f"{lab.info['front_addr4']}/32", "dev", lab.front)
-        for name, p in lab.peers.items():
-            spoke(lab, name, "ip", "addr", "del", f"{p['tag4']}/32", "dev", p["spoke_dev"])
-        recipe.write("wg0.toml")
-        recipe.write("babeld-hub.conf")
-        paths = {"/etc/wgbpf/wg0.toml": "wg0.toml", "/etc/babeld.conf": "babeld-hub.conf"}
-        recipe.script(lab.hub, "hub.sh", paths)
-        lab.babeld = recipe.start_hub(paths)["babeld"]
-        for name, p in lab.peers.items():
-            conf = recipe.write(f"babeld-{name}.conf",
-                                recipe.text("babeld-spoke.conf", extra={
-                r"wgs-alice": f"wgs-{name}", r"pref-src 10\.1\.0\.1": f"pref-src {p['host4']}"}))
-            recipe.start(p["ns"], f"babeld -c {conf}", name)
+        no_ipv4_on_tunnels(lab)
+        start_babel(lab, recipe)
         yield lab
+
+
+def no_ipv4_on_tunnels(lab):
+    """No IPv4 address on any tunnel: babeld announces IPv4 via IPv6."""
+    lab.ip("addr", "del", f"{lab.info['front_addr4']}/32", "dev", lab.front)
+    for name, p in lab.peers.items():
+        spoke(lab, name, "ip", "addr", "del", f"{p['tag4']}/32", "dev", p["spoke_dev"])
+
+
+def start_babel(lab, recipe):
+    """A babel page's hub (its hub.sh, babeld, the daemon) and spokes."""
+    recipe.write("wg0.toml")
+    recipe.write("babeld-hub.conf")
+    paths = {"/etc/wgbpf/wg0.toml": "wg0.toml", "/etc/babeld.conf": "babeld-hub.conf"}
+    recipe.script(lab.hub, "hub.sh", paths)
+    lab.babeld = recipe.start_hub(paths)["babeld"]
+    for name, p in lab.peers.items():
+        conf = recipe.write(f"babeld-{name}.conf",
+                            recipe.text("babeld-spoke.conf", extra={
+            r"wgs-alice": f"wgs-{name}", r"pref-src 10\.1\.0\.1": f"pref-src {p['host4']}"}))
+        recipe.start(p["ns"], f"babeld -c {conf}", name)
 
 
 def test_babel_routes_v4_via_v6_in_the_maps(babel):
@@ -483,24 +492,13 @@ def babel_rtt():
     both holding the anycast 10.99.0.1/24."""
     require_tools("babeld", "wg")
     with recipe_lab(f"t{RUN_ID}", "babel-rtt.md", "babel.md") as (lab, recipe):
-        lab.ip("addr", "del", f"{lab.info['front_addr4']}/32", "dev", lab.front)
-        for name, p in lab.peers.items():
-            spoke(lab, name, "ip", "addr", "del", f"{p['tag4']}/32", "dev", p["spoke_dev"])
+        no_ipv4_on_tunnels(lab)
         lab.relays = {}
         try:
             for name in ("bob", "carol"):
                 lab.relays[name] = Relay(lab, name, recipe.dir)
                 spoke(lab, name, "ip", "addr", "add", "10.99.0.1/24", "dev", "lan0")
-            recipe.write("wg0.toml")
-            recipe.write("babeld-hub.conf")
-            paths = {"/etc/wgbpf/wg0.toml": "wg0.toml", "/etc/babeld.conf": "babeld-hub.conf"}
-            recipe.script(lab.hub, "hub.sh", paths)
-            lab.babeld = recipe.start_hub(paths)["babeld"]
-            for name, p in lab.peers.items():
-                conf = recipe.write(f"babeld-{name}.conf",
-                                    recipe.text("babeld-spoke.conf", extra={
-                    r"wgs-alice": f"wgs-{name}", r"pref-src 10\.1\.0\.1": f"pref-src {p['host4']}"}))
-                recipe.start(p["ns"], f"babeld -c {conf}", name)
+            start_babel(lab, recipe)
             yield lab
         finally:
             for r in lab.relays.values():
