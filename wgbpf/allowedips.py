@@ -41,16 +41,23 @@ for steering and as sources, where the kernel (and the maps backend) would
 use the better route. Such prefixes are counted (`no_peer_unhonoured` in
 the status) and warned about once; see docs/allowedips.md.
 """
-import hashlib
 import ipaddress
 
 from . import wireguard
 from .sync import AF4, AF6, network_pkey
 
 
-def pick(pkey, peers, names):
-    """One peer of an ECMP set for a prefix: rendezvous hashing."""
-    return max(peers, key=lambda p: hashlib.blake2b(pkey + names[p].encode(), digest_size=8).digest())
+ECMP_PICK = "the heaviest peer, then the lowest tag"  # said in the status and the log
+
+
+def pick(peers, weight, lowest_tag):
+    """The one peer of an ECMP set a prefix goes to (AllowedIPs gives a
+    prefix to one peer, so nothing is split): the heaviest (the route's
+    weights, `weight`: {peer: weight}), then the one with the lowest tag
+    (`lowest_tag`: {peer: its lowest tag as a prefix key}, IPv4 before
+    IPv6, then by address): predictable from `ip route` and `wg show`
+    alone."""
+    return min(peers, key=lambda p: (-weight.get(p, 1), lowest_tag.get(p, b"\xff")))
 
 
 def covered_by_peer(table, k):
@@ -96,6 +103,9 @@ class Plan:
         self.names = {i: p.name for i, p in enumerate(peers)}
         self.present = present      # public keys the device has
         self.tags = {network_pkey(ipaddress.ip_network(t)): i for i, p in enumerate(peers) for t in p.tags}
+        self.lowest_tag = {}        # peer id -> its lowest tag (pick's tie-break)
+        for k, i in self.tags.items():
+            self.lowest_tag[i] = min(k, self.lowest_tag.get(i, k))
         self.ecmp = set()           # prefixes whose route named several peers
         self.dead = set()           # public keys of peers judged dead (--dead-after)
 
@@ -116,7 +126,8 @@ class Plan:
         self.ecmp.add(k)
         # a dead peer's share goes to the live ones (if any is left)
         alive = [p for p in peers if self.keys[p] not in self.dead] or peers
-        return self.keys[pick(k, alive, self.names)]
+        weight = dict(zip(table.best(k), table.best_weights(k) or ()))
+        return self.keys[pick(alive, weight, self.lowest_tag)]
 
     def want(self, table):
         """{prefix: public key} for everything."""

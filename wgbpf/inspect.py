@@ -207,14 +207,15 @@ def kernel_peers(m, addr, table):
             resolver.nexthops = sync.Nexthops(routes.dump_nexthops(nl))
         finally:
             nl.close()
-        nexthops = tuple((gw, oif) for gw, oif, _w in resolver.nexthops.hops(nhid))
+        nexthops = tuple((gw, oif, w) for gw, oif, w in resolver.nexthops.hops(nhid))
         via_object = f"nhid {nhid} " + (describe_object(resolver.nexthops, nhid) if nexthops else
                                          "(blackhole, or no such object): names no peer")
         if not nexthops:
             return [], "kernel route " + via_object
         via_object += ": "
     owners, hops = [], []
-    for gw, oif in nexthops:
+    for h in nexthops:  # (gateway, oif) or, weighing more than 1, (gateway, oif, weight)
+        gw, oif = h[0], h[1]
         owner, how = resolver.hop_peer(gw, oif)
         if how == "tag":
             hop = f"via {ipaddress.ip_address(gw)}"
@@ -222,7 +223,7 @@ def kernel_peers(m, addr, table):
             hop = f"dev {ifname(oif)}"
         else:
             hop = f"via {ipaddress.ip_address(gw) if gw else '-'} dev {ifname(oif) if oif else '-'} names no peer"
-        hops.append(hop)
+        hops.append(hop + (f" weight {h[2]}" if len(h) > 2 and h[2] != 1 else ""))
         if owner and owner not in owners:
             owners.append(owner)
     return owners, "kernel route " + via_object + ", ".join(hops)

@@ -68,7 +68,8 @@ def allowedips_lines(s):
            f"daemon {dmn['state']} (pid {dmn['pid']}), tables {dmn['tables']}, "
            f"{dmn['prefixes']} prefixes, {dmn['allowedips_changes']} allowed-IP changes, "
            f"{dmn['peer_rewrites']} list rewrites, {dmn['ecmp_prefixes']} ECMP prefixes "
-           f"given to one peer, {dmn['resyncs']} resyncs"]
+           f"given to one peer ({dmn.get('ecmp_pick', 'the heaviest peer, then the lowest tag')}), "
+           f"{dmn['resyncs']} resyncs"]
     if dmn.get("missing_peers"):
         out.append(f"peers not on the device: {', '.join(dmn['missing_peers'])}")
     if dmn.get("no_peer_unhonoured"):

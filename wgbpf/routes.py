@@ -78,7 +78,8 @@ class KernelRoute(collections.namedtuple(
         "KernelRoute", "family dst dst_len table priority protocol realm nexthops tos src",
         defaults=(0, None))):
     """family: AF_INET/AF_INET6; dst: network address bytes (4 or 16);
-    nexthops: ((gateway bytes or None, oif), ...); tos: IPv4 TOS (0: any);
+    nexthops: ((gateway bytes or None, oif), ...), a multipath hop of
+    weight above 1 as (gateway, oif, weight); tos: IPv4 TOS (0: any);
     src: an IPv6 source prefix as (length, address bytes), None for none
     (`from ::/0` is none). A tuple: a million are made per full dump, and a
     frozen dataclass costs twice as much."""
@@ -97,7 +98,7 @@ def _nexthops(buf, a, b):
     hops = []
     realm = 0
     while a + _RTNH.size <= b:
-        nh_len, _nh_flags, _hops, nh_oif = _RTNH.unpack_from(buf, a)
+        nh_len, _nh_flags, nh_hops, nh_oif = _RTNH.unpack_from(buf, a)
         if nh_len < _RTNH.size:
             break
         gw = None
@@ -108,7 +109,9 @@ def _nexthops(buf, a, b):
                 gw = bytes(buf[x + 2:y])
             elif kind == RTA_FLOW and not realm:
                 realm = _U32.unpack_from(buf, x)[0]
-        hops.append((gw, nh_oif))
+        # rtnh_hops is the weight less one (`ip route ... weight 3`): a hop
+        # of weight 1 is (gateway, oif), a heavier one carries its weight
+        hops.append((gw, nh_oif) if not nh_hops else (gw, nh_oif, nh_hops + 1))
         a += align(nh_len)
     return tuple(hops), realm
 

@@ -20,11 +20,10 @@ import socket
 
 from . import abi, ties
 from .nexthops import SILENT, Nexthops  # noqa: F401 (re-exported: sync.SILENT, sync.Nexthops)
+from .peersets import SET_BITS as _SET_BITS, SET_MASK as _SET_MASK, Tags, weighed  # noqa: F401 (sync.Tags)
 from .routes import NH
 
 AF4, AF6 = socket.AF_INET, socket.AF_INET6
-_SET_BITS = 24
-_SET_MASK = (1 << _SET_BITS) - 1
 # the first two bytes of a pkey, made once
 _HEAD = {AF4: [bytes((AF4, n)) for n in range(33)], AF6: [bytes((AF6, n)) for n in range(129)]}
 
@@ -40,152 +39,6 @@ def pkey_network(k):
 
 def network_pkey(net):
     return pkey(AF4 if net.version == 4 else AF6, net.network_address.packed, net.prefixlen)
-
-
-class Tags:
-    """How routes name peers: the nexthop's output device being the peer's
-    member device, else, out of the front, a nexthop gateway equal to a
-    peer's tag address (RTA_GATEWAY, or RTA_VIA for IPv4 via an IPv6
-    link-local).
-
-    Peer sets are interned: sets[id] is a sorted tuple of peer ids, id 0 the
-    empty set (a route that names no peer)."""
-
-    CACHE = 1 << 16
-    # a route naming no peer whose nexthops all go out the front: the kernel
-    # hands its packets to the front, where the maps choose, so it hides
-    # nothing (any other route naming no peer does)
-    VIA_FRONT = -1
-
-    def __init__(self, by_addr, by_oif, front=None):
-        self.by_addr = dict(by_addr)  # packed address -> peer id
-        self.by_oif = dict(by_oif)    # member ifindex -> peer id
-        self.front = front            # the front's ifindex (or the allowedips device's)
-        self.sets = [()]
-        self._ids = {(): 0}
-        self._hops = {}  # nexthops tuple -> set id
-        self.nexthops = Nexthops()  # the kernel's nexthop objects (routes by RTA_NH_ID)
-        # A route through a nexthop object stores the object's own set slot,
-        # not an interned set: sets[slot] is the peers the object names now,
-        # rewritten in place when it changes, so a million routes through
-        # one object follow it without being touched (Table.nexthop_keys
-        # says which prefixes to write). Two kinds in one id space, as
-        # FRR's nhg_hash_entry is found by content or by id: an interned set
-        # is immutable, found by content, and lives as long as the Tags (a
-        # table has few distinct sets); a slot is mutable, found by its
-        # object's id, never interned, and freed once its object is deleted
-        # (release): its routes went with it, and zebra's ids only grow, so
-        # slots kept would pile up until they overflow the id space.
-        self.slots = {}  # nexthop id -> its set slot
-        self.free = []   # slots freed, taken again before the list grows
-        self.disagreements = 0  # compat mode: expanded hops that were not the object's
-
-    def set_id(self, peers):
-        i = self._ids.get(peers)
-        if i is None:
-            i = self._ids[peers] = len(self.sets)
-            if i > _SET_MASK:
-                raise OverflowError(f"more than {_SET_MASK} distinct peer sets")
-            self.sets.append(peers)
-        return i
-
-    def resolve_id(self, nexthops):
-        """The set id of the peers a route's nexthops name; 0 for none."""
-        i = self._hops.get(nexthops)
-        if i is not None:
-            return i
-        if nexthops and nexthops[0][0] is NH:  # a nexthop object: it decides
-            i = self.slot(nexthops[0][1])
-            if len(nexthops) > 1:
-                hops = {(gw, oif) for gw, oif, _w in self.nexthops.hops(nexthops[0][1])}
-                if set(nexthops[1:]) != hops:
-                    self.disagreements += 1  # the expanded hops say otherwise: counted, not used
-        else:
-            i = self.set_id(self._peers(nexthops))
-            if not i and nexthops and all(oif == self.front for _gw, oif in nexthops):
-                i = self.VIA_FRONT
-        if len(self._hops) >= self.CACHE:
-            self._hops.clear()  # in place: Tables hold it
-        self._hops[nexthops] = i
-        return i
-
-    def _peers(self, hops):
-        peers = set()
-        for hop in hops:
-            peer_id, _how = self.hop_peer(hop[0], hop[1])
-            if peer_id is not None:
-                peers.add(peer_id)
-        return tuple(sorted(peers))[:abi.MAX_ECMP]
-
-    def slot(self, nhid):
-        """The set slot of a nexthop object (made on first use: an object
-        not heard of yet names no peer until it comes)."""
-        i = self.slots.get(nhid)
-        if i is None:
-            peers = self._peers(self.nexthops.hops(nhid))
-            if self.free:
-                i = self.slots[nhid] = self.free.pop()
-                self.sets[i] = peers
-                return i
-            i = self.slots[nhid] = len(self.sets)
-            if i > _SET_MASK:
-                raise OverflowError(f"more than {_SET_MASK} distinct peer sets")
-            self.sets.append(peers)
-        return i
-
-    def release(self, nhids):
-        """Nexthop objects deleted, their routes gone from every table
-        (Table.drop_nexthops): their slots are free for the next object.
-        The nexthops cache forgets them (it may map hops to a slot)."""
-        freed = [self.slots.pop(nhid) for nhid in nhids if nhid in self.slots]
-        for i in freed:
-            self.sets[i] = ()
-            self.free.append(i)
-        if freed:
-            self._hops.clear()  # in place: Tables hold it
-
-    def refresh(self, nhids):
-        """Nexthop objects changed in the registry: their slots rewritten;
-        returns the slots whose peers changed."""
-        out = set()
-        for nhid in nhids:
-            i = self.slots.get(nhid)
-            if i is not None:
-                peers = self._peers(self.nexthops.hops(nhid))
-                if peers != self.sets[i]:
-                    self.sets[i] = peers
-                    out.add(i)
-        return out
-
-    def hop_peer(self, gw, oif):
-        """(peer id, how) of the peer one nexthop names: by its device
-        being a member ("member"), else by its gateway being a tag on the
-        front ("tag"); (None, None) for none. The packet leaves by the
-        device, whatever the gateway: a tag via another peer's member is
-        that member's peer, a tag via a LAN device names none (as
-        fib_peer() in bpf/lookup.h). The one resolver of nexthops to
-        peers: the daemon's tables and `wgbpf lookup` both ask it."""
-        peer_id = self.by_oif.get(oif)
-        if peer_id is not None:
-            return peer_id, "member"
-        if gw is not None and oif == self.front and self.front is not None:
-            peer_id = self.by_addr.get(gw)
-            if peer_id is not None:
-                return peer_id, "tag"
-        return None, None
-
-    def resolve(self, route):
-        """Sorted tuple of the peer ids a KernelRoute names; () for none."""
-        return self.sets[max(0, self.resolve_id(route.nexthops))]
-
-    def without(self, peers, route):
-        """`peers` less those a route names: IPv6 reports the removal of one
-        nexthop of a multipath route as a delete naming that nexthop only."""
-        gone = self.resolve(route)
-        return tuple(p for p in peers if p not in gone)
-
-    def __eq__(self, other):
-        return isinstance(other, Tags) and (self.by_addr, self.by_oif) == (other.by_addr, other.by_oif)
 
 
 class Filter:
@@ -293,6 +146,10 @@ class Table:
     def best(self, k):
         """The peer set the kernel's preferred route for prefix k names, or None."""
         return self.tags.sets[self.best_id(k)] or None
+
+    def best_weights(self, k):
+        """The weights of best(k)'s peers, in its order; None for equal."""
+        return self.tags.weights[self.best_id(k)]
 
     def entry(self, k):
         """The maps' entry for prefix k: its best peer set, () for "no
@@ -422,9 +279,9 @@ class Table:
         elif (family == AF6 and len(nexthops) == 1 and v.get(rank) and len(self.tags.sets[v[rank]]) > 1
               and nexthops[0][0] is not NH):
             # one nexthop of an IPv6 multipath route removed: just its peer goes
-            rest = self.tags.without(self.tags.sets[v[rank]], route)
+            rest = self.tags.without_id(v[rank], route)
             if rest:
-                v[rank] = self.tags.set_id(rest)
+                v[rank] = rest
             else:
                 del v[rank]
         else:

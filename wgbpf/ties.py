@@ -239,8 +239,7 @@ def ambiguous_count(table):
 
 
 def _without(tags, sid, r):
-    rest = tags.without(tags.sets[max(0, sid)], r)
-    return tags.set_id(rest) if rest else 0
+    return tags.without_id(max(0, sid), r)
 
 
 def _first(tie, pred):

@@ -919,7 +919,8 @@ class Bench:
                         continue
                     n += 1
                     peers = set()
-                    for gw, oif in r.nexthops:
+                    for h in r.nexthops:  # (gateway, oif[, weight])
+                        gw, oif = h[0], h[1]
                         pid = by_addr.get(gw) if gw is not None else None
                         if pid is None:
                             pid = by_oif.get(oif)

@@ -191,22 +191,34 @@ def test_start_removes_stale_allowed_ips_and_a_restart_changes_nothing(lab):
 
 
 def test_ecmp_route_goes_to_one_peer_warned_once_and_counted(lab, daemon):
+    """A multipath prefix goes to one peer: the heaviest, then the lowest
+    tag (alice's 10.255.0.1 before bob's); the status says the rule."""
     prefixes = ["10.91.0.0/16", "10.92.0.0/16", "10.93.0.0/16"]
+    weights = {"10.91.0.0/16": ("1", "1"), "10.92.0.0/16": ("1", "3"), "10.93.0.0/16": ("2", "1")}
     try:
         for p in prefixes:
             hub(lab, "ip", "route", "add", p,
-                "nexthop", "via", "10.255.0.1", "dev", lab.front, "onlink",
-                "nexthop", "via", "10.255.0.2", "dev", lab.front, "onlink")
+                "nexthop", "via", "10.255.0.1", "dev", lab.front, "onlink", "weight", weights[p][0],
+                "nexthop", "via", "10.255.0.2", "dev", lab.front, "onlink", "weight", weights[p][1])
         got = wait_allowed(lab, lambda g: all(p in g["alice"] | g["bob"] for p in prefixes), "ecmp")
         for p in prefixes:
             assert (p in got["alice"]) != (p in got["bob"]), f"{p} must have exactly one peer: {got}"
+        assert {p for p in prefixes if p in got["bob"]} == {"10.92.0.0/16"}, got  # bob weighs 3 there
         wait_status(lab, lambda st: st["ecmp_prefixes"] == 3)
+        # bob's weight on 10.91/16 raised: it moves to him, and no other prefix moves
+        hub(lab, "ip", "route", "replace", "10.91.0.0/16",
+            "nexthop", "via", "10.255.0.1", "dev", lab.front, "onlink",
+            "nexthop", "via", "10.255.0.2", "dev", lab.front, "onlink", "weight", "2")
+        got = wait_allowed(lab, lambda g: "10.91.0.0/16" in g["bob"], "10.91.0.0/16 to bob")
+        assert {p for p in prefixes if p in got["bob"]} == {"10.91.0.0/16", "10.92.0.0/16"}, got
         r = run(*WGBPF, "--netns", lab.hub, "status", "--front", lab.front, "--json")
         assert r.returncode == 0, r.stderr
         st = json.loads(r.stdout)
         assert st["backend"] == "allowedips" and st["daemon"]["ecmp_prefixes"] == 3, st
+        assert st["daemon"]["ecmp_pick"] == "the heaviest peer, then the lowest tag", st
         r = run(*WGBPF, "--netns", lab.hub, "status")
-        assert f"{lab.front}: allowedips backend" in r.stdout and "3 ECMP prefixes" in r.stdout, r.stdout
+        assert f"{lab.front}: allowedips backend" in r.stdout and \
+            "3 ECMP prefixes given to one peer (the heaviest peer, then the lowest tag)" in r.stdout, r.stdout
         assert daemon.text().count("multipath routes name several peers") == 1, daemon.text()
     finally:
         for p in prefixes:

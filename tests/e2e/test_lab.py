@@ -59,6 +59,15 @@ def test_lookup_and_dump_name_the_right_peer(lab):
     assert r["peers"] == ["bob"]
     if lab.lookup == "fib":  # the kernel's route answers, there are no prefix maps
         assert r["rule"] == f"kernel route via {lab.peers['bob']['tag4']}"
+        # a weighted multipath route: both peers, each hop with its weight
+        a, b = lab.peers["alice"]["tag4"], lab.peers["bob"]["tag4"]
+        lab.ip("route", "add", "10.88.0.0/16", "nexthop", "via", a, "dev", lab.front, "onlink", "weight", "3",
+               "nexthop", "via", b, "dev", lab.front, "onlink")
+        try:
+            r = json.loads(lab.wgbpf("lookup", "10.88.0.1", "--json").stdout)
+            assert r["peers"] == ["alice", "bob"] and r["rule"] == f"kernel route via {a} weight 3, via {b}", r
+        finally:
+            lab.ip("route", "del", "10.88.0.0/16")
         return
     assert r["prefix"] == "10.2.0.0/16"
     r = json.loads(lab.wgbpf("lookup", lab.peers["carol"]["tag6"], "--json").stdout)

@@ -5,18 +5,20 @@ the ECMP pick, the text protocol, and the backend's configuration."""
 import base64
 import ipaddress
 import os
+import socket
 import struct
 
 import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings, strategies as st
 
-from wgbpf import allowedips as aip, config, wireguard as wg
+from wgbpf import allowedips as aip, config, routes as rt, sync, wireguard as wg
 from wgbpf.cli import main
 from wgbpf.config import ConfigError
 from wgbpf.sync import network_pkey
 
 KEYS = [bytes([i]) * 32 for i in range(1, 5)]
+AF4 = socket.AF_INET
 
 
 def pk(text):
@@ -147,15 +149,37 @@ def test_incremental_steps_touch_only_what_changed(start, steps, can_remove):
         check_result(dev, want, {}, managed)
 
 
-def test_rendezvous_pick_is_stable_and_spread():
-    names = {1: "alice", 2: "bob", 3: "carol"}
-    picks = {p: aip.pick(p, (1, 2, 3), names) for p in many(600)}
-    assert picks == {p: aip.pick(p, (3, 1, 2), names) for p in picks}   # order-free
-    counts = [list(picks.values()).count(i) for i in (1, 2, 3)]
-    assert min(counts) > 120, counts                                     # spread over all three
-    for p, chosen in picks.items():                                      # dropping a loser moves nothing
-        rest = tuple(i for i in (1, 2, 3) if i != chosen)
-        assert aip.pick(p, (chosen, rest[0]), names) == chosen
+def test_ecmp_pick_is_the_heaviest_then_the_lowest_tag():
+    """Issue 31: AllowedIPs cannot weigh, a prefix goes to one peer: the
+    heaviest of the route's, then the one with the lowest tag (IPv4 tags
+    before IPv6), whatever the order the set lists them in."""
+    lowest = {1: sync.network_pkey(ipaddress.ip_network("10.255.0.3/32")),
+              2: sync.network_pkey(ipaddress.ip_network("10.255.0.1/32")),
+              3: sync.network_pkey(ipaddress.ip_network("fe80::2/128"))}
+    assert aip.pick((1, 2, 3), {}, lowest) == 2                    # equal: the lowest tag
+    assert aip.pick((3, 1, 2), {1: 1, 2: 1, 3: 1}, lowest) == 2
+    assert aip.pick((1, 2, 3), {1: 3, 2: 1, 3: 1}, lowest) == 1    # the heaviest first
+    assert aip.pick((1, 3), {}, lowest) == 1                       # IPv4 before IPv6
+    assert aip.pick((3,), {1: 9}, lowest) == 3
+
+
+def test_a_weighted_route_goes_to_its_heaviest_live_peer():
+    """The plan's owner of a 1:3 route is its weight-3 peer; that peer
+    dead, the other; equal weights, the lowest tag."""
+    peers = [config.PeerConfig("alice", public_key=KEYS[0], tags=["10.255.0.1"]),
+             config.PeerConfig("bob", public_key=KEYS[1], tags=["10.255.0.2"])]
+    plan = aip.Plan(peers, present={KEYS[0], KEYS[1]})
+    t = sync.Table(sync.Tags({socket.inet_aton(f"10.255.0.{i + 1}"): i for i in (0, 1)}, {}, front=5),
+                   sync.Filter())
+    hops = lambda wa, wb: ((socket.inet_aton("10.255.0.1"), 5) + ((wa,) if wa > 1 else ()),
+                           (socket.inet_aton("10.255.0.2"), 5) + ((wb,) if wb > 1 else ()))
+    k = t.update(rt.KernelRoute(AF4, bytes((10, 9, 0, 0)), 16, 254, 0, 4, 0, hops(1, 3)))
+    assert plan.owner(t, k) == KEYS[1] and k in plan.ecmp
+    plan.dead = {KEYS[1]}
+    assert plan.owner(t, k) == KEYS[0]
+    plan.dead = set()
+    t.update(rt.KernelRoute(AF4, bytes((10, 9, 0, 0)), 16, 254, 0, 4, 0, hops(2, 2)))
+    assert plan.owner(t, k) == KEYS[0]
 
 
 def test_absent_prefix_avoids_every_owned_one():

@@ -313,9 +313,13 @@ def test_allowedips_plan_gives_a_dead_peers_ecmp_share_to_the_live_ones():
     class Table:
         def best(self, k):
             return [0, 1] if k[1] == 24 else [0]  # the /24s are ECMP, the rest alice's
+
+        def best_weights(self, k):
+            return (1, 3) if k[2:4] == bytes((10, 0)) else None  # 10.0.0.0/24 weighs bob
     ecmp = [bytes((2, 24, 10, i, 0, 0)) for i in range(32)]
     before = {k: plan.owner(Table(), k) for k in ecmp}
-    assert set(before.values()) == {a, b}
+    # the heaviest, then (no tags here: equal) the first: bob's 1:3 prefix, alice the rest
+    assert before == {k: b if k == ecmp[0] else a for k in ecmp}
     plan.dead = {a}
     after = {k: plan.owner(Table(), k) for k in ecmp}
     assert set(after.values()) == {b}  # bob's own stay his; alice's move to him

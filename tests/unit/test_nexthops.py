@@ -63,8 +63,9 @@ def route_msg(prefix, nhid=None, gateway=None, oif=None, multipath=None, rtype=r
     if oif is not None:
         body += rta(rt.RTA_OIF, struct.pack("=i", oif))
     if multipath:
-        hops = b"".join(struct.pack("=HBBi", 8 + 8, 0, 0, o) + rta(rt.RTA_GATEWAY, socket.inet_aton(g))
-                        for g, o in multipath)
+        # (gateway, oif) or (gateway, oif, weight): rtnh_hops is the weight less one
+        hops = b"".join(struct.pack("=HBBi", 8 + 8, 0, (h[2] - 1 if len(h) > 2 else 0), h[1])
+                        + rta(rt.RTA_GATEWAY, socket.inet_aton(h[0])) for h in multipath)
         body += rta(rt.RTA_MULTIPATH, hops)
     return body
 
@@ -446,3 +447,60 @@ def test_slots_of_deleted_objects_are_freed_and_taken_again():
     follow_nexthops(t.tags, tables, [(single(10099, None), True)])
     assert t.entry(k) is None and accept.entry(k) is None and not t.tags.slots and len(t) == 0
     assert t._best[t.tags.free[-1]] == 0
+
+
+# -- issue 31: weights kept in the model ------------------------------------
+
+def test_weights_of_a_multipath_route_and_of_a_group_are_kept_reduced():
+    """`ip route add P nexthop via A weight 3 nexthop via B weight 1` and a
+    group `id 10 group 1,3/2,1` name the same weighted set: alice 3, bob
+    1 (6:2 reduces to it); equal weights are an equal split (None)."""
+    a, b = TAG[ALICE], TAG[BOB]
+    msg = route_msg("10.1.0.0/16", multipath=[(a, FRONT, 3), (b, FRONT)])
+    r = rt.parse_route(msg, 0, len(msg))
+    assert r.nexthops == ((socket.inet_aton(a), FRONT, 3), (socket.inet_aton(b), FRONT))
+    t = sync.Table(tags(), sync.Filter())
+    k = t.update(r)
+    assert t.best(k) == (ALICE, BOB) and t.best_weights(k) == (3, 1)
+    follow_nexthops(t.tags, {"routes": t}, [(single(1, ALICE), False), (single(2, BOB), False),
+                                            (rt.Nexthop(10, 0, group=((1, 6), (2, 2))), False)])
+    k2 = t.update(kroute("10.2.0.0/16", 10))
+    assert t.best(k2) == (ALICE, BOB) and t.best_weights(k2) == (3, 1)
+    # the group replaced 1:3: the route through it follows, weights and all
+    follow_nexthops(t.tags, {"routes": t}, [(rt.Nexthop(10, 0, group=((1, 1), (2, 3))), False)])
+    assert t.best_weights(k2) == (1, 3)
+    equal = route_msg("10.3.0.0/16", multipath=[(a, FRONT, 2), (b, FRONT, 2)])
+    k3 = t.update(rt.parse_route(equal, 0, len(equal)))
+    assert t.best(k3) == (ALICE, BOB) and t.best_weights(k3) is None
+    # two hops to one peer weigh their sum: alice 1 + 1 against bob 1
+    two = route_msg("10.4.0.0/16", multipath=[(a, FRONT), (a, FRONT), (b, FRONT)])
+    k4 = t.update(rt.parse_route(two, 0, len(two)))
+    assert t.best_weights(k4) == (2, 1)
+
+
+def test_compat_hops_with_weights_agree_with_their_weighted_group():
+    """nexthop_compat_mode 1: a route through a weighted group carries the
+    expanded hops, weights and all; they agree with the object."""
+    t = sync.Table(tags(), sync.Filter())
+    follow_nexthops(t.tags, {"routes": t}, [(single(1, ALICE), False), (single(2, BOB), False),
+                                            (rt.Nexthop(10, 0, group=((1, 3), (2, 1))), False)])
+    compat = ((socket.inet_aton(TAG[ALICE]), FRONT, 3), (socket.inet_aton(TAG[BOB]), FRONT))
+    k = t.update(kroute("10.1.0.0/16", 10, compat=compat))
+    assert t.best_weights(k) == (3, 1) and t.tags.disagreements == 0
+
+
+def test_an_ipv6_multipath_route_losing_one_hop_keeps_the_others_weights():
+    """IPv6 tells the removal of one hop of a multipath route as a delete
+    naming that hop: the remaining peers keep their weights."""
+    tg = sync.Tags({ipaddress.ip_address(f"fe80::{i}").packed: i for i in (1, 2, 3)}, {}, front=FRONT)
+    t = sync.Table(tg, sync.Filter())
+    hop = {i: (ipaddress.ip_address(f"fe80::{i}").packed, FRONT) for i in (1, 2, 3)}
+    net = ipaddress.ip_network("fd00:9::/48")
+    r = rt.KernelRoute(AF6, net.network_address.packed, 48, 254, 1024, 4, 0,
+                       (hop[1] + (3,), hop[2] + (2,), hop[3]))
+    k = t.update(r)
+    assert t.best(k) == (1, 2, 3) and t.best_weights(k) == (3, 2, 1)
+    t.update(r._replace(nexthops=(hop[3],)), deleted=True)
+    assert t.best(k) == (1, 2) and t.best_weights(k) == (3, 2)
+    t.update(r._replace(nexthops=(hop[2] + (2,),)), deleted=True)
+    assert t.best(k) == (1,) and t.best_weights(k) is None

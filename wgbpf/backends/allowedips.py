@@ -7,7 +7,7 @@ import socket
 import time
 
 from .. import routes, sync, wireguard
-from ..allowedips import Device, Plan, absent_prefix, unhonoured
+from ..allowedips import ECMP_PICK, Device, Plan, absent_prefix, unhonoured
 from ..allowedips import changes as changes_for
 from .base import Backend, LazyNetlink, apply_events, dump_tables, with_nexthops
 
@@ -29,7 +29,7 @@ class AllowedIPsBackend(Backend):
         self.ecmp_warned = False
         self.no_peer = set()  # "no peer" prefixes a covering AllowedIP keeps (allowedips.unhonoured)
         self.no_peer_warned = False
-        self.stats = {"allowedips_changes": 0, "peer_rewrites": 0, "ecmp_prefixes": 0, "no_peer_unhonoured": 0, "missing_peers": [],
+        self.stats = {"allowedips_changes": 0, "peer_rewrites": 0, "ecmp_prefixes": 0, "ecmp_pick": ECMP_PICK, "no_peer_unhonoured": 0, "missing_peers": [],
                       "map_writes": 0, "last_sync": None, "last_sync_seconds": None}
 
     def attach(self, cfg):
@@ -135,8 +135,8 @@ class AllowedIPsBackend(Backend):
         if n and not self.ecmp_warned:
             self.ecmp_warned = True
             self.log(f"warning: {n} multipath routes name several peers; AllowedIPs gives a prefix to "
-                     f"one peer, so each goes to one of them (rendezvous hash of prefix and peer name); "
-                     f"counted as ecmp_prefixes in the status")
+                     f"one peer, so each goes to one of them ({ECMP_PICK}); counted as ecmp_prefixes "
+                     f"in the status")
 
     def full_sync(self, why):
         t0 = time.monotonic()
