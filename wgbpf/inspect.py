@@ -151,6 +151,9 @@ def explain(m, addr):
         verdict = f"{'every peer' if len(owners) > 1 or prefix else 'peer'} down: no_route policy: {policy}"
     elif len(owners) == 1:
         verdict = f"steer to {live[0]}"
+    elif cfg.lookup == abi.Lookup.FIB:  # the kernel's multipath choice, by the route's weights
+        verdict = (f"steer as the kernel's multipath hash picks, by the route's weights, one of "
+                   f"{', '.join(live)}")
     else:
         verdict = f"steer by flow hash to one of {', '.join(live)}"
     return {"address": str(addr), "rule": rule, "prefix": prefix,
@@ -433,6 +436,9 @@ def problems(s):
         out.append(f"{s['front']}: daemon not running (pid {dmn.get('pid')} died without stopping)")
     elif dmn.get("state") == "running" and "retry_in" in dmn:
         out.append(f"{s['front']}: daemon failing, its full resync due: {dmn.get('last_failure')}")
+    if dmn.get("missing_peers"):  # the allowedips backend: their prefixes reach nobody
+        out.append(f"{s['front']}: peers not on the device: {', '.join(dmn['missing_peers'])} (their "
+                   f"prefixes reach nobody)")
     if s.get("forwarding_off"):
         out.append(f"{s['front']}: forwarding off ({', '.join(s['forwarding_off'])}): "
                    f"traffic between peers is dropped")
@@ -497,6 +503,10 @@ def namespace_status(front=None):
         # attach refused): still a problem for `status --check`
         res += [{"front": f, "error": f"daemon failed: {st.get('error', 'see its log')} (no instance attached)"}
                 for f, st in sorted(instance.failed_daemons().items()) if f not in fronts and f not in single]
+        # a daemon whose instance was detached under it: it waits, and nothing steers
+        res += [{"front": f, "error": f"daemon (pid {st.get('pid')}) running on a detached instance: nothing "
+                                      f"is steered until `wgbpf attach` makes it again"}
+                for f, st in sorted(instance.detached_daemons().items()) if f not in fronts and f not in single]
     return res
 
 

@@ -431,6 +431,12 @@ def failed_daemons(netns=None):
     return {f: st for f, st in _statuses(netns) if st["state"] == "failed"}
 
 
+def detached_daemons(netns=None):
+    """{front: status} of one namespace's live daemons whose instance was
+    detached under them (they wait for an attach, steering nothing)."""
+    return {f: st for f, st in _statuses(netns) if st["state"] == "detached"}
+
+
 def _device_exists(name, netns=None):
     if netns is not None and netns != netns_id():
         return True  # another namespace's device: not checked from here

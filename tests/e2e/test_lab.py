@@ -66,6 +66,8 @@ def test_lookup_and_dump_name_the_right_peer(lab):
         try:
             r = json.loads(lab.wgbpf("lookup", "10.88.0.1", "--json").stdout)
             assert r["peers"] == ["alice", "bob"] and r["rule"] == f"kernel route via {a} weight 3, via {b}", r
+            assert r["verdict"] == ("steer as the kernel's multipath hash picks, by the route's weights, "
+                                    "one of alice, bob"), r
         finally:
             lab.ip("route", "del", "10.88.0.0/16")
         return

@@ -993,9 +993,7 @@ def ospf():
         pathspace = lab.hub  # unique to this lab; the page's `-N hub`
         recipe.names["hub"] = pathspace
         try:
-            spokes_on_a_24(lab)
-            # the lab's /32 on the front goes: the page's front has its /24 alone
-            lab.ip("addr", "del", f"{lab.info['front_addr4']}/32", "dev", lab.front)
+            spokes_on_a_24(lab)  # the front's /32 (the lab's) goes by the page's hub.sh
             recipe.write("wg0.toml")
             recipe.write("frr.conf")
             paths = {"/etc/wgbpf/wg0.toml": "wg0.toml", "/etc/frr/frr.conf": "frr.conf"}

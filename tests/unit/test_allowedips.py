@@ -276,3 +276,18 @@ def test_no_peer_prefixes_inside_a_peers_prefix_are_counted_as_unhonoured():
     assert got == {network_pkey(ipaddress.ip_network(p)) for p in ("10.63.0.0/16", "10.7.7.0/24")}
     t.update(route("2000::/3", "10.255.0.1"))  # a covering route comes: seen at the next full sync
     assert network_pkey(ipaddress.ip_network("2001:db8::/32")) in aip.unhonoured(t)
+
+
+def test_status_check_lists_configured_peers_missing_from_the_device():
+    """A configured key the device lacks (removed behind the daemon, the
+    device re-created): its prefixes reach nobody, so `status --check`
+    lists it, as `status` does."""
+    from wgbpf import inspect, report
+    dmn = {"state": "running", "pid": 1, "tables": [254], "prefixes": 4, "allowedips_changes": 0,
+           "peer_rewrites": 0, "ecmp_prefixes": 0, "resyncs": 2, "missing_peers": ["bob"],
+           "device_kind": "wireguard-go", "removal": "flag"}
+    entry = {"front": "wg0", "backend": "allowedips", "daemon": dmn}
+    assert inspect.problems(entry) == ["wg0: peers not on the device: bob (their prefixes reach nobody)"]
+    assert "peers not on the device: bob" in report.allowedips_lines(entry)
+    dmn["missing_peers"] = []
+    assert inspect.problems(entry) == []
