@@ -503,11 +503,16 @@ def namespace_status(front=None):
         # attach refused): still a problem for `status --check`
         res += [{"front": f, "error": f"daemon failed: {st.get('error', 'see its log')} (no instance attached)"}
                 for f, st in sorted(instance.failed_daemons().items()) if f not in fronts and f not in single]
-        # a daemon whose instance was detached under it: it waits, and nothing steers
-        res += [{"front": f, "error": f"daemon (pid {st.get('pid')}) running on a detached instance: nothing "
-                                      f"is steered until `wgbpf attach` makes it again"}
-                for f, st in sorted(instance.detached_daemons().items()) if f not in fronts and f not in single]
+        res += [detached_entry(f, st) for f, st in sorted(instance.detached_daemons().items())
+                if f not in fronts and f not in single]
     return res
+
+
+def detached_entry(front, st):
+    """The status entry of a daemon whose instance was detached under it:
+    it waits for an attach, and nothing is steered meanwhile."""
+    return {"front": front, "error": f"daemon (pid {st.get('pid')}) running on a detached instance: nothing "
+                                     f"is steered until `wgbpf attach` makes it again"}
 
 
 def find_namespaces(wanted):
