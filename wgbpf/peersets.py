@@ -62,11 +62,16 @@ class Tags:
         key = peers if weights is None else (peers, weights)
         i = self._ids.get(key)
         if i is None:
-            i = self._ids[key] = len(self.sets)
-            if i > _SET_MASK:
-                raise OverflowError(f"more than {_SET_MASK} distinct peer sets")
-            self.sets.append(peers)
-            self.weights.append(weights)
+            i = self._ids[key] = self._new(peers, weights)
+        return i
+
+    def _new(self, peers, weights):
+        """A new id at the end of the id space, holding a set."""
+        i = len(self.sets)
+        if i > _SET_MASK:
+            raise OverflowError(f"more than {_SET_MASK} distinct peer sets")
+        self.sets.append(peers)
+        self.weights.append(weights)
         return i
 
     def resolve_id(self, nexthops):
@@ -111,11 +116,7 @@ class Tags:
                 i = self.slots[nhid] = self.free.pop()
                 self.sets[i], self.weights[i] = peers, weights
                 return i
-            i = self.slots[nhid] = len(self.sets)
-            if i > _SET_MASK:
-                raise OverflowError(f"more than {_SET_MASK} distinct peer sets")
-            self.sets.append(peers)
-            self.weights.append(weights)
+            i = self.slots[nhid] = self._new(peers, weights)
         return i
 
     def release(self, nhids):
