@@ -57,6 +57,7 @@ class Tags:
         self.slots = {}  # nexthop id -> its set slot
         self.free = []   # slots freed, taken again before the list grows
         self.disagreements = 0  # compat mode: expanded hops that were not the object's
+        self.truncated = 0      # hop sets naming more peers than a set holds (abi.MAX_ECMP)
 
     def set_id(self, peers, weights=None):
         key = peers if weights is None else (peers, weights)
@@ -103,7 +104,13 @@ class Tags:
             peer_id, _how = self.hop_peer(hop[0], hop[1])
             if peer_id is not None:
                 peers[peer_id] = peers.get(peer_id, 0) + (hop[2] if len(hop) > 2 else 1)
-        ids = tuple(sorted(peers))[:abi.MAX_ECMP]
+        if len(peers) > abi.MAX_ECMP:
+            # more than a set holds: the heaviest kept (then the lowest
+            # ids), the rest counted, never a traceback, never a peer
+            # the route does not name
+            self.truncated += 1
+            peers = {p: peers[p] for p in sorted(peers, key=lambda p: (-peers[p], p))[:abi.MAX_ECMP]}
+        ids = tuple(sorted(peers))
         return ids, weighed(peers[p] for p in ids)
 
     def slot(self, nhid):

@@ -172,6 +172,9 @@ def daemon_lines(dmn):
     if dmn.get("ambiguous"):
         out.append(f"ambiguous: {dmn['ambiguous']} IPv6 prefixes whose equal-metric routes name different "
                    f"peers: the kernel picks per lookup, the maps name no peer (docs/daemon.md)")
+    if dmn.get("ecmp_truncated"):
+        out.append(f"warning: {dmn['ecmp_truncated']} multipath routes or groups name more peers than "
+                   f"a set holds (8): the heaviest are kept, the others get none of their traffic")
     if dmn.get("pending"):
         out.append(f"waiting: {dmn['pending']} route changes not yet written "
                    f"(another writer holds the writer lock)")

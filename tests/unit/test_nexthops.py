@@ -504,3 +504,22 @@ def test_an_ipv6_multipath_route_losing_one_hop_keeps_the_others_weights():
     assert t.best(k) == (1, 2) and t.best_weights(k) == (3, 2)
     t.update(r._replace(nexthops=(hop[2] + (2,),)), deleted=True)
     assert t.best(k) == (1,) and t.best_weights(k) is None
+
+
+def test_more_peers_than_a_set_holds_keeps_the_heaviest_and_counts():
+    """A group of ten members on ten peers (more than a set's 8): the
+    heaviest 8 are kept (then the lowest ids), the route is counted, no
+    traceback, and no peer the group does not name."""
+    many = {i: f"10.255.1.{i}" for i in range(1, 11)}
+    tg = sync.Tags({socket.inet_aton(a): i for i, a in many.items()}, {}, front=FRONT)
+    t = sync.Table(tg, sync.Filter())
+    objs = [rt.Nexthop(100 + i, AF4, socket.inet_aton(a), FRONT) for i, a in many.items()]
+    group = rt.Nexthop(200, 0, group=tuple((100 + i, 5 if i in (9, 10) else 1) for i in many))
+    follow_nexthops(tg, {"routes": t}, [(o, False) for o in objs] + [(group, False)])
+    k = t.update(kroute("10.7.0.0/16", 200))
+    assert t.best(k) == (1, 2, 3, 4, 5, 6, 9, 10) and t.best_weights(k) == (1, 1, 1, 1, 1, 1, 5, 5)
+    assert tg.truncated == 1
+    from wgbpf import report
+    assert any("more peers than a set holds" in line for line in report.daemon_lines(
+        {"state": "running", "pid": 1, "tables": [254], "prefixes": 1, "ignored": 0, "events": 0, "resyncs": 1,
+         "overruns": 0, "ecmp_truncated": tg.truncated}))

@@ -391,6 +391,7 @@ class MapsBackend(Backend):
         return dict(self.stats, prefixes=len(self.table) if self.table is not None else 0,
                     nexthops=len(tags.nexthops.objects) if tags else 0,
                     nexthop_disagreements=tags.disagreements if tags else 0,
+                    ecmp_truncated=tags.truncated if tags else 0,
                     ignored=self.table.ignored if self.table is not None else 0,
                     ambiguous=self.table.ambiguous() if self.table is not None else 0,
                     routes_per_peer=per_peer)
