@@ -523,3 +523,19 @@ def test_more_peers_than_a_set_holds_keeps_the_heaviest_and_counts():
     assert any("more peers than a set holds" in line for line in report.daemon_lines(
         {"state": "running", "pid": 1, "tables": [254], "prefixes": 1, "ignored": 0, "events": 0, "resyncs": 1,
          "overruns": 0, "ecmp_truncated": tg.truncated}))
+
+
+def test_a_group_naming_a_missing_member_names_what_exists_then_follows_it():
+    """Bad input from netlink (the kernel refuses such a group, but events
+    race and messages can be forged): a group whose member 7 is not known
+    names the members that are, never a stale peer; when 7 comes, the
+    route follows it, weights and all."""
+    t = sync.Table(tags(), sync.Filter())
+    follow_nexthops(t.tags, {"routes": t}, [(single(1, ALICE), False),
+                                            (rt.Nexthop(10, 0, group=((1, 1), (7, 3))), False)])
+    k = t.update(kroute("10.1.0.0/16", 10))
+    assert t.best(k) == (ALICE,) and t.best_weights(k) is None
+    changed = follow_nexthops(t.tags, {"routes": t}, [(single(7, CAROL), False)])
+    assert changed == {"routes": {k}} and t.best(k) == (ALICE, CAROL) and t.best_weights(k) == (1, 3)
+    follow_nexthops(t.tags, {"routes": t}, [(single(7, CAROL), True)])  # gone again: the group shrinks
+    assert t.best(k) == (ALICE,) and t.tags.nexthops.objects[10].group == ((1, 1),)
