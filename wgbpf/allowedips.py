@@ -114,9 +114,8 @@ class Plan:
         i = self.tags.get(k)
         if i is not None:
             return self.keys[i] if self.keys[i] in self.present else None
-        peers = table.best(k)
-        if peers:
-            peers = [p for p in peers if self.keys[p] in self.present]
+        named = table.best(k)
+        peers = [p for p in named if self.keys[p] in self.present] if named else None
         if not peers:
             self.ecmp.discard(k)
             return None
@@ -126,7 +125,7 @@ class Plan:
         self.ecmp.add(k)
         # a dead peer's share goes to the live ones (if any is left)
         alive = [p for p in peers if self.keys[p] not in self.dead] or peers
-        weight = dict(zip(table.best(k), table.best_weights(k) or ()))
+        weight = dict(zip(named, table.best_weights(k) or ()))
         return self.keys[pick(alive, weight, self.lowest_tag)]
 
     def want(self, table):

@@ -372,8 +372,8 @@ class Daemon:
             timeout = self.liveness.timeout()
             wish = self.backend.wait()
             if self.retry_at is not None:
-                wish = max(0.0, self.retry_at - time.monotonic()) if wish is None else min(
-                    wish, max(0.0, self.retry_at - time.monotonic()))
+                due = max(0.0, self.retry_at - time.monotonic())
+                wish = due if wish is None else min(wish, due)
             try:
                 ready, _, _ = select.select([events], [], [], timeout if wish is None else min(timeout, wish))
             except InterruptedError:

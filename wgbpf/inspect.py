@@ -210,7 +210,7 @@ def kernel_peers(m, addr, table):
             resolver.nexthops = sync.Nexthops(routes.dump_nexthops(nl))
         finally:
             nl.close()
-        nexthops = tuple((gw, oif, w) for gw, oif, w in resolver.nexthops.hops(nhid))
+        nexthops = resolver.nexthops.hops(nhid)  # (gateway, oif, weight) each
         via_object = f"nhid {nhid} " + (describe_object(resolver.nexthops, nhid) if nexthops else
                                          "(blackhole, or no such object): names no peer")
         if not nexthops:

@@ -13,7 +13,6 @@ from .routes import NH
 
 SET_BITS = 24
 SET_MASK = (1 << SET_BITS) - 1
-_SET_MASK = SET_MASK
 
 
 class Tags:
@@ -69,8 +68,8 @@ class Tags:
     def _new(self, peers, weights):
         """A new id at the end of the id space, holding a set."""
         i = len(self.sets)
-        if i > _SET_MASK:
-            raise OverflowError(f"more than {_SET_MASK} distinct peer sets")
+        if i > SET_MASK:
+            raise OverflowError(f"more than {SET_MASK} distinct peer sets")
         self.sets.append(peers)
         self.weights.append(weights)
         return i

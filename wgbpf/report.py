@@ -62,13 +62,16 @@ def allowedips_lines(s):
     dmn = s["daemon"]
     if dmn.get("state") in ("starting", "died starting"):
         return [f"{s['front']}: allowedips backend; " + start_lines(dmn)[0]]
+    # the rule a multipath prefix's one peer is chosen by (daemons before
+    # it was said in the status used another: nothing is claimed for them)
+    pick = f" ({dmn['ecmp_pick']})" if dmn.get("ecmp_pick") else ""
     removal = {"flag": "single removals", "throwaway": "single removals through a throwaway peer",
                "rewrite": "removal rewrites the peer's list"}.get(dmn.get("removal"), "removal not probed yet")
     out = [f"{s['front']}: allowedips backend ({dmn.get('device_kind')} WireGuard, {removal}); "
            f"daemon {dmn['state']} (pid {dmn['pid']}), tables {dmn['tables']}, "
            f"{dmn['prefixes']} prefixes, {dmn['allowedips_changes']} allowed-IP changes, "
            f"{dmn['peer_rewrites']} list rewrites, {dmn['ecmp_prefixes']} ECMP prefixes "
-           f"given to one peer ({dmn.get('ecmp_pick', 'the heaviest peer, then the lowest tag')}), "
+           f"given to one peer{pick}, "
            f"{dmn['resyncs']} resyncs"]
     if dmn.get("missing_peers"):
         out.append(f"peers not on the device: {', '.join(dmn['missing_peers'])}")
