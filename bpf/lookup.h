@@ -9,8 +9,20 @@
 #include "maps.h"
 #include "parse.h"
 
+/* The set a route names; NULL for a "no peer" entry (set 0, or a set that
+ * names no peer now, as a nexthop object may). */
+static __always_inline struct wgbpf_set *set_of(__u32 id)
+{
+	struct wgbpf_set *s;
+
+	if (!id)
+		return NULL;
+	s = sets.lookup(&id);
+	return s && s->count ? s : NULL;
+}
+
 /* DIR-24-8: the peer set of an IPv4 address in one or two array reads. */
-static __always_inline struct wgbpf_route *dir_lookup(__u8 *addr)
+static __always_inline struct wgbpf_set *dir_lookup(__u8 *addr)
 {
 	__u32 i24 = ((__u32)addr[0] << 16) | ((__u32)addr[1] << 8) | addr[2];
 	__u32 elem = i24 / WGBPF_DIR_PER_ELEM;
@@ -28,13 +40,15 @@ static __always_inline struct wgbpf_route *dir_lookup(__u8 *addr)
 			return NULL;
 		set = e->entry[i8 % WGBPF_DIR_PER_ELEM];
 	}
-	if (!set)
-		return NULL;
-	return dir_sets.lookup(&set);
+	return set_of(set);
 }
 
-static __always_inline struct wgbpf_route *route_lookup(struct packet *p, __u8 *addr)
+/* The set of the longest route to an address; NULL for none, or a route
+ * that names no peer. */
+static __always_inline struct wgbpf_set *route_lookup(struct packet *p, __u8 *addr)
 {
+	struct wgbpf_route *r;
+
 	if (p->family == AF_INET) {
 		__u32 zero = 0;
 		struct wgbpf_config *cfg = config.lookup(&zero);
@@ -42,23 +56,29 @@ static __always_inline struct wgbpf_route *route_lookup(struct packet *p, __u8 *
 			return dir_lookup(addr);
 		struct wgbpf_key4 k4 = { .prefixlen = 32 };
 		__builtin_memcpy(k4.addr, addr, 4);
-		return routes4.lookup(&k4);
+		r = routes4.lookup(&k4);
+	} else {
+		struct wgbpf_key6 k6 = { .prefixlen = 128 };
+		__builtin_memcpy(k6.addr, addr, 16);
+		r = routes6.lookup(&k6);
 	}
-	struct wgbpf_key6 k6 = { .prefixlen = 128 };
-	__builtin_memcpy(k6.addr, addr, 16);
-	return routes6.lookup(&k6);
+	return r ? set_of(r->set) : NULL;
 }
 
-static __always_inline struct wgbpf_route *accept_lookup(struct packet *p)
+static __always_inline struct wgbpf_set *accept_lookup(struct packet *p)
 {
+	struct wgbpf_route *r;
+
 	if (p->family == AF_INET) {
 		struct wgbpf_key4 k4 = { .prefixlen = 32 };
 		__builtin_memcpy(k4.addr, p->src, 4);
-		return accept4.lookup(&k4);
+		r = accept4.lookup(&k4);
+	} else {
+		struct wgbpf_key6 k6 = { .prefixlen = 128 };
+		__builtin_memcpy(k6.addr, p->src, 16);
+		r = accept6.lookup(&k6);
 	}
-	struct wgbpf_key6 k6 = { .prefixlen = 128 };
-	__builtin_memcpy(k6.addr, p->src, 16);
-	return accept6.lookup(&k6);
+	return r ? set_of(r->set) : NULL;
 }
 
 static __always_inline __u32 tag_owner(__u32 family, __u8 *addr)
@@ -131,31 +151,40 @@ static __always_inline int fib_peer(struct __sk_buff *skb, struct packet *p, int
 	return front && oif == front ? tag_owner(fib.family, nexthop) : 0;
 }
 
-static __always_inline __u32 peer_if_up(struct wgbpf_route *r, __u32 slot, __u32 *ifindex)
+static __always_inline __u32 peer_if_up(struct wgbpf_set *s, __u32 slot, __u32 *ifindex)
 {
-	__u32 id = r->peers[slot & (WGBPF_MAX_ECMP - 1)];
+	__u32 id = s->members[slot & (WGBPF_MAX_ECMP - 1)];
 	struct wgbpf_peer *peer = peers.lookup(&id);
 
-	if (peer && peer->ifindex && (peer->flags & WGBPF_PEER_UP)) {
+	if (slot < s->count && peer && peer->ifindex && (peer->flags & WGBPF_PEER_UP)) {
 		*ifindex = peer->ifindex;
 		return id;
 	}
 	return 0;
 }
 
-/* One peer of the set, chosen by flow hash; a down peer passes its flows on
- * to the next one in the set, so only its own flows move. Unrolled by hand:
- * clang will not unroll a loop whose start is a modulo. */
-static __always_inline __u32 pick(struct wgbpf_route *r, __u32 hash, __u32 *ifindex)
+/* One peer of the set, chosen by flow hash: the member of the flow's
+ * bucket. Its member down, the flow tries the buckets that other 6-bit
+ * slices of the hash name, then the members in turn from the hash: only
+ * the down member's flows move, spread over the others by weight (the
+ * buckets hold them so), and they all come back with it. Unrolled by
+ * hand: clang will not unroll a loop whose start is a modulo. */
+static __always_inline __u32 pick(struct wgbpf_set *s, __u32 hash, __u32 *ifindex)
 {
-	__u32 n = r->count, start, id;
+	__u32 n = s->count, start, id;
 
 	if (n == 0 || n > WGBPF_MAX_ECMP)
 		return 0;
+#define BUCKET(shift)                                                   \
+	id = peer_if_up(s, s->buckets[(hash >> (shift)) & (WGBPF_SET_BUCKETS - 1)], ifindex); \
+	if (id)                                                         \
+		return id;
+	BUCKET(0) BUCKET(6) BUCKET(12) BUCKET(18)
+#undef BUCKET
 	start = hash % n;
 #define TRY(i)                                                          \
 	if ((i) < n) {                                                  \
-		id = peer_if_up(r, start + (i) < n ? start + (i) : start + (i) - n, ifindex); \
+		id = peer_if_up(s, start + (i) < n ? start + (i) : start + (i) - n, ifindex); \
 		if (id)                                                 \
 			return id;                                      \
 	}
@@ -165,14 +194,14 @@ static __always_inline __u32 pick(struct wgbpf_route *r, __u32 hash, __u32 *ifin
 }
 
 /* Whether the set names peer `id`. */
-static __always_inline int set_has(struct wgbpf_route *r, __u32 id)
+static __always_inline int set_has(struct wgbpf_set *s, __u32 id)
 {
-	__u32 n = r->count;
+	__u32 n = s->count;
 #pragma unroll
 	for (int i = 0; i < WGBPF_MAX_ECMP; i++) {
 		if (i >= n)
 			break;
-		if (r->peers[i] == id)
+		if (s->members[i] == id)
 			return 1;
 	}
 	return 0;

@@ -15,8 +15,8 @@
 #error "WGBPF_PIN_DIR must name the directory holding the pinned maps"
 #endif
 
-/* prefix -> peer set: the routes (LPM mode), and the feasible-path table
- * of the source check */
+/* prefix -> peer set id: the routes (LPM mode), and the feasible-path
+ * table of the source check; the sets they (and dir24) name */
 BPF_TABLE_PINNED("lpm_trie", struct wgbpf_key4, struct wgbpf_route, routes4,
 		 WGBPF_MAX_ROUTES4, WGBPF_PIN_DIR "/routes4");
 BPF_TABLE_PINNED("lpm_trie", struct wgbpf_key6, struct wgbpf_route, routes6,
@@ -31,8 +31,7 @@ BPF_TABLE_PINNED("array", u32, struct wgbpf_dir_elem, dir24, WGBPF_DIR24_ELEMS,
 		 WGBPF_PIN_DIR "/dir24");
 BPF_TABLE_PINNED("array", u32, struct wgbpf_dir_elem, dir8, WGBPF_DIR8_ELEMS,
 		 WGBPF_PIN_DIR "/dir8");
-BPF_TABLE_PINNED("array", u32, struct wgbpf_route, dir_sets, WGBPF_DIR_SETS,
-		 WGBPF_PIN_DIR "/dir_sets");
+BPF_TABLE_PINNED("array", u32, struct wgbpf_set, sets, WGBPF_MAX_SETS, WGBPF_PIN_DIR "/sets");
 
 /* the peers, their devices and addresses */
 BPF_TABLE_PINNED("array", u32, struct wgbpf_peer, peers, WGBPF_MAX_PEERS,

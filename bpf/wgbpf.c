@@ -133,17 +133,17 @@ static __always_inline __u32 check_source(struct __sk_buff *skb, struct packet *
 		if (owner < 0) /* the kernel refused: a misconfiguration, not spoofing */
 			return WGBPF_FIB_FAILED;
 	} else {
-		struct wgbpf_route *r = route_lookup(p, p->src);
-		if (r && set_has(r, id))
+		struct wgbpf_set *s = route_lookup(p, p->src);
+		if (s && set_has(s, id))
 			return WGBPF_PASSED;
-		owner = r && r->count ? 1 : 0;
+		owner = s ? 1 : 0;
 	}
 	if (mode == WGBPF_SOURCE_FEASIBLE) {
 		if (fib) {
 			if (cfg->accept_table && fib_peer(skb, p, 1, via, cfg->accept_table, cfg->front_ifindex) == id)
 				return WGBPF_PASSED_FEASIBLE;
 		} else {
-			struct wgbpf_route *a = accept_lookup(p);
+			struct wgbpf_set *a = accept_lookup(p);
 			if (a && set_has(a, id))
 				return WGBPF_PASSED_FEASIBLE;
 		}
@@ -183,7 +183,7 @@ int front_egress(struct __sk_buff *skb)
 	struct packet p = {};
 	__u32 zero = 0, reason, ifindex = 0, id = 0;
 	struct wgbpf_config *cfg = config.lookup(&zero);
-	struct wgbpf_route *r;
+	struct wgbpf_set *s;
 
 	if (!vetted(skb, cfg)) {
 		reason = WGBPF_UNVETTED;
@@ -214,16 +214,16 @@ int front_egress(struct __sk_buff *skb)
 		}
 		ifindex = peer->ifindex;
 	} else {
-		r = route_lookup(&p, p.dst);
-		/* count 0: the kernel's best route names no peer (a blackhole,
-		 * a LAN device): no route, not the covering route's peer */
-		if (!r || !r->count) {
+		s = route_lookup(&p, p.dst);
+		/* none, or "no peer": the kernel's best route names no peer (a
+		 * blackhole, a LAN device): no route, not the covering route's */
+		if (!s) {
 			reason = WGBPF_NO_ROUTE;
 			goto out;
 		}
-		id = pick(r, p.hash, &ifindex);
+		id = pick(s, p.hash, &ifindex);
 		if (!id) {
-			id = r->peers[0]; /* for the monitor: whom it was meant for */
+			id = s->members[0]; /* for the monitor: whom it was meant for */
 			reason = WGBPF_PEER_DOWN;
 			goto out;
 		}

@@ -74,17 +74,52 @@ enum wgbpf_origin {
 };
 
 /* Value of routes4/routes6 (and accept4/accept6, the feasible-path table
- * of the source check): the set of peers that own the prefix. */
+ * of the source check): the peer set that owns the prefix, by id (sets).
+ * As the kernel's routes name nexthop objects: a million prefixes through
+ * one set follow a change of it with one write, of the set. */
 struct wgbpf_route {
-	__u8 count;     /* peers[0 .. count) are valid, 0 .. WGBPF_MAX_ECMP; 0: a
-			 * "no peer" entry (the best route is a blackhole or
-			 * leaves by no peer): no route for steering and no
-			 * owner for the source check, never the covering
-			 * route's peers */
+	__u32 set;      /* an index into sets; 0, or a set of count 0: a "no
+			 * peer" entry (the best route is a blackhole or leaves
+			 * by no peer): no route for steering and no owner for
+			 * the source check, never the covering route's peers */
 	__u8 origin;    /* enum wgbpf_origin */
 	__u8 prefixlen; /* the key's, so an LPM lookup can tell what matched */
-	__u8 pad;
-	__u16 peers[WGBPF_MAX_ECMP];
+	__u16 pad;
+};
+
+/* Peer sets: an array indexed by set id. dir24's u16 entries name them
+ * too, so ids stay below WGBPF_DIR_GROUP. Ids below WGBPF_OPERATOR_SETS are
+ * the daemon's (one writer: it allocates them without a lock), the rest
+ * belong to the operator's writers (`wgbpf route`, the tags of attach),
+ * which take them under the instance's writer lock. */
+#define WGBPF_MAX_SETS 0x8000
+#define WGBPF_OPERATOR_SETS 0x7000
+/* A flow hashes to one of WGBPF_SET_BUCKETS buckets, each naming a member:
+ * members get buckets in proportion to their weights (to 1/64 of the
+ * split). Resilient, as the kernel's resilient nexthop groups: a member
+ * that leaves a set hands on its own buckets only, and a member down
+ * (or dead) keeps them: the data plane passes its flows on by the hash's
+ * other bits (bpf/lookup.h), so no other flow moves, and they all come
+ * back with it. A power of two: a mask, not a division, per packet. */
+#define WGBPF_SET_BUCKETS 64
+
+/* What a set is, for the control plane (the data plane reads count,
+ * members and buckets). */
+enum wgbpf_set_kind {
+	WGBPF_SET_FREE = 0,
+	WGBPF_SET_INTERNED = 1, /* found by content: immutable, shared */
+	WGBPF_SET_NEXTHOP = 2,  /* a kernel nexthop object's (nexthop): rewritten in place */
+};
+
+/* Value of sets. */
+struct wgbpf_set {
+	__u8 count;  /* members[0 .. count) are valid; 0: names no peer */
+	__u8 kind;   /* enum wgbpf_set_kind */
+	__u16 pad;
+	__u32 nexthop; /* WGBPF_SET_NEXTHOP: the object's id */
+	__u16 members[WGBPF_MAX_ECMP];  /* peer ids */
+	__u16 weights[WGBPF_MAX_ECMP];  /* as the route or group says (1 .. 65535) */
+	__u8 buckets[WGBPF_SET_BUCKETS]; /* index into members */
 };
 
 /* Peer flags. */
@@ -140,7 +175,7 @@ enum wgbpf_lookup {
 	WGBPF_LOOKUP_LPM = 0,   /* routes4/routes6, written by `route` and the daemon */
 	WGBPF_LOOKUP_FIB = 1,   /* bpf_fib_lookup in the kernel's table; the nexthop
 				 * (tags) or output device (members) names the peer */
-	WGBPF_LOOKUP_DIR24 = 2, /* IPv4 by DIR-24-8 (dir24/dir8/dir_sets), compiled
+	WGBPF_LOOKUP_DIR24 = 2, /* IPv4 by DIR-24-8 (dir24/dir8, naming sets), compiled
 				 * from routes4 by the control plane; IPv6 as LPM */
 };
 
@@ -148,7 +183,7 @@ enum wgbpf_lookup {
  * where an LPM trie walk of a full table misses cache at every level.
  * dir24 holds one u16 entry per /24: 0 = no route, WGBPF_DIR_GROUP | g =
  * look in group g of dir8 (256 entries by the last byte: the /24 holds
- * longer prefixes), else a set id, an index into dir_sets. Entries are packed
+ * longer prefixes), else a set id, an index into sets (as routes4's). Entries are packed
  * WGBPF_DIR_PER_ELEM to an array element (arrays round elements up to 8
  * bytes), and the arrays are BPF_F_MMAPABLE: the control plane writes them
  * as memory. Outside DIR-24-8 mode they are created with one element. */
@@ -157,7 +192,6 @@ enum wgbpf_lookup {
 #define WGBPF_DIR_GROUP 0x8000
 #define WGBPF_DIR8_GROUPS 0x8000
 #define WGBPF_DIR8_ELEMS (WGBPF_DIR8_GROUPS * 256 / WGBPF_DIR_PER_ELEM)
-#define WGBPF_DIR_SETS 0x8000 /* set ids 1 .. 0x7fff */
 
 /* Value of dir24 and dir8. */
 struct wgbpf_dir_elem {

@@ -41,7 +41,10 @@ DIR24_ELEMS = (1 << 24) // DIR_PER_ELEM
 DIR_GROUP = 0x8000
 DIR8_GROUPS = 0x8000
 DIR8_ELEMS = DIR8_GROUPS * 256 // DIR_PER_ELEM
-DIR_SETS = 0x8000
+MAX_SETS = 0x8000
+OPERATOR_SETS = 0x7000
+SET_BUCKETS = 64
+SetKind = enum.IntEnum("SetKind", {"FREE": 0, "INTERNED": 1, "NEXTHOP": 2})
 
 
 FIB_LOOKUP_DIRECT = 1 << 0
@@ -97,7 +100,13 @@ class Key6(ctypes.Structure):
 
 
 class Route(ctypes.Structure):
-    _fields_ = u8("count", "origin", "prefixlen", "pad") + [("peers", ctypes.c_uint16 * MAX_ECMP)]
+    _fields_ = u32("set") + u8("origin", "prefixlen") + u16("pad")
+
+
+class Set(ctypes.Structure):
+    _fields_ = u8("count", "kind") + u16("pad") + u32("nexthop") + [
+        ("members", ctypes.c_uint16 * MAX_ECMP), ("weights", ctypes.c_uint16 * MAX_ECMP),
+        ("buckets", ctypes.c_uint8 * SET_BUCKETS)]
 
 
 class Peer(ctypes.Structure):
@@ -170,7 +179,7 @@ MAPS = {m.name: m for m in [
     # full size only in DIR-24-8 mode (48 MiB): see Maps.create
     MapSpec("dir24", ARRAY, U32, DirElem, DIR24_ELEMS, MMAPABLE),
     MapSpec("dir8", ARRAY, U32, DirElem, DIR8_ELEMS, MMAPABLE),
-    MapSpec("dir_sets", ARRAY, U32, Route, DIR_SETS),
+    MapSpec("sets", ARRAY, U32, Set, MAX_SETS),
     MapSpec("peers", ARRAY, U32, Peer, MAX_PEERS),
     MapSpec("members", HASH, U32, U32, MAX_PEERS),
     MapSpec("flood", ARRAY, U32, Flood, MAX_PEERS),

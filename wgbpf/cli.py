@@ -442,12 +442,12 @@ def dump(front, as_json):
         res = inspect.dump(m, front)
 
     def human(r):
-        table([(x["prefix"], ",".join(x["peers"]) or "(no peer)", x["origin"]) for x in r["routes"]],
-              ["PREFIX", "PEERS", "ORIGIN"])
+        table([(x["prefix"], x["set"], weighed_peers(x), x["origin"]) for x in r["routes"]],
+              ["PREFIX", "SET", "PEERS", "ORIGIN"])
         click.echo()
         if "accept" in r:
-            table([(x["prefix"], ",".join(x["peers"]) or "(no peer)", x["origin"]) for x in r["accept"]],
-                  ["ACCEPT PREFIX", "PEERS", "ORIGIN"])
+            table([(x["prefix"], x["set"], weighed_peers(x), x["origin"]) for x in r["accept"]],
+                  ["ACCEPT PREFIX", "SET", "PEERS", "ORIGIN"])
             click.echo()
         table([(p["name"], marked(p["member"], p["member_problem"]), "up" if p["up"] else "down",
                 ",".join(p["tags"]) or "-",
@@ -455,6 +455,15 @@ def dump(front, as_json):
                for p in r["peers"]],
               ["PEER", "MEMBER", "STATE", "TAGS", "TX_PKTS", "TX_BYTES", "RX_PKTS", "RX_BYTES", "SPOOFED"])
     emit(res, as_json, human)
+
+
+def weighed_peers(row):
+    """A listing's peers: "alice,bob", or "alice 3,bob 1" when weighed."""
+    if not row["peers"]:
+        return "(no peer)"
+    if len(set(row["weights"])) > 1:
+        return ",".join(f"{p} {w}" for p, w in zip(row["peers"], row["weights"]))
+    return ",".join(row["peers"])
 
 
 @main.command()
@@ -503,6 +512,8 @@ def lookup(address, front, from_peer, source_alias, peer_alias, as_json):
 
     def human(r):
         click.echo(f"{r['address']}: {r['rule']}" + (f" {r['prefix']}" if r["prefix"] else ""))
+        if r.get("set_text"):
+            click.echo(f"  {r['set_text']}")
         if r["peers"]:
             click.echo(f"  peers: {', '.join(r['peers'])}" + (f" (down: {', '.join(r['down'])})" if r.get("down") else ""))
         click.echo(f"  {r['verdict']}")

@@ -5,8 +5,8 @@ the arrays the data plane reads in DIR-24-8 mode (see bpf/wgbpf.h).
     tbl24  2^24 u16 entries (host order), one per /24 (32 MiB)
     tbl8   groups of 256 u16 entries, one per address of a /24 that holds
            prefixes longer than /24 (512 B a group)
-    sets   peer sets by id (dir_sets); an entry is 0 (no route), a set id,
-           or DIR_GROUP | group
+    an entry is 0 (no route), the id of a peer set (the sets map, as
+    routes4's values name them), or DIR_GROUP | group
 
 routes4 stays the source of truth (listings, lookups, the daemon's diff);
 this is derived from it. `rebuild()` recompiles everything, writing only the
@@ -26,8 +26,6 @@ painted to the route that covers it, one LPM lookup in routes4 (`route`),
 which already holds the change. 16 MiB, where an array of every prefix's set
 per length took 64 MiB; and the arrays are read and written through the maps
 (`dir24maps.ArrayBytes`), so their 48 MiB are the kernel's, not the daemon's.
-Set ids are never taken back one by one (a prefix's set is not kept): the
-sets a table uses are few, and a compile numbers them afresh.
 """
 import array
 import re
@@ -46,7 +44,6 @@ _NOT_ONE = bytes(int(i != 1) for i in range(256))  # translate: count 1 -> 0, el
 _IS = [bytes(int(i == n) for i in range(256)) for n in range(34)]       # byte == n -> 1
 _UPTO = [bytes(int(i <= n) for i in range(256)) for n in range(34)]     # byte <= n -> 1
 _RUNS = re.compile(b"\x01+")
-_MULTI = 1 << 16  # a code above the u16 peer ids: the index of an ECMP value
 
 
 class Dir24Error(ValueError):
@@ -85,15 +82,13 @@ def _fill(buf, starts, value, n):
 
 class Dir24:
     """The compiled tables over two writable byte buffers (the maps, through
-    dir24maps.ArrayBytes, or bytearrays in tests), a callback that stores a peer
-    set by id, and `route(addr, bound)`: the longest route of routes4 no
-    longer than `bound` covering addr, as (prefix length, peers), or None
-    (an LPM lookup; only removals need it)."""
+    dir24maps.ArrayBytes, or bytearrays in tests), and `route(addr, bound)`:
+    the longest route of routes4 no longer than `bound` covering addr, as
+    (prefix length, set id), or None (an LPM lookup; only removals need it)."""
 
-    def __init__(self, tbl24, tbl8, write_set, route=None):
+    def __init__(self, tbl24, tbl8, route=None):
         self.tbl24 = tbl24
         self.tbl8 = tbl8
-        self.write_set = write_set
         self.route = route
         self.max_groups = len(self.tbl8) // (2 * GROUP_ENTRIES)
         self.depth = bytearray(TBL24_ENTRIES)  # /24 index -> length + 1 of the prefix it shows, 0: none
@@ -102,67 +97,39 @@ class Dir24:
         self.groups = {}               # /24 index -> group
         self.bases = {}                # /24 index with a group -> the entry under its longer prefixes
         self.free_groups = []
-        self.set_ids = {}              # peers tuple -> set id
-        self.sets = {}                 # set id -> peers tuple
         self.writes = 0                # bytes rewritten, for tests/status
-
-    # -- sets ----------------------------------------------------------------
-    def _id(self, peers):
-        """The set id of peers, numbered now if new. Ids are not taken back
-        one by one; when they run out, Dir24Error asks for a compile."""
-        sid = self.set_ids.get(peers)
-        if sid is None:
-            sid = len(self.sets) + 1
-            if sid >= abi.DIR_SETS:
-                raise Dir24Error(f"more than {abi.DIR_SETS - 1} distinct peer sets since the last compile")
-            self.set_ids[peers] = sid
-            self.sets[sid] = peers
-            self.write_set(sid, peers)
-        return sid
-
-    def _number(self, distinct):
-        """Set ids for the sorted distinct peer sets: the same table gives
-        the same ids, and the same bytes, in any process."""
-        if len(distinct) >= abi.DIR_SETS:
-            raise Dir24Error(f"more than {abi.DIR_SETS - 1} distinct peer sets")
-        self.set_ids = {p: sid for sid, p in enumerate(distinct, start=1)}
-        self.sets = dict(enumerate(distinct, start=1))
-        for sid, p in self.sets.items():
-            self.write_set(sid, p)
 
     # -- full compile ----------------------------------------------------------
     def rebuild(self, prefixes):
-        """prefixes: {(network int, plen): peers tuple} for all of IPv4."""
+        """prefixes: {(network int, plen): set id} for all of IPv4."""
         keys = list(prefixes)
         self.rebuild_arrays(map(itemgetter(0), keys), bytes(map(itemgetter(1), keys)),
                             list(prefixes.values()))
 
-    def rebuild_keys(self, keys, peers):
+    def rebuild_keys(self, keys, sids):
         """The same from the sync engine's prefix keys, `bytes([family,
-        plen]) + addr`, and a parallel iterable of peers tuples; keys of
-        other families (IPv6) are skipped."""
-        keys, peers = list(keys), list(peers)
+        plen]) + addr`, and a parallel iterable of set ids; keys of other
+        families (IPv6) are skipped."""
+        keys, sids = list(keys), list(sids)
         v4 = bytes(len(k) == 6 for k in keys)
         if v4.count(1) != len(keys):
-            keys, peers = list(compress(keys, v4)), list(compress(peers, v4))
+            keys, sids = list(compress(keys, v4)), list(compress(sids, v4))
         packed = b"".join(keys)
         # the big-endian addresses are bytes 2-5 of every 6: gather them
         # into one buffer with strided slices, then read it as u32s
         addr = bytearray(4 * len(keys))
         for i in range(4):
             addr[i::4] = packed[2 + i::6]
-        self.rebuild_arrays(_u32(addr), packed[1::6], peers)
+        self.rebuild_arrays(_u32(addr), packed[1::6], sids)
 
-    def rebuild_raw(self, batches, value_size, value_peers):
+    def rebuild_raw(self, batches, value_size):
         """The same straight from routes4's batch reads
         (bpfsys.lookup_batch_raw): (Key4 bytes, Route bytes, count) per
-        batch, Route's size, and a function from one Route's bytes to its
-        peers tuple, called once per distinct value, not per prefix. Each
-        batch is reduced to an address, a length and a code as it comes:
+        batch, and Route's size (its set id a u32 at offset 0). Each batch
+        is reduced to an address, a length and a set id as it comes:
         nothing of the size of the whole read is kept."""
         vs = value_size
-        addrs, plens, codes = array.array("I"), bytearray(), array.array("I")
-        multis = {}  # an ECMP Route's bytes (less origin and prefixlen) -> index
+        addrs, plens, sids = array.array("I"), bytearray(), array.array("H")
         for k, v, n in batches:
             k = k[:8 * n]
             addr = bytearray(4 * n)
@@ -170,45 +137,28 @@ class Dir24:
                 addr[i::4] = k[4 + i::8]  # Key4: u32 prefixlen, then the address
             addrs.extend(_u32(addr))
             plens += k[0::8] if ORDER == "little" else k[3::8]  # the low byte of a host-order u32
-            # most routes name one peer: its code is the peer id, a u16 at
-            # offset 4, gathered like the addresses; the others (ECMP, no
-            # peer) are read one by one, as their count and peers
-            v = bytearray(v[:vs * n])
-            first = bytearray(2 * n)
-            first[0::2], first[1::2] = v[4::vs], v[5::vs]
-            code = array.array("I", array.array("H", first))
-            counts = bytes(v[0::vs])
-            multi = list(compress(range(n), counts.translate(_NOT_ONE)))
-            if multi:
-                v[1::vs] = bytes(n)
-                v[2::vs] = bytes(n)
-                v = bytes(v)
-                for i in multi:
-                    raw = v[i * vs:i * vs + 4 + 2 * counts[i]]
-                    code[i] = _MULTI + multis.setdefault(raw, len(multis))
-            codes.extend(code)
-        peers_of = {_MULTI + i: value_peers(raw) for raw, i in multis.items()}
-        singles = {c for c in set(codes) if c < _MULTI}
-        self._number(sorted({(p,) for p in singles} | set(peers_of.values())))
-        sid_of = {p: self.set_ids[(p,)] for p in singles}
-        sid_of.update((c, self.set_ids[p]) for c, p in peers_of.items())
-        self._compile(addrs, plens, array.array("H", map(sid_of.__getitem__, codes)))
+            # set ids are below 2^15: their two low bytes, gathered like the addresses
+            v = v[:vs * n]
+            low = bytearray(2 * n)
+            lo = 0 if ORDER == "little" else 2  # where a host-order u32 keeps its low half
+            low[0::2], low[1::2] = v[lo::vs], v[lo + 1::vs]
+            sids.extend(array.array("H", bytes(low)))
+        self._compile(addrs, plens, sids)
 
-    def rebuild_arrays(self, addrs, plens, peers):
+    def rebuild_arrays(self, addrs, plens, sids):
         """The compile itself, from parallel sequences: network ints, prefix
-        lengths (bytes or ints) and peers tuples.
+        lengths (bytes or ints) and set ids.
 
         Measured (tests/bench/bench_dir24.py, 1M internet-like prefixes, this
         2-core machine): about 1 s of CPU from any input form; the kernel's
         batch read of routes4 adds 0.9 s. change(): 160k /24s a second."""
-        self._number(sorted(set(peers)))
-        self._compile(addrs, plens, array.array("H", map(self.set_ids.__getitem__, peers)))
+        self._compile(addrs, plens, array.array("H", sids))
 
     def _compile(self, addrs, plens, sids):
         addrs = array.array("I", addrs) if not isinstance(addrs, array.array) else addrs
         plens = bytes(plens)
         if not len(addrs) == len(plens) == len(sids):
-            raise ValueError("addrs, plens and peers differ in length")
+            raise ValueError("addrs, plens and set ids differ in length")
         tbl24 = array.array("H", bytes(2 * TBL24_ENTRIES))
         depth = bytearray(TBL24_ENTRIES)
         long = [dict() for _ in range(33)]
@@ -273,7 +223,7 @@ class Dir24:
         for k in self._STATE:
             setattr(self, k, state[k])
 
-    _STATE = ("long", "longs", "groups", "bases", "free_groups", "set_ids", "sets", "writes")
+    _STATE = ("long", "longs", "groups", "bases", "free_groups", "writes")
 
     # -- incremental -------------------------------------------------------------
     def _entry(self, block):
@@ -316,11 +266,10 @@ class Dir24:
                 del self.bases[block]
                 self.free_groups.append(g)
 
-    def change(self, addr, plen, peers):
-        """Set (peers) or remove (None) one prefix and repaint under it.
+    def change(self, addr, plen, sid):
+        """Set (a set id) or remove (None) one prefix and repaint under it.
         routes4 already holds the change (a removal asks it what covers)."""
         addr &= _mask(plen)
-        sid = self._id(peers) if peers is not None else None
         if plen > 24:
             block, long = addr >> 8, self.long[plen]
             if sid is None:
@@ -345,7 +294,7 @@ class Dir24:
             if not pick.count(1):
                 return
             found = self.route(addr, plen) if self.route is not None else None
-            new, new_depth = (self._id(found[1]), found[0] + 1) if found else (0, 0)
+            new, new_depth = (found[1], found[0] + 1) if found else (0, 0)
         else:
             pick = depth.translate(_UPTO[plen + 1])
             new, new_depth = sid, plen + 1

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """DIR-24-8 over one instance's maps: the compile of dir24.py (which knows
 no map) given the dir24/dir8 arrays (ArrayBytes: read and written by
-bpf(2), never mmap, so their 48 MiB stay out of the daemon's RSS), the
-dir_sets map, and routes4, the source of truth it is compiled from.
+bpf(2), never mmap, so their 48 MiB stay out of the daemon's RSS), and
+routes4, the source of truth it is compiled from (its set ids are the
+entries).
 
 Its own room, beside dir24.py, because it is the one part of the map
 access that spawns a process: the daemon compiles in a child
@@ -10,7 +11,6 @@ access that spawns a process: the daemon compiles in a child
 go with it. A Maps reaches this as `m.dir24`; it is handed a Maps (the
 fds) and never imports maps.py and routemaps.py (routes4, the Route value bytes).
 """
-import ctypes
 import os
 import pickle
 import struct
@@ -20,7 +20,7 @@ import sys
 from . import abi, bpfsys
 from .bpfsys import MapError
 from .files import child_env
-from .routemaps import PLEN, ROUTE_SIZE, value_peers
+from .routemaps import PLEN, PLEN_AT, ROUTE_SIZE, value_set
 
 
 class Dir24Maps:
@@ -42,28 +42,22 @@ class Dir24Maps:
                 raise MapError(f"{self.maps.directory}/{name}: not sized for DIR-24-8 (attach --lookup dir24)")
             return ArrayBytes(fds[name], info.value_size, info.max_entries)
 
-        def write_set(sid, peers):
-            r = abi.Route(count=len(peers))
-            for i, p in enumerate(peers):
-                r.peers[i] = p
-            bpfsys.update(fds["dir_sets"], ctypes.c_uint32(sid), r)
-
         reader = bpfsys.Reader(self.maps.tries.fd(4), 8, ROUTE_SIZE)
 
         def route(addr, bound):
             # an LPM lookup is bounded by the key's prefix length
             v = reader.get(PLEN[bound] + addr.to_bytes(4, "big"))
-            return None if v is None else (v[2], value_peers(v))
-        return Dir24(array("dir24"), array("dir8"), write_set, route)
+            return None if v is None else (v[PLEN_AT], value_set(v))
+        return Dir24(array("dir24"), array("dir8"), route)
 
     def ipv4_prefixes(self):
-        """{(network int, plen): peers} of routes4, as Dir24.rebuild takes them."""
+        """{(network int, plen): set id} of routes4, as Dir24.rebuild takes them."""
         out = {}
         rsize = ROUTE_SIZE
         for keys, values, n in bpfsys.lookup_batch_raw(self.maps.tries.fd(4), 8, rsize):
             for i in range(n):
                 out[(int.from_bytes(keys[8 * i + 4:8 * i + 8], "big"), keys[8 * i])] = \
-                    value_peers(values[i * rsize:(i + 1) * rsize])
+                    value_set(values[i * rsize:(i + 1) * rsize])
         return out
 
     def rebuild(self, d=None):
@@ -71,7 +65,7 @@ class Dir24Maps:
         maps) from routes4 read in batches: no object per prefix (1M: ~1 s,
         where ipv4_prefixes() + rebuild() took ~12 s through ipaddress)."""
         d = d or self.view()
-        d.rebuild_raw(bpfsys.lookup_batch_raw(self.maps.tries.fd(4), 8, ROUTE_SIZE), ROUTE_SIZE, value_peers)
+        d.rebuild_raw(bpfsys.lookup_batch_raw(self.maps.tries.fd(4), 8, ROUTE_SIZE), ROUTE_SIZE)
         return d
 
     def compile_apart(self):
@@ -80,7 +74,7 @@ class Dir24Maps:
         arrays (about 100 MiB at a full table: a private tbl24 to compare
         with the map, the prefixes by length) are the child's and gone with
         it. The daemon gets back what change() needs: the depth bytes (16
-        MiB, read straight into place) and the few groups and sets."""
+        MiB, read straight into place) and the few groups."""
         return self.start_apart().result()
 
     def start_apart(self):

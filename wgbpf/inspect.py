@@ -14,7 +14,7 @@ import os
 import socket
 
 from . import abi, config, dataplane, instance, maps, monitor, netlink, nsenter, routes, sync
-from .routemaps import route_peers
+from .setmaps import describe
 from .version import VERSION
 
 LINK_LOCAL_MULTICAST = (ipaddress.ip_network("224.0.0.0/24"), ipaddress.ip_network("ff02::/16"))
@@ -97,22 +97,27 @@ def peer_rows(m, links=None):
     return out
 
 
-def route_rows(m, names, trie="routes"):
-    """Every prefix -> peers entry, IPv4 first; `names`: {peer id: name}."""
+def route_rows(m, names, trie="routes", sets=None):
+    """Every prefix -> peer set entry, IPv4 first; `names`: {peer id: name},
+    `sets`: m.sets.peers() (read once)."""
     rows = []
+    sets = m.sets.peers() if sets is None else sets
     for version in (4, 6):
         for net, r in sorted(m.tries.routes(version, trie), key=lambda nr: nr[0]):
-            rows.append({"prefix": str(net), "peers": [names.get(p, f"#{p}") for p in route_peers(r)],
-                         "origin": origin_name(r.origin)})
+            members, weights = sets.get(r.set, ((), None))
+            rows.append({"prefix": str(net), "set": r.set, "peers": [names.get(p, f"#{p}") for p in members],
+                         "weights": list(weights or [1] * len(members)), "origin": origin_name(r.origin)})
     return rows
 
 
 def dump(m, front):
     peers = peer_rows(m)
     names = {p["id"]: p["name"] for p in peers}
-    out = {"front": front, "routes": route_rows(m, names), "peers": peers}
+    sets = m.sets.peers()
+    out = {"front": front, "routes": route_rows(m, names, sets=sets), "peers": peers,
+           "sets": m.sets.rows(names)}
     if m.config().accept_table:  # the feasible source check's table
-        out["accept"] = route_rows(m, names, "accept")
+        out["accept"] = route_rows(m, names, "accept", sets)
     return out
 
 
@@ -134,6 +139,7 @@ def explain(m, addr):
         to = [name[i] for i in sorted(peers) if up[i]]
         return {"address": str(addr), "rule": "link-local multicast", "prefix": None,
                 "peers": to, "verdict": f"flood to {len(to)} members"}
+    extra = {}  # the set, in the lookup modes that name one
     if cfg.lookup == abi.Lookup.FIB:
         owners, why = kernel_peers(m, addr, cfg.fib_table)
         prefix, rule = None, why
@@ -142,9 +148,12 @@ def explain(m, addr):
         if hit is None:
             owners, prefix, rule = [], None, "no route"
         else:
-            owners, prefix, rule = route_peers(hit[1]), str(hit[0]), f"{origin_name(hit[1].origin)} route"
+            owners, prefix, rule = list(m.sets.members(hit[1].set)), str(hit[0]), f"{origin_name(hit[1].origin)} route"
+            members, weights = m.sets.weighed(hit[1].set)
+            extra = {"set": hit[1].set, "set_text": describe(hit[1].set, members, weights, name),
+                     "weights": list(weights)}
     if not owners:
-        return {"address": str(addr), "rule": rule, "prefix": prefix, "peers": [],
+        return {"address": str(addr), "rule": rule, "prefix": prefix, "peers": [], **extra,
                 "verdict": (f"{NO_PEER}: " if prefix else "") + f"no_route policy: {policy}"}
     live = [name.get(i, f"#{i}") for i in owners if up.get(i)]
     if not live:
@@ -154,9 +163,12 @@ def explain(m, addr):
     elif cfg.lookup == abi.Lookup.FIB:  # the kernel's multipath choice, by the route's weights
         verdict = (f"steer as the kernel's multipath hash picks, by the route's weights, one of "
                    f"{', '.join(live)}")
+    elif len(set(extra.get("weights", ()))) > 1:
+        verdict = (f"steer by flow hash to one of {', '.join(live)}, by weight "
+                   f"({':'.join(str(w) for i, w in zip(owners, extra['weights']) if up.get(i))})")
     else:
         verdict = f"steer by flow hash to one of {', '.join(live)}"
-    return {"address": str(addr), "rule": rule, "prefix": prefix,
+    return {"address": str(addr), "rule": rule, "prefix": prefix, **extra,
             "peers": [name.get(i, f"#{i}") for i in owners],
             "down": [name.get(i, f"#{i}") for i in owners if not up.get(i)], "verdict": verdict}
 
@@ -279,7 +291,7 @@ def source_owners(m, cfg, addr, accept=False):
     what = "accept route" if accept else "best route"
     if not hit:
         return [], f"no {what.split()[0]} route"
-    owners = route_peers(hit[1])
+    owners = list(m.sets.members(hit[1].set))
     return owners, f"{what} {hit[0]}" + ("" if owners else f": {NO_PEER}")
 
 

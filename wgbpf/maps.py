@@ -26,12 +26,13 @@ from . import abi, bpfsys, nsenter
 from .bpfsys import MapError  # noqa: F401 (callers name it maps.MapError)
 from .files import child_env  # noqa: F401 (callers name it maps.child_env)
 from .routemaps import Tries, hash_items
+from .setmaps import Sets
 
 # WGBPF_PIN_ROOT moves every instance's pins (tests point it at a directory
 # of their own, which must be on a bpffs mount too)
 PIN_ROOT = os.environ.get("WGBPF_PIN_ROOT") or "/sys/fs/bpf/wgbpf"
 SO_NETNS_COOKIE = 71
-DIR_MAPS = ("dir24", "dir8", "dir_sets")
+DIR_MAPS = ("dir24", "dir8")
 
 
 def _cookie():
@@ -108,7 +109,8 @@ def prune(directory):
 class Maps:
     """Open file descriptors on every map of one instance, and its small
     tables; the rest by composition: m.tries (routemaps.Tries: the route
-    tries), m.dir24 (dir24maps.Dir24Maps: the DIR-24-8 arrays), m.guard
+    tries), m.sets (setmaps.Sets: the peer sets they name), m.dir24
+    (dir24maps.Dir24Maps: the DIR-24-8 arrays), m.guard
     (Guard: the fail-closed guard's state)."""
 
     def __init__(self, directory, fds):
@@ -118,8 +120,18 @@ class Maps:
         self.replaced = []
         self.ncpu = bpfsys.possible_cpus()
         self.tries = Tries(self)
+        self.sets = Sets(self)
         self.dir24 = Dir24Maps(self)
         self.guard = Guard(self)
+
+    def route_peers(self, r):
+        """The peer ids a route entry (abi.Route) names, by its set."""
+        return list(self.sets.members(r.set))
+
+    def peer_entries(self, trie="routes"):
+        """{pkey: (origin, peer ids)} of every route entry (a view by peers)."""
+        sets = self.sets.peers()
+        return {k: (o, sets.get(s, ((), None))[0]) for k, (o, s) in self.tries.entries(trie).items()}
 
     @classmethod
     def open(cls, directory, readonly=False):

@@ -54,7 +54,12 @@ class Tags:
         # (release): its routes went with it, and zebra's ids only grow, so
         # slots kept would pile up until they overflow the id space.
         self.slots = {}  # nexthop id -> its set slot
+        self.slot_nhid = {}  # its set slot -> nexthop id
         self.free = []   # slots freed, taken again before the list grows
+        # for setmaps.KernelSets.follow: slots whose peers or object changed
+        # since it last looked, and the objects deleted
+        self.changed = set()
+        self.deleted = []
         self.disagreements = 0  # compat mode: expanded hops that were not the object's
         self.truncated = 0      # hop sets naming more peers than a set holds (abi.MAX_ECMP)
 
@@ -121,8 +126,10 @@ class Tags:
             if self.free:
                 i = self.slots[nhid] = self.free.pop()
                 self.sets[i], self.weights[i] = peers, weights
-                return i
-            i = self.slots[nhid] = self._new(peers, weights)
+                self.changed.add(i)
+            else:
+                i = self.slots[nhid] = self._new(peers, weights)
+            self.slot_nhid[i] = nhid
         return i
 
     def release(self, nhids):
@@ -130,9 +137,12 @@ class Tags:
         (Table.drop_nexthops): their slots are free for the next object.
         The nexthops cache forgets them (it may map hops to a slot)."""
         freed = [self.slots.pop(nhid) for nhid in nhids if nhid in self.slots]
+        self.deleted.extend(nhids)
         for i in freed:
             self.sets[i], self.weights[i] = (), None
+            del self.slot_nhid[i]
             self.free.append(i)
+            self.changed.add(i)
         if freed:
             self._hops.clear()  # in place: Tables hold it
 
@@ -147,6 +157,7 @@ class Tags:
                 if (peers, weights) != (self.sets[i], self.weights[i]):
                     self.sets[i], self.weights[i] = peers, weights
                     out.add(i)
+        self.changed |= out
         return out
 
     def hop_peer(self, gw, oif):

@@ -6,7 +6,8 @@ Their own room because they are the maps the daemon reads and writes by
 the million: by prefix (Tries: routes, lookup, get/set/del_route), in
 batches (batches, scan, entries, read, missing, apply, and Writer, which
 writes from a thread of its own), and the Route value in its two forms
-(abi.Route for the CLI, packed bytes for the bulk paths). A Maps reaches
+(abi.Route for the CLI, packed bytes for the bulk paths), which names a
+peer set by id (setmaps: m.sets). A Maps reaches
 them as `m.tries`. Only abi and bpfsys below: maps.py and dir24maps.py
 build on this module, never the other way round.
 """
@@ -17,6 +18,7 @@ import ipaddress
 import queue
 import socket
 import struct
+import sys
 import threading
 
 from . import abi, bpfsys
@@ -102,12 +104,15 @@ class Tries:
             return r
         return None
 
-    def set_route(self, net, peer_ids, origin, trie="routes"):
+    def set_route(self, net, peer_ids, origin, trie="routes", weights=None):
+        """An operator's entry (static, a tag): its set taken by content
+        from the operator's ids (the caller holds the writer lock)."""
         # no peer at all is the daemon's (a kernel route naming none), never the operator's
         least = 0 if origin == abi.Origin.KERNEL else 1
         if not least <= len(peer_ids) <= abi.MAX_ECMP:
             raise ValueError(f"{net}: a route names 1 to {abi.MAX_ECMP} peers, not {len(peer_ids)}")
-        bpfsys.update(self.fd(net.version, trie), _key(net), make_route(net, peer_ids, origin))
+        sid = self.maps.sets.operator_id(tuple(peer_ids), weights)
+        bpfsys.update(self.fd(net.version, trie), _key(net), make_route(net, sid, origin))
 
     def del_route(self, net, trie="routes"):
         return bpfsys.delete(self.fd(net.version, trie), _key(net))
@@ -137,11 +142,11 @@ class Tries:
             for i in range(count):
                 at = i * ks
                 v = values[i * rs:(i + 1) * rs]
-                yield head[keys[at]] + keys[at + 4:at + ks], v[1], v
+                yield head[keys[at]] + keys[at + 4:at + ks], v[ORIGIN_AT], v
 
     def entries(self, trie="routes"):
-        """{pkey: (origin, peers)} of every route entry (a view for diff)."""
-        return {k: (origin, value_peers(v)) for k, origin, v in self.scan(trie)}
+        """{pkey: (origin, set id)} of every route entry (a view for diff)."""
+        return {k: (origin, value_set(v)) for k, origin, v in self.scan(trie)}
 
     def _stored(self, keys, trie):
         """Yield (pkey, the value bytes stored exactly under it, or None)
@@ -151,23 +156,23 @@ class Tries:
         for k in keys:
             v = readers[k[0]].get(PLEN[k[1]] + k[2:])
             # an LPM lookup of the prefix itself: exact when the stored length is
-            yield k, v if v is not None and v[2] == k[1] else None
+            yield k, v if v is not None and v[PLEN_AT] == k[1] else None
 
     def read(self, keys, trie="routes"):
-        """{pkey: (origin, peers)} of the entries stored exactly under `keys`
+        """{pkey: (origin, set id)} of the entries stored exactly under `keys`
         (a fresh view of a few, for an incremental diff)."""
-        return {k: (v[1], value_peers(v)) for k, v in self._stored(keys, trie) if v is not None}
+        return {k: (v[ORIGIN_AT], value_set(v)) for k, v in self._stored(keys, trie) if v is not None}
 
     def missing(self, keys, trie="routes"):
         """Yield those of `keys` that have no entry of their own."""
         return (k for k, v in self._stored(keys, trie) if v is None)
 
     def apply(self, d, trie="routes", progress=None):
-        """Write a sync.Diff (puts of kernel-origin entries, deletes) in
-        batches; returns the number of map writes."""
+        """Write a sync.Diff (puts of kernel-origin entries, by set id;
+        deletes) in batches; returns the number of map writes."""
         w = Writer(self.maps, threaded=False, progress=progress)
-        for k, peers in d.put.items():
-            w.put(trie, k, peers)
+        for k, sid in d.put.items():
+            w.put(trie, k, sid)
         for k in d.delete:
             w.delete(trie, k)
         return w.close()
@@ -175,40 +180,30 @@ class Tries:
 
 # -- the Route value ------------------------------------------------------------
 PLEN = [struct.pack("=I", n) for n in range(129)]  # a trie key's head (prefix length), by length
-_ROUTE = struct.Struct("=BBBx%dH" % abi.MAX_ECMP)
+_ROUTE = struct.Struct("=IBBxx")
 ROUTE_SIZE = _ROUTE.size
+ORIGIN_AT, PLEN_AT = 4, 5  # offsets in the value's bytes
 _VALUES = {}
 
 
-def route_value(peers, plen, origin=abi.Origin.KERNEL):
-    """The Route value bytes for a peer set (cached: a full table has few
-    distinct sets, and a million writes)."""
-    v = _VALUES.get((peers, plen, origin))
+def route_value(sid, plen, origin=abi.Origin.KERNEL):
+    """The Route value bytes naming set `sid` (cached: a million writes,
+    of few distinct values)."""
+    v = _VALUES.get((sid, plen, origin))
     if v is None:
         if len(_VALUES) > 1 << 16:
             _VALUES.clear()
-        pad = (0,) * (abi.MAX_ECMP - len(peers))
-        v = _VALUES[(peers, plen, origin)] = _ROUTE.pack(len(peers), int(origin), plen, *peers, *pad)
+        v = _VALUES[(sid, plen, origin)] = _ROUTE.pack(sid, int(origin), plen)
     return v
 
 
-def value_peers(v):
-    """The peer ids of Route value bytes."""
-    return _PEERS[v[0]].unpack_from(v, 4)
+def value_set(v):
+    """The set id of Route value bytes."""
+    return int.from_bytes(v[:4], sys.byteorder)
 
 
-_PEERS = [struct.Struct("=%dH" % n) for n in range(256)]  # by count: no format string per call
-
-
-def make_route(net, peer_ids, origin):
-    r = abi.Route(count=len(peer_ids), origin=int(origin), prefixlen=net.prefixlen)
-    for i, p in enumerate(peer_ids):
-        r.peers[i] = p
-    return r
-
-
-def route_peers(route):
-    return [route.peers[i] for i in range(route.count)]
+def make_route(net, sid, origin):
+    return abi.Route(set=sid, origin=int(origin), prefixlen=net.prefixlen)
 
 
 class Writer:
@@ -224,7 +219,7 @@ class Writer:
     def __init__(self, maps, threaded=True, progress=None):
         self.maps = maps
         self.progress = progress
-        self.puts = {}     # (trie, family) -> [(pkey, peers)], packed at _flush
+        self.puts = {}     # (trie, family) -> [(pkey, set id)], packed at _flush
         self.deletes = {}  # (trie, family) -> [key bytes]
         self.writes = 0
         self.error = None
@@ -234,13 +229,13 @@ class Writer:
             self.thread = threading.Thread(target=self._run, name="wgbpf-writer", daemon=True)
             self.thread.start()
 
-    def put(self, trie, k, peers):
+    def put(self, trie, k, sid):
         # kept as given; packed per batch in _flush, where a comprehension
         # costs less than this call doing it a million times
         p = self.puts.get((trie, k[0]))
         if p is None:
             p = self.puts[(trie, k[0])] = []
-        p.append((k, peers))
+        p.append((k, sid))
         if len(p) >= self.BATCH:
             self._flush(trie, k[0])
 

@@ -100,6 +100,10 @@ class Table:
         self.nexthop_keys = {}
         self._kept = {}  # slot -> its list's length when last compacted
         self.filling = False  # a dump into a fresh table: every prefix new, nothing to compact
+        # the maps name sets by id (the maps backend): a changed object's
+        # slot is rewritten, not the prefixes through it, but where a
+        # union names it among others (nexthop_keys_of)
+        self.by_id = False
         # pkey -> {rank: [(key, set id)]}: the rare keys with two routes or
         # more, in the kernel's order (wgbpf/ties.py); the prefix's value
         # holds the set the kernel uses of them
@@ -150,6 +154,14 @@ class Table:
     def best_weights(self, k):
         """The weights of best(k)'s peers, in its order; None for equal."""
         return self.tags.weights[self.best_id(k)]
+
+    def entry_id(self, k):
+        """The set id of the maps' entry for prefix k (0: "no peer"), None
+        for none: a nexthop object's slot even when it names no peer now,
+        so that its routes need no write when it names some again."""
+        if k not in self.prefixes:
+            return None
+        return self._best_raw(k)
 
     def entry(self, k):
         """The maps' entry for prefix k: its best peer set, () for "no
@@ -341,8 +353,13 @@ class Table:
         """The prefixes with a route through the objects of `slots` (whose
         peers changed: Tags.refresh): their best set may have changed."""
         out = set()
+        if self.by_id and not self.union:
+            return out  # the best route of a prefix does not depend on its set's peers
         for slot in slots:
-            out.update(k for k in dict.fromkeys(self.nexthop_keys.get(slot, ())) if self._uses(k, slot))
+            keys = (k for k in dict.fromkeys(self.nexthop_keys.get(slot, ())) if self._uses(k, slot))
+            if self.by_id:  # only a union of several routes is interned from the peers
+                keys = (k for k in keys if isinstance(self.prefixes[k], dict))
+            out.update(keys)
         return out
 
     def drop_nexthops(self, nhids):
@@ -406,14 +423,15 @@ class Diff:
         return len(self.put) + len(self.delete)
 
 
-def changes(table, keys, operator):
+def changes(table, keys, operator, entry=None):
     """What to write for `keys`, prefixes whose best peer set changed, when
     the maps are known to hold each one's previous best set, but for the
     `operator` prefixes (static, tag entries: left alone). No read of the
     maps: a prefix with no route left is deleted, the rest put ("no peer"
-    entries too)."""
+    entries too). `entry`: what the maps hold for a prefix (default
+    Table.entry, its peers; the maps backend: its set's kernel id)."""
     d = Diff()
-    entry = table.entry
+    entry = entry or table.entry
     for k in keys:
         if k not in operator:
             peers = entry(k)
@@ -424,15 +442,17 @@ def changes(table, keys, operator):
     return d
 
 
-def diff(table, entries, keys=None):
+def diff(table, entries, keys=None, entry=None):
     """What to write so the maps' kernel-origin entries equal the table.
 
     `entries` is a view of the maps, {pkey: (origin, peers)}, fresh for the
     keys compared (Tries.entries, Tries.read). Entries written by `wgbpf
     route` (static) and tag host routes are left alone, never replaced nor
     deleted: they are the operator's, and win over routes. `keys` limits
-    the work to some prefixes (incremental); None compares everything."""
+    the work to some prefixes (incremental); None compares everything.
+    `entry`: as for changes()."""
     d = Diff()
+    entry = entry or table.entry
     kern = abi.Origin.KERNEL
     if keys is None:
         for k, (origin, peers) in entries.items():
@@ -440,7 +460,7 @@ def diff(table, entries, keys=None):
                 d.delete.append(k)
         keys = table.prefixes.keys()
     for k in keys:
-        want = table.entry(k)
+        want = entry(k)
         have = entries.get(k)
         if want is None:
             if have is not None and have[0] == kern:

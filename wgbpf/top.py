@@ -16,7 +16,6 @@ be), and works over a plain ssh terminal.
 import time
 
 from . import abi
-from .routemaps import route_peers
 
 PREFIX_EVERY = 10.0  # seconds between recounts of prefixes (a full table is 1M routes)
 DROPS = [r for r in abi.Reason if r not in (abi.Reason.STEERED, abi.Reason.FLOODED, abi.Reason.PASSED,
@@ -30,11 +29,12 @@ def prefix_counts(m):
     if m.config().lookup == abi.Lookup.FIB:
         return None
     out = {}
+    sets = m.sets.peers()
     for version in (4, 6):
         for _, r in m.tries.routes(version):
             if r.origin == abi.Origin.TAG:
                 continue  # a peer's own tag addresses: not routes anyone wrote
-            for peer_id in route_peers(r):
+            for peer_id in sets.get(r.set, ((), None))[0]:
                 out[peer_id] = out.get(peer_id, 0) + 1
     return out
 

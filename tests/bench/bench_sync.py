@@ -417,7 +417,6 @@ class StormProbe:
         self.thread.join()
 
     def _run(self):
-        from wgbpf.routemaps import route_peers
         b = self.bench
         try:
             with nsenter.entered(b.ns):  # this thread only: setns() moves the caller
@@ -432,7 +431,7 @@ class StormProbe:
                     nl_route_add4(sock, i + 1, net, ipaddress.ip_address(tag4(i % NPEERS)), b.front_ifindex)
                     while True:
                         r = self.maps.tries.get_route(net)
-                        if r is not None and route_peers(r) == [pid]:
+                        if r is not None and self.maps.route_peers(r) == [pid]:
                             break
                         if time.perf_counter() - t0 > 30:
                             raise RuntimeError(f"probe {net}: not in the map after 30s")
@@ -712,12 +711,11 @@ class Bench:
             return
         d, _r = self.daemon_start("daemon for the replace", 1800)
         from wgbpf.maps import Maps, pin_dir
-        from wgbpf.routemaps import route_peers
         want = [self.peer_ids["p2"]]  # tag4(1) is p2's
 
         def peers(net):
             r = m.tries.get_route(net)
-            return None if r is None else list(route_peers(r))
+            return None if r is None else m.route_peers(r)
         rng = random.Random(a.seed)
         sample = [ipaddress.ip_network(p) for p in rng.sample(mine, min(200, len(mine)))]
         with Maps.open(pin_dir(self.front, self.ns), readonly=True) as m:
@@ -766,7 +764,6 @@ class Bench:
         a daemon runs; returns {"replace": ..., "delete": ...}."""
         from wgbpf import abi, sync
         from wgbpf.maps import Maps, pin_dir
-        from wgbpf.routemaps import route_peers
         a = self.args
         pool = [j for j in range(len(self.v4)) if j not in exclude] if exclude else range(len(self.v4))
         k = min(a.changes, len(pool) // 2)
@@ -782,7 +779,7 @@ class Bench:
         out = {"changes": k}
         with Maps.open(pin_dir(self.front, self.ns), readonly=True) as m:
             for phase, files, done in (
-                    ("replace", rep_files, lambda: (lambda r: r is not None and route_peers(r) == [last_pid])(m.tries.get_route(last))),
+                    ("replace", rep_files, lambda: (lambda r: r is not None and m.route_peers(r) == [last_pid])(m.tries.get_route(last))),
                     ("delete", del_files, lambda: m.tries.get_route(last) is None)):
                 st0 = wait_status_after(self.front, self.ns, 0) or {}
                 ev0 = st0.get("events", 0)
@@ -825,7 +822,7 @@ class Bench:
                          "maps_vs_ip": round(t_ip / t_map, 2),
                          "overruns": st.get("overruns"), "resyncs": st.get("resyncs")}
                 # every changed prefix, not only the last one
-                entries = m.tries.entries()
+                entries = m.peer_entries()
                 bad = 0
                 for j in idx:
                     net = ipaddress.ip_network(self.v4[j])
@@ -858,7 +855,6 @@ class Bench:
     def singles(self):
         """Single route additions: send -> visible in the LPM map."""
         from wgbpf.maps import Maps, pin_dir
-        from wgbpf.routemaps import route_peers
         a = self.args
         rng = random.Random(a.seed + 2)
         have = set(self.v4)
@@ -881,7 +877,7 @@ class Bench:
                     nl_route_add4(sock, i + 1, net, ipaddress.ip_address(tag4(pi)), self.front_ifindex)
                     while True:
                         r = m.tries.get_route(net)
-                        if r is not None and route_peers(r) == [pid]:
+                        if r is not None and m.route_peers(r) == [pid]:
                             break
                         if time.perf_counter() - t0 > 10:
                             raise RuntimeError(f"single add {net}: not in the map after 10s")
@@ -930,7 +926,7 @@ class Bench:
                         want[sync.pkey(fam, r.dst, r.dst_len)] = tuple(sorted(peers))
             nl.close()
         with Maps.open(pin_dir(self.front, self.ns), readonly=True) as m:
-            have = {k: p for k, (o, p) in m.tries.entries().items() if o == abi.Origin.KERNEL}
+            have = {k: p for k, (o, p) in m.peer_entries().items() if o == abi.Origin.KERNEL}
         missing = [k for k in want if k not in have]
         extra = [k for k in have if k not in want]
         wrong = [k for k in want if k in have and have[k] != want[k]]

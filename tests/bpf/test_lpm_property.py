@@ -147,7 +147,7 @@ def inst(bpf_lab):
 
 
 def base_routes(inst, version, trie="routes"):
-    return {net: tuple(inst.names[i] for i in routemaps.route_peers(r))
+    return {net: tuple(inst.names[i] for i in inst.maps.route_peers(r))
             for net, r in inst.maps.tries.routes(version, trie)}
 
 
@@ -296,7 +296,7 @@ def test_map_lookup_matches_reference(inst, version, data):
                 assert got is None, addr
             else:
                 net, route = got
-                assert (net, tuple(inst.names[i] for i in routemaps.route_peers(route))) == want, addr
+                assert (net, tuple(inst.names[i] for i in inst.maps.route_peers(route))) == want, addr
                 assert route.prefixlen == want[0].prefixlen
                 assert route.origin in (abi.Origin.STATIC, abi.Origin.TAG)
 

@@ -11,7 +11,8 @@ import pytest
 
 from wgbpf import abi, bpfsys, sync
 from wgbpf.maps import Maps
-from wgbpf.routemaps import Writer, value_peers
+from wgbpf.routemaps import Writer, value_set
+from wgbpf.setmaps import KernelSets
 from wgbtest import require_root
 
 KERNEL, STATIC = abi.Origin.KERNEL, abi.Origin.STATIC
@@ -27,24 +28,27 @@ def _root():
 @pytest.fixture
 def maps():
     fds = {}
-    for name in ("routes4", "routes6", "accept4", "accept6"):
+    for name in ("routes4", "routes6", "accept4", "accept6", "sets"):
         spec = abi.MAPS[name]
         fds[name] = bpfsys.map_create(spec.type, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value),
-                                      65536, spec.flags, name)
+                                      spec.max_entries if name == "sets" else 65536, spec.flags, name)
     m = Maps("(test)", fds)
+    m.ids = KernelSets(m.sets)  # set ids, as the daemon takes them
     yield m
     m.close()
 
 
 def prefixes(n, seed):
+    """{pkey: peers}, of a few hundred distinct sets (as a table has)."""
     rnd = random.Random(seed)
+    pool = [tuple(sorted(rnd.sample(range(1, 40), rnd.randint(1, abi.MAX_ECMP)))) for _ in range(300)]
     out = {}
     while len(out) < n:
         if rnd.random() < 0.8:
             net = ipaddress.ip_network((rnd.getrandbits(32), rnd.choice((8, 16, 22, 24, 32))), strict=False)
         else:
             net = ipaddress.ip_network((rnd.getrandbits(128), rnd.choice((0, 32, 48, 64, 128))), strict=False)
-        out[sync.network_pkey(net)] = tuple(sorted(rnd.sample(range(1, 40), rnd.randint(1, abi.MAX_ECMP))))
+        out[sync.network_pkey(net)] = rnd.choice(pool)
     return out
 
 
@@ -52,23 +56,23 @@ def test_threaded_writer_then_scan_read_and_lookup(maps):
     want = prefixes(40000, 1)  # more than two batches of each family
     w = Writer(maps)
     for k, peers in want.items():
-        w.put("routes", k, peers)
+        w.put("routes", k, maps.ids.interned(peers))
     gone = list(want)[:500]
     for k in gone:
         w.delete("routes", k)
         del want[k]
     w.delete("routes", sync.pkey(4, bytes(4), 0))  # never there: skipped, not an error
     assert w.close() == 40000 + 501
-    got = {k: (origin, value_peers(v)) for k, origin, v in maps.tries.scan("routes")}
+    got = {k: (origin, maps.sets.members(value_set(v))) for k, origin, v in maps.tries.scan("routes")}
     assert got == {k: (KERNEL, p) for k, p in want.items()}
     assert maps.tries.entries("accept") == {}
     some = list(want)[:100] + gone[:10]
-    assert maps.tries.read(some) == {k: (KERNEL, want[k]) for k in some[:100]}
+    assert maps.tries.read(some) == {k: (KERNEL, maps.ids.interned(want[k])) for k in some[:100]}
     # what the data plane's lookup finds
     k = next(k for k in want if k[0] == 2 and k[1] == 24)
     net = sync.pkey_network(k)
     hit = maps.tries.lookup(str(net.network_address + 1))
-    assert hit is not None and hit[0] == net and tuple(hit[1].peers[:hit[1].count]) == want[k]
+    assert hit is not None and hit[0] == net and tuple(maps.route_peers(hit[1])) == want[k]
 
 
 def test_apply_a_diff_leaves_static_entries(maps):
@@ -79,11 +83,13 @@ def test_apply_a_diff_leaves_static_entries(maps):
     from wgbpf.routes import KernelRoute
     for dst in (bytes([10, 1, 0, 0]), bytes([10, 2, 0, 0])):
         t.update(KernelRoute(2, dst, 16, 254, 0, 4, 0, ((bytes([10, 255, 0, 1]), 5),)))
-    d = sync.diff(t, maps.tries.entries())
-    assert d.put == {p1: (1,)} and not d.delete
+    maps.ids.bind(t.tags)
+    entry = maps.ids.entry(t)
+    d = sync.diff(t, maps.tries.entries(), entry=entry)
+    assert d.put == {p1: maps.ids.interned((1,))} and not d.delete
     assert maps.tries.apply(d) == 1
-    assert maps.tries.entries() == {p1: (KERNEL, (1,)), p2: (STATIC, (7,))}
-    assert len(sync.diff(t, maps.tries.entries())) == 0
+    assert maps.peer_entries() == {p1: (KERNEL, (1,)), p2: (STATIC, (7,))}
+    assert len(sync.diff(t, maps.tries.entries(), entry=entry)) == 0
 
 
 def test_missing_names_the_keys_without_an_entry_of_their_own(maps):
@@ -91,7 +97,7 @@ def test_missing_names_the_keys_without_an_entry_of_their_own(maps):
     w = Writer(maps, threaded=False)
     keys = list(want)
     for k in keys[:1500]:
-        w.put("routes", k, want[k])
+        w.put("routes", k, maps.ids.interned(want[k]))
     w.close()
     # an entry that only covers a key (a shorter prefix) is not its own
     assert sorted(maps.tries.missing(keys)) == sorted(keys[1500:])
@@ -109,23 +115,25 @@ def test_a_restart_writes_only_the_difference(maps):
     for i, dst in enumerate(nets):
         t.update(KernelRoute(2, dst, 16, 254, 0, 4, 0, ((bytes([10, 255, 0, 1 + i % 3]), 5),)))
     w = Writer(maps, threaded=False)
+    ids = maps.ids.interned
     for i, (k, peers) in enumerate(t.items()):
         if i < 4:
-            w.put("routes", k, peers)            # as the table says
+            w.put("routes", k, ids(peers))       # as the table says
         elif i == 4:
-            w.put("routes", k, (3, 2))           # changed while we were away
+            w.put("routes", k, ids((2, 3)))      # changed while we were away
     stale = sync.pkey(2, bytes([10, 99, 0, 0]), 16)
-    w.put("routes", stale, (1,))                 # its route deleted while we were away
+    w.put("routes", stale, ids((1,)))            # its route deleted while we were away
     w.close()
     maps.tries.set_route(ipaddress.ip_network("10.6.0.0/16"), [7], STATIC)  # the operator's
     operator = set()
-    d = reconcile(maps, "routes", t, operator)
+    maps.ids.bind(tags)
+    d = reconcile(maps, "routes", t, operator, maps.ids.kid)
     keys = [sync.pkey(2, dst, 16) for dst in nets]
     assert operator == {keys[5]}  # route events leave it alone from now on
     assert d.delete == [stale]
-    assert d.put == {keys[4]: t.best(keys[4]), keys[6]: t.best(keys[6]), keys[7]: t.best(keys[7])}
+    assert d.put == {k: ids(t.best(k)) for k in (keys[4], keys[6], keys[7])}
     maps.tries.apply(d)
-    assert len(reconcile(maps, "routes", t, set())) == 0
+    assert len(reconcile(maps, "routes", t, set(), maps.ids.kid)) == 0
 
 
 def test_array_bytes_reads_and_writes_any_slice_of_an_array_map():
@@ -150,23 +158,25 @@ def test_dir24_over_the_maps_patches_as_the_lpm_trie_answers():
     """The daemon's DIR-24-8: arrays written through bpf(2), a removed
     prefix's /24s handed to what routes4's LPM lookup says covers it."""
     fds = {}
-    for name in ("routes4", "routes6", "accept4", "accept6", "dir24", "dir8", "dir_sets"):
+    for name in ("routes4", "routes6", "accept4", "accept6", "dir24", "dir8", "sets"):
         spec = abi.MAPS[name]
         fds[name] = bpfsys.map_create(spec.type, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value),
-                                      spec.max_entries if name.startswith("dir") else 65536, spec.flags, name)
+                                      spec.max_entries if name.startswith("dir") or name == "sets" else 65536,
+                                      spec.flags, name)
     m = Maps("(test)", fds)
+    ids = KernelSets(m.sets)
     try:
         net = ipaddress.ip_network
         table = {net("10.0.0.0/8"): (1,), net("10.1.0.0/16"): (2,), net("10.1.2.0/24"): (3,),
                  net("10.1.2.128/25"): (4, 5), net("10.2.0.0/15"): (6,)}
         d = sync.Diff()
-        d.put = {sync.network_pkey(n): p for n, p in table.items()}
+        d.put = {sync.network_pkey(n): ids.interned(p) for n, p in table.items()}
         m.tries.apply(d)
         dirs = m.dir24.rebuild()
 
-        def peers_at(addr):
+        def peers_at(addr):  # the set the data plane reads for an address
             sid = dirs.lookup(int(ipaddress.ip_address(addr)))
-            return dirs.sets[sid] if sid else None
+            return m.sets.members(sid) if sid else None
         assert [peers_at(a) for a in ("10.9.9.9", "10.1.9.9", "10.1.2.1", "10.1.2.200", "10.3.0.1", "11.0.0.1")] \
             == [(1,), (2,), (3,), (4, 5), (6,), None]
         # the /16 goes: its /24s show the /8 again, the /24 inside it stays
@@ -198,7 +208,8 @@ def test_dir24_compiled_apart_is_what_the_daemon_patches():
     try:
         net = ipaddress.ip_network
         d = sync.Diff()
-        d.put = {sync.network_pkey(net(n)): p for n, p in
+        ids = KernelSets(m.sets)
+        d.put = {sync.network_pkey(net(n)): ids.interned(p) for n, p in
                  (("10.0.0.0/8", (1,)), ("10.1.0.0/16", (2, 3)), ("10.1.2.128/25", (4,)))}
         m.tries.apply(d)
         apart = m.dir24.compile_apart()
@@ -210,7 +221,7 @@ def test_dir24_compiled_apart_is_what_the_daemon_patches():
         m.tries.apply(d)
         apart.change(0x0A010000, 16, None)
         sid = apart.lookup(0x0A010909)
-        assert apart.sets[sid] == (1,) and apart.sets[apart.lookup(0x0A0102F0)] == (4,)
+        assert m.sets.members(sid) == (1,) and m.sets.members(apart.lookup(0x0A0102F0)) == (4,)
     finally:
         m.close()
         shutil.rmtree(directory, ignore_errors=True)

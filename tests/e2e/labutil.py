@@ -186,11 +186,10 @@ def map_peers(lab, prefix, trie="routes"):
     """The peers the hub's routes map (or the accept map: trie="accept")
     holds for `prefix` (sorted names), or None without an entry."""
     from wgbpf.maps import Maps
-    from wgbpf.routemaps import route_peers
     with Maps.open(lab.pin_dir(), readonly=True) as m:
         names = {i: p.name.decode() for i, p in m.peers().items()}
         r = m.tries.get_route(ipaddress.ip_network(prefix), trie)
-        return None if r is None else sorted(names[i] for i in route_peers(r))
+        return None if r is None else sorted(names[i] for i in m.route_peers(r))
 
 
 @contextlib.contextmanager
@@ -317,11 +316,10 @@ def maps_peers(lab, addr):
     """The peers the maps' longest match for `addr` names ([] for none, or
     a "no peer" entry)."""
     from wgbpf.maps import Maps
-    from wgbpf.routemaps import route_peers
     with Maps.open(lab.pin_dir(), readonly=True) as m:
         names = {i: p.name.decode() for i, p in m.peers().items()}
         hit = m.tries.lookup(ipaddress.ip_address(addr))
-        return [] if hit is None else sorted(names[i] for i in route_peers(hit[1]))
+        return [] if hit is None else sorted(names[i] for i in m.route_peers(hit[1]))
 
 
 def kernel_view(lab):
@@ -334,7 +332,7 @@ def kernel_view(lab):
         peers = m.peers()
         by_oif = {p.ifindex: i for i, p in peers.items()}
         by_addr = {ipaddress.ip_address(str(a)).packed: i for a, i in m.tags().items()}
-        have = {k: v[1] for k, v in m.tries.entries().items() if v[0] == abi.Origin.KERNEL}
+        have = {k: v[1] for k, v in m.peer_entries().items() if v[0] == abi.Origin.KERNEL}
         front = m.config().front_ifindex
     table = sync.Table(sync.Tags(by_addr, by_oif, front=front), sync.Filter())
     with nsenter.entered(lab.hub):

@@ -47,7 +47,6 @@ from wgbtest import RUN_ID
 from labutil import TIME_SCALE, WGBPF, Tail, kernel_view, lab_session, run
 from wgbpf import abi
 from wgbpf.maps import Maps
-from wgbpf.routemaps import route_peers
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e,
               pytest.mark.skipif(TIME_SCALE > 1 and os.environ.get("WGBPF_E2E_SLOW") != "1",
@@ -206,7 +205,7 @@ def route_get_disagreements(lab, rng):
             if info is not None and info.get("type", "unicast") != "unicast":
                 info = None  # blackhole, unreachable...: no peer
             hit = m.tries.lookup(addr)
-            got = [] if hit is None else sorted(names[i] for i in route_peers(hit[1]))
+            got = [] if hit is None else sorted(names[i] for i in m.route_peers(hit[1]))
             want = peer_of_kernel(lab, info)
             if got != want:
                 bad.append((addr, got, want, r.stdout.strip() or r.stderr.strip()))
@@ -289,7 +288,7 @@ def test_kill9_during_the_start_sync(lab):
                         deadline = time.monotonic() + 30 * TIME_SCALE
                         while True:
                             r = m.tries.get_route(first)
-                            if r is not None and route_peers(r) == [pid]:
+                            if r is not None and m.route_peers(r) == [pid]:
                                 break
                             assert made[-1].proc.poll() is None and time.monotonic() < deadline, made[-1].text()
                             time.sleep(0.001)

@@ -28,6 +28,7 @@ STRUCTS = {
     "wgbpf_key4": abi.Key4,
     "wgbpf_key6": abi.Key6,
     "wgbpf_route": abi.Route,
+    "wgbpf_set": abi.Set,
     "wgbpf_peer": abi.Peer,
     "wgbpf_tag": abi.Tag,
     "wgbpf_config": abi.Config,
@@ -70,7 +71,9 @@ DEFINES = {
     "WGBPF_DIR_GROUP": "DIR_GROUP",
     "WGBPF_DIR8_GROUPS": "DIR8_GROUPS",
     "WGBPF_DIR8_ELEMS": "DIR8_ELEMS",
-    "WGBPF_DIR_SETS": "DIR_SETS",
+    "WGBPF_MAX_SETS": "MAX_SETS",
+    "WGBPF_OPERATOR_SETS": "OPERATOR_SETS",
+    "WGBPF_SET_BUCKETS": "SET_BUCKETS",
     "WGBPF_MONITOR_RATE": "MONITOR_RATE",
     "WGBPF_MONITOR_BURST": "MONITOR_BURST",
     "WGBPF_EVENTS_SIZE": "EVENTS_SIZE",
@@ -87,6 +90,7 @@ ENUMS = {
     "wgbpf_reason": (abi.Reason, "WGBPF_"),
     "wgbpf_watch": (abi.Watch, "WGBPF_WATCH_"),
     "wgbpf_hook": (abi.Hook, "WGBPF_HOOK_"),
+    "wgbpf_set_kind": (abi.SetKind, "WGBPF_SET_"),
 }
 
 # BCC's map type strings -> abi's bpf_map_type numbers (and linux/bpf.h names)

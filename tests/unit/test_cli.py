@@ -16,7 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from wgbpf import abi, cli, dataplane, inspect, maps
-from wgbpf.routemaps import make_route, route_peers
+from wgbpf import setmaps
+from wgbpf.routemaps import make_route
 
 ERR = "wgbpf: error:"
 
@@ -347,9 +348,10 @@ class FakeMaps:
                                      member=f"wg-{n}".encode())
                          for i, (n, up) in peers.items()}
         self.route_map = {}
+        self.sets = FakeSets()
         for prefix, ids, origin in routes:
             net = ipaddress.ip_network(prefix)
-            self.route_map[net] = make_route(net, ids, origin)
+            self.route_map[net] = make_route(net, self.sets.operator_id(tuple(ids)), origin)
         self.tag_map = {ipaddress.ip_address(a): i for a, i in tags}
         self.accept_map = {}
         self.cfg = abi.Config(front_ifindex=5, no_route=no_route)
@@ -376,6 +378,36 @@ class FakeMaps:
         return self.cfg
 
 
+class FakeSets:
+    """m.sets over a dict: {id: (members, weights)}, interned by content."""
+
+    def __init__(self):
+        self.by_id = {}
+
+    def operator_id(self, members, weights=None):
+        for sid, have in self.by_id.items():
+            if have == (tuple(members), weights):
+                return sid
+        sid = abi.OPERATOR_SETS + len(self.by_id)
+        self.by_id[sid] = (tuple(members), weights)
+        return sid
+
+    def peers(self):
+        return dict(self.by_id)
+
+    def members(self, sid):
+        return self.by_id[sid][0] if sid else ()
+
+    def weighed(self, sid):
+        m, w = self.by_id[sid] if sid else ((), None)
+        return m, w or (1,) * len(m)
+
+    def rows(self, names):
+        return [{"set": sid, "kind": "interned", "owner": "operator", "peers": [names[p] for p in m],
+                 "weights": list(w or [1] * len(m)), "buckets": [setmaps.fill(m, w).count(i) for i in range(len(m))]}
+                for sid, (m, w) in self.by_id.items()]
+
+
 class FakeGuard:
     def locals(self):
         return {ipaddress.ip_address("192.0.2.1"): 5}
@@ -390,7 +422,7 @@ class FakeTries:
     """FakeMaps' route_map and accept_map as m.tries reads and writes them."""
 
     def __init__(self, m):
-        self.route_map, self.accept_map = m.route_map, m.accept_map
+        self.route_map, self.accept_map, self.sets = m.route_map, m.accept_map, m.sets
 
     def routes(self, version, trie="routes"):
         return [(n, r) for n, r in (self.accept_map if trie == "accept" else self.route_map).items()
@@ -406,10 +438,10 @@ class FakeTries:
     def get_route(self, net, trie="routes"):
         return self.route_map.get(net)
 
-    def set_route(self, net, ids, origin, trie="routes"):
+    def set_route(self, net, ids, origin, trie="routes", weights=None):
         if not 1 <= len(ids) <= abi.MAX_ECMP:
             raise ValueError("bounds")
-        self.route_map[net] = make_route(net, ids, origin)
+        self.route_map[net] = make_route(net, self.sets.operator_id(tuple(ids), weights), origin)
 
     def del_route(self, net, trie="routes"):
         return self.route_map.pop(net, None) is not None
@@ -442,7 +474,7 @@ def test_route_add(instance):
     assert r.exit_code == 0, (r.output, r.exception)
     assert r.stdout.strip() == "10.9.0.0/16 -> bob,alice"
     rt = instance.route_map[ipaddress.ip_network("10.9.0.0/16")]
-    assert route_peers(rt) == [2, 1] and rt.origin == abi.Origin.STATIC and rt.prefixlen == 16
+    assert instance.sets.members(rt.set) == (2, 1) and rt.origin == abi.Origin.STATIC and rt.prefixlen == 16
     assert instance.opened == [(maps.pin_dir("wg0"), False)] and instance.closed
 
 
@@ -531,8 +563,28 @@ def test_lookup_of_a_v4_in_v6_destination_says_it_as_route_add_does(instance):
 
 def test_lookup_human(instance):
     r = run("lookup", "10.3.0.9")
-    assert r.stdout.splitlines() == ["10.3.0.9: static route 10.3.0.0/16", "  peers: carol (down: carol)",
-                                     "  every peer down: no_route policy: drop"]
+    sid = instance.route_map[ipaddress.ip_network("10.3.0.0/16")].set
+    assert r.stdout.splitlines() == ["10.3.0.9: static route 10.3.0.0/16", f"  set {sid}: carol",
+                                     "  peers: carol (down: carol)", "  every peer down: no_route policy: drop"]
+
+
+def test_lookup_shows_the_set_and_its_weights(instance):
+    net = ipaddress.ip_network("10.7.0.0/16")
+    sid = instance.sets.operator_id((1, 2), (3, 1))
+    instance.route_map[net] = make_route(net, sid, abi.Origin.KERNEL)
+    lines = run("lookup", "10.7.1.2").stdout.splitlines()
+    assert lines[1] == f"  set {sid}: alice 3, bob 1"
+    assert lines[-1] == "  steer by flow hash to one of alice, bob, by weight (3:1)"
+    res = json.loads(run("lookup", "10.7.1.2", "--json").stdout)
+    assert (res["set"], res["weights"], res["peers"]) == (sid, [3, 1], ["alice", "bob"])
+    res = json.loads(run("dump", "--json").stdout)
+    row = next(x for x in res["routes"] if x["prefix"] == "10.7.0.0/16")
+    assert (row["set"], row["peers"], row["weights"]) == (sid, ["alice", "bob"], [3, 1])
+    s = next(x for x in res["sets"] if x["set"] == sid)
+    assert (s["kind"], s["owner"], s["peers"], s["weights"], s["buckets"]) == \
+        ("interned", "operator", ["alice", "bob"], [3, 1], [48, 16])
+    line = next(ln for ln in run("dump").stdout.splitlines() if ln.startswith("10.7.0.0/16"))
+    assert line.split() == ["10.7.0.0/16", str(sid), "alice", "3,bob", "1", "kernel"]
 
 
 def test_dump(instance, monkeypatch):
@@ -542,8 +594,11 @@ def test_dump(instance, monkeypatch):
     assert r.exit_code == 0, (r.output, r.exception)
     res = json.loads(r.stdout)
     assert res["front"] == "wg0"
-    assert res["routes"][0] == {"prefix": "10.0.0.0/8", "peers": ["alice"], "origin": "static"}
-    assert {"prefix": "10.1.0.0/16", "peers": ["alice", "bob"], "origin": "kernel"} in res["routes"]
+    sid = {str(n): r.set for n, r in instance.route_map.items()}
+    assert res["routes"][0] == {"prefix": "10.0.0.0/8", "set": sid["10.0.0.0/8"], "peers": ["alice"],
+                                "weights": [1], "origin": "static"}
+    assert {"prefix": "10.1.0.0/16", "set": sid["10.1.0.0/16"], "peers": ["alice", "bob"], "weights": [1, 1],
+            "origin": "kernel"} in res["routes"]
     assert res["routes"][-1]["prefix"] == "2001:db8::/32"  # IPv4 first, then IPv6
     alice = res["peers"][0]
     assert alice["name"] == "alice" and alice["up"] is True and alice["tags"] == ["10.255.0.1", "fe80::1"]
@@ -554,8 +609,8 @@ def test_dump(instance, monkeypatch):
     r = run("dump")
     assert r.exit_code == 0
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["PREFIX", "PEERS", "ORIGIN"]
-    assert lines[1].split() == ["10.0.0.0/8", "alice", "static"]
+    assert lines[0].split() == ["PREFIX", "SET", "PEERS", "ORIGIN"]
+    assert lines[1].split() == ["10.0.0.0/8", str(sid["10.0.0.0/8"]), "alice", "static"]
     assert any(ln.split()[:4] == ["alice", "wg-alice", "up", "10.255.0.1,fe80::1"] for ln in lines)
     assert any(ln.split()[:4] == ["bob", "wg-bob", "(re-created)", "up"] for ln in lines)
     # never the name of the device that holds carol's old ifindex now
@@ -566,12 +621,14 @@ def test_dump(instance, monkeypatch):
 def test_dump_shows_the_accept_table_when_there_is_one(instance):
     instance.cfg.accept_table = 100
     net = ipaddress.ip_network("10.9.0.0/16")
-    instance.accept_map[net] = make_route(net, [2, 3], abi.Origin.KERNEL)
+    sid = instance.sets.operator_id((2, 3))
+    instance.accept_map[net] = make_route(net, sid, abi.Origin.KERNEL)
     res = json.loads(run("dump", "--json").stdout)
-    assert res["accept"] == [{"prefix": "10.9.0.0/16", "peers": ["bob", "carol"], "origin": "kernel"}]
+    assert res["accept"] == [{"prefix": "10.9.0.0/16", "set": sid, "peers": ["bob", "carol"], "weights": [1, 1],
+                              "origin": "kernel"}]
     lines = run("dump").stdout.splitlines()
     at = next(i for i, ln in enumerate(lines) if ln.split()[:2] == ["ACCEPT", "PREFIX"])
-    assert lines[at + 1].split() == ["10.9.0.0/16", "bob,carol", "kernel"]
+    assert lines[at + 1].split() == ["10.9.0.0/16", str(sid), "bob,carol", "kernel"]
 
 
 def test_resolve_peers_direct():
@@ -628,7 +685,7 @@ def test_new_and_old_spellings_agree(instance, new, old):
     for args in (new, old):
         r = run(*args)
         assert r.exit_code == 0, (args, r.output, r.exception)
-        got.append((r.stdout, {net: (route_peers(x), x.origin) for net, x in instance.route_map.items()}))
+        got.append((r.stdout, {net: (instance.sets.members(x.set), x.origin) for net, x in instance.route_map.items()}))
         instance.route_map.clear()
         instance.route_map.update(saved)  # each spelling starts from the same maps
     assert got[0] == got[1]

@@ -8,9 +8,9 @@ import ipaddress
 import pytest
 from hypothesis import given, strategies as st
 
-from wgbpf import abi, maps, routemaps
+from wgbpf import abi, maps, routemaps, setmaps
 from wgbpf.maps import Maps
-from wgbpf.routemaps import make_route, network, route_peers
+from wgbpf.routemaps import make_route, network
 
 N = ipaddress.ip_network
 
@@ -53,27 +53,17 @@ def test_network_property(addr_plen):
     assert network(str(net)) == net  # idempotent
 
 
-@pytest.mark.parametrize("prefix, peers, origin", [
-    ("10.0.0.0/8", [1], abi.Origin.STATIC),
-    ("10.255.0.1/32", [3], abi.Origin.TAG),
-    ("2001:db8::/32", [1, 2], abi.Origin.KERNEL),
-    ("::/0", list(range(1, abi.MAX_ECMP + 1)), abi.Origin.STATIC),
-    ("0.0.0.0/0", [abi.MAX_PEERS - 1], abi.Origin.STATIC),
+@pytest.mark.parametrize("prefix, sid, origin", [
+    ("10.0.0.0/8", 1, abi.Origin.STATIC),
+    ("10.255.0.1/32", abi.OPERATOR_SETS, abi.Origin.TAG),
+    ("2001:db8::/32", 0, abi.Origin.KERNEL),
+    ("::/0", abi.MAX_SETS - 1, abi.Origin.STATIC),
 ])
-def test_make_route(prefix, peers, origin):
+def test_make_route(prefix, sid, origin):
     net = N(prefix)
-    r = make_route(net, peers, origin)
+    r = make_route(net, sid, origin)
     assert isinstance(r, abi.Route)
-    assert r.count == len(peers) and r.origin == origin and r.prefixlen == net.prefixlen
-    assert route_peers(r) == peers
-    assert list(r.peers)[len(peers):] == [0] * (abi.MAX_ECMP - len(peers))
-    assert r.pad == 0
-
-
-def test_make_route_too_many_peers_is_not_silent():
-    # set_route guards this; make_route itself must not truncate quietly
-    with pytest.raises((ValueError, IndexError)):
-        make_route(N("10.0.0.0/8"), list(range(1, abi.MAX_ECMP + 2)), abi.Origin.STATIC)
+    assert (r.set, r.origin, r.prefixlen, r.pad) == (sid, origin, net.prefixlen, 0)
 
 
 @pytest.mark.parametrize("prefix", ["10.1.0.0/16", "0.0.0.0/0", "255.255.255.255/32", "2001:db8:1::/48", "::/0",
@@ -136,6 +126,15 @@ class FakeBpf:
         for k, v in sorted(self.maps.get(fd, {}).items()):
             yield key_type.from_buffer_copy(k), value_type.from_buffer_copy(v)
 
+    def read_array(self, fd, first, count, size):
+        table = self.maps.get(fd, {})
+        return b"".join(table.get(i.to_bytes(4, "little"), bytes(size)) for i in range(first, first + count))
+
+    def lookup_batch_raw(self, fd, key_size, value_size, chunk=8192, after=None):
+        items = sorted(self.maps.get(fd, {}).items())
+        if items:
+            yield (b"".join(k for k, _ in items), b"".join(v for _, v in items), len(items))
+
     def next_key(self, fd, key, out):
         keys = sorted(self.maps.get(fd, {}))
         after = [k for k in keys if key is None or k > bytes(key)]
@@ -148,7 +147,7 @@ class FakeBpf:
 @pytest.fixture
 def fake(monkeypatch):
     f = FakeBpf()
-    for name in ("update", "delete", "lookup", "lookup_batch", "next_key"):
+    for name in ("update", "delete", "lookup", "lookup_batch", "next_key", "read_array", "lookup_batch_raw"):
         monkeypatch.setattr(maps.bpfsys, name, getattr(f, name))
     monkeypatch.setattr(maps.bpfsys, "possible_cpus", lambda: 2)
     fds = {name: 100 + i for i, name in enumerate(abi.MAPS)}
@@ -175,7 +174,8 @@ def test_set_route_writes_the_family_map(fake, n):
         (k, v), = f.maps[fd].items()
         assert k == bytes(routemaps._key(net))
         r = abi.Route.from_buffer_copy(v)
-        assert route_peers(r) == list(range(1, n + 1)) and r.prefixlen == net.prefixlen
+        assert m.route_peers(r) == list(range(1, n + 1)) and r.prefixlen == net.prefixlen
+        assert r.set >= abi.OPERATOR_SETS  # the operator's ids: the daemon never takes them
 
 
 def test_lookup_and_get_route(fake):
@@ -183,14 +183,14 @@ def test_lookup_and_get_route(fake):
     m.tries.set_route(N("10.0.0.0/8"), [1], abi.Origin.STATIC)
     m.tries.set_route(N("10.1.0.0/16"), [2, 3], abi.Origin.KERNEL)
     net, r = m.tries.lookup(ipaddress.ip_address("10.1.2.3"))
-    assert net == N("10.1.0.0/16") and route_peers(r) == [2, 3]
+    assert net == N("10.1.0.0/16") and m.route_peers(r) == [2, 3]
     net, r = m.tries.lookup(ipaddress.ip_address("10.9.9.9"))
-    assert net == N("10.0.0.0/8") and route_peers(r) == [1]
+    assert net == N("10.0.0.0/8") and m.route_peers(r) == [1]
     assert m.tries.lookup(ipaddress.ip_address("192.0.2.1")) is None
     assert m.tries.lookup(ipaddress.ip_address("2001:db8::1")) is None
     # exact prefix only: 10.2.0.0/16 falls in 10.0.0.0/8 but has no entry of its own
     assert m.tries.get_route(N("10.2.0.0/16")) is None
-    assert route_peers(m.tries.get_route(N("10.1.0.0/16"))) == [2, 3]
+    assert m.route_peers(m.tries.get_route(N("10.1.0.0/16"))) == [2, 3]
     assert m.tries.del_route(N("10.1.0.0/16")) is True
     assert m.tries.del_route(N("10.1.0.0/16")) is False
 
@@ -277,10 +277,27 @@ def test_instances(tmp_path, monkeypatch):
 
 
 def test_route_value_is_the_route_struct():
-    v = routemaps.route_value((3, 9), 24)
+    v = routemaps.route_value(0x7abc, 24)
     r = abi.Route.from_buffer_copy(v)
-    assert (r.count, r.origin, r.prefixlen, list(r.peers[:2])) == (2, abi.Origin.KERNEL, 24, [3, 9])
-    assert routemaps.value_peers(v) == (3, 9)
+    assert (r.set, r.origin, r.prefixlen) == (0x7abc, abi.Origin.KERNEL, 24)
+    assert routemaps.value_set(v) == 0x7abc
+    assert v[routemaps.ORIGIN_AT] == abi.Origin.KERNEL and v[routemaps.PLEN_AT] == 24
+
+
+def test_same_set_same_id_and_the_ids_are_reused_once_no_route_names_them(fake):
+    """The operator's sets are interned by content; when all are taken,
+    those no route names are freed, and a set too many is a clear error."""
+    f, m = fake
+    a = m.sets.operator_id((1, 2))
+    assert m.sets.operator_id((1, 2)) == a and m.sets.operator_id((1, 2), (3, 1)) != a
+    assert m.sets.operator_id(()) == 0
+    m.tries.set_route(N("10.0.0.0/8"), [1, 2], abi.Origin.STATIC)
+    assert m.tries.get_route(N("10.0.0.0/8")).set == a
+    for i in range(abi.OPERATOR_SETS, abi.MAX_SETS):  # the rest of the range, each named by no route
+        if i not in (a, a + 1):
+            m.sets.write(i, setmaps.pack((3, 4 + i), None, abi.SetKind.INTERNED))
+    b = m.sets.operator_id((9,))  # full: the unnamed ones freed first
+    assert m.sets.members(b) == (9,) and m.sets.members(a) == (1, 2)
 
 
 def test_read_ahead_yields_in_order_passes_errors_and_stops_with_its_caller():

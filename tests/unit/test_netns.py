@@ -27,6 +27,7 @@ class FakeMaps:
         self.peer_map = {1: abi.Peer(ifindex=11, flags=abi.PEER_UP, name=b"alice", member=b"wg-alice"),
                          2: abi.Peer(ifindex=12, flags=abi.PEER_UP, name=b"bob", member=b"wg-bob")}
         self.tries = FakeTries()
+        self.sets = FakeSets()
 
     def __enter__(self):
         return self
@@ -54,6 +55,14 @@ class FakeMaps:
 
     def counters(self):
         return {r: 0 for r in abi.Reason}
+
+
+class FakeSets:
+    def peers(self):
+        return {}
+
+    def rows(self, names):
+        return []
 
 
 class FakeTries:

@@ -81,10 +81,10 @@ class Backend:
         pass
 
 
-def dump_tables(nl, tables, progress=None, writer=None, pinned=None):
+def dump_tables(nl, tables, progress=None, writer=None, pinned=None, kid=None):
     """Every route of the kernel into each sync.Table; returns the count.
     With a writer (maps holding no kernel entry yet), each prefix's best
-    peer set is written as the dump goes, overlapping the map writes with
+    peer set is written as the dump goes (as the kernel id `kid` gives it), overlapping the map writes with
     the parsing; returns also the prefixes to check once the dump is done
     (their best set went away: delete)."""
     from ..routes import dump_routes
@@ -102,11 +102,11 @@ def dump_tables(nl, tables, progress=None, writer=None, pinned=None):
                     t.prev = prev
                     k = t.update(r, False, DUMP)
                     if k is not None and writer is not None and k not in pinned[trie]:
-                        peers = t.entry(k)
-                        if peers is None:
+                        sid = t.entry_id(k)
+                        if sid is None:
                             recheck[trie].add(k)
                         else:
-                            writer.put(trie, k, peers)
+                            writer.put(trie, k, kid(sid))
                 n += 1
                 prev = r
                 if progress and n % 65536 == 0:

@@ -49,7 +49,7 @@ class Sync:
             # would walk the young ones again and again for nothing
             gc.disable()
             try:
-                n, self.recheck = (dump_tables(nl, tables, b.progress, self.writer, self.pinned)
+                n, self.recheck = (dump_tables(nl, tables, b.progress, self.writer, self.pinned, b.ksets.kid)
                                    if tables else (0, {}))
             finally:
                 gc.enable()
@@ -80,7 +80,8 @@ class Sync:
             self.operator = {trie: set() for trie in tables}
             batches = self.read() if tables else {}
             for trie, table in tables.items():
-                d = self.diffs[trie] = reconcile(b.maps, trie, table, self.operator[trie], batches.pop(trie))
+                d = self.diffs[trie] = reconcile(b.maps, trie, table, self.operator[trie], b.ksets.kid,
+                                                 batches.pop(trie))
                 writes += b.maps.tries.apply(d, trie, progress=(lambda k, total=len(d): b.progress("write", k, total))
                                              if b.progress else None)
                 puts, deletes = puts + len(d.put), deletes + len(d.delete)
@@ -110,6 +111,8 @@ def new_tables(cfg, flt, tags):
     if cfg.accept_table:
         f = sync.Filter((cfg.accept_table,), flt.protocols, flt.realms)
         out["accept"] = sync.Table(tags, f, union=True)
+    for t in out.values():
+        t.by_id = True  # the maps name sets by id: a changed object rewrites its set alone
     return out
 
 
@@ -127,14 +130,15 @@ def fresh(m, tables):
     return pinned
 
 
-def reconcile(m, trie, table, operator, batches=None):
+def reconcile(m, trie, table, operator, kid, batches=None):
     """What to write so one pair of maps equals the table, from the maps
     read in batches (Tries.batches: read now, or already); the prefixes of
-    the operator's entries are added to `operator`."""
+    the operator's entries are added to `operator`. `kid`: the kernel id
+    of a table's set id (setmaps.KernelSets.kid)."""
     d = sync.Diff()
     kern = abi.Origin.KERNEL
     covered = 0
-    best_id, sets, rs = table.best_id, table.tags.sets, routemaps.ROUTE_SIZE
+    entry_id, rs = table.entry_id, routemaps.ROUTE_SIZE
     prefixes = table.prefixes
     value = {}  # (set id << 8) | prefixlen -> the bytes of its kernel entry
     # one pass over the raw batches, a million times: an entry equal to
@@ -146,9 +150,9 @@ def reconcile(m, trie, table, operator, batches=None):
             at = i * ks
             k = head[keys[at]] + keys[at + 4:at + ks]
             v = values[i * rs:(i + 1) * rs]
-            sid = best_id(k)
-            if not sid and k not in prefixes:
-                if v[1] == kern:
+            sid = entry_id(k)
+            if sid is None:
+                if v[routemaps.ORIGIN_AT] == kern:
                     d.delete.append(k)
                 else:
                     operator.add(k)
@@ -156,17 +160,17 @@ def reconcile(m, trie, table, operator, batches=None):
             covered += 1
             want = value.get((sid << 8) | keys[at])
             if want is None:
-                want = value[(sid << 8) | keys[at]] = routemaps.route_value(sets[sid], keys[at])
+                want = value[(sid << 8) | keys[at]] = routemaps.route_value(kid(sid), keys[at])
             if v != want:
-                if v[1] == kern:
-                    d.put[k] = sets[sid]
+                if v[routemaps.ORIGIN_AT] == kern:
+                    d.put[k] = kid(sid)
                 else:  # the operator's entry wins
                     operator.add(k)
     if covered < len(prefixes):
         # prefixes with no entry at all (routes added while we were
         # away): found by exact lookups, rather than a set of every key
         for k in m.tries.missing(prefixes, trie):
-            d.put[k] = table.entry(k)
+            d.put[k] = kid(entry_id(k))
     return d
 
 
@@ -175,9 +179,9 @@ def patch_dir24(m, arrays, d, log):
     DIR-24-8 arrays; out of set ids or groups, compiled afresh from
     routes4 (which already holds the diff). Returns the arrays."""
     try:
-        for k, peers in d.put.items():
+        for k, sid in d.put.items():
             if k[0] == socket.AF_INET:
-                arrays.change(int.from_bytes(k[2:], "big"), k[1], peers)
+                arrays.change(int.from_bytes(k[2:], "big"), k[1], sid)
         for k in d.delete:
             if k[0] == socket.AF_INET:
                 arrays.change(int.from_bytes(k[2:], "big"), k[1], None)

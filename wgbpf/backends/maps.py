@@ -25,6 +25,7 @@ from .. import abi, config, dataplane, instance, maps, routes, sync
 from ..links import Links
 from ..liveness import MemberCounters
 from ..maps import Maps, MapError, pin_dir
+from ..setmaps import KernelSets
 from .base import Backend, LazyNetlink, apply_events, dump_tables, with_nexthops
 from .fullsync import Sync, new_tables, patch_dir24, reconcile
 
@@ -44,6 +45,7 @@ class MapsBackend(Backend):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.maps = None
+        self.ksets = None   # setmaps.KernelSets: the daemon's peer set ids in the maps
         self.links = None
         self.table = None   # the routes Table (LPM mode), for status
         self.tables = {}    # trie -> Table: what the maps' kernel entries hold
@@ -64,7 +66,7 @@ class MapsBackend(Backend):
         self.writing = None        # the instance's writer lock's fd, while we hold it
         self.looked = 0.0          # when the generation was last looked at
         self.unsure_every = Every(UNSURE_SECONDS)  # routes read again for a tie, at most so often
-        self.stats = {"map_writes": 0, "rehooks": 0, "members_gone": 0, "read_back": 0,
+        self.stats = {"map_writes": 0, "sets_freed": 0, "rehooks": 0, "members_gone": 0, "read_back": 0,
                       "pending": 0, "rereads": 0, "last_sync": None, "last_sync_seconds": None}
         self.member_counters = MemberCounters()
         self.pin_lock = None       # an fd of the pin directory, flock'ed: one daemon an instance
@@ -108,6 +110,7 @@ class MapsBackend(Backend):
         if self.maps is not None:
             self.maps.close()
         self.maps = m
+        self.ksets = KernelSets(m.sets)  # the ids a daemon before us wrote, adopted
         self.detached = False
         c = m.config()
         self.cfg = dataclasses.replace(self.cfg, lookup=abi.Lookup(c.lookup), fib_table=c.fib_table,
@@ -157,7 +160,9 @@ class MapsBackend(Backend):
         for ifindex, _local, peer in routes.dump_addrs(nl):
             if peer is not None and ifindex in by_oif:
                 by_addr.setdefault(peer, by_oif[ifindex])
-        return with_nexthops(nl, sync.Tags(by_addr, by_oif, front=self.maps.config().front_ifindex or None))
+        tags = with_nexthops(nl, sync.Tags(by_addr, by_oif, front=self.maps.config().front_ifindex or None))
+        self.ksets.bind(tags)  # the tables made of them are the ones written from now on
+        return tags
 
     # -- full sync ---------------------------------------------------------
     def full_sync(self, why):
@@ -168,6 +173,11 @@ class MapsBackend(Backend):
             n, tables = run.dump()
             t_dump = time.monotonic() - t0
             writes, puts, deletes = run.write()
+            if tables:
+                self.ksets.follow()
+                # the maps' kernel entries are the tables' now: the ids they
+                # no longer name (a restart's leftovers, deleted objects) go
+                self.stats["sets_freed"] += self.ksets.sweep(self.maps.sets.named())
             self.tables = tables
             self._know(run.operator)
             self.dir24 = run.compiled()
@@ -199,7 +209,7 @@ class MapsBackend(Backend):
             writes = 0
             operator = {trie: set() for trie in self.tables}
             for trie, table in self.tables.items():
-                writes += self.maps.tries.apply(reconcile(self.maps, trie, table, operator[trie]), trie)
+                writes += self.maps.tries.apply(reconcile(self.maps, trie, table, operator[trie], self.ksets.kid), trie)
             self._know(operator)
             if self.dir24 is not None:
                 self.dir24 = self.maps.dir24.compile_apart()
@@ -248,6 +258,7 @@ class MapsBackend(Backend):
         with LazyNetlink(self.rcvbuf) as netlink:
             for trie, keys in apply_events(tags, self.tables, changes, netlink).items():
                 changed[trie] |= keys
+            self.ksets.follow()  # a changed object: its set rewritten, not its routes
             ours = set()
             if changes.silent:
                 ours = {p.ifindex for p in self.maps.peers().values()} | {self.maps.config().front_ifindex}
@@ -267,9 +278,14 @@ class MapsBackend(Backend):
         tables = new_tables(self.cfg, self.filter, self._tags(nl))
         n, _ = dump_tables(nl, tables)
         moved = 0
+        kid_in = self.ksets.kid_in
         for trie, new in tables.items():
-            old = self.tables[trie]
-            keys = {k for k in old.prefixes.keys() | new.prefixes.keys() if old.entry(k) != new.entry(k)}
+            old, get = self.tables[trie], self.ksets.entry(new)
+
+            def was(k, old=old):
+                sid = old.entry_id(k)
+                return None if sid is None else kid_in(old.tags, sid)
+            keys = {k for k in old.prefixes.keys() | new.prefixes.keys() if was(k) != get(k)}
             changed[trie] = (changed.get(trie, set()) | keys)
             moved += len(keys)
         self.tables = tables
@@ -318,11 +334,12 @@ class MapsBackend(Backend):
         the known ones. Else each prefix is read back (one lookup each):
         what `wgbpf route` wrote meanwhile wins."""
         table = self.tables[trie]
+        entry = self.ksets.entry(table)
         if known:
-            d = sync.changes(table, keys, self.operator.get(trie, ()))
+            d = sync.changes(table, keys, self.operator.get(trie, ()), entry)
         else:
             self.stats["read_back"] += len(keys)
-            d = sync.diff(table, self.maps.tries.read(keys, trie), keys=keys)
+            d = sync.diff(table, self.maps.tries.read(keys, trie), keys=keys, entry=entry)
         self.stats["map_writes"] += self.maps.tries.apply(d, trie)
         if self.verbose and d:
             log_applied(self.log, self.peer_names(), trie, d)
@@ -389,6 +406,8 @@ class MapsBackend(Backend):
             per_peer = {names.get(i, f"#{i}"): n for i, n in self.table.per_peer.items() if n}
         tags = self.table.tags if self.table is not None else None
         return dict(self.stats, prefixes=len(self.table) if self.table is not None else 0,
+                    sets=len(self.ksets.held) if self.ksets else 0,
+                    set_writes=self.ksets.writes if self.ksets else 0,
                     nexthops=len(tags.nexthops.objects) if tags else 0,
                     nexthop_disagreements=tags.disagreements if tags else 0,
                     ecmp_truncated=tags.truncated if tags else 0,

@@ -17,7 +17,8 @@ import time
 from .. import abi, maps
 from ..config import ConfigError, check_ifname
 from ..maps import Maps, MapError, pin_dir
-from ..routemaps import network, route_peers
+from ..peersets import weighed
+from ..routemaps import network
 from .build import (SOURCE, build_key, compile_programs, pinned_prog_tag, prog_tag, record_build, recorded_programs,
                     reusable_programs)
 from .errors import AttachError
@@ -156,7 +157,7 @@ class Attach:
                 changes.append(f"tag {t} -> {next(p.name for p in cfg.peers if ids[p.name] == peer_id)}")
             net = network(f"{t}/{t.max_prefixlen}")
             r = m.tries.get_route(net)
-            if r is None or (r.origin == abi.Origin.TAG and route_peers(r) != [peer_id]):
+            if r is None or (r.origin == abi.Origin.TAG and m.sets.members(r.set) != (peer_id,)):
                 m.tries.set_route(net, [peer_id], abi.Origin.TAG)
         for t in have_tags:
             if t not in want_tags:
@@ -353,14 +354,16 @@ def forget_peer(ipr, m, peer_id, peer, name):
     for t, owner in m.tags().items():
         if owner == peer_id:
             m.del_tag(t)
+    sets = m.sets.peers()
     for version in (4, 6):
         for net, r in list(m.tries.routes(version)):
-            peers = route_peers(r)
+            peers, weights = sets.get(r.set, ((), None))
             if peer_id not in peers:
                 continue
-            rest = [p for p in peers if p != peer_id]
+            rest = [(p, w) for p, w in zip(peers, weights or [1] * len(peers)) if p != peer_id]
             if rest:
-                m.tries.set_route(net, rest, r.origin)
+                m.tries.set_route(net, [p for p, _w in rest], r.origin,
+                                  weights=weighed(w for _p, w in rest))
             else:
                 m.tries.del_route(net)
     m.clear_peer(peer_id)
