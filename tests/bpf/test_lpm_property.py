@@ -350,14 +350,12 @@ class WrittenDir24(Written):
         super().__init__(inst, 4, table)
         self.incremental = incremental
 
-    def _ids(self, peers):
-        return tuple(self.inst.ids[p] for p in peers)
-
     def __enter__(self):
         super().__enter__()
         if self.incremental:
-            for net, peers in self.table.items():
-                self.inst.dir24.change(int(net.network_address), net.prefixlen, self._ids(peers))
+            for net in self.table:  # the set routes4 names, as the daemon patches it
+                self.inst.dir24.change(int(net.network_address), net.prefixlen,
+                                       self.inst.maps.tries.get_route(net).set)
         else:
             self.inst.dir24.rebuild(self.inst.maps.dir24.ipv4_prefixes())
         return self
@@ -437,8 +435,8 @@ def test_dir24_reads_the_arrays_not_routes4(inst_dir24):
     inst = inst_dir24
     net4, net6 = ipaddress.ip_network("10.77.0.0/16"), ipaddress.ip_network("2001:db8:77::/48")
     v4 = P.udp_frame("192.0.2.1", "10.77.1.1")
-    carol = (inst.ids["carol"],)
     inst.set_route(net4, ["carol"])
+    carol = inst.maps.tries.get_route(net4).set
     try:
         assert inst.measure("front_egress", v4) == (P.TC_ACT_OK, {"no_route": 1})
         inst.dir24.change(int(net4.network_address), net4.prefixlen, carol)

@@ -2,7 +2,7 @@
 """A prefix whose best route names no peer, inside a route that does (issue
 23): the kernel uses the better route (a blackhole, a LAN device), so no
 peer may be steered to or accepted from it. The maps hold a "no peer"
-entry (count 0) for it, and every lookup mode must treat it as no route for
+entry (set 0) for it, and every lookup mode must treat it as no route for
 steering and as no owner for the source check, never fall through to the
 covering route's peer.
 
@@ -119,7 +119,7 @@ def test_member_ingress(lab, mode, src, via, want):
 
 
 def test_a_no_peer_entry_is_listed_as_such(lab):
-    """The maps hold the entries with no peer (count 0), kernel origin."""
+    """The maps hold the entries with no peer (set 0), kernel origin."""
     inst = lab.insts["lpm"]
     hit = inst.maps.tries.lookup(ipaddress.ip_address("10.50.0.5"))
-    assert str(hit[0]) == "10.50.0.0/16" and hit[1].count == 0
+    assert str(hit[0]) == "10.50.0.0/16" and hit[1].set == 0 and inst.maps.route_peers(hit[1]) == []
