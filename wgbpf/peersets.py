@@ -60,6 +60,10 @@ class Tags:
         # since it last looked, and the objects deleted
         self.changed = set()
         self.deleted = []
+        # set id -> a set whose prefixes moved to it (Table._count, in
+        # tables whose maps name sets by id): a new kernel set starts from
+        # its buckets, so a route losing a peer moves only that peer's flows
+        self.parent = {}
         self.disagreements = 0  # compat mode: expanded hops that were not the object's
         self.truncated = 0      # hop sets naming more peers than a set holds (abi.MAX_ECMP)
 

@@ -263,7 +263,9 @@ class KernelSets:
             if nhid is not None:
                 k = self._nexthop(nhid, tags.sets[sid], tags.weights[sid])
             else:
-                k = self._interned(tags.sets[sid], tags.weights[sid])
+                parent = tags.parent.get(sid)
+                k = self._interned(tags.sets[sid], tags.weights[sid],
+                                   None if parent is None else self.kid_in(tags, parent))
             self.model[sid] = k
         return k
 
@@ -299,11 +301,17 @@ class KernelSets:
             return 0
         return self._interned(tuple(members), tuple(weights) if weights else None)
 
-    def _interned(self, members, weights):
+    def _interned(self, members, weights, parent=None):
+        """By content; a set made now for prefixes that named set `parent`
+        before (a route changed: a peer left or joined) takes the
+        parent's buckets as far as they go, so only the leaver's flows
+        move (a set filled afresh shares most, not all, with it)."""
         k = self.by_content.get((members, weights))
         if k is None:
             k = self.by_content[(members, weights)] = self._take()
-            self._write(k, members, weights, abi.SetKind.INTERNED)
+            keep = self.held.get(parent) if parent else None
+            self._write(k, members, weights, abi.SetKind.INTERNED,
+                        keep=None if keep is None or not keep[0] else (keep[0], keep[2]))
         return k
 
     def _nexthop(self, nhid, members, weights):
@@ -315,9 +323,13 @@ class KernelSets:
             self._write(k, members, weights, abi.SetKind.NEXTHOP, nhid, keep=True)
         return k
 
-    def _write(self, k, members, weights, kind, nhid=0, keep=False):
-        was = self.held.get(k)
-        buckets = fill(members, weights, (was[0], was[2]) if keep and was and was[0] else None)
+    def _write(self, k, members, weights, kind, nhid=0, keep=None):
+        """keep: True (the set's own buckets as they were), or (members,
+        buckets) of another set to start from."""
+        if keep is True:
+            was = self.held.get(k)
+            keep = (was[0], was[2]) if was and was[0] else None
+        buckets = fill(members, weights, keep)
         self.sets.write(k, pack(members, weights, kind, nhid, buckets))
         self.held[k] = (members, weights, buckets)
         self.writes += 1

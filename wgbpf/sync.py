@@ -392,6 +392,8 @@ class Table:
         if self.union:
             return
         best = self._best
+        if before and after and self.by_id and after not in self.tags.parent:
+            self.tags.parent[after] = before
         if before:
             best[before] -= 1
         if after:
