@@ -5,6 +5,8 @@ the CLI prints what these return.
 """
 import time
 
+from . import abi
+
 
 def table_lines(rows, headers):
     """Plain aligned columns, like `ip -br`."""
@@ -167,7 +169,9 @@ def daemon_lines(dmn):
         return start_lines(dmn)
     ago = time.time() - dmn["last_sync"] if dmn.get("last_sync") else None
     out = [f"daemon: {dmn['state']} (pid {dmn['pid']}), tables {dmn['tables']}, "
-           f"{dmn['prefixes']} prefixes, {dmn['ignored']} ignored routes, "
+           f"{dmn['prefixes']} prefixes"
+           + (f" in {dmn['sets']} peer sets" if dmn.get("sets") else "")
+           + f", {dmn['ignored']} ignored routes, "
            f"{dmn['events']} events, {dmn['resyncs']} resyncs, {dmn['overruns']} overruns, "
            f"{dmn.get('rehooks', 0)} re-hooks, "
            f"event lag p50/p99/max {lag_text(dmn)} ms"
@@ -177,7 +181,7 @@ def daemon_lines(dmn):
                    f"peers: the kernel picks per lookup, the maps name no peer (docs/daemon.md)")
     if dmn.get("ecmp_truncated"):
         out.append(f"warning: {dmn['ecmp_truncated']} multipath routes or groups name more peers than "
-                   f"a set holds (8): the heaviest are kept, the others get none of their traffic")
+                   f"a set holds ({abi.MAX_ECMP}): the heaviest are kept, the others get none of their traffic")
     if dmn.get("pending"):
         out.append(f"waiting: {dmn['pending']} route changes not yet written "
                    f"(another writer holds the writer lock)")

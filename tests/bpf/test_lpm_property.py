@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from wgbpf import abi, routemaps
+from wgbpf import abi
 
 import packets as P
 from bpflab import PeerSpec

@@ -134,6 +134,68 @@ def test_member_down_moves_traffic_to_the_ecmp_sibling(lab, daemon):
         time.sleep(0.05)
 
 
+# 200 UDP flows, one datagram each from its own source port
+FLOWS = """import socket, sys
+for port in range(40000, 40200):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("", port))
+    s.sendto(b"x", (sys.argv[1], 9))
+    s.close()
+"""
+
+
+def flows_to(lab, dst):
+    """{peer: datagrams of 200 flows from alice to dst that the hub steered to it}."""
+    tx = {n: lab.peer(n)["tx_packets"] for n in ("bob", "carol")}
+    r = lab.spoke("alice", "python3", "-c", FLOWS, dst)
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 5 * TIME_SCALE
+    while True:
+        got = {n: lab.peer(n)["tx_packets"] - tx[n] for n in tx}
+        if sum(got.values()) >= 200 or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def test_weights_split_flows_and_a_replaced_group_reverses_them(lab, daemon):
+    """Issue 31: `nexthop via bob weight 3 nexthop via carol weight 1` puts
+    about 3/4 of 200 flows on bob; the same through a weighted group (a
+    nexthop object); `ip nexthop replace` of the group to 1:3 reverses it,
+    with no route rewritten."""
+    anycast, prefix = "10.98.0.1", "10.98.0.0/24"
+    lab.ip("route", "replace", lab.peers["alice"]["prefix4"], *via(lab, "alice"))
+    for peer in ("bob", "carol"):
+        lab.spoke(peer, "ip", "addr", "add", f"{anycast}/32", "dev", "lan0")
+    ids = {"bob": 9801, "carol": 9802, "group": 9810}
+    try:
+        lab.ip("route", "add", prefix, "nexthop", *via(lab, "bob"), "weight", "3",
+               "nexthop", *via(lab, "carol"), "weight", "1")
+        wait_map(lab, prefix, ["bob", "carol"])
+        got = flows_to(lab, anycast)
+        assert sum(got.values()) == 200 and 130 <= got["bob"] <= 170, got
+        for peer in ("bob", "carol"):
+            lab.ip("nexthop", "add", "id", str(ids[peer]), *via(lab, peer))
+        lab.ip("nexthop", "add", "id", str(ids["group"]), "group", f"{ids['bob']},3/{ids['carol']},1")
+        lab.ip("route", "replace", prefix, "nhid", str(ids["group"]))
+        time.sleep(0.3 * TIME_SCALE)
+        got = flows_to(lab, anycast)
+        assert sum(got.values()) == 200 and 130 <= got["bob"] <= 170, got
+        writes = lab.status()["daemon"]["map_writes"]
+        lab.ip("nexthop", "replace", "id", str(ids["group"]), "group", f"{ids['bob']},1/{ids['carol']},3")
+        time.sleep(0.3 * TIME_SCALE)
+        got = flows_to(lab, anycast)
+        assert sum(got.values()) == 200 and 130 <= got["carol"] <= 170, got
+        assert lab.status()["daemon"]["map_writes"] == writes  # the group's set rewritten, not the route
+        lookup = lab.wgbpf("lookup", anycast).stdout
+        assert "bob 1, carol 3" in lookup, lookup
+    finally:
+        lab.ip("route", "del", prefix, check=False)
+        for nhid in (ids["group"], ids["bob"], ids["carol"]):
+            lab.ip("nexthop", "del", "id", str(nhid), check=False)
+        for peer in ("bob", "carol"):
+            lab.spoke(peer, "ip", "addr", "del", f"{anycast}/32", "dev", "lan0")
+
+
 def test_overrun_ends_in_a_resync_with_maps_equal_to_the_kernel(lab):
     d = Daemon(lab, "--rcvbuf", "4096")  # a tiny socket buffer: a burst overruns it
     try:

@@ -417,6 +417,9 @@ class MapsBackend(Backend):
 
     def metrics(self, metric, series, st):
         metric("map_writes_total", "LPM map entries written or deleted", st["map_writes"])
+        metric("set_writes_total", "peer sets written (made, or a nexthop object's rewritten in place)",
+               st.get("set_writes", 0))
+        metric("peer_sets", "peer sets the daemon holds in the sets map", st.get("sets", 0), "gauge")
         metric("rehooks_total", "front or members re-created under their name and hooked again",
                st["rehooks"])
         metric("members_gone_total", "member devices that disappeared (peer taken down)",
