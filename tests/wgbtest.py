@@ -118,3 +118,27 @@ def as_nobody(fn):
             os._exit(1)
     assert os.waitpid(pid, 0)[1] == 0, "the attacker's setup failed"
     return nobody.pw_uid
+
+
+class MemSets:
+    """setmaps.Sets over a dict: {id: value bytes}, counting writes (for
+    KernelSets without a kernel: tests/unit/test_setmaps.py, test_nexthops.py)."""
+
+    def __init__(self):
+        self.values, self.writes = {}, 0
+
+    def all(self, first=1, last=None):
+        last = last or _setmaps().abi.MAX_SETS
+        return {i: _setmaps().unpack(v) for i, v in self.values.items() if first <= i < last and v[1]}
+
+    def write(self, sid, value):
+        self.values[sid] = value
+        self.writes += 1
+
+    def free(self, sid):
+        self.write(sid, bytes(_setmaps().SET_SIZE))
+
+
+def _setmaps():
+    from wgbpf import setmaps
+    return setmaps

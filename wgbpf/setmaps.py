@@ -222,9 +222,11 @@ class KernelSets:
 
     Kept across restarts: a starting daemon adopts the ids it finds (an
     interned set by its content, an object's by its id), so a restart
-    rewrites no route whose set is the same. Freed by sweep (after a full
-    sync: the ids no entry names); a deleted object's id is retired then,
-    never taken by another object while a route may name it."""
+    rewrites no route whose set is the same. Freed by sweep (as a full
+    sync starts, once a quarter of the ids or less is left: the ids no
+    entry names); a deleted object's id is retired until then, never taken by
+    another object while a route may name it. Out of ids, an event batch
+    fails (SetsFull) and the daemon's full resync sweeps."""
 
     def __init__(self, sets):
         self.sets = sets
@@ -352,10 +354,14 @@ class KernelSets:
         tags.changed.clear()
         tags.deleted.clear()
 
+    def low(self):
+        """Whether a quarter or less of our ids is left: sweep() is due."""
+        return len(self.free) <= (FIRST_OPERATOR - 1) // 4
+
     def sweep(self, named):
         """Free the ids of ours that no route entry names (`named`, kernel
-        ids): after a full sync, when the maps' kernel entries are the
-        tables'. Returns how many were freed."""
+        ids, read from the maps under the writer lock: before a full
+        sync). Returns how many were freed."""
         gone = [k for k in self.held if k not in named]
         for k in gone:
             members, weights, _b = self.held.pop(k)

@@ -385,7 +385,7 @@ class Net:
         r = abi.Route()
         if not bpfsys.lookup(fd, k, r):
             return ()
-        return tuple(r.peers[i] for i in range(r.count))
+        return tuple(self.maps.sets.members(r.set))
 
     def test_run(self, prog, frame, repeat, device):
         from wgbpf import bpfsys
@@ -427,9 +427,12 @@ def maps_insert(net, prefixes, start, v6):
     from wgbpf import sync
     fam = socket.AF_INET6 if v6 else socket.AF_INET
     size = 16 if v6 else 4
+    from wgbpf.setmaps import KernelSets
+    sets = KernelSets(net.maps.sets)  # one set a peer, as the daemon interns them
+    sid = [sets.interned((net.peer_ids[i],)) for i in range(NPEERS)]
     d = sync.Diff()
     for j, (a, plen) in enumerate(prefixes, start):
-        d.put[sync.pkey(fam, a.to_bytes(size, "big"), plen)] = (net.peer_ids[j % NPEERS],)
+        d.put[sync.pkey(fam, a.to_bytes(size, "big"), plen)] = sid[j % NPEERS]
     t0 = time.perf_counter()
     net.maps.tries.apply(d)
     return time.perf_counter() - t0
@@ -785,7 +788,7 @@ def print_tables(out, sizes):
                       + (f"; memlock {d['memlock_per_prefix']:.1f} B/prefix" if d.get("memlock_per_prefix") else ""))
     dz = out.get("dir24_mode")
     if dz:
-        print(f"  DIR-24-8 mode at {size_label(dz['prefixes'])}: dir24 + dir8 + dir_sets memlock "
+        print(f"  DIR-24-8 mode at {size_label(dz['prefixes'])}: dir24 + dir8 + sets memlock "
               f"{dz['memlock_total'] / 2**20:.1f} MiB (fixed), compiled from routes4 in "
               f"{dz['compile_seconds']:.2f}s ({dz['groups']:,} dir8 groups, {dz['sets']} peer sets)")
     if out.get("lab"):
@@ -876,7 +879,7 @@ def bench_family(net, rng, prefixes, fam, sizes, args, out, tmp):
             d24 = net.maps.dir24.rebuild()
             dz = {"prefixes": n, "compile_seconds": round(time.perf_counter() - t0, 3),
                   "groups": len(d24.groups), "sets": len(d24.set_ids),
-                  "memlock_total": sum(memlock(net.maps.fds[x]) or 0 for x in ("dir24", "dir8", "dir_sets"))}
+                  "memlock_total": sum(memlock(net.maps.fds[x]) or 0 for x in ("dir24", "dir8", "sets"))}
             step["dir24_mode"] = dz
             out["dir24_mode"] = dz
             log(f"v4 {size_label(n)}: DIR-24-8 arrays compiled from routes4 in {dz['compile_seconds']:.2f}s "

@@ -373,6 +373,40 @@ def test_batches_of_events_in_the_kernels_order_end_where_the_kernel_is(batches)
         assert_tables_are_the_kernel(kernel, t, accept, batches)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(op, max_size=12), min_size=1, max_size=4))
+def test_maps_naming_sets_by_id_equal_the_model_after_every_batch(batches):
+    """Issue 31: the maps backend's way, where entries name kernel set ids
+    (setmaps.KernelSets) and a changed object rewrites its set, not its
+    routes: after each batch, the maps as the data plane reads them (each
+    entry's set: members and weights) equal the model's entries."""
+    from wgbpf import setmaps
+    from wgbpf.backends.base import apply_events
+    from wgbtest import MemSets
+    kernel = Kernel()
+    t, accept = model_tables()
+    tables = {"routes": t, "accept": accept}
+    for table in tables.values():
+        table.by_id = True
+    mem = MemSets()
+    ks = setmaps.KernelSets(mem)
+    ks.bind(t.tags)
+    maps = {trie: {} for trie in tables}  # pkey -> kernel set id
+    for ops in batches:
+        steps = [s for kind, a, b in ops for s in kernel_events(kernel, kind, a, b)]
+        changed = apply_events(t.tags, tables, rt.Changes(steps=steps), netlink=None)
+        ks.follow()
+        for trie, keys in changed.items():
+            d = sync.changes(tables[trie], keys, (), ks.entry(tables[trie]))
+            maps[trie].update(d.put)
+            for k in d.delete:
+                maps[trie].pop(k, None)
+        for trie, table in tables.items():
+            got = {k: setmaps.unpack(mem.values[i])[2:4] if i else ((), None) for k, i in maps[trie].items()}
+            want = {k: (table.entry(k), table.best_weights(k)) for k in table.prefixes}
+            assert got == want, (trie, batches)
+
+
 def test_a_deleted_id_takes_its_routes_though_a_reread_already_forgot_it():
     """Issue 32, 1: a re-read (after a device event) finds object 5 gone
     before its queued deletion is applied; the route through it that was

@@ -15,6 +15,7 @@ from hypothesis import given, strategies as st
 from wgbpf import abi, setmaps, sync
 from wgbpf.routes import NH, Nexthop
 from wgbpf.setmaps import BUCKETS, KernelSets, fill, quotas
+from wgbtest import MemSets
 
 _RNG = random.Random(31)
 HASHES = [_RNG.getrandbits(32) for _ in range(10000)]
@@ -86,23 +87,6 @@ def test_weights_changed_in_place_move_only_the_difference():
 
 
 # -- KernelSets over a sets array in memory ------------------------------------------
-class MemSets:
-    """setmaps.Sets over a dict: {id: value bytes}, counting writes."""
-
-    def __init__(self):
-        self.values, self.writes = {}, 0
-
-    def all(self, first=1, last=abi.MAX_SETS):
-        return {i: setmaps.unpack(v) for i, v in self.values.items() if first <= i < last and v[1]}
-
-    def write(self, sid, value):
-        self.values[sid] = value
-        self.writes += 1
-
-    def free(self, sid):
-        self.write(sid, bytes(setmaps.SET_SIZE))
-
-
 A, B, C, D = (bytes([10, 255, 0, n]) for n in (1, 2, 3, 4))
 FRONT = 5
 
