@@ -15,10 +15,15 @@ def backend():
 def test_verbose_logs_each_change():
     logged = []
     diff = sync.Diff()
-    diff.put[sync.network_pkey(ipaddress.ip_network("10.1.0.0/16"))] = (1, 2)
+    diff.put[sync.network_pkey(ipaddress.ip_network("10.1.0.0/16"))] = 7
+    diff.put[sync.network_pkey(ipaddress.ip_network("10.2.0.0/16"))] = 8
+    diff.put[sync.network_pkey(ipaddress.ip_network("10.3.0.0/16"))] = 0
     diff.delete.append(sync.network_pkey(ipaddress.ip_network("2001:db8::/32")))
-    log_applied(logged.append, {1: "alice", 2: "bob"}, "routes", diff)
-    assert [line.split(" ", 1)[1] for line in logged] == ["route 10.1.0.0/16 -> alice,bob",
+    sets = {7: ((1, 2), None, b""), 8: ((1, 2), (3, 1), b"")}
+    log_applied(logged.append, {1: "alice", 2: "bob"}, "routes", diff, sets)
+    assert [line.split(" ", 1)[1] for line in logged] == ["route 10.1.0.0/16 -> alice,bob (set 7)",
+                                                          "route 10.2.0.0/16 -> alice 3,bob 1 (set 8)",
+                                                          "route 10.3.0.0/16 -> no peer (set 0)",
                                                           "route 2001:db8::/32 withdrawn"]
     assert all(len(line.split(" ", 1)[0]) == len("12:34:56.789") for line in logged)
 

@@ -344,7 +344,7 @@ class MapsBackend(Backend):
             d = sync.diff(table, self.maps.tries.read(keys, trie), keys=keys, entry=entry)
         self.stats["map_writes"] += self.maps.tries.apply(d, trie)
         if self.verbose and d:
-            log_applied(self.log, self.peer_names(), trie, d)
+            log_applied(self.log, self.peer_names(), trie, d, self.ksets.held)
         if trie == "routes" and self.dir24 is not None:
             self.dir24 = patch_dir24(self.maps, self.dir24, d, self.log)
 
@@ -486,14 +486,19 @@ def lock_pins(directory, held):
     return fd
 
 
-def log_applied(log, names, trie, d):
+def log_applied(log, names, trie, d, sets):
     """-v: each map change a route event made, as it is written (with the
-    time to the millisecond: when a withdrawal took effect)."""
+    time to the millisecond: when a withdrawal took effect). `sets`: {set
+    id: (members, weights, buckets)} (KernelSets.held)."""
     now = time.time()
     at = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
     what = "route" if trie == "routes" else trie
-    for k, peers in d.put.items():
-        log(f"{at} {what} {sync.pkey_network(k)} -> {','.join(names.get(p, f'#{p}') for p in peers)}")
+    for k, sid in d.put.items():
+        members, weights, _b = sets.get(sid, ((), None, b""))
+        who = [names.get(p, f"#{p}") for p in members]
+        if weights:
+            who = [f"{n} {w}" for n, w in zip(who, weights)]
+        log(f"{at} {what} {sync.pkey_network(k)} -> {','.join(who) or 'no peer'} (set {sid})")
     for k in d.delete:
         log(f"{at} {what} {sync.pkey_network(k)} withdrawn")
 
