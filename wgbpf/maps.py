@@ -303,6 +303,9 @@ class Maps:
                 out[f"{trie}{v}"] = (n, abi.MAPS[f"{trie}{v}"].max_entries)
         out["peers"] = (len(self.peers()), abi.MAX_PEERS - 1)
         out["tags"] = (len(self.tags()), abi.MAX_TAGS)
+        sets = self.sets.all()
+        out["sets"] = (sum(1 for i in sets if i < abi.OPERATOR_SETS), abi.OPERATOR_SETS - 1)
+        out["operator_sets"] = (len(sets) - out["sets"][0], abi.MAX_SETS - abi.OPERATOR_SETS)
         return out
 
 

@@ -56,8 +56,10 @@ class Tags:
         self.slots = {}  # nexthop id -> its set slot
         self.slot_nhid = {}  # its set slot -> nexthop id
         self.free = []   # slots freed, taken again before the list grows
-        # for setmaps.KernelSets.follow: slots whose peers or object changed
-        # since it last looked, and the objects deleted
+        # for setmaps.KernelSets.follow (kept once it binds us: `track`):
+        # slots whose peers or object changed since it last looked, and
+        # the objects deleted
+        self.track = False
         self.changed = set()
         self.deleted = []
         # set id -> a set whose prefixes moved to it (Table._count, in
@@ -130,7 +132,8 @@ class Tags:
             if self.free:
                 i = self.slots[nhid] = self.free.pop()
                 self.sets[i], self.weights[i] = peers, weights
-                self.changed.add(i)
+                if self.track:
+                    self.changed.add(i)
             else:
                 i = self.slots[nhid] = self._new(peers, weights)
             self.slot_nhid[i] = nhid
@@ -141,12 +144,13 @@ class Tags:
         (Table.drop_nexthops): their slots are free for the next object.
         The nexthops cache forgets them (it may map hops to a slot)."""
         freed = [self.slots.pop(nhid) for nhid in nhids if nhid in self.slots]
-        self.deleted.extend(nhids)
+        if self.track:
+            self.deleted.extend(nhids)
+            self.changed.update(freed)
         for i in freed:
             self.sets[i], self.weights[i] = (), None
             del self.slot_nhid[i]
             self.free.append(i)
-            self.changed.add(i)
         if freed:
             self._hops.clear()  # in place: Tables hold it
 
@@ -161,7 +165,8 @@ class Tags:
                 if (peers, weights) != (self.sets[i], self.weights[i]):
                     self.sets[i], self.weights[i] = peers, weights
                     out.add(i)
-        self.changed |= out
+        if self.track:
+            self.changed |= out
         return out
 
     def hop_peer(self, gw, oif):

@@ -118,6 +118,7 @@ class Sets:
 
     def __init__(self, maps):
         self.maps = maps
+        self._operator = None  # operator id -> (members, weights), read at first use
 
     @property
     def fd(self):
@@ -179,22 +180,31 @@ class Sets:
         """The id of a set of the operator's (`wgbpf route`, a peer's tag),
         by content: an interned set of the operator's range with these
         members and weights, else a free id written now. The caller holds
-        the writer lock (no other writer takes operator ids meanwhile).
+        the writer lock: no other writer takes operator ids meanwhile, so
+        the range is read once a Sets (an attach writes a route a tag).
         All taken: the ids no route names are freed first."""
         if not members:
             return 0
-        members, weights = tuple(members), tuple(weights) if weights else None
-        for sweep in (False, True):
-            have = self.all(FIRST_OPERATOR)
-            for sid, s in have.items():
-                if s[0] == abi.SetKind.INTERNED and (s[2], s[3]) == (members, weights):
+        key = (tuple(members), tuple(weights) if weights else None)
+        for attempt in range(3):  # cached; read again (another Maps wrote), then swept
+            if self._operator is None:
+                self._operator = {}
+                for sid, s in self.all(FIRST_OPERATOR).items():
+                    self._operator[sid] = (s[2], s[3]) if s[0] == abi.SetKind.INTERNED else None
+            sid = next((i for i, have in self._operator.items() if have == key), None)
+            if sid is not None:
+                kind, _n, members, weights, _b = self.read(sid)
+                if kind == abi.SetKind.INTERNED and (members, weights) == key:
                     return sid
-            free = [i for i in range(FIRST_OPERATOR, abi.MAX_SETS) if i not in have]
-            if free:
-                self.write(free[0], pack(members, weights, abi.SetKind.INTERNED))
-                return free[0]
-            if not sweep:
+            else:
+                sid = next((i for i in range(FIRST_OPERATOR, abi.MAX_SETS) if i not in self._operator), None)
+                if sid is not None and self.read(sid)[0] == abi.SetKind.FREE:
+                    self.write(sid, pack(*key, abi.SetKind.INTERNED))
+                    self._operator[sid] = key
+                    return sid
+            if sid is None and attempt:
                 self.sweep_operator()
+            self._operator = None
         raise SetsFull(f"all {abi.MAX_SETS - FIRST_OPERATOR} peer set ids of static routes and tags "
                        f"are in use")
 
@@ -212,6 +222,7 @@ class Sets:
         for sid in self.all(FIRST_OPERATOR):
             if sid not in named:
                 self.free(sid)
+        self._operator = None
 
 
 class KernelSets:
@@ -252,6 +263,7 @@ class KernelSets:
         """Translate the set ids of these Tags from now on."""
         if tags is not self.tags:
             self.tags, self.model = tags, {}
+            tags.track = True  # it keeps what follow() reads
 
     def kid(self, sid):
         """The kernel id of the bound Tags' set `sid` (made and written on
@@ -307,7 +319,10 @@ class KernelSets:
         """By content; a set made now for prefixes that named set `parent`
         before (a route changed: a peer left or joined) takes the
         parent's buckets as far as they go, so only the leaver's flows
-        move (a set filled afresh shares most, not all, with it)."""
+        move (a set filled afresh shares most, not all, with it). No
+        member: 0, the "no peer" set."""
+        if not members:
+            return 0
         k = self.by_content.get((members, weights))
         if k is None:
             k = self.by_content[(members, weights)] = self._take()

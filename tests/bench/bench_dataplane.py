@@ -878,7 +878,7 @@ def bench_family(net, rng, prefixes, fam, sizes, args, out, tmp):
             t0 = time.perf_counter()
             d24 = net.maps.dir24.rebuild()
             dz = {"prefixes": n, "compile_seconds": round(time.perf_counter() - t0, 3),
-                  "groups": len(d24.groups), "sets": len(d24.set_ids),
+                  "groups": len(d24.groups), "sets": len(net.maps.sets.all()),
                   "memlock_total": sum(memlock(net.maps.fds[x]) or 0 for x in ("dir24", "dir8", "sets"))}
             step["dir24_mode"] = dz
             out["dir24_mode"] = dz
@@ -889,7 +889,7 @@ def bench_family(net, rng, prefixes, fam, sizes, args, out, tmp):
         step["src_accepted_fraction"] = valid
         if not v6 and n:
             # the DIR-24-8 arrays against the LPM map, on the destinations drawn
-            sets_peers = {sid: peers for peers, sid in d24.set_ids.items()}
+            sets_peers = {sid: peers for sid, (peers, _w) in net.maps.sets.peers().items()}
             bad = sum(1 for a in dst[:8192] if sets_peers.get(d24.lookup(a), ()) != net.lpm_peer(a, False))
             step["dir24_mismatches_of_8192"] = bad
             if bad:

@@ -92,6 +92,7 @@ class FakeBpf:
     def __init__(self):
         self.maps = {}
         self.lpm = set()
+        self.arrays = set()
 
     def update(self, fd, key, value, flags=0):
         self.maps.setdefault(fd, {})[bytes(key)] = bytes(value)
@@ -117,7 +118,9 @@ class FakeBpf:
             ctypes.memmove(ctypes.addressof(value), best[1], len(best[1]))
             return True
         if bytes(key) not in table:
-            return False
+            if fd not in self.arrays:
+                return False
+            table = {bytes(key): bytes(ctypes.sizeof(value))}  # an array holds every index: zeros
         data = table[bytes(key)]
         ctypes.memmove(ctypes.addressof(value), data, len(data))
         return True
@@ -152,6 +155,7 @@ def fake(monkeypatch):
     monkeypatch.setattr(maps.bpfsys, "possible_cpus", lambda: 2)
     fds = {name: 100 + i for i, name in enumerate(abi.MAPS)}
     f.lpm = {fds["routes4"], fds["routes6"]}
+    f.arrays = {fds["sets"]}
     return f, Maps("/nowhere", fds)
 
 
