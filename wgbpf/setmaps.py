@@ -85,10 +85,19 @@ def fill(members, weights=None, keep=None):
     return bytes(out)
 
 
+def stored(weights):
+    """Weights as the map's u16s hold them: a group's may be 65536 (the
+    kernel keeps weight - 1), so a set with one scales all to fit."""
+    top = max(weights)
+    if top <= 0xFFFF:
+        return tuple(weights)
+    return tuple(max(1, w * 0xFFFF // top) for w in weights)
+
+
 def pack(members, weights, kind, nexthop=0, buckets=None):
-    """A Set value's bytes."""
+    """A Set value's bytes (buckets filled from the weights as given)."""
     pad = (0,) * (abi.MAX_ECMP - len(members))
-    w = tuple(weights) if weights else (1,) * len(members)
+    w = stored(weights) if weights else (1,) * len(members)
     return _SET.pack(len(members), int(kind), nexthop, *members, *pad, *w, *pad,
                      buckets if buckets is not None else fill(members, weights))
 

@@ -59,6 +59,15 @@ def test_a_3_to_1_set_sends_three_quarters_of_the_flows_to_the_heavy_member():
     assert abs(got.count(7) / len(got) - 0.75) <= 1 / 64 + 0.01  # the table, and 10,000 hashes' spread
 
 
+def test_a_65536_weight_is_stored_scaled_and_split_exactly():
+    """The kernel takes group weights up to 65536 (it keeps weight - 1);
+    the map holds u16s: scaled, never a struct error in the daemon."""
+    v = setmaps.pack((1, 2), (65536, 65536 // 3), abi.SetKind.NEXTHOP, 5)
+    kind, nhid, members, weights, buckets = setmaps.unpack(v)
+    assert (kind, nhid, members, weights) == (abi.SetKind.NEXTHOP, 5, (1, 2), (65535, 21844))
+    assert (buckets.count(0), buckets.count(1)) == (48, 16)
+
+
 def test_fills_are_the_same_in_every_process():
     assert fill((2, 5, 9)) == fill((2, 5, 9)) and fill((2, 5, 9)) != fill((2, 5, 11))
 
