@@ -94,6 +94,7 @@ bench: setup
 	@$(PYTHON) -c 'import matplotlib' 2>/dev/null || .venv/bin/pip install -q --disable-pip-version-check -e '.[bench]'
 	$(PYTHON) tests/bench/bench_sync.py $(BENCH_ARGS)
 	$(PYTHON) tests/bench/bench_dataplane.py $(DATAPLANE_ARGS)
+	$(PYTHON) tests/bench/bench_trie_memory.py
 	$(PYTHON) tests/bench/bench_allowedips.py $(ALLOWEDIPS_ARGS)
 	$(PYTHON) tests/bench/bench_throughput.py $(THROUGHPUT_ARGS)
 	$(PYTHON) tests/bench/bench_failover.py $(FAILOVER_ARGS)
