@@ -165,7 +165,7 @@ class Daemon:
         if self.last_failure_at is None or now - self.last_failure_at >= FAIL_CALM:
             self.streak = 0
         self.last_failure_at = now
-        delay = 0.0 if self.streak == 0 else min(FAIL_MAX, 2.0 ** (self.streak - 1))
+        delay = 0.0 if self.streak == 0 else min(FAIL_MAX, 2.0 ** min(self.streak - 1, 16))
         self.streak += 1
         self.stats["failures"] += 1
         self.stats["last_failure"] = f"{what}: {type(e).__name__}: {e}"
@@ -359,7 +359,10 @@ class Daemon:
                 self.reload_config()
             now = time.monotonic()
             try:
-                why = "retry after a failure" if self.retry_due(now) else self.backend.tick(now)
+                if self.retry_at is not None:  # a failure's resync is due: nothing else until then
+                    why = "retry after a failure" if self.retry_due(now) else None
+                else:
+                    why = self.backend.tick(now)
             except InstanceError:
                 raise
             except Exception as e:

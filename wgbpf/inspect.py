@@ -14,7 +14,7 @@ import os
 import socket
 
 from . import abi, config, dataplane, instance, maps, monitor, netlink, nsenter, routes, sync
-from .setmaps import describe
+from .setmaps import describe, weighed_verdict
 from .version import VERSION
 
 LINK_LOCAL_MULTICAST = (ipaddress.ip_network("224.0.0.0/24"), ipaddress.ip_network("ff02::/16"))
@@ -150,24 +150,22 @@ def explain(m, addr):
         else:
             owners, prefix, rule = list(m.sets.members(hit[1].set)), str(hit[0]), f"{origin_name(hit[1].origin)} route"
             members, weights = m.sets.weighed(hit[1].set)
+            buckets = m.sets.read(hit[1].set)[4] if hit[1].set else b""
             extra = {"set": hit[1].set, "set_text": describe(hit[1].set, members, weights, name),
-                     "weights": list(weights)}
+                     "weights": list(weights), "buckets": [buckets.count(i) for i in range(len(members))]}
     if not owners:
         return {"address": str(addr), "rule": rule, "prefix": prefix, "peers": [], **extra,
                 "verdict": (f"{NO_PEER}: " if prefix else "") + f"no_route policy: {policy}"}
     live = [name.get(i, f"#{i}") for i in owners if up.get(i)]
     if not live:
         verdict = f"{'every peer' if len(owners) > 1 or prefix else 'peer'} down: no_route policy: {policy}"
-    elif len(owners) == 1:
-        verdict = f"steer to {live[0]}"
+    elif len(live) == 1:
+        verdict = f"steer to {live[0]}" + (" (the others down)" if len(owners) > 1 else "")
     elif cfg.lookup == abi.Lookup.FIB:  # the kernel's multipath choice, by the route's weights
         verdict = (f"steer as the kernel's multipath hash picks, by the route's weights, one of "
                    f"{', '.join(live)}")
-    elif len(set(extra.get("weights", ()))) > 1:
-        verdict = (f"steer by flow hash to one of {', '.join(live)}, by weight "
-                   f"({':'.join(str(w) for i, w in zip(owners, extra['weights']) if up.get(i))})")
     else:
-        verdict = f"steer by flow hash to one of {', '.join(live)}"
+        verdict = weighed_verdict(owners, extra, up, name)
     return {"address": str(addr), "rule": rule, "prefix": prefix, **extra,
             "peers": [name.get(i, f"#{i}") for i in owners],
             "down": [name.get(i, f"#{i}") for i in owners if not up.get(i)], "verdict": verdict}

@@ -170,7 +170,7 @@ def daemon_lines(dmn):
     ago = time.time() - dmn["last_sync"] if dmn.get("last_sync") else None
     out = [f"daemon: {dmn['state']} (pid {dmn['pid']}), tables {dmn['tables']}, "
            f"{dmn['prefixes']} prefixes"
-           + (f" in {dmn['sets']} peer sets" if dmn.get("sets") else "")
+           + (f" ({dmn['set_ids']} peer set ids held)" if dmn.get("set_ids") else "")
            + f", {dmn['ignored']} ignored routes, "
            f"{dmn['events']} events, {dmn['resyncs']} resyncs, {dmn['overruns']} overruns, "
            f"{dmn.get('rehooks', 0)} re-hooks, "
@@ -182,6 +182,10 @@ def daemon_lines(dmn):
     if dmn.get("ecmp_truncated"):
         out.append(f"warning: {dmn['ecmp_truncated']} multipath routes or groups name more peers than "
                    f"a set holds ({abi.MAX_ECMP}): the heaviest are kept, the others get none of their traffic")
+    if dmn.get("sets_short"):
+        out.append(f"warning: {dmn['sets_short']} times a prefix got no peer set id (all "
+                   f"{abi.OPERATOR_SETS - 1} held): it named no peer until a full sync freed one "
+                   f"(more distinct weighted sets than ids?)")
     if dmn.get("pending"):
         out.append(f"waiting: {dmn['pending']} route changes not yet written "
                    f"(another writer holds the writer lock)")

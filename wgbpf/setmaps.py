@@ -113,6 +113,19 @@ def describe(sid, members, weights, names):
     return f"set {sid}: " + ", ".join(who)
 
 
+def weighed_verdict(owners, extra, up, name):
+    """Steering by flow hash over a set's live members, with their weights
+    when they differ; a member whose share is under half a bucket gets no
+    flow while another is up, and is said so."""
+    live = [(i, w, b) for i, w, b in zip(owners, extra["weights"], extra["buckets"]) if up.get(i)]
+    some = [x for x in live if x[2]] or live
+    out = f"steer by flow hash to one of {', '.join(name.get(i, f'#{i}') for i, _w, _b in some)}"
+    if len({w for _i, w, _b in some}) > 1:
+        out += f", by weight ({':'.join(str(w) for _i, w, _b in some)})"
+    none = [name.get(i, f"#{i}") for i, _w, b in live if not b and some is not live]
+    return out + (f"; {', '.join(none)}: weight under half a bucket, no flow" if none else "")
+
+
 def unpack(v):
     """(kind, nexthop, members, weights or None for equal, buckets) of a Set's bytes."""
     f = _SET.unpack_from(v)
@@ -257,14 +270,18 @@ class KernelSets:
         self.model = {}       # the bound Tags' set id -> id
         self.tags = None
         self.writes = 0
+        self.short = 0          # prefixes written as "no peer" for want of an id
+        self.exhausted = False  # since the last full sync: ids ran out
         have = sets.all(1, FIRST_OPERATOR)
         for sid, (kind, nexthop, members, weights, buckets) in have.items():
             if kind == abi.SetKind.INTERNED and (members, weights) not in self.by_content:
                 self.by_content[(members, weights)] = sid
-            elif kind == abi.SetKind.NEXTHOP and nexthop not in self.by_nexthop:
+            elif kind == abi.SetKind.NEXTHOP and nexthop and nexthop not in self.by_nexthop:
                 self.by_nexthop[nexthop] = sid
             else:
-                self.retired.add(sid)  # a duplicate: named by no one we make
+                # a deleted object's (nexthop 0: follow() retired it), or a
+                # duplicate: named by no set we make, freed by a sweep
+                self.retired.add(sid)
             self.held[sid] = (members, weights, buckets)
         self.free = [i for i in range(FIRST_OPERATOR - 1, 0, -1) if i not in have]
 
@@ -283,12 +300,20 @@ class KernelSets:
                 return 0
             tags = self.tags
             nhid = tags.slot_nhid.get(sid)
-            if nhid is not None:
-                k = self._nexthop(nhid, tags.sets[sid], tags.weights[sid])
-            else:
-                parent = tags.parent.get(sid)
-                k = self._interned(tags.sets[sid], tags.weights[sid],
-                                   None if parent is None else self.kid_in(tags, parent))
+            try:
+                if nhid is not None:
+                    k = self._nexthop(nhid, tags.sets[sid], tags.weights[sid])
+                else:
+                    parent = tags.parent.get(sid)
+                    k = self._interned(tags.sets[sid], tags.weights[sid],
+                                       None if parent is None else self.kid_in(tags, parent))
+            except SetsFull:
+                # out of ids: the prefix names no peer (fail closed: never
+                # a stale set, and withdrawals go on), counted; the backend
+                # asks a full sync, which frees the ids no entry names
+                self.short += 1
+                self.exhausted = True
+                return 0
             self.model[sid] = k
         return k
 
@@ -313,10 +338,11 @@ class KernelSets:
         return get
 
     def _take(self):
+        """A free id; given back if the write that follows fails."""
         if not self.free:
             raise SetsFull(f"all {FIRST_OPERATOR - 1} peer set ids of the daemon are in use: "
                            f"a full sync frees those no route names")
-        return self.free.pop()
+        return self.free[-1]
 
     def interned(self, members, weights=None):
         """The id of a set by content, made and written on first use."""
@@ -334,17 +360,19 @@ class KernelSets:
             return 0
         k = self.by_content.get((members, weights))
         if k is None:
-            k = self.by_content[(members, weights)] = self._take()
+            k = self._take()
             keep = self.held.get(parent) if parent else None
             self._write(k, members, weights, abi.SetKind.INTERNED,
                         keep=None if keep is None or not keep[0] else (keep[0], keep[2]))
+            self.by_content[(members, weights)] = k  # once written: a failed write leaves no trace
         return k
 
     def _nexthop(self, nhid, members, weights):
         k = self.by_nexthop.get(nhid)
         if k is None:
-            k = self.by_nexthop[nhid] = self._take()
+            k = self._take()
             self._write(k, members, weights, abi.SetKind.NEXTHOP, nhid)
+            self.by_nexthop[nhid] = k  # once written: a failed write leaves no trace
         elif self.held[k][:2] != (members, weights):
             self._write(k, members, weights, abi.SetKind.NEXTHOP, nhid, keep=True)
         return k
@@ -357,6 +385,8 @@ class KernelSets:
             keep = (was[0], was[2]) if was and was[0] else None
         buckets = fill(members, weights, keep)
         self.sets.write(k, pack(members, weights, kind, nhid, buckets))
+        if self.free and self.free[-1] == k:
+            self.free.pop()  # taken (_take) and written
         self.held[k] = (members, weights, buckets)
         self.writes += 1
 
@@ -370,6 +400,11 @@ class KernelSets:
         for nhid in tags.deleted:
             k = self.by_nexthop.pop(nhid, None)
             if k is not None:
+                # kept as it is for the routes that may name it still, but
+                # no longer its object's: a restart must not adopt it for
+                # an object made again under that id
+                members, weights, buckets = self.held[k]
+                self.sets.write(k, pack(members, weights, abi.SetKind.NEXTHOP, 0, buckets))
                 self.retired.add(k)
         for sid in tags.changed:
             nhid = tags.slot_nhid.get(sid)

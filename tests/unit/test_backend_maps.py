@@ -42,3 +42,15 @@ def test_wake_marks_what_the_signal_said():
     b.wake("maps written")
     b.wake("attached")
     assert b.maps_changed and b.reattached
+
+
+def test_out_of_set_ids_asks_a_full_sync_at_most_every_30_seconds(monkeypatch):
+    """Prefixes written as "no peer" for want of a set id: the tick asks a
+    full sync (which frees the ids no entry names), not a storm of them."""
+    import types
+    b, _ = backend()
+    monkeypatch.setattr(b, "check_maps", lambda: None)
+    b.ksets = types.SimpleNamespace(exhausted=True)
+    assert b.tick(10.0) == "peer set ids ran out" and not b.ksets.exhausted
+    b.ksets.exhausted = True
+    assert b.tick(11.0) is None and b.ksets.exhausted  # within 30 s: kept for later

@@ -398,6 +398,10 @@ class FakeSets:
     def members(self, sid):
         return self.by_id[sid][0] if sid else ()
 
+    def read(self, sid):
+        m, w = self.by_id[sid]
+        return abi.SetKind.INTERNED, 0, m, w, setmaps.fill(m, w)
+
     def weighed(self, sid):
         m, w = self.by_id[sid] if sid else ((), None)
         return m, w or (1,) * len(m)
@@ -507,7 +511,7 @@ def test_route_del(instance):
     ("10.255.0.1", {"rule": "tag route", "prefix": "10.255.0.1/32", "verdict": "steer to alice"}),
     ("10.3.0.1", {"prefix": "10.3.0.0/16", "peers": ["carol"], "down": ["carol"],
                   "verdict": "every peer down: no_route policy: drop"}),
-    ("10.4.0.1", {"peers": ["bob", "carol"], "down": ["carol"], "verdict": "steer by flow hash to one of bob"}),
+    ("10.4.0.1", {"peers": ["bob", "carol"], "down": ["carol"], "verdict": "steer to bob (the others down)"}),
     ("192.0.2.1", {"rule": "no route", "prefix": None, "peers": [], "verdict": "no_route policy: drop"}),
     ("2001:db8::1", {"rule": "static route", "prefix": "2001:db8::/32", "verdict": "steer to bob"}),
     ("224.0.0.5", {"rule": "link-local multicast", "peers": ["alice", "bob"], "verdict": "flood to 2 members"}),
@@ -583,6 +587,11 @@ def test_lookup_shows_the_set_and_its_weights(instance):
     s = next(x for x in res["sets"] if x["set"] == sid)
     assert (s["kind"], s["owner"], s["peers"], s["weights"], s["buckets"]) == \
         ("interned", "operator", ["alice", "bob"], [3, 1], [48, 16])
+    # bob's share of 256:1 is under half a bucket: said, not promised flows
+    net = ipaddress.ip_network("10.8.0.0/16")
+    instance.route_map[net] = make_route(net, instance.sets.operator_id((1, 2), (256, 1)), abi.Origin.KERNEL)
+    assert run("lookup", "10.8.0.1").stdout.splitlines()[-1] == \
+        "  steer by flow hash to one of alice; bob: weight under half a bucket, no flow"
     line = next(ln for ln in run("dump").stdout.splitlines() if ln.startswith("10.7.0.0/16"))
     assert line.split() == ["10.7.0.0/16", str(sid), "alice", "3,bob", "1", "kernel"]
 

@@ -403,6 +403,13 @@ def test_repeated_failures_back_off_and_log_their_traceback_once(monkeypatch):
     except RuntimeError as e:
         d.failed("applying route events", e)
     assert d.retry_at == now[0] and d.stats["failures"] == 10
+    for _ in range(1100):  # a storm of failures (each 5 ms apart): the backoff stays bounded
+        now[0] += 0.005
+        try:
+            raise RuntimeError("map write refused")
+        except RuntimeError as e:
+            d.failed("applying route events", e)
+    assert d.retry_at - now[0] == daemon.FAIL_MAX
 
 
 def test_a_failing_resync_is_retried_later_and_said_by_status_check(rundir, monkeypatch):

@@ -187,3 +187,56 @@ def test_out_of_ids_is_a_clear_error():
     ks.interned((2,))
     with pytest.raises(setmaps.SetsFull, match="full sync frees"):
         ks.interned((3,))
+
+
+def test_out_of_ids_a_route_names_no_peer_and_the_backend_is_told():
+    """Fail closed, never a traceback: the set a route wants cannot be
+    made, so the prefix names no peer (withdrawals go on), counted."""
+    from wgbpf.routes import KernelRoute
+    tags = tags_with([])
+    table = sync.Table(tags, sync.Filter())
+    table.by_id = True
+    ks = KernelSets(MemSets())
+    ks.bind(tags)
+    ks.free = []
+    k = table.update(KernelRoute(2, bytes([10, 1, 0, 0]), 16, 254, 0, 4, 0, (hop(A), hop(B))))
+    assert ks.entry(table)(k) == 0 and ks.short == 1 and ks.exhausted
+    ks.free = [5]  # a sweep freed one: the next asks again, and gets it
+    assert ks.entry(table)(k) == 5
+
+
+def test_a_failed_set_write_leaves_no_trace():
+    class Refusing(MemSets):
+        refuse = True
+
+        def write(self, sid, value):
+            if self.refuse:
+                self.refuse = False
+                raise OSError("refused")
+            super().write(sid, value)
+    mem = Refusing()
+    ks = KernelSets(mem)
+    with pytest.raises(OSError):
+        ks.interned((1, 2))
+    k = ks.interned((1, 2))  # made now, on the id the failed write did not take
+    assert setmaps.unpack(mem.values[k])[2] == (1, 2) and k not in ks.free and ks.interned((1, 2)) == k
+
+
+def test_an_object_made_again_under_its_id_is_adopted_by_its_new_set():
+    """A deleted object's set stays for the routes that may name it, but is
+    no longer its id's: after a restart the object made again under that
+    id is found by its new set, and nothing moves."""
+    singles = [Nexthop(i, 2, tag, FRONT) for i, tag in ((1, A), (2, B), (3, C))]
+    mem = MemSets()
+    tags = tags_with(singles + [Nexthop(400, 0, group=((1, 1), (3, 1)))])
+    ks = KernelSets(mem)
+    ks.bind(tags)
+    old = ks.kid(tags.slot(400))
+    tags.nexthops.replace_all(singles)
+    tags.release([400])
+    ks.follow()
+    tags.nexthops.replace_all(singles + [Nexthop(400, 0, group=((1, 2), (3, 1)))])
+    new = ks.kid(tags.slot(400))
+    assert new != old
+    again = KernelSets(mem)  # the restart
+    assert again.by_nexthop == {400: new} and old in again.retired

@@ -37,6 +37,10 @@ RETRY_SECONDS = 0.005  # route changes waiting for the writer lock: tried again 
 # read again, at most this often (a storm of `ip route append` or a
 # flapping LAN must not become a storm of full dumps)
 UNSURE_SECONDS = 5.0
+# Out of peer set ids (more distinct sets than the daemon's range, or ids
+# held by sets no longer named): the prefixes short of one name no peer,
+# and a full sync, which frees the unnamed, runs at most this often
+SETS_SECONDS = 30.0
 
 
 class MapsBackend(Backend):
@@ -66,6 +70,7 @@ class MapsBackend(Backend):
         self.writing = None        # the instance's writer lock's fd, while we hold it
         self.looked = 0.0          # when the generation was last looked at
         self.unsure_every = Every(UNSURE_SECONDS)  # routes read again for a tie, at most so often
+        self.sets_every = Every(SETS_SECONDS)      # a full sync for want of set ids, at most so often
         self.stats = {"map_writes": 0, "sets_freed": 0, "rehooks": 0, "members_gone": 0, "read_back": 0,
                       "pending": 0, "rereads": 0, "last_sync": None, "last_sync_seconds": None}
         self.member_counters = MemberCounters()
@@ -366,6 +371,11 @@ class MapsBackend(Backend):
         if self.maps_changed:
             self.maps_changed = False
             self.maps_sync("written by another writer")
+        if self.ksets is not None and self.sets_every(self.ksets.exhausted):
+            # prefixes went without their set ("no peer") for want of an
+            # id: a full sync frees those no entry names, and writes them
+            self.ksets.exhausted = False
+            return "peer set ids ran out"
         if self.unsure_every(unsure(self.tables)):  # a tie begun by an event, not read since (rate-limited)
             with LazyNetlink(self.rcvbuf) as netlink:
                 self._reread_routes(netlink(), self.pending)
@@ -408,8 +418,9 @@ class MapsBackend(Backend):
             per_peer = {names.get(i, f"#{i}"): n for i, n in self.table.per_peer.items() if n}
         tags = self.table.tags if self.table is not None else None
         return dict(self.stats, prefixes=len(self.table) if self.table is not None else 0,
-                    sets=len(self.ksets.held) if self.ksets else 0,
+                    set_ids=len(self.ksets.held) if self.ksets else 0,
                     set_writes=self.ksets.writes if self.ksets else 0,
+                    sets_short=self.ksets.short if self.ksets else 0,
                     nexthops=len(tags.nexthops.objects) if tags else 0,
                     nexthop_disagreements=tags.disagreements if tags else 0,
                     ecmp_truncated=tags.truncated if tags else 0,
@@ -421,7 +432,9 @@ class MapsBackend(Backend):
         metric("map_writes_total", "LPM map entries written or deleted", st["map_writes"])
         metric("set_writes_total", "peer sets written (made, or a nexthop object's rewritten in place)",
                st.get("set_writes", 0))
-        metric("peer_sets", "peer sets the daemon holds in the sets map", st.get("sets", 0), "gauge")
+        metric("peer_set_ids", "peer set ids the daemon holds in the sets map", st.get("set_ids", 0), "gauge")
+        metric("sets_short_total", "prefixes written as \"no peer\" for want of a peer set id",
+               st.get("sets_short", 0))
         metric("rehooks_total", "front or members re-created under their name and hooked again",
                st["rehooks"])
         metric("members_gone_total", "member devices that disappeared (peer taken down)",
