@@ -153,9 +153,20 @@ class Daemon:
             return
         self.retry_at = None
         self.stats.pop("retry_in", None)
+        self.note_differences()
         with self.start_lock:  # no progress report of the start after this
             self.start = None
         self.write_status()
+
+    def note_differences(self):
+        """A daemon run from its command line: how the attached instance
+        differs from it, after each full sync (an operator's attach under
+        it, with other settings, resyncs it), for `status --check`; a
+        daemon with a file is compared with the file by status itself."""
+        if getattr(self.build_config, "config", None) == "command line" and self.cfg.backend == "maps":
+            self.stats["config_differences"] = config.attached_differences(self.cfg)
+        else:
+            self.stats.pop("config_differences", None)
 
     def failed(self, what, e):
         """An exception in the loop's work: logged (its traceback the first

@@ -410,13 +410,17 @@ def instance_status(front):
 
 def config_report(front, dmn):
     """The config the instance should run and how the attached one differs:
-    the running daemon's (its file; its command line, or the attached
-    instance it adopted, are not compared), else <config dir>/<front>.toml
-    if there is one. None: nothing to compare with."""
+    the running daemon's (its file; its command line, as the daemon itself
+    compared it after its last full sync; the attached instance it
+    adopted is not compared), else <config dir>/<front>.toml if there is
+    one. None: nothing to compare with."""
     dmn = dmn or {}
     source = dmn.get("config") if dmn.get("state") in ("running", "detached") else None
-    if source in ("attached", "command line"):
+    if source == "attached":
         return {"source": source}
+    if source == "command line":
+        return {"source": source, "path": "the daemon's command line",
+                "differences": dmn.get("config_differences") or []}
     path = source or config.resolve_path(front, (), None)
     if path is None:
         return None

@@ -110,7 +110,7 @@ def config_lines(c):
         return []
     if c.get("source") == "attached":
         return ["config: the daemon adopted the attached instance"]
-    if c.get("source"):
+    if c.get("source") and not c.get("differences"):
         return ["config: the daemon's command line"]
     if c.get("error"):
         return [f"config {c['path']}: {c['error']}"]

@@ -126,6 +126,28 @@ def test_the_config_file_wins_and_the_difference_is_shown(lab):
     assert f"peer carol ({carol['member']}" in r.stdout
 
 
+def test_an_attach_under_a_command_line_daemon_is_flagged_by_check(lab):
+    """A daemon run from its command line with `--source loose`; an
+    operator's attach without it sets the instance back to strict under
+    the daemon. The daemon resyncs and says how the instance differs from
+    its command line, and `status --check` fails on it (it said ok)."""
+    d = DaemonProc(lab.hub, "daemon", lab.front, *lab.peer_args(), "--source", "loose")
+    try:
+        assert lab.wgbpf("status", "--check", check=False).returncode == 0
+        lab.attach()
+        deadline = time.monotonic() + 10 * TIME_SCALE
+        while True:
+            c = lab.wgbpf("status", "--check", check=False)
+            if c.returncode:
+                break
+            assert time.monotonic() < deadline, c.stdout
+            time.sleep(0.2)
+        assert "differs from the daemon's command line: source: attached strict, config loose" in c.stdout, c.stdout
+    finally:
+        d.stop()
+    lab.attach()
+
+
 # a re-attach after the pins went compiles again: dear under emulation, and
 # nothing here depends on the WireGuard implementation
 HOST_ONLY = pytest.mark.skipif(TIME_SCALE > 1 and os.environ.get("WGBPF_E2E_SLOW") != "1",

@@ -12,7 +12,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from wgbpf import abi, cli, config, dataplane, inspect, instance, maps
+from wgbpf import abi, cli, config, dataplane, inspect, instance, maps, report
 from wgbpf.config import Config, ConfigError, PeerConfig
 
 TOML = """\
@@ -189,6 +189,34 @@ def test_status_reports_the_mismatch(etc, monkeypatch):
     assert inspect.config_report("wg0", {"state": "stopped", "config": "attached"})["path"] == str(etc / "wg0.toml")
     (etc / "wg0.toml").write_text("front = 1\n")
     assert "error" in inspect.config_report("wg0", None)
+
+
+def test_a_command_line_daemon_compares_itself_and_check_says_so(monkeypatch):
+    """A daemon run from its command line (`--source feasible`, say) under
+    which an operator attaches other settings: after its resync the
+    daemon says how the attached instance differs, and `status --check`
+    fails on it (it said ok before)."""
+    from wgbpf import daemon
+    d = daemon.Daemon.__new__(daemon.Daemon)
+    d.stats, d.cfg = {}, attached()
+    d.build_config = lambda: None
+    d.build_config.config = "command line"
+    monkeypatch.setattr(config, "attached_differences", lambda cfg: ["source: attached strict, config feasible"])
+    d.note_differences()
+    dmn = {"state": "running", "config": "command line", **d.stats}
+    rep = inspect.config_report("wg0", dmn)
+    assert rep["differences"] == ["source: attached strict, config feasible"]
+    assert inspect.problems({"front": "wg0", "config": rep}) == [
+        "wg0: differs from the daemon's command line: source: attached strict, config feasible"]
+    assert "DIFFERS" in report.config_lines(rep)[0]
+    monkeypatch.setattr(config, "attached_differences", lambda cfg: [])
+    d.note_differences()
+    rep = inspect.config_report("wg0", {"state": "running", "config": "command line", **d.stats})
+    assert inspect.problems({"front": "wg0", "config": rep}) == []
+    assert report.config_lines(rep) == ["config: the daemon's command line"]
+    d.build_config.config = "attached"  # adopting: nothing of its own to compare
+    d.note_differences()
+    assert "config_differences" not in d.stats
 
 
 def test_no_file_nothing_to_compare(etc):
