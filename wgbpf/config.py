@@ -14,6 +14,8 @@ the bad field and quote the bad value.
     dead_after = 15          # daemon: a peer we send to and hear nothing from for
                              # this many seconds is dead (docs/liveness.md); off
                              # unless set
+    probe = 0.5              # daemon: an ICMP echo to each peer's first tag this
+                             # often, for RTT and loss (wgbpf/probes.py); off unless set
 
     [[peer]]
     name = "alice"
@@ -22,8 +24,9 @@ the bad field and quote the bad value.
     source = "loose"         # this peer's own source check (default: the global)
     dead_after = 2           # this peer's own (persistent-keepalive 1 on its side);
                              # "off": not watched
+    probe = 0.2              # this peer's own probe interval; "off": no probes
 
-On the command line: --peer alice=wg-alice,fe80::1,10.255.0.1[,source=loose][,dead_after=2]
+On the command line: --peer alice=wg-alice,fe80::1,10.255.0.1[,source=loose][,dead_after=2][,probe=0.2]
 
 With backend = "allowedips" (`wgbpf daemon --backend allowedips wg0`) the
 instance is one multi-peer WireGuard device and a peer is named by its
@@ -45,7 +48,7 @@ import os
 import re
 import tomllib
 
-from . import abi, files, maps
+from . import abi, files, maps, probes
 from .maps import MapError
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,%d}" % (abi.NAME_LEN - 2))
@@ -132,6 +135,7 @@ class PeerConfig:
     source: abi.Source = abi.Source.DEFAULT
     public_key: bytes = None  # allowedips backend: the peer on the one device
     dead_after: float = None  # liveness: seconds; None: the instance's; 0: not watched
+    probe: float = None       # probes: seconds; None: the instance's; 0: off
 
 
 @dataclasses.dataclass
@@ -146,6 +150,7 @@ class Config:
     accept_table: int = 0    # 0: none
     backend: str = "maps"    # or "allowedips": drive one device's AllowedIPs
     dead_after: float = None  # liveness (daemon): seconds; None: off
+    probe: float = None       # probes (daemon): seconds; None: off
 
 
 BACKENDS = ("maps", "allowedips")
@@ -277,6 +282,8 @@ def parse_peer_arg(text):
             peer.source = parse_source(f[len("source="):], where)
         elif f.startswith("dead_after="):
             peer.dead_after = parse_dead_after(f[len("dead_after="):], where, off=True)
+        elif f.startswith("probe="):
+            peer.probe = parse_probe(f[len("probe="):], where)
         else:
             peer.tags.append(parse_tag(f, where))
     return peer
@@ -312,6 +319,21 @@ def parse_dead_after(value, where, off=False):
                           f"{MIN_DEAD_AFTER:g} (WireGuard's shortest keepalive) to {MAX_DEAD_AFTER:g}"
                           + (', or "off"' if off else ""))
     return d
+
+
+def parse_probe(value, where):
+    """A probe interval (probes.parse_interval) as a ConfigError; "off" or
+    0: 0.0 (no probes)."""
+    try:
+        return probes.parse_interval(value, where) or 0.0
+    except probes.ProbeError as e:
+        raise ConfigError(str(e)) from None
+
+
+def probe_interval(cfg, peer):
+    """A peer's probe interval in seconds, or None when it is not probed."""
+    p = peer.probe if peer.probe is not None else cfg.probe
+    return p or None
 
 
 def dead_after(cfg, peer):
@@ -378,7 +400,7 @@ def load_toml(path):
     except ValueError as e:  # TOMLDecodeError, and int() refusing a 5000-digit number
         raise ConfigError(f"{name}: not valid TOML: {e}") from None
     known = {"front", "members_only", "no_route", "lookup", "fib_table", "source", "accept_table",
-             "backend", "dead_after", "peer"}
+             "backend", "dead_after", "probe", "peer"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{name}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
@@ -394,7 +416,8 @@ def load_toml(path):
     settings = {}
     for key, parse in (("lookup", parse_lookup), ("fib_table", parse_table),
                        ("source", parse_source), ("accept_table", parse_table),
-                       ("backend", parse_backend), ("dead_after", parse_dead_after)):
+                       ("backend", parse_backend), ("dead_after", parse_dead_after),
+                       ("probe", parse_probe)):
         if key in data:
             settings[key] = parse(data[key], f"{name}: {key}")
     peers = []
@@ -406,9 +429,9 @@ def load_toml(path):
         if not isinstance(p, dict):
             raise ConfigError(f"{where}: write peers as [[peer]] tables")
         for key in p:
-            if key not in ("name", "member", "public_key", "tags", "source", "dead_after"):
+            if key not in ("name", "member", "public_key", "tags", "source", "dead_after", "probe"):
                 raise ConfigError(f"{where}: unknown field {key!r} "
-                                  f"(known: dead_after, member, name, public_key, source, tags)")
+                                  f"(known: dead_after, member, name, probe, public_key, source, tags)")
         if "name" not in p:
             raise ConfigError(f"{where}: missing field 'name'")
         if "member" not in p and "public_key" not in p:
@@ -422,7 +445,8 @@ def load_toml(path):
             [parse_tag(t, f"{where}.tags[{j}]") for j, t in enumerate(tags)],
             parse_source(p["source"], f"{where}.source") if "source" in p else abi.Source.DEFAULT,
             parse_key(p["public_key"], f"{where}.public_key") if "public_key" in p else None,
-            parse_dead_after(p["dead_after"], f"{where}.dead_after", off=True) if "dead_after" in p else None))
+            parse_dead_after(p["dead_after"], f"{where}.dead_after", off=True) if "dead_after" in p else None,
+            parse_probe(p["probe"], f"{where}.probe") if "probe" in p else None))
     return front, members_only, no_route, peers, settings
 
 
@@ -488,6 +512,8 @@ def validate(cfg):
             if t in p.tags[:i]:
                 raise ConfigError(f"peer {p.name!r}: tag {t} is given twice")
             _claim(tags, t, p.name, f"tag {t}")
+        if probe_interval(cfg, p) and not p.tags:
+            raise ConfigError(f"peer {p.name!r}: probes ask its tag address, and it has none")
         # the maps backend holds every peer's tags in one map of MAX_TAGS
         # entries: refuse here, before attach writes the first of them
         if cfg.backend == "maps" and len(tags) > abi.MAX_TAGS:

@@ -65,3 +65,32 @@ def test_sends_keep_their_rhythm_and_never_burst_after_a_stall():
     assert not p.due(0.5) and p.due(1.0)
     p.send(10.0)  # the daemon was busy for 9 s: one probe, not nine
     assert not p.due(10.5) and p.due(11.0)
+
+
+# -- the config -----------------------------------------------------------------------
+def test_probe_intervals_in_toml_and_on_the_command_line(tmp_path):
+    from wgbpf import config
+    f = tmp_path / "wg0.toml"
+    f.write_text('front = "wg0"\nprobe = 0.5\n'
+                 '[[peer]]\nname = "alice"\nmember = "wg-a"\ntags = ["10.255.0.1"]\nprobe = 0.2\n'
+                 '[[peer]]\nname = "bob"\nmember = "wg-b"\ntags = ["10.255.0.2"]\n'
+                 '[[peer]]\nname = "carol"\nmember = "wg-c"\ntags = ["10.255.0.3"]\nprobe = "off"\n')
+    cfg = config.build(path=str(f))
+    assert [config.probe_interval(cfg, p) for p in cfg.peers] == [0.2, 0.5, None]
+    peer = config.parse_peer_arg("dave=wg-d,10.255.0.4,probe=1")
+    assert peer.probe == 1.0
+
+
+@pytest.mark.parametrize("text, words", [
+    ('probe = -1\n', "probe: probe interval -1: at least 0.05 s"),
+    ('probe = "fast"\n', "not a probe interval"),
+    ('probe = 0.5\n[[peer]]\nname = "x"\nmember = "wg-x"\n', "probes ask its tag address, and it has none"),
+])
+def test_bad_probe_settings_are_refused_with_the_reason(tmp_path, text, words):
+    from wgbpf import config
+    f = tmp_path / "wg0.toml"
+    peer = '[[peer]]\nname = "alice"\nmember = "wg-a"\ntags = ["10.255.0.1"]\n'
+    f.write_text('front = "wg0"\n' + (text if "[[peer]]" in text else text + peer))
+    with pytest.raises(config.ConfigError) as e:
+        config.build(path=str(f))
+    assert words in str(e.value)
