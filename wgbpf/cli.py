@@ -615,6 +615,10 @@ def route_filter(tables, protos, realms):
               help="a peer we send to and hear nothing from (not even a keepalive) for SECONDS is "
                    "dead: down in the peers map (ECMP falls back) until it is heard again; off by "
                    "default (docs/liveness.md)")
+@click.option("--probe", metavar="SECONDS",
+              help="an ICMP echo to each peer's first tag, out of its member, every SECONDS: RTT, "
+                   "jitter and loss in status and metrics (per peer: probe = S in the config); off "
+                   "by default")
 @click.option("--verbose", "-v", is_flag=True,
               help="log each map change a route event makes, with the time to the millisecond")
 @click.option("--gone-after", type=Seconds(min=0), default=30.0, show_default=True,
@@ -623,7 +627,7 @@ def route_filter(tables, protos, realms):
                    "has been gone for SECONDS on end; 0: never")
 def daemon_command(front, peers, config_path, members_only, no_route, lookup, fib_table, source,
                    accept_table, tables, protos, realms, metrics_file, rcvbuf, backend, dead_after,
-                   verbose, gone_after):
+                   probe, verbose, gone_after):
     """Keep the maps equal to the kernel routes that name peers.
 
     A route names a peer when its gateway is one of the peer's tags (also an
@@ -646,6 +650,8 @@ def daemon_command(front, peers, config_path, members_only, no_route, lookup, fi
         settings["backend"] = backend
     if dead_after is not None:
         settings["dead_after"] = config.parse_dead_after(dead_after, "--dead-after")
+    if probe is not None:
+        settings["probe"] = config.parse_probe(probe, "--probe")
     build = config.config_builder(front, peers, config_path, members_only, policy, settings, log=daemon.stderr_log)
     cfg = build(quiet=True)  # validate before touching anything
     if cfg.backend == "allowedips":

@@ -100,7 +100,7 @@ class Daemon:
         self.last_failure_at = None
         self.retry_at = None
         self.tracebacks = set()  # failures logged with their traceback once
-
+        self.prober = None  # prober.Prober: the peers' probes (probe = S), None when none
     def _backend(self, cfg):
         if self.make_backend is not None:
             b = self.make_backend(cfg)
@@ -137,6 +137,24 @@ class Daemon:
     # -- what the loop does --------------------------------------------------
     def attach(self):
         self.cfg = self.backend.attach(self.cfg)
+        self.configure_probes()
+
+    def configure_probes(self):
+        """The probes of the config's peers (probe = S, maps backend: out
+        of each peer's member to its first tag), made anew at start and on
+        reload; a peer not probed sends nothing."""
+        from .prober import Prober, targets
+        if self.prober is not None:
+            self.prober.close()
+            self.prober = None
+        if self.cfg.backend != "maps" or not any(config.probe_interval(self.cfg, p) for p in self.cfg.peers):
+            return
+        want, skipped = targets(self.cfg, front_addresses(self.cfg.front))
+        for name, why in skipped:
+            self.log(f"peer {name}: not probed: {why}")
+        if want:
+            self.prober = Prober(want, time.monotonic())
+            self.log(f"probing {len(want)} peers ({', '.join(sorted(want))})")
 
     def resync(self, why):
         """A full resync; the start's raises, any later one that fails is a
@@ -207,6 +225,7 @@ class Daemon:
                     f"front/backend {new.front}/{new.backend} is not the running "
                     f"{old.front}/{old.backend}: restart the daemon to change them")
             self.cfg = self.backend.attach(new)
+            self.configure_probes()
         except Exception as e:  # a bad reload keeps the old config running
             self.cfg = old
             self.backend.cfg = old
@@ -313,6 +332,8 @@ class Daemon:
                            sorted(self.filter.tables, key=self.filter.tables.get),
                            self.liveness.status(), getattr(self.build_config, "config", None),
                            b.status() if b else {}, start=dict(self.start) if self.start else None)
+        if self.prober is not None:
+            st["probes"] = self.prober.status()
         self.written = st["state"]
         if self.cfg is not None:
             self.reporter.write(self.cfg.front, st, b.metrics if b else None)
@@ -361,6 +382,8 @@ class Daemon:
         finally:
             events.close()
             self.backend.close()
+            if self.prober is not None:
+                self.prober.close()
 
     def loop(self, events):
         last_status = time.monotonic()
@@ -388,11 +411,23 @@ class Daemon:
             if self.retry_at is not None:
                 due = max(0.0, self.retry_at - time.monotonic())
                 wish = due if wish is None else min(wish, due)
+            probe_fds = []
+            if self.prober is not None:
+                probe_fds = self.prober.fds()
+                wish = max(0.0, self.prober.next_due() - time.monotonic()) if wish is None else \
+                    min(wish, max(0.0, self.prober.next_due() - time.monotonic()))
             try:
-                ready, _, _ = select.select([events], [], [], timeout if wish is None else min(timeout, wish))
+                ready, _, _ = select.select([events, *probe_fds], [], [],
+                                            timeout if wish is None else min(timeout, wish))
             except InterruptedError:
                 continue
-            if ready:
+            if self.prober is not None:
+                now = time.monotonic()
+                for fd in ready:
+                    if fd is not events:
+                        self.prober.read(fd, now)
+                self.prober.due(now)
+            if events in ready:
                 self.read_events(events)
             self.check_liveness()
             if time.monotonic() - last_status >= 1.0:
@@ -413,6 +448,20 @@ class Daemon:
     def _on_usr2(self, *_):
         if self.backend is not None:
             self.backend.wake("attached")
+
+
+def front_addresses(front):
+    """The front's own addresses (a probe's source: the spokes route the
+    answer back through the tunnel, where a member has none)."""
+    try:
+        ifindex = socket.if_nametoindex(front)
+    except OSError:
+        return []
+    nl = routes.Netlink()
+    try:
+        return [local for index, local, _peer in routes.dump_addrs(nl) if index == ifindex and local]
+    finally:
+        nl.close()
 
 
 def stderr_log(msg):

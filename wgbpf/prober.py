@@ -55,26 +55,70 @@ def parse_reply(v6, data, ident):
     return seq
 
 
+def targets(cfg, front_addrs):
+    """({peer: (member, tag, interval, source)}, [(peer, why not)]) of the
+    config's probed peers. The source is the front's address of the tag's
+    family (a member has none, and the kernel would pick an underlay
+    address, whose answer comes back outside the tunnel); the tag is the
+    peer's first of a family the front has an address of, IPv4 first. A
+    link-local tag is of no use: its answer is for the member's scope."""
+    from .config import probe_interval
+    mine = {}
+    for a in front_addrs:
+        a = ipaddress.ip_address(a) if not isinstance(a, ipaddress._BaseAddress) else a
+        if not a.is_link_local:
+            mine.setdefault(a.version, a)
+    out, skipped = {}, []
+    for p in cfg.peers:
+        interval = probe_interval(cfg, p)
+        if not interval or not p.member:
+            continue
+        tag = next((t for v in (4, 6) for t in p.tags if t.version == v and v in mine and not t.is_link_local),
+                   None)
+        if tag is None:
+            skipped.append((p.name, "no tag of a family the front has an address of (link-local tags "
+                                    "cannot be probed from the front's address)"))
+            continue
+        out[p.name] = (p.member, tag, interval, mine[tag.version])
+    return out, skipped
+
+
 class Prober:
     """The probes of some peers: {name: (member device, tag address,
-    interval seconds)}. fds() for select; due(now) sends what is due;
-    read(fd, now) takes what came; status() says it."""
+    interval seconds[, source address])}. fds() for select; due(now)
+    sends what is due; read(fd, now) takes what came; status() says it.
+
+    Sent by a socket per peer bound to its member; answered to one socket
+    per family, bound to no device: with wgbpf attached, member_ingress
+    hands what a peer sends on to the front, so the answer arrives there,
+    not on the member. An answer is the peer's by its source (the tag),
+    id and seq."""
 
     def __init__(self, targets, now=0.0):
         self.ident = os.getpid() & 0xFFFF
-        self.probes, self.socks, self.by_fd = {}, {}, {}
+        self.probes, self.socks, self.by_tag, self.recv = {}, {}, {}, {}
         intervals = stretched({name: t[2] for name, t in targets.items()})
-        for name, (member, tag, _interval) in targets.items():
+        for name, (member, tag, _interval, *source) in targets.items():
             tag = ipaddress.ip_address(tag)
             v6 = tag.version == 6
-            s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_RAW,
-                              socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
-            s.setblocking(False)
+            s = self._raw(v6)
             s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, member.encode())
+            if source and source[0] is not None:
+                s.bind((str(source[0]), 0))
             dest = (str(tag), 0, 0, socket.if_nametoindex(member)) if v6 else (str(tag), 0)
             self.socks[name] = (s, v6, dest)
-            self.by_fd[s.fileno()] = name
+            self.by_tag[tag] = name
             self.probes[name] = Probe(intervals[name], now)
+            if v6 not in self.recv:
+                self.recv[v6] = self._raw(v6)
+        self.by_fd = {s.fileno(): v6 for v6, s in self.recv.items()}
+
+    @staticmethod
+    def _raw(v6):
+        s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_RAW,
+                          socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
+        s.setblocking(False)
+        return s
 
     def fds(self):
         return list(self.by_fd)
@@ -96,18 +140,21 @@ class Prober:
         return sent
 
     def read(self, fd, now):
-        """Take the replies waiting on one socket."""
-        name = self.by_fd.get(fd)
-        if name is None:
+        """Take the answers waiting on one family's socket."""
+        v6 = self.by_fd.get(fd)
+        if v6 is None:
             return
-        s, v6, _dest = self.socks[name]
+        s = self.recv[v6]
         while True:
             try:
-                data = s.recv(2048)
+                data, addr = s.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
                 return
             seq = parse_reply(v6, data, self.ident)
-            if seq is not None:
+            if seq is None:
+                continue
+            name = self.by_tag.get(ipaddress.ip_address(addr[0].split("%")[0]))
+            if name is not None:
                 self.probes[name].reply(seq, now)
 
     def next_due(self):
@@ -119,4 +166,6 @@ class Prober:
     def close(self):
         for s, _v6, _dest in self.socks.values():
             s.close()
-        self.socks, self.by_fd = {}, {}
+        for s in self.recv.values():
+            s.close()
+        self.socks, self.recv, self.by_fd = {}, {}, {}

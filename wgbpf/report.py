@@ -57,7 +57,17 @@ def _peer_lines(dmn):
         out.append("routes per peer: " + ", ".join(f"{k} {v}" for k, v in sorted(dmn["routes_per_peer"].items())))
     if dmn.get("liveness"):
         out.append("liveness: " + "; ".join(liveness_text(k, v) for k, v in dmn["liveness"].items()))
+    if dmn.get("probes"):
+        out.append("probes: " + "; ".join(probe_text(k, v) for k, v in sorted(dmn["probes"].items())))
     return out
+
+
+def probe_text(name, pr):
+    """One peer's probes: "alice rtt 1.2 ms ±0.3, loss 0% (every 0.5 s)"."""
+    if pr.get("rtt") is None:
+        return f"{name} no answer yet ({pr.get('lost', 0)} lost, every {pr['interval']:g} s)"
+    return (f"{name} rtt {pr['rtt'] * 1000:.1f} ms ±{pr['jitter'] * 1000:.1f}, "
+            f"loss {100 * (pr['loss'] or 0):.0f}% (every {pr['interval']:g} s)")
 
 
 def allowedips_lines(s):

@@ -130,6 +130,13 @@ def liveness_metrics(st):
     for name, lv in st["liveness"].items():
         lines.append(f'wgbpf_peer_alive{{front="{front}",peer="{name}",cause="{lv["cause"] or ""}"}} '
                      f'{int(lv["state"] == "alive")}')
+    probes = st.get("probes") or {}
+    for metric, key, help_ in (("peer_rtt_seconds", "rtt", "probed round-trip time, moving average"),
+                               ("peer_loss_ratio", "loss", "probes lost over the last 20")):
+        have = [(name, pr[key]) for name, pr in sorted(probes.items()) if pr.get(key) is not None]
+        if have:
+            lines += [f"# HELP wgbpf_{metric} {help_}", f"# TYPE wgbpf_{metric} gauge"]
+            lines += [f'wgbpf_{metric}{{front="{front}",peer="{name}"}} {v}' for name, v in have]
     return lines
 
 
